@@ -1,0 +1,141 @@
+import {z} from 'zod';
+
+/**
+ * The schema of `dforge.yaml` (DESIGN §4). It holds no secrets: credentials are references to
+ * files under `secrets/`. Every object is strict, so a misspelt key is an error, not a silent no-op.
+ */
+
+const name = z
+  .string()
+  .regex(/^[a-z][a-z0-9-]{0,39}$/, 'use lowercase letters, digits and "-", starting with a letter (at most 40 characters)');
+
+const hostname = z
+  .string()
+  .min(1)
+  .max(253)
+  .regex(/^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/, 'must be a DNS name in lowercase, e.g. dforge.example.com');
+
+const port = z.number().int().min(1).max(65_535);
+
+/** A reference to a secret file under `secrets/`; the value itself never appears in the config. */
+const secretRef = z
+  .strictObject({
+    secret: z
+      .string()
+      .regex(/^[a-z0-9][a-z0-9._-]*(\/[a-z0-9][a-z0-9._-]*)*$/, 'a path under secrets/, e.g. postgres/eu-1-admin'),
+  })
+  .describe('Reference to a sealed secret under secrets/. Never the secret itself.');
+
+/** An image reference; pinning by digest is what bundles do, so it is allowed here too. */
+const imageRef = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9._/:-]*(@sha256:[a-f0-9]{64})?$/, 'an image reference such as registry.example.com/dforge/app:1.4.2 or name@sha256:<digest>');
+
+const embeddedCluster = z.strictObject({
+  name,
+  kind: z.literal('embedded').describe('PostgreSQL run by dforge from the host binaries, inside the install directory.'),
+  port: port.default(5432),
+});
+
+const bundledCluster = z.strictObject({
+  name,
+  kind: z.literal('bundled').describe('The postgres service of the compose stack or Kubernetes StatefulSet.'),
+});
+
+const externalCluster = z.strictObject({
+  name,
+  kind: z.literal('external').describe('A PostgreSQL server managed outside dforge.'),
+  host: hostname.or(z.ipv4()).or(z.ipv6()),
+  port: port.default(5432),
+  database: z.string().min(1).default('postgres'),
+  admin: secretRef.describe('Credentials of the role dforge bootstraps the provisioner with.'),
+  caFile: z.string().min(1).optional().describe('CA bundle that signs the server certificate; default: the dforge CA.'),
+});
+
+const cluster = z.discriminatedUnion('kind', [embeddedCluster, bundledCluster, externalCluster]);
+
+const localDestination = z.strictObject({
+  name,
+  kind: z.literal('local'),
+  path: z.string().regex(/^\//, 'must be an absolute path'),
+});
+
+/** Declared now so configs written today stay valid when S3 support lands. */
+const s3Destination = z.strictObject({
+  name,
+  kind: z.literal('s3'),
+  endpoint: z.url(),
+  bucket: z.string().min(3).max(63),
+  prefix: z.string().default(''),
+  credentials: secretRef,
+});
+
+const destination = z.discriminatedUnion('kind', [localDestination, s3Destination]);
+
+const region = z.strictObject({
+  clusters: z.array(cluster).min(1, 'a region needs at least one PostgreSQL cluster'),
+  backup: z
+    .strictObject({
+      destinations: z.array(destination).min(1, 'declare at least one backup destination'),
+    })
+    .optional(),
+});
+
+export const configSchema = z
+  .strictObject({
+    version: z.literal(1).describe('Schema version of this file.'),
+    domain: hostname.describe('Public DNS name of the install; the HTTPS proxy serves it.'),
+    target: z.enum(['embedded', 'compose', 'k8s']).describe('Where the data plane runs.'),
+    primaryRegion: name.describe('Region whose first cluster holds dforge_control.'),
+    regions: z.record(name, region).refine((r) => Object.keys(r).length > 0, 'declare at least one region'),
+    images: z
+      .strictObject({
+        postgres: imageRef.optional(),
+        authDb: imageRef.optional(),
+        auth: imageRef.optional(),
+        app: imageRef.optional(),
+        proxy: imageRef.optional(),
+      })
+      .default({}),
+    tls: z
+      .strictObject({
+        mode: z.enum(['internal-ca', 'provided']).default('internal-ca').describe('internal-ca: dforge issues every certificate; provided: import the proxy certificate with dforge certs import.'),
+        extraSans: z.array(hostname).default([]),
+      })
+      .default({mode: 'internal-ca', extraSans: []}),
+  })
+  .superRefine((config, ctx) => {
+    if (!(config.primaryRegion in config.regions)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['primaryRegion'],
+        message: `primaryRegion "${config.primaryRegion}" is not declared under regions (declared: ${Object.keys(config.regions).join(', ')})`,
+      });
+    }
+    const clusterNames = new Map<string, string>();
+    for (const [regionName, r] of Object.entries(config.regions)) {
+      r.clusters.forEach((c, i) => {
+        const other = clusterNames.get(c.name);
+        if (other !== undefined) {
+          ctx.addIssue({code: 'custom', path: ['regions', regionName, 'clusters', i, 'name'], message: `cluster name "${c.name}" is already used in region ${other}; cluster names are unique across the install`});
+        }
+        clusterNames.set(c.name, regionName);
+        if (config.target === 'embedded' && c.kind === 'bundled') {
+          ctx.addIssue({code: 'custom', path: ['regions', regionName, 'clusters', i, 'kind'], message: 'a "bundled" cluster needs target compose or k8s; with target embedded use kind "embedded" or "external"'});
+        }
+      });
+    }
+  });
+
+export type DforgeConfig = z.infer<typeof configSchema>;
+export type ClusterConfig = z.infer<typeof cluster>;
+export type DestinationConfig = z.infer<typeof destination>;
+
+/** JSON Schema of `dforge.yaml` for editors (yaml-language-server) and CI linting. */
+export function configJsonSchema(): Record<string, unknown> {
+  return {
+    ...z.toJSONSchema(configSchema, {io: 'input', unrepresentable: 'any'}),
+    $id: 'urn:dforge:schema:dforge.yaml:v1',
+    title: 'dforge.yaml',
+  };
+}

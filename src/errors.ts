@@ -1,0 +1,105 @@
+/**
+ * Typed errors and the exit-code contract (DESIGN §9).
+ *
+ * Services throw these; only the base command turns them into text and an exit code, so
+ * every failure an operator sees has the same "what happened / what to do" shape.
+ */
+
+export const ExitCode = {
+  ok: 0,
+  error: 1,
+  usage: 2,
+  checkFailed: 3,
+  partial: 4,
+  locked: 5,
+  verification: 6,
+} as const;
+export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
+
+/** The machine-readable kind of a failure; it is the `error.kind` field of `--json` output. */
+export type ErrorKind = 'user' | 'usage' | 'check' | 'partial' | 'locked' | 'verification' | 'bug';
+
+export interface ErrorDetails {
+  /** Concrete next steps, phrased as commands or edits the operator can make. */
+  readonly nextSteps?: readonly string[];
+  /** Structured context for `--json` consumers. Never put a secret here. */
+  readonly data?: Record<string, unknown>;
+  readonly cause?: unknown;
+}
+
+export abstract class DforgeError extends Error {
+  abstract readonly kind: ErrorKind;
+  abstract readonly exitCode: ExitCode;
+  readonly nextSteps: readonly string[];
+  readonly data: Record<string, unknown>;
+
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(message, details.cause === undefined ? undefined : { cause: details.cause });
+    this.name = new.target.name;
+    this.nextSteps = details.nextSteps ?? [];
+    this.data = details.data ?? {};
+  }
+
+  toJSON(): Record<string, unknown> {
+    return {
+      kind: this.kind,
+      code: this.name,
+      message: this.message,
+      exitCode: this.exitCode,
+      nextSteps: this.nextSteps,
+      ...(Object.keys(this.data).length > 0 ? { data: this.data } : {}),
+    };
+  }
+}
+
+/** Something the operator can fix: bad config, missing binary, wrong flag value. */
+export class UserError extends DforgeError {
+  readonly kind = 'user';
+  readonly exitCode = ExitCode.error;
+}
+
+/** The command line itself is wrong (unknown flag, missing argument). */
+export class UsageError extends DforgeError {
+  readonly kind = 'usage';
+  readonly exitCode = ExitCode.usage;
+}
+
+/** A preflight or posture check failed. */
+export class CheckFailedError extends DforgeError {
+  readonly kind = 'check';
+  readonly exitCode = ExitCode.checkFailed;
+}
+
+/** Some items of an `--all` run failed; the others completed. */
+export class PartialError extends DforgeError {
+  readonly kind = 'partial';
+  readonly exitCode = ExitCode.partial;
+}
+
+/** Another run holds the lock this operation needs. */
+export class LockedError extends DforgeError {
+  readonly kind = 'locked';
+  readonly exitCode = ExitCode.locked;
+}
+
+/** Tampering, a bad signature, a checksum mismatch or an undecryptable payload. */
+export class VerificationError extends DforgeError {
+  readonly kind = 'verification';
+  readonly exitCode = ExitCode.verification;
+}
+
+/** An invariant broke inside dforge. The message says so, because the operator cannot fix it. */
+export class BugError extends DforgeError {
+  readonly kind = 'bug';
+  readonly exitCode = ExitCode.error;
+}
+
+/** Wraps anything that is not already typed, so the base command has one shape to print. */
+export function toDforgeError(err: unknown): DforgeError {
+  if (err instanceof DforgeError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new BugError(`unexpected internal error: ${message}`, {
+    nextSteps: ['This is a bug in dforge. Re-run with DEBUG=dforge* and report the output.'],
+    cause: err,
+  });
+}

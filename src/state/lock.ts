@@ -1,0 +1,244 @@
+import {randomBytes} from 'node:crypto';
+import {promises as fs, readFileSync, unlinkSync} from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import {LockedError} from '../errors.js';
+import {fsyncDir} from './atomic-file.js';
+
+/**
+ * Exclusive, per-operation locks on the install directory.
+ *
+ * A lock is a file `<name>.lock` holding a record of its holder. It is created with link(2) from a
+ * fully written staging file, so nobody ever reads a half-written record. A holder that died (it
+ * was SIGKILLed, the host rebooted, or its pid now belongs to another process) leaves a stale
+ * lock, which the next run breaks. Breaking is serialised by a per-holder "break token" created
+ * with O_EXCL, so two runs racing to break the same stale lock can never remove a live one.
+ */
+
+export interface LockHolder {
+  readonly pid: number;
+  readonly host: string;
+  /** /proc/sys/kernel/random/boot_id: a record from before a reboot is stale whatever its pid. */
+  readonly bootId: string | null;
+  /** Field 22 of /proc/<pid>/stat: tells a live holder from a later process that reused its pid. */
+  readonly startTicks: string | null;
+  readonly command: string;
+  readonly acquiredAt: string;
+  /** Random per acquisition: identifies this exact holding, for release and for breaking. */
+  readonly nonce: string;
+}
+
+export interface LockHandle {
+  readonly name: string;
+  readonly file: string;
+  readonly holder: LockHolder;
+  release(): Promise<void>;
+}
+
+export interface AcquireOptions {
+  /** What the holder is doing, shown to whoever is refused. Must not contain secrets. */
+  readonly command: string;
+  readonly clock?: () => Date;
+}
+
+/** A breaker that died mid-break leaves its token; after this long the token no longer counts. */
+const BREAK_TOKEN_TTL_MS = 30_000;
+const MAX_ATTEMPTS = 20;
+
+export async function acquireLock(dir: string, name: string, options: AcquireOptions): Promise<LockHandle> {
+  if (!/^[a-z0-9][a-z0-9-]*$/.test(name)) throw new Error(`invalid lock name ${name}`);
+  await fs.mkdir(dir, {recursive: true, mode: 0o700});
+  const file = path.join(dir, `${name}.lock`);
+  const me = describeSelf(options);
+  const staged = path.join(dir, `.${name}.${me.nonce}.staged`);
+  await fs.writeFile(staged, JSON.stringify(me), {mode: 0o600, flag: 'wx'});
+  try {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      try {
+        await fs.link(staged, file);
+        await fsyncDir(dir);
+        return holdingOf(name, file, me);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      }
+      const holder = await readHolder(file);
+      if (holder === undefined) continue; // released between our link and our read
+      if (holder === 'corrupt') throw corruptLockError(name, file);
+      const liveness = holderLiveness(holder);
+      if (liveness !== 'dead') throw lockedError(name, holder, liveness);
+      await breakStaleLock(file, holder, me);
+      await sleep(5 + Math.random() * 20);
+    }
+    throw new LockedError(`could not take the ${name} lock: other runs kept taking it`, {
+      nextSteps: ['Another dforge run is starting at the same moment; re-run when it has finished.'],
+      data: {lock: name},
+    });
+  } finally {
+    await fs.rm(staged, {force: true});
+  }
+}
+
+/** Reads who holds a lock, if anyone: for status displays. */
+export async function readLockHolder(dir: string, name: string): Promise<LockHolder | undefined> {
+  const holder = await readHolder(path.join(dir, `${name}.lock`));
+  return holder === 'corrupt' ? undefined : holder;
+}
+
+function holdingOf(name: string, file: string, me: LockHolder): LockHandle {
+  let released = false;
+  // If the process exits without release() (process.exit in a library, an uncaught error),
+  // remove the lock synchronously on the way out rather than leave it for staleness detection.
+  const onExit = (): void => {
+    if (!released && ownsLockSync(file, me)) unlinkSync(file);
+  };
+  process.once('exit', onExit);
+  return {
+    name,
+    file,
+    holder: me,
+    async release() {
+      if (released) return;
+      released = true;
+      process.removeListener('exit', onExit);
+      const current = await readHolder(file);
+      if (current !== undefined && current !== 'corrupt' && current.nonce === me.nonce) {
+        await fs.rm(file, {force: true});
+        await fsyncDir(path.dirname(file));
+      }
+    },
+  };
+}
+
+function ownsLockSync(file: string, me: LockHolder): boolean {
+  try {
+    return (JSON.parse(readFileSync(file, 'utf8')) as LockHolder).nonce === me.nonce;
+  } catch {
+    return false;
+  }
+}
+
+async function readHolder(file: string): Promise<LockHolder | 'corrupt' | undefined> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+  try {
+    const parsed = JSON.parse(text) as Partial<LockHolder>;
+    if (typeof parsed.pid !== 'number' || typeof parsed.nonce !== 'string' || typeof parsed.host !== 'string') return 'corrupt';
+    return parsed as LockHolder;
+  } catch {
+    return 'corrupt';
+  }
+}
+
+type Liveness = 'alive' | 'dead' | 'other-host';
+
+function holderLiveness(holder: LockHolder): Liveness {
+  if (holder.host !== os.hostname()) return 'other-host';
+  const bootId = readBootId();
+  if (holder.bootId !== null && bootId !== null && holder.bootId !== bootId) return 'dead';
+  try {
+    process.kill(holder.pid, 0);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ESRCH') return 'dead';
+    // EPERM: the pid exists and belongs to someone else; fall through to the start-time check.
+  }
+  const startTicks = readStartTicks(holder.pid);
+  if (holder.startTicks !== null && startTicks !== null && startTicks !== holder.startTicks) return 'dead';
+  // A zombie (killed, not yet reaped by its parent) holds nothing.
+  if (readProcessState(holder.pid) === 'Z') return 'dead';
+  return 'alive';
+}
+
+/**
+ * Removes `file` only while it still records the stale `holder`. The break token is unique to
+ * that holding, so of several runs breaking the same stale lock exactly one proceeds, and a lock
+ * taken in the meantime by a live run is never touched.
+ */
+async function breakStaleLock(file: string, holder: LockHolder, me: LockHolder): Promise<void> {
+  const token = `${file}.break-${holder.nonce}`;
+  try {
+    await fs.writeFile(token, JSON.stringify(me), {mode: 0o600, flag: 'wx'});
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    const st = await fs.stat(token).catch(() => undefined);
+    if (st && Date.now() - st.mtimeMs > BREAK_TOKEN_TTL_MS) await fs.rm(token, {force: true});
+    return;
+  }
+  try {
+    const current = await readHolder(file);
+    if (current !== undefined && current !== 'corrupt' && current.nonce === holder.nonce) {
+      await fs.unlink(file);
+    }
+  } finally {
+    await fs.rm(token, {force: true});
+  }
+}
+
+function lockedError(name: string, holder: LockHolder, liveness: Liveness): LockedError {
+  const who = `pid ${holder.pid} on ${holder.host} (${holder.command}), since ${holder.acquiredAt}`;
+  const nextSteps =
+    liveness === 'other-host'
+      ? [
+          `Host ${holder.host} holds it; dforge cannot check a process on another host.`,
+          `If that run is gone for certain, remove the lock file by hand.`,
+        ]
+      : [`Wait for it to finish, then re-run. Inspect it with: ps -o pid,etime,args -p ${holder.pid}`];
+  return new LockedError(`another dforge run holds the ${name} lock: ${who}`, {
+    nextSteps,
+    data: {lock: name, holder: {pid: holder.pid, host: holder.host, command: holder.command, acquiredAt: holder.acquiredAt}},
+  });
+}
+
+function corruptLockError(name: string, file: string): LockedError {
+  return new LockedError(`the ${name} lock file is unreadable, so dforge cannot tell whether its holder is alive`, {
+    nextSteps: [`Make sure no dforge run is active (ps -C node -o pid,args), then remove ${file}.`],
+    data: {lock: name, file},
+  });
+}
+
+function describeSelf(options: AcquireOptions): LockHolder {
+  return {
+    pid: process.pid,
+    host: os.hostname(),
+    bootId: readBootId(),
+    startTicks: readStartTicks(process.pid),
+    command: options.command,
+    acquiredAt: (options.clock ?? (() => new Date()))().toISOString(),
+    nonce: randomBytes(12).toString('hex'),
+  };
+}
+
+function readBootId(): string | null {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return null;
+  }
+}
+
+/** The fields of /proc/<pid>/stat after the command name, which may itself contain spaces. */
+function procStatFields(pid: number): string[] | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return null;
+  }
+}
+
+function readStartTicks(pid: number): string | null {
+  return procStatFields(pid)?.[19] ?? null;
+}
+
+function readProcessState(pid: number): string | null {
+  return procStatFields(pid)?.[0] ?? null;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
