@@ -56,7 +56,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   protected override async catch(err: Error & {oclif?: {exit?: number}}): Promise<void> {
     // `this.exit()` and oclif's own help/version exits are control flow, not failures.
     if (err.oclif?.exit !== undefined && err.name === 'ExitError') throw err;
-    const typed = isParseError(err) ? new UsageError(err.message, {nextSteps: [`Run: dforge ${this.id?.replaceAll(':', ' ') ?? ''} --help`.trimEnd()]}) : toDforgeError(err);
+    const typed = isParseError(err) ? new UsageError(err.message, {nextSteps: [`Run: dforge ${this.id?.replaceAll(':', ' ') ?? ''} --help`.trimEnd()]}) : toDforgeError(err, {dir: this.flags?.dir});
     process.exitCode = typed.exitCode;
     if (this.jsonEnabled()) {
       this.logJson({error: typed.toJSON()});

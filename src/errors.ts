@@ -5,6 +5,8 @@
  * every failure an operator sees has the same "what happened / what to do" shape.
  */
 
+import {dirname} from 'node:path';
+
 export const ExitCode = {
   ok: 0,
   error: 1,
@@ -94,9 +96,26 @@ export class BugError extends DforgeError {
   readonly exitCode = ExitCode.error;
 }
 
-/** Wraps anything that is not already typed, so the base command has one shape to print. */
-export function toDforgeError(err: unknown): DforgeError {
+/**
+ * Operating-system failures an operator can fix (a full disk, a permission) become user errors
+ * naming the path; anything else untyped is a bug.
+ */
+export function toDforgeError(err: unknown, context: {dir?: string} = {}): DforgeError {
   if (err instanceof DforgeError) return err;
+  const sys = err as NodeJS.ErrnoException;
+  const where = sys?.path ?? context.dir ?? 'the install directory';
+  if (sys?.code === 'ENOSPC' || sys?.code === 'EDQUOT') {
+    return new UserError(`no space left on the device holding ${where}; nothing was changed`, {
+      nextSteps: [`Free space (check with: df -h ${sys.path ? dirname(sys.path) : (context.dir ?? '<dir>')}), then re-run.`],
+      cause: err,
+    });
+  }
+  if (sys?.code === 'EACCES' || sys?.code === 'EPERM' || sys?.code === 'EROFS') {
+    return new UserError(`cannot write ${where}: ${sys.code}`, {
+      nextSteps: ['Run dforge as the owner of the install directory (--dir), or fix its permissions.'],
+      cause: err,
+    });
+  }
   const message = err instanceof Error ? err.message : String(err);
   return new BugError(`unexpected internal error: ${message}`, {
     nextSteps: ['This is a bug in dforge. Re-run with DEBUG=dforge* and report the output.'],

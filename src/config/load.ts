@@ -4,6 +4,7 @@ import {isMap, isScalar, LineCounter, parseDocument, type Document, type Node as
 import type {z} from 'zod';
 
 import {UserError} from '../errors.js';
+import {closest} from '../util/closest.js';
 import {configSchema, type DforgeConfig} from './schema.js';
 
 /** One problem in a config file, located so an editor or a human can jump to it. */
@@ -61,7 +62,13 @@ export function parseConfig(text: string, file: string): DforgeConfig {
       }),
     );
   }
-  const data: unknown = doc.toJS({maxAliasCount: 100});
+  let data: unknown;
+  try {
+    data = doc.toJS({maxAliasCount: 100});
+  } catch (err) {
+    // Unresolvable or exponentially expanding aliases surface here, not as parse errors.
+    throw new ConfigError(file, [{path: '', line: 1, column: 1, message: (err as Error).message, fix: 'define each &anchor before its *alias, and do not nest aliases deeply'}]);
+  }
   const result = configSchema.safeParse(data ?? {}, {reportInput: true});
   if (result.success) return result.data;
   throw new ConfigError(
@@ -173,33 +180,6 @@ function unwrap(schema: unknown): unknown {
     current = (current.def.innerType ?? current.def.in) as typeof current;
   }
   return current;
-}
-
-function closest(word: string, candidates: readonly string[]): string | undefined {
-  let best: string | undefined;
-  let bestDistance = Infinity;
-  for (const candidate of candidates) {
-    const d = editDistance(word.toLowerCase(), candidate.toLowerCase());
-    if (d < bestDistance) {
-      best = candidate;
-      bestDistance = d;
-    }
-  }
-  return best !== undefined && bestDistance <= Math.max(2, Math.floor(word.length / 3)) ? best : undefined;
-}
-
-function editDistance(a: string, b: string): number {
-  const row = Array.from({length: b.length + 1}, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    let previous = row[0]!;
-    row[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const current = row[j]!;
-      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, previous + (a[i - 1] === b[j - 1] ? 0 : 1));
-      previous = current;
-    }
-  }
-  return row[b.length]!;
 }
 
 function formatPath(path: readonly PropertyKey[]): string {

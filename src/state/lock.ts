@@ -52,8 +52,8 @@ export async function acquireLock(dir: string, name: string, options: AcquireOpt
   const file = path.join(dir, `${name}.lock`);
   const me = describeSelf(options);
   const staged = path.join(dir, `.${name}.${me.nonce}.staged`);
-  await fs.writeFile(staged, JSON.stringify(me), {mode: 0o600, flag: 'wx'});
   try {
+    await fs.writeFile(staged, JSON.stringify(me), {mode: 0o600, flag: 'wx'});
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       try {
         await fs.link(staged, file);
