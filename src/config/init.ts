@@ -70,6 +70,6 @@ function starterConfig(dir: InstallDir, options: InitOptions): DforgeConfig {
 }
 
 function renderConfig(config: DforgeConfig): string {
-  const {images: _images, tls: _tls, ...explicit} = config;
+  const {images: _images, tls: _tls, keys: _keys, ...explicit} = config;
   return `# yaml-language-server: $schema=./${SCHEMA_FILE}\n# dforge install config. No secrets here: credentials are references into secrets/.\n${stringify(explicit)}`;
 }

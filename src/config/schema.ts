@@ -97,6 +97,20 @@ export const configSchema = z
         proxy: imageRef.optional(),
       })
       .default({}),
+    keys: z
+      .strictObject({
+        masterKeyProvider: z
+          .enum(['file', 'env', 'passphrase'])
+          .default('file')
+          .describe('file: secrets/master/v<N>.key; env: DFORGE_MASTER_KEY; passphrase: DFORGE_MASTER_PASSPHRASE stretched with scrypt.'),
+        jwt: z
+          .strictObject({
+            algorithm: z.enum(['EdDSA', 'ES256']).default('EdDSA').describe('EdDSA is Ed25519.'),
+            graceDays: z.number().int().min(0).max(365).default(7).describe('How long a replaced signing key still verifies tokens.'),
+          })
+          .default({algorithm: 'EdDSA', graceDays: 7}),
+      })
+      .default({masterKeyProvider: 'file', jwt: {algorithm: 'EdDSA', graceDays: 7}}),
     tls: z
       .strictObject({
         mode: z.enum(['internal-ca', 'provided']).default('internal-ca').describe('internal-ca: dforge issues every certificate; provided: import the proxy certificate with dforge certs import.'),

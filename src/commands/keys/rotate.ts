@@ -1,0 +1,34 @@
+import {Flags} from '@oclif/core';
+
+import {BaseCommand} from '../../base-command.js';
+import {rotateJwt, type JwtRotationResult} from '../../keys/rotate-jwt.js';
+import {rotateMasterKey, type MasterRotationResult} from '../../keys/rotate-master.js';
+
+export type KeysRotateResult = {master: MasterRotationResult} | {jwt: JwtRotationResult};
+
+export default class KeysRotate extends BaseCommand<typeof KeysRotate> {
+  static override summary = 'Rotate the master key or the JWT signing key.';
+  static override description = `--master re-wraps every data key and sealed secret under a new master version in a crash-safe sequence, never re-encrypting data, and retires the old version only after the re-wrap has committed. If it is interrupted, run it again: it finishes the job.
+--jwt adds a new signing key; the previous one stays in the JWKS as verify-only for the grace period (keys.jwt.graceDays, or --grace-days), then is dropped.`;
+  static override examples = ['<%= config.bin %> keys rotate --master', '<%= config.bin %> keys rotate --jwt --grace-days 3'];
+
+  static override flags = {
+    master: Flags.boolean({summary: 'Rotate the master key (KEK).', exactlyOne: ['master', 'jwt']}),
+    jwt: Flags.boolean({summary: 'Rotate the JWT signing key.', exactlyOne: ['master', 'jwt']}),
+    'grace-days': Flags.integer({summary: 'With --jwt: days the replaced key still verifies (default from dforge.yaml).', min: 0, max: 365, dependsOn: ['jwt']}),
+  };
+
+  async run(): Promise<KeysRotateResult> {
+    const dir = this.installDir();
+    if (this.flags.master) {
+      const master = await rotateMasterKey(dir, {command: 'dforge keys rotate --master'});
+      const {dataKeys, sealedSecrets} = master.rewrapped;
+      this.out.progress(`master key v${master.from} -> v${master.to}${master.resumed ? ' (finished an interrupted rotation)' : ''}: re-wrapped ${dataKeys} data keys and ${sealedSecrets} sealed secrets; v${master.from} retired`);
+      for (const action of master.operatorActions) this.out.warn(`to finish retiring the old key: ${action}`);
+      return {master};
+    }
+    const jwt = await rotateJwt(dir, {graceDays: this.flags['grace-days'], command: 'dforge keys rotate --jwt'});
+    this.out.progress(`JWT signing key ${jwt.signing.kid} (${jwt.signing.alg}); ${jwt.verifyOnly.length} verify-only for up to ${jwt.graceDays} days; dropped ${jwt.dropped.length}`);
+    return {jwt};
+  }
+}

@@ -1,0 +1,32 @@
+import {BaseCommand} from '../../base-command.js';
+import {keysStatus, type KeysStatus} from '../../keys/status.js';
+import {renderTable} from '../../ui/table.js';
+
+export default class KeysStatusCommand extends BaseCommand<typeof KeysStatusCommand> {
+  static override summary = 'Show the key versions in use, their age, and what each protects.';
+  static override examples = ['<%= config.bin %> keys status', '<%= config.bin %> keys status --json'];
+
+  async run(): Promise<KeysStatus> {
+    const status = await keysStatus(this.installDir());
+    if (!this.jsonEnabled()) {
+      const m = status.master;
+      this.log(`master key (${m.provider}), active v${m.activeVersion}${m.rotationInProgress ? `, ROTATION IN PROGRESS v${m.rotationInProgress.from} -> v${m.rotationInProgress.to}: re-run dforge keys rotate --master` : ''}`);
+      this.log(
+        renderTable(
+          ['version', 'state', 'age (days)', 'data keys', 'sealed secrets', 'material'],
+          m.versions.map((v) => [`v${v.version}`, v.state, String(v.ageDays), String(v.protects.dataKeys), String(v.protects.sealedSecrets), v.materialPresent ? 'present' : 'destroyed']),
+        ),
+      );
+      this.log(`\ndata keys: ${status.dataKeys.length} owner${status.dataKeys.length === 1 ? '' : 's'}`);
+      if (status.dataKeys.length > 0) {
+        this.log(renderTable(['owner', 'active', 'versions', 'oldest (days)'], status.dataKeys.map((d) => [d.owner, `v${d.activeVersion}`, String(d.versions), String(d.oldestAgeDays)])));
+      }
+      this.log(`\nJWT signing keys`);
+      this.log(renderTable(['kid', 'alg', 'state', 'age (days)', 'verifies until'], status.jwt.map((k) => [k.kid, k.alg, k.state, String(k.ageDays), k.verifyUntil ?? '-'])));
+    }
+    for (const v of status.master.versions) {
+      if (v.state === 'retired' && v.materialPresent) this.out.warn(`retired master v${v.version} still has key material; re-run dforge keys rotate --master to destroy it`);
+    }
+    return status;
+  }
+}

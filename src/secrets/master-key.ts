@@ -1,0 +1,347 @@
+import {randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions} from 'node:crypto';
+import {promises as fs} from 'node:fs';
+import path from 'node:path';
+
+import {UserError} from '../errors.js';
+import type {InstallDir} from '../state/install-dir.js';
+import {KEY_BYTES, keyCheckValue, readHeader, unwrap, wrap, type WrappingKey} from './envelope.js';
+
+/**
+ * The master key (KEK) of an install: versioned, and the root of every other key.
+ *
+ * Callers use {@link KeyEncryptionService} (wrap, unwrap, rewrap) and never see key material, so
+ * a remote provider (Vault transit, a cloud KMS) can implement it later without touching them.
+ * Today's providers are local: a key file per version in secrets/master/ (the default), keys
+ * handed in through DFORGE_MASTER_KEY, or keys derived from a passphrase with scrypt.
+ *
+ * The keyring state (versions, their check values, an in-flight rotation) lives in
+ * secrets/master/keyring.json. It holds no key material.
+ */
+
+export const MASTER_KEY_ID = 'master';
+export type MasterKeyProviderKind = 'file' | 'env' | 'passphrase';
+
+export interface KekVersion {
+  readonly version: number;
+  /** pending: minted by a rotation that has not committed; retired: nothing is wrapped by it any more. */
+  readonly state: 'pending' | 'active' | 'retired';
+  readonly createdAt: string;
+  readonly retiredAt?: string;
+  /** Hex key check value; tells the right key from a wrong one without revealing either. */
+  readonly keyCheck: string;
+  /** Passphrase provider: the scrypt salt of this version (hex). */
+  readonly salt?: string;
+}
+
+export interface KeyringState {
+  readonly format: 1;
+  readonly provider: MasterKeyProviderKind;
+  readonly versions: readonly KekVersion[];
+  /** Present while a master rotation is under way; a rerun resumes it. */
+  readonly rotation?: {readonly from: number; readonly to: number; readonly startedAt: string};
+}
+
+/** What every caller of the master key uses. */
+export interface KeyEncryptionService {
+  readonly keyId: string;
+  readonly state: KeyringState;
+  activeVersion(): number;
+  /** Wraps under the active version (or, mid-rotation, the version being rotated to). */
+  wrap(plaintext: Buffer, context: string): Promise<Buffer>;
+  unwrap(blob: Buffer, context: string, what: string): Promise<Buffer>;
+  /** The version a blob is wrapped under, read from its header. */
+  versionOf(blob: Buffer, what: string): number;
+}
+
+/** Where a local provider gets the bytes of a version. */
+export interface KeyMaterialSource {
+  readonly kind: MasterKeyProviderKind;
+  /** The material of `version`, or undefined if this source does not hold it. */
+  material(version: KekVersion): Promise<Buffer | undefined>;
+  /** Makes the material of a new version. */
+  mint(version: number): Promise<{material: Buffer; salt?: string}>;
+  /** Destroys a retired version where dforge owns the material; otherwise says what the operator must remove. */
+  destroy(version: number): Promise<string | undefined>;
+}
+
+export function masterDir(dir: InstallDir): string {
+  return path.join(dir.secretsDir, 'master');
+}
+
+function keyringFile(dir: InstallDir): string {
+  return path.join(masterDir(dir), 'keyring.json');
+}
+
+export async function readKeyringState(dir: InstallDir): Promise<KeyringState | undefined> {
+  try {
+    return JSON.parse(await fs.readFile(keyringFile(dir), 'utf8')) as KeyringState;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new UserError(`cannot read ${keyringFile(dir)}: ${(err as Error).message}`, {
+      nextSteps: ['Restore secrets/master/ from a backup of the install directory.'],
+    });
+  }
+}
+
+export async function writeKeyringState(dir: InstallDir, state: KeyringState): Promise<void> {
+  await dir.writeSecret('master/keyring.json', `${JSON.stringify(state, null, 2)}\n`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local providers
+
+/** Default: one 32-byte key file per version, secrets/master/v<N>.key, 0600. */
+export function fileKeySource(dir: InstallDir): KeyMaterialSource {
+  const file = (v: number): string => `master/v${v}.key`;
+  return {
+    kind: 'file',
+    async material(v) {
+      try {
+        return decodeKey(await dir.readSecret(file(v.version)), dir.secretPath(file(v.version)));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+        throw err;
+      }
+    },
+    async mint(version) {
+      const material = randomBytes(KEY_BYTES);
+      await dir.writeSecret(file(version), `${material.toString('base64')}\n`);
+      return {material};
+    },
+    async destroy(version) {
+      const target = dir.secretPath(file(version));
+      // Overwrite before unlinking: on most file systems this removes the bytes, not only the name.
+      const handle = await fs.open(target, 'r+').catch(() => undefined);
+      if (handle) {
+        await handle.write(randomBytes(64), 0);
+        await handle.sync();
+        await handle.close();
+        await fs.rm(target, {force: true});
+      }
+      return undefined;
+    },
+  };
+}
+
+/**
+ * Keys handed in by the environment (a secret manager, systemd credentials):
+ * DFORGE_MASTER_KEY="<version>:<base64>[,<version>:<base64>...]"; a bare base64 value is version 1.
+ * dforge cannot mint or destroy these: it says what the operator has to add or remove.
+ */
+export function envKeySource(env: NodeJS.ProcessEnv = process.env): KeyMaterialSource {
+  const parse = (): Map<number, Buffer> => {
+    const raw = env.DFORGE_MASTER_KEY?.trim();
+    const keys = new Map<number, Buffer>();
+    if (!raw) return keys;
+    for (const entry of raw.split(',')) {
+      const match = /^(?:(\d+):)?([A-Za-z0-9+/=_-]+)$/.exec(entry.trim());
+      if (!match) throw badEnvKey();
+      keys.set(Number(match[1] ?? 1), decodeKey(Buffer.from(match[2]!), 'DFORGE_MASTER_KEY'));
+    }
+    return keys;
+  };
+  return {
+    kind: 'env',
+    async material(v) {
+      return parse().get(v.version);
+    },
+    async mint(version) {
+      const material = parse().get(version);
+      if (!material) {
+        throw new UserError(`DFORGE_MASTER_KEY holds no key for master version ${version}`, {
+          nextSteps: [
+            `Generate a key (openssl rand -base64 32) in your secret manager and prepend "${version}:<key>," to DFORGE_MASTER_KEY, keeping the current entry, then re-run.`,
+          ],
+        });
+      }
+      return {material};
+    },
+    async destroy(version) {
+      return parse().has(version) ? `remove the "${version}:" entry from DFORGE_MASTER_KEY` : undefined;
+    },
+  };
+}
+
+const SCRYPT: ScryptOptions = {N: 2 ** 17, r: 8, p: 1, maxmem: 256 * 1024 * 1024};
+
+/**
+ * Keys derived from a passphrase with scrypt (N=2^17, r=8, p=1) and a per-version salt.
+ * DFORGE_MASTER_PASSPHRASE is the current passphrase; during a rotation,
+ * DFORGE_MASTER_PASSPHRASE_NEW (if set) is the passphrase for the new version. Each version's
+ * key check value tells which passphrase belongs to it.
+ */
+export function passphraseKeySource(passphrases: {current?: string; next?: string}): KeyMaterialSource {
+  const cache = new Map<string, Buffer>();
+  const derive = async (passphrase: string, salt: string): Promise<Buffer> => {
+    const cacheKey = `${salt}:${passphrase}`;
+    const hit = cache.get(cacheKey);
+    if (hit) return hit;
+    const key = await new Promise<Buffer>((resolve, reject) =>
+      scryptCb(passphrase.normalize('NFC'), Buffer.from(salt, 'hex'), KEY_BYTES, SCRYPT, (err, k) => (err ? reject(err) : resolve(k))),
+    );
+    cache.set(cacheKey, key);
+    return key;
+  };
+  const candidates = (): string[] => [passphrases.next, passphrases.current].filter((p): p is string => typeof p === 'string' && p.length > 0);
+  return {
+    kind: 'passphrase',
+    async material(v) {
+      if (!v.salt) return undefined;
+      for (const passphrase of candidates()) {
+        const key = await derive(passphrase, v.salt);
+        if (timingSafeEqual(keyCheckValue(key), Buffer.from(v.keyCheck, 'hex'))) return key;
+      }
+      return undefined;
+    },
+    async mint() {
+      const passphrase = passphrases.next ?? passphrases.current;
+      if (!passphrase) {
+        throw new UserError('the master key is passphrase-based, but no passphrase was given', {
+          nextSteps: ['Set DFORGE_MASTER_PASSPHRASE in the environment (never on the command line), or run interactively to be prompted.'],
+        });
+      }
+      if (passphrase.length < 12) {
+        throw new UserError('the master passphrase is shorter than 12 characters', {nextSteps: ['Choose a longer passphrase (a few random words work well).']});
+      }
+      const salt = randomBytes(16).toString('hex');
+      return {material: await derive(passphrase, salt), salt};
+    },
+    async destroy() {
+      return undefined;
+    },
+  };
+}
+
+function decodeKey(raw: Buffer, where: string): Buffer {
+  const key = Buffer.from(raw.toString('utf8').trim(), 'base64');
+  if (key.length !== KEY_BYTES) throw where === 'DFORGE_MASTER_KEY' ? badEnvKey() : new UserError(`${where} does not hold a 32-byte base64 key`, {nextSteps: ['Restore the file from a backup of the install directory.']});
+  return key;
+}
+
+function badEnvKey(): UserError {
+  return new UserError('DFORGE_MASTER_KEY is not in the form "<version>:<base64 of 32 bytes>[,...]"', {
+    nextSteps: ['Generate a key with: openssl rand -base64 32, and set DFORGE_MASTER_KEY to "1:<that key>".'],
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The local keyring
+
+export class LocalMasterKeyring implements KeyEncryptionService {
+  readonly keyId = MASTER_KEY_ID;
+  private readonly materials = new Map<number, Buffer>();
+
+  private constructor(
+    readonly state: KeyringState,
+    private readonly source: KeyMaterialSource,
+  ) {}
+
+  /** Opens an existing keyring; fails with next steps if there is none or the provider differs. */
+  static async open(dir: InstallDir, source: KeyMaterialSource): Promise<LocalMasterKeyring> {
+    const state = await readKeyringState(dir);
+    if (!state) {
+      throw new UserError(`no master key in ${masterDir(dir)}`, {
+        nextSteps: ['Create the keys of this install with: dforge keys init'],
+      });
+    }
+    if (state.provider !== source.kind) {
+      throw new UserError(`this install's master key uses the ${state.provider} provider, but ${source.kind} was configured`, {
+        nextSteps: [`Set keys.masterKeyProvider to "${state.provider}" in dforge.yaml.`],
+      });
+    }
+    return new LocalMasterKeyring(state, source);
+  }
+
+  /** Creates version 1 if the install has no master key yet. Idempotent. */
+  static async init(dir: InstallDir, source: KeyMaterialSource, now: Date): Promise<{keyring: LocalMasterKeyring; created: boolean}> {
+    const existing = await readKeyringState(dir);
+    if (existing) return {keyring: await LocalMasterKeyring.open(dir, source), created: false};
+    const {material, salt} = await source.mint(1);
+    const state: KeyringState = {
+      format: 1,
+      provider: source.kind,
+      versions: [{version: 1, state: 'active', createdAt: now.toISOString(), keyCheck: keyCheckValue(material).toString('hex'), ...(salt ? {salt} : {})}],
+    };
+    await writeKeyringState(dir, state);
+    return {keyring: new LocalMasterKeyring(state, source), created: true};
+  }
+
+  activeVersion(): number {
+    const active = this.state.versions.find((v) => v.state === 'active');
+    if (!active) throw new UserError('the master keyring has no active version', {nextSteps: ['Restore secrets/master/ from a backup of the install directory.']});
+    return active.version;
+  }
+
+  /** The version new wraps go to: the rotation target while a rotation is in flight. */
+  writeVersion(): number {
+    return this.state.rotation?.to ?? this.activeVersion();
+  }
+
+  async wrap(plaintext: Buffer, context: string): Promise<Buffer> {
+    return wrap(await this.key(this.writeVersion()), plaintext, context);
+  }
+
+  async unwrap(blob: Buffer, context: string, what: string): Promise<Buffer> {
+    const header = readHeader(blob, what);
+    if (header.keyId !== MASTER_KEY_ID) {
+      throw new UserError(`${what} is wrapped by key "${header.keyId}", not by the master key`, {nextSteps: ['This is not a master-key blob; check which file or record was read.']});
+    }
+    return unwrap(await this.key(header.keyVersion, what), blob, context, what);
+  }
+
+  versionOf(blob: Buffer, what: string): number {
+    return readHeader(blob, what).keyVersion;
+  }
+
+  /** The material of a version; a clear error when the provider does not hold it. */
+  async key(version: number, what?: string): Promise<WrappingKey> {
+    let material = this.materials.get(version);
+    if (!material) {
+      const record = this.state.versions.find((v) => v.version === version);
+      const loaded = record ? await this.source.material(record) : undefined;
+      if (!record || !loaded) {
+        const retired = record?.state === 'retired';
+        throw new UserError(`${what ?? 'a secret'} needs master key version ${version}, which ${retired ? 'was retired and destroyed' : `the ${this.source.kind} provider does not hold`}`, {
+          nextSteps: retired
+            ? ['Restore this item from a backup taken after the last master rotation.']
+            : this.source.kind === 'file'
+              ? [`Restore secrets/master/v${version}.key from a backup of the install directory.`]
+              : this.source.kind === 'env'
+                ? [`Add "${version}:<key>" to DFORGE_MASTER_KEY.`]
+                : ['Set DFORGE_MASTER_PASSPHRASE to the passphrase of that version.'],
+          data: {keyVersion: version},
+        });
+      }
+      if (!keyCheckValue(loaded).equals(Buffer.from(record.keyCheck, 'hex'))) {
+        throw new UserError(`wrong master key for version ${version}: the ${this.source.kind} provider holds a different key than the one this install was set up with`, {
+          nextSteps: [this.source.kind === 'passphrase' ? 'Check DFORGE_MASTER_PASSPHRASE.' : this.source.kind === 'env' ? 'Check DFORGE_MASTER_KEY.' : `Restore secrets/master/v${version}.key from a backup.`],
+          data: {keyVersion: version},
+        });
+      }
+      material = loaded;
+      this.materials.set(version, material);
+    }
+    return {id: MASTER_KEY_ID, version, material};
+  }
+
+  /** Whether the provider still holds material for a version (retired versions should not). */
+  async holds(version: KekVersion): Promise<boolean> {
+    return (await this.source.material(version)) !== undefined;
+  }
+
+  get provider(): KeyMaterialSource {
+    return this.source;
+  }
+}
+
+/** Builds the configured provider. Passphrases come from the environment (or a prompt in src/ui). */
+export function keySourceFor(kind: MasterKeyProviderKind, dir: InstallDir, env: NodeJS.ProcessEnv = process.env): KeyMaterialSource {
+  switch (kind) {
+    case 'file':
+      return fileKeySource(dir);
+    case 'env':
+      return envKeySource(env);
+    case 'passphrase':
+      return passphraseKeySource({current: env.DFORGE_MASTER_PASSPHRASE, next: env.DFORGE_MASTER_PASSPHRASE_NEW});
+  }
+}
