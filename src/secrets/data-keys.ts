@@ -1,4 +1,5 @@
 import {randomBytes} from 'node:crypto';
+import {promises as fs} from 'node:fs';
 
 import {UserError} from '../errors.js';
 import type {InstallDir} from '../state/install-dir.js';
@@ -130,6 +131,8 @@ interface StoredRecord {
  */
 export class FileDataKeyStore implements DataKeyStore {
   private static readonly NAME = 'data-keys.json';
+  /** Parsed records, valid while the file's identity and mtime are unchanged. */
+  private cache: {stamp: string; records: DataKeyRecord[]} | undefined;
 
   constructor(private readonly dir: InstallDir) {}
 
@@ -152,15 +155,21 @@ export class FileDataKeyStore implements DataKeyStore {
   }
 
   private async readAll(): Promise<DataKeyRecord[]> {
-    let text: string;
+    const file = this.dir.secretPath(FileDataKeyStore.NAME);
+    let stamp: string;
     try {
-      text = (await this.dir.readSecret(FileDataKeyStore.NAME)).toString('utf8');
+      const st = await fs.stat(file, {bigint: true});
+      // Every write is a rename of a new file, so a new inode (or mtime) means new content.
+      stamp = `${st.ino}:${st.mtimeNs}:${st.size}`;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
       throw err;
     }
-    const parsed = JSON.parse(text) as {format: 1; keys: StoredRecord[]};
-    return parsed.keys.map((k) => ({...k, wrapped: Buffer.from(k.wrapped, 'base64')}));
+    if (this.cache?.stamp !== stamp) {
+      const parsed = JSON.parse(await fs.readFile(file, 'utf8')) as {format: 1; keys: StoredRecord[]};
+      this.cache = {stamp, records: parsed.keys.map((k) => ({...k, wrapped: Buffer.from(k.wrapped, 'base64')}))};
+    }
+    return [...this.cache.records];
   }
 
   private async writeAll(records: DataKeyRecord[]): Promise<void> {

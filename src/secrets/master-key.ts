@@ -301,7 +301,8 @@ export class LocalMasterKeyring implements KeyEncryptionService {
       const loaded = record ? await this.source.material(record) : undefined;
       if (!record || !loaded) {
         const retired = record?.state === 'retired';
-        throw new UserError(`${what ?? 'a secret'} needs master key version ${version}, which ${retired ? 'was retired and destroyed' : `the ${this.source.kind} provider does not hold`}`, {
+        const why = retired ? 'was retired and destroyed' : this.source.kind === 'passphrase' ? 'the given passphrase does not open (wrong passphrase?)' : `the ${this.source.kind} provider does not hold`;
+        throw new UserError(`${what ?? 'a secret'} needs master key version ${version}, which ${why}`, {
           nextSteps: retired
             ? ['Restore this item from a backup taken after the last master rotation.']
             : this.source.kind === 'file'
