@@ -4,7 +4,8 @@ import {loadConfigFile} from '../config/load.js';
 import type {DforgeConfig} from '../config/schema.js';
 import {DataKeys, FileDataKeyStore} from '../secrets/data-keys.js';
 import {keySourceFor, LocalMasterKeyring} from '../secrets/master-key.js';
-import {SealedStore} from '../secrets/sealed-store.js';
+import {SealedStore, sealedSecretSet} from '../secrets/sealed-store.js';
+import type {WrappedKeySet} from '../secrets/wrapped-key-set.js';
 import type {InstallDir} from '../state/install-dir.js';
 
 export type KeySettings = DforgeConfig['keys'];
@@ -39,4 +40,9 @@ export async function openKeyServices(dir: InstallDir, options: {env?: NodeJS.Pr
 export function servicesOver(dir: InstallDir, settings: KeySettings, keyring: LocalMasterKeyring, clock?: () => Date): KeyServices {
   const dataKeyStore = new FileDataKeyStore(dir);
   return {dir, settings, keyring, sealed: new SealedStore(dir, keyring), dataKeys: new DataKeys(dataKeyStore, keyring, clock), dataKeyStore};
+}
+
+/** Everything the master key wraps: the install's own sets plus any the caller adds (dforge_control). */
+export async function wrappedKeySets(services: KeyServices, extra?: (services: KeyServices) => Promise<WrappedKeySet[]>): Promise<WrappedKeySet[]> {
+  return [sealedSecretSet(services.sealed), services.dataKeys.asWrappedKeySet(), ...(extra ? await extra(services) : [])];
 }

@@ -3,14 +3,16 @@ import {keyCheckValue} from '../secrets/envelope.js';
 import {LocalMasterKeyring, readKeyringState, writeKeyringState, type KeyringState} from '../secrets/master-key.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {acquireLock} from '../state/lock.js';
-import {openKeyServices, servicesOver} from './context.js';
+import {openKeyServices, servicesOver, wrappedKeySets, type KeyServices} from './context.js';
+import type {WrappedKeySet} from '../secrets/wrapped-key-set.js';
 
 export interface MasterRotationResult {
   readonly from: number;
   readonly to: number;
   /** True when this run finished a rotation that an earlier, interrupted run started. */
   readonly resumed: boolean;
-  readonly rewrapped: {readonly dataKeys: number; readonly sealedSecrets: number};
+  /** Items re-wrapped, per set: sealedSecrets, dataKeys, and control when dforge_control exists. */
+  readonly rewrapped: Record<string, number>;
   /** Retired versions whose material dforge destroyed. */
   readonly destroyed: number[];
   /** What the operator still has to do (for providers whose material dforge does not own). */
@@ -30,7 +32,10 @@ export interface MasterRotationResult {
  * the recorded rotation and finishes it. A kill after step 3 leaves only step 4, which a rerun
  * (or the next rotation) completes.
  */
-export async function rotateMasterKey(dir: InstallDir, options: {env?: NodeJS.ProcessEnv; clock?: () => Date; command: string}): Promise<MasterRotationResult> {
+export async function rotateMasterKey(
+  dir: InstallDir,
+  options: {env?: NodeJS.ProcessEnv; clock?: () => Date; command: string; extraSets?: (services: KeyServices) => Promise<WrappedKeySet[]>},
+): Promise<MasterRotationResult> {
   const clock = options.clock ?? (() => new Date());
   const lock = await acquireLock(dir.locksDir, 'keys', {command: options.command});
   try {
@@ -42,11 +47,10 @@ export async function rotateMasterKey(dir: InstallDir, options: {env?: NodeJS.Pr
       const tail = await destroyRetired(dir, services.keyring.provider, state);
       if (tail.destroyed.length > 0) {
         const active = services.keyring.activeVersion();
-        return {from: Math.max(...tail.destroyed), to: active, resumed: true, rewrapped: {dataKeys: 0, sealedSecrets: 0}, ...tail};
+        return {from: Math.max(...tail.destroyed), to: active, resumed: true, rewrapped: {}, ...tail};
       }
       // Open everything first: a damaged item aborts the rotation before anything has changed.
-      await services.dataKeys.verifyAll();
-      for (const name of await services.sealed.list()) await services.sealed.get(name);
+      for (const set of await wrappedKeySets(services, options.extraSets)) await set.verifyAll();
       const from = services.keyring.activeVersion();
       const to = Math.max(...state.versions.map((v) => v.version)) + 1;
       const {material, salt} = await services.keyring.provider.mint(to);
@@ -60,11 +64,8 @@ export async function rotateMasterKey(dir: InstallDir, options: {env?: NodeJS.Pr
     }
     const {from, to} = state.rotation!;
 
-    const dataKeys = await services.dataKeys.rewrapAll(to);
-    let sealedSecrets = 0;
-    for (const name of await services.sealed.list()) {
-      if (await services.sealed.rewrap(name, to)) sealedSecrets++;
-    }
+    const rewrapped: Record<string, number> = {};
+    for (const set of await wrappedKeySets(services, options.extraSets)) rewrapped[set.id] = await set.rewrapAll(to);
 
     const committed: KeyringState = {
       format: 1,
@@ -75,7 +76,7 @@ export async function rotateMasterKey(dir: InstallDir, options: {env?: NodeJS.Pr
     };
     await writeKeyringState(dir, committed);
     const {destroyed, operatorActions} = await destroyRetired(dir, services.keyring.provider, committed);
-    return {from, to, resumed, rewrapped: {dataKeys, sealedSecrets}, destroyed, operatorActions};
+    return {from, to, resumed, rewrapped, destroyed, operatorActions};
   } finally {
     await lock.release();
   }

@@ -1,5 +1,6 @@
 import {readJwtKeys} from './jwt.js';
-import {openKeyServices} from './context.js';
+import {openKeyServices, wrappedKeySets, type KeyServices} from './context.js';
+import type {WrappedKeySet} from '../secrets/wrapped-key-set.js';
 import type {InstallDir} from '../state/install-dir.js';
 
 export interface MasterVersionStatus {
@@ -7,8 +8,8 @@ export interface MasterVersionStatus {
   readonly state: 'pending' | 'active' | 'retired';
   readonly createdAt: string;
   readonly ageDays: number;
-  /** What is wrapped by this version now. */
-  readonly protects: {readonly dataKeys: number; readonly sealedSecrets: number};
+  /** What is wrapped by this version now, per set (sealedSecrets, dataKeys, control). */
+  readonly protects: Record<string, number>;
   /** Retired versions should hold none; true means their material still exists. */
   readonly materialPresent: boolean;
 }
@@ -26,18 +27,20 @@ export interface KeysStatus {
 }
 
 /** The versions in use, their age, and what each protects. Holds no key material. */
-export async function keysStatus(dir: InstallDir, options: {env?: NodeJS.ProcessEnv; clock?: () => Date} = {}): Promise<KeysStatus> {
+export async function keysStatus(
+  dir: InstallDir,
+  options: {env?: NodeJS.ProcessEnv; clock?: () => Date; extraSets?: (services: KeyServices) => Promise<WrappedKeySet[]>} = {},
+): Promise<KeysStatus> {
   const now = (options.clock ?? (() => new Date()))();
   const age = (iso: string): number => Math.floor((now.getTime() - Date.parse(iso)) / 86_400_000);
   const services = await openKeyServices(dir, options);
   const {keyring} = services;
 
-  const counts = new Map<number, {dataKeys: number; sealedSecrets: number}>();
-  const count = (v: number): {dataKeys: number; sealedSecrets: number} => counts.get(v) ?? (counts.set(v, {dataKeys: 0, sealedSecrets: 0}), counts.get(v)!);
+  const sets = await wrappedKeySets(services, options.extraSets);
+  const perSet = await Promise.all(sets.map(async (set) => ({id: set.id, counts: await set.countByVersion()})));
+  const protects = (version: number): Record<string, number> => Object.fromEntries(perSet.map(({id, counts}) => [id, counts.get(version) ?? 0]));
   const records = await services.dataKeyStore.list();
-  for (const r of records) count(keyring.versionOf(r.wrapped, `data key ${r.owner} v${r.version}`)).dataKeys++;
   const sealedSecrets = await services.sealed.list();
-  for (const name of sealedSecrets) count(await services.sealed.versionOf(name)).sealedSecrets++;
 
   const versions: MasterVersionStatus[] = [];
   for (const v of keyring.state.versions) {
@@ -46,7 +49,7 @@ export async function keysStatus(dir: InstallDir, options: {env?: NodeJS.Process
       state: v.state,
       createdAt: v.createdAt,
       ageDays: age(v.createdAt),
-      protects: counts.get(v.version) ?? {dataKeys: 0, sealedSecrets: 0},
+      protects: protects(v.version),
       materialPresent: await keyring.holds(v),
     });
   }

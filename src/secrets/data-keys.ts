@@ -5,6 +5,7 @@ import {UserError} from '../errors.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {KEY_BYTES, type WrappingKey} from './envelope.js';
 import type {KeyEncryptionService} from './master-key.js';
+import type {WrappedKeySet} from './wrapped-key-set.js';
 
 /**
  * Data keys (DEKs): one versioned key per owner (a tenant), wrapped by the master key. Tenants and
@@ -92,11 +93,26 @@ export class DataKeys {
     return {id: dataKeyId(record.owner), version: record.version, material};
   }
 
-  /** Unwraps every record, so damage is found before a change that depends on it. */
-  async verifyAll(): Promise<number> {
-    const records = await this.store.list();
-    for (const r of records) await this.open(r);
-    return records.length;
+  /** This store's keys as one set for master rotation. */
+  asWrappedKeySet(): WrappedKeySet {
+    return {
+      id: 'dataKeys',
+      label: 'data keys',
+      verifyAll: async () => {
+        const records = await this.store.list();
+        for (const r of records) await this.open(r);
+        return records.length;
+      },
+      countByVersion: async () => {
+        const counts = new Map<number, number>();
+        for (const r of await this.store.list()) {
+          const v = this.kek.versionOf(r.wrapped, `data key ${dataKeyId(r.owner)} v${r.version}`);
+          counts.set(v, (counts.get(v) ?? 0) + 1);
+        }
+        return counts;
+      },
+      rewrapAll: (toVersion) => this.rewrapAll(toVersion),
+    };
   }
 
   /** Re-wraps every record not yet under `toVersion`, in one atomic store update. */

@@ -4,6 +4,7 @@ import path from 'node:path';
 import {UserError} from '../errors.js';
 import type {InstallDir} from '../state/install-dir.js';
 import type {KeyEncryptionService} from './master-key.js';
+import type {WrappedKeySet} from './wrapped-key-set.js';
 
 const SUFFIX = '.sealed';
 
@@ -82,4 +83,30 @@ export class SealedStore {
 
 function context(name: string): string {
   return `sealed:${name}`;
+}
+
+/** The sealed files of an install, as one set for master rotation (each file is replaced atomically). */
+export function sealedSecretSet(store: SealedStore): WrappedKeySet {
+  return {
+    id: 'sealedSecrets',
+    label: 'sealed secrets in secrets/',
+    async verifyAll() {
+      const names = await store.list();
+      for (const name of names) await store.get(name);
+      return names.length;
+    },
+    async countByVersion() {
+      const counts = new Map<number, number>();
+      for (const name of await store.list()) {
+        const v = await store.versionOf(name);
+        counts.set(v, (counts.get(v) ?? 0) + 1);
+      }
+      return counts;
+    },
+    async rewrapAll(toVersion) {
+      let changed = 0;
+      for (const name of await store.list()) if (await store.rewrap(name, toVersion)) changed++;
+      return changed;
+    },
+  };
 }

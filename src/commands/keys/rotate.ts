@@ -22,8 +22,8 @@ export default class KeysRotate extends BaseCommand<typeof KeysRotate> {
     const dir = this.installDir();
     if (this.flags.master) {
       const master = await rotateMasterKey(dir, {command: 'dforge keys rotate --master'});
-      const {dataKeys, sealedSecrets} = master.rewrapped;
-      this.out.progress(`master key v${master.from} -> v${master.to}${master.resumed ? ' (finished an interrupted rotation)' : ''}: re-wrapped ${dataKeys} data keys and ${sealedSecrets} sealed secrets; v${master.from} retired`);
+      const counts = Object.entries(master.rewrapped).map(([id, n]) => `${n} ${id}`).join(', ') || 'nothing';
+      this.out.progress(`master key v${master.from} -> v${master.to}${master.resumed ? ' (finished an interrupted rotation)' : ''}: re-wrapped ${counts}; v${master.from} retired`);
       for (const action of master.operatorActions) this.out.warn(`to finish retiring the old key: ${action}`);
       return {master};
     }

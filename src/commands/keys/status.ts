@@ -11,10 +11,11 @@ export default class KeysStatusCommand extends BaseCommand<typeof KeysStatusComm
     if (!this.jsonEnabled()) {
       const m = status.master;
       this.log(`master key (${m.provider}), active v${m.activeVersion}${m.rotationInProgress ? `, ROTATION IN PROGRESS v${m.rotationInProgress.from} -> v${m.rotationInProgress.to}: re-run dforge keys rotate --master` : ''}`);
+      const sets = Object.keys(m.versions[0]?.protects ?? {});
       this.log(
         renderTable(
-          ['version', 'state', 'age (days)', 'data keys', 'sealed secrets', 'material'],
-          m.versions.map((v) => [`v${v.version}`, v.state, String(v.ageDays), String(v.protects.dataKeys), String(v.protects.sealedSecrets), v.materialPresent ? 'present' : 'destroyed']),
+          ['version', 'state', 'age (days)', ...sets, 'material'],
+          m.versions.map((v) => [`v${v.version}`, v.state, String(v.ageDays), ...sets.map((id) => String(v.protects[id] ?? 0)), v.materialPresent ? 'present' : 'destroyed']),
         ),
       );
       this.log(`\ndata keys: ${status.dataKeys.length} owner${status.dataKeys.length === 1 ? '' : 's'}`);

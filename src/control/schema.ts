@@ -1,0 +1,83 @@
+import type {Client} from 'pg';
+
+/**
+ * The schema of dforge_control, as ordered migrations. Each runs once, in its own transaction,
+ * recorded in schema_migrations; a rerun of bootstrap applies only what is missing.
+ */
+const MIGRATIONS: ReadonlyArray<{version: number; sql: string}> = [
+  {
+    version: 1,
+    sql: `
+CREATE TABLE tenants (
+  slug             text PRIMARY KEY CHECK (slug ~ '^[a-z][a-z0-9-]{1,39}$'),
+  region           text NOT NULL,
+  cluster          text NOT NULL,
+  role_name        text NOT NULL UNIQUE,
+  database_name    text NOT NULL UNIQUE,
+  status           text NOT NULL CHECK (status IN ('provisioning', 'active', 'suspended', 'deleting')),
+  connection_limit integer NOT NULL CHECK (connection_limit > 0),
+  created_at       timestamptz NOT NULL DEFAULT now(),
+  updated_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX tenants_region_cluster ON tenants (region, cluster);
+
+-- Sealed by the master key (docs/formats.md, wrapped key). pending_* holds a new password while a
+-- rotation is between "sealed" and "applied to the role", so a crash never loses the live one.
+CREATE TABLE tenant_credentials (
+  slug                    text PRIMARY KEY REFERENCES tenants (slug) ON DELETE CASCADE,
+  sealed_password         bytea NOT NULL,
+  pending_sealed_password bytea,
+  rotated_at              timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE data_keys (
+  owner      text NOT NULL,
+  version    integer NOT NULL CHECK (version > 0),
+  state      text NOT NULL CHECK (state IN ('active', 'decrypt-only')),
+  created_at timestamptz NOT NULL,
+  wrapped    bytea NOT NULL,
+  PRIMARY KEY (owner, version)
+);
+CREATE UNIQUE INDEX data_keys_one_active ON data_keys (owner) WHERE state = 'active';
+
+-- Hash-chained: hash = sha256(prev_hash || canonical record); see src/audit/ops-log.ts.
+CREATE TABLE ops_log (
+  seq       bigint PRIMARY KEY,
+  at        timestamptz NOT NULL,
+  actor     text NOT NULL,
+  action    text NOT NULL,
+  target    text NOT NULL,
+  outcome   text NOT NULL CHECK (outcome IN ('ok', 'failed', 'waived')),
+  details   jsonb NOT NULL,
+  prev_hash bytea NOT NULL,
+  hash      bytea NOT NULL UNIQUE
+);
+`,
+  },
+];
+
+export const CONTROL_SCHEMA_VERSION = MIGRATIONS.at(-1)!.version;
+
+/** Applies the missing migrations; returns the versions applied. */
+export async function migrateControlSchema(client: Client): Promise<number[]> {
+  await client.query('CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())');
+  const applied: number[] = [];
+  for (const migration of MIGRATIONS) {
+    await client.query('BEGIN');
+    try {
+      // Serialise concurrent bootstraps: the second waits, then finds the migration applied.
+      await client.query('LOCK TABLE schema_migrations IN EXCLUSIVE MODE');
+      const done = await client.query('SELECT 1 FROM schema_migrations WHERE version = $1', [migration.version]);
+      if (done.rowCount === 0) {
+        await client.query(migration.sql);
+        await client.query('INSERT INTO schema_migrations (version) VALUES ($1)', [migration.version]);
+        applied.push(migration.version);
+      }
+      await client.query('COMMIT');
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    }
+  }
+  return applied;
+}

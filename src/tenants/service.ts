@@ -1,0 +1,355 @@
+import type {Client} from 'pg';
+
+import {appendOpsEntry} from '../audit/ops-log.js';
+import {PROVISIONER_ROLE} from '../control/bootstrap.js';
+import {inTransaction, tenantPasswordContext} from '../control/keys-store.js';
+import {LockedError, UserError} from '../errors.js';
+import type {ClusterEndpoint} from '../postgres/connect.js';
+import {randomPassword, scramVerifier} from '../postgres/scram.js';
+import {escapeIdentifier, escapeLiteral} from '../postgres/sql.js';
+import type {DataKeys} from '../secrets/data-keys.js';
+import type {KeyEncryptionService} from '../secrets/master-key.js';
+import {TENANT_DATABASE_SQL} from './module-sql.js';
+import {tenantDbName, validateSlug} from './slug.js';
+
+export type TenantStatus = 'provisioning' | 'active' | 'suspended' | 'deleting';
+
+export interface Tenant {
+  readonly slug: string;
+  readonly region: string;
+  readonly cluster: string;
+  readonly role: string;
+  readonly database: string;
+  readonly status: TenantStatus;
+  readonly connectionLimit: number;
+  readonly createdAt: string;
+  readonly updatedAt: string;
+}
+
+/** What the tenant service needs; tests hand in real clusters. */
+export interface TenantDeps {
+  /** The provisioner's connection to dforge_control. */
+  readonly control: Client;
+  /** Region name → its cluster names, in the order dforge.yaml declares them. */
+  readonly regions: Readonly<Record<string, readonly string[]>>;
+  readonly primaryRegion: string;
+  /** A provisioner connection to the `postgres` database of a cluster. */
+  provisionerOn(cluster: string): Promise<Client>;
+  /** A connection as a tenant role to its own database, over verified TLS. */
+  connectAs(cluster: string, role: string, password: string, database: string): Promise<Client>;
+  endpointOf(cluster: string): ClusterEndpoint;
+  readonly kek: KeyEncryptionService;
+  readonly dataKeys: DataKeys;
+  readonly clock?: () => Date;
+  readonly connectionLimit?: number;
+}
+
+const DEFAULT_CONNECTION_LIMIT = 20;
+
+/**
+ * Tenant lifecycle on real PostgreSQL: one database and one login role per tenant, isolation
+ * enforced by REVOKE CONNECT, the pg_hba `sameuser` rule and a connection limit.
+ *
+ * Every operation holds a per-tenant advisory lock in dforge_control (a concurrent operator gets
+ * exit 5), records its state in the registry before touching the cluster, and is idempotent, so
+ * rerunning it after a crash finishes the job. Every operation is written to the ops log.
+ */
+export class TenantService {
+  constructor(private readonly deps: TenantDeps) {}
+
+  private now(): Date {
+    return (this.deps.clock ?? (() => new Date()))();
+  }
+
+  async create(slugInput: string, options: {region?: string; ifNotExists?: boolean} = {}): Promise<{tenant: Tenant; created: boolean}> {
+    const slug = validateSlug(slugInput);
+    return this.locked(slug, 'tenant.create', async () => {
+      let tenant = await this.find(slug);
+      if (tenant && tenant.status !== 'provisioning') {
+        if (options.ifNotExists && tenant.status !== 'deleting') return {tenant, created: false};
+        throw new UserError(`tenant ${slug} already exists (${tenant.status})`, {
+          nextSteps: tenant.status === 'deleting' ? [`Finish its deletion first: dforge tenant delete ${slug} --confirm ${slug}`] : [`See it with: dforge tenant show ${slug}`],
+        });
+      }
+      if (tenant && options.region && tenant.region !== options.region) {
+        throw new UserError(`tenant ${slug} is half-provisioned in region ${tenant.region}, not ${options.region}`, {
+          nextSteps: [`Finish it with: dforge tenant create ${slug} --region ${tenant.region}`, `Or remove it with: dforge tenant delete ${slug} --confirm ${slug}`],
+        });
+      }
+      if (!tenant) tenant = await this.register(slug, options.region ?? this.deps.primaryRegion);
+      const password = await this.sealedPassword(slug, true);
+      await this.provisionOnCluster(tenant, password);
+      await this.prepareDatabase(tenant, password);
+      await this.deps.dataKeys.create(slug);
+      await this.deps.control.query("UPDATE tenants SET status = 'active', updated_at = now() WHERE slug = $1", [slug]);
+      return {tenant: {...tenant, status: 'active'}, created: true};
+    });
+  }
+
+  async list(): Promise<Tenant[]> {
+    const rows = await this.deps.control.query<TenantRow>('SELECT * FROM tenants ORDER BY slug');
+    return rows.rows.map(toTenant);
+  }
+
+  async show(slugInput: string): Promise<Tenant & {dataKeyVersions: number[]; activeDataKeyVersion: number | null; roleCanLogin: boolean | null; databaseExists: boolean; publicCanConnect: boolean | null}> {
+    const tenant = await this.require(validateSlug(slugInput));
+    const keys = await this.deps.control.query<{version: number; state: string}>('SELECT version, state FROM data_keys WHERE owner = $1 ORDER BY version', [tenant.slug]);
+    const live = await this.onCluster(tenant.cluster, async (c) => {
+      const role = await c.query<{rolcanlogin: boolean}>('SELECT rolcanlogin FROM pg_roles WHERE rolname = $1', [tenant.role]);
+      const db = await c.query<{public_connect: boolean}>("SELECT has_database_privilege('public', oid, 'CONNECT') AS public_connect FROM pg_database WHERE datname = $1", [tenant.database]);
+      return {roleCanLogin: role.rows[0]?.rolcanlogin ?? null, databaseExists: db.rowCount === 1, publicCanConnect: db.rows[0]?.public_connect ?? null};
+    });
+    return {
+      ...tenant,
+      dataKeyVersions: keys.rows.map((k) => k.version),
+      activeDataKeyVersion: keys.rows.find((k) => k.state === 'active')?.version ?? null,
+      ...live,
+    };
+  }
+
+  /** NOLOGIN, then ends every session of the tenant's role. */
+  async suspend(slugInput: string): Promise<Tenant> {
+    const slug = validateSlug(slugInput);
+    return this.locked(slug, 'tenant.suspend', async () => {
+      const tenant = await this.requireUsable(slug);
+      await this.onCluster(tenant.cluster, async (c) => {
+        await c.query(`ALTER ROLE ${escapeIdentifier(tenant.role)} NOLOGIN`);
+        await c.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [tenant.role]);
+      });
+      await this.deps.control.query("UPDATE tenants SET status = 'suspended', updated_at = now() WHERE slug = $1", [slug]);
+      return {...tenant, status: 'suspended'};
+    });
+  }
+
+  async resume(slugInput: string): Promise<Tenant> {
+    const slug = validateSlug(slugInput);
+    return this.locked(slug, 'tenant.resume', async () => {
+      const tenant = await this.requireUsable(slug);
+      await this.onCluster(tenant.cluster, (c) => c.query(`ALTER ROLE ${escapeIdentifier(tenant.role)} LOGIN`));
+      await this.deps.control.query("UPDATE tenants SET status = 'active', updated_at = now() WHERE slug = $1", [slug]);
+      return {...tenant, status: 'active'};
+    });
+  }
+
+  /**
+   * A new password, sealed before it is applied: the pending copy is stored first, then set on
+   * the role, then promoted. A crash in between is finished by the next rotation, and the live
+   * password is never lost. The old password stops working at once.
+   */
+  async rotateCredentials(slugInput: string): Promise<{slug: string; rotatedAt: string}> {
+    const slug = validateSlug(slugInput);
+    return this.locked(slug, 'tenant.rotate-credentials', async () => {
+      const tenant = await this.requireUsable(slug);
+      const existing = await this.deps.control.query<{pending_sealed_password: Buffer | null}>('SELECT pending_sealed_password FROM tenant_credentials WHERE slug = $1', [slug]);
+      let pending = existing.rows[0]?.pending_sealed_password ?? null;
+      if (!pending) {
+        pending = await this.deps.kek.wrap(Buffer.from(randomPassword()), tenantPasswordContext(slug));
+        await this.deps.control.query('UPDATE tenant_credentials SET pending_sealed_password = $1 WHERE slug = $2', [pending, slug]);
+      }
+      const password = (await this.deps.kek.unwrap(pending, tenantPasswordContext(slug), `pending password of tenant ${slug}`)).toString('utf8');
+      await this.onCluster(tenant.cluster, (c) => c.query(`ALTER ROLE ${escapeIdentifier(tenant.role)} PASSWORD ${escapeLiteral(scramVerifier(password))}`));
+      const rotatedAt = this.now().toISOString();
+      await this.deps.control.query('UPDATE tenant_credentials SET sealed_password = pending_sealed_password, pending_sealed_password = NULL, rotated_at = $2 WHERE slug = $1', [slug, rotatedAt]);
+      return {slug, rotatedAt};
+    });
+  }
+
+  /**
+   * Drops the database and the role (no superuser needed: the provisioner acts as the tenant
+   * role for the drop), then removes the registry entry. With `shred`, every data-key version is
+   * destroyed too, which makes all of the tenant's backups unreadable.
+   */
+  async delete(slugInput: string, options: {confirm: string; shred?: boolean}): Promise<{slug: string; shredded: number | null}> {
+    const slug = validateSlug(slugInput);
+    if (options.confirm !== slug) {
+      throw new UserError(`refusing to delete tenant ${slug}: --confirm must repeat the slug exactly`, {nextSteps: [`Run: dforge tenant delete ${slug} --confirm ${slug}`]});
+    }
+    return this.locked(slug, options.shred ? 'tenant.delete+shred' : 'tenant.delete', async () => {
+      const tenant = await this.require(slug);
+      await this.deps.control.query("UPDATE tenants SET status = 'deleting', updated_at = now() WHERE slug = $1", [slug]);
+      await this.onCluster(tenant.cluster, async (c) => {
+        const role = escapeIdentifier(tenant.role);
+        const roleExists = (await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [tenant.role])).rowCount === 1;
+        if (roleExists) {
+          await c.query(`ALTER ROLE ${role} NOLOGIN`);
+          await c.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1 OR datname = $2', [tenant.role, tenant.database]);
+          if ((await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [tenant.database])).rowCount === 1) {
+            await this.withMembership(c, tenant.role, () => this.asRole(c, tenant.role, () => c.query(`DROP DATABASE ${escapeIdentifier(tenant.database)}`)));
+          }
+          await c.query(`DROP ROLE ${role}`);
+        } else {
+          await c.query(`DROP DATABASE IF EXISTS ${escapeIdentifier(tenant.database)}`);
+        }
+      });
+      const shredded = options.shred ? await this.deps.dataKeys.shred(slug) : null;
+      await this.deps.control.query('DELETE FROM tenants WHERE slug = $1', [slug]);
+      return {slug, shredded};
+    });
+  }
+
+  // -------------------------------------------------------------------------------------------
+
+  private async register(slug: string, region: string): Promise<Tenant> {
+    const clusters = this.deps.regions[region];
+    if (!clusters || clusters.length === 0) {
+      throw new UserError(`region ${region} is not declared in dforge.yaml`, {
+        nextSteps: [`Use one of: ${Object.keys(this.deps.regions).join(', ')}`, 'Or declare the region and its clusters in dforge.yaml.'],
+      });
+    }
+    // The least-loaded cluster of the region: how an install grows past one database server.
+    const load = await this.deps.control.query<{cluster: string; n: string}>('SELECT cluster, count(*) AS n FROM tenants WHERE region = $1 GROUP BY cluster', [region]);
+    const counts = new Map(load.rows.map((r) => [r.cluster, Number(r.n)]));
+    const cluster = [...clusters].sort((a, b) => (counts.get(a) ?? 0) - (counts.get(b) ?? 0))[0]!;
+    const name = tenantDbName(slug);
+    const limit = this.deps.connectionLimit ?? DEFAULT_CONNECTION_LIMIT;
+    const row = await this.deps.control.query<TenantRow>(
+      "INSERT INTO tenants (slug, region, cluster, role_name, database_name, status, connection_limit) VALUES ($1, $2, $3, $4, $4, 'provisioning', $5) RETURNING *",
+      [slug, region, cluster, name, limit],
+    );
+    return toTenant(row.rows[0]!);
+  }
+
+  /** The tenant's password: sealed in dforge_control before any role uses it, reused on a rerun. */
+  private async sealedPassword(slug: string, createIfMissing: boolean): Promise<string> {
+    const row = await this.deps.control.query<{sealed_password: Buffer}>('SELECT sealed_password FROM tenant_credentials WHERE slug = $1', [slug]);
+    if (row.rowCount === 1) return (await this.deps.kek.unwrap(row.rows[0]!.sealed_password, tenantPasswordContext(slug), `password of tenant ${slug}`)).toString('utf8');
+    if (!createIfMissing) throw new UserError(`tenant ${slug} has no stored credentials`, {nextSteps: [`Rotate them: dforge tenant rotate-credentials ${slug}`]});
+    const password = randomPassword();
+    await this.deps.control.query('INSERT INTO tenant_credentials (slug, sealed_password) VALUES ($1, $2)', [slug, await this.deps.kek.wrap(Buffer.from(password), tenantPasswordContext(slug))]);
+    return password;
+  }
+
+  /** Role, database, REVOKE CONNECT, connection limit: each step checks what exists first. */
+  private async provisionOnCluster(tenant: Tenant, password: string): Promise<void> {
+    await this.onCluster(tenant.cluster, async (c) => {
+      const role = escapeIdentifier(tenant.role);
+      const db = escapeIdentifier(tenant.database);
+      const roleExists = (await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [tenant.role])).rowCount === 1;
+      const attributes = `LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT ${tenant.connectionLimit}`;
+      await c.query(`${roleExists ? 'ALTER' : 'CREATE'} ROLE ${role} WITH ${attributes} PASSWORD ${escapeLiteral(scramVerifier(password))}`);
+      const dbExists = (await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [tenant.database])).rowCount === 1;
+      await this.withMembership(c, tenant.role, async () => {
+        if (!dbExists) {
+          // Created closed to connections, so nobody connects before CONNECT is revoked from PUBLIC.
+          await c.query(`CREATE DATABASE ${db} OWNER ${role} TEMPLATE template0 ENCODING 'UTF8' ALLOW_CONNECTIONS false CONNECTION LIMIT ${tenant.connectionLimit}`);
+        }
+        await this.asRole(c, tenant.role, async () => {
+          await c.query(`REVOKE ALL ON DATABASE ${db} FROM PUBLIC`);
+          await c.query(`ALTER DATABASE ${db} WITH ALLOW_CONNECTIONS true CONNECTION LIMIT ${tenant.connectionLimit}`);
+        });
+      });
+    });
+  }
+
+  private async prepareDatabase(tenant: Tenant, password: string): Promise<void> {
+    const client = await this.deps.connectAs(tenant.cluster, tenant.role, password, tenant.database);
+    try {
+      await inTransaction(client, () => client.query(TENANT_DATABASE_SQL));
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
+
+  /**
+   * PostgreSQL 15 requires membership in a role to create a database it owns, or to act as its
+   * owner. The provisioner gets it for these statements only, and loses it again whatever
+   * happens, so it is never left a member of a tenant role.
+   */
+  private async withMembership<T>(c: Client, role: string, fn: () => Promise<T>): Promise<T> {
+    const r = escapeIdentifier(role);
+    const p = escapeIdentifier(PROVISIONER_ROLE);
+    await c.query(`GRANT ${r} TO ${p}`);
+    try {
+      return await fn();
+    } finally {
+      await c.query(`REVOKE ${r} FROM ${p}`);
+    }
+  }
+
+  /** Runs `fn` as `role`, so what it does is done, and owned, by the tenant role itself. */
+  private async asRole<T>(c: Client, role: string, fn: () => Promise<T>): Promise<T> {
+    await c.query(`SET ROLE ${escapeIdentifier(role)}`);
+    try {
+      return await fn();
+    } finally {
+      await c.query('RESET ROLE');
+    }
+  }
+
+  private async onCluster<T>(cluster: string, fn: (c: Client) => Promise<T>): Promise<T> {
+    const client = await this.deps.provisionerOn(cluster);
+    try {
+      return await fn(client);
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
+
+  private async find(slug: string): Promise<Tenant | undefined> {
+    const row = await this.deps.control.query<TenantRow>('SELECT * FROM tenants WHERE slug = $1', [slug]);
+    return row.rowCount === 1 ? toTenant(row.rows[0]!) : undefined;
+  }
+
+  private async require(slug: string): Promise<Tenant> {
+    const tenant = await this.find(slug);
+    if (!tenant) throw new UserError(`no tenant ${slug}`, {nextSteps: ['List tenants with: dforge tenant list']});
+    return tenant;
+  }
+
+  private async requireUsable(slug: string): Promise<Tenant> {
+    const tenant = await this.require(slug);
+    if (tenant.status === 'provisioning' || tenant.status === 'deleting') {
+      throw new UserError(`tenant ${slug} is ${tenant.status}: an earlier run did not finish`, {
+        nextSteps: [tenant.status === 'provisioning' ? `Finish it: dforge tenant create ${slug}` : `Finish it: dforge tenant delete ${slug} --confirm ${slug}`],
+      });
+    }
+    return tenant;
+  }
+
+  /** Per-tenant advisory lock (session level, on the control connection) plus the ops-log record. */
+  private async locked<T>(slug: string, action: string, fn: () => Promise<T>): Promise<T> {
+    const got = await this.deps.control.query<{ok: boolean}>("SELECT pg_try_advisory_lock(hashtext('dforge.tenant'), hashtext($1)) AS ok", [slug]);
+    if (!got.rows[0]?.ok) {
+      throw new LockedError(`another dforge run is working on tenant ${slug}`, {
+        nextSteps: ['Wait for it to finish, then re-run. Runs in progress are in pg_locks of dforge_control.'],
+        data: {lock: `tenant:${slug}`},
+      });
+    }
+    try {
+      const result = await fn();
+      await appendOpsEntry(this.deps.control, {action, target: `tenant:${slug}`, outcome: 'ok'}, this.now());
+      return result;
+    } catch (err) {
+      await appendOpsEntry(this.deps.control, {action, target: `tenant:${slug}`, outcome: 'failed', details: {error: err instanceof Error ? err.message : String(err)}}, this.now()).catch(() => undefined);
+      throw err;
+    } finally {
+      await this.deps.control.query("SELECT pg_advisory_unlock(hashtext('dforge.tenant'), hashtext($1))", [slug]);
+    }
+  }
+}
+
+interface TenantRow {
+  slug: string;
+  region: string;
+  cluster: string;
+  role_name: string;
+  database_name: string;
+  status: TenantStatus;
+  connection_limit: number;
+  created_at: Date;
+  updated_at: Date;
+}
+
+function toTenant(r: TenantRow): Tenant {
+  return {
+    slug: r.slug,
+    region: r.region,
+    cluster: r.cluster,
+    role: r.role_name,
+    database: r.database_name,
+    status: r.status,
+    connectionLimit: r.connection_limit,
+    createdAt: r.created_at.toISOString(),
+    updatedAt: r.updated_at.toISOString(),
+  };
+}

@@ -1,0 +1,78 @@
+import pg from 'pg';
+
+import {bootstrapCluster, CONTROL_DATABASE, PROVISIONER_ROLE} from '../../src/control/bootstrap.js';
+import {ControlDataKeyStore} from '../../src/control/keys-store.js';
+import {openKeyServices} from '../../src/keys/context.js';
+import {initKeys} from '../../src/keys/init.js';
+import type {ClusterEndpoint} from '../../src/postgres/connect.js';
+import {DataKeys} from '../../src/secrets/data-keys.js';
+import type {LocalMasterKeyring} from '../../src/secrets/master-key.js';
+import {TenantService, type TenantDeps} from '../../src/tenants/service.js';
+import {tempInstall} from './install-fixture.js';
+import type {PgCluster} from './pg-cluster.js';
+
+export interface ControlPlane {
+  readonly service: TenantService;
+  readonly deps: TenantDeps;
+  readonly control: pg.Client;
+  readonly kek: LocalMasterKeyring;
+  readonly provisionerPassword: string;
+  endpoint(cluster: string): ClusterEndpoint;
+  close(): Promise<void>;
+}
+
+/**
+ * dforge's control plane over real test clusters: a temp install with keys, every cluster
+ * bootstrapped (the first one holds dforge_control), and a TenantService wired to them.
+ */
+export async function controlPlaneOver(clusters: Record<string, {cluster: PgCluster; region: string}>, options: {connectionLimit?: number} = {}): Promise<ControlPlane> {
+  const install = await tempInstall();
+  await initKeys(install, {command: 'test'});
+  const keys = await openKeyServices(install);
+  const provisionerPassword = 'test-provisioner-password-0123456789';
+  const names = Object.keys(clusters);
+  const endpoint = (name: string): ClusterEndpoint => {
+    const c = clusters[name]!.cluster;
+    return {name, host: c.host, port: c.port, caPem: c.ca.caCertPem, servername: 'localhost'};
+  };
+  const connect = async (name: string, user: string, password: string, database: string): Promise<pg.Client> => {
+    const client = new pg.Client(clusters[name]!.cluster.clientConfig({user, password, database}));
+    await client.connect();
+    return client;
+  };
+  for (const [i, name] of names.entries()) {
+    const admin = new pg.Client(clusters[name]!.cluster.clientConfig());
+    await admin.connect();
+    try {
+      await bootstrapCluster(admin, {provisionerPassword, withControlDatabase: i === 0, connectAsProvisioner: (db) => connect(name, PROVISIONER_ROLE, provisionerPassword, db)});
+    } finally {
+      await admin.end();
+    }
+  }
+  const control = await connect(names[0]!, PROVISIONER_ROLE, provisionerPassword, CONTROL_DATABASE);
+  const regions: Record<string, string[]> = {};
+  for (const [name, {region}] of Object.entries(clusters)) (regions[region] ??= []).push(name);
+  const deps: TenantDeps = {
+    control,
+    regions,
+    primaryRegion: clusters[names[0]!]!.region,
+    provisionerOn: (cluster) => connect(cluster, PROVISIONER_ROLE, provisionerPassword, 'postgres'),
+    connectAs: (cluster, role, password, database) => connect(cluster, role, password, database),
+    endpointOf: endpoint,
+    kek: keys.keyring,
+    dataKeys: new DataKeys(new ControlDataKeyStore(control), keys.keyring),
+    connectionLimit: options.connectionLimit,
+  };
+  return {
+    service: new TenantService(deps),
+    deps,
+    control,
+    kek: keys.keyring,
+    provisionerPassword,
+    endpoint,
+    async close() {
+      await control.end().catch(() => undefined);
+      await install.cleanup();
+    },
+  };
+}

@@ -1,0 +1,197 @@
+import pg from 'pg';
+import {afterAll, beforeAll, describe, expect, it} from 'vitest';
+
+import {verifyOpsLog} from '../../src/audit/ops-log.js';
+import {tenantPasswordContext} from '../../src/control/keys-store.js';
+import {LockedError, UserError} from '../../src/errors.js';
+import {controlPlaneOver, type ControlPlane} from '../helpers/control-plane.js';
+import {findPgBinaries, startPgCluster, type PgCluster} from '../helpers/pg-cluster.js';
+import {missingComponent} from '../helpers/requirements.js';
+
+const available = findPgBinaries() !== undefined || missingComponent('PostgreSQL', 'no binaries under /usr/lib/postgresql');
+
+describe.skipIf(!available)('tenant lifecycle on real PostgreSQL', () => {
+  let eu: PgCluster;
+  let us: PgCluster;
+  let plane: ControlPlane;
+  beforeAll(async () => {
+    [eu, us] = await Promise.all([startPgCluster('eu'), startPgCluster('us')]);
+    plane = await controlPlaneOver({'eu-1': {cluster: eu, region: 'eu'}, 'us-1': {cluster: us, region: 'us'}});
+  });
+  afterAll(async () => {
+    await plane?.close();
+    await Promise.all([eu?.stop(), us?.stop()]);
+  });
+
+  const admin = async <T>(cluster: PgCluster, sql: string, params: unknown[] = [], database = 'postgres'): Promise<T[]> => {
+    const c = new pg.Client(cluster.clientConfig({database}));
+    await c.connect();
+    try {
+      return (await c.query(sql, params)).rows as T[];
+    } finally {
+      await c.end();
+    }
+  };
+  const passwordOf = async (slug: string): Promise<string> => {
+    const row = await plane.control.query<{sealed_password: Buffer}>('SELECT sealed_password FROM tenant_credentials WHERE slug = $1', [slug]);
+    return (await plane.kek.unwrap(row.rows[0]!.sealed_password, tenantPasswordContext(slug), 'test')).toString();
+  };
+  const connectAsTenant = async (cluster: PgCluster, slug: string, password?: string): Promise<pg.Client> => {
+    const name = `tenant_${slug.replaceAll('-', '_')}`;
+    const c = new pg.Client(cluster.clientConfig({user: name, password: password ?? (await passwordOf(slug)), database: name}));
+    await c.connect();
+    return c;
+  };
+
+  it('bootstraps a provisioner that is not a superuser and belongs to no role', async () => {
+    const [role] = await admin<{rolsuper: boolean; rolcreatedb: boolean; rolcreaterole: boolean; rolinherit: boolean}>(eu, "SELECT rolsuper, rolcreatedb, rolcreaterole, rolinherit FROM pg_roles WHERE rolname = 'dforge_provisioner'");
+    expect(role).toEqual({rolsuper: false, rolcreatedb: true, rolcreaterole: true, rolinherit: true});
+    const memberships = await admin<{role: string}>(eu, "SELECT r.rolname AS role FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = 'dforge_provisioner'");
+    expect(memberships.map((m) => m.role)).toEqual(['pg_signal_backend']);
+    const control = await admin<{public_connect: boolean; owner: string}>(eu, "SELECT has_database_privilege('public', oid, 'CONNECT') AS public_connect, pg_get_userbyid(datdba) AS owner FROM pg_database WHERE datname = 'dforge_control'");
+    expect(control).toEqual([{public_connect: false, owner: 'dforge_provisioner'}]);
+  });
+
+  it('creates a tenant: own role and database, PUBLIC cannot connect, module schemas, data key v1', async () => {
+    const {tenant, created} = await plane.service.create('acme');
+    expect(created).toBe(true);
+    expect(tenant).toMatchObject({slug: 'acme', region: 'eu', cluster: 'eu-1', role: 'tenant_acme', database: 'tenant_acme', status: 'active', connectionLimit: 20});
+    const [role] = await admin<Record<string, unknown>>(eu, "SELECT rolsuper, rolcreatedb, rolcreaterole, rolcanlogin, rolconnlimit, rolpassword LIKE 'SCRAM-SHA-256$%' AS scram FROM pg_authid WHERE rolname = 'tenant_acme'");
+    expect(role).toEqual({rolsuper: false, rolcreatedb: false, rolcreaterole: false, rolcanlogin: true, rolconnlimit: 20, scram: true});
+    const [db] = await admin<Record<string, unknown>>(eu, "SELECT pg_get_userbyid(datdba) AS owner, has_database_privilege('public', oid, 'CONNECT') AS public_connect, datconnlimit FROM pg_database WHERE datname = 'tenant_acme'");
+    expect(db).toEqual({owner: 'tenant_acme', public_connect: false, datconnlimit: 20});
+    const client = await connectAsTenant(eu, 'acme');
+    try {
+      const schemas = await client.query<{nspname: string}>("SELECT nspname FROM pg_namespace WHERE nspname IN ('crm','hr','fin','wms','audit') ORDER BY 1");
+      expect(schemas.rows.map((r) => r.nspname)).toEqual(['audit', 'crm', 'fin', 'hr', 'wms']);
+    } finally {
+      await client.end();
+    }
+    const show = await plane.service.show('acme');
+    expect(show).toMatchObject({dataKeyVersions: [1], activeDataKeyVersion: 1, roleCanLogin: true, databaseExists: true, publicCanConnect: false});
+    const memberships = await admin<{n: string}>(eu, "SELECT count(*) AS n FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = 'dforge_provisioner'");
+    expect(Number(memberships[0]!.n)).toBe(1);
+  });
+
+  it('records row changes in audit.change_log with before and after, once the trigger is attached', async () => {
+    const client = await connectAsTenant(eu, 'acme');
+    try {
+      await client.query('CREATE TABLE crm.contacts (id int PRIMARY KEY, name text, email text)');
+      expect((await client.query<{n: number}>('SELECT audit.attach_all() AS n')).rows[0]!.n).toBe(1);
+      await client.query('BEGIN');
+      await client.query("SET LOCAL dforge.actor = 'alice@acme'");
+      await client.query("INSERT INTO crm.contacts VALUES (1, 'Zoë', 'zoe@acme.test')");
+      await client.query("UPDATE crm.contacts SET email = 'zoe@acme.example' WHERE id = 1");
+      await client.query('COMMIT');
+      await client.query('DELETE FROM crm.contacts WHERE id = 1');
+      const log = await client.query<{actor: string; db_role: string; operation: string; before: unknown; after: unknown}>("SELECT actor, db_role, operation, before, after FROM audit.change_log WHERE table_name = 'contacts' ORDER BY id");
+      expect(log.rows).toEqual([
+        {actor: 'alice@acme', db_role: 'tenant_acme', operation: 'INSERT', before: null, after: {id: 1, name: 'Zoë', email: 'zoe@acme.test'}},
+        {actor: 'alice@acme', db_role: 'tenant_acme', operation: 'UPDATE', before: {id: 1, name: 'Zoë', email: 'zoe@acme.test'}, after: {id: 1, name: 'Zoë', email: 'zoe@acme.example'}},
+        {actor: 'tenant_acme', db_role: 'tenant_acme', operation: 'DELETE', before: {id: 1, name: 'Zoë', email: 'zoe@acme.example'}, after: null},
+      ]);
+      expect((await client.query('SELECT tables::int, covered::int FROM audit.coverage')).rows[0]).toEqual({tables: 1, covered: 1});
+    } finally {
+      await client.end();
+    }
+  });
+
+  it('places a tenant on its region\'s cluster', async () => {
+    const {tenant} = await plane.service.create('globex', {region: 'us'});
+    expect(tenant.cluster).toBe('us-1');
+    expect(await admin(us, "SELECT 1 FROM pg_database WHERE datname = 'tenant_globex'")).toHaveLength(1);
+    expect(await admin(eu, "SELECT 1 FROM pg_database WHERE datname = 'tenant_globex'")).toHaveLength(0);
+    await expect(plane.service.create('initech', {region: 'ap'})).rejects.toThrow(/region ap is not declared/);
+  });
+
+  it.each([
+    ['SQL injection', "acme'; DROP DATABASE dforge_control; --"],
+    ['a double quote', 'ac"me'],
+    ['a unicode look-alike (Cyrillic а)', 'аcme'],
+    ['a fullwidth letter', 'ａcme'],
+    ['41 characters', `a${'b'.repeat(40)}`],
+    ['a reserved name', 'postgres'],
+    ['another reserved name', 'dforge'],
+    ['the empty string', ''],
+    ['upper case', 'Acme'],
+    ['a leading digit', '1acme'],
+    ['a trailing dash', 'acme-'],
+    ['a NUL byte', 'ac\u0000me'],
+    ['a newline', 'acme\nx'],
+  ])('refuses %s and creates nothing', async (_label, slug) => {
+    const before = await admin<{n: string}>(eu, "SELECT (SELECT count(*) FROM pg_roles) + (SELECT count(*) FROM pg_database) AS n");
+    const tenantsBefore = (await plane.service.list()).length;
+    const err = await plane.service.create(slug).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UserError);
+    expect((err as UserError).nextSteps.join(' ')).toMatch(/letter|Choose another name/);
+    expect(await admin<{n: string}>(eu, "SELECT (SELECT count(*) FROM pg_roles) + (SELECT count(*) FROM pg_database) AS n")).toEqual(before);
+    expect((await plane.service.list()).length).toBe(tenantsBefore);
+  });
+
+  it('refuses to create an existing tenant, unless asked to skip it', async () => {
+    await expect(plane.service.create('acme')).rejects.toThrow('tenant acme already exists (active)');
+    expect((await plane.service.create('acme', {ifNotExists: true})).created).toBe(false);
+  });
+
+  it('suspend blocks logins and ends sessions; resume restores them', async () => {
+    const session = await connectAsTenant(eu, 'acme');
+    const ended = new Promise<void>((resolve) => session.on('error', () => resolve()));
+    await plane.service.suspend('acme');
+    await ended;
+    await expect(connectAsTenant(eu, 'acme')).rejects.toThrow(/not permitted to log in/);
+    await plane.service.resume('acme');
+    await (await connectAsTenant(eu, 'acme')).end();
+  });
+
+  it('rotate-credentials: the new password works and the old one stops working', async () => {
+    const old = await passwordOf('acme');
+    await plane.service.rotateCredentials('acme');
+    const fresh = await passwordOf('acme');
+    expect(fresh).not.toBe(old);
+    await (await connectAsTenant(eu, 'acme', fresh)).end();
+    await expect(connectAsTenant(eu, 'acme', old)).rejects.toThrow(/password authentication failed/);
+  });
+
+  it('serialises operators: a second run on the same tenant gets a lock error', async () => {
+    const other = new pg.Client(eu.clientConfig({user: 'dforge_provisioner', password: plane.provisionerPassword, database: 'dforge_control'}));
+    await other.connect();
+    try {
+      await other.query("SELECT pg_advisory_lock(hashtext('dforge.tenant'), hashtext('acme'))");
+      const err = await plane.service.suspend('acme').catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(LockedError);
+      expect((err as LockedError).exitCode).toBe(5);
+    } finally {
+      await other.end();
+    }
+  });
+
+  it('delete needs the slug repeated; it drops database and role without superuser; --shred destroys the keys', async () => {
+    await expect(plane.service.delete('globex', {confirm: 'globe'})).rejects.toThrow(/--confirm must repeat the slug/);
+    const result = await plane.service.delete('globex', {confirm: 'globex', shred: true});
+    expect(result).toEqual({slug: 'globex', shredded: 1});
+    expect(await admin(us, "SELECT 1 FROM pg_database WHERE datname = 'tenant_globex'")).toHaveLength(0);
+    expect(await admin(us, "SELECT 1 FROM pg_roles WHERE rolname = 'tenant_globex'")).toHaveLength(0);
+    expect((await plane.control.query("SELECT 1 FROM data_keys WHERE owner = 'globex'")).rowCount).toBe(0);
+    expect((await plane.service.list()).map((t) => t.slug)).toEqual(['acme']);
+  });
+
+  it('audits every action in a hash chain that detects tampering', async () => {
+    const log = await plane.control.query<{action: string; target: string; outcome: string}>('SELECT action, target, outcome FROM ops_log ORDER BY seq');
+    expect(log.rows).toEqual(
+      expect.arrayContaining([
+        {action: 'tenant.create', target: 'tenant:acme', outcome: 'ok'},
+        {action: 'tenant.suspend', target: 'tenant:acme', outcome: 'ok'},
+        {action: 'tenant.resume', target: 'tenant:acme', outcome: 'ok'},
+        {action: 'tenant.rotate-credentials', target: 'tenant:acme', outcome: 'ok'},
+        {action: 'tenant.create', target: 'tenant:initech', outcome: 'failed'},
+        {action: 'tenant.delete+shred', target: 'tenant:globex', outcome: 'ok'},
+      ]),
+    );
+    expect(await verifyOpsLog(plane.control)).toMatchObject({intact: true});
+    await plane.control.query("UPDATE ops_log SET outcome = 'failed' WHERE seq = 2");
+    expect(await verifyOpsLog(plane.control)).toMatchObject({intact: false, brokenAt: 2, reason: 'entry 2 was altered after it was written'});
+    await plane.control.query("UPDATE ops_log SET outcome = 'ok' WHERE seq = 2");
+    await plane.control.query('DELETE FROM ops_log WHERE seq = 3');
+    expect(await verifyOpsLog(plane.control)).toMatchObject({intact: false, brokenAt: 3, reason: 'entry 3 is missing'});
+  });
+});
