@@ -1,0 +1,18 @@
+import {Args} from '@oclif/core';
+
+import {BaseCommand} from '../../base-command.js';
+import {usingControlPlane} from '../../control/plane.js';
+import type {Tenant} from '../../tenants/service.js';
+
+export default class TenantResume extends BaseCommand<typeof TenantResume> {
+  static override summary = 'Resume a suspended tenant: its role can log in again.';
+  static override examples = ['<%= config.bin %> tenant resume acme'];
+
+  static override args = {slug: Args.string({required: true})};
+
+  async run(): Promise<Tenant> {
+    const tenant = await usingControlPlane(this.installDir(), (plane) => plane.tenants.resume(this.args.slug));
+    this.out.progress(`tenant ${tenant.slug} is ${tenant.status}`);
+    return tenant;
+  }
+}

@@ -1,0 +1,126 @@
+import {promises as fs} from 'node:fs';
+import path from 'node:path';
+
+import type {Client} from 'pg';
+
+import {loadConfigFile} from '../config/load.js';
+import type {ClusterConfig, DforgeConfig} from '../config/schema.js';
+import {UserError} from '../errors.js';
+import {openKeyServices, type KeyServices} from '../keys/context.js';
+import {connect, type ClusterEndpoint} from '../postgres/connect.js';
+import {DataKeys} from '../secrets/data-keys.js';
+import type {InstallDir} from '../state/install-dir.js';
+import {TenantService} from '../tenants/service.js';
+import {CONTROL_DATABASE, PROVISIONER_ROLE} from './bootstrap.js';
+import {ControlDataKeyStore, ControlWrappedKeys} from './keys-store.js';
+
+/** Where the public half of the PKI lives: readable by services, unlike secrets/. */
+export const pkiDir = (dir: InstallDir): string => path.join(dir.root, 'pki');
+export const caCertFile = (dir: InstallDir): string => path.join(pkiDir(dir), 'ca.crt');
+
+/** Sealed-secret names of a cluster's credentials. */
+export const provisionerSecret = (cluster: string): string => `postgres/${cluster}/provisioner`;
+export const superuserSecret = (cluster: string): string => `postgres/${cluster}/superuser`;
+
+/** The clusters of an install, by name, with their region. */
+export function clustersOf(config: DforgeConfig): Map<string, {region: string; cluster: ClusterConfig}> {
+  const map = new Map<string, {region: string; cluster: ClusterConfig}>();
+  for (const [region, r] of Object.entries(config.regions)) for (const cluster of r.clusters) map.set(cluster.name, {region, cluster});
+  return map;
+}
+
+/** The cluster holding dforge_control: the first cluster of the primary region. */
+export function primaryCluster(config: DforgeConfig): ClusterConfig {
+  return config.regions[config.primaryRegion]!.clusters[0]!;
+}
+
+/** How dforge reaches a cluster over TLS 1.3, verified against the install CA (or the configured one). */
+export async function endpointOf(dir: InstallDir, config: DforgeConfig, name: string): Promise<ClusterEndpoint> {
+  const entry = clustersOf(config).get(name);
+  if (!entry) throw new UserError(`no cluster ${name} in ${dir.configFile}`, {nextSteps: [`Declared clusters: ${[...clustersOf(config).keys()].join(', ')}`]});
+  const c = entry.cluster;
+  const readCa = async (file: string): Promise<string> =>
+    fs.readFile(file, 'utf8').catch(() => {
+      throw new UserError(`no CA certificate at ${file}`, {nextSteps: ['Generate the install PKI with: dforge certs generate']});
+    });
+  switch (c.kind) {
+    case 'embedded':
+      return {name, host: '127.0.0.1', port: c.port, caPem: await readCa(caCertFile(dir)), servername: 'localhost'};
+    case 'external':
+      return {name, host: c.host, port: c.port, caPem: await readCa(c.caFile ?? caCertFile(dir)), servername: c.host};
+    case 'bundled':
+      throw new UserError(`cluster ${name} is the compose/Kubernetes postgres service, which this dforge build cannot reach yet`, {
+        nextSteps: ['Use an embedded or external cluster for now (kind: embedded | external in dforge.yaml).'],
+      });
+  }
+}
+
+/** An open control plane: config, keys, a provisioner session on dforge_control, the tenant service. */
+export interface ControlPlane {
+  readonly config: DforgeConfig;
+  readonly keys: KeyServices;
+  readonly control: Client;
+  readonly tenants: TenantService;
+  /** dforge_control's wrapped keys, for master rotation and keys status. */
+  readonly wrappedKeys: ControlWrappedKeys;
+  close(): Promise<void>;
+}
+
+export async function openControlPlane(dir: InstallDir, options: {env?: NodeJS.ProcessEnv; clock?: () => Date} = {}): Promise<ControlPlane> {
+  const config = await loadConfigFile(dir.configFile);
+  const keys = await openKeyServices(dir, options);
+  const provisionerPassword = async (cluster: string): Promise<string> => {
+    if (!(await keys.sealed.has(provisionerSecret(cluster)))) {
+      throw new UserError(`cluster ${cluster} is not bootstrapped: no provisioner credentials in ${dir.secretsDir}`, {
+        nextSteps: ['Bootstrap it with: dforge db bootstrap (or run dforge quickstart for an evaluation install).'],
+      });
+    }
+    return (await keys.sealed.get(provisionerSecret(cluster))).toString('utf8');
+  };
+  const asProvisioner = async (cluster: string, database: string): Promise<Client> =>
+    connect(await endpointOf(dir, config, cluster), {user: PROVISIONER_ROLE, password: await provisionerPassword(cluster), database});
+
+  const primary = primaryCluster(config).name;
+  const control = await asProvisioner(primary, CONTROL_DATABASE);
+  const endpoints = new Map<string, ClusterEndpoint>();
+  for (const name of clustersOf(config).keys()) {
+    const entry = clustersOf(config).get(name)!;
+    if (entry.cluster.kind !== 'bundled') endpoints.set(name, await endpointOf(dir, config, name));
+  }
+  const regions = Object.fromEntries(Object.entries(config.regions).map(([r, def]) => [r, def.clusters.map((c) => c.name)]));
+  const tenants = new TenantService({
+    control,
+    regions,
+    primaryRegion: config.primaryRegion,
+    provisionerOn: (cluster) => asProvisioner(cluster, 'postgres'),
+    connectAs: async (cluster, role, password, database) => connect(await endpointOf(dir, config, cluster), {user: role, password, database}),
+    endpointOf: (cluster) => {
+      const e = endpoints.get(cluster);
+      if (!e) throw new UserError(`cluster ${cluster} cannot be reached by this dforge build`);
+      return e;
+    },
+    kek: keys.keyring,
+    dataKeys: new DataKeys(new ControlDataKeyStore(control), keys.keyring, options.clock),
+    clock: options.clock,
+  });
+  return {
+    config,
+    keys,
+    control,
+    tenants,
+    wrappedKeys: new ControlWrappedKeys(control, keys.keyring),
+    async close() {
+      await control.end().catch(() => undefined);
+    },
+  };
+}
+
+/** Opens the control plane, runs `fn`, and always closes it. */
+export async function usingControlPlane<T>(dir: InstallDir, fn: (plane: ControlPlane) => Promise<T>): Promise<T> {
+  const plane = await openControlPlane(dir);
+  try {
+    return await fn(plane);
+  } finally {
+    await plane.close();
+  }
+}

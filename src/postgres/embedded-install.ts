@@ -1,0 +1,93 @@
+import {promises as fs} from 'node:fs';
+import path from 'node:path';
+
+import type {Client} from 'pg';
+
+import {loadCertificateWithKey} from '../certs/store.js';
+import {bootstrapCluster, PROVISIONER_ROLE, type BootstrapResult} from '../control/bootstrap.js';
+import {caCertFile, clustersOf, primaryCluster, provisionerSecret, superuserSecret} from '../control/plane.js';
+import type {DforgeConfig} from '../config/schema.js';
+import {UserError} from '../errors.js';
+import type {KeyServices} from '../keys/context.js';
+import type {InstallDir} from '../state/install-dir.js';
+import {findPostgresBinaries} from './binaries.js';
+import {connect} from './connect.js';
+import {EmbeddedPostgres} from './embedded.js';
+import {randomPassword} from './scram.js';
+import {serverAccount} from './service-account.js';
+
+/** The superuser of an embedded cluster: reachable only on its unix socket (see pg_hba). */
+export const EMBEDDED_SUPERUSER = 'dforge_admin';
+
+/** The install's embedded clusters, by name. */
+export function embeddedClusterNames(config: DforgeConfig): string[] {
+  return [...clustersOf(config)].filter(([, e]) => e.cluster.kind === 'embedded').map(([name]) => name);
+}
+
+/** The embedded PostgreSQL of cluster `name`, inside the install directory. */
+export function embeddedCluster(dir: InstallDir, config: DforgeConfig, name: string): EmbeddedPostgres {
+  const entry = clustersOf(config).get(name);
+  if (!entry || entry.cluster.kind !== 'embedded') {
+    throw new UserError(`cluster ${name} is not an embedded cluster in ${dir.configFile}`, {nextSteps: [`Embedded clusters: ${embeddedClusterNames(config).join(', ') || 'none'}`]});
+  }
+  return new EmbeddedPostgres({
+    dataDir: path.join(dir.root, 'data', 'postgres', name),
+    runDir: path.join(dir.root, 'run', 'postgres', name),
+    port: entry.cluster.port,
+    bins: findPostgresBinaries(),
+    account: serverAccount(),
+  });
+}
+
+/** A sealed credential, created on first use and reused ever after. */
+async function ensureSealedPassword(keys: KeyServices, name: string): Promise<string> {
+  if (await keys.sealed.has(name)) return (await keys.sealed.get(name)).toString('utf8');
+  const password = randomPassword();
+  await keys.sealed.put(name, password);
+  return password;
+}
+
+export interface EmbeddedSetUp {
+  readonly cluster: string;
+  readonly initialised: boolean;
+  readonly started: boolean;
+  readonly bootstrap: BootstrapResult;
+  readonly dataDir: string;
+  readonly port: number;
+}
+
+/**
+ * Initialises (first time only), configures, starts and bootstraps one embedded cluster: TLS 1.3
+ * with the install's `postgres` certificate, scram-sha-256, the sameuser pg_hba, the provisioner
+ * role, and dforge_control on the primary cluster. Idempotent.
+ */
+export async function setUpEmbeddedCluster(dir: InstallDir, keys: KeyServices, config: DforgeConfig, name: string): Promise<EmbeddedSetUp> {
+  const pg = embeddedCluster(dir, config, name);
+  const superuserPassword = await ensureSealedPassword(keys, superuserSecret(name));
+  const provisionerPassword = await ensureSealedPassword(keys, provisionerSecret(name));
+  const leaf = await loadCertificateWithKey(dir, keys.sealed, 'postgres');
+  const caPem = await fs.readFile(caCertFile(dir), 'utf8');
+  const init = await pg.init({superuser: EMBEDDED_SUPERUSER, superuserPassword, tls: {...leaf, caPem}, provisionerRole: PROVISIONER_ROLE});
+  const {started} = await pg.start();
+  const admin = await adminConnection(pg, superuserPassword);
+  let bootstrap: BootstrapResult;
+  try {
+    const endpoint = {name, host: '127.0.0.1', port: pg.port, caPem, servername: 'localhost'};
+    bootstrap = await bootstrapCluster(admin, {
+      provisionerPassword,
+      withControlDatabase: primaryCluster(config).name === name,
+      connectAsProvisioner: (database) => connect(endpoint, {user: PROVISIONER_ROLE, password: provisionerPassword, database}),
+    });
+  } finally {
+    await admin.end().catch(() => undefined);
+  }
+  return {cluster: name, initialised: init.initialised, started, bootstrap, dataDir: pg.dataDir, port: pg.port};
+}
+
+/** The superuser over the cluster's unix socket: the only way in for it (no TLS on sockets; the run directory is 0700). */
+async function adminConnection(pg: EmbeddedPostgres, password: string): Promise<Client> {
+  const {default: pgLib} = await import('pg');
+  const client = new pgLib.Client({host: pg.runDir, port: pg.port, user: EMBEDDED_SUPERUSER, password, database: 'postgres', application_name: 'dforge'});
+  await client.connect();
+  return client;
+}
