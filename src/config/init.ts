@@ -13,6 +13,8 @@ export interface InitOptions {
   readonly domain: string;
   readonly target: DforgeConfig['target'];
   readonly region: string;
+  /** Port of the embedded cluster (target embedded). */
+  readonly port?: number;
   /** Shown to a concurrent run that is refused the lock. */
   readonly command: string;
 }
@@ -55,7 +57,7 @@ function starterConfig(dir: InstallDir, options: InitOptions): DforgeConfig {
     primaryRegion: options.region,
     regions: {
       [options.region]: {
-        clusters: [options.target === 'embedded' ? {name: `${options.region}-1`, kind: 'embedded', port: 5432} : {name: `${options.region}-1`, kind: 'bundled'}],
+        clusters: [options.target === 'embedded' ? {name: `${options.region}-1`, kind: 'embedded', port: options.port ?? 5432} : {name: `${options.region}-1`, kind: 'bundled'}],
         backup: {destinations: [{name: `${options.region}-local`, kind: 'local', path: path.join(dir.root, 'backups', options.region)}]},
       },
     },

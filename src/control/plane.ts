@@ -124,3 +124,31 @@ export async function usingControlPlane<T>(dir: InstallDir, fn: (plane: ControlP
     await plane.close();
   }
 }
+
+/**
+ * The provisioner's session on dforge_control if this install has been bootstrapped, else
+ * undefined: key commands work before and after the control plane exists.
+ */
+export async function optionalControlConnection(dir: InstallDir): Promise<Client | undefined> {
+  const exists = await fs.stat(dir.configFile).then(
+    () => true,
+    () => false,
+  );
+  if (!exists) return undefined;
+  const config = await loadConfigFile(dir.configFile);
+  const primary = primaryCluster(config);
+  const keys = await openKeyServices(dir);
+  if (primary.kind === 'bundled' || !(await keys.sealed.has(provisionerSecret(primary.name)))) return undefined;
+  const password = (await keys.sealed.get(provisionerSecret(primary.name))).toString('utf8');
+  return connect(await endpointOf(dir, config, primary.name), {user: PROVISIONER_ROLE, password, database: CONTROL_DATABASE});
+}
+
+/** The wrapped-key sets of dforge_control, for master rotation and keys status, when it exists. */
+export async function withControlKeySets<T>(dir: InstallDir, fn: (extraSets: (services: KeyServices) => Promise<ControlWrappedKeys[]>) => Promise<T>): Promise<T> {
+  const control = await optionalControlConnection(dir);
+  try {
+    return await fn(async (services) => (control ? [new ControlWrappedKeys(control, services.keyring)] : []));
+  } finally {
+    await control?.end().catch(() => undefined);
+  }
+}

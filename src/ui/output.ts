@@ -6,6 +6,8 @@
 export interface Output {
   /** True when stderr may carry ANSI colour and animation. */
   readonly color: boolean;
+  /** --quiet: no progress at all. */
+  readonly quiet: boolean;
   /** One progress line on stderr (suppressed by --quiet). */
   progress(line: string): void;
   /** A warning on stderr; printed even with --quiet, because it asks for attention. */
@@ -25,6 +27,7 @@ export function createOutput(options: OutputOptions): Output {
   const color = !options.json && stderr.isTTY === true && env.NO_COLOR === undefined && env.TERM !== 'dumb';
   return {
     color,
+    quiet: options.quiet,
     progress(line) {
       if (!options.quiet) stderr.write(`${line}\n`);
     },

@@ -3,6 +3,7 @@ import {Flags} from '@oclif/core';
 import {BaseCommand} from '../../base-command.js';
 import {rotateJwt, type JwtRotationResult} from '../../keys/rotate-jwt.js';
 import {rotateMasterKey, type MasterRotationResult} from '../../keys/rotate-master.js';
+import {withControlKeySets} from '../../control/plane.js';
 
 export type KeysRotateResult = {master: MasterRotationResult} | {jwt: JwtRotationResult};
 
@@ -21,7 +22,7 @@ export default class KeysRotate extends BaseCommand<typeof KeysRotate> {
   async run(): Promise<KeysRotateResult> {
     const dir = this.installDir();
     if (this.flags.master) {
-      const master = await rotateMasterKey(dir, {command: 'dforge keys rotate --master'});
+      const master = await withControlKeySets(dir, (extraSets) => rotateMasterKey(dir, {command: 'dforge keys rotate --master', extraSets}));
       const counts = Object.entries(master.rewrapped).map(([id, n]) => `${n} ${id}`).join(', ') || 'nothing';
       this.out.progress(`master key v${master.from} -> v${master.to}${master.resumed ? ' (finished an interrupted rotation)' : ''}: re-wrapped ${counts}; v${master.from} retired`);
       for (const action of master.operatorActions) this.out.warn(`to finish retiring the old key: ${action}`);

@@ -1,4 +1,5 @@
 import {BaseCommand} from '../../base-command.js';
+import {withControlKeySets} from '../../control/plane.js';
 import {keysStatus, type KeysStatus} from '../../keys/status.js';
 import {renderTable} from '../../ui/table.js';
 
@@ -7,7 +8,8 @@ export default class KeysStatusCommand extends BaseCommand<typeof KeysStatusComm
   static override examples = ['<%= config.bin %> keys status', '<%= config.bin %> keys status --json'];
 
   async run(): Promise<KeysStatus> {
-    const status = await keysStatus(this.installDir());
+    const dir = this.installDir();
+    const status = await withControlKeySets(dir, (extraSets) => keysStatus(dir, {extraSets}));
     if (!this.jsonEnabled()) {
       const m = status.master;
       this.log(`master key (${m.provider}), active v${m.activeVersion}${m.rotationInProgress ? `, ROTATION IN PROGRESS v${m.rotationInProgress.from} -> v${m.rotationInProgress.to}: re-run dforge keys rotate --master` : ''}`);
