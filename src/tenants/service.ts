@@ -225,8 +225,10 @@ export class TenantService {
       const role = escapeIdentifier(tenant.role);
       const db = escapeIdentifier(tenant.database);
       const roleExists = (await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [tenant.role])).rowCount === 1;
-      const attributes = `LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT ${tenant.connectionLimit}`;
-      await c.query(`${roleExists ? 'ALTER' : 'CREATE'} ROLE ${role} WITH ${attributes} PASSWORD ${escapeLiteral(scramVerifier(password))}`);
+      // Only a superuser may name SUPERUSER, REPLICATION or BYPASSRLS in ALTER ROLE; CREATE ROLE
+      // sets their safe values, and nothing but a superuser could have changed them since.
+      const attributes = `LOGIN NOCREATEDB NOCREATEROLE CONNECTION LIMIT ${tenant.connectionLimit} PASSWORD ${escapeLiteral(scramVerifier(password))}`;
+      await c.query(roleExists ? `ALTER ROLE ${role} WITH ${attributes}` : `CREATE ROLE ${role} WITH NOSUPERUSER NOREPLICATION NOBYPASSRLS ${attributes}`);
       const dbExists = (await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [tenant.database])).rowCount === 1;
       await this.withMembership(c, tenant.role, async () => {
         if (!dbExists) {

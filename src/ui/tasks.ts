@@ -8,13 +8,15 @@ export interface Step<C> {
 }
 
 /**
- * Runs steps in order through listr2, on stderr: an animated list on a terminal, plain
- * "title ... done" lines otherwise (what cron mails), nothing with --quiet.
+ * Runs steps in order through listr2, on stderr: an animated list on a terminal, plain lines
+ * otherwise, nothing with --quiet.
  * The first failure stops the run and is rethrown unchanged, so the base command reports it.
  */
 export async function runSteps<C>(steps: ReadonlyArray<Step<C>>, ctx: C, out: Output): Promise<C> {
-  const {Listr, ProcessOutput} = await import('listr2');
-  const list = new Listr<C>(
+  const {Listr, ListrLogger, ProcessOutput} = await import('listr2');
+  // Every stream of the renderers goes to stderr: stdout carries the command's data only.
+  const processOutput = new ProcessOutput(process.stderr, process.stderr);
+  const list = new Listr<C, 'default', 'verbose'>(
     steps.map((step) => ({
       title: step.title,
       task: async (c: C, task: {title: string}) => {
@@ -26,14 +28,13 @@ export async function runSteps<C>(steps: ReadonlyArray<Step<C>>, ctx: C, out: Ou
       concurrent: false,
       exitOnError: true,
       renderer: 'default',
-      fallbackRenderer: 'simple',
+      // Plain "[STARTED] title" and "[COMPLETED] title: note" lines off a terminal: what cron mails.
+      fallbackRenderer: 'verbose',
       fallbackRendererCondition: !out.color,
       silentRendererCondition: out.quiet,
-      rendererOptions: {lazy: false},
-      fallbackRendererOptions: {timestamp: undefined},
-      // Both of listr2's streams go to stderr: stdout carries the command's data only.
-      processOutput: new ProcessOutput(process.stderr, process.stderr),
-    } as ConstructorParameters<typeof Listr<C>>[1],
+      rendererOptions: {logger: new ListrLogger({useIcons: true, processOutput})},
+      fallbackRendererOptions: {logger: new ListrLogger({useIcons: false, processOutput})},
+    },
   );
   return list.run(ctx);
 }

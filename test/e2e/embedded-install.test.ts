@@ -1,0 +1,156 @@
+import {spawn} from 'node:child_process';
+import {promises as fs} from 'node:fs';
+import path from 'node:path';
+
+import pg from 'pg';
+import {afterAll, beforeAll, describe, expect, it} from 'vitest';
+
+import {cliEntry, runCli} from '../helpers/cli.js';
+import {quickstartInstall, type EmbeddedInstall} from '../helpers/embedded-install.js';
+import {findPgBinaries} from '../helpers/pg-cluster.js';
+import {missingComponent} from '../helpers/requirements.js';
+
+const available = findPgBinaries() !== undefined || missingComponent('PostgreSQL', 'no binaries under /usr/lib/postgresql');
+
+describe.skipIf(!available)('an embedded install driven through the CLI', () => {
+  let install: EmbeddedInstall;
+  beforeAll(async () => {
+    install = await quickstartInstall();
+  });
+  afterAll(async () => {
+    await install?.cleanup();
+  });
+
+  /** What the cluster and the registry hold for tenants whose slug starts with `prefix`. */
+  async function observe(prefix: string): Promise<{registry: Map<string, string>; roles: string[]; databases: string[]; provisionerMemberOf: string[]}> {
+    const plane = await install.plane();
+    try {
+      const registry = new Map((await plane.control.query<{slug: string; status: string}>('SELECT slug, status FROM tenants WHERE slug LIKE $1', [`${prefix}%`])).rows.map((r) => [r.slug, r.status]));
+      const like = `tenant_${prefix.replaceAll('-', '_')}%`;
+      const roles = (await plane.control.query<{rolname: string}>('SELECT rolname FROM pg_roles WHERE rolname LIKE $1 ORDER BY 1', [like])).rows.map((r) => r.rolname);
+      const databases = (await plane.control.query<{datname: string}>('SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY 1', [like])).rows.map((r) => r.datname);
+      const provisionerMemberOf = (
+        await plane.control.query<{role: string}>("SELECT r.rolname AS role FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = 'dforge_provisioner' ORDER BY 1")
+      ).rows.map((r) => r.role);
+      return {registry, roles, databases, provisionerMemberOf};
+    } finally {
+      await plane.close();
+    }
+  }
+
+  it('quickstart is idempotent: a second run keeps the CA, the keys and the tenants', async () => {
+    const before = JSON.parse((await install.cli(['certs', 'status', '--json'])).stdout);
+    const again = await install.cli(['quickstart', '--port', String(install.port), '--json']);
+    expect(again.code, again.stderr).toBe(0);
+    const result = JSON.parse(again.stdout);
+    expect(result.tenants).toEqual([expect.objectContaining({slug: 'acme', created: false, status: 'active'}), expect.objectContaining({slug: 'globex', created: false, status: 'active'})]);
+    expect(result.clusters[0]).toMatchObject({initialised: false});
+    const after = JSON.parse((await install.cli(['certs', 'status', '--json'])).stdout);
+    expect(after.certificates.map((c: {report: {sha256Fingerprint: string}}) => c.report.sha256Fingerprint)).toEqual(before.certificates.map((c: {report: {sha256Fingerprint: string}}) => c.report.sha256Fingerprint));
+  });
+
+  it('tenant commands: list, show, suspend, resume, rotate-credentials, delete; each audited', async () => {
+    expect((await install.cli(['tenant', 'create', 'initech', '--json'])).code).toBe(0);
+    const list = JSON.parse((await install.cli(['tenant', 'list', '--json'])).stdout) as Array<{slug: string}>;
+    expect(list.map((t) => t.slug)).toEqual(['acme', 'globex', 'initech']);
+    const show = JSON.parse((await install.cli(['tenant', 'show', 'initech', '--json'])).stdout);
+    expect(show).toMatchObject({status: 'active', publicCanConnect: false, roleCanLogin: true, activeDataKeyVersion: 1});
+    for (const verb of ['suspend', 'resume', 'rotate-credentials']) expect((await install.cli(['tenant', verb, 'initech'])).code).toBe(0);
+    const refused = await install.cli(['tenant', 'delete', 'initech']);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain('needs --confirm initech');
+    expect((await install.cli(['tenant', 'delete', 'initech', '--confirm', 'initech'])).code).toBe(0);
+    const plane = await install.plane();
+    try {
+      const actions = (await plane.control.query<{action: string}>("SELECT action FROM ops_log WHERE target = 'tenant:initech' ORDER BY seq")).rows.map((r) => r.action);
+      expect(actions).toEqual(['tenant.create', 'tenant.suspend', 'tenant.resume', 'tenant.rotate-credentials', 'tenant.delete']);
+    } finally {
+      await plane.close();
+    }
+  });
+
+  it('a hostile slug on the command line is refused with exit 1 and leaves nothing behind', async () => {
+    const before = await observe('');
+    for (const slug of ["x'; DROP TABLE tenants; --", 'ÀCME', 'a'.repeat(41), 'template1']) {
+      const r = await install.cli(['tenant', 'create', slug]);
+      expect(r.code, slug).toBe(1);
+      expect(r.stderr).toMatch(/What to do:/);
+    }
+    expect(await observe('')).toEqual(before);
+  });
+
+  it('SIGKILL during tenant create at random points (24 trials): a rerun leaves a complete tenant and no orphan', async () => {
+    // Time one uninterrupted create to spread the kill points over its whole span.
+    const started = Date.now();
+    expect((await install.cli(['tenant', 'create', 'kill-timing'])).code).toBe(0);
+    const span = Date.now() - started;
+    let interrupted = 0;
+    for (let trial = 0; trial < 24; trial++) {
+      const slug = `kill-${trial}`;
+      const child = spawn(process.execPath, [cliEntry, 'tenant', 'create', slug, '--dir', install.dir.root], {stdio: 'ignore'});
+      const delay = Math.random() * span;
+      const timer = setTimeout(() => child.kill('SIGKILL'), delay);
+      const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+      clearTimeout(timer);
+      if (code !== 0) interrupted++;
+
+      const mid = await observe(slug);
+      // Whatever was left is recorded: nothing on the cluster without a registry entry.
+      if (mid.registry.size === 0) expect({roles: mid.roles, databases: mid.databases}, `trial ${trial} at ${delay.toFixed(0)} ms`).toEqual({roles: [], databases: []});
+
+      const rerun = await install.cli(['tenant', 'create', slug]);
+      expect([0, 1]).toContain(rerun.code);
+      if (rerun.code === 1) expect(rerun.stderr).toContain(`tenant ${slug} already exists (active)`);
+      const after = await observe(slug);
+      const name = `tenant_${slug.replaceAll('-', '_')}`;
+      expect(after, `trial ${trial} at ${delay.toFixed(0)} ms`).toEqual({registry: new Map([[slug, 'active']]), roles: [name], databases: [name], provisionerMemberOf: ['pg_signal_backend']});
+      const show = JSON.parse((await install.cli(['tenant', 'show', slug, '--json'])).stdout);
+      expect(show).toMatchObject({publicCanConnect: false, roleCanLogin: true, activeDataKeyVersion: 1, dataKeyVersions: [1]});
+    }
+    expect(interrupted).toBeGreaterThan(0);
+    // And a killed run's tenant works: its own role can log in and sees its schemas.
+    const plane = await install.plane();
+    try {
+      const c = new pg.Client(install.clientConfig('tenant_kill_0', await install.tenantPassword(plane, 'kill-0'), 'tenant_kill_0'));
+      await c.connect();
+      const schemas = await c.query<{n: string}>("SELECT count(*) AS n FROM pg_namespace WHERE nspname IN ('crm','hr','fin','wms','audit')");
+      expect(Number(schemas.rows[0]!.n)).toBe(5);
+      await c.end();
+    } finally {
+      await plane.close();
+    }
+  });
+
+  it('db status/stop/start and the systemd unit', async () => {
+    const status = JSON.parse((await install.cli(['db', 'status', '--json'])).stdout);
+    expect(status[0]).toMatchObject({running: true, port: install.port});
+    expect((await install.cli(['db', 'stop'])).code).toBe(0);
+    expect(JSON.parse((await install.cli(['db', 'status', '--json'])).stdout)[0]).toMatchObject({running: false, initialised: true});
+    const down = await install.cli(['tenant', 'list']);
+    expect(down.code).toBe(1);
+    expect(down.stderr).toMatch(/cannot reach cluster local-1 .*ECONNREFUSED/);
+    expect(down.stderr).toContain('dforge db status');
+    expect((await install.cli(['db', 'start'])).code).toBe(0);
+    expect((await install.cli(['tenant', 'list'])).code).toBe(0);
+    // systemd's PrivateTmp hides /tmp from the unit, so an install there gets a clear refusal.
+    const refused = await install.cli(['db', 'unit']);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/\/tmp/);
+  });
+
+  it('db unit renders a hardened systemd unit for an install outside /tmp', async () => {
+    const root = await fs.mkdtemp('/var/lib/dforge-unit-test-');
+    try {
+      const dir = path.join(root, 'install');
+      expect((await runCli(['config', 'init', '--dir', dir, '--domain', 'erp.example.test'])).code).toBe(0);
+      const unit = await runCli(['db', 'unit', '--dir', dir]);
+      expect(unit.code, unit.stderr).toBe(0);
+      expect(unit.stdout).toMatch(/^User=\S+$/m);
+      expect(unit.stdout).toMatch(new RegExp(`^ExecStart=.*postgres -D ${dir}/data/postgres/main-1`, 'm'));
+      expect(unit.stdout).toMatch(/^NoNewPrivileges=true$/m);
+      expect(unit.stdout).toMatch(/^ProtectSystem=strict$/m);
+    } finally {
+      await fs.rm(root, {recursive: true, force: true});
+    }
+  });
+});

@@ -1,0 +1,57 @@
+import {promises as fs} from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import pg from 'pg';
+
+import {tenantPasswordContext} from '../../src/control/keys-store.js';
+import {caCertFile, openControlPlane, type ControlPlane} from '../../src/control/plane.js';
+import {InstallDir} from '../../src/state/install-dir.js';
+import {runCli, type CliResult} from './cli.js';
+import {freePort} from './pg-cluster.js';
+
+/**
+ * A real evaluation install made by `dforge quickstart` in a temp directory: embedded PostgreSQL
+ * from the host binaries, with the product's own pg_hba, TLS and bootstrap.
+ */
+export interface EmbeddedInstall {
+  readonly dir: InstallDir;
+  readonly port: number;
+  readonly caPem: string;
+  cli(args: string[]): Promise<CliResult>;
+  plane(): Promise<ControlPlane>;
+  tenantPassword(plane: ControlPlane, slug: string): Promise<string>;
+  /** A client config for `user` on `database` over verified TLS 1.3. */
+  clientConfig(user: string, password: string, database: string, overrides?: Partial<pg.ClientConfig>): pg.ClientConfig;
+  cleanup(): Promise<void>;
+}
+
+export async function quickstartInstall(): Promise<EmbeddedInstall> {
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'dforge-qs-'));
+  // The server account must traverse the install directory.
+  await fs.chmod(root, 0o755);
+  const dir = new InstallDir(path.join(root, 'install'));
+  const port = await freePort();
+  const cli = (args: string[]): Promise<CliResult> => runCli([...args, '--dir', dir.root]);
+  const result = await cli(['quickstart', '--port', String(port), '--json']);
+  if (result.code !== 0) throw new Error(`quickstart failed (${result.code}): ${result.stderr}`);
+  const caPem = await fs.readFile(caCertFile(dir), 'utf8');
+  return {
+    dir,
+    port,
+    caPem,
+    cli,
+    plane: () => openControlPlane(dir),
+    async tenantPassword(plane, slug) {
+      const row = await plane.control.query<{sealed_password: Buffer}>('SELECT sealed_password FROM tenant_credentials WHERE slug = $1', [slug]);
+      return (await plane.keys.keyring.unwrap(row.rows[0]!.sealed_password, tenantPasswordContext(slug), 'test')).toString();
+    },
+    clientConfig(user, password, database, overrides = {}) {
+      return {host: '127.0.0.1', port, user, password, database, ssl: {ca: caPem, servername: 'localhost', minVersion: 'TLSv1.3'}, ...overrides};
+    },
+    async cleanup() {
+      await cli(['db', 'stop', '--immediate']);
+      await fs.rm(root, {recursive: true, force: true});
+    },
+  };
+}
