@@ -32,11 +32,13 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
 
   protected flags!: Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>;
   protected args!: Interfaces.InferredArgs<T['args']>;
+  /** Positional arguments as parsed (all of them, for commands with `strict = false`). */
+  protected positionals: string[] = [];
   protected out!: Output;
 
   public override async init(): Promise<void> {
     await super.init();
-    const {args, flags} = await this.parse({
+    const {args, argv, flags} = await this.parse({
       flags: this.ctor.flags,
       baseFlags: (this.ctor as typeof BaseCommand).baseFlags,
       enableJsonFlag: this.ctor.enableJsonFlag,
@@ -45,6 +47,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     });
     this.flags = flags as typeof this.flags;
     this.args = args as typeof this.args;
+    this.positionals = argv.map(String);
     this.out = createOutput({json: this.jsonEnabled(), quiet: this.flags.quiet});
   }
 

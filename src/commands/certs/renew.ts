@@ -13,7 +13,7 @@ export default class CertsRenew extends BaseCommand<typeof CertsRenew> {
   static override flags = {force: Flags.boolean({summary: 'Re-issue every internal leaf, due or not.'})};
 
   async run(): Promise<GeneratedCertificate[]> {
-    const names = this.argv.filter((a) => !a.startsWith('-'));
+    const names = this.positionals;
     const renewed = await renewCertificates(this.installDir(), {names: names.length > 0 ? names : undefined, force: this.flags.force, command: 'dforge certs renew'});
     for (const c of renewed) this.out.progress(`${c.name}: ${c.action} (expires ${c.notAfter.slice(0, 10)})`);
     return renewed;
