@@ -104,3 +104,13 @@ function canonicalJson(value: unknown): string {
   }
   return JSON.stringify(value);
 }
+
+/** The newest entries, oldest first; optionally only those about one tenant. */
+export async function readOpsLog(client: Client, options: {limit?: number; tenant?: string} = {}): Promise<StoredOpsEntry[]> {
+  const rows = await client.query<{seq: string; at: Date; actor: string; action: string; target: string; outcome: OpsEntry['outcome']; details: Record<string, unknown>; prev_hash: Buffer; hash: Buffer}>(
+    `SELECT * FROM (SELECT seq, at, actor, action, target, outcome, details, prev_hash, hash FROM ops_log
+       WHERE $1::text IS NULL OR target = 'tenant:' || $1 ORDER BY seq DESC LIMIT $2) newest ORDER BY seq`,
+    [options.tenant ?? null, options.limit ?? 1_000_000_000],
+  );
+  return rows.rows.map((r) => ({seq: Number(r.seq), at: r.at.toISOString(), actor: r.actor, action: r.action, target: r.target, outcome: r.outcome, details: r.details, prevHash: r.prev_hash.toString('hex'), hash: r.hash.toString('hex')}));
+}

@@ -61,6 +61,8 @@ export interface ControlPlane {
   readonly keys: KeyServices;
   readonly control: Client;
   readonly tenants: TenantService;
+  /** Tenant data keys, in dforge_control. */
+  readonly dataKeys: DataKeys;
   /** dforge_control's wrapped keys, for master rotation and keys status. */
   readonly wrappedKeys: ControlWrappedKeys;
   close(): Promise<void>;
@@ -88,6 +90,7 @@ export async function openControlPlane(dir: InstallDir, options: {env?: NodeJS.P
     if (entry.cluster.kind !== 'bundled') endpoints.set(name, await endpointOf(dir, config, name));
   }
   const regions = Object.fromEntries(Object.entries(config.regions).map(([r, def]) => [r, def.clusters.map((c) => c.name)]));
+  const dataKeys = new DataKeys(new ControlDataKeyStore(control), keys.keyring, options.clock);
   const tenants = new TenantService({
     control,
     regions,
@@ -100,7 +103,7 @@ export async function openControlPlane(dir: InstallDir, options: {env?: NodeJS.P
       return e;
     },
     kek: keys.keyring,
-    dataKeys: new DataKeys(new ControlDataKeyStore(control), keys.keyring, options.clock),
+    dataKeys,
     clock: options.clock,
   });
   return {
@@ -108,6 +111,7 @@ export async function openControlPlane(dir: InstallDir, options: {env?: NodeJS.P
     keys,
     control,
     tenants,
+    dataKeys,
     wrappedKeys: new ControlWrappedKeys(control, keys.keyring),
     async close() {
       await control.end().catch(() => undefined);

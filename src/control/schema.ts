@@ -54,6 +54,30 @@ CREATE TABLE ops_log (
 );
 `,
   },
+  {
+    version: 2,
+    sql: `
+-- The backup catalog. A row is written only after the file and its manifest are durable, so a row
+-- always names a complete backup; the catalog can be rebuilt from the destinations' manifests.
+CREATE TABLE backups (
+  id          text PRIMARY KEY,
+  kind        text NOT NULL CHECK (kind IN ('tenant', 'control')),
+  tenant      text NOT NULL,
+  region      text NOT NULL,
+  cluster     text NOT NULL,
+  destination text NOT NULL,
+  location    text NOT NULL,
+  size        bigint NOT NULL CHECK (size >= 0),
+  sha256      text NOT NULL,
+  pg_version  text NOT NULL,
+  key_id      text NOT NULL,
+  key_version integer NOT NULL,
+  created_at  timestamptz NOT NULL,
+  verified_at timestamptz
+);
+CREATE INDEX backups_tenant_created ON backups (tenant, created_at DESC);
+`,
+  },
 ];
 
 export const CONTROL_SCHEMA_VERSION = MIGRATIONS.at(-1)!.version;

@@ -86,6 +86,46 @@ export class TenantService {
     });
   }
 
+  /** One tenant's registry entry; an error that says how to list tenants if there is none. */
+  async get(slugInput: string): Promise<Tenant> {
+    return this.require(validateSlug(slugInput));
+  }
+
+  /** The tenant role's password, unsealed: for libpq tools that must connect as the tenant. */
+  async password(slugInput: string): Promise<string> {
+    return this.sealedPassword(validateSlug(slugInput), false);
+  }
+
+  /** Runs `fn` under the tenant's lock, recorded in the ops log as `action` (restore uses this). */
+  async withTenantLock<T>(slugInput: string, action: string, fn: () => Promise<T>): Promise<T> {
+    return this.locked(validateSlug(slugInput), action, fn);
+  }
+
+  /**
+   * Re-creates the tenant's role from its sealed password if the cluster lost it (a rebuilt
+   * cluster after a disaster); the database comes back with the restore.
+   */
+  async ensureRole(slugInput: string): Promise<boolean> {
+    const tenant = await this.require(validateSlug(slugInput));
+    const password = await this.sealedPassword(tenant.slug, false);
+    return this.onCluster(tenant.cluster, async (c) => {
+      if ((await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [tenant.role])).rowCount === 1) return false;
+      await c.query(`CREATE ROLE ${escapeIdentifier(tenant.role)} WITH NOSUPERUSER NOREPLICATION NOBYPASSRLS LOGIN NOCREATEDB NOCREATEROLE CONNECTION LIMIT ${tenant.connectionLimit} PASSWORD ${escapeLiteral(scramVerifier(password))}`);
+      return true;
+    });
+  }
+
+  /** A provisioner session on the tenant's cluster, for operations that act as the tenant (restore). */
+  async onTenantCluster<T>(slugInput: string, fn: (c: Client, tenant: Tenant) => Promise<T>): Promise<T> {
+    const tenant = await this.require(validateSlug(slugInput));
+    return this.onCluster(tenant.cluster, (c) => fn(c, tenant));
+  }
+
+  /** Runs `fn` with the provisioner temporarily a member of `role` (see withMembership). */
+  async asMemberOf<T>(c: Client, role: string, fn: () => Promise<T>): Promise<T> {
+    return this.withMembership(c, role, fn);
+  }
+
   async list(): Promise<Tenant[]> {
     const rows = await this.deps.control.query<TenantRow>('SELECT * FROM tenants ORDER BY slug');
     return rows.rows.map(toTenant);
@@ -172,10 +212,14 @@ export class TenantService {
         const roleExists = (await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [tenant.role])).rowCount === 1;
         if (roleExists) {
           await c.query(`ALTER ROLE ${role} NOLOGIN`);
-          await c.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1 OR datname = $2', [tenant.role, tenant.database]);
-          if ((await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [tenant.database])).rowCount === 1) {
-            await this.withMembership(c, tenant.role, () => this.asRole(c, tenant.role, () => c.query(`DROP DATABASE ${escapeIdentifier(tenant.database)}`)));
-          }
+          // Its live database and any it owns besides (kept *_pre_restore_* copies, a killed restore's scratch).
+          const owned = await c.query<{datname: string}>('SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = $1)', [tenant.role]);
+          await c.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1 OR datname = ANY($2)', [tenant.role, owned.rows.map((r) => r.datname)]);
+          await this.withMembership(c, tenant.role, () =>
+            this.asRole(c, tenant.role, async () => {
+              for (const {datname} of owned.rows) await c.query(`DROP DATABASE ${escapeIdentifier(datname)}`);
+            }),
+          );
           await c.query(`DROP ROLE ${role}`);
         } else {
           await c.query(`DROP DATABASE IF EXISTS ${escapeIdentifier(tenant.database)}`);

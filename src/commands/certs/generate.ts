@@ -1,5 +1,6 @@
 import {Flags} from '@oclif/core';
 
+import {withOpsRecord} from '../../audit/record.js';
 import {BaseCommand} from '../../base-command.js';
 import {generateCertificates, type GenerateResult} from '../../certs/service.js';
 import {renderTable} from '../../ui/table.js';
@@ -15,7 +16,8 @@ Existing certificates are never replaced: use dforge certs renew.`;
   };
 
   async run(): Promise<GenerateResult> {
-    const result = await generateCertificates(this.installDir(), {algorithm: this.flags.algorithm as 'ecdsa-p256' | 'rsa-3072', command: 'dforge certs generate'});
+    const result = await withOpsRecord(this.installDir(), {action: 'certs.generate', target: 'pki'}, () => generateCertificates(this.installDir(), {algorithm: this.flags.algorithm as 'ecdsa-p256' | 'rsa-3072', command: 'dforge certs generate'}));
+
     if (!this.jsonEnabled()) {
       this.log(renderTable(['name', 'action', 'expires', 'names'], result.certificates.map((c) => [c.name, c.action, c.notAfter.slice(0, 10), [...c.dnsNames, ...c.ipAddresses].join(', ')])));
       this.log(`\nCA ${result.caFile}\nCA SHA-256 fingerprint ${result.caFingerprint}\ntrust store ${result.trustStore}`);

@@ -1,5 +1,6 @@
 import {Flags} from '@oclif/core';
 
+import {withOpsRecord} from '../../audit/record.js';
 import {BaseCommand} from '../../base-command.js';
 import {importCertificate, type ImportResult} from '../../certs/service.js';
 
@@ -16,7 +17,8 @@ export default class CertsImport extends BaseCommand<typeof CertsImport> {
   };
 
   async run(): Promise<ImportResult> {
-    const result = await importCertificate(this.installDir(), {name: this.flags.name, certFile: this.flags.cert, keyFile: this.flags.key, caFile: this.flags.ca, command: 'dforge certs import'});
+    const result = await withOpsRecord(this.installDir(), {action: 'certs.import', target: 'pki'}, () => importCertificate(this.installDir(), {name: this.flags.name, certFile: this.flags.cert, keyFile: this.flags.key, caFile: this.flags.ca, command: 'dforge certs import'}));
+
     this.out.progress(`imported ${result.name}: ${result.report.subject}, expires ${result.report.notAfter.slice(0, 10)}, chain to ${result.anchor}`);
     return result;
   }

@@ -1,5 +1,6 @@
 import {Args, Flags} from '@oclif/core';
 
+import {withOpsRecord} from '../../audit/record.js';
 import {BaseCommand} from '../../base-command.js';
 import {renewCertificates, type GeneratedCertificate} from '../../certs/service.js';
 
@@ -14,7 +15,8 @@ export default class CertsRenew extends BaseCommand<typeof CertsRenew> {
 
   async run(): Promise<GeneratedCertificate[]> {
     const names = this.positionals;
-    const renewed = await renewCertificates(this.installDir(), {names: names.length > 0 ? names : undefined, force: this.flags.force, command: 'dforge certs renew'});
+    const renewed = await withOpsRecord(this.installDir(), {action: 'certs.renew', target: 'pki'}, () => renewCertificates(this.installDir(), {names: names.length > 0 ? names : undefined, force: this.flags.force, command: 'dforge certs renew'}));
+
     for (const c of renewed) this.out.progress(`${c.name}: ${c.action} (expires ${c.notAfter.slice(0, 10)})`);
     return renewed;
   }

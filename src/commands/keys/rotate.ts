@@ -3,6 +3,7 @@ import {Flags} from '@oclif/core';
 import {BaseCommand} from '../../base-command.js';
 import {rotateJwt, type JwtRotationResult} from '../../keys/rotate-jwt.js';
 import {rotateMasterKey, type MasterRotationResult} from '../../keys/rotate-master.js';
+import {withOpsRecord} from '../../audit/record.js';
 import {withControlKeySets} from '../../control/plane.js';
 
 export type KeysRotateResult = {master: MasterRotationResult} | {jwt: JwtRotationResult};
@@ -22,13 +23,17 @@ export default class KeysRotate extends BaseCommand<typeof KeysRotate> {
   async run(): Promise<KeysRotateResult> {
     const dir = this.installDir();
     if (this.flags.master) {
-      const master = await withControlKeySets(dir, (extraSets) => rotateMasterKey(dir, {command: 'dforge keys rotate --master', extraSets}));
+      const master = await withOpsRecord(dir, {action: 'keys.rotate-master', target: 'key:master', details: (r) => ({from: r.from, to: r.to, rewrapped: r.rewrapped})}, () =>
+        withControlKeySets(dir, (extraSets) => rotateMasterKey(dir, {command: 'dforge keys rotate --master', extraSets})),
+      );
       const counts = Object.entries(master.rewrapped).map(([id, n]) => `${n} ${id}`).join(', ') || 'nothing';
       this.out.progress(`master key v${master.from} -> v${master.to}${master.resumed ? ' (finished an interrupted rotation)' : ''}: re-wrapped ${counts}; v${master.from} retired`);
       for (const action of master.operatorActions) this.out.warn(`to finish retiring the old key: ${action}`);
       return {master};
     }
-    const jwt = await rotateJwt(dir, {graceDays: this.flags['grace-days'], command: 'dforge keys rotate --jwt'});
+    const jwt = await withOpsRecord(dir, {action: 'keys.rotate-jwt', target: 'key:jwt', details: (r) => ({kid: r.signing.kid, dropped: r.dropped, graceDays: r.graceDays})}, () =>
+      rotateJwt(dir, {graceDays: this.flags['grace-days'], command: 'dforge keys rotate --jwt'}),
+    );
     this.out.progress(`JWT signing key ${jwt.signing.kid} (${jwt.signing.alg}); ${jwt.verifyOnly.length} verify-only for up to ${jwt.graceDays} days; dropped ${jwt.dropped.length}`);
     return {jwt};
   }

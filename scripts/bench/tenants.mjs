@@ -1,0 +1,102 @@
+#!/usr/bin/env node
+// Tenant benchmarks on a real embedded install (made by `dforge quickstart`), each against its
+// baseline in the same run:
+//  1. `dforge tenant create` wall time vs one psql process doing CREATE ROLE + CREATE DATABASE +
+//     REVOKE CONNECT (the bare minimum a tenant needs), interleaved;
+//  2. per-tenant create time of the first 50 against the last 50 of 500 (should be flat);
+//  3. `dforge tenant list` with 1,000 tenants vs psql reading the same registry.
+// Needs ~8 GB of disk (1,000 databases). Usage: npm run build && node scripts/bench/tenants.mjs [--runs 15]
+import {spawnSync} from 'node:child_process';
+import {chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import {fileURLToPath} from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const cliPath = path.join(root, 'bin/run.js');
+const runsArg = process.argv.indexOf('--runs');
+const runs = runsArg > 0 ? Number(process.argv[runsArg + 1]) : 15;
+
+const scratch = mkdtempSync(path.join(os.tmpdir(), 'dforge-bench-tenants-'));
+chmodSync(scratch, 0o755);
+const dir = path.join(scratch, 'install');
+const port = await new Promise((resolve) => {
+  const s = net.createServer().listen(0, '127.0.0.1', () => {
+    const p = s.address().port;
+    s.close(() => resolve(p));
+  });
+});
+const cli = (...args) => {
+  const r = spawnSync(process.execPath, [cliPath, ...args, '--dir', dir, '--quiet'], {encoding: 'utf8'});
+  if (r.status !== 0) throw new Error(`dforge ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+};
+const wall = (fn) => {
+  const t = process.hrtime.bigint();
+  fn();
+  return Number(process.hrtime.bigint() - t) / 1e6;
+};
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+try {
+  cli('quickstart', '--port', String(port));
+  const {openControlPlane} = await import(path.join(root, 'dist/control/plane.js'));
+  const {InstallDir} = await import(path.join(root, 'dist/state/install-dir.js'));
+  const installDir = new InstallDir(dir);
+  const keys = await (await import(path.join(root, 'dist/keys/context.js'))).openKeyServices(installDir);
+  const superPassword = (await keys.sealed.get('postgres/local-1/superuser')).toString();
+  const psqlBin = '/usr/lib/postgresql/' + JSON.parse(cli('db', 'status', '--json'))[0].version + '/bin/psql';
+  // The baseline connects like dforge's admin path would at its cheapest: the superuser on the unix socket.
+  const psqlEnv = {...process.env, PGHOST: path.join(dir, 'run/postgres/local-1'), PGPORT: String(port), PGUSER: 'dforge_admin', PGPASSWORD: superPassword, PGDATABASE: 'postgres'};
+  const psql = (sql) => {
+    const file = path.join(scratch, 'baseline.sql');
+    writeFileSync(file, sql);
+    const r = spawnSync(psqlBin, ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-f', file], {env: psqlEnv, encoding: 'utf8'});
+    if (r.status !== 0) throw new Error(`psql: ${r.stderr}`);
+    return r.stdout;
+  };
+
+  // 1. create latency, interleaved.
+  const dforgeCreate = [];
+  const rawCreate = [];
+  for (let i = 0; i < runs; i++) {
+    dforgeCreate.push(wall(() => cli('tenant', 'create', `bench-${i}`)));
+    rawCreate.push(wall(() => psql(`CREATE ROLE raw_${i} LOGIN PASSWORD 'x-${i}';\nCREATE DATABASE raw_${i} OWNER raw_${i};\nREVOKE CONNECT ON DATABASE raw_${i} FROM PUBLIC;\n`)));
+  }
+
+  // 2. 500 tenants through the service in one process: first 50 vs last 50.
+  const plane = await openControlPlane(installDir);
+  const perTenant = [];
+  for (let i = 0; i < 500; i++) {
+    const t = process.hrtime.bigint();
+    await plane.tenants.create(`scale-${String(i).padStart(4, '0')}`);
+    perTenant.push(Number(process.hrtime.bigint() - t) / 1e6);
+  }
+  // 3. up to 1,000 tenants, then list.
+  const existing = (await plane.tenants.list()).length;
+  for (let i = existing; i < 1000; i++) await plane.tenants.create(`fill-${String(i).padStart(4, '0')}`);
+  await plane.close();
+  const listCli = [];
+  const listJson = [];
+  const listRaw = [];
+  for (let i = 0; i < runs; i++) {
+    listCli.push(wall(() => cli('tenant', 'list')));
+    listJson.push(wall(() => cli('tenant', 'list', '--json')));
+    listRaw.push(wall(() => psql(`\\c dforge_control\nSELECT slug, status, region, cluster, database_name, created_at FROM dforge.tenants ORDER BY slug;\n`)));
+  }
+  const count = JSON.parse(cli('tenant', 'list', '--json')).length;
+
+  const first = median(perTenant.slice(0, 50));
+  const last = median(perTenant.slice(-50));
+  const c = median(dforgeCreate);
+  const r = median(rawCreate);
+  console.log(`machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}, PostgreSQL ${psqlBin.split('/')[4]}; ${runs} interleaved runs`);
+  console.log(`tenant create (CLI, full: registry, role, db, schemas, audit fn, DEK, ops log): ${c.toFixed(0)} ms median`);
+  console.log(`baseline psql CREATE ROLE + CREATE DATABASE + REVOKE:                  ${r.toFixed(0)} ms median   ratio ${(c / r).toFixed(2)}`);
+  console.log(`per-tenant create (service): first 50 of 500 ${first.toFixed(0)} ms, last 50 ${last.toFixed(0)} ms, ratio last/first ${(last / first).toFixed(2)}`);
+  console.log(`tenant list with ${count} tenants: table ${median(listCli).toFixed(0)} ms, --json ${median(listJson).toFixed(0)} ms; baseline psql ${median(listRaw).toFixed(0)} ms   ratio ${(median(listCli) / median(listRaw)).toFixed(2)}`);
+} finally {
+  spawnSync(process.execPath, [cliPath, 'db', 'stop', '--immediate', '--dir', dir, '--quiet']);
+  rmSync(scratch, {recursive: true, force: true});
+}

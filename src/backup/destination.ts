@@ -1,0 +1,140 @@
+import {createReadStream, createWriteStream, promises as fs} from 'node:fs';
+import path from 'node:path';
+import type {Readable, Writable} from 'node:stream';
+import {pipeline} from 'node:stream/promises';
+
+import type {DestinationConfig} from '../config/schema.js';
+import {UserError} from '../errors.js';
+import {fsyncDir, writeFileAtomic} from '../state/atomic-file.js';
+
+/**
+ * Where backups go. Today a local directory; the interface is what an S3-compatible store needs
+ * too (a streamed upload that becomes visible only when complete, listing, ranged-free reads).
+ */
+export interface BackupDestination {
+  readonly name: string;
+  readonly region: string;
+  /** Streams `source` to `location`; the object becomes visible under its name only once complete and durable. */
+  put(location: string, source: Readable): Promise<{size: number}>;
+  /** Writes a small object (a manifest) atomically. */
+  putSmall(location: string, data: string): Promise<void>;
+  get(location: string): Promise<Readable>;
+  readSmall(location: string): Promise<string>;
+  size(location: string): Promise<number>;
+  /** Locations under `prefix`, sorted. */
+  list(prefix: string): Promise<string[]>;
+  remove(location: string): Promise<void>;
+  /** Removes in-progress uploads older than `olderThanMs` under `prefix` (left by a killed run). */
+  removeIncomplete(prefix: string, olderThanMs: number): Promise<string[]>;
+  /** A human reference: a path or URL. */
+  describe(location: string): string;
+}
+
+const PARTIAL = '.partial';
+
+export class LocalDirectoryDestination implements BackupDestination {
+  constructor(
+    readonly name: string,
+    readonly region: string,
+    private readonly root: string,
+  ) {}
+
+  private file(location: string): string {
+    const full = path.resolve(this.root, location);
+    if (!full.startsWith(`${path.resolve(this.root)}${path.sep}`)) throw new UserError(`backup location ${location} escapes destination ${this.name}`);
+    return full;
+  }
+
+  describe(location: string): string {
+    return this.file(location);
+  }
+
+  async put(location: string, source: Readable): Promise<{size: number}> {
+    const target = this.file(location);
+    await fs.mkdir(path.dirname(target), {recursive: true, mode: 0o700});
+    const partial = `${target}${PARTIAL}`;
+    const out = createWriteStream(partial, {mode: 0o600, flags: 'wx'});
+    try {
+      await pipeline(source, out as Writable);
+      const handle = await fs.open(partial, 'r');
+      try {
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      await fs.rename(partial, target);
+      await fsyncDir(path.dirname(target));
+      return {size: (await fs.stat(target)).size};
+    } catch (err) {
+      out.destroy();
+      await fs.rm(partial, {force: true});
+      throw err;
+    }
+  }
+
+  async putSmall(location: string, data: string): Promise<void> {
+    const target = this.file(location);
+    await fs.mkdir(path.dirname(target), {recursive: true, mode: 0o700});
+    await writeFileAtomic(target, data, {mode: 0o600});
+  }
+
+  async get(location: string): Promise<Readable> {
+    const file = this.file(location);
+    await fs.access(file).catch(() => {
+      throw new UserError(`no backup at ${file}`, {nextSteps: ['List backups with: dforge backup list']});
+    });
+    return createReadStream(file, {highWaterMark: 256 * 1024});
+  }
+
+  async readSmall(location: string): Promise<string> {
+    return fs.readFile(this.file(location), 'utf8');
+  }
+
+  async size(location: string): Promise<number> {
+    return (await fs.stat(this.file(location))).size;
+  }
+
+  async list(prefix: string): Promise<string[]> {
+    const base = this.file(prefix);
+    const out: string[] = [];
+    const walk = async (dir: string): Promise<void> => {
+      for (const entry of await fs.readdir(dir, {withFileTypes: true}).catch(() => [])) {
+        const full = path.join(dir, entry.name);
+        if (entry.isDirectory()) await walk(full);
+        else if (!entry.name.endsWith(PARTIAL) && !entry.name.startsWith('.')) out.push(path.relative(this.root, full));
+      }
+    };
+    await walk(base);
+    return out.sort();
+  }
+
+  async remove(location: string): Promise<void> {
+    await fs.rm(this.file(location), {force: true});
+  }
+
+  async removeIncomplete(prefix: string, olderThanMs: number): Promise<string[]> {
+    const removed: string[] = [];
+    const walk = async (dir: string): Promise<void> => {
+      for (const entry of await fs.readdir(dir, {withFileTypes: true}).catch(() => [])) {
+        const full = path.join(dir, entry.name);
+        if (entry.isDirectory()) await walk(full);
+        else if (entry.name.endsWith(PARTIAL) || /^\..*\.tmp$/.test(entry.name)) {
+          const st = await fs.stat(full).catch(() => undefined);
+          if (st && Date.now() - st.mtimeMs >= olderThanMs) {
+            await fs.rm(full, {force: true});
+            removed.push(path.relative(this.root, full));
+          }
+        }
+      }
+    };
+    await walk(this.file(prefix));
+    return removed;
+  }
+}
+
+export function destinationFor(region: string, config: DestinationConfig): BackupDestination {
+  if (config.kind === 'local') return new LocalDirectoryDestination(config.name, region, config.path);
+  throw new UserError(`backup destination ${config.name} is of kind s3, which this dforge build cannot write yet`, {
+    nextSteps: ['Use a local destination (kind: local) for now; mount object storage there if you need it off-host.'],
+  });
+}

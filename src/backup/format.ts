@@ -1,0 +1,234 @@
+import {createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes, timingSafeEqual} from 'node:crypto';
+import {Transform, type TransformCallback} from 'node:stream';
+
+import {VerificationError} from '../errors.js';
+import {KEY_BYTES, readHeader, unwrap, wrap, type WrappingKey} from '../secrets/envelope.js';
+
+/**
+ * The encrypted backup format (docs/formats.md, "Backup file").
+ *
+ * Header: magic, version, a JSON description (tenant, region, cluster, PostgreSQL version,
+ * creation time, backup id, wrapping key id and version, chunk size), the per-backup file key
+ * wrapped by the tenant data key (or the master key for control backups), and an HMAC over all of
+ * it with a key derived from the file key. Body: the STREAM construction (as in age): AES-256-GCM
+ * chunks of CHUNK_SIZE plaintext bytes, nonce = 11-byte big-endian counter || 1 byte that is 1 on
+ * the final chunk only, under a payload key derived from the file key and the header's hash. So a
+ * flipped bit, an edited header, swapped or dropped chunks, truncation (at a chunk boundary too)
+ * and a wrong key all fail authentication.
+ */
+
+const MAGIC = Buffer.from('DFBACKUP');
+const FORMAT_VERSION = 1;
+export const CHUNK_SIZE = 64 * 1024;
+const TAG_BYTES = 16;
+const MAC_BYTES = 32;
+
+export interface BackupHeader {
+  readonly kind: 'tenant' | 'control';
+  readonly backupId: string;
+  readonly tenant: string;
+  readonly region: string;
+  readonly cluster: string;
+  readonly pgVersion: string;
+  readonly createdAt: string;
+  readonly keyId: string;
+  readonly keyVersion: number;
+  readonly chunkSize: number;
+}
+
+export interface ParsedHeader {
+  readonly header: BackupHeader;
+  /** Bytes the header occupies at the start of the file. */
+  readonly length: number;
+  readonly raw: Buffer;
+  readonly wrappedFileKey: Buffer;
+  readonly mac: Buffer;
+}
+
+const fileKeyContext = (backupId: string): string => `backup-file-key:${backupId}`;
+
+function deriveKeys(fileKey: Buffer, headerWithoutMac: Buffer): {macKey: Buffer; payloadKey: Buffer} {
+  const salt = createHash('sha256').update(headerWithoutMac).digest();
+  return {
+    macKey: Buffer.from(hkdfSync('sha256', fileKey, Buffer.alloc(0), 'dforge backup header', 32)),
+    payloadKey: Buffer.from(hkdfSync('sha256', fileKey, salt, 'dforge backup payload', 32)),
+  };
+}
+
+/**
+ * Who wraps the per-backup file key: a tenant data key (wrapped locally), or the master key
+ * service for control backups (which may be remote one day, hence the async functions).
+ */
+export interface FileKeyWrapper {
+  readonly keyId: string;
+  readonly keyVersion: number;
+  wrap(fileKey: Buffer, context: string): Promise<Buffer>;
+  unwrap(wrapped: Buffer, context: string, what: string): Promise<Buffer>;
+}
+
+/** A data key as a file-key wrapper. */
+export function dataKeyWrapper(key: WrappingKey): FileKeyWrapper {
+  return {
+    keyId: key.id,
+    keyVersion: key.version,
+    wrap: async (fileKey, context) => wrap(key, fileKey, context),
+    unwrap: async (wrapped, context, what) => unwrap(key, wrapped, context, what),
+  };
+}
+
+/** Builds the header for a new backup and the payload key its body is encrypted with. */
+export async function createHeader(header: Omit<BackupHeader, 'keyId' | 'keyVersion' | 'chunkSize'>, wrapper: FileKeyWrapper): Promise<{bytes: Buffer; payloadKey: Buffer}> {
+  const fileKey = randomBytes(KEY_BYTES);
+  const full: BackupHeader = {...header, keyId: wrapper.keyId, keyVersion: wrapper.keyVersion, chunkSize: CHUNK_SIZE};
+  const json = Buffer.from(JSON.stringify(full), 'utf8');
+  const wrapped = await wrapper.wrap(fileKey, fileKeyContext(header.backupId));
+  const jsonLength = Buffer.alloc(4);
+  jsonLength.writeUInt32BE(json.length);
+  const wrappedLength = Buffer.alloc(2);
+  wrappedLength.writeUInt16BE(wrapped.length);
+  const body = Buffer.concat([MAGIC, Buffer.from([FORMAT_VERSION]), jsonLength, json, wrappedLength, wrapped]);
+  const {macKey, payloadKey} = deriveKeys(fileKey, body);
+  return {bytes: Buffer.concat([body, createHmac('sha256', macKey).update(body).digest()]), payloadKey};
+}
+
+/** Parses the header without any key: what a backup is, and which key opens it. */
+export function parseHeader(bytes: Buffer, what: string): ParsedHeader {
+  const corrupt = (why: string): never => {
+    throw new VerificationError(`${what} is not a valid dforge backup: ${why}`, {
+      nextSteps: ['Use another backup; check it first with: dforge backup verify <id>'],
+    });
+  };
+  if (bytes.length < 13 || !bytes.subarray(0, 8).equals(MAGIC)) corrupt('the header magic is missing');
+  if (bytes[8] !== FORMAT_VERSION) corrupt(`unknown format version ${bytes[8]}`);
+  const jsonLength = bytes.readUInt32BE(9);
+  if (jsonLength > 64 * 1024 || bytes.length < 13 + jsonLength + 2) corrupt('the header is truncated');
+  let header: BackupHeader;
+  try {
+    header = JSON.parse(bytes.subarray(13, 13 + jsonLength).toString('utf8')) as BackupHeader;
+  } catch {
+    return corrupt('the header description is not readable');
+  }
+  const wrappedLength = bytes.readUInt16BE(13 + jsonLength);
+  const wrappedStart = 13 + jsonLength + 2;
+  const macStart = wrappedStart + wrappedLength;
+  if (bytes.length < macStart + MAC_BYTES) corrupt('the header is truncated');
+  if (header.chunkSize !== CHUNK_SIZE) corrupt(`unsupported chunk size ${header.chunkSize}`);
+  return {
+    header,
+    length: macStart + MAC_BYTES,
+    raw: bytes.subarray(0, macStart),
+    wrappedFileKey: bytes.subarray(wrappedStart, macStart),
+    mac: bytes.subarray(macStart, macStart + MAC_BYTES),
+  };
+}
+
+/** Unwraps the file key and authenticates the header; returns the payload key. */
+export async function openHeader(parsed: ParsedHeader, wrapper: FileKeyWrapper, what: string): Promise<Buffer> {
+  const needed = readHeader(parsed.wrappedFileKey, `the file key of ${what}`);
+  if (needed.keyId !== parsed.header.keyId || needed.keyVersion !== parsed.header.keyVersion) {
+    throw new VerificationError(`${what}: the header names ${parsed.header.keyId} v${parsed.header.keyVersion}, but its file key is wrapped by ${needed.keyId} v${needed.keyVersion}`, {
+      nextSteps: ['The header was edited; use another backup.'],
+    });
+  }
+  const fileKey = await wrapper.unwrap(parsed.wrappedFileKey, fileKeyContext(parsed.header.backupId), `the file key of ${what}`);
+  const {macKey, payloadKey} = deriveKeys(fileKey, parsed.raw);
+  if (!timingSafeEqual(createHmac('sha256', macKey).update(parsed.raw).digest(), parsed.mac)) {
+    throw new VerificationError(`${what}: the header failed authentication (it was edited)`, {nextSteps: ['Use another backup.']});
+  }
+  return payloadKey;
+}
+
+function nonce(counter: bigint, final: boolean): Buffer {
+  const n = Buffer.alloc(12);
+  n.writeBigUInt64BE(counter, 3);
+  n[11] = final ? 1 : 0;
+  return n;
+}
+
+/** Encrypts a stream into STREAM chunks; holds at most two chunks in memory. */
+export class EncryptStream extends Transform {
+  private pending: Buffer = Buffer.alloc(0);
+  private counter = 0n;
+
+  constructor(private readonly payloadKey: Buffer) {
+    super();
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
+    // A chunk is sealed as non-final only once more data is known to follow it.
+    while (this.pending.length > CHUNK_SIZE) {
+      this.push(this.seal(this.pending.subarray(0, CHUNK_SIZE), false));
+      this.pending = this.pending.subarray(CHUNK_SIZE);
+    }
+    done();
+  }
+
+  override _flush(done: TransformCallback): void {
+    this.push(this.seal(this.pending, true));
+    done();
+  }
+
+  private seal(plain: Buffer, final: boolean): Buffer {
+    const cipher = createCipheriv('aes-256-gcm', this.payloadKey, nonce(this.counter++, final));
+    return Buffer.concat([cipher.update(plain), cipher.final(), cipher.getAuthTag()]);
+  }
+}
+
+/**
+ * Decrypts STREAM chunks. Each chunk is authenticated before its plaintext is pushed, and the last
+ * one must carry the final flag, so truncation anywhere is an error, never a short restore.
+ */
+export class DecryptStream extends Transform {
+  private pending: Buffer = Buffer.alloc(0);
+  private counter = 0n;
+
+  constructor(
+    private readonly payloadKey: Buffer,
+    private readonly what: string,
+  ) {
+    super();
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
+    try {
+      // While more bytes follow a whole sealed chunk, that chunk cannot be the final one.
+      while (this.pending.length > CHUNK_SIZE + TAG_BYTES) {
+        this.push(this.open(this.pending.subarray(0, CHUNK_SIZE + TAG_BYTES), false));
+        this.pending = this.pending.subarray(CHUNK_SIZE + TAG_BYTES);
+      }
+      done();
+    } catch (err) {
+      done(err as Error);
+    }
+  }
+
+  override _flush(done: TransformCallback): void {
+    try {
+      if (this.pending.length < TAG_BYTES) throw this.failure('it is truncated');
+      this.push(this.open(this.pending, true));
+      done();
+    } catch (err) {
+      done(err as Error);
+    }
+  }
+
+  private open(sealed: Buffer, final: boolean): Buffer {
+    const decipher = createDecipheriv('aes-256-gcm', this.payloadKey, nonce(this.counter, final));
+    decipher.setAuthTag(sealed.subarray(sealed.length - TAG_BYTES));
+    try {
+      const plain = Buffer.concat([decipher.update(sealed.subarray(0, sealed.length - TAG_BYTES)), decipher.final()]);
+      this.counter++;
+      return plain;
+    } catch {
+      throw this.failure(final ? `chunk ${this.counter} failed authentication, or the file was truncated or reordered` : `chunk ${this.counter} failed authentication`);
+    }
+  }
+
+  private failure(why: string): VerificationError {
+    return new VerificationError(`${this.what} failed verification: ${why}`, {
+      nextSteps: ['The file was modified, truncated or damaged; nothing was restored from it. Use another backup (dforge backup list).'],
+    });
+  }
+}

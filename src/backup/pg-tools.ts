@@ -1,0 +1,87 @@
+import {spawn, type ChildProcess} from 'node:child_process';
+import {randomBytes} from 'node:crypto';
+import {promises as fs} from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import {UserError} from '../errors.js';
+import type {ClusterEndpoint} from '../postgres/connect.js';
+import {findPostgresBinaries, pgToolPath} from '../postgres/binaries.js';
+
+/**
+ * Runs libpq tools (pg_dump, pg_restore) against a cluster over verified TLS 1.3. The password goes
+ * through a 0600 passfile that exists only while the tool runs: never argv, never the environment.
+ */
+export interface LibpqSession {
+  readonly env: NodeJS.ProcessEnv;
+  close(): Promise<void>;
+}
+
+export async function libpqSession(endpoint: ClusterEndpoint, credentials: {user: string; password: string; database: string}): Promise<LibpqSession> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'dforge-libpq-'));
+  const passfile = path.join(dir, 'pgpass');
+  const ca = path.join(dir, 'ca.pem');
+  // pgpass fields escape ':' and '\'.
+  const esc = (v: string): string => v.replaceAll('\\', '\\\\').replaceAll(':', '\\:');
+  await fs.writeFile(passfile, `${esc(endpoint.host)}:${endpoint.port}:*:${esc(credentials.user)}:${esc(credentials.password)}\n`, {mode: 0o600});
+  await fs.writeFile(ca, endpoint.caPem, {mode: 0o600});
+  return {
+    env: {
+      PATH: process.env.PATH ?? '/usr/bin:/bin',
+      LC_ALL: 'C',
+      PGHOST: endpoint.host,
+      PGPORT: String(endpoint.port),
+      PGUSER: credentials.user,
+      PGDATABASE: credentials.database,
+      PGPASSFILE: passfile,
+      PGSSLMODE: 'verify-full',
+      PGSSLROOTCERT: ca,
+      PGSSLMINPROTOCOLVERSION: 'TLSv1.3',
+      PGAPPNAME: `dforge-${randomBytes(3).toString('hex')}`,
+      PGCONNECT_TIMEOUT: '10',
+    },
+    async close() {
+      await fs.rm(dir, {recursive: true, force: true});
+    },
+  };
+}
+
+/** The host's pg_dump/pg_restore, refusing a major version older than the server (it cannot dump newer servers). */
+export function hostTool(tool: 'pg_dump' | 'pg_restore', serverMajor: number): string {
+  const bins = findPostgresBinaries();
+  if (bins.majorVersion < serverMajor) {
+    throw new UserError(`the host's ${tool} is PostgreSQL ${bins.majorVersion}, older than the server (${serverMajor})`, {
+      nextSteps: [`Install the client of version ${serverMajor} or newer: apt-get install postgresql-client-${serverMajor} (or dnf install postgresql${serverMajor}).`],
+    });
+  }
+  return pgToolPath(bins, tool);
+}
+
+/** Spawns a tool and collects its stderr, for an error that says what the tool said. */
+export function spawnTool(binary: string, args: string[], env: NodeJS.ProcessEnv): {child: ChildProcess; done: Promise<void>} {
+  const child = spawn(binary, args, {env, stdio: ['pipe', 'pipe', 'pipe']});
+  let stderr = '';
+  child.stderr!.on('data', (c: Buffer) => {
+    if (stderr.length < 8192) stderr += c.toString();
+  });
+  const done = new Promise<void>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      if (code === 0) resolve();
+      else reject(new UserError(`${path.basename(binary)} failed (${signal ?? `exit ${code}`}): ${stderr.trim().split('\n').slice(-3).join(' / ') || 'no message'}`, {nextSteps: ['Check the server log of the cluster, and that the tenant role can connect (dforge tenant show).']}));
+    });
+  });
+  return {child, done};
+}
+
+/** The TOC of a custom-format dump as pg_restore --list prints it: entry counts per object type. */
+export function tocCounts(list: string): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const line of list.split('\n')) {
+    // "<id>; <oid> <oid> <TYPE> <schema> <name> <owner>", comments start with ';'. Longer type
+    // names come first, so SEQUENCE OWNED BY is not counted as a SEQUENCE.
+    const match = /^\d+;\s+\d+\s+\d+\s+(TABLE DATA|SEQUENCE SET|SEQUENCE OWNED BY|FK CONSTRAINT|BLOBS|BLOB|INDEX|TABLE|SEQUENCE|FUNCTION|SCHEMA|VIEW|TRIGGER|CONSTRAINT|DEFAULT)\s/.exec(line);
+    if (match) counts.set(match[1]!, (counts.get(match[1]!) ?? 0) + 1);
+  }
+  return counts;
+}

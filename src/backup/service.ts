@@ -1,0 +1,262 @@
+import {createHash, randomBytes} from 'node:crypto';
+import {promises as fs} from 'node:fs';
+import path from 'node:path';
+import {Readable} from 'node:stream';
+
+import {CONTROL_DATABASE, PROVISIONER_ROLE} from '../control/bootstrap.js';
+import {endpointOf, primaryCluster, provisionerSecret, type ControlPlane} from '../control/plane.js';
+import {LockedError, PartialError, UserError} from '../errors.js';
+import {withConnection} from '../postgres/connect.js';
+import {writeFileAtomic} from '../state/atomic-file.js';
+import type {InstallDir} from '../state/install-dir.js';
+import {BackupCatalog, manifestLocation, type BackupManifest, type BackupRecord} from './catalog.js';
+import {destinationFor, type BackupDestination} from './destination.js';
+import {createHeader, dataKeyWrapper, EncryptStream, type FileKeyWrapper} from './format.js';
+import {hostTool, libpqSession, spawnTool} from './pg-tools.js';
+
+/** A killed run's *.partial files are removed once they are this old (no live run writes that long without progress). */
+const STALE_PARTIAL_MS = 0;
+
+export interface BackupOutcome {
+  readonly tenant: string;
+  readonly status: 'ok' | 'failed' | 'locked';
+  readonly backupId?: string;
+  readonly bytes?: number;
+  readonly seconds: number;
+  readonly error?: string;
+}
+
+/** The destinations of a region, from dforge.yaml. */
+export function regionDestinations(plane: ControlPlane, region: string): BackupDestination[] {
+  const configured = plane.config.regions[region]?.backup?.destinations ?? [];
+  return configured.map((d) => destinationFor(region, d));
+}
+
+/**
+ * The destination for a tenant's backup: one of its own region. Naming a destination of another
+ * region is refused: a tenant's data never leaves its region through a backup.
+ */
+export function destinationForTenant(plane: ControlPlane, tenant: {slug: string; region: string}, requested?: string): BackupDestination {
+  const own = regionDestinations(plane, tenant.region);
+  if (requested) {
+    const match = own.find((d) => d.name === requested);
+    if (match) return match;
+    const elsewhere = Object.keys(plane.config.regions).find((r) => regionDestinations(plane, r).some((d) => d.name === requested));
+    throw new UserError(
+      elsewhere
+        ? `destination ${requested} is in region ${elsewhere}, but tenant ${tenant.slug} is pinned to region ${tenant.region}: refusing to move its data across regions`
+        : `no backup destination ${requested} in dforge.yaml`,
+      {nextSteps: [`Use a destination of region ${tenant.region}: ${own.map((d) => d.name).join(', ') || '(none declared)'}`]},
+    );
+  }
+  if (own.length === 0) {
+    throw new UserError(`region ${tenant.region} has no backup destination`, {nextSteps: [`Declare one under regions.${tenant.region}.backup.destinations in dforge.yaml.`]});
+  }
+  return own[0]!;
+}
+
+const timestampId = (now: Date): string => now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+
+/**
+ * Streams `pg_dump -Fc`, run as `user`, through the backup encryption into the destination, then
+ * writes the manifest and records the catalog entry. Memory stays bounded (a few chunks); the
+ * file becomes visible only once pg_dump has succeeded and the bytes are on disk.
+ */
+async function dumpEncrypted(options: {
+  plane: ControlPlane;
+  destination: BackupDestination;
+  wrapper: FileKeyWrapper;
+  kind: 'tenant' | 'control';
+  tenant: string;
+  region: string;
+  cluster: string;
+  credentials: {user: string; password: string; database: string};
+  now: Date;
+}): Promise<BackupRecord> {
+  const {plane, destination} = options;
+  const endpoint = await endpointOf(plane.keys.dir, plane.config, options.cluster);
+  const serverVersion = await withConnection(endpoint, options.credentials, async (c) => (await c.query<{v: string}>("SELECT current_setting('server_version_num') AS v")).rows[0]!.v);
+  const pgDump = hostTool('pg_dump', Math.floor(Number(serverVersion) / 10_000));
+  const backupId = `${timestampId(options.now)}-${options.tenant}-${randomBytes(3).toString('hex')}`;
+  const location = `${options.kind === 'control' ? '_control' : options.tenant}/${backupId}.dfb`;
+  const header = await createHeader(
+    {kind: options.kind, backupId, tenant: options.tenant, region: options.region, cluster: options.cluster, pgVersion: serverVersion, createdAt: options.now.toISOString()},
+    options.wrapper,
+  );
+  const session = await libpqSession(endpoint, options.credentials);
+  const hash = createHash('sha256');
+  try {
+    const {child, done} = spawnTool(pgDump, ['--format=custom', '--no-password'], session.env);
+    child.stdin!.end();
+    async function* sealed(): AsyncGenerator<Buffer> {
+      hash.update(header.bytes);
+      yield header.bytes;
+      for await (const chunk of child.stdout!.pipe(new EncryptStream(header.payloadKey))) {
+        hash.update(chunk as Buffer);
+        yield chunk as Buffer;
+      }
+      // The final chunk is sealed when pg_dump's output ends, also when pg_dump failed: its exit
+      // status decides whether the upload may complete.
+      await done;
+    }
+    const {size} = await destination.put(location, Readable.from(sealed()));
+    const manifest: BackupManifest = {
+      format: 'dforge-backup-manifest/1',
+      kind: options.kind,
+      backupId,
+      tenant: options.tenant,
+      region: options.region,
+      cluster: options.cluster,
+      pgVersion: serverVersion,
+      createdAt: options.now.toISOString(),
+      keyId: options.wrapper.keyId,
+      keyVersion: options.wrapper.keyVersion,
+      chunkSize: 64 * 1024,
+      destination: destination.name,
+      location,
+      size,
+      sha256: hash.digest('hex'),
+    };
+    await destination.putSmall(manifestLocation(location), `${JSON.stringify(manifest, null, 2)}\n`);
+    const record: BackupRecord = {
+      id: backupId,
+      kind: options.kind,
+      tenant: options.tenant,
+      region: options.region,
+      cluster: options.cluster,
+      destination: destination.name,
+      location,
+      size,
+      sha256: manifest.sha256,
+      pgVersion: serverVersion,
+      keyId: manifest.keyId,
+      keyVersion: manifest.keyVersion,
+      createdAt: manifest.createdAt,
+      verifiedAt: null,
+    };
+    await new BackupCatalog(plane.control).add(record);
+    return record;
+  } finally {
+    await session.close();
+  }
+}
+
+/** Per-tenant backup lock in dforge_control: an overlapping cron run gets exit 5 for that tenant. */
+async function withBackupLock<T>(plane: ControlPlane, slug: string, fn: () => Promise<T>): Promise<T> {
+  const got = await plane.control.query<{ok: boolean}>("SELECT pg_try_advisory_lock(hashtext('dforge.backup'), hashtext($1)) AS ok", [slug]);
+  if (!got.rows[0]?.ok) {
+    throw new LockedError(`another run is backing up ${slug}`, {nextSteps: ['Let it finish; if cron runs overlap, space them out (dforge backup schedule).'], data: {lock: `backup:${slug}`}});
+  }
+  try {
+    return await fn();
+  } finally {
+    await plane.control.query("SELECT pg_advisory_unlock(hashtext('dforge.backup'), hashtext($1))", [slug]);
+  }
+}
+
+export function lastSuccessFile(dir: InstallDir, tenant: string): string {
+  return path.join(dir.root, 'state', 'backups', `${tenant}.last-success.json`);
+}
+
+export async function backupTenant(plane: ControlPlane, slug: string, options: {destination?: string; clock?: () => Date} = {}): Promise<BackupRecord> {
+  const now = (options.clock ?? (() => new Date()))();
+  const tenant = await plane.tenants.get(slug);
+  if (tenant.status !== 'active' && tenant.status !== 'suspended') {
+    throw new UserError(`tenant ${slug} is ${tenant.status} and cannot be backed up`, {nextSteps: [`Finish the interrupted operation first (dforge tenant show ${slug}).`]});
+  }
+  const destination = destinationForTenant(plane, tenant, options.destination);
+  return withBackupLock(plane, slug, async () => {
+    // Encryption fails closed: no data key, no file.
+    const dek = await plane.dataKeys.current(slug);
+    await destination.removeIncomplete(slug, STALE_PARTIAL_MS);
+    const record = await dumpEncrypted({
+      plane,
+      destination,
+      wrapper: dataKeyWrapper(dek),
+      kind: 'tenant',
+      tenant: slug,
+      region: tenant.region,
+      cluster: tenant.cluster,
+      credentials: {user: tenant.role, password: await plane.tenants.password(slug), database: tenant.database},
+      now,
+    });
+    await fs.mkdir(path.dirname(lastSuccessFile(plane.keys.dir, slug)), {recursive: true, mode: 0o755});
+    await writeFileAtomic(lastSuccessFile(plane.keys.dir, slug), `${JSON.stringify({tenant: slug, backupId: record.id, at: record.createdAt, size: record.size})}\n`, {mode: 0o644});
+    return record;
+  });
+}
+
+/**
+ * dforge_control itself, encrypted under the master key, to every region's first destination:
+ * losing the control database must not make every tenant backup unreadable.
+ */
+export async function backupControl(plane: ControlPlane, options: {clock?: () => Date} = {}): Promise<BackupRecord[]> {
+  const now = (options.clock ?? (() => new Date()))();
+  const primary = primaryCluster(plane.config);
+  const keyring = plane.keys.keyring;
+  const wrapper: FileKeyWrapper = {keyId: keyring.keyId, keyVersion: keyring.writeVersion(), wrap: (k, c) => keyring.wrap(k, c), unwrap: (w, c, what) => keyring.unwrap(w, c, what)};
+  const password = (await plane.keys.sealed.get(provisionerSecret(primary.name))).toString('utf8');
+  const records: BackupRecord[] = [];
+  await withBackupLock(plane, '_control', async () => {
+    for (const region of Object.keys(plane.config.regions)) {
+      const destination = regionDestinations(plane, region)[0];
+      if (!destination) continue;
+      await destination.removeIncomplete('_control', STALE_PARTIAL_MS);
+      records.push(
+        await dumpEncrypted({
+          plane,
+          destination,
+          wrapper,
+          kind: 'control',
+          tenant: '_control',
+          region,
+          cluster: primary.name,
+          credentials: {user: PROVISIONER_ROLE, password, database: CONTROL_DATABASE},
+          now,
+        }),
+      );
+    }
+  });
+  return records;
+}
+
+export interface BackupAllResult {
+  readonly tenants: BackupOutcome[];
+  readonly control: BackupRecord[];
+}
+
+/**
+ * Every active or suspended tenant, `concurrency` at a time; one failure never stops the others.
+ * Each outcome is reported as it happens (one JSON line per tenant, for cron mail). Failed tenants
+ * make the whole run a PartialError (exit 4) that names them.
+ */
+export async function backupAll(plane: ControlPlane, options: {concurrency: number; clock?: () => Date; report: (outcome: BackupOutcome) => void}): Promise<BackupAllResult> {
+  const {default: pLimit} = await import('p-limit');
+  const limit = pLimit(options.concurrency);
+  const tenants = (await plane.tenants.list()).filter((t) => t.status === 'active' || t.status === 'suspended');
+  const outcomes = await Promise.all(
+    tenants.map((t) =>
+      limit(async (): Promise<BackupOutcome> => {
+        const started = Date.now();
+        let outcome: BackupOutcome;
+        try {
+          const record = await backupTenant(plane, t.slug, {clock: options.clock});
+          outcome = {tenant: t.slug, status: 'ok', backupId: record.id, bytes: record.size, seconds: (Date.now() - started) / 1000};
+        } catch (err) {
+          outcome = {tenant: t.slug, status: err instanceof LockedError ? 'locked' : 'failed', seconds: (Date.now() - started) / 1000, error: err instanceof Error ? err.message : String(err)};
+        }
+        options.report(outcome);
+        return outcome;
+      }),
+    ),
+  );
+  const control = await backupControl(plane, {clock: options.clock});
+  const failed = outcomes.filter((o) => o.status !== 'ok');
+  if (failed.length > 0) {
+    throw new PartialError(`${failed.length} of ${outcomes.length} tenant backups failed: ${failed.map((f) => `${f.tenant} (${f.error})`).join('; ')}`, {
+      nextSteps: ['The other tenants were backed up. Fix the named ones and run: dforge backup --tenant <slug>'],
+      data: {tenants: outcomes, control: control.map((c) => c.id)},
+    });
+  }
+  return {tenants: outcomes, control};
+}

@@ -1,0 +1,34 @@
+import {Flags} from '@oclif/core';
+
+import {BaseCommand} from '../../base-command.js';
+import type {BackupRecord} from '../../backup/catalog.js';
+import {backupAll, backupTenant, type BackupAllResult} from '../../backup/service.js';
+import {usingControlPlane} from '../../control/plane.js';
+
+export default class Backup extends BaseCommand<typeof Backup> {
+  static override summary = 'Take encrypted backups: one tenant, or every tenant plus dforge_control.';
+  static override description = `pg_dump -Fc runs as the tenant's own role and streams through AES-256-GCM (STREAM) into <destination>/<tenant>/<id>.dfb, with a sidecar manifest (size, SHA-256). The file appears only when complete and on disk; then the catalog in dforge_control records it.
+--all backs tenants up in parallel and writes one JSON line per tenant to stderr (for cron mail). If some fail, the others still run, and the command exits 4 naming them. An overlapping run exits 5 for the tenants it finds locked.`;
+  static override examples = ['<%= config.bin %> backup --tenant acme', '<%= config.bin %> backup --all --concurrency 4'];
+
+  static override flags = {
+    tenant: Flags.string({summary: 'Back up this tenant.', exactlyOne: ['tenant', 'all']}),
+    all: Flags.boolean({summary: 'Back up every tenant, and dforge_control to each region.', exactlyOne: ['tenant', 'all']}),
+    concurrency: Flags.integer({summary: 'With --all: tenants backed up at once.', default: 2, min: 1, max: 32}),
+    destination: Flags.string({summary: "With --tenant: a destination of the tenant's region (default: its first)."}),
+  };
+
+  async run(): Promise<BackupRecord | BackupAllResult> {
+    return usingControlPlane(this.installDir(), async (plane) => {
+      if (this.flags.tenant) {
+        const record = await backupTenant(plane, this.flags.tenant, {destination: this.flags.destination});
+        this.out.progress(`backed up ${record.tenant}: ${record.id} (${record.size} bytes) to ${record.destination}`);
+        return record;
+      }
+      return backupAll(plane, {
+        concurrency: this.flags.concurrency,
+        report: (outcome) => process.stderr.write(`${JSON.stringify({event: 'backup', ...outcome})}\n`),
+      });
+    });
+  }
+}

@@ -1,0 +1,23 @@
+import {Flags} from '@oclif/core';
+
+import {BaseCommand} from '../../base-command.js';
+import type {BackupRecord} from '../../backup/catalog.js';
+import {listBackups, type TenantBackupState} from '../../backup/manage.js';
+import {usingControlPlane} from '../../control/plane.js';
+import {renderTable} from '../../ui/table.js';
+
+export default class BackupList extends BaseCommand<typeof BackupList> {
+  static override summary = 'List backups from the catalog, and how stale each tenant\'s last success is.';
+  static override examples = ['<%= config.bin %> backup list', '<%= config.bin %> backup list --tenant acme --json'];
+  static override flags = {tenant: Flags.string({summary: 'Only this tenant.'})};
+
+  async run(): Promise<{backups: BackupRecord[]; tenants: TenantBackupState[]}> {
+    const result = await usingControlPlane(this.installDir(), (plane) => listBackups(plane, {tenant: this.flags.tenant}));
+    if (!this.jsonEnabled()) {
+      this.log(renderTable(['id', 'tenant', 'region', 'size', 'key', 'created', 'verified'], result.backups.map((b) => [b.id, b.tenant, b.region, String(b.size), `${b.keyId} v${b.keyVersion}`, b.createdAt.slice(0, 19).replace('T', ' '), b.verifiedAt ? 'yes' : '-'])));
+      this.log('');
+      this.log(renderTable(['tenant', 'last success', 'hours ago'], result.tenants.map((t) => [t.tenant, t.lastSuccess ?? 'never', t.staleHours === null ? '-' : String(t.staleHours)])));
+    }
+    return result;
+  }
+}

@@ -1,0 +1,28 @@
+import {Flags} from '@oclif/core';
+
+import {BaseCommand} from '../../base-command.js';
+import {pruneBackups} from '../../backup/manage.js';
+import {usingControlPlane} from '../../control/plane.js';
+
+export default class BackupPrune extends BaseCommand<typeof BackupPrune> {
+  static override summary = 'Delete backups a retention policy does not keep (keep-last, daily, weekly, monthly).';
+  static override description = 'Backups are ordered by their recorded time, never by name. The newest verified backup of each tenant is always kept.';
+  static override examples = ['<%= config.bin %> backup prune --dry-run', '<%= config.bin %> backup prune --keep-last 3 --keep-daily 7 --keep-weekly 4 --keep-monthly 6'];
+  static override flags = {
+    'keep-last': Flags.integer({default: 3, min: 1}),
+    'keep-daily': Flags.integer({default: 7, min: 0}),
+    'keep-weekly': Flags.integer({default: 4, min: 0}),
+    'keep-monthly': Flags.integer({default: 6, min: 0}),
+    tenant: Flags.string({summary: 'Only this tenant.'}),
+    'dry-run': Flags.boolean({summary: 'Report what would be deleted.'}),
+  };
+
+  async run(): Promise<{kept: string[]; deleted: string[]}> {
+    const f = this.flags;
+    const result = await usingControlPlane(this.installDir(), (plane) =>
+      pruneBackups(plane, {keepLast: f['keep-last'], keepDaily: f['keep-daily'], keepWeekly: f['keep-weekly'], keepMonthly: f['keep-monthly']}, {tenant: f.tenant, dryRun: f['dry-run']}),
+    );
+    this.out.progress(`${f['dry-run'] ? 'would delete' : 'deleted'} ${result.deleted.length}, kept ${result.kept.length}`);
+    return result;
+  }
+}

@@ -1,0 +1,39 @@
+import {Flags} from '@oclif/core';
+
+import {BaseCommand} from '../base-command.js';
+import {restoreTenant, type RestoreResult} from '../backup/restore.js';
+import {restoreControl, type ControlRestoreResult} from '../backup/restore-control.js';
+import {usingControlPlane} from '../control/plane.js';
+
+export default class Restore extends BaseCommand<typeof Restore> {
+  static override summary = "Restore a tenant from a backup (into a new database, swapped in at the end), or dforge_control itself.";
+  static override description = `Steps: verify the whole backup (a tampered or truncated file exits 6 before any database is created), restore into a scratch database owned by the tenant's role, compare object counts with the dump, then swap it in: both renames in one transaction. The previous database is kept as <db>_pre_restore_<ts> unless --drop-previous.
+--as restores into a new tenant with new credentials. --control rebuilds dforge_control on a fresh cluster (after: dforge db init), from the newest control backup unless --from names one; then restore the tenants one by one.`;
+  static override examples = [
+    '<%= config.bin %> restore --tenant acme --from 20261127T021500Z-acme-1a2b3c',
+    '<%= config.bin %> restore --tenant acme --from /backups/eu/acme/20261127T021500Z-acme-1a2b3c.dfb --as acme-copy',
+    '<%= config.bin %> restore --control',
+  ];
+
+  static override flags = {
+    tenant: Flags.string({summary: 'The tenant the backup belongs to.', exactlyOne: ['tenant', 'control']}),
+    from: Flags.string({summary: 'Backup id from the catalog, or a path to a .dfb file.'}),
+    as: Flags.string({summary: 'Restore as a new tenant with this slug.', dependsOn: ['tenant']}),
+    'drop-previous': Flags.boolean({summary: 'Drop the replaced database instead of keeping it.', dependsOn: ['tenant']}),
+    control: Flags.boolean({summary: 'Restore dforge_control (disaster recovery).', exactlyOne: ['tenant', 'control']}),
+  };
+
+  async run(): Promise<RestoreResult | ControlRestoreResult> {
+    if (this.flags.control) {
+      const result = await restoreControl(this.installDir(), {from: this.flags.from});
+      this.out.progress(`dforge_control restored from ${result.backupId} (${result.createdAt}); ${result.tenants} tenants registered, ${result.catalogAdded} catalog entries added from manifests`);
+      return result;
+    }
+    if (!this.flags.from) this.error('--from is required with --tenant (a backup id or file; see dforge backup list)', {exit: 2});
+    const result = await usingControlPlane(this.installDir(), (plane) =>
+      restoreTenant(plane, {tenant: this.flags.tenant!, from: this.flags.from!, as: this.flags.as, dropPrevious: this.flags['drop-previous']}),
+    );
+    this.out.progress(`restored ${result.backupId} into ${result.database}${result.previousDatabase ? `; previous kept as ${result.previousDatabase}` : ''}`);
+    return result;
+  }
+}
