@@ -60,6 +60,9 @@ export function hostTool(tool: 'pg_dump' | 'pg_restore', serverMajor: number): s
 /** Spawns a tool and collects its stderr, for an error that says what the tool said. */
 export function spawnTool(binary: string, args: string[], env: NodeJS.ProcessEnv): {child: ChildProcess; done: Promise<void>} {
   const child = spawn(binary, args, {env, stdio: ['pipe', 'pipe', 'pipe']});
+  // A tool that exits early (or is killed because its input failed verification) closes its stdin
+  // under a pending write; that EPIPE is reported through the exit status, not as a crash.
+  child.stdin!.on('error', () => undefined);
   let stderr = '';
   child.stderr!.on('data', (c: Buffer) => {
     if (stderr.length < 8192) stderr += c.toString();

@@ -1,4 +1,5 @@
 import {createHash} from 'node:crypto';
+import {once} from 'node:events';
 import {createReadStream, promises as fs} from 'node:fs';
 import path from 'node:path';
 import {Transform, type Readable} from 'node:stream';
@@ -117,21 +118,24 @@ export async function decryptAndList(source: BackupSource, parsed: ParsedHeader,
   const {child, done} = spawnTool(pgRestore, ['--list'], {PATH: process.env.PATH ?? '/usr/bin:/bin', LC_ALL: 'C'});
   let list = '';
   child.stdout!.on('data', (c: Buffer) => (list += c.toString()));
+  const stdin = child.stdin!;
+  let stdinOpen = true;
+  stdin.on('close', () => (stdinOpen = false));
+  stdin.on('error', () => (stdinOpen = false));
   const decrypted = (await source.open()).pipe(skipBytes(parsed.length)).pipe(new DecryptStream(payloadKey, source.label));
-  const fed = new Promise<void>((resolve, reject) => {
-    decrypted.on('error', (err) => {
-      child.stdin!.destroy();
-      child.kill('SIGKILL');
-      reject(err);
-    });
-    decrypted.pipe(child.stdin!).on('finish', resolve).on('error', (err: NodeJS.ErrnoException) => (err.code === 'EPIPE' ? resolve() : reject(err)));
-  });
   try {
-    await fed;
+    // pg_restore --list stops reading after the table of contents; the rest of the stream is still
+    // decrypted (and discarded), so every chunk is authenticated before anything is restored.
+    for await (const chunk of decrypted) {
+      // once() rejects on 'error' (EPIPE when pg_restore is done reading): that only means stop feeding.
+      if (stdinOpen && !stdin.write(chunk)) await Promise.race([once(stdin, 'drain'), once(stdin, 'close')]).catch(() => undefined);
+    }
   } catch (err) {
+    child.kill('SIGKILL');
     await done.catch(() => undefined);
     throw err;
   }
+  if (stdinOpen) stdin.end();
   await done;
   return tocCounts(list);
 }

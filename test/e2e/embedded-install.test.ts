@@ -121,6 +121,36 @@ describe.skipIf(!available)('an embedded install driven through the CLI', () => 
     }
   });
 
+  it('audit tail shows who did what; audit verify exits 6 once an entry is altered', async () => {
+    const tail = JSON.parse((await install.cli(['audit', 'tail', '--tenant', 'initech', '--json'])).stdout) as Array<{actor: string; action: string; outcome: string}>;
+    expect(tail.map((e) => e.action)).toContain('tenant.delete');
+    expect(tail[0]!.actor).toMatch(/^\S+@\S+$/);
+    expect((await install.cli(['audit', 'verify'])).code).toBe(0);
+    const plane = await install.plane();
+    try {
+      await plane.control.query("UPDATE ops_log SET actor = 'someone-else' WHERE seq = 3");
+      const broken = await install.cli(['audit', 'verify', '--json']);
+      expect(broken.code).toBe(6);
+      expect(JSON.parse(broken.stdout).error).toMatchObject({kind: 'verification', data: {brokenAt: 3}});
+    } finally {
+      await plane.close();
+    }
+  });
+
+  it('no CLI output so far contained a tenant, provisioner or superuser password', async () => {
+    const plane = await install.plane();
+    const secrets: string[] = [];
+    try {
+      for (const {slug} of await plane.tenants.list()) secrets.push(await install.tenantPassword(plane, slug));
+      for (const name of await plane.keys.sealed.list()) if (name.startsWith('postgres/')) secrets.push((await plane.keys.sealed.get(name)).toString());
+    } finally {
+      await plane.close();
+    }
+    expect(secrets.length).toBeGreaterThan(20);
+    const all = install.outputs.join('\n');
+    for (const s of secrets) expect(all.includes(s), 'a password appeared in command output').toBe(false);
+  });
+
   it('db status/stop/start and the systemd unit', async () => {
     const status = JSON.parse((await install.cli(['db', 'status', '--json'])).stdout);
     expect(status[0]).toMatchObject({running: true, port: install.port});

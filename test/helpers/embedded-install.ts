@@ -18,6 +18,8 @@ export interface EmbeddedInstall {
   readonly dir: InstallDir;
   readonly port: number;
   readonly caPem: string;
+  /** stdout and stderr of every CLI run so far, for leak scans. */
+  readonly outputs: string[];
   cli(args: string[]): Promise<CliResult>;
   plane(): Promise<ControlPlane>;
   tenantPassword(plane: ControlPlane, slug: string): Promise<string>;
@@ -32,7 +34,12 @@ export async function quickstartInstall(): Promise<EmbeddedInstall> {
   await fs.chmod(root, 0o755);
   const dir = new InstallDir(path.join(root, 'install'));
   const port = await freePort();
-  const cli = (args: string[]): Promise<CliResult> => runCli([...args, '--dir', dir.root]);
+  const outputs: string[] = [];
+  const cli = async (args: string[]): Promise<CliResult> => {
+    const r = await runCli([...args, '--dir', dir.root]);
+    outputs.push(r.stdout, r.stderr);
+    return r;
+  };
   const result = await cli(['quickstart', '--port', String(port), '--json']);
   if (result.code !== 0) throw new Error(`quickstart failed (${result.code}): ${result.stderr}`);
   const caPem = await fs.readFile(caCertFile(dir), 'utf8');
@@ -40,6 +47,7 @@ export async function quickstartInstall(): Promise<EmbeddedInstall> {
     dir,
     port,
     caPem,
+    outputs,
     cli,
     plane: () => openControlPlane(dir),
     async tenantPassword(plane, slug) {

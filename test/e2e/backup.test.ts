@@ -1,0 +1,289 @@
+import {execFile as execFileCb, spawn} from 'node:child_process';
+import {promises as fs} from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import {promisify} from 'node:util';
+
+import pg from 'pg';
+import {parse as parseYaml, stringify as stringifyYaml} from 'yaml';
+import {afterAll, beforeAll, describe, expect, it} from 'vitest';
+
+import {CHUNK_SIZE, parseHeader} from '../../src/backup/format.js';
+import {cliEntry, type CliResult} from '../helpers/cli.js';
+import {quickstartInstall, type EmbeddedInstall} from '../helpers/embedded-install.js';
+import {findPgBinaries} from '../helpers/pg-cluster.js';
+import {missingComponent} from '../helpers/requirements.js';
+
+const execFile = promisify(execFileCb);
+const available = findPgBinaries() !== undefined || missingComponent('PostgreSQL', 'no binaries under /usr/lib/postgresql');
+
+/** Module-schema data: pgbench-style tables (100k+ rows), large objects, unicode. */
+const SEED_SQL = `
+CREATE TABLE crm.accounts (aid int PRIMARY KEY, bid int NOT NULL, abalance int NOT NULL, filler char(84));
+INSERT INTO crm.accounts SELECT g, g % 10, (g * 7919) % 100000, md5(g::text) FROM generate_series(1, 100000) g;
+CREATE TABLE hr.employees (id serial PRIMARY KEY, name text NOT NULL, notes text);
+INSERT INTO hr.employees (name, notes) VALUES ('Zoë Ångström', 'naïve café — 日本語 ✓'), ('Ωmega Ψ', E'line\\nbreak\\ttab'), ('😀 emoji', NULL);
+CREATE TABLE fin.ledger (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, account int, amount numeric(14, 2), at timestamptz DEFAULT '2026-01-01');
+INSERT INTO fin.ledger (account, amount) SELECT g % 1000, g * 1.25 FROM generate_series(1, 5000) g;
+CREATE TABLE wms.documents (id int PRIMARY KEY, blob oid);
+INSERT INTO wms.documents SELECT g, lo_from_bytea(0, convert_to(repeat('scan ' || g, 2000), 'UTF8')) FROM generate_series(1, 5) g;
+CREATE VIEW crm.rich AS SELECT aid FROM crm.accounts WHERE abalance > 90000;
+SELECT audit.attach_all();
+`;
+
+/** A checksum per table (every row, in key order) and per large object. */
+const CHECKSUM_SQL = `
+SELECT 'crm.accounts' AS t, md5(string_agg(a::text, '|' ORDER BY aid)) AS sum, count(*) AS n FROM crm.accounts a
+UNION ALL SELECT 'hr.employees', md5(string_agg(e::text, '|' ORDER BY id)), count(*) FROM hr.employees e
+UNION ALL SELECT 'fin.ledger', md5(string_agg(l::text, '|' ORDER BY id)), count(*) FROM fin.ledger l
+UNION ALL SELECT 'wms.documents', md5(string_agg(d.id || ':' || md5(lo_get(d.blob)), '|' ORDER BY d.id)), count(*) FROM wms.documents d
+ORDER BY 1`;
+
+describe.skipIf(!available)('encrypted backups and restores on the embedded data plane', () => {
+  let install: EmbeddedInstall;
+  let scratch: string;
+  let backupId: string;
+  let backupFile: string;
+  let original: unknown[];
+
+  const asTenant = async <T>(slug: string, fn: (c: pg.Client) => Promise<T>): Promise<T> => {
+    const plane = await install.plane();
+    try {
+      const db = `tenant_${slug.replaceAll('-', '_')}`;
+      const c = new pg.Client(install.clientConfig(db, await install.tenantPassword(plane, slug), db));
+      await c.connect();
+      try {
+        return await fn(c);
+      } finally {
+        await c.end();
+      }
+    } finally {
+      await plane.close();
+    }
+  };
+  const checksums = (slug: string): Promise<unknown[]> => asTenant(slug, async (c) => (await c.query(CHECKSUM_SQL)).rows);
+  const databases = async (): Promise<string[]> => {
+    const plane = await install.plane();
+    try {
+      return (await plane.control.query<{datname: string}>('SELECT datname FROM pg_database ORDER BY 1')).rows.map((r) => r.datname);
+    } finally {
+      await plane.close();
+    }
+  };
+  const catalogIds = async (): Promise<string[]> => (JSON.parse((await install.cli(['backup', 'list', '--json'])).stdout) as {backups: Array<{id: string}>}).backups.map((b) => b.id);
+
+  beforeAll(async () => {
+    install = await quickstartInstall();
+    scratch = await fs.mkdtemp(path.join(os.tmpdir(), 'dforge-backup-test-'));
+    await asTenant('acme', (c) => c.query(SEED_SQL));
+    original = await checksums('acme');
+    const r = await install.cli(['backup', '--tenant', 'acme', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const record = JSON.parse(r.stdout) as {id: string; location: string};
+    backupId = record.id;
+    backupFile = path.join(install.dir.root, 'backups', 'local', record.location);
+  });
+  afterAll(async () => {
+    await install?.cleanup();
+    await fs.rm(scratch, {recursive: true, force: true});
+  });
+
+  it('round trip: backup, restore --as a copy, every table and large object compares equal', async () => {
+    expect((original as Array<{n: string}>).map((r) => Number(r.n))).toEqual([100_000, 5000, 3, 5]);
+    const r = await install.cli(['restore', '--tenant', 'acme', '--from', backupId, '--as', 'acme-copy', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({tenant: 'acme-copy', database: 'tenant_acme_copy', objects: {TABLE: 5, BLOB: 5}});
+    expect(await checksums('acme-copy')).toEqual(original);
+    // The copy has its own credentials and its own data key.
+    const show = JSON.parse((await install.cli(['tenant', 'show', 'acme-copy', '--json'])).stdout);
+    expect(show).toMatchObject({activeDataKeyVersion: 1, publicCanConnect: false});
+    // Row changes in the restored copy are audited too: the triggers came back.
+    const logged = await asTenant('acme-copy', async (c) => {
+      await c.query("UPDATE hr.employees SET notes = 'changed' WHERE id = 1");
+      return (await c.query("SELECT operation, before->>'notes' AS before, after->>'notes' AS after FROM audit.change_log WHERE table_name = 'employees' ORDER BY id DESC LIMIT 1")).rows[0];
+    });
+    expect(logged).toEqual({operation: 'UPDATE', before: 'naïve café — 日本語 ✓', after: 'changed'});
+  });
+
+  it('the file is encrypted (no plaintext), has a manifest, and verifies deep', async () => {
+    const bytes = await fs.readFile(backupFile);
+    expect(bytes.includes(Buffer.from('Ångström'))).toBe(false);
+    expect(bytes.includes(Buffer.from('PGDMP'))).toBe(false);
+    const manifest = JSON.parse(await fs.readFile(`${backupFile}.manifest.json`, 'utf8'));
+    expect(manifest).toMatchObject({backupId, tenant: 'acme', size: bytes.length, keyId: 'dek/acme', keyVersion: 1});
+    const v = await install.cli(['backup', 'verify', backupId, '--deep', '--json']);
+    expect(v.code, v.stderr).toBe(0);
+    expect(JSON.parse(v.stdout).objects).toMatchObject({TABLE: 5, 'TABLE DATA': 5, BLOB: 5});
+  });
+
+  /** Restores a tampered copy; it must exit 6 and leave every database as it was. */
+  async function expectTamperRefused(bytes: Buffer, label: string): Promise<CliResult> {
+    const file = path.join(scratch, `${label.replace(/\W+/g, '-')}.dfb`);
+    await fs.writeFile(file, bytes);
+    const before = await databases();
+    const r = await install.cli(['restore', '--tenant', 'acme', '--from', file]);
+    expect(r.code, `${label}: ${r.stderr}`).toBe(6);
+    expect(r.stderr).toMatch(/What to do:/);
+    expect(await databases(), label).toEqual(before);
+    await fs.rm(file);
+    return r;
+  }
+
+  it('tamper suite: 100 flipped bytes, truncation, swapped chunks, edited header, wrong and missing keys: exit 6, nothing created', {timeout: 300_000}, async () => {
+    const bytes = await fs.readFile(backupFile);
+    const headerLength = parseHeader(bytes, 'x').length;
+    const chunk = CHUNK_SIZE + 16;
+    const positions = Array.from({length: 100}, () => Math.floor(Math.random() * bytes.length));
+    for (const p of positions) {
+      const t = Buffer.from(bytes);
+      t[p]! ^= 1 << Math.floor(Math.random() * 8);
+      await expectTamperRefused(t, `flip at ${p}`);
+    }
+    expect((await expectTamperRefused(bytes.subarray(0, headerLength + 2 * chunk), 'truncated at a chunk boundary')).stderr).toMatch(/truncated or reordered/);
+    await expectTamperRefused(bytes.subarray(0, headerLength + chunk + 777), 'truncated mid-chunk');
+    const swapped = Buffer.concat([bytes.subarray(0, headerLength), bytes.subarray(headerLength + chunk, headerLength + 2 * chunk), bytes.subarray(headerLength, headerLength + chunk), bytes.subarray(headerLength + 2 * chunk)]);
+    await expectTamperRefused(swapped, 'swapped chunks');
+    // Same length, so the header still parses and only its authentication can catch the edit.
+    const edited = Buffer.from(bytes.toString('latin1').replace('"cluster":"local-1"', '"cluster":"evil-01"'), 'latin1');
+    expect(edited.equals(bytes)).toBe(false);
+    expect((await expectTamperRefused(edited, 'edited header')).stderr).toMatch(/header failed authentication/);
+    // The wrong tenant's key: the header is made to claim tenant gbex (same length), whose key is then used.
+    const otherKey = Buffer.from(bytes.toString('latin1').replace('"tenant":"acme"', '"tenant":"gbex"').replace('"keyId":"dek/acme"', '"keyId":"dek/gbex"'), 'latin1');
+    expect((await install.cli(['tenant', 'create', 'gbex'])).code).toBe(0);
+    const wrongKey = path.join(scratch, 'wrong-key.dfb');
+    await fs.writeFile(wrongKey, otherKey);
+    const before = await databases();
+    const r = await install.cli(['restore', '--tenant', 'gbex', '--from', wrongKey]);
+    expect(r.code, r.stderr).toBe(6);
+    expect(await databases()).toEqual(before);
+    // A missing key: the tenant was shredded, so its backups are unreadable everywhere.
+    expect((await install.cli(['tenant', 'create', 'shredme'])).code).toBe(0);
+    const shredBackup = JSON.parse((await install.cli(['backup', '--tenant', 'shredme', '--json'])).stdout) as {id: string};
+    expect((await install.cli(['tenant', 'delete', 'shredme', '--confirm', 'shredme', '--shred'])).code).toBe(0);
+    const missing = await install.cli(['restore', '--tenant', 'shredme', '--from', shredBackup.id, '--as', 'unshred']);
+    expect(missing.code).toBe(6);
+    expect(missing.stderr).toMatch(/data key dek\/shredme v1 does not exist/);
+    expect((await install.cli(['tenant', 'show', 'unshred'])).code).toBe(1);
+    expect(await checksums('acme')).toEqual(original);
+  });
+
+  it('fault injection: SIGKILL during backup (20 trials) leaves no catalog entry for an incomplete file, and the next run succeeds', async () => {
+    const started = Date.now();
+    expect((await install.cli(['backup', '--tenant', 'acme'])).code).toBe(0);
+    const span = Date.now() - started;
+    const dir = path.join(install.dir.root, 'backups', 'local', 'acme');
+    for (let trial = 0; trial < 20; trial++) {
+      const before = new Set(await catalogIds());
+      const filesBefore = new Set(await fs.readdir(dir));
+      const child = spawn(process.execPath, [cliEntry, 'backup', '--tenant', 'acme', '--dir', install.dir.root], {stdio: 'ignore'});
+      const timer = setTimeout(() => child.kill('SIGKILL'), Math.random() * span);
+      const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+      clearTimeout(timer);
+      const added = (await catalogIds()).filter((id) => !before.has(id));
+      // A catalog entry appears only for a complete, verifiable file.
+      for (const id of added) expect((await install.cli(['backup', 'verify', id])).code, `trial ${trial}`).toBe(0);
+      if (code !== 0) {
+        // Complete files only: anything unfinished is still *.partial.
+        for (const f of (await fs.readdir(dir)).filter((x) => x.endsWith('.dfb') && !filesBefore.has(x))) {
+          const verify = await install.cli(['backup', 'verify', path.join(dir, f)]);
+          expect(verify.code, `trial ${trial}: ${f}`).toBe(0);
+        }
+      }
+      const next = await install.cli(['backup', '--tenant', 'acme']);
+      expect(next.code, next.stderr).toBe(0);
+      expect((await fs.readdir(dir)).filter((f) => f.endsWith('.partial'))).toEqual([]);
+    }
+  }, 300_000);
+
+  it('fault injection: SIGKILL during restore (20 trials): the live database keeps its data, a rerun succeeds', async () => {
+    const started = Date.now();
+    expect((await install.cli(['restore', '--tenant', 'acme', '--from', backupId, '--drop-previous'])).code).toBe(0);
+    const span = Date.now() - started;
+    for (let trial = 0; trial < 20; trial++) {
+      const child = spawn(process.execPath, [cliEntry, 'restore', '--tenant', 'acme', '--from', backupId, '--drop-previous', '--dir', install.dir.root], {stdio: 'ignore'});
+      const timer = setTimeout(() => child.kill('SIGKILL'), Math.random() * span);
+      await new Promise((resolve) => child.on('exit', resolve));
+      clearTimeout(timer);
+      expect(await checksums('acme'), `trial ${trial}`).toEqual(original);
+      const rerun = await install.cli(['restore', '--tenant', 'acme', '--from', backupId, '--drop-previous']);
+      expect(rerun.code, rerun.stderr).toBe(0);
+      expect(await checksums('acme')).toEqual(original);
+    }
+    // No scratch database of a killed run is left once a restore has completed.
+    expect((await databases()).filter((d) => d.startsWith('tenant_acme_re'))).toEqual([]);
+  }, 300_000);
+
+  it('isolation: no password in any argv during a backup, and pg_dump connects as the tenant role', async () => {
+    const plane = await install.plane();
+    const password = await install.tenantPassword(plane, 'acme');
+    const seenArgs: string[] = [];
+    const seenUsers = new Set<string>();
+    const admin = new pg.Client(install.clientConfig('dforge_provisioner', (await plane.keys.sealed.get('postgres/local-1/provisioner')).toString(), 'postgres'));
+    await admin.connect();
+    await plane.close();
+    const child = spawn(process.execPath, [cliEntry, 'backup', '--tenant', 'acme', '--dir', install.dir.root], {stdio: 'ignore'});
+    let running = true;
+    const exited = new Promise<void>((resolve) => child.on('exit', () => ((running = false), resolve())));
+    while (running) {
+      const {stdout} = await execFile('ps', ['-eo', 'args']);
+      seenArgs.push(stdout);
+      const rows = await admin.query<{usename: string}>("SELECT usename FROM pg_stat_activity WHERE datname = 'tenant_acme' AND application_name LIKE 'dforge-%'");
+      for (const r of rows.rows) seenUsers.add(r.usename);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await exited;
+    await admin.end();
+    expect(seenArgs.some((a) => a.includes('pg_dump'))).toBe(true);
+    for (const a of seenArgs) expect(a.includes(password)).toBe(false);
+    expect([...seenUsers], `ps samples: ${seenArgs.length}`).toEqual(['tenant_acme']);
+  });
+
+  it('--all: one JSON line per tenant, the control database too; a failing tenant makes exit 4 and names it', async () => {
+    const ok = await install.cli(['backup', '--all', '--concurrency', '3']);
+    expect(ok.code, ok.stderr).toBe(0);
+    const lines = ok.stderr.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+    expect(lines.map((l) => l.tenant).sort()).toEqual(['acme', 'acme-copy', 'gbex', 'globex']);
+    expect(lines.every((l) => l.status === 'ok')).toBe(true);
+    // Break one tenant: its role can no longer log in with the sealed password.
+    const plane = await install.plane();
+    try {
+      await plane.tenants.onTenantCluster('globex', (c) => c.query("ALTER ROLE tenant_globex PASSWORD 'not-the-sealed-one'"));
+    } finally {
+      await plane.close();
+    }
+    const partial = await install.cli(['backup', '--all', '--json']);
+    expect(partial.code).toBe(4);
+    const error = JSON.parse(partial.stdout).error;
+    expect(error.message).toMatch(/1 of 4 tenant backups failed: globex/);
+    expect(error.data.tenants.filter((t: {status: string}) => t.status === 'ok').map((t: {tenant: string}) => t.tenant).sort()).toEqual(['acme', 'acme-copy', 'gbex']);
+    expect((await install.cli(['tenant', 'rotate-credentials', 'globex'])).code).toBe(0);
+    const list = JSON.parse((await install.cli(['backup', 'list', '--json'])).stdout) as {backups: Array<{kind: string}>; tenants: Array<{tenant: string; staleHours: number | null}>};
+    expect(list.backups.some((b) => b.kind === 'control')).toBe(true);
+    expect(list.tenants.find((t) => t.tenant === 'acme')?.staleHours).toBe(0);
+  });
+
+  it('a destination of another region is refused: data does not leave its region', async () => {
+    const original = await fs.readFile(install.dir.configFile, 'utf8');
+    const config = parseYaml(original) as {regions: Record<string, unknown>};
+    config.regions.us = {
+      clusters: [{name: 'us-1', kind: 'external', host: 'pg.us.example.test', admin: {secret: 'postgres/us-1-admin'}}],
+      backup: {destinations: [{name: 'us-local', kind: 'local', path: path.join(install.dir.root, 'backups', 'us')}]},
+    };
+    await fs.writeFile(install.dir.configFile, stringifyYaml(config));
+    try {
+      const r = await install.cli(['backup', '--tenant', 'acme', '--destination', 'us-local']);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain('destination us-local is in region us, but tenant acme is pinned to region local: refusing to move its data across regions');
+      await expect(fs.stat(path.join(install.dir.root, 'backups', 'us'))).rejects.toThrow();
+    } finally {
+      await fs.writeFile(install.dir.configFile, original);
+    }
+  });
+
+  it('schedule prints a cron line with the install directory and backup --all', async () => {
+    const r = await install.cli(['backup', 'schedule']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`^15 2 \\* \\* \\* \\S+ \\S+node\\S* \\S+run\\.js backup --all --dir ${install.dir.root} --quiet$`, 'm'));
+    expect(r.stdout).toContain(`DFORGE_HOME=${install.dir.root}`);
+  });
+});

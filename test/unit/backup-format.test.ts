@@ -1,0 +1,129 @@
+import {randomBytes} from 'node:crypto';
+import {Readable} from 'node:stream';
+import {buffer} from 'node:stream/consumers';
+
+import fc from 'fast-check';
+import {describe, expect, it} from 'vitest';
+
+import {CHUNK_SIZE, createHeader, dataKeyWrapper, DecryptStream, EncryptStream, openHeader, parseHeader} from '../../src/backup/format.js';
+import {selectRetained} from '../../src/backup/manage.js';
+import type {BackupRecord} from '../../src/backup/catalog.js';
+import {DforgeError, VerificationError} from '../../src/errors.js';
+
+const dek = {id: 'dek/acme', version: 1, material: randomBytes(32)};
+const otherDek = {id: 'dek/acme', version: 1, material: randomBytes(32)};
+
+async function seal(plain: Buffer): Promise<Buffer> {
+  const header = await createHeader({kind: 'tenant', backupId: 'b1', tenant: 'acme', region: 'eu', cluster: 'eu-1', pgVersion: '150018', createdAt: '2026-11-27T00:00:00.000Z'}, dataKeyWrapper(dek));
+  const body = await buffer(Readable.from([plain]).pipe(new EncryptStream(header.payloadKey)));
+  return Buffer.concat([header.bytes, body]);
+}
+
+async function open(file: Buffer, key = dek): Promise<Buffer> {
+  const parsed = parseHeader(file, 'test backup');
+  const payloadKey = await openHeader(parsed, dataKeyWrapper(key), 'test backup');
+  return buffer(Readable.from([file.subarray(parsed.length)]).pipe(new DecryptStream(payloadKey, 'test backup')));
+}
+
+describe('backup format (STREAM)', () => {
+  it.each([0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * CHUNK_SIZE + 17])('round-trips %i bytes', async (n) => {
+    const plain = randomBytes(n);
+    expect((await open(await seal(plain))).equals(plain)).toBe(true);
+  });
+
+  it('round-trips however the input is split into writes', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.integer({min: 0, max: 40_000}), {maxLength: 8}), async (sizes) => {
+        const parts = sizes.map((s) => randomBytes(s));
+        const header = await createHeader({kind: 'tenant', backupId: 'b', tenant: 'acme', region: 'eu', cluster: 'c', pgVersion: '150018', createdAt: 'x'}, dataKeyWrapper(dek));
+        const body = await buffer(Readable.from(parts).pipe(new EncryptStream(header.payloadKey)));
+        expect((await open(Buffer.concat([header.bytes, body]))).equals(Buffer.concat(parts))).toBe(true);
+      }),
+      {numRuns: 25},
+    );
+  });
+
+  const file = seal(randomBytes(3 * CHUNK_SIZE + 100));
+  const expectRejected = async (bytes: Buffer, key = dek): Promise<VerificationError> => {
+    const err = await open(bytes, key).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err, 'tampering went undetected').toBeInstanceOf(DforgeError);
+    return err as VerificationError;
+  };
+
+  it('detects a flipped bit anywhere (200 random positions)', async () => {
+    const f = await file;
+    for (let i = 0; i < 200; i++) {
+      const tampered = Buffer.from(f);
+      tampered[Math.floor(Math.random() * f.length)]! ^= 1 << Math.floor(Math.random() * 8);
+      await expectRejected(tampered);
+    }
+  });
+
+  it('detects truncation at a chunk boundary and mid-chunk', async () => {
+    const f = await file;
+    const headerLength = parseHeader(f, 'x').length;
+    const boundary = headerLength + 2 * (CHUNK_SIZE + 16);
+    expect((await expectRejected(f.subarray(0, boundary))).message).toMatch(/failed authentication, or the file was truncated or reordered/);
+    await expectRejected(f.subarray(0, boundary + 1000));
+    await expectRejected(f.subarray(0, f.length - 1));
+    await expectRejected(f.subarray(0, headerLength));
+  });
+
+  it('detects two chunks swapped', async () => {
+    const f = await file;
+    const h = parseHeader(f, 'x').length;
+    const c = CHUNK_SIZE + 16;
+    const swapped = Buffer.concat([f.subarray(0, h), f.subarray(h + c, h + 2 * c), f.subarray(h, h + c), f.subarray(h + 2 * c)]);
+    expect((await expectRejected(swapped)).message).toMatch(/chunk 0 failed authentication/);
+  });
+
+  it('detects an edited header (the tenant renamed in the JSON)', async () => {
+    const f = await file;
+    const edited = Buffer.from(f.toString('latin1').replace('"tenant":"acme"', '"tenant":"acmf"'), 'latin1');
+    expect((await expectRejected(edited)).message).toMatch(/header failed authentication/);
+  });
+
+  it('refuses the wrong key', async () => {
+    const err = await expectRejected(await file, otherDek);
+    expect(err.message).toMatch(/wrong key/);
+  });
+});
+
+describe('retention', () => {
+  const at = (iso: string, id: string, verified = false): BackupRecord => ({
+    id,
+    kind: 'tenant',
+    tenant: 'acme',
+    region: 'eu',
+    cluster: 'c',
+    destination: 'd',
+    location: id,
+    size: 1,
+    sha256: '',
+    pgVersion: '15',
+    keyId: 'dek/acme',
+    keyVersion: 1,
+    createdAt: iso,
+    verifiedAt: verified ? iso : null,
+  });
+
+  it('orders by recorded time, not by name, and keeps the newest verified backup', () => {
+    // Ids sort the opposite way to time, so ordering by name would keep the wrong ones.
+    const backups = [at('2026-11-01T01:00:00Z', 'z-oldest', true), at('2026-11-20T01:00:00Z', 'm-middle'), at('2026-11-27T01:00:00Z', 'a-newest'), at('2026-11-27T02:00:00Z', '0-newer')];
+    const keep = selectRetained(backups, {keepLast: 1, keepDaily: 0, keepWeekly: 0, keepMonthly: 0});
+    expect([...keep].sort()).toEqual(['0-newer', 'z-oldest']);
+  });
+
+  it('keeps one backup per day, week and month, newest first', () => {
+    const backups = Array.from({length: 60}, (_, i) => at(new Date(Date.UTC(2026, 9, 1) + i * 86_400_000).toISOString(), `b${i}`));
+    // Day i is 2026-10-01 + i; b59 is Sunday 2026-11-29, the end of its ISO week.
+    const keep = selectRetained(backups, {keepLast: 2, keepDaily: 7, keepWeekly: 4, keepMonthly: 3});
+    const daily = ['b53', 'b54', 'b55', 'b56', 'b57', 'b58', 'b59'];
+    const weekly = ['b38', 'b45', 'b52', 'b59']; // the newest of each of the last four ISO weeks
+    const monthly = ['b30', 'b59']; // 31 October and the newest of November (September has none)
+    expect([...keep].sort()).toEqual([...new Set([...daily, ...weekly, ...monthly])].sort());
+  });
+});
