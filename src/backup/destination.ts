@@ -40,8 +40,9 @@ export class LocalDirectoryDestination implements BackupDestination {
   ) {}
 
   private file(location: string): string {
-    const full = path.resolve(this.root, location);
-    if (!full.startsWith(`${path.resolve(this.root)}${path.sep}`)) throw new UserError(`backup location ${location} escapes destination ${this.name}`);
+    const root = path.resolve(this.root);
+    const full = path.resolve(root, location);
+    if (full !== root && !full.startsWith(`${root}${path.sep}`)) throw new UserError(`backup location ${location} escapes destination ${this.name}`);
     return full;
   }
 
