@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 
 import type {ControlPlane} from '../control/plane.js';
+import {escapeIdentifier} from '../postgres/sql.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {BackupCatalog, manifestLocation, recordFromManifest, type BackupManifest, type BackupRecord} from './catalog.js';
 import {lastSuccessFile, regionDestinations} from './service.js';
@@ -91,8 +92,16 @@ function isoWeek(d: Date): string {
   return `${t.getUTCFullYear()}-W${Math.ceil(((t.getTime() - yearStart.getTime()) / 864e5 + 1) / 7)}`;
 }
 
-/** Deletes what the policy does not keep, per tenant (and for control backups); `dryRun` only reports. */
-export async function pruneBackups(plane: ControlPlane, policy: RetentionPolicy, options: {tenant?: string; dryRun: boolean}): Promise<{kept: string[]; deleted: string[]}> {
+/**
+ * Deletes what the policy does not keep, per tenant (and for control backups), and drops the
+ * databases a restore kept as <db>_pre_restore_<ts> once they are older than `keepPreRestoreHours`.
+ * `dryRun` only reports.
+ */
+export async function pruneBackups(
+  plane: ControlPlane,
+  policy: RetentionPolicy,
+  options: {tenant?: string; dryRun: boolean; keepPreRestoreHours: number; clock?: () => Date},
+): Promise<{kept: string[]; deleted: string[]; droppedDatabases: string[]}> {
   const catalog = new BackupCatalog(plane.control);
   const all = await catalog.list({tenant: options.tenant});
   const groups = new Map<string, BackupRecord[]>();
@@ -115,7 +124,27 @@ export async function pruneBackups(plane: ControlPlane, policy: RetentionPolicy,
       await destination?.remove(b.location);
     }
   }
-  return {kept, deleted};
+  const droppedDatabases = await dropOldPreRestoreDatabases(plane, {tenant: options.tenant, olderThanHours: options.keepPreRestoreHours, dryRun: options.dryRun, now: (options.clock ?? (() => new Date()))()});
+  return {kept, deleted, droppedDatabases};
+}
+
+/** The databases restores kept aside, named <db>_pre_restore_<base36 seconds> (or <db>_pr_<...>). */
+async function dropOldPreRestoreDatabases(plane: ControlPlane, o: {tenant?: string; olderThanHours: number; dryRun: boolean; now: Date}): Promise<string[]> {
+  const dropped: string[] = [];
+  for (const tenant of (await plane.tenants.list()).filter((t) => !o.tenant || t.slug === o.tenant)) {
+    await plane.tenants.onTenantCluster(tenant.slug, async (c) => {
+      const rows = await c.query<{datname: string; ts: string}>(
+        "SELECT datname, substring(datname FROM '_(?:pre_restore|pr)_([0-9a-z]+)$') AS ts FROM pg_database WHERE datname ~ ('^' || $1 || '_(pre_restore|pr)_[0-9a-z]+$') AND pg_get_userbyid(datdba) = $2",
+        [tenant.database, tenant.role],
+      );
+      for (const {datname, ts} of rows.rows) {
+        if (o.now.getTime() - Number.parseInt(ts, 36) * 1000 < o.olderThanHours * 36e5) continue;
+        dropped.push(datname);
+        if (!o.dryRun) await plane.tenants.actingAs(c, tenant.role, () => c.query(`DROP DATABASE ${escapeIdentifier(datname)}`));
+      }
+    });
+  }
+  return dropped;
 }
 
 export interface Schedule {

@@ -2,6 +2,7 @@ import {CONTROL_DATABASE, PROVISIONER_ROLE} from '../control/bootstrap.js';
 import {endpointOf, openControlPlane, primaryCluster, provisionerSecret} from '../control/plane.js';
 import {UserError, VerificationError} from '../errors.js';
 import {connect, withConnection} from '../postgres/connect.js';
+import {terminateSessions} from '../postgres/sessions.js';
 import {escapeIdentifier} from '../postgres/sql.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {manifestLocation, type BackupManifest} from './catalog.js';
@@ -71,7 +72,7 @@ export async function restoreControl(dir: InstallDir, options: {from?: string; c
   const previous = `${CONTROL_DATABASE}_pre_restore_${Math.floor(now.getTime() / 1000).toString(36)}`;
   const admin = await connect(endpoint, {...provisioner, database: 'postgres'});
   try {
-    await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()', [CONTROL_DATABASE]);
+    await terminateSessions(admin, {databases: [CONTROL_DATABASE]});
     await admin.query('BEGIN');
     await admin.query(`ALTER DATABASE ${escapeIdentifier(CONTROL_DATABASE)} RENAME TO ${escapeIdentifier(previous)}`);
     await admin.query(`ALTER DATABASE ${escapeIdentifier(scratch)} RENAME TO ${escapeIdentifier(CONTROL_DATABASE)}`);

@@ -3,6 +3,7 @@ import type {Client} from 'pg';
 import {PROVISIONER_ROLE} from '../control/bootstrap.js';
 import {endpointOf, provisionerSecret, type ControlPlane} from '../control/plane.js';
 import {UserError, VerificationError} from '../errors.js';
+import {terminateSessions} from '../postgres/sessions.js';
 import {escapeIdentifier} from '../postgres/sql.js';
 import type {Tenant} from '../tenants/service.js';
 import {validateSlug} from '../tenants/slug.js';
@@ -106,12 +107,10 @@ async function restoreInto(plane: ControlPlane, plan: RestorePlan): Promise<Rest
     plane.tenants.onTenantCluster(target.slug, async (c) => {
       const role = escapeIdentifier(target.role);
       const scratch = derivedName(target.database, 'restore', now);
-      const dropScratch = (): Promise<unknown> => plane.tenants.asMemberOf(c, target.role, () => asRole(c, target.role, () => c.query(`DROP DATABASE IF EXISTS ${escapeIdentifier(scratch)}`)));
+      const dropScratch = (): Promise<unknown> => plane.tenants.actingAs(c, target.role, () => c.query(`DROP DATABASE IF EXISTS ${escapeIdentifier(scratch)}`));
       await dropLeftoverScratch(plane, c, target);
-      await plane.tenants.asMemberOf(c, target.role, async () => {
-        await c.query(`CREATE DATABASE ${escapeIdentifier(scratch)} OWNER ${role} TEMPLATE template0 ENCODING 'UTF8'`);
-        await asRole(c, target.role, () => c.query(`REVOKE ALL ON DATABASE ${escapeIdentifier(scratch)} FROM PUBLIC`));
-      });
+      await plane.tenants.asMemberOf(c, target.role, () => c.query(`CREATE DATABASE ${escapeIdentifier(scratch)} OWNER ${role} TEMPLATE template0 ENCODING 'UTF8'`));
+      await plane.tenants.actingAs(c, target.role, () => c.query(`REVOKE ALL ON DATABASE ${escapeIdentifier(scratch)} FROM PUBLIC`));
       let counts: Record<string, number>;
       try {
         await plane.tenants.asMemberOf(c, target.role, async () => {
@@ -134,20 +133,11 @@ async function restoreInto(plane: ControlPlane, plan: RestorePlan): Promise<Rest
       }
       const previous = await swap(plane, c, target, scratch, derivedName(target.database, 'pre_restore', now));
       if (previous && options.dropPrevious) {
-        await plane.tenants.asMemberOf(c, target.role, () => asRole(c, target.role, () => c.query(`DROP DATABASE ${escapeIdentifier(previous)}`)));
+        await plane.tenants.actingAs(c, target.role, () => c.query(`DROP DATABASE ${escapeIdentifier(previous)}`));
       }
       return {tenant: target.slug, backupId: parsed.header.backupId, database: target.database, previousDatabase: options.dropPrevious ? null : previous, objects: counts};
     }),
   );
-}
-
-async function asRole<T>(c: Client, role: string, fn: () => Promise<T>): Promise<T> {
-  await c.query(`SET ROLE ${escapeIdentifier(role)}`);
-  try {
-    return await fn();
-  } finally {
-    await c.query('RESET ROLE');
-  }
 }
 
 /** Scratch databases of a killed restore: never live, safe to drop under the tenant lock. */
@@ -159,7 +149,7 @@ async function dropLeftoverScratch(plane: ControlPlane, c: Client, tenant: Tenan
     [tenant.database, tenant.role],
   );
   for (const {datname} of rows.rows) {
-    await plane.tenants.asMemberOf(c, tenant.role, () => asRole(c, tenant.role, () => c.query(`DROP DATABASE ${escapeIdentifier(datname)}`)));
+    await plane.tenants.actingAs(c, tenant.role, () => c.query(`DROP DATABASE ${escapeIdentifier(datname)}`));
   }
 }
 
@@ -195,7 +185,7 @@ async function swap(plane: ControlPlane, c: Client, tenant: Tenant, scratch: str
   return plane.tenants.asMemberOf(c, tenant.role, async () => {
     const hasLive = (await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [tenant.database])).rowCount === 1;
     for (let attempt = 1; ; attempt++) {
-      await c.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ANY($1) AND pid <> pg_backend_pid()', [[tenant.database, scratch]]);
+      await terminateSessions(c, {databases: [tenant.database, scratch]});
       try {
         await c.query('BEGIN');
         if (hasLive) await c.query(`ALTER DATABASE ${live} RENAME TO ${escapeIdentifier(previous)}`);

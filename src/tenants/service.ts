@@ -6,6 +6,7 @@ import {inTransaction, tenantPasswordContext} from '../control/keys-store.js';
 import {LockedError, UserError} from '../errors.js';
 import type {ClusterEndpoint} from '../postgres/connect.js';
 import {randomPassword, scramVerifier} from '../postgres/scram.js';
+import {terminateSessions} from '../postgres/sessions.js';
 import {escapeIdentifier, escapeLiteral} from '../postgres/sql.js';
 import type {DataKeys} from '../secrets/data-keys.js';
 import type {KeyEncryptionService} from '../secrets/master-key.js';
@@ -126,6 +127,11 @@ export class TenantService {
     return this.withMembership(c, role, fn);
   }
 
+  /** Runs `fn` as `role` itself (membership, then SET ROLE), for what only a database's owner may do. */
+  async actingAs<T>(c: Client, role: string, fn: () => Promise<T>): Promise<T> {
+    return this.withMembership(c, role, () => this.asRole(c, role, fn));
+  }
+
   async list(): Promise<Tenant[]> {
     const rows = await this.deps.control.query<TenantRow>('SELECT * FROM tenants ORDER BY slug');
     return rows.rows.map(toTenant);
@@ -154,7 +160,7 @@ export class TenantService {
       const tenant = await this.requireUsable(slug);
       await this.onCluster(tenant.cluster, async (c) => {
         await c.query(`ALTER ROLE ${escapeIdentifier(tenant.role)} NOLOGIN`);
-        await c.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [tenant.role]);
+        await terminateSessions(c, {role: tenant.role});
       });
       await this.deps.control.query("UPDATE tenants SET status = 'suspended', updated_at = now() WHERE slug = $1", [slug]);
       return {...tenant, status: 'suspended'};
@@ -214,7 +220,7 @@ export class TenantService {
           await c.query(`ALTER ROLE ${role} NOLOGIN`);
           // Its live database and any it owns besides (kept *_pre_restore_* copies, a killed restore's scratch).
           const owned = await c.query<{datname: string}>('SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = $1)', [tenant.role]);
-          await c.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1 OR datname = ANY($2)', [tenant.role, owned.rows.map((r) => r.datname)]);
+          await terminateSessions(c, {role: tenant.role, databases: owned.rows.map((r) => r.datname)});
           await this.withMembership(c, tenant.role, () =>
             this.asRole(c, tenant.role, async () => {
               for (const {datname} of owned.rows) await c.query(`DROP DATABASE ${escapeIdentifier(datname)}`);

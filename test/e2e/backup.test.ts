@@ -280,6 +280,33 @@ describe.skipIf(!available)('encrypted backups and restores on the embedded data
     }
   });
 
+  it('prune keeps the newest verified backup, drops what the policy does not keep and old pre-restore databases', async () => {
+    expect((await install.cli(['restore', '--tenant', 'globex', '--from', (await catalogIds()).find((id) => id.includes('-globex-'))!])).code).toBe(0);
+    expect((await databases()).some((d) => d.startsWith('tenant_globex_pre_restore_'))).toBe(true);
+    const verifiedBefore = backupId;
+    const dry = JSON.parse((await install.cli(['backup', 'prune', '--tenant', 'acme', '--keep-last', '1', '--keep-daily', '0', '--keep-weekly', '0', '--keep-monthly', '0', '--dry-run', '--json'])).stdout);
+    expect(dry.kept).toContain(verifiedBefore);
+    expect(dry.deleted.length).toBeGreaterThan(10);
+    const idsBefore = await catalogIds();
+    const real = JSON.parse((await install.cli(['backup', 'prune', '--keep-last', '1', '--keep-daily', '0', '--keep-weekly', '0', '--keep-monthly', '0', '--keep-pre-restore-hours', '0', '--json'])).stdout);
+    expect(real.droppedDatabases.some((d: string) => d.startsWith('tenant_globex_pre_restore_'))).toBe(true);
+    const idsAfter = await catalogIds();
+    expect(idsAfter).toContain(verifiedBefore);
+    expect(idsAfter.length).toBeLessThan(idsBefore.length);
+    for (const id of real.deleted) await expect(fs.stat(path.join(install.dir.root, 'backups', 'local', 'acme', `${id}.dfb`))).rejects.toThrow();
+    expect((await databases()).some((d) => d.startsWith('tenant_globex_pre_restore_'))).toBe(false);
+  });
+
+  it('tenant delete --final-backup takes a backup that stays restorable (its keys are kept)', async () => {
+    expect((await install.cli(['tenant', 'create', 'leaving'])).code).toBe(0);
+    const r = await install.cli(['tenant', 'delete', 'leaving', '--confirm', 'leaving', '--final-backup']);
+    expect(r.code, r.stderr).toBe(0);
+    const id = r.stderr.match(/final backup of leaving: (\S+)/)![1]!;
+    const back = await install.cli(['restore', '--tenant', 'leaving', '--from', id, '--as', 'returning']);
+    expect(back.code, back.stderr).toBe(0);
+    expect((await install.cli(['tenant', 'delete', 'x', '--confirm', 'x', '--shred', '--final-backup'])).code).toBe(2);
+  });
+
   it('schedule prints a cron line with the install directory and backup --all', async () => {
     const r = await install.cli(['backup', 'schedule']);
     expect(r.code).toBe(0);

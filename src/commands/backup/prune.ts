@@ -14,15 +14,16 @@ export default class BackupPrune extends BaseCommand<typeof BackupPrune> {
     'keep-weekly': Flags.integer({default: 4, min: 0}),
     'keep-monthly': Flags.integer({default: 6, min: 0}),
     tenant: Flags.string({summary: 'Only this tenant.'}),
+    'keep-pre-restore-hours': Flags.integer({summary: 'Drop databases a restore kept aside (<db>_pre_restore_<ts>) once older than this.', default: 72, min: 0}),
     'dry-run': Flags.boolean({summary: 'Report what would be deleted.'}),
   };
 
-  async run(): Promise<{kept: string[]; deleted: string[]}> {
+  async run(): Promise<{kept: string[]; deleted: string[]; droppedDatabases: string[]}> {
     const f = this.flags;
     const result = await usingControlPlane(this.installDir(), (plane) =>
-      pruneBackups(plane, {keepLast: f['keep-last'], keepDaily: f['keep-daily'], keepWeekly: f['keep-weekly'], keepMonthly: f['keep-monthly']}, {tenant: f.tenant, dryRun: f['dry-run']}),
+      pruneBackups(plane, {keepLast: f['keep-last'], keepDaily: f['keep-daily'], keepWeekly: f['keep-weekly'], keepMonthly: f['keep-monthly']}, {tenant: f.tenant, dryRun: f['dry-run'], keepPreRestoreHours: f['keep-pre-restore-hours']}),
     );
-    this.out.progress(`${f['dry-run'] ? 'would delete' : 'deleted'} ${result.deleted.length}, kept ${result.kept.length}`);
+    this.out.progress(`${f['dry-run'] ? 'would delete' : 'deleted'} ${result.deleted.length} backup(s), kept ${result.kept.length}; ${f['dry-run'] ? 'would drop' : 'dropped'} ${result.droppedDatabases.length} pre-restore database(s)`);
     return result;
   }
 }

@@ -1,0 +1,138 @@
+#!/usr/bin/env node
+// Backup and restore benchmarks on a real embedded install, each against its baseline in the same
+// run, on a tenant database of about 1 GB (pgbench scale 70 by default):
+//  1. `dforge backup --tenant` vs raw `pg_dump -Fc > file`, interleaved;
+//  2. `dforge restore --as` vs raw `createdb` + `pg_restore`, interleaved;
+//  3. peak RSS of the dforge process during backup and restore;
+//  4. `backup --all` over 100 small tenants vs a sequential shell loop of pg_dump.
+// Needs ~6 GB of disk. Usage: npm run build && node scripts/bench/backup.mjs [--scale 70] [--runs 3]
+import {spawnSync} from 'node:child_process';
+import {chmodSync, mkdtempSync, rmSync, statSync, writeFileSync} from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import {fileURLToPath} from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const cliPath = path.join(root, 'bin/run.js');
+const arg = (name, fallback) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? Number(process.argv[i + 1]) : fallback;
+};
+const scale = arg('scale', 70);
+const runs = arg('runs', 3);
+
+const scratch = mkdtempSync(path.join(os.tmpdir(), 'dforge-bench-backup-'));
+chmodSync(scratch, 0o755);
+const dir = path.join(scratch, 'install');
+const port = await new Promise((resolve) => {
+  const s = net.createServer().listen(0, '127.0.0.1', () => {
+    const p = s.address().port;
+    s.close(() => resolve(p));
+  });
+});
+/** Runs dforge under GNU time, returning wall ms and peak RSS (KiB) of the dforge process. */
+const dforge = (...args) => {
+  const start = process.hrtime.bigint();
+  const r = spawnSync('/usr/bin/time', ['-f', '%M', process.execPath, cliPath, ...args, '--dir', dir, '--quiet'], {encoding: 'utf8', maxBuffer: 1 << 26});
+  const ms = Number(process.hrtime.bigint() - start) / 1e6;
+  if (r.status !== 0) throw new Error(`dforge ${args.join(' ')}: ${r.stderr}`);
+  return {ms, rssKiB: Number(r.stderr.trim().split('\n').at(-1)), stdout: r.stdout};
+};
+const wall = (fn) => {
+  const t = process.hrtime.bigint();
+  fn();
+  return Number(process.hrtime.bigint() - t) / 1e6;
+};
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+try {
+  dforge('quickstart', '--port', String(port));
+  const {openKeyServices} = await import(path.join(root, 'dist/keys/context.js'));
+  const {openControlPlane} = await import(path.join(root, 'dist/control/plane.js'));
+  const {InstallDir} = await import(path.join(root, 'dist/state/install-dir.js'));
+  const {tenantPasswordContext} = await import(path.join(root, 'dist/control/keys-store.js'));
+  const installDir = new InstallDir(dir);
+  const keys = await openKeyServices(installDir);
+  const version = JSON.parse(dforge('db', 'status', '--json').stdout)[0].version;
+  const bin = (t) => `/usr/lib/postgresql/${version}/bin/${t}`;
+  const plane = await openControlPlane(installDir);
+  const row = await plane.control.query("SELECT sealed_password FROM tenant_credentials WHERE slug = 'acme'");
+  const acmePassword = (await keys.keyring.unwrap(row.rows[0].sealed_password, tenantPasswordContext('acme'), 'bench')).toString();
+  await plane.close();
+  const tls = {PGHOST: '127.0.0.1', PGPORT: String(port), PGSSLMODE: 'verify-full', PGSSLROOTCERT: path.join(dir, 'pki/ca.crt')};
+  const asAcme = {...process.env, ...tls, PGUSER: 'tenant_acme', PGPASSWORD: acmePassword, PGDATABASE: 'tenant_acme'};
+  const superPassword = (await keys.sealed.get('postgres/local-1/superuser')).toString();
+  const asAdmin = {...process.env, PGHOST: path.join(dir, 'run/postgres/local-1'), PGPORT: String(port), PGUSER: 'dforge_admin', PGPASSWORD: superPassword, PGDATABASE: 'postgres'};
+  const run = (cmd, args, env, opts = {}) => {
+    const r = spawnSync(cmd, args, {env, encoding: 'utf8', maxBuffer: 1 << 26, ...opts});
+    if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
+    return r;
+  };
+
+  process.stderr.write(`loading pgbench scale ${scale} into tenant_acme...\n`);
+  run(bin('pgbench'), ['-i', '-s', String(scale), '-q', '--foreign-keys'], asAcme);
+  const dbSize = run(bin('psql'), ['-XAtc', "SELECT pg_size_pretty(pg_database_size('tenant_acme'))"], asAcme).stdout.trim();
+
+  // 1 + 3: backup vs pg_dump -Fc > file.
+  const rawFile = path.join(scratch, 'raw.dump');
+  const backup = [];
+  const raw = [];
+  let backupRss = 0;
+  for (let i = 0; i < runs; i++) {
+    const b = dforge('backup', '--tenant', 'acme');
+    backup.push(b.ms);
+    backupRss = Math.max(backupRss, b.rssKiB);
+    raw.push(wall(() => run('/bin/sh', ['-c', `"${bin('pg_dump')}" -Fc > "${rawFile}"`], asAcme)));
+  }
+  const rawSize = statSync(rawFile).size;
+  const list = JSON.parse(dforge('backup', 'list', '--tenant', 'acme', '--json').stdout);
+  const backupId = list.backups[0].id;
+
+  // 2 + 3: restore --as vs createdb + pg_restore.
+  const restore = [];
+  const rawRestore = [];
+  let restoreRss = 0;
+  for (let i = 0; i < runs; i++) {
+    const r = dforge('restore', '--tenant', 'acme', '--from', backupId, '--as', `copy-${i}`);
+    restore.push(r.ms);
+    restoreRss = Math.max(restoreRss, r.rssKiB);
+    dforge('tenant', 'delete', `copy-${i}`, '--confirm', `copy-${i}`, '--shred');
+    rawRestore.push(wall(() => {
+      run(bin('createdb'), [`raw_${i}`], asAdmin);
+      run(bin('pg_restore'), ['-d', `raw_${i}`, rawFile], asAdmin);
+    }));
+    run(bin('dropdb'), [`raw_${i}`], asAdmin);
+  }
+
+  // 4: backup --all over 100 small tenants vs a sequential loop of pg_dump.
+  dforge('tenant', 'delete', 'acme', '--confirm', 'acme', '--shred');
+  dforge('tenant', 'delete', 'globex', '--confirm', 'globex', '--shred');
+  const plane2 = await openControlPlane(installDir);
+  const passwords = [];
+  for (let i = 0; i < 100; i++) {
+    const slug = `small-${String(i).padStart(3, '0')}`;
+    await plane2.tenants.create(slug);
+    passwords.push([slug, await plane2.tenants.password(slug)]);
+  }
+  await plane2.close();
+  const loop = path.join(scratch, 'loop.sh');
+  writeFileSync(loop, passwords.map(([slug, pw]) => `PGUSER=tenant_${slug.replaceAll('-', '_')} PGDATABASE=tenant_${slug.replaceAll('-', '_')} PGPASSWORD='${pw}' "${bin('pg_dump')}" -Fc > "${scratch}/${slug}.dump" || exit 1`).join('\n') + '\n', {mode: 0o600});
+  const all = [];
+  const seq = [];
+  for (let i = 0; i < runs; i++) {
+    all.push(dforge('backup', '--all', '--concurrency', '2').ms);
+    seq.push(wall(() => run('/bin/sh', [loop], {...process.env, ...tls})));
+  }
+
+  const [b, r, rs, rr, a, s] = [median(backup), median(raw), median(restore), median(rawRestore), median(all), median(seq)];
+  console.log(`machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}, PostgreSQL ${version}; ${runs} interleaved runs`);
+  console.log(`tenant database: pgbench scale ${scale}, ${dbSize}; pg_dump -Fc output ${(rawSize / 2 ** 20).toFixed(0)} MiB`);
+  console.log(`backup:  dforge ${(b / 1000).toFixed(1)} s vs pg_dump -Fc > file ${(r / 1000).toFixed(1)} s   ratio ${(b / r).toFixed(2)} (budget 1.10)`);
+  console.log(`restore: dforge --as ${(rs / 1000).toFixed(1)} s vs createdb + pg_restore ${(rr / 1000).toFixed(1)} s   ratio ${(rs / rr).toFixed(2)} (budget 1.15)`);
+  console.log(`peak RSS of dforge: backup ${(backupRss / 1024).toFixed(0)} MiB, restore ${(restoreRss / 1024).toFixed(0)} MiB (budget 150)`);
+  console.log(`backup --all, 100 small tenants (+ control): ${(a / 1000).toFixed(1)} s vs sequential pg_dump loop ${(s / 1000).toFixed(1)} s   ratio ${(a / s).toFixed(2)}`);
+} finally {
+  spawnSync(process.execPath, [cliPath, 'db', 'stop', '--immediate', '--dir', dir, '--quiet']);
+  rmSync(scratch, {recursive: true, force: true});
+}
