@@ -8,10 +8,11 @@
 // Needs ~6 GB of disk. Usage: npm run build && node scripts/bench/backup.mjs [--scale 70] [--runs 3]
 import {spawnSync} from 'node:child_process';
 import {chmodSync, mkdtempSync, rmSync, statSync, writeFileSync} from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import {fileURLToPath} from 'node:url';
+
+import {freePort, machine, median, wall} from './common.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const cliPath = path.join(root, 'bin/run.js');
@@ -25,12 +26,7 @@ const runs = arg('runs', 3);
 const scratch = mkdtempSync(path.join(os.tmpdir(), 'dforge-bench-backup-'));
 chmodSync(scratch, 0o755);
 const dir = path.join(scratch, 'install');
-const port = await new Promise((resolve) => {
-  const s = net.createServer().listen(0, '127.0.0.1', () => {
-    const p = s.address().port;
-    s.close(() => resolve(p));
-  });
-});
+const port = await freePort();
 /** Runs dforge under GNU time, returning wall ms and peak RSS (KiB) of the dforge process. */
 const dforge = (...args) => {
   const start = process.hrtime.bigint();
@@ -39,12 +35,6 @@ const dforge = (...args) => {
   if (r.status !== 0) throw new Error(`dforge ${args.join(' ')}: ${r.stderr}`);
   return {ms, rssKiB: Number(r.stderr.trim().split('\n').at(-1)), stdout: r.stdout};
 };
-const wall = (fn) => {
-  const t = process.hrtime.bigint();
-  fn();
-  return Number(process.hrtime.bigint() - t) / 1e6;
-};
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 try {
   dforge('quickstart', '--port', String(port));
@@ -126,7 +116,7 @@ try {
   }
 
   const [b, r, rs, rr, a, s] = [median(backup), median(raw), median(restore), median(rawRestore), median(all), median(seq)];
-  console.log(`machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}, PostgreSQL ${version}; ${runs} interleaved runs`);
+  console.log(`${machine()}, PostgreSQL ${version}; ${runs} interleaved runs`);
   console.log(`tenant database: pgbench scale ${scale}, ${dbSize}; pg_dump -Fc output ${(rawSize / 2 ** 20).toFixed(0)} MiB`);
   console.log(`backup:  dforge ${(b / 1000).toFixed(1)} s vs pg_dump -Fc > file ${(r / 1000).toFixed(1)} s   ratio ${(b / r).toFixed(2)} (budget 1.10)`);
   console.log(`restore: dforge --as ${(rs / 1000).toFixed(1)} s vs createdb + pg_restore ${(rr / 1000).toFixed(1)} s   ratio ${(rs / rr).toFixed(2)} (budget 1.15)`);

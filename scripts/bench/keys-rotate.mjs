@@ -10,6 +10,8 @@ import os from 'node:os';
 import path from 'node:path';
 import {fileURLToPath} from 'node:url';
 
+import {machine, median, wall} from './common.mjs';
+
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const runsArg = process.argv.indexOf('--runs');
 const runs = runsArg > 0 ? Number(process.argv[runsArg + 1]) : 7;
@@ -35,11 +37,6 @@ for (let i = 0; i < DEKS; i++) {
 await services.dataKeyStore.replace(records);
 for (let i = 0; i < 20; i++) await services.sealed.put(`bench/secret-${i}`, randomBytes(64).toString('base64'));
 
-const wall = (fn) => {
-  const start = process.hrtime.bigint();
-  fn();
-  return Number(process.hrtime.bigint() - start) / 1e6;
-};
 const rotateOnce = (i) => {
   const dir = path.join(scratch, `run-${i}`);
   cpSync(pristine.root, dir, {recursive: true});
@@ -82,9 +79,8 @@ for (let i = 0; i < runs; i++) {
   samples.rotate.push(rotateOnce(i));
 }
 rmSync(scratch, {recursive: true, force: true});
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const [r, n, c] = [median(samples.rotate), median(samples.node), median(samples.crypto)];
-console.log(`machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}; ${runs} interleaved runs`);
+console.log(`${machine()}; ${runs} interleaved runs`);
 console.log(`dforge keys rotate --master (${DEKS} DEKs + 21 sealed secrets): ${r.toFixed(0)} ms median`);
 console.log(`baseline node -e 0:                                  ${n.toFixed(0)} ms  (ratio ${(r / n).toFixed(2)})`);
 console.log(`baseline raw crypto floor (${DEKS} unwrap+wrap, 1 write): ${c.toFixed(0)} ms  (rotate minus process floor: ${(r - n).toFixed(0)} ms)`);

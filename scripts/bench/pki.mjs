@@ -11,6 +11,8 @@ import os from 'node:os';
 import path from 'node:path';
 import {fileURLToPath, pathToFileURL} from 'node:url';
 
+import {machine, median} from './common.mjs';
+
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const arg = (name, fallback) => {
   const i = process.argv.indexOf(name);
@@ -117,12 +119,8 @@ try {
       samples.get(c.name).push(await time(c.fn));
     }
   }
-  const median = (xs) => {
-    const s = [...xs].sort((a, b) => a - b);
-    return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-  };
   const baseline = median(samples.get('openssl CLI'));
-  console.log(`machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}, ${spawnSync('openssl', ['version']).stdout.toString().trim()}`);
+  console.log(`${machine()}, ${spawnSync('openssl', ['version']).stdout.toString().trim()}`);
   console.log(`PKI: ${algorithm} CA + 3 leaves (proxy, postgres, internal client); ${runs} interleaved runs each`);
   console.log('case                   median ms   ratio (dforge/openssl)');
   for (const c of cases) {

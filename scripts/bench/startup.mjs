@@ -3,9 +3,10 @@
 // one run on the same Node binary, so machine noise hits all three alike. Prints median ratios.
 // Usage: npm run bench:startup [-- --runs 40]
 import {spawnSync} from 'node:child_process';
-import os from 'node:os';
 import path from 'node:path';
 import {fileURLToPath} from 'node:url';
+
+import {machine, median} from './common.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const runsArg = process.argv.indexOf('--runs');
@@ -40,12 +41,8 @@ for (let i = 0; i < runs; i++) {
     samples.get(c.name).push(time(c.args, c.env));
   }
 }
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 const baseline = median(samples.get('node -e 0'));
-console.log(`machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}; ${runs} interleaved runs each`);
+console.log(`${machine()}; ${runs} interleaved runs each`);
 console.log('case                 median ms   ratio vs node -e 0   budget');
 let over = false;
 for (const c of cases) {

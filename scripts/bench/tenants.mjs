@@ -8,10 +8,11 @@
 // Needs ~8 GB of disk (1,000 databases). Usage: npm run build && node scripts/bench/tenants.mjs [--runs 15]
 import {spawnSync} from 'node:child_process';
 import {chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import {fileURLToPath} from 'node:url';
+
+import {freePort, machine, median, wall} from './common.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const cliPath = path.join(root, 'bin/run.js');
@@ -21,23 +22,12 @@ const runs = runsArg > 0 ? Number(process.argv[runsArg + 1]) : 15;
 const scratch = mkdtempSync(path.join(os.tmpdir(), 'dforge-bench-tenants-'));
 chmodSync(scratch, 0o755);
 const dir = path.join(scratch, 'install');
-const port = await new Promise((resolve) => {
-  const s = net.createServer().listen(0, '127.0.0.1', () => {
-    const p = s.address().port;
-    s.close(() => resolve(p));
-  });
-});
+const port = await freePort();
 const cli = (...args) => {
   const r = spawnSync(process.execPath, [cliPath, ...args, '--dir', dir, '--quiet'], {encoding: 'utf8'});
   if (r.status !== 0) throw new Error(`dforge ${args.join(' ')}: ${r.stderr}`);
   return r.stdout;
 };
-const wall = (fn) => {
-  const t = process.hrtime.bigint();
-  fn();
-  return Number(process.hrtime.bigint() - t) / 1e6;
-};
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 try {
   cli('quickstart', '--port', String(port));
@@ -91,7 +81,7 @@ try {
   const last = median(perTenant.slice(-50));
   const c = median(dforgeCreate);
   const r = median(rawCreate);
-  console.log(`machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}, PostgreSQL ${psqlBin.split('/')[4]}; ${runs} interleaved runs`);
+  console.log(`${machine()}, PostgreSQL ${psqlBin.split('/')[4]}; ${runs} interleaved runs`);
   console.log(`tenant create (CLI, full: registry, role, db, schemas, audit fn, DEK, ops log): ${c.toFixed(0)} ms median`);
   console.log(`baseline psql CREATE ROLE + CREATE DATABASE + REVOKE:                  ${r.toFixed(0)} ms median   ratio ${(c / r).toFixed(2)}`);
   console.log(`per-tenant create (service): first 50 of 500 ${first.toFixed(0)} ms, last 50 ${last.toFixed(0)} ms, ratio last/first ${(last / first).toFixed(2)}`);

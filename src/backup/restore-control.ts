@@ -6,11 +6,11 @@ import {terminateSessions} from '../postgres/sessions.js';
 import {escapeIdentifier} from '../postgres/sql.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {manifestLocation, type BackupManifest} from './catalog.js';
-import {DecryptStream, openHeader} from './format.js';
+import {openHeader} from './format.js';
 import {rebuildCatalog} from './manage.js';
 import {hostTool, libpqSession, spawnTool} from './pg-tools.js';
 import {regionDestinations} from './service.js';
-import {checkIntegrity, decryptAndList, readBackupHeader, resolveSource, skipBytes, wrapperFor} from './verify.js';
+import {checkIntegrity, decryptAndList, feedDecryptedDump, readBackupHeader, resolveSource, wrapperFor} from './verify.js';
 
 export interface ControlRestoreResult {
   readonly backupId: string;
@@ -55,9 +55,7 @@ export async function restoreControl(dir: InstallDir, options: {from?: string; c
     try {
       const pgRestore = hostTool('pg_restore', Math.floor(Number(parsed.header.pgVersion) / 10_000));
       const {child, done} = spawnTool(pgRestore, ['--dbname', scratch, '--no-owner', '--no-privileges', '--exit-on-error'], session.env);
-      const decrypted = (await source.open()).pipe(skipBytes(parsed.length)).pipe(new DecryptStream(payloadKey, source.label));
-      decrypted.on('error', () => child.kill('SIGKILL'));
-      decrypted.pipe(child.stdin!);
+      await feedDecryptedDump(source, parsed, payloadKey, child);
       await done;
     } finally {
       await session.close();

@@ -7,9 +7,9 @@ import {terminateSessions} from '../postgres/sessions.js';
 import {escapeIdentifier} from '../postgres/sql.js';
 import type {Tenant} from '../tenants/service.js';
 import {validateSlug} from '../tenants/slug.js';
-import {DecryptStream, openHeader, type ParsedHeader} from './format.js';
+import {openHeader, type ParsedHeader} from './format.js';
 import {hostTool, libpqSession, spawnTool} from './pg-tools.js';
-import {checkIntegrity, decryptAndList, readBackupHeader, resolveSource, skipBytes, wrapperFor, type BackupSource} from './verify.js';
+import {checkIntegrity, decryptAndList, feedDecryptedDump, readBackupHeader, resolveSource, wrapperFor, type BackupSource} from './verify.js';
 
 export interface RestoreResult {
   readonly tenant: string;
@@ -118,9 +118,7 @@ async function restoreInto(plane: ControlPlane, plan: RestorePlan): Promise<Rest
           try {
             // Objects are created as the tenant role (--role), so it owns everything it restores.
             const {child, done} = spawnTool(pgRestore, ['--dbname', scratch, `--role=${target.role}`, '--no-owner', '--no-privileges', '--exit-on-error'], session.env);
-            const decrypted = (await source.open()).pipe(skipBytes(parsed.length)).pipe(new DecryptStream(payloadKey, source.label));
-            decrypted.on('error', () => child.kill('SIGKILL'));
-            decrypted.pipe(child.stdin!);
+            await feedDecryptedDump(source, parsed, payloadKey, child);
             await done;
           } finally {
             await session.close();

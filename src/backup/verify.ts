@@ -2,6 +2,7 @@ import {createHash} from 'node:crypto';
 import {once} from 'node:events';
 import {createReadStream, promises as fs} from 'node:fs';
 import path from 'node:path';
+import type {ChildProcess} from 'node:child_process';
 import {Transform, type Readable} from 'node:stream';
 
 import type {ControlPlane} from '../control/plane.js';
@@ -122,7 +123,7 @@ export async function decryptAndList(source: BackupSource, parsed: ParsedHeader,
   let stdinOpen = true;
   stdin.on('close', () => (stdinOpen = false));
   stdin.on('error', () => (stdinOpen = false));
-  const decrypted = (await source.open()).pipe(skipBytes(parsed.length)).pipe(new DecryptStream(payloadKey, source.label));
+  const decrypted = await decryptedDump(source, parsed, payloadKey);
   try {
     // pg_restore --list stops reading after the table of contents; the rest of the stream is still
     // decrypted (and discarded), so every chunk is authenticated before anything is restored.
@@ -140,8 +141,20 @@ export async function decryptAndList(source: BackupSource, parsed: ParsedHeader,
   return tocCounts(list);
 }
 
+/** The backup's plaintext dump, authenticated chunk by chunk as it streams. */
+export async function decryptedDump(source: BackupSource, parsed: ParsedHeader, payloadKey: Buffer): Promise<Readable> {
+  return (await source.open()).pipe(skipBytes(parsed.length)).pipe(new DecryptStream(payloadKey, source.label));
+}
+
+/** Streams the decrypted dump into a tool's stdin; a decryption failure kills the tool. */
+export async function feedDecryptedDump(source: BackupSource, parsed: ParsedHeader, payloadKey: Buffer, child: ChildProcess): Promise<void> {
+  const decrypted = await decryptedDump(source, parsed, payloadKey);
+  decrypted.on('error', () => child.kill('SIGKILL'));
+  decrypted.pipe(child.stdin!);
+}
+
 /** A transform that drops the first `n` bytes (the header) of a stream. */
-export function skipBytes(n: number): Transform {
+function skipBytes(n: number): Transform {
   let remaining = n;
   return new Transform({
     transform(chunk: Buffer, _enc, done) {
