@@ -6,8 +6,8 @@
 //  3. peak RSS of the dforge process during backup and restore;
 //  4. `backup --all` over 100 small tenants vs a sequential shell loop of pg_dump.
 // Needs ~6 GB of disk. Usage: npm run build && node scripts/bench/backup.mjs [--scale 70] [--runs 3]
-import {spawnSync} from 'node:child_process';
-import {chmodSync, mkdtempSync, rmSync, statSync, writeFileSync} from 'node:fs';
+import {spawn, spawnSync} from 'node:child_process';
+import {chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {fileURLToPath} from 'node:url';
@@ -27,24 +27,41 @@ const scratch = mkdtempSync(path.join(os.tmpdir(), 'dforge-bench-backup-'));
 chmodSync(scratch, 0o755);
 const dir = path.join(scratch, 'install');
 const port = await freePort();
-/** Runs dforge under GNU time, returning wall ms and peak RSS (KiB) of the dforge process. */
-const dforge = (...args) => {
+/**
+ * Runs dforge, returning wall ms and the peak RSS (KiB) of the dforge process itself, read from
+ * its /proc VmHWM while it runs (GNU time would report the largest child: pg_dump or pg_restore).
+ */
+const dforge = async (...args) => {
   const start = process.hrtime.bigint();
-  const r = spawnSync('/usr/bin/time', ['-f', '%M', process.execPath, cliPath, ...args, '--dir', dir, '--quiet'], {encoding: 'utf8', maxBuffer: 1 << 26});
+  const child = spawn(process.execPath, [cliPath, ...args, '--dir', dir, '--quiet'], {stdio: ['ignore', 'pipe', 'pipe']});
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c) => (stdout += c));
+  child.stderr.on('data', (c) => (stderr += c));
+  let rssKiB = 0;
+  const poll = setInterval(() => {
+    try {
+      const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'));
+      if (m) rssKiB = Math.max(rssKiB, Number(m[1]));
+    } catch {
+      // exited between polls
+    }
+  }, 20);
+  const code = await new Promise((resolve) => child.on('close', resolve));
+  clearInterval(poll);
   const ms = Number(process.hrtime.bigint() - start) / 1e6;
-  if (r.status !== 0) throw new Error(`dforge ${args.join(' ')}: ${r.stderr}`);
-  return {ms, rssKiB: Number(r.stderr.trim().split('\n').at(-1)), stdout: r.stdout};
+  if (code !== 0) throw new Error(`dforge ${args.join(' ')}: ${stderr}`);
+  return {ms, rssKiB, stdout};
 };
-
 try {
-  dforge('quickstart', '--port', String(port));
+  await dforge('quickstart', '--port', String(port));
   const {openKeyServices} = await import(path.join(root, 'dist/keys/context.js'));
   const {openControlPlane} = await import(path.join(root, 'dist/control/plane.js'));
   const {InstallDir} = await import(path.join(root, 'dist/state/install-dir.js'));
   const {tenantPasswordContext} = await import(path.join(root, 'dist/control/keys-store.js'));
   const installDir = new InstallDir(dir);
   const keys = await openKeyServices(installDir);
-  const version = JSON.parse(dforge('db', 'status', '--json').stdout)[0].version;
+  const version = JSON.parse((await dforge('db', 'status', '--json')).stdout)[0].version;
   const bin = (t) => `/usr/lib/postgresql/${version}/bin/${t}`;
   const plane = await openControlPlane(installDir);
   const row = await plane.control.query("SELECT sealed_password FROM tenant_credentials WHERE slug = 'acme'");
@@ -70,13 +87,13 @@ try {
   const raw = [];
   let backupRss = 0;
   for (let i = 0; i < runs; i++) {
-    const b = dforge('backup', '--tenant', 'acme');
+    const b = await dforge('backup', '--tenant', 'acme');
     backup.push(b.ms);
     backupRss = Math.max(backupRss, b.rssKiB);
     raw.push(wall(() => run('/bin/sh', ['-c', `"${bin('pg_dump')}" -Fc > "${rawFile}"`], asAcme)));
   }
   const rawSize = statSync(rawFile).size;
-  const list = JSON.parse(dforge('backup', 'list', '--tenant', 'acme', '--json').stdout);
+  const list = JSON.parse((await dforge('backup', 'list', '--tenant', 'acme', '--json')).stdout);
   const backupId = list.backups[0].id;
 
   // 2 + 3: restore --as vs createdb + pg_restore.
@@ -84,10 +101,10 @@ try {
   const rawRestore = [];
   let restoreRss = 0;
   for (let i = 0; i < runs; i++) {
-    const r = dforge('restore', '--tenant', 'acme', '--from', backupId, '--as', `copy-${i}`);
+    const r = await dforge('restore', '--tenant', 'acme', '--from', backupId, '--as', `copy-${i}`);
     restore.push(r.ms);
     restoreRss = Math.max(restoreRss, r.rssKiB);
-    dforge('tenant', 'delete', `copy-${i}`, '--confirm', `copy-${i}`, '--shred');
+    await dforge('tenant', 'delete', `copy-${i}`, '--confirm', `copy-${i}`, '--shred');
     rawRestore.push(wall(() => {
       run(bin('createdb'), [`raw_${i}`], asAdmin);
       run(bin('pg_restore'), ['-d', `raw_${i}`, rawFile], asAdmin);
@@ -96,8 +113,8 @@ try {
   }
 
   // 4: backup --all over 100 small tenants vs a sequential loop of pg_dump.
-  dforge('tenant', 'delete', 'acme', '--confirm', 'acme', '--shred');
-  dforge('tenant', 'delete', 'globex', '--confirm', 'globex', '--shred');
+  await dforge('tenant', 'delete', 'acme', '--confirm', 'acme', '--shred');
+  await dforge('tenant', 'delete', 'globex', '--confirm', 'globex', '--shred');
   const plane2 = await openControlPlane(installDir);
   const passwords = [];
   for (let i = 0; i < 100; i++) {
@@ -111,7 +128,7 @@ try {
   const all = [];
   const seq = [];
   for (let i = 0; i < runs; i++) {
-    all.push(dforge('backup', '--all', '--concurrency', '2').ms);
+    all.push((await dforge('backup', '--all', '--concurrency', '2')).ms);
     seq.push(wall(() => run('/bin/sh', [loop], {...process.env, ...tls})));
   }
 

@@ -145,9 +145,13 @@ function nonce(counter: bigint, final: boolean): Buffer {
   return n;
 }
 
-/** Encrypts a stream into STREAM chunks; holds at most two chunks in memory. */
+/**
+ * Encrypts a stream into STREAM chunks. Input is copied into one reusable 64 KiB buffer rather than
+ * concatenated, so memory stays at a few chunks and the garbage collector has little to do.
+ */
 export class EncryptStream extends Transform {
-  private pending: Buffer = Buffer.alloc(0);
+  private readonly buffer = Buffer.allocUnsafe(CHUNK_SIZE);
+  private filled = 0;
   private counter = 0n;
 
   constructor(private readonly payloadKey: Buffer) {
@@ -155,17 +159,22 @@ export class EncryptStream extends Transform {
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
-    this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
-    // A chunk is sealed as non-final only once more data is known to follow it.
-    while (this.pending.length > CHUNK_SIZE) {
-      this.push(this.seal(this.pending.subarray(0, CHUNK_SIZE), false));
-      this.pending = this.pending.subarray(CHUNK_SIZE);
+    let offset = 0;
+    while (offset < chunk.length) {
+      // A full buffer is sealed as non-final only once more data is known to follow it.
+      if (this.filled === CHUNK_SIZE) {
+        this.push(this.seal(this.buffer, false));
+        this.filled = 0;
+      }
+      const n = chunk.copy(this.buffer, this.filled, offset);
+      this.filled += n;
+      offset += n;
     }
     done();
   }
 
   override _flush(done: TransformCallback): void {
-    this.push(this.seal(this.pending, true));
+    this.push(this.seal(this.buffer.subarray(0, this.filled), true));
     done();
   }
 
@@ -180,7 +189,8 @@ export class EncryptStream extends Transform {
  * one must carry the final flag, so truncation anywhere is an error, never a short restore.
  */
 export class DecryptStream extends Transform {
-  private pending: Buffer = Buffer.alloc(0);
+  private readonly buffer = Buffer.allocUnsafe(CHUNK_SIZE + TAG_BYTES);
+  private filled = 0;
   private counter = 0n;
 
   constructor(
@@ -191,12 +201,17 @@ export class DecryptStream extends Transform {
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
-    this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk]);
     try {
-      // While more bytes follow a whole sealed chunk, that chunk cannot be the final one.
-      while (this.pending.length > CHUNK_SIZE + TAG_BYTES) {
-        this.push(this.open(this.pending.subarray(0, CHUNK_SIZE + TAG_BYTES), false));
-        this.pending = this.pending.subarray(CHUNK_SIZE + TAG_BYTES);
+      let offset = 0;
+      while (offset < chunk.length) {
+        // A whole sealed chunk followed by more bytes cannot be the final one.
+        if (this.filled === this.buffer.length) {
+          this.push(this.open(this.buffer, false));
+          this.filled = 0;
+        }
+        const n = chunk.copy(this.buffer, this.filled, offset);
+        this.filled += n;
+        offset += n;
       }
       done();
     } catch (err) {
@@ -206,8 +221,8 @@ export class DecryptStream extends Transform {
 
   override _flush(done: TransformCallback): void {
     try {
-      if (this.pending.length < TAG_BYTES) throw this.failure('it is truncated');
-      this.push(this.open(this.pending, true));
+      if (this.filled < TAG_BYTES) throw this.failure('it is truncated');
+      this.push(this.open(this.buffer.subarray(0, this.filled), true));
       done();
     } catch (err) {
       done(err as Error);

@@ -11,10 +11,13 @@ import {writeFileAtomic} from '../state/atomic-file.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {BackupCatalog, manifestLocation, type BackupManifest, type BackupRecord} from './catalog.js';
 import {destinationFor, type BackupDestination} from './destination.js';
-import {createHeader, dataKeyWrapper, EncryptStream, type FileKeyWrapper} from './format.js';
+import {CHUNK_SIZE, createHeader, dataKeyWrapper, EncryptStream, type FileKeyWrapper} from './format.js';
 import {hostTool, libpqSession, spawnTool} from './pg-tools.js';
 
-/** A killed run's *.partial files are removed once they are this old (no live run writes that long without progress). */
+/**
+ * Under a tenant's backup lock no other run writes that tenant's files, so every *.partial there
+ * is a killed run's leftover and can go at once, whatever its age.
+ */
 const STALE_PARTIAL_MS = 0;
 
 export interface BackupOutcome {
@@ -75,7 +78,12 @@ async function dumpEncrypted(options: {
 }): Promise<BackupRecord> {
   const {plane, destination} = options;
   const endpoint = await endpointOf(plane.keys.dir, plane.config, options.cluster);
-  const serverVersion = await withConnection(endpoint, options.credentials, async (c) => (await c.query<{v: string}>("SELECT current_setting('server_version_num') AS v")).rows[0]!.v);
+  // The control session already talks to the primary cluster; another cluster costs one connection.
+  const versionQuery = "SELECT current_setting('server_version_num') AS v";
+  const serverVersion =
+    options.cluster === primaryCluster(plane.config).name
+      ? (await plane.control.query<{v: string}>(versionQuery)).rows[0]!.v
+      : await withConnection(endpoint, options.credentials, async (c) => (await c.query<{v: string}>(versionQuery)).rows[0]!.v);
   const pgDump = hostTool('pg_dump', Math.floor(Number(serverVersion) / 10_000));
   const backupId = `${timestampId(options.now)}-${options.tenant}-${randomBytes(3).toString('hex')}`;
   const location = `${options.kind === 'control' ? '_control' : options.tenant}/${backupId}.dfb`;
@@ -111,7 +119,7 @@ async function dumpEncrypted(options: {
       createdAt: options.now.toISOString(),
       keyId: options.wrapper.keyId,
       keyVersion: options.wrapper.keyVersion,
-      chunkSize: 64 * 1024,
+      chunkSize: CHUNK_SIZE,
       destination: destination.name,
       location,
       size,

@@ -262,6 +262,25 @@ describe.skipIf(!available)('encrypted backups and restores on the embedded data
     expect(list.tenants.find((t) => t.tenant === 'acme')?.staleHours).toBe(0);
   });
 
+  it('an overlapping run exits 5 for the tenant it finds locked, without damage', async () => {
+    const plane = await install.plane();
+    try {
+      await plane.control.query("SELECT pg_advisory_lock(hashtext('dforge.backup'), hashtext('acme'))");
+      const before = await catalogIds();
+      const one = await install.cli(['backup', '--tenant', 'acme']);
+      expect(one.code).toBe(5);
+      expect(one.stderr).toContain('another run is backing up acme');
+      const all = await install.cli(['backup', '--all', '--json']);
+      expect(all.code).toBe(4);
+      const outcomes = JSON.parse(all.stdout).error.data.tenants as Array<{tenant: string; status: string}>;
+      expect(outcomes.find((o) => o.tenant === 'acme')?.status).toBe('locked');
+      expect(outcomes.filter((o) => o.tenant !== 'acme').every((o) => o.status === 'ok')).toBe(true);
+      expect((await catalogIds()).filter((id) => id.includes('-acme-') && !before.includes(id))).toEqual([]);
+    } finally {
+      await plane.close();
+    }
+  });
+
   it('a destination of another region is refused: data does not leave its region', async () => {
     const original = await fs.readFile(install.dir.configFile, 'utf8');
     const config = parseYaml(original) as {regions: Record<string, unknown>};

@@ -151,6 +151,25 @@ describe.skipIf(!available)('an embedded install driven through the CLI', () => 
     for (const s of secrets) expect(all.includes(s), 'a password appeared in command output').toBe(false);
   });
 
+  it('keys rotate --master re-wraps the tenant keys and passwords in dforge_control too; tenants keep working', async () => {
+    const r = await install.cli(['keys', 'rotate', '--master', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const {master} = JSON.parse(r.stdout) as {master: {from: number; to: number; rewrapped: Record<string, number>}};
+    expect(master.rewrapped.control).toBeGreaterThan(10);
+    const status = JSON.parse((await install.cli(['keys', 'status', '--json'])).stdout) as {master: {versions: Array<{version: number; protects: Record<string, number>}>}};
+    const old = status.master.versions.find((v) => v.version === master.from)!;
+    expect(Object.values(old.protects).every((n) => n === 0)).toBe(true);
+    expect((await install.cli(['tenant', 'rotate-credentials', 'acme'])).code).toBe(0);
+    const plane = await install.plane();
+    try {
+      const c = new pg.Client(install.clientConfig('tenant_acme', await install.tenantPassword(plane, 'acme'), 'tenant_acme'));
+      await c.connect();
+      await c.end();
+    } finally {
+      await plane.close();
+    }
+  });
+
   it('db status/stop/start and the systemd unit', async () => {
     const status = JSON.parse((await install.cli(['db', 'status', '--json'])).stdout);
     expect(status[0]).toMatchObject({running: true, port: install.port});
