@@ -275,7 +275,7 @@ describe.skipIf(!available)('encrypted backups and restores on the embedded data
       const outcomes = JSON.parse(all.stdout).error.data.tenants as Array<{tenant: string; status: string}>;
       expect(outcomes.find((o) => o.tenant === 'acme')?.status).toBe('locked');
       expect(outcomes.filter((o) => o.tenant !== 'acme').every((o) => o.status === 'ok')).toBe(true);
-      expect((await catalogIds()).filter((id) => id.includes('-acme-') && !before.includes(id))).toEqual([]);
+      expect((await catalogIds()).filter((id) => /-acme-[0-9a-f]{6}$/.test(id) && !before.includes(id))).toEqual([]);
     } finally {
       await plane.close();
     }
