@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {promisify} from 'node:util';
 
-import type {ClientConfig} from 'pg';
+import pg, {type ClientConfig} from 'pg';
 
 import {createTestCa, type TestCa} from './test-ca.js';
 
@@ -210,5 +210,16 @@ async function chownTree(dir: string, account: RunAs): Promise<void> {
     const full = path.join(dir, entry.name);
     if (entry.isDirectory()) await chownTree(full, account);
     else await fs.chown(full, account.uid, account.gid);
+  }
+}
+
+/** One query on a fresh connection, closed afterwards: for tests that check what a client may do. */
+export async function queryOnce<T extends pg.QueryResultRow>(config: ClientConfig, sql: string): Promise<T[]> {
+  const client = new pg.Client(config);
+  await client.connect();
+  try {
+    return (await client.query<T>(sql)).rows;
+  } finally {
+    await client.end();
   }
 }

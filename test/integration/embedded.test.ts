@@ -12,7 +12,7 @@ import {UserError} from '../../src/errors.js';
 import {findPostgresBinaries, pgToolPath, type PostgresBinaries, type PostgresTool} from '../../src/postgres/binaries.js';
 import {EmbeddedPostgres, type EmbeddedInitOptions} from '../../src/postgres/embedded.js';
 import {serverAccount, type ServiceAccount} from '../../src/postgres/service-account.js';
-import {freePort} from '../helpers/pg-cluster.js';
+import {freePort, queryOnce} from '../helpers/pg-cluster.js';
 import {missingComponent} from '../helpers/requirements.js';
 import {createTestCa} from '../helpers/test-ca.js';
 
@@ -28,16 +28,6 @@ function installedBinaries(): PostgresBinaries | undefined {
 
 const bins = installedBinaries();
 const available = bins !== undefined || missingComponent('PostgreSQL', 'no server binaries in /usr/lib/postgresql/<N>/bin or /usr/pgsql-<N>/bin (install the Debian package postgresql)');
-
-async function query<T extends pg.QueryResultRow>(config: pg.ClientConfig, sql: string): Promise<T[]> {
-  const client = new pg.Client(config);
-  await client.connect();
-  try {
-    return (await client.query<T>(sql)).rows;
-  } finally {
-    await client.end();
-  }
-}
 
 async function rejection(promise: Promise<unknown>): Promise<unknown> {
   try {
@@ -146,22 +136,22 @@ describe.skipIf(!available)('embedded PostgreSQL data plane (real binaries)', ()
   });
 
   it('keeps durability defaults and turns on checksums, scram and TLS 1.3', async () => {
-    const rows = await query<{enc: string; min: string; fsync: string; fpw: string; sync: string; checksums: string; ssl: string}>(
+    const rows = await queryOnce<{enc: string; min: string; fsync: string; fpw: string; sync: string; checksums: string; ssl: string}>(
       socketConfig(),
       `SELECT current_setting('password_encryption') AS enc, current_setting('ssl_min_protocol_version') AS min,
               current_setting('fsync') AS fsync, current_setting('full_page_writes') AS fpw,
               current_setting('synchronous_commit') AS sync, current_setting('data_checksums') AS checksums, current_setting('ssl') AS ssl`,
     );
     expect(rows[0]).toEqual({enc: 'scram-sha-256', min: 'TLSv1.3', fsync: 'on', fpw: 'on', sync: 'on', checksums: 'on', ssl: 'on'});
-    const [shown] = await query<{password_encryption: string}>(socketConfig(), 'SHOW password_encryption');
+    const [shown] = await queryOnce<{password_encryption: string}>(socketConfig(), 'SHOW password_encryption');
     expect(shown!.password_encryption).toBe('scram-sha-256');
-    const [verifier] = await query<{rolpassword: string}>(socketConfig(), `SELECT rolpassword FROM pg_authid WHERE rolname = '${superuser}'`);
+    const [verifier] = await queryOnce<{rolpassword: string}>(socketConfig(), `SELECT rolpassword FROM pg_authid WHERE rolname = '${superuser}'`);
     expect(verifier!.rolpassword).toMatch(/^SCRAM-SHA-256\$/);
   });
 
   it('lets the provisioner reach every database over verified TLS 1.3', async () => {
     for (const database of ['postgres', 'tenant_a', 'tenant_b']) {
-      const [row] = await query<{version: string; db: string}>(
+      const [row] = await queryOnce<{version: string; db: string}>(
         tlsConfig(provisioner, provisionerPassword, database),
         'SELECT s.version, current_database() AS db FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()',
       );
@@ -170,36 +160,36 @@ describe.skipIf(!available)('embedded PostgreSQL data plane (real binaries)', ()
   });
 
   it('refuses the superuser over TCP, even with TLS: administration is socket-only', async () => {
-    const err = await rejection(query(tlsConfig(superuser, superuserPassword, 'postgres'), 'SELECT 1'));
+    const err = await rejection(queryOnce(tlsConfig(superuser, superuserPassword, 'postgres'), 'SELECT 1'));
     expect(String(err)).toMatch(/no pg_hba\.conf entry for host "127\.0\.0\.1", user "dforge_admin", database "postgres", SSL encryption/);
   });
 
   it('refuses a client that offers at most TLS 1.2', async () => {
     const ssl = {ca: caPem, servername: 'localhost', maxVersion: 'TLSv1.2' as const};
-    await expect(query(tlsConfig(provisioner, provisionerPassword, 'postgres', ssl), 'SELECT 1')).rejects.toThrow(/protocol version|handshake|alert/i);
+    await expect(queryOnce(tlsConfig(provisioner, provisionerPassword, 'postgres', ssl), 'SELECT 1')).rejects.toThrow(/protocol version|handshake|alert/i);
   });
 
   it('refuses a TCP connection without TLS: no pg_hba line matches it', async () => {
-    await expect(query(tlsConfig(provisioner, provisionerPassword, 'postgres', false), 'SELECT 1')).rejects.toThrow(/no pg_hba\.conf entry.*no encryption/);
+    await expect(queryOnce(tlsConfig(provisioner, provisionerPassword, 'postgres', false), 'SELECT 1')).rejects.toThrow(/no pg_hba\.conf entry.*no encryption/);
   });
 
   it('sameuser: a tenant role reaches its own database and no other', async () => {
-    const [own] = await query<{db: string; version: string}>(
+    const [own] = await queryOnce<{db: string; version: string}>(
       tlsConfig('tenant_a', tenantPasswords.tenant_a, 'tenant_a'),
       'SELECT current_database() AS db, s.version FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()',
     );
     expect(own).toEqual({db: 'tenant_a', version: 'TLSv1.3'});
     for (const database of ['tenant_b', 'postgres']) {
-      await expect(query(tlsConfig('tenant_a', tenantPasswords.tenant_a, database), 'SELECT 1')).rejects.toThrow(
+      await expect(queryOnce(tlsConfig('tenant_a', tenantPasswords.tenant_a, database), 'SELECT 1')).rejects.toThrow(
         new RegExp(`no pg_hba\\.conf entry for host "127\\.0\\.0\\.1", user "tenant_a", database "${database}", SSL encryption`),
       );
     }
     // Nor through the socket, which only the superuser may use.
-    await expect(query({host: runDir, port, user: 'tenant_a', password: tenantPasswords.tenant_a, database: 'tenant_a'}, 'SELECT 1')).rejects.toThrow(/no pg_hba\.conf entry/);
+    await expect(queryOnce({host: runDir, port, user: 'tenant_a', password: tenantPasswords.tenant_a, database: 'tenant_a'}, 'SELECT 1')).rejects.toThrow(/no pg_hba\.conf entry/);
   });
 
   it('writes exactly the five pg_hba rules, all scram-sha-256', async () => {
-    const rules = await query<{type: string; database: string[]; user_name: string[]; address: string | null; auth_method: string; error: string | null}>(
+    const rules = await queryOnce<{type: string; database: string[]; user_name: string[]; address: string | null; auth_method: string; error: string | null}>(
       socketConfig(),
       'SELECT type, database, user_name, address, auth_method, error FROM pg_hba_file_rules ORDER BY line_number',
     );
@@ -215,25 +205,25 @@ describe.skipIf(!available)('embedded PostgreSQL data plane (real binaries)', ()
 
   it('re-running init leaves the data alone, changes nothing, and repairs drifted files', async () => {
     const tenant = tlsConfig('tenant_a', tenantPasswords.tenant_a, 'tenant_a');
-    await query(tenant, "CREATE TABLE survives (note text); INSERT INTO survives VALUES ('before re-init')");
+    await queryOnce(tenant, "CREATE TABLE survives (note text); INSERT INTO survives VALUES ('before re-init')");
 
     expect(await plane.init(initOptions)).toEqual({initialised: false, changedFiles: [], reloaded: false});
-    expect(await query(tenant, 'SELECT note FROM survives')).toEqual([{note: 'before re-init'}]);
+    expect(await queryOnce(tenant, 'SELECT note FROM survives')).toEqual([{note: 'before re-init'}]);
 
     const hba = path.join(dataDir, 'pg_hba.conf');
     await fs.appendFile(hba, 'host all all 127.0.0.1/32 trust\n');
     expect(await plane.init(initOptions)).toEqual({initialised: false, changedFiles: ['pg_hba.conf'], reloaded: true});
     expect(await fs.readFile(hba, 'utf8')).not.toContain('trust');
-    const [counts] = await query<{rules: string; weak: string}>(socketConfig(), "SELECT count(*) AS rules, count(*) FILTER (WHERE auth_method <> 'scram-sha-256') AS weak FROM pg_hba_file_rules");
+    const [counts] = await queryOnce<{rules: string; weak: string}>(socketConfig(), "SELECT count(*) AS rules, count(*) FILTER (WHERE auth_method <> 'scram-sha-256') AS weak FROM pg_hba_file_rules");
     expect(counts).toEqual({rules: '5', weak: '0'});
-    expect(await query(tenant, 'SELECT note FROM survives')).toEqual([{note: 'before re-init'}]);
+    expect(await queryOnce(tenant, 'SELECT note FROM survives')).toEqual([{note: 'before re-init'}]);
   });
 
   it('stops, reports, and starts again; start and stop are no-ops when already there', async () => {
     expect(await plane.stop()).toEqual({stopped: true});
     expect(await plane.status()).toEqual({initialised: true, running: false, port, version: String(bins!.majorVersion), dataDir});
     expect(await plane.stop()).toEqual({stopped: false});
-    await expect(query(tlsConfig(provisioner, provisionerPassword, 'postgres'), 'SELECT 1')).rejects.toThrow(/ECONNREFUSED/);
+    await expect(queryOnce(tlsConfig(provisioner, provisionerPassword, 'postgres'), 'SELECT 1')).rejects.toThrow(/ECONNREFUSED/);
 
     expect(await plane.start()).toEqual({started: true});
     expect(await plane.start()).toEqual({started: false});
@@ -242,7 +232,7 @@ describe.skipIf(!available)('embedded PostgreSQL data plane (real binaries)', ()
     const startedAt = Date.parse(status.startedAt!);
     const later = new EmbeddedPostgres({dataDir, runDir, port, bins: bins!, account, clock: () => new Date(startedAt + 90_000)});
     expect((await later.status()).uptimeSeconds).toBe(90);
-    expect(await query(tlsConfig('tenant_a', tenantPasswords.tenant_a, 'tenant_a'), 'SELECT note FROM survives')).toEqual([{note: 'before re-init'}]);
+    expect(await queryOnce(tlsConfig('tenant_a', tenantPasswords.tenant_a, 'tenant_a'), 'SELECT note FROM survives')).toEqual([{note: 'before re-init'}]);
   });
 
   it('a failed start names the cause from the server log', async () => {
