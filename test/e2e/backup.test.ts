@@ -46,22 +46,7 @@ describe.skipIf(!available)('encrypted backups and restores on the embedded data
   let backupFile: string;
   let original: unknown[];
 
-  const asTenant = async <T>(slug: string, fn: (c: pg.Client) => Promise<T>): Promise<T> => {
-    const plane = await install.plane();
-    try {
-      const db = `tenant_${slug.replaceAll('-', '_')}`;
-      const c = new pg.Client(install.clientConfig(db, await install.tenantPassword(plane, slug), db));
-      await c.connect();
-      try {
-        return await fn(c);
-      } finally {
-        await c.end();
-      }
-    } finally {
-      await plane.close();
-    }
-  };
-  const checksums = (slug: string): Promise<unknown[]> => asTenant(slug, async (c) => (await c.query(CHECKSUM_SQL)).rows);
+  const checksums = (slug: string): Promise<unknown[]> => install.asTenant(slug, async (c) => (await c.query(CHECKSUM_SQL)).rows);
   const databases = async (): Promise<string[]> => {
     const plane = await install.plane();
     try {
@@ -75,7 +60,7 @@ describe.skipIf(!available)('encrypted backups and restores on the embedded data
   beforeAll(async () => {
     install = await quickstartInstall();
     scratch = await fs.mkdtemp(path.join(os.tmpdir(), 'dforge-backup-test-'));
-    await asTenant('acme', (c) => c.query(SEED_SQL));
+    await install.asTenant('acme', (c) => c.query(SEED_SQL));
     original = await checksums('acme');
     const r = await install.cli(['backup', '--tenant', 'acme', '--json']);
     expect(r.code, r.stderr).toBe(0);
@@ -98,7 +83,7 @@ describe.skipIf(!available)('encrypted backups and restores on the embedded data
     const show = JSON.parse((await install.cli(['tenant', 'show', 'acme-copy', '--json'])).stdout);
     expect(show).toMatchObject({activeDataKeyVersion: 1, publicCanConnect: false});
     // Row changes in the restored copy are audited too: the triggers came back.
-    const logged = await asTenant('acme-copy', async (c) => {
+    const logged = await install.asTenant('acme-copy', async (c) => {
       await c.query("UPDATE hr.employees SET notes = 'changed' WHERE id = 1");
       return (await c.query("SELECT operation, before->>'notes' AS before, after->>'notes' AS after FROM audit.change_log WHERE table_name = 'employees' ORDER BY id DESC LIMIT 1")).rows[0];
     });

@@ -24,21 +24,7 @@ describe.skipIf(!available)('disaster drill', () => {
     await install?.cleanup();
   });
 
-  const sql = async <T extends pg.QueryResultRow>(slug: string, query: string): Promise<T[]> => {
-    const plane = await install.plane();
-    try {
-      const db = `tenant_${slug}`;
-      const c = new pg.Client(install.clientConfig(db, await install.tenantPassword(plane, slug), db));
-      await c.connect();
-      try {
-        return (await c.query<T>(query)).rows;
-      } finally {
-        await c.end();
-      }
-    } finally {
-      await plane.close();
-    }
-  };
+  const sql = <T extends pg.QueryResultRow>(slug: string, query: string): Promise<T[]> => install.asTenant(slug, async (c) => (await c.query<T>(query)).rows);
   const fingerprint = (slug: string): Promise<unknown[]> =>
     sql(slug, "SELECT 'crm' AS t, md5(string_agg(c::text, '|' ORDER BY id)) AS sum, count(*) AS n FROM crm.customers c UNION ALL SELECT 'audit', md5(string_agg(l.operation || l.table_name, '|' ORDER BY id)), count(*) FROM audit.change_log l");
 

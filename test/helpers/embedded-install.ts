@@ -23,6 +23,8 @@ export interface EmbeddedInstall {
   cli(args: string[]): Promise<CliResult>;
   plane(): Promise<ControlPlane>;
   tenantPassword(plane: ControlPlane, slug: string): Promise<string>;
+  /** Runs `fn` connected as a tenant's own role to its own database (what the app would do). */
+  asTenant<T>(slug: string, fn: (client: pg.Client) => Promise<T>): Promise<T>;
   /** A client config for `user` on `database` over verified TLS 1.3. */
   clientConfig(user: string, password: string, database: string, overrides?: Partial<pg.ClientConfig>): pg.ClientConfig;
   cleanup(): Promise<void>;
@@ -43,7 +45,7 @@ export async function quickstartInstall(): Promise<EmbeddedInstall> {
   const result = await cli(['quickstart', '--port', String(port), '--json']);
   if (result.code !== 0) throw new Error(`quickstart failed (${result.code}): ${result.stderr}`);
   const caPem = await fs.readFile(caCertFile(dir), 'utf8');
-  return {
+  const install: EmbeddedInstall = {
     dir,
     port,
     caPem,
@@ -54,6 +56,21 @@ export async function quickstartInstall(): Promise<EmbeddedInstall> {
       const row = await plane.control.query<{sealed_password: Buffer}>('SELECT sealed_password FROM tenant_credentials WHERE slug = $1', [slug]);
       return (await plane.keys.keyring.unwrap(row.rows[0]!.sealed_password, tenantPasswordContext(slug), 'test')).toString();
     },
+    async asTenant(slug, fn) {
+      const plane = await openControlPlane(dir);
+      try {
+        const db = `tenant_${slug.replaceAll('-', '_')}`;
+        const client = new pg.Client(install.clientConfig(db, await install.tenantPassword(plane, slug), db));
+        await client.connect();
+        try {
+          return await fn(client);
+        } finally {
+          await client.end();
+        }
+      } finally {
+        await plane.close();
+      }
+    },
     clientConfig(user, password, database, overrides = {}) {
       return {host: '127.0.0.1', port, user, password, database, ssl: {ca: caPem, servername: 'localhost', minVersion: 'TLSv1.3'}, ...overrides};
     },
@@ -62,4 +79,5 @@ export async function quickstartInstall(): Promise<EmbeddedInstall> {
       await fs.rm(root, {recursive: true, force: true});
     },
   };
+  return install;
 }
