@@ -3,6 +3,7 @@ import type {Client} from 'pg';
 import {PROVISIONER_ROLE} from '../control/bootstrap.js';
 import {endpointOf, provisionerSecret, type ControlPlane} from '../control/plane.js';
 import {UserError, VerificationError} from '../errors.js';
+import {withConnection, type ClusterEndpoint} from '../postgres/connect.js';
 import {terminateSessions} from '../postgres/sessions.js';
 import {escapeIdentifier} from '../postgres/sql.js';
 import type {Tenant} from '../tenants/service.js';
@@ -98,12 +99,11 @@ interface RestorePlan {
 
 async function restoreInto(plane: ControlPlane, plan: RestorePlan): Promise<RestoreResult> {
   const {target, source, parsed, payloadKey, toc, now} = plan;
-  const options = {as: plan.as, dropPrevious: plan.dropPrevious};
   const pgRestore = hostTool('pg_restore', Math.floor(Number(parsed.header.pgVersion) / 10_000));
   const endpoint = await endpointOf(plane.keys.dir, plane.config, target.cluster);
   const provisionerPassword = (await plane.keys.sealed.get(provisionerSecret(target.cluster))).toString('utf8');
 
-  return plane.tenants.withTenantLock(target.slug, options.as ? 'tenant.restore-as' : 'tenant.restore', () =>
+  return plane.tenants.withTenantLock(target.slug, plan.as ? 'tenant.restore-as' : 'tenant.restore', () =>
     plane.tenants.onTenantCluster(target.slug, async (c) => {
       const role = escapeIdentifier(target.role);
       const scratch = derivedName(target.database, 'restore', now);
@@ -124,16 +124,16 @@ async function restoreInto(plane: ControlPlane, plan: RestorePlan): Promise<Rest
             await session.close();
           }
         });
-        counts = await checkCounts(plane, target, scratch, provisionerPassword, toc);
+        counts = await checkCounts(plane, c, target, {endpoint, scratch, provisionerPassword}, toc);
       } catch (err) {
         await dropScratch();
         throw err;
       }
       const previous = await swap(plane, c, target, scratch, derivedName(target.database, 'pre_restore', now));
-      if (previous && options.dropPrevious) {
+      if (previous && plan.dropPrevious) {
         await plane.tenants.actingAs(c, target.role, () => c.query(`DROP DATABASE ${escapeIdentifier(previous)}`));
       }
-      return {tenant: target.slug, backupId: parsed.header.backupId, database: target.database, previousDatabase: options.dropPrevious ? null : previous, objects: counts};
+      return {tenant: target.slug, backupId: parsed.header.backupId, database: target.database, previousDatabase: plan.dropPrevious ? null : previous, objects: counts};
     }),
   );
 }
@@ -151,26 +151,29 @@ async function dropLeftoverScratch(plane: ControlPlane, c: Client, tenant: Tenan
   }
 }
 
-async function checkCounts(plane: ControlPlane, tenant: Tenant, scratch: string, provisionerPassword: string, toc: Map<string, number>): Promise<Record<string, number>> {
-  const {withConnection} = await import('../postgres/connect.js');
-  const endpoint = await endpointOf(plane.keys.dir, plane.config, tenant.cluster);
-  return plane.tenants.onTenantCluster(tenant.slug, (c) =>
-    plane.tenants.asMemberOf(c, tenant.role, () =>
-      withConnection(endpoint, {user: PROVISIONER_ROLE, password: provisionerPassword, database: scratch}, async (db) => {
-        const counts: Record<string, number> = {};
-        for (const {toc: type, sql} of CHECKED) {
-          const expected = toc.get(type) ?? 0;
-          const actual = Number((await db.query<{count: string}>(sql)).rows[0]!.count);
-          counts[type] = actual;
-          if (actual !== expected) {
-            throw new VerificationError(`the restored database has ${actual} ${type.toLowerCase()} object(s), the backup lists ${expected}`, {
-              nextSteps: ['Nothing was swapped in; the live database is unchanged. Check the server log, then retry or use another backup.'],
-            });
-          }
+/** Compares the scratch database's objects with the dump's table of contents, on the session the restore already holds. */
+async function checkCounts(
+  plane: ControlPlane,
+  c: Client,
+  tenant: Tenant,
+  where: {endpoint: ClusterEndpoint; scratch: string; provisionerPassword: string},
+  toc: Map<string, number>,
+): Promise<Record<string, number>> {
+  return plane.tenants.asMemberOf(c, tenant.role, () =>
+    withConnection(where.endpoint, {user: PROVISIONER_ROLE, password: where.provisionerPassword, database: where.scratch}, async (db) => {
+      const counts: Record<string, number> = {};
+      for (const {toc: type, sql} of CHECKED) {
+        const expected = toc.get(type) ?? 0;
+        const actual = Number((await db.query<{count: string}>(sql)).rows[0]!.count);
+        counts[type] = actual;
+        if (actual !== expected) {
+          throw new VerificationError(`the restored database has ${actual} ${type.toLowerCase()} object(s), the backup lists ${expected}`, {
+            nextSteps: ['Nothing was swapped in; the live database is unchanged. Check the server log, then retry or use another backup.'],
+          });
         }
-        return counts;
-      }),
-    ),
+      }
+      return counts;
+    }),
   );
 }
 

@@ -84,11 +84,6 @@ export async function openControlPlane(dir: InstallDir, options: {env?: NodeJS.P
 
   const primary = primaryCluster(config).name;
   const control = await asProvisioner(primary, CONTROL_DATABASE);
-  const endpoints = new Map<string, ClusterEndpoint>();
-  for (const name of clustersOf(config).keys()) {
-    const entry = clustersOf(config).get(name)!;
-    if (entry.cluster.kind !== 'bundled') endpoints.set(name, await endpointOf(dir, config, name));
-  }
   const regions = Object.fromEntries(Object.entries(config.regions).map(([r, def]) => [r, def.clusters.map((c) => c.name)]));
   const dataKeys = new DataKeys(new ControlDataKeyStore(control), keys.keyring, options.clock);
   const tenants = new TenantService({
@@ -97,11 +92,6 @@ export async function openControlPlane(dir: InstallDir, options: {env?: NodeJS.P
     primaryRegion: config.primaryRegion,
     provisionerOn: (cluster) => asProvisioner(cluster, 'postgres'),
     connectAs: async (cluster, role, password, database) => connect(await endpointOf(dir, config, cluster), {user: role, password, database}),
-    endpointOf: (cluster) => {
-      const e = endpoints.get(cluster);
-      if (!e) throw new UserError(`cluster ${cluster} cannot be reached by this dforge build`);
-      return e;
-    },
     kek: keys.keyring,
     dataKeys,
     clock: options.clock,

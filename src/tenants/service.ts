@@ -4,7 +4,6 @@ import {appendOpsEntry} from '../audit/ops-log.js';
 import {PROVISIONER_ROLE} from '../control/bootstrap.js';
 import {inTransaction, tenantPasswordContext} from '../control/keys-store.js';
 import {LockedError, UserError} from '../errors.js';
-import type {ClusterEndpoint} from '../postgres/connect.js';
 import {randomPassword, scramVerifier} from '../postgres/scram.js';
 import {terminateSessions} from '../postgres/sessions.js';
 import {escapeIdentifier, escapeLiteral} from '../postgres/sql.js';
@@ -38,7 +37,6 @@ export interface TenantDeps {
   provisionerOn(cluster: string): Promise<Client>;
   /** A connection as a tenant role to its own database, over verified TLS. */
   connectAs(cluster: string, role: string, password: string, database: string): Promise<Client>;
-  endpointOf(cluster: string): ClusterEndpoint;
   readonly kek: KeyEncryptionService;
   readonly dataKeys: DataKeys;
   readonly clock?: () => Date;

@@ -58,7 +58,6 @@ export async function controlPlaneOver(clusters: Record<string, {cluster: PgClus
     primaryRegion: clusters[names[0]!]!.region,
     provisionerOn: (cluster) => connect(cluster, PROVISIONER_ROLE, provisionerPassword, 'postgres'),
     connectAs: (cluster, role, password, database) => connect(cluster, role, password, database),
-    endpointOf: endpoint,
     kek: keys.keyring,
     dataKeys: new DataKeys(new ControlDataKeyStore(control), keys.keyring),
     connectionLimit: options.connectionLimit,
