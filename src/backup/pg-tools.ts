@@ -1,8 +1,9 @@
-import {spawn, type ChildProcess} from 'node:child_process';
+import {spawn} from 'node:child_process';
 import {randomBytes} from 'node:crypto';
 import {promises as fs} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type {Readable, Writable} from 'node:stream';
 
 import {UserError} from '../errors.js';
 import type {ClusterEndpoint} from '../postgres/connect.js';
@@ -57,14 +58,24 @@ export function hostTool(tool: 'pg_dump' | 'pg_restore', serverMajor: number): s
   return pgToolPath(bins, tool);
 }
 
+/** A running pg tool, on the host or inside a container: what the backup and restore streams need. */
+export interface ToolProcess {
+  readonly stdin: Writable;
+  readonly stdout: Readable;
+  /** Resolves when the tool exits 0; rejects with what it said otherwise. */
+  readonly done: Promise<void>;
+  /** Stops the tool at once (its input failed verification); `done` then rejects. */
+  kill(): void;
+}
+
 /** Spawns a tool and collects its stderr, for an error that says what the tool said. */
-export function spawnTool(binary: string, args: string[], env: NodeJS.ProcessEnv): {child: ChildProcess; done: Promise<void>} {
+export function spawnTool(binary: string, args: string[], env: NodeJS.ProcessEnv): ToolProcess {
   const child = spawn(binary, args, {env, stdio: ['pipe', 'pipe', 'pipe']});
   // A tool that exits early (or is killed because its input failed verification) closes its stdin
   // under a pending write; that EPIPE is reported through the exit status, not as a crash.
-  child.stdin!.on('error', () => undefined);
+  child.stdin.on('error', () => undefined);
   let stderr = '';
-  child.stderr!.on('data', (c: Buffer) => {
+  child.stderr.on('data', (c: Buffer) => {
     if (stderr.length < 8192) stderr += c.toString();
   });
   const done = new Promise<void>((resolve, reject) => {
@@ -74,7 +85,7 @@ export function spawnTool(binary: string, args: string[], env: NodeJS.ProcessEnv
       else reject(new UserError(`${path.basename(binary)} failed (${signal ?? `exit ${code}`}): ${stderr.trim().split('\n').slice(-3).join(' / ') || 'no message'}`, {nextSteps: ['Check the server log of the cluster, and that the tenant role can connect (dforge tenant show).']}));
     });
   });
-  return {child, done};
+  return {stdin: child.stdin, stdout: child.stdout, done, kill: () => child.kill('SIGKILL')};
 }
 
 /** The TOC of a custom-format dump as pg_restore --list prints it: entry counts per object type. */

@@ -54,9 +54,9 @@ export async function restoreControl(dir: InstallDir, options: {from?: string; c
     const session = await libpqSession(endpoint, {...provisioner, database: scratch});
     try {
       const pgRestore = hostTool('pg_restore', Math.floor(Number(parsed.header.pgVersion) / 10_000));
-      const {child, done} = spawnTool(pgRestore, ['--dbname', scratch, '--no-owner', '--no-privileges', '--exit-on-error'], session.env);
-      await feedDecryptedDump(source, parsed, payloadKey, child);
-      await done;
+      const pgRestoreRun = spawnTool(pgRestore, ['--dbname', scratch, '--no-owner', '--no-privileges', '--exit-on-error'], session.env);
+      await feedDecryptedDump(source, parsed, payloadKey, pgRestoreRun);
+      await pgRestoreRun.done;
     } finally {
       await session.close();
     }

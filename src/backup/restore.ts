@@ -9,7 +9,7 @@ import {escapeIdentifier} from '../postgres/sql.js';
 import type {Tenant} from '../tenants/service.js';
 import {validateSlug} from '../tenants/slug.js';
 import {openHeader, type ParsedHeader} from './format.js';
-import {hostTool, libpqSession, spawnTool} from './pg-tools.js';
+import {startPgTool} from './pg-tool-runner.js';
 import {checkIntegrity, decryptAndList, feedDecryptedDump, readBackupHeader, resolveSource, wrapperFor, type BackupSource} from './verify.js';
 
 export interface RestoreResult {
@@ -99,7 +99,6 @@ interface RestorePlan {
 
 async function restoreInto(plane: ControlPlane, plan: RestorePlan): Promise<RestoreResult> {
   const {target, source, parsed, payloadKey, toc, now} = plan;
-  const pgRestore = hostTool('pg_restore', Math.floor(Number(parsed.header.pgVersion) / 10_000));
   const endpoint = await endpointOf(plane.keys.dir, plane.config, target.cluster);
   const provisionerPassword = (await plane.keys.sealed.get(provisionerSecret(target.cluster))).toString('utf8');
 
@@ -114,14 +113,19 @@ async function restoreInto(plane: ControlPlane, plan: RestorePlan): Promise<Rest
       let counts: Record<string, number>;
       try {
         await plane.tenants.asMemberOf(c, target.role, async () => {
-          const session = await libpqSession(endpoint, {user: PROVISIONER_ROLE, password: provisionerPassword, database: scratch});
+          // Objects are created as the tenant role (--role), so it owns everything it restores.
+          const pgRestore = await startPgTool(plane, {
+            tool: 'pg_restore',
+            args: ['--dbname', scratch, `--role=${target.role}`, '--no-owner', '--no-privileges', '--exit-on-error'],
+            cluster: target.cluster,
+            credentials: {user: PROVISIONER_ROLE, password: provisionerPassword, database: scratch},
+            serverMajor: Math.floor(Number(parsed.header.pgVersion) / 10_000),
+          });
           try {
-            // Objects are created as the tenant role (--role), so it owns everything it restores.
-            const {child, done} = spawnTool(pgRestore, ['--dbname', scratch, `--role=${target.role}`, '--no-owner', '--no-privileges', '--exit-on-error'], session.env);
-            await feedDecryptedDump(source, parsed, payloadKey, child);
-            await done;
+            await feedDecryptedDump(source, parsed, payloadKey, pgRestore);
+            await pgRestore.done;
           } finally {
-            await session.close();
+            await pgRestore.close();
           }
         });
         counts = await checkCounts(plane, c, target, {endpoint, scratch, provisionerPassword}, toc);

@@ -12,7 +12,7 @@ import type {InstallDir} from '../state/install-dir.js';
 import {BackupCatalog, manifestLocation, type BackupManifest, type BackupRecord} from './catalog.js';
 import {destinationFor, type BackupDestination} from './destination.js';
 import {CHUNK_SIZE, createHeader, dataKeyWrapper, EncryptStream, type FileKeyWrapper} from './format.js';
-import {hostTool, libpqSession, spawnTool} from './pg-tools.js';
+import {startPgTool} from './pg-tool-runner.js';
 
 /**
  * Under a tenant's backup lock no other run writes that tenant's files, so every *.partial there
@@ -84,28 +84,26 @@ async function dumpEncrypted(options: {
     options.cluster === primaryCluster(plane.config).name
       ? (await plane.control.query<{v: string}>(versionQuery)).rows[0]!.v
       : await withConnection(endpoint, options.credentials, async (c) => (await c.query<{v: string}>(versionQuery)).rows[0]!.v);
-  const pgDump = hostTool('pg_dump', Math.floor(Number(serverVersion) / 10_000));
   const backupId = `${timestampId(options.now)}-${options.tenant}-${randomBytes(3).toString('hex')}`;
   const location = `${options.kind === 'control' ? '_control' : options.tenant}/${backupId}.dfb`;
   const header = await createHeader(
     {kind: options.kind, backupId, tenant: options.tenant, region: options.region, cluster: options.cluster, pgVersion: serverVersion, createdAt: options.now.toISOString()},
     options.wrapper,
   );
-  const session = await libpqSession(endpoint, options.credentials);
   const hash = createHash('sha256');
+  const pgDump = await startPgTool(plane, {tool: 'pg_dump', args: ['--format=custom', '--no-password'], cluster: options.cluster, credentials: options.credentials, serverMajor: Math.floor(Number(serverVersion) / 10_000)});
   try {
-    const {child, done} = spawnTool(pgDump, ['--format=custom', '--no-password'], session.env);
-    child.stdin!.end();
+    pgDump.stdin.end();
     async function* sealed(): AsyncGenerator<Buffer> {
       hash.update(header.bytes);
       yield header.bytes;
-      for await (const chunk of child.stdout!.pipe(new EncryptStream(header.payloadKey))) {
+      for await (const chunk of pgDump.stdout.pipe(new EncryptStream(header.payloadKey))) {
         hash.update(chunk as Buffer);
         yield chunk as Buffer;
       }
       // The final chunk is sealed when pg_dump's output ends, also when pg_dump failed: its exit
       // status decides whether the upload may complete.
-      await done;
+      await pgDump.done;
     }
     const {size} = await destination.put(location, Readable.from(sealed()));
     const manifest: BackupManifest = {
@@ -145,7 +143,7 @@ async function dumpEncrypted(options: {
     await new BackupCatalog(plane.control).add(record);
     return record;
   } finally {
-    await session.close();
+    await pgDump.close();
   }
 }
 

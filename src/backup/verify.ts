@@ -2,7 +2,6 @@ import {createHash} from 'node:crypto';
 import {once} from 'node:events';
 import {createReadStream, promises as fs} from 'node:fs';
 import path from 'node:path';
-import type {ChildProcess} from 'node:child_process';
 import {Transform, type Readable} from 'node:stream';
 
 import type {ControlPlane} from '../control/plane.js';
@@ -10,7 +9,7 @@ import {UserError, VerificationError} from '../errors.js';
 import {dataKeyWrapper, parseHeader, openHeader, DecryptStream, type FileKeyWrapper, type ParsedHeader} from './format.js';
 import {BackupCatalog, manifestLocation, type BackupManifest, type BackupRecord} from './catalog.js';
 import {regionDestinations} from './service.js';
-import {hostTool, spawnTool, tocCounts} from './pg-tools.js';
+import {hostTool, spawnTool, tocCounts, type ToolProcess} from './pg-tools.js';
 
 /** A backup to read: from the catalog (by id) or a file an operator points at. */
 export interface BackupSource {
@@ -116,10 +115,10 @@ export async function checkIntegrity(source: BackupSource): Promise<IntegrityChe
 export async function decryptAndList(source: BackupSource, parsed: ParsedHeader, wrapper: FileKeyWrapper): Promise<Map<string, number>> {
   const payloadKey = await openHeader(parsed, wrapper, source.label);
   const pgRestore = hostTool('pg_restore', Math.floor(Number(parsed.header.pgVersion) / 10_000));
-  const {child, done} = spawnTool(pgRestore, ['--list'], {PATH: process.env.PATH ?? '/usr/bin:/bin', LC_ALL: 'C'});
+  const pgRestoreList = spawnTool(pgRestore, ['--list'], {PATH: process.env.PATH ?? '/usr/bin:/bin', LC_ALL: 'C'});
+  const {done, stdin} = pgRestoreList;
   let list = '';
-  child.stdout!.on('data', (c: Buffer) => (list += c.toString()));
-  const stdin = child.stdin!;
+  pgRestoreList.stdout.on('data', (c: Buffer) => (list += c.toString()));
   let stdinOpen = true;
   stdin.on('close', () => (stdinOpen = false));
   stdin.on('error', () => (stdinOpen = false));
@@ -132,7 +131,7 @@ export async function decryptAndList(source: BackupSource, parsed: ParsedHeader,
       if (stdinOpen && !stdin.write(chunk)) await Promise.race([once(stdin, 'drain'), once(stdin, 'close')]).catch(() => undefined);
     }
   } catch (err) {
-    child.kill('SIGKILL');
+    pgRestoreList.kill();
     await done.catch(() => undefined);
     throw err;
   }
@@ -147,10 +146,10 @@ export async function decryptedDump(source: BackupSource, parsed: ParsedHeader, 
 }
 
 /** Streams the decrypted dump into a tool's stdin; a decryption failure kills the tool. */
-export async function feedDecryptedDump(source: BackupSource, parsed: ParsedHeader, payloadKey: Buffer, child: ChildProcess): Promise<void> {
+export async function feedDecryptedDump(source: BackupSource, parsed: ParsedHeader, payloadKey: Buffer, tool: ToolProcess): Promise<void> {
   const decrypted = await decryptedDump(source, parsed, payloadKey);
-  decrypted.on('error', () => child.kill('SIGKILL'));
-  decrypted.pipe(child.stdin!);
+  decrypted.on('error', () => tool.kill());
+  decrypted.pipe(tool.stdin);
 }
 
 /** A transform that drops the first `n` bytes (the header) of a stream. */

@@ -3,7 +3,9 @@ import {Flags} from '@oclif/core';
 import {BaseCommand} from '../base-command.js';
 import {restoreTenant, type RestoreResult} from '../backup/restore.js';
 import {restoreControl, type ControlRestoreResult} from '../backup/restore-control.js';
+import {pgToolsFlag} from '../cli/pg-tools-flag.js';
 import {usingControlPlane} from '../control/plane.js';
+import {changingTenants} from '../runtime/tenant-catalog.js';
 
 export default class Restore extends BaseCommand<typeof Restore> {
   static override summary = "Restore a tenant from a backup (into a new database, swapped in at the end), or dforge_control itself.";
@@ -21,6 +23,7 @@ export default class Restore extends BaseCommand<typeof Restore> {
     as: Flags.string({summary: 'Restore as a new tenant with this slug.', dependsOn: ['tenant']}),
     'drop-previous': Flags.boolean({summary: 'Drop the replaced database instead of keeping it.', dependsOn: ['tenant']}),
     control: Flags.boolean({summary: 'Restore dforge_control (disaster recovery).', exactlyOne: ['tenant', 'control']}),
+    'pg-tools': pgToolsFlag(),
   };
 
   async run(): Promise<RestoreResult | ControlRestoreResult> {
@@ -30,8 +33,10 @@ export default class Restore extends BaseCommand<typeof Restore> {
       return result;
     }
     if (!this.flags.from) this.error('--from is required with --tenant (a backup id or file; see dforge backup list)', {exit: 2});
-    const result = await usingControlPlane(this.installDir(), (plane) =>
-      restoreTenant(plane, {tenant: this.flags.tenant!, from: this.flags.from!, as: this.flags.as, dropPrevious: this.flags['drop-previous']}),
+    const result = await usingControlPlane(
+      this.installDir(),
+      (plane) => changingTenants(plane, () => restoreTenant(plane, {tenant: this.flags.tenant!, from: this.flags.from!, as: this.flags.as, dropPrevious: this.flags['drop-previous']})),
+      {pgTools: this.flags['pg-tools']},
     );
     this.out.progress(`restored ${result.backupId} into ${result.database}${result.previousDatabase ? `; previous kept as ${result.previousDatabase}` : ''}`);
     return result;

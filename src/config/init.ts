@@ -34,15 +34,22 @@ const SCHEMA_FILE = 'dforge.schema.json';
  * Idempotent: directories get their modes corrected, an existing config is left untouched.
  */
 export async function initInstallDir(dir: InstallDir, options: InitOptions): Promise<InitResult> {
-  const config = starterConfig(dir, options);
+  return layOutWithConfig(dir, renderConfig(starterConfig(dir, options)), options.command);
+}
+
+/**
+ * Lays out an install directory around a complete config (what `dforge install` decided), under
+ * the install lock. An existing dforge.yaml is never overwritten.
+ */
+export async function layOutWithConfig(dir: InstallDir, configText: string, command: string): Promise<InitResult> {
   await fs.mkdir(dir.root, {recursive: true, mode: 0o755});
-  const lock = await acquireLock(dir.locksDir, 'install', {command: options.command});
+  const lock = await acquireLock(dir.locksDir, 'install', {command});
   try {
     await dir.ensureLayout();
     const schemaFile = path.join(dir.root, SCHEMA_FILE);
     await writeFileAtomic(schemaFile, `${JSON.stringify(configJsonSchema(), null, 2)}\n`);
     const exists = await fs.stat(dir.configFile).then(() => true, () => false);
-    if (!exists) await writeFileAtomic(dir.configFile, renderConfig(config));
+    if (!exists) await writeFileAtomic(dir.configFile, configText);
     return {dir: dir.root, configFile: dir.configFile, schemaFile, createdConfig: !exists};
   } finally {
     await lock.release();
@@ -71,7 +78,13 @@ function starterConfig(dir: InstallDir, options: InitOptions): DforgeConfig {
   return parsed.data;
 }
 
+/** The starter config spells out only what differs by install; the rest are schema defaults. */
 function renderConfig(config: DforgeConfig): string {
-  const {images: _images, tls: _tls, keys: _keys, ...explicit} = config;
-  return `# yaml-language-server: $schema=./${SCHEMA_FILE}\n# dforge install config. No secrets here: credentials are references into secrets/.\n${stringify(explicit)}`;
+  const {images: _images, tls: _tls, keys: _keys, compose: _compose, kubernetes: _kubernetes, release: _release, ...explicit} = config;
+  return configText(explicit);
+}
+
+/** dforge.yaml text: the schema reference for editors, a header, then the settings. */
+export function configText(settings: Partial<DforgeConfig>): string {
+  return `# yaml-language-server: $schema=./${SCHEMA_FILE}\n# dforge install config. No secrets here: credentials are references into secrets/.\n${stringify(settings, {lineWidth: 0})}`;
 }

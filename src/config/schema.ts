@@ -40,6 +40,7 @@ const embeddedCluster = z.strictObject({
 const bundledCluster = z.strictObject({
   name,
   kind: z.literal('bundled').describe('The postgres service of the compose stack or Kubernetes StatefulSet.'),
+  port: port.default(5432).describe('Compose: the host port the postgres service is published on, bound to 127.0.0.1 only, so dforge on the host reaches it.'),
 });
 
 const externalCluster = z.strictObject({
@@ -88,6 +89,11 @@ export const configSchema = z
     target: z.enum(['embedded', 'compose', 'k8s']).describe('Where the data plane runs.'),
     primaryRegion: name.describe('Region whose first cluster holds dforge_control.'),
     regions: z.record(name, region).refine((r) => Object.keys(r).length > 0, 'declare at least one region'),
+    release: z
+      .string()
+      .regex(/^[0-9A-Za-z]([0-9A-Za-z._-]{0,61}[0-9A-Za-z])?$/, 'a release version such as 1.4.2 (it is also the default image tag and a Kubernetes label value)')
+      .default('1.0.0')
+      .describe('dForge release; images not set under images default to dforge/<service>:<release>. dforge upgrade --to changes it.'),
     images: z
       .strictObject({
         postgres: imageRef.optional(),
@@ -111,6 +117,26 @@ export const configSchema = z
           .default({algorithm: 'EdDSA', graceDays: 7}),
       })
       .default({masterKeyProvider: 'file', jwt: {algorithm: 'EdDSA', graceDays: 7}}),
+    compose: z
+      .strictObject({
+        project: name.default('dforge').describe('docker compose project name; it prefixes containers, networks and volumes.'),
+        bindAddress: z.ipv4().default('0.0.0.0').describe('Host address the HTTPS proxy listens on.'),
+        httpPort: port.default(80).describe('Host port that redirects to HTTPS.'),
+        httpsPort: port.default(443),
+      })
+      .default({project: 'dforge', bindAddress: '0.0.0.0', httpPort: 80, httpsPort: 443}),
+    kubernetes: z
+      .strictObject({
+        namespace: name.default('dforge'),
+        ingressClassName: name.optional(),
+        storageClassName: name.optional(),
+        postgresStorage: z
+          .string()
+          .regex(/^[1-9][0-9]{0,5}(Mi|Gi|Ti)$/, 'a size such as 20Gi')
+          .default('20Gi')
+          .describe('Size of the PostgreSQL volume claim.'),
+      })
+      .default({namespace: 'dforge', postgresStorage: '20Gi'}),
     tls: z
       .strictObject({
         mode: z.enum(['internal-ca', 'provided']).default('internal-ca').describe('internal-ca: dforge issues every certificate; provided: import the proxy certificate with dforge certs import.'),
@@ -127,6 +153,7 @@ export const configSchema = z
       });
     }
     const clusterNames = new Map<string, string>();
+    let bundledCount = 0;
     for (const [regionName, r] of Object.entries(config.regions)) {
       r.clusters.forEach((c, i) => {
         const other = clusterNames.get(c.name);
@@ -134,6 +161,12 @@ export const configSchema = z
           ctx.addIssue({code: 'custom', path: ['regions', regionName, 'clusters', i, 'name'], message: `cluster name "${c.name}" is already used in region ${other}; cluster names are unique across the install`});
         }
         clusterNames.set(c.name, regionName);
+        if (c.kind === 'bundled' && ++bundledCount > 1) {
+          ctx.addIssue({code: 'custom', path: ['regions', regionName, 'clusters', i, 'kind'], message: 'only one cluster can be "bundled": the stack runs one postgres service; declare further clusters as "external"'});
+        }
+        if (config.target === 'k8s' && c.kind === 'embedded') {
+          ctx.addIssue({code: 'custom', path: ['regions', regionName, 'clusters', i, 'kind'], message: 'an "embedded" cluster runs on the dforge host, which Kubernetes workloads cannot rely on; with target k8s use kind "bundled" or "external"'});
+        }
         if (config.target === 'embedded' && c.kind === 'bundled') {
           ctx.addIssue({code: 'custom', path: ['regions', regionName, 'clusters', i, 'kind'], message: 'a "bundled" cluster needs target compose or k8s; with target embedded use kind "embedded" or "external"'});
         }

@@ -5,6 +5,7 @@ import type {Client} from 'pg';
 
 import {loadConfigFile} from '../config/load.js';
 import type {ClusterConfig, DforgeConfig} from '../config/schema.js';
+import type {PgToolsMode} from '../backup/pg-tool-runner.js';
 import {UserError} from '../errors.js';
 import {openKeyServices, type KeyServices} from '../keys/context.js';
 import {connect, type ClusterEndpoint} from '../postgres/connect.js';
@@ -49,9 +50,11 @@ export async function endpointOf(dir: InstallDir, config: DforgeConfig, name: st
     case 'external':
       return {name, host: c.host, port: c.port, caPem: await readCa(c.caFile ?? caCertFile(dir)), servername: c.host};
     case 'bundled':
-      throw new UserError(`cluster ${name} is the compose/Kubernetes postgres service, which this dforge build cannot reach yet`, {
-        nextSteps: ['Use an embedded or external cluster for now (kind: embedded | external in dforge.yaml).'],
-      });
+      // Compose publishes the postgres service on host loopback only; in Kubernetes dforge runs in
+      // the namespace (the backup CronJob) and reaches the Service. Its certificate names it "postgres".
+      return config.target === 'k8s'
+        ? {name, host: 'postgres', port: 5432, caPem: await readCa(caCertFile(dir)), servername: 'postgres'}
+        : {name, host: '127.0.0.1', port: c.port, caPem: await readCa(caCertFile(dir)), servername: 'postgres'};
   }
 }
 
@@ -65,10 +68,18 @@ export interface ControlPlane {
   readonly dataKeys: DataKeys;
   /** dforge_control's wrapped keys, for master rotation and keys status. */
   readonly wrappedKeys: ControlWrappedKeys;
+  /** Where pg_dump and pg_restore run (see backup/pg-tool-runner.ts). */
+  readonly pgTools: PgToolsMode;
   close(): Promise<void>;
 }
 
-export async function openControlPlane(dir: InstallDir, options: {env?: NodeJS.ProcessEnv; clock?: () => Date} = {}): Promise<ControlPlane> {
+export interface ControlPlaneOptions {
+  readonly env?: NodeJS.ProcessEnv;
+  readonly clock?: () => Date;
+  readonly pgTools?: PgToolsMode;
+}
+
+export async function openControlPlane(dir: InstallDir, options: ControlPlaneOptions = {}): Promise<ControlPlane> {
   const config = await loadConfigFile(dir.configFile);
   const keys = await openKeyServices(dir, options);
   const provisionerPassword = async (cluster: string): Promise<string> => {
@@ -103,6 +114,7 @@ export async function openControlPlane(dir: InstallDir, options: {env?: NodeJS.P
     tenants,
     dataKeys,
     wrappedKeys: new ControlWrappedKeys(control, keys.keyring),
+    pgTools: options.pgTools ?? 'auto',
     async close() {
       await control.end().catch(() => undefined);
     },
@@ -110,8 +122,8 @@ export async function openControlPlane(dir: InstallDir, options: {env?: NodeJS.P
 }
 
 /** Opens the control plane, runs `fn`, and always closes it. */
-export async function usingControlPlane<T>(dir: InstallDir, fn: (plane: ControlPlane) => Promise<T>): Promise<T> {
-  const plane = await openControlPlane(dir);
+export async function usingControlPlane<T>(dir: InstallDir, fn: (plane: ControlPlane) => Promise<T>, options: ControlPlaneOptions = {}): Promise<T> {
+  const plane = await openControlPlane(dir, options);
   try {
     return await fn(plane);
   } finally {
@@ -132,7 +144,7 @@ export async function optionalControlConnection(dir: InstallDir): Promise<Client
   const config = await loadConfigFile(dir.configFile);
   const primary = primaryCluster(config);
   const keys = await openKeyServices(dir);
-  if (primary.kind === 'bundled' || !(await keys.sealed.has(provisionerSecret(primary.name)))) return undefined;
+  if (!(await keys.sealed.has(provisionerSecret(primary.name)))) return undefined;
   const password = (await keys.sealed.get(provisionerSecret(primary.name))).toString('utf8');
   return connect(await endpointOf(dir, config, primary.name), {user: PROVISIONER_ROLE, password, database: CONTROL_DATABASE});
 }

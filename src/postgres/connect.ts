@@ -46,6 +46,25 @@ export async function connect(endpoint: ClusterEndpoint, credentials: Credential
   return client;
 }
 
+/**
+ * The superuser over a cluster's unix socket: the only way in for it (pg_hba has no TCP line for
+ * it; sockets carry no TLS, and their directory is 0700).
+ */
+export async function connectOverSocket(socketDir: string, port: number, credentials: Credentials): Promise<Client> {
+  const pg = (await import('pg')).default;
+  const client = new pg.Client({host: socketDir, port, user: credentials.user, password: credentials.password, database: credentials.database, application_name: 'dforge', connectionTimeoutMillis: 10_000});
+  try {
+    await client.connect();
+  } catch (err) {
+    await client.end().catch(() => undefined);
+    throw new UserError(`cannot log in as ${credentials.user} through the socket in ${socketDir}: ${(err as Error).message}`, {
+      nextSteps: ['Check that the server is running (dforge status / dforge db status) and that the sealed superuser password matches the cluster.'],
+      cause: err,
+    });
+  }
+  return client;
+}
+
 /** Runs `fn` with a connection and always closes it. */
 export async function withConnection<T>(endpoint: ClusterEndpoint, credentials: Credentials, fn: (client: Client) => Promise<T>): Promise<T> {
   const client = await connect(endpoint, credentials);

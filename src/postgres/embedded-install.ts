@@ -1,19 +1,17 @@
 import {promises as fs} from 'node:fs';
 import path from 'node:path';
 
-import type {Client} from 'pg';
-
 import {loadCertificateWithKey} from '../certs/store.js';
 import {bootstrapCluster, PROVISIONER_ROLE, type BootstrapResult} from '../control/bootstrap.js';
 import {caCertFile, clustersOf, primaryCluster, provisionerSecret, superuserSecret} from '../control/plane.js';
 import type {DforgeConfig} from '../config/schema.js';
 import {UserError} from '../errors.js';
 import type {KeyServices} from '../keys/context.js';
+import {ensureSealedPassword} from '../keys/sealed-password.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {findPostgresBinaries} from './binaries.js';
-import {connect} from './connect.js';
+import {connect, connectOverSocket} from './connect.js';
 import {EmbeddedPostgres} from './embedded.js';
-import {randomPassword} from './scram.js';
 import {serverAccount} from './service-account.js';
 
 /** The superuser of an embedded cluster: reachable only on its unix socket (see pg_hba). */
@@ -39,14 +37,6 @@ export function embeddedCluster(dir: InstallDir, config: DforgeConfig, name: str
   });
 }
 
-/** A sealed credential, created on first use and reused ever after. */
-async function ensureSealedPassword(keys: KeyServices, name: string): Promise<string> {
-  if (await keys.sealed.has(name)) return (await keys.sealed.get(name)).toString('utf8');
-  const password = randomPassword();
-  await keys.sealed.put(name, password);
-  return password;
-}
-
 export interface EmbeddedSetUp {
   readonly cluster: string;
   readonly initialised: boolean;
@@ -63,13 +53,13 @@ export interface EmbeddedSetUp {
  */
 export async function setUpEmbeddedCluster(dir: InstallDir, keys: KeyServices, config: DforgeConfig, name: string): Promise<EmbeddedSetUp> {
   const pg = embeddedCluster(dir, config, name);
-  const superuserPassword = await ensureSealedPassword(keys, superuserSecret(name));
-  const provisionerPassword = await ensureSealedPassword(keys, provisionerSecret(name));
+  const superuserPassword = (await ensureSealedPassword(keys, superuserSecret(name))).value;
+  const provisionerPassword = (await ensureSealedPassword(keys, provisionerSecret(name))).value;
   const leaf = await loadCertificateWithKey(dir, keys.sealed, 'postgres');
   const caPem = await fs.readFile(caCertFile(dir), 'utf8');
   const init = await pg.init({superuser: EMBEDDED_SUPERUSER, superuserPassword, tls: {...leaf, caPem}, provisionerRole: PROVISIONER_ROLE});
   const {started} = await pg.start();
-  const admin = await adminConnection(pg, superuserPassword);
+  const admin = await connectOverSocket(pg.runDir, pg.port, {user: EMBEDDED_SUPERUSER, password: superuserPassword, database: 'postgres'});
   let bootstrap: BootstrapResult;
   try {
     const endpoint = {name, host: '127.0.0.1', port: pg.port, caPem, servername: 'localhost'};
@@ -82,12 +72,4 @@ export async function setUpEmbeddedCluster(dir: InstallDir, keys: KeyServices, c
     await admin.end().catch(() => undefined);
   }
   return {cluster: name, initialised: init.initialised, started, bootstrap, dataDir: pg.dataDir, port: pg.port};
-}
-
-/** The superuser over the cluster's unix socket: the only way in for it (no TLS on sockets; the run directory is 0700). */
-async function adminConnection(pg: EmbeddedPostgres, password: string): Promise<Client> {
-  const {default: pgLib} = await import('pg');
-  const client = new pgLib.Client({host: pg.runDir, port: pg.port, user: EMBEDDED_SUPERUSER, password, database: 'postgres', application_name: 'dforge'});
-  await client.connect();
-  return client;
 }

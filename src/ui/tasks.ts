@@ -12,11 +12,11 @@ export interface Step<C> {
  * otherwise, nothing with --quiet.
  * The first failure stops the run and is rethrown unchanged, so the base command reports it.
  */
-export async function runSteps<C>(steps: ReadonlyArray<Step<C>>, ctx: C, out: Output): Promise<C> {
+export async function runSteps<C>(steps: ReadonlyArray<Step<C>>, ctx: C, out: Output, options: {prompting?: boolean} = {}): Promise<C> {
   const {Listr, ListrLogger, ProcessOutput} = await import('listr2');
   // Every stream of the renderers goes to stderr: stdout carries the command's data only.
   const processOutput = new ProcessOutput(process.stderr, process.stderr);
-  const list = new Listr<C, 'default', 'verbose'>(
+  const list = new Listr<C, 'default' | 'simple', 'verbose'>(
     steps.map((step) => ({
       title: step.title,
       task: async (c: C, task: {title: string}) => {
@@ -27,7 +27,8 @@ export async function runSteps<C>(steps: ReadonlyArray<Step<C>>, ctx: C, out: Ou
     {
       concurrent: false,
       exitOnError: true,
-      renderer: 'default',
+      // A step that prompts needs a renderer that prints finished lines and leaves the cursor alone.
+      renderer: options.prompting ? 'simple' : 'default',
       // Plain "[STARTED] title" and "[COMPLETED] title: note" lines off a terminal: what cron mails.
       fallbackRenderer: 'verbose',
       fallbackRendererCondition: !out.color,

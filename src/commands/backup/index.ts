@@ -3,6 +3,7 @@ import {Flags} from '@oclif/core';
 import {BaseCommand} from '../../base-command.js';
 import type {BackupRecord} from '../../backup/catalog.js';
 import {backupAll, backupTenant, type BackupAllResult} from '../../backup/service.js';
+import {pgToolsFlag} from '../../cli/pg-tools-flag.js';
 import {usingControlPlane} from '../../control/plane.js';
 
 export default class Backup extends BaseCommand<typeof Backup> {
@@ -16,6 +17,7 @@ export default class Backup extends BaseCommand<typeof Backup> {
     all: Flags.boolean({summary: 'Back up every tenant, and dforge_control to each region.', exactlyOne: ['tenant', 'all']}),
     concurrency: Flags.integer({summary: 'With --all: tenants backed up at once.', default: 2, min: 1, max: 32}),
     destination: Flags.string({summary: "With --tenant: a destination of the tenant's region (default: its first)."}),
+    'pg-tools': pgToolsFlag(),
   };
 
   async run(): Promise<BackupRecord | BackupAllResult> {
@@ -29,6 +31,6 @@ export default class Backup extends BaseCommand<typeof Backup> {
         concurrency: this.flags.concurrency,
         report: (outcome) => process.stderr.write(`${JSON.stringify({event: 'backup', ...outcome})}\n`),
       });
-    });
+    }, {pgTools: this.flags['pg-tools']});
   }
 }

@@ -2,6 +2,7 @@ import {Args, Flags} from '@oclif/core';
 
 import {BaseCommand} from '../../base-command.js';
 import {usingControlPlane} from '../../control/plane.js';
+import {changingTenants} from '../../runtime/tenant-catalog.js';
 import type {Tenant} from '../../tenants/service.js';
 
 export default class TenantCreate extends BaseCommand<typeof TenantCreate> {
@@ -19,7 +20,7 @@ If a run is interrupted, run the same command again: it finishes the tenant.`;
   };
 
   async run(): Promise<Tenant> {
-    const {tenant} = await usingControlPlane(this.installDir(), (plane) => plane.tenants.create(this.args.slug, {region: this.flags.region}));
+    const {tenant} = await usingControlPlane(this.installDir(), (plane) => changingTenants(plane, () => plane.tenants.create(this.args.slug, {region: this.flags.region})));
     this.out.progress(`tenant ${tenant.slug} is active: database ${tenant.database} on cluster ${tenant.cluster} (region ${tenant.region})`);
     return tenant;
   }

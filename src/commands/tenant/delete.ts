@@ -3,6 +3,7 @@ import {Args, Flags} from '@oclif/core';
 import {BaseCommand} from '../../base-command.js';
 import {backupTenant} from '../../backup/service.js';
 import {usingControlPlane} from '../../control/plane.js';
+import {changingTenants} from '../../runtime/tenant-catalog.js';
 import {confirmDestructive} from '../../ui/confirm.js';
 
 export default class TenantDelete extends BaseCommand<typeof TenantDelete> {
@@ -32,7 +33,7 @@ Without --shred the tenant's data keys are kept, so its backups stay restorable.
         const backup = await backupTenant(plane, slug);
         this.out.progress(`final backup of ${slug}: ${backup.id}`);
       }
-      return plane.tenants.delete(slug, {confirm, shred: this.flags.shred});
+      return changingTenants(plane, () => plane.tenants.delete(slug, {confirm, shred: this.flags.shred}));
     });
     this.out.progress(`tenant ${slug} deleted${result.shredded === null ? '' : `; ${result.shredded} key version(s) destroyed`}`);
     return result;

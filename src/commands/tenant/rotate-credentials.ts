@@ -2,6 +2,7 @@ import {Args} from '@oclif/core';
 
 import {BaseCommand} from '../../base-command.js';
 import {usingControlPlane} from '../../control/plane.js';
+import {changingTenants} from '../../runtime/tenant-catalog.js';
 
 export default class TenantRotateCredentials extends BaseCommand<typeof TenantRotateCredentials> {
   static override summary = "Give a tenant's role a new random password; the old one stops working.";
@@ -11,7 +12,7 @@ export default class TenantRotateCredentials extends BaseCommand<typeof TenantRo
   static override args = {slug: Args.string({required: true})};
 
   async run(): Promise<{slug: string; rotatedAt: string}> {
-    const result = await usingControlPlane(this.installDir(), (plane) => plane.tenants.rotateCredentials(this.args.slug));
+    const result = await usingControlPlane(this.installDir(), (plane) => changingTenants(plane, () => plane.tenants.rotateCredentials(this.args.slug)));
     this.out.progress(`new credentials for tenant ${result.slug} are in force`);
     return result;
   }

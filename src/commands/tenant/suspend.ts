@@ -2,6 +2,7 @@ import {Args} from '@oclif/core';
 
 import {BaseCommand} from '../../base-command.js';
 import {usingControlPlane} from '../../control/plane.js';
+import {changingTenants} from '../../runtime/tenant-catalog.js';
 import type {Tenant} from '../../tenants/service.js';
 
 export default class TenantSuspend extends BaseCommand<typeof TenantSuspend> {
@@ -11,7 +12,7 @@ export default class TenantSuspend extends BaseCommand<typeof TenantSuspend> {
   static override args = {slug: Args.string({required: true})};
 
   async run(): Promise<Tenant> {
-    const tenant = await usingControlPlane(this.installDir(), (plane) => plane.tenants.suspend(this.args.slug));
+    const tenant = await usingControlPlane(this.installDir(), (plane) => changingTenants(plane, () => plane.tenants.suspend(this.args.slug)));
     this.out.progress(`tenant ${tenant.slug} is ${tenant.status}`);
     return tenant;
   }

@@ -1,0 +1,83 @@
+import type {ControlPlane} from '../control/plane.js';
+import {clustersOf, endpointOf} from '../control/plane.js';
+import {UserError} from '../errors.js';
+import {findPostgresBinaries} from '../postgres/binaries.js';
+import {hostTool, libpqSession, spawnTool, type ToolProcess} from './pg-tools.js';
+
+/** Where pg_dump and pg_restore run: the host's binaries, the postgres container, or whichever fits. */
+export const PG_TOOLS_MODES = ['auto', 'host', 'container'] as const;
+export type PgToolsMode = (typeof PG_TOOLS_MODES)[number];
+
+export interface PgToolRequest {
+  readonly tool: 'pg_dump' | 'pg_restore';
+  readonly args: string[];
+  readonly cluster: string;
+  readonly credentials: {user: string; password: string; database: string};
+  readonly serverMajor: number;
+}
+
+export type StartedTool = ToolProcess & {close(): Promise<void>};
+
+/** In the container the server's own client is on PATH, and the CA is the one mounted for the server. */
+const CONTAINER_CA = '/run/secrets/ca-cert';
+
+/**
+ * Starts a pg tool for one cluster. `auto` uses the host's binaries when their major version can
+ * handle the server, and otherwise (for the stack's own postgres service) runs the server's own
+ * client inside its container through the engine API, streaming straight out of it.
+ */
+export async function startPgTool(plane: ControlPlane, request: PgToolRequest): Promise<StartedTool> {
+  const entry = clustersOf(plane.config).get(request.cluster);
+  if (!entry) throw new UserError(`no cluster ${request.cluster} in dforge.yaml`, {nextSteps: ['Check regions.*.clusters in dforge.yaml.']});
+  const bundled = entry.cluster.kind === 'bundled';
+  if (plane.pgTools === 'container' && !bundled) {
+    throw new UserError(`cluster ${request.cluster} is ${entry.cluster.kind}, so it has no container to run ${request.tool} in`, {
+      nextSteps: ['Use --pg-tools host (or auto) for embedded and external clusters.'],
+    });
+  }
+  if (plane.pgTools === 'container' || (plane.pgTools === 'auto' && bundled && !hostToolFits(request.serverMajor))) {
+    return startInContainer(plane, request);
+  }
+  const endpoint = await endpointOf(plane.keys.dir, plane.config, request.cluster);
+  const binary = hostTool(request.tool, request.serverMajor);
+  const session = await libpqSession(endpoint, request.credentials);
+  return {...spawnTool(binary, request.args, session.env), close: () => session.close()};
+}
+
+function hostToolFits(serverMajor: number): boolean {
+  try {
+    return findPostgresBinaries().majorVersion >= serverMajor;
+  } catch {
+    return false;
+  }
+}
+
+async function startInContainer(plane: ControlPlane, request: PgToolRequest): Promise<StartedTool> {
+  const [{connectDockerEngine}, {runningServiceContainer}, {execInContainer}] = await Promise.all([
+    import('../docker/engine.js'),
+    import('../runtime/compose-project.js'),
+    import('../runtime/container-exec.js'),
+  ]);
+  const docker = await connectDockerEngine();
+  const container = await runningServiceContainer(docker, plane.config.compose.project, 'postgres');
+  const {user, password, database} = request.credentials;
+  // TCP to the server's own address with full verification, like every other dforge connection;
+  // the password travels in the exec's environment, which the engine never reports back.
+  const started = await execInContainer(container, {
+    cmd: [request.tool, ...request.args],
+    env: [
+      'PGHOST=localhost',
+      'PGPORT=5432',
+      `PGUSER=${user}`,
+      `PGDATABASE=${database}`,
+      `PGPASSWORD=${password}`,
+      'PGSSLMODE=verify-full',
+      `PGSSLROOTCERT=${CONTAINER_CA}`,
+      'PGSSLMINPROTOCOLVERSION=TLSv1.3',
+      'PGCONNECT_TIMEOUT=10',
+      'LC_ALL=C',
+    ],
+    label: `${request.tool} (in the postgres container)`,
+  });
+  return {...started, close: async () => undefined};
+}

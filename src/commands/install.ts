@@ -1,0 +1,96 @@
+import {Flags} from '@oclif/core';
+
+import {BaseCommand} from '../base-command.js';
+import {UsageError} from '../errors.js';
+import {readAnswersFile, type PartialAnswers} from '../install/answers.js';
+import {commonInstallSteps, installResult, newInstallContext, targetInstallSteps, type InstallResult} from '../install/service.js';
+import {IMAGE_SERVICES} from '../render/values.js';
+import {askInstallQuestions, canPrompt} from '../ui/install-prompts.js';
+import {runSteps} from '../ui/tasks.js';
+
+export default class Install extends BaseCommand<typeof Install> {
+  static override summary = 'Install dForge, or reconcile an existing install (like gitlab-ctl reconfigure).';
+  static override description = `Steps: preflight → dforge.yaml → master key and JWT keys → PKI → sealed credentials → images → render → docker compose up → health → bootstrap dforge_control and the auth database → publish tenants to the app → TLS 1.3 handshake checks → summary with the CA fingerprint and the backup cron line.
+On a terminal, missing answers are asked. Otherwise they come from flags, --config answers.yaml and DFORGE_* variables, and a missing one is an error naming its flag.
+Running it again changes only what differs: no secret is regenerated, changed files are re-rendered, and only services whose configuration changed are restarted.`;
+  static override examples = [
+    '<%= config.bin %> install',
+    '<%= config.bin %> install --config answers.yaml --yes',
+    '<%= config.bin %> install --domain erp.example.com --region eu --yes',
+  ];
+
+  static override flags = {
+    config: Flags.file({summary: 'Answers file (YAML): target, domain, region, httpsPort, httpPort, postgresPort, backupDir, masterKeyProvider, release, images.', exists: true}),
+    yes: Flags.boolean({char: 'y', summary: 'Ask nothing: take defaults for every open answer.'}),
+    target: Flags.string({summary: 'compose (one host) or k8s.', options: ['compose', 'k8s'], env: 'DFORGE_TARGET'}),
+    domain: Flags.string({summary: 'Public domain name.', env: 'DFORGE_DOMAIN'}),
+    region: Flags.string({summary: 'Region name.', env: 'DFORGE_REGION'}),
+    'https-port': Flags.integer({summary: 'HTTPS port of the proxy.', min: 1, max: 65_535}),
+    'http-port': Flags.integer({summary: 'HTTP port (redirects to HTTPS).', min: 1, max: 65_535}),
+    'postgres-port': Flags.integer({summary: 'Host port of PostgreSQL, on 127.0.0.1.', min: 1, max: 65_535}),
+    'backup-dir': Flags.string({summary: 'Local backup directory.'}),
+    'master-key-provider': Flags.string({summary: 'Where the master key lives.', options: ['file', 'env', 'passphrase']}),
+    release: Flags.string({summary: 'dForge release (default image tag).', env: 'DFORGE_RELEASE'}),
+    project: Flags.string({summary: 'docker compose project name.'}),
+    image: Flags.string({summary: 'Image of one service: <service>=<ref>, e.g. app=registry.local/dforge/app:1.4.2.', multiple: true}),
+    ignore: Flags.string({summary: 'Preflight check to waive (recorded in the ops log).', multiple: true}),
+  };
+
+  async run(): Promise<InstallResult> {
+    const dir = this.installDir();
+    const fromFile = this.flags.config ? await readAnswersFile(this.flags.config) : {};
+    const provided = {...fromFile, ...this.answersFromFlags(fromFile)};
+    const prompting = !this.flags.yes && !this.jsonEnabled() && canPrompt();
+    const options = {
+      provided,
+      ask: prompting ? (questions: Parameters<typeof askInstallQuestions>[1], known: PartialAnswers) => askInstallQuestions(dir, questions, known) : undefined,
+      ignore: this.flags.ignore ?? [],
+      cliPath: process.argv[1] ?? 'dforge',
+    };
+    const ctx = newInstallContext();
+    await runSteps(commonInstallSteps(dir, options), ctx, this.out, {prompting});
+    await runSteps(await targetInstallSteps(dir, options, ctx.config!.target), ctx, this.out);
+    const result = await installResult(dir, ctx, options);
+    if (!this.jsonEnabled() && result.applied === false) {
+      this.log(`Rendered for Kubernetes, not applied: no cluster is reachable with the current kubeconfig.`);
+      this.log(`manifests           ${dir.renderedDir}/k8s (kustomize base)`);
+      this.log(`apply with          kubectl apply -k ${dir.runtimeDir}/k8s`);
+      this.log(`CA fingerprint      ${result.caFingerprint}`);
+    } else if (!this.jsonEnabled()) {
+      this.log(`dForge is up at     ${result.url}`);
+      this.log(`CA fingerprint      ${result.caFingerprint}  (trust ${dir.root}/pki/ca.crt)`);
+      for (const s of result.services) this.log(`service             ${s.service.padEnd(8)} ${s.state}, ${s.health}`);
+      for (const t of result.tls) this.log(`TLS                 ${t.endpoint}: 1.3 accepted, 1.2 refused`);
+      this.log(`secrets created     ${result.secretsCreated.length === 0 ? 'none (all kept)' : result.secretsCreated.join(', ')}`);
+      this.log(`backups (cron)      ${result.backupCronLine}`);
+      this.log(`                    install it with: dforge backup schedule --install`);
+    }
+    return result;
+  }
+
+  private answersFromFlags(fromFile: PartialAnswers): PartialAnswers {
+    const f = this.flags;
+    const images = {...fromFile.images};
+    for (const spec of f.image ?? []) {
+      const [service, ref] = spec.split(/=(.*)/s) as [string, string | undefined];
+      if (!ref || !(IMAGE_SERVICES as readonly string[]).includes(service)) {
+        throw new UsageError(`--image ${spec}: expected <service>=<image>, service one of ${IMAGE_SERVICES.join(', ')}`, {nextSteps: ['e.g. --image app=registry.local/dforge/app:1.4.2']});
+      }
+      images[service as (typeof IMAGE_SERVICES)[number]] = ref;
+    }
+    const entries: Array<[keyof PartialAnswers, unknown]> = [
+      ['target', f.target],
+      ['domain', f.domain],
+      ['region', f.region],
+      ['httpsPort', f['https-port']],
+      ['httpPort', f['http-port']],
+      ['postgresPort', f['postgres-port']],
+      ['backupDir', f['backup-dir']],
+      ['masterKeyProvider', f['master-key-provider']],
+      ['release', f.release],
+      ['project', f.project],
+      ['images', (f.image ?? []).length > 0 ? images : undefined],
+    ];
+    return Object.fromEntries(entries.filter(([, v]) => v !== undefined)) as PartialAnswers;
+  }
+}

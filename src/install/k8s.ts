@@ -1,0 +1,145 @@
+import {execFile} from 'node:child_process';
+import {promises as fs} from 'node:fs';
+import path from 'node:path';
+
+import {loadCertificateWithKey} from '../certs/store.js';
+import type {DforgeConfig} from '../config/schema.js';
+import {caCertFile, superuserSecret} from '../control/plane.js';
+import {UserError} from '../errors.js';
+import {openKeyServices, type KeyServices} from '../keys/context.js';
+import {jwksFile, jwtPrivateKeyName, readJwtKeys} from '../keys/jwt.js';
+import {ensureSealedPassword} from '../keys/sealed-password.js';
+import {CATALOG_SECRET, kubernetesSecrets, overlaySecretFile, renderKubernetes, renderKubernetesOverlay} from '../render/k8s.js';
+import {writeRendered} from '../render/rendered-file.js';
+import {ensureRuntimeDir, ROOT, writeRuntimeFile} from '../runtime/runtime-files.js';
+import type {InstallDir} from '../state/install-dir.js';
+import type {Step} from '../ui/tasks.js';
+import {AUTH_DB_PASSWORD_SECRET, AUTH_DB_SUPERUSER_SECRET} from './secrets.js';
+import type {InstallContext} from './service.js';
+
+export const k8sRenderedDir = (dir: InstallDir): string => path.join(dir.renderedDir, 'k8s');
+/** The overlay with the Secret files: under runtime/ (0700), never under rendered/. */
+export const k8sOverlayDir = (dir: InstallDir): string => path.join(dir.runtimeDir, 'k8s');
+
+const KUBECTL_TIMEOUT_MS = 15_000;
+
+/**
+ * The k8s target after the common steps: render the kustomize base, write the overlay with one
+ * file per Secret key, then apply it with kubectl. Without a reachable cluster it stops after
+ * writing, and says how to apply later (from this host or another one).
+ */
+export function k8sInstallSteps(dir: InstallDir): Array<Step<InstallContext>> {
+  return [
+    {
+      title: 'Render',
+      async run(ctx) {
+        ctx.rendered = await writeRendered(k8sRenderedDir(dir), await renderKubernetes(ctx.config!, path.join(dir.root, 'templates')));
+        return `${ctx.rendered.written.length} written, ${ctx.rendered.unchanged.length} unchanged in ${k8sRenderedDir(dir)}`;
+      },
+    },
+    {
+      title: 'Secrets',
+      async run(ctx) {
+        const keys = await openKeyServices(dir);
+        const written = await writeOverlay(dir, keys, ctx.config!, ctx);
+        return `${written} Secret file(s) changed in ${k8sOverlayDir(dir)}`;
+      },
+    },
+    {
+      title: 'Apply',
+      async run(ctx) {
+        const reachable = await kubectl(['version', `--request-timeout=${KUBECTL_TIMEOUT_MS / 1000}s`, '-o', 'json']).then(
+          (out) => (JSON.parse(out) as {serverVersion?: unknown}).serverVersion !== undefined,
+          () => false,
+        );
+        if (!reachable) {
+          ctx.applied = false;
+          return `no Kubernetes cluster reachable with the current kubeconfig: stopped after rendering. Apply with: kubectl apply -k ${k8sOverlayDir(dir)}`;
+        }
+        await kubectl(['apply', '-k', k8sOverlayDir(dir)]);
+        ctx.applied = true;
+        return `applied ${k8sOverlayDir(dir)}`;
+      },
+    },
+  ];
+}
+
+/** The overlay kustomization and every Secret's key as a 0600 file; returns how many files changed. */
+async function writeOverlay(dir: InstallDir, keys: KeyServices, config: DforgeConfig, ctx: InstallContext): Promise<number> {
+  const overlay = k8sOverlayDir(dir);
+  await ensureRuntimeDir(dir.runtimeDir, {mode: 0o700, owner: ROOT});
+  await ensureRuntimeDir(overlay, {mode: 0o700, owner: ROOT});
+  const caPem = await fs.readFile(caCertFile(dir), 'utf8');
+  const postgresTls = await loadCertificateWithKey(dir, keys.sealed, 'postgres');
+  const proxyTls = await loadCertificateWithKey(dir, keys.sealed, 'proxy');
+  const sealed = async (name: string): Promise<string> => {
+    const r = await ensureSealedPassword(keys, name);
+    if (r.created) ctx.secretsCreated.push(name);
+    return r.value;
+  };
+  const signing = (await readJwtKeys(dir)).find((k) => k.state === 'signing');
+  if (!signing) throw new UserError('no JWT signing key', {nextSteps: ['Create the keys with: dforge keys init']});
+  const bundled = Object.values(config.regions).flatMap((r) => r.clusters).find((c) => c.kind === 'bundled');
+  const values: Record<string, Record<string, string | Buffer>> = {
+    'dforge-ca': {'ca.crt': caPem},
+    'dforge-postgres-tls': {'tls.crt': postgresTls.certPem, 'tls.key': postgresTls.keyPem},
+    'dforge-auth-db-superuser': {password: await sealed(AUTH_DB_SUPERUSER_SECRET)},
+    'dforge-auth-db-password': {password: await sealed(AUTH_DB_PASSWORD_SECRET)},
+    'dforge-jwt-signing-key': {'jwt-signing-key.pem': (await keys.sealed.get(jwtPrivateKeyName(signing.kid))).toString('utf8')},
+    'dforge-jwks': {'jwks.json': await fs.readFile(jwksFile(dir), 'utf8')},
+    'dforge-proxy-tls': {'tls.crt': `${proxyTls.certPem.trimEnd()}\n${caPem.trimEnd()}\n`, 'tls.key': proxyTls.keyPem},
+    // Tenants are published once the control database runs in the cluster; until then the app sees none.
+    [CATALOG_SECRET]: {'catalog.json': `${JSON.stringify({version: 1, tenants: []}, null, 2)}\n`},
+    'dforge-install': {'install.tar': await installArchive(dir)},
+    ...(bundled ? {'dforge-postgres-superuser': {password: await sealed(superuserSecret(bundled.name))}} : {}),
+  };
+  let changed = 0;
+  for (const secret of kubernetesSecrets(config)) {
+    for (const key of secret.keys) {
+      const value = values[secret.name]?.[key];
+      if (value === undefined) throw new UserError(`dforge has no value for Secret ${secret.name} key ${key}`, {nextSteps: ['This is a dforge bug: the rendered manifests reference a Secret install does not write. Please report it.']});
+      const file = path.join(overlay, overlaySecretFile(secret.name, key));
+      await ensureRuntimeDir(path.dirname(path.dirname(file)), {mode: 0o700, owner: ROOT});
+      await ensureRuntimeDir(path.dirname(file), {mode: 0o700, owner: ROOT});
+      if (await writeRuntimeFile(file, value, {mode: 0o600, owner: ROOT})) changed++;
+    }
+  }
+  const base = path.relative(overlay, k8sRenderedDir(dir));
+  for (const f of renderKubernetesOverlay(config, {base, tenants: []})) {
+    if (await writeRuntimeFile(path.join(overlay, f.path), f.content, {mode: 0o600, owner: ROOT})) changed++;
+  }
+  return changed;
+}
+
+/**
+ * dforge.yaml and secrets/ as one tar for the backup CronJob: fixed mtimes and sorted entries, so
+ * the same install gives the same bytes and the Secret's hash changes only when its content does.
+ */
+async function installArchive(dir: InstallDir): Promise<Buffer> {
+  const tar = await import('tar');
+  const entries = ['dforge.yaml', ...(await listTree(dir.root, 'secrets'))];
+  const chunks: Buffer[] = [];
+  const stream = tar.c({cwd: dir.root, portable: true, mtime: new Date(0), noDirRecurse: true}, entries);
+  for await (const chunk of stream) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}
+
+async function listTree(root: string, rel: string): Promise<string[]> {
+  const out = [rel];
+  const entries = (await fs.readdir(path.join(root, rel), {withFileTypes: true})).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  for (const e of entries) {
+    const child = `${rel}/${e.name}`;
+    if (e.isDirectory()) out.push(...(await listTree(root, child)));
+    else if (e.isFile()) out.push(child);
+  }
+  return out;
+}
+
+function kubectl(args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile('kubectl', args, {timeout: 5 * 60_000, maxBuffer: 16 * 1024 * 1024, encoding: 'utf8'}, (err, stdout, stderr) => {
+      if (!err) return resolve(stdout);
+      reject(new UserError(`kubectl ${args[0]} failed: ${stderr.trim().split('\n').slice(-3).join(' / ') || err.message}`, {nextSteps: ['Check the kubeconfig context (kubectl config current-context) and your access to the namespace.']}));
+    });
+  });
+}

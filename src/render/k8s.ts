@@ -1,0 +1,280 @@
+import {isIP} from 'node:net';
+import path from 'node:path';
+
+import {isScalar, parseAllDocuments, stringify, visit} from 'yaml';
+
+import type {ClusterConfig, DforgeConfig} from '../config/schema.js';
+import {PROVISIONER_ROLE} from '../control/bootstrap.js';
+import {BugError, UserError} from '../errors.js';
+import {EMBEDDED_SUPERUSER} from '../postgres/embedded-install.js';
+import {validateSlug} from '../tenants/slug.js';
+import {byCodePoint, hashFiles, type RenderedFile} from './rendered-file.js';
+import {readTemplate} from './sources.js';
+import {assertFilled, renderTextTemplate, renderYamlDocuments, type TemplateValues} from './template.js';
+import {APP_UID, AUTH_DB_ROLE, POSTGRES_UID, resolvedImages} from './values.js';
+
+/**
+ * The Kubernetes target (DESIGN §6): a kustomize directory rendered from templates/k8s/, and the
+ * contract of the overlay `install --target k8s` lays over it with the Secrets.
+ *
+ * The rendered directory holds no secret (DESIGN §4). Workloads name their Secrets
+ * (kubernetesSecrets()); the overlay in runtime/k8s/ generates them from files there and lists
+ * the tenant Secrets in the app's projected volume, so adding a tenant never re-renders.
+ */
+
+/** nginx's conventional unprivileged uid (the nginx-unprivileged images); any non-root uid works. */
+const PROXY_UID = 101;
+
+/** There is no `images.dforge` in dforge.yaml yet: the backup job runs the release's dforge image. */
+const dforgeImage = (config: DforgeConfig): string => `dforge/dforge:${config.release}`;
+
+const PART_OF = 'dforge';
+const selector = (name: string): Record<string, string> => ({'app.kubernetes.io/name': name, 'app.kubernetes.io/part-of': PART_OF});
+
+/** Label values: at most 63 characters, alphanumeric at both ends (the config allows longer releases). */
+const LABEL_VALUE = /^(?=.{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
+
+type BundledCluster = Extract<ClusterConfig, {kind: 'bundled'}>;
+
+function bundledClusterOf(config: DforgeConfig): BundledCluster | undefined {
+  for (const region of Object.values(config.regions)) {
+    for (const cluster of region.clusters) if (cluster.kind === 'bundled') return cluster;
+  }
+  return undefined;
+}
+
+/**
+ * NetworkPolicy egress to the tenant clusters: the postgres pods, and each external cluster on its
+ * port. NetworkPolicy cannot name a host, so an external cluster given by DNS name is reachable at
+ * any address on its port (the pods of this namespace still refuse: their own ingress policies);
+ * giving its IP address in dforge.yaml narrows the rule to that address.
+ */
+function databaseEgress(config: DforgeConfig): unknown[] {
+  const rules: unknown[] = [];
+  if (bundledClusterOf(config)) rules.push({to: [{podSelector: {matchLabels: selector('postgres')}}], ports: [{protocol: 'TCP', port: 5432}]});
+  const byPort = new Map<number, Set<string>>();
+  for (const region of Object.values(config.regions)) {
+    for (const cluster of region.clusters) {
+      // Embedded clusters live on a dforge host, not in Kubernetes: nothing in the namespace reaches them.
+      if (cluster.kind !== 'external') continue;
+      const family = isIP(cluster.host);
+      const cidrs = family === 4 ? [`${cluster.host}/32`] : family === 6 ? [`${cluster.host}/128`] : ['0.0.0.0/0', '::/0'];
+      const set = byPort.get(cluster.port) ?? new Set<string>();
+      for (const cidr of cidrs) set.add(cidr);
+      byPort.set(cluster.port, set);
+    }
+  }
+  for (const [port, cidrs] of [...byPort].sort(([a], [b]) => a - b)) {
+    rules.push({to: [...cidrs].sort(byCodePoint).map((cidr) => ({ipBlock: {cidr}})), ports: [{protocol: 'TCP', port}]});
+  }
+  return rules;
+}
+
+/** The backup job's mounts: the unpacked install, /tmp, and each local destination on the backups claim. */
+function backupMounts(config: DforgeConfig): unknown[] {
+  const reserved = new Set(['/', '/tmp', '/var/lib/dforge']);
+  const mounts: Array<{name: string; mountPath: string; subPath?: string}> = [
+    {name: 'install', mountPath: '/var/lib/dforge'},
+    {name: 'tmp', mountPath: '/tmp'},
+  ];
+  const destinations = Object.entries(config.regions)
+    .flatMap(([region, r]) => (r.backup?.destinations ?? []).flatMap((d) => (d.kind === 'local' ? [{region, name: d.name, path: d.path}] : [])))
+    .sort((a, b) => byCodePoint(`${a.region}/${a.name}`, `${b.region}/${b.name}`));
+  for (const d of destinations) {
+    const mountPath = path.posix.normalize(d.path).replace(/\/+$/, '') || '/';
+    if (reserved.has(mountPath)) {
+      throw new UserError(`backup destination ${d.region}/${d.name} uses the path ${mountPath}, which the backup job needs for itself or shares with another destination`, {
+        nextSteps: ['Give every local backup destination its own directory, e.g. /var/backups/dforge/<region>.'],
+      });
+    }
+    reserved.add(mountPath);
+    mounts.push({name: 'backups', mountPath, subPath: `${d.region}/${d.name}`});
+  }
+  return mounts;
+}
+
+/** The manifests of the directory, in the order kustomization.yaml lists them. */
+function manifestNames(config: DforgeConfig): string[] {
+  return [
+    'namespace.yaml',
+    'networkpolicies.yaml',
+    ...(bundledClusterOf(config) ? ['postgres.yaml'] : []),
+    'auth-db.yaml',
+    'auth.yaml',
+    'app.yaml',
+    'proxy.yaml',
+    'ingress.yaml',
+    'backup-cronjob.yaml',
+  ];
+}
+
+async function renderText(name: string, overridesDir: string | undefined, values: TemplateValues): Promise<string> {
+  const source = await readTemplate('k8s', name, overridesDir);
+  const content = renderTextTemplate(source.origin, source.text, values);
+  assertFilled(source.origin, content);
+  return content;
+}
+
+/**
+ * Kubernetes reads an explicit null as "not set": optional settings (ingressClassName,
+ * storageClassName) are passed as null and their keys dropped, so the output says only what is set.
+ */
+function dropNullKeys(text: string): string {
+  const docs = parseAllDocuments(text);
+  if (!Array.isArray(docs)) return text;
+  return docs
+    .map((doc, i) => {
+      if (doc.errors.length > 0) throw new BugError(`rendered YAML does not parse: ${doc.errors[0]!.message}`);
+      visit(doc, {Pair: (_key, pair) => (isScalar(pair.value) && pair.value.value === null ? visit.REMOVE : undefined)});
+      if (i > 0) doc.directives.docStart = true;
+      return doc.toString({lineWidth: 0, minContentWidth: 0, indentSeq: true});
+    })
+    .join('');
+}
+
+/** Renders the kustomize directory for `target: k8s`; files sorted by path, byte-identical for the same input. */
+export async function renderKubernetes(config: DforgeConfig, overridesDir: string | undefined): Promise<RenderedFile[]> {
+  if (!LABEL_VALUE.test(config.release)) {
+    throw new UserError(`release ${JSON.stringify(config.release.slice(0, 80))} cannot be a Kubernetes label value`, {
+      nextSteps: ['Use at most 63 characters, starting and ending with a letter or digit (e.g. 1.4.2).'],
+    });
+  }
+  const bundled = bundledClusterOf(config);
+  const common = {
+    domain: config.domain,
+    release: config.release,
+    postgres: {superuser: EMBEDDED_SUPERUSER, provisioner: PROVISIONER_ROLE},
+    auth: {role: AUTH_DB_ROLE},
+  };
+  const clusterValues = (cluster: string): TemplateValues => ({...common, postgres: {...common.postgres, cluster}});
+
+  const postgres = bundled
+    ? {conf: await renderText('postgres/postgresql.conf', overridesDir, clusterValues(bundled.name)), hba: await renderText('postgres/pg_hba.conf', overridesDir, common)}
+    : undefined;
+  const authDb = {conf: await renderText('postgres/postgresql.conf', overridesDir, clusterValues('auth-db')), hba: await renderText('auth-db/pg_hba.conf', overridesDir, common)};
+  const proxy = {nginx: await renderText('proxy/nginx.conf', overridesDir, common)};
+  // Pod-template annotations that change with the configuration, so a config change rolls the pods.
+  const hash = (texts: Record<string, string>): string => hashFiles(Object.entries(texts).map(([name, content]) => ({path: name, content})));
+
+  const manifests = manifestNames(config);
+  const databases = databaseEgress(config);
+  const values: TemplateValues = {
+    ...common,
+    images: {...resolvedImages(config), dforge: dforgeImage(config)},
+    k8s: {
+      namespace: config.kubernetes.namespace,
+      ingressClassName: config.kubernetes.ingressClassName ?? null,
+      storageClassName: config.kubernetes.storageClassName ?? null,
+      postgresStorage: config.kubernetes.postgresStorage,
+    },
+    uids: {postgres: POSTGRES_UID, app: APP_UID, proxy: PROXY_UID, dforge: APP_UID},
+    config: {...(postgres ? {postgres} : {}), authDb, proxy},
+    hashes: {...(postgres ? {postgres: hash(postgres)} : {}), authDb: hash(authDb), proxy: hash(proxy)},
+    network: {
+      databaseEgress: databases,
+      appEgress: [{to: [{podSelector: {matchLabels: selector('auth')}}], ports: [{protocol: 'TCP', port: 8080}]}, ...databases],
+    },
+    backup: {volumeMounts: backupMounts(config)},
+    resources: manifests,
+  };
+
+  const files: RenderedFile[] = [];
+  for (const name of ['kustomization.yaml', ...manifests]) {
+    const source = await readTemplate('k8s', name, overridesDir);
+    const content = dropNullKeys(renderYamlDocuments(source.origin, source.text, values));
+    assertFilled(source.origin, content);
+    files.push({path: name, content});
+  }
+  return files.sort((a, b) => byCodePoint(a.path, b.path));
+}
+
+/** A Secret the rendered workloads reference by name, with the keys they read from it. */
+export interface KubernetesSecret {
+  readonly name: string;
+  readonly type?: 'kubernetes.io/tls';
+  readonly keys: readonly string[];
+}
+
+/**
+ * The app's view of tenants: the catalog Secret, then one Secret per tenant. The catalog is not
+ * dforge-tenant-catalog because a tenant may be called "catalog".
+ */
+export const CATALOG_SECRET = 'dforge-catalog';
+export const tenantSecretName = (slug: string): string => `dforge-tenant-${validateSlug(slug)}`;
+export const TENANT_PASSWORD_KEY = 'password';
+
+/** Every Secret the rendered directory references, sorted by name; the overlay adds the tenant Secrets. */
+export function kubernetesSecrets(config: DforgeConfig): KubernetesSecret[] {
+  const secrets: KubernetesSecret[] = [
+    {name: 'dforge-ca', keys: ['ca.crt']},
+    // One server certificate for postgres and auth-db (SANs postgres and auth-db), as in compose.
+    {name: 'dforge-postgres-tls', type: 'kubernetes.io/tls', keys: ['tls.crt', 'tls.key']},
+    {name: 'dforge-auth-db-superuser', keys: ['password']},
+    {name: 'dforge-auth-db-password', keys: ['password']},
+    {name: 'dforge-jwt-signing-key', keys: ['jwt-signing-key.pem']},
+    // Public, but apart from the signing key so that the app's pods reference no private key.
+    {name: 'dforge-jwks', keys: ['jwks.json']},
+    {name: 'dforge-proxy-tls', type: 'kubernetes.io/tls', keys: ['tls.crt', 'tls.key']},
+    {name: CATALOG_SECRET, keys: ['catalog.json']},
+    {name: 'dforge-install', keys: ['install.tar']},
+    ...(bundledClusterOf(config) ? [{name: 'dforge-postgres-superuser', keys: ['password']}] : []),
+  ];
+  return secrets.sort((a, b) => byCodePoint(a.name, b.name));
+}
+
+/** Where the overlay expects a Secret's key as a file: secrets/<secret>/<key>, under runtime/k8s/. */
+export const overlaySecretFile = (secret: string, key: string): string => `secrets/${secret}/${key}`;
+
+/**
+ * The overlay `install --target k8s` writes to runtime/k8s/ next to the Secret files: its
+ * kustomization (the rendered directory as base, one secretGenerator per Secret) and tenants.yaml.
+ * It uses `bases` and `patchesStrategicMerge` because the kustomize inside kubectl 1.20 knows no
+ * other way to take a directory or a patch; current kubectl still accepts both (with a warning).
+ * Generated Secret names carry a content hash, which kustomize writes into every reference, so a
+ * rotated secret rolls exactly the pods that read it.
+ *
+ * `base` is the rendered directory relative to the overlay; `tenants` are the slugs whose password
+ * the app may read (the active ones: as in compose, a suspended tenant is in catalog.json only).
+ */
+export function renderKubernetesOverlay(config: DforgeConfig, options: {base: string; tenants: readonly string[]}): RenderedFile[] {
+  const slugs = [...new Set(options.tenants.map(validateSlug))].sort(byCodePoint);
+  const generated: KubernetesSecret[] = [...kubernetesSecrets(config), ...slugs.map((slug) => ({name: tenantSecretName(slug), keys: [TENANT_PASSWORD_KEY]}))];
+  const kustomization = {
+    apiVersion: 'kustomize.config.k8s.io/v1beta1',
+    kind: 'Kustomization',
+    namespace: config.kubernetes.namespace,
+    bases: [options.base],
+    generatorOptions: {labels: {'app.kubernetes.io/part-of': PART_OF, 'app.kubernetes.io/version': config.release}},
+    secretGenerator: generated.map((s) => ({name: s.name, ...(s.type ? {type: s.type} : {}), files: s.keys.map((key) => overlaySecretFile(s.name, key))})),
+    patchesStrategicMerge: ['tenants.yaml'],
+  };
+  // The whole source list of the app's "tenants" volume: a list without a merge key is replaced, not merged.
+  const tenantsPatch = {
+    apiVersion: 'apps/v1',
+    kind: 'Deployment',
+    metadata: {name: 'app', namespace: config.kubernetes.namespace},
+    spec: {
+      template: {
+        spec: {
+          volumes: [
+            {
+              name: 'tenants',
+              projected: {
+                sources: [
+                  {secret: {name: CATALOG_SECRET, items: [{key: 'catalog.json', path: 'catalog.json'}]}},
+                  ...slugs.map((slug) => ({secret: {name: tenantSecretName(slug), items: [{key: TENANT_PASSWORD_KEY, path: `${slug}.password`}]}})),
+                ],
+              },
+            },
+          ],
+        },
+      },
+    },
+  };
+  const header = '# Written by dforge install (src/render/k8s.ts); replaced on every install and tenant change.\n';
+  const yaml = (value: unknown): string => header + stringify(value, {lineWidth: 0, minContentWidth: 0, indentSeq: true});
+  return [
+    {path: 'kustomization.yaml', content: yaml(kustomization)},
+    {path: 'tenants.yaml', content: yaml(tenantsPatch)},
+  ];
+}

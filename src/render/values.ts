@@ -1,0 +1,53 @@
+import {PROVISIONER_ROLE} from '../control/bootstrap.js';
+import type {ClusterConfig, DforgeConfig} from '../config/schema.js';
+import {UserError} from '../errors.js';
+import {EMBEDDED_SUPERUSER} from '../postgres/embedded-install.js';
+
+/**
+ * The values every template may use, derived from dforge.yaml alone: no secret, no clock, no host
+ * fact, so the same config always renders the same bytes.
+ */
+
+/** The image services of the stack, as named under `images:` in dforge.yaml. */
+export const IMAGE_SERVICES = ['postgres', 'authDb', 'auth', 'app', 'proxy'] as const;
+export type ImageService = (typeof IMAGE_SERVICES)[number];
+
+/** Numeric ids the images run as (the official postgres image's 999; an unprivileged id for the dForge services). */
+export const POSTGRES_UID = 999;
+export const APP_UID = 10_001;
+
+/** The role the auth service logs in to auth-db with; its database has the same name (pg_hba sameuser). */
+export const AUTH_DB_ROLE = 'dforge_auth';
+
+/** Images not set in dforge.yaml default to dforge/<service>:<release>. */
+export function resolvedImages(config: DforgeConfig): Record<ImageService, string> {
+  const repo: Record<ImageService, string> = {postgres: 'postgres', authDb: 'postgres', auth: 'auth', app: 'app', proxy: 'proxy'};
+  return Object.fromEntries(IMAGE_SERVICES.map((s) => [s, config.images[s] ?? `dforge/${repo[s]}:${config.release}`])) as Record<ImageService, string>;
+}
+
+/** The cluster the stack runs itself (the compose postgres service, the Kubernetes StatefulSet). */
+export function bundledCluster(config: DforgeConfig): Extract<ClusterConfig, {kind: 'bundled'}> {
+  for (const region of Object.values(config.regions)) {
+    for (const cluster of region.clusters) if (cluster.kind === 'bundled') return cluster;
+  }
+  throw new UserError(`target ${config.target} needs a cluster of kind "bundled" in dforge.yaml`, {
+    nextSteps: ['Declare the stack\'s own PostgreSQL, e.g. regions.<region>.clusters: [{name: <region>-1, kind: bundled}]'],
+  });
+}
+
+export function templateValues(config: DforgeConfig): Record<string, unknown> {
+  const cluster = bundledCluster(config);
+  const httpsPort = config.compose.httpsPort;
+  return {
+    domain: config.domain,
+    release: config.release,
+    images: resolvedImages(config),
+    compose: config.compose,
+    kubernetes: config.kubernetes,
+    // Where the HTTP redirect points: the domain, with the port when it is not the default.
+    publicAuthority: httpsPort === 443 ? config.domain : `${config.domain}:${httpsPort}`,
+    postgres: {cluster: cluster.name, port: cluster.port, superuser: EMBEDDED_SUPERUSER, provisioner: PROVISIONER_ROLE},
+    auth: {role: AUTH_DB_ROLE},
+    uids: {postgres: `${POSTGRES_UID}:${POSTGRES_UID}`, app: `${APP_UID}:${APP_UID}`},
+  };
+}

@@ -1,0 +1,131 @@
+import {execFile} from 'node:child_process';
+import path from 'node:path';
+
+import type Docker from 'dockerode';
+
+import {UserError} from '../errors.js';
+import type {ComposeCli} from './compose-cli.js';
+import {projectContainers, SERVICE_LABEL} from './compose-project.js';
+
+/** The services of the rendered stack, by their compose names. */
+export const STACK_SERVICES = ['postgres', 'auth-db', 'auth', 'app', 'proxy'] as const;
+export type StackService = (typeof STACK_SERVICES)[number];
+
+const COMPOSE_TIMEOUT_MS = 10 * 60_000;
+const POLL_MS = 1000;
+const LOG_TAIL = 20;
+
+export interface ServiceState {
+  readonly service: string;
+  readonly containerId: string;
+  readonly image: string;
+  readonly state: string;
+  /** healthy | unhealthy | starting | none (no health check) */
+  readonly health: string;
+}
+
+/**
+ * One compose project, driven through the compose CLI for what compose owns (up, restart, down)
+ * and through the engine API for what needs structure (container states, health, logs).
+ */
+export class ComposeStack {
+  constructor(
+    private readonly options: {
+      readonly cli: ComposeCli;
+      readonly composeFile: string;
+      readonly project: string;
+      readonly docker: Docker;
+      readonly clock?: () => number;
+    },
+  ) {}
+
+  get project(): string {
+    return this.options.project;
+  }
+
+  /** Creates or recreates what changed (config-hash labels, images), removes services no longer rendered. */
+  async up(): Promise<void> {
+    await this.compose(['up', '-d', '--remove-orphans']);
+  }
+
+  async restart(services: readonly string[]): Promise<void> {
+    if (services.length > 0) await this.compose(['restart', ...services]);
+  }
+
+  /** Stops and removes the containers and networks; volumes go only with `volumes`. */
+  async down(options: {volumes: boolean}): Promise<void> {
+    await this.compose(['down', '--remove-orphans', ...(options.volumes ? ['--volumes'] : [])]);
+  }
+
+  /** `compose config`: compose's own validation of the rendered file. */
+  async validate(): Promise<void> {
+    await this.compose(['config', '--quiet']);
+  }
+
+  async services(): Promise<ServiceState[]> {
+    const containers = await projectContainers(this.options.docker, this.options.project);
+    const states: ServiceState[] = [];
+    for (const c of containers) {
+      const info = await this.options.docker.getContainer(c.Id).inspect();
+      states.push({
+        service: c.Labels[SERVICE_LABEL] ?? '?',
+        containerId: c.Id,
+        image: info.Config.Image,
+        state: info.State.Status,
+        health: info.State.Health?.Status ?? 'none',
+      });
+    }
+    return states.sort((a, b) => a.service.localeCompare(b.service));
+  }
+
+  /** Waits until every service's container reports healthy; on timeout, says which did not and shows their logs. */
+  async waitHealthy(services: readonly string[], timeoutMs: number): Promise<ServiceState[]> {
+    const now = this.options.clock ?? Date.now;
+    const deadline = now() + timeoutMs;
+    for (;;) {
+      const states = (await this.services()).filter((s) => services.includes(s.service));
+      const pending = services.filter((name) => !states.some((s) => s.service === name && s.state === 'running' && (s.health === 'healthy' || s.health === 'none')));
+      if (pending.length === 0) return states;
+      if (now() > deadline) {
+        const details: string[] = [];
+        for (const name of pending) {
+          const s = states.find((x) => x.service === name);
+          details.push(`${name}: ${s ? `${s.state}, health ${s.health}` : 'no container'}`);
+          if (s) details.push(...(await this.logTail(s.containerId)).map((l) => `  ${name} | ${l}`));
+        }
+        throw new UserError(`services not healthy after ${Math.round(timeoutMs / 1000)} s: ${pending.join(', ')}`, {
+          nextSteps: [...details, 'Fix the cause shown in the log, then run dforge install again (it picks up where this run stopped).'],
+        });
+      }
+      await new Promise((r) => setTimeout(r, POLL_MS));
+    }
+  }
+
+  private async logTail(containerId: string): Promise<string[]> {
+    const raw = (await this.options.docker.getContainer(containerId).logs({stdout: true, stderr: true, tail: LOG_TAIL, follow: false})) as unknown as Buffer;
+    // Non-TTY logs are multiplexed: 8-byte frame headers before each payload.
+    const lines: string[] = [];
+    let offset = 0;
+    while (offset + 8 <= raw.length) {
+      const size = raw.readUInt32BE(offset + 4);
+      lines.push(...raw.subarray(offset + 8, offset + 8 + size).toString('utf8').split('\n'));
+      offset += 8 + size;
+    }
+    return lines.map((l) => l.trimEnd()).filter(Boolean).slice(-LOG_TAIL);
+  }
+
+  private compose(args: string[]): Promise<string> {
+    const [file, ...prefix] = this.options.cli.argv as [string, ...string[]];
+    const full = [...prefix, '--project-name', this.options.project, '--file', this.options.composeFile, ...args];
+    return new Promise((resolve, reject) => {
+      execFile(file, full, {cwd: path.dirname(this.options.composeFile), timeout: COMPOSE_TIMEOUT_MS, maxBuffer: 16 * 1024 * 1024, encoding: 'utf8'}, (err, stdout, stderr) => {
+        if (!err) return resolve(stdout);
+        reject(
+          new UserError(`${this.options.cli.argv.join(' ')} ${args[0]} failed: ${stderr.trim().split('\n').slice(-5).join(' / ') || err.message}`, {
+            nextSteps: [`Run it by hand to see everything: ${[...this.options.cli.argv, ...full.slice(prefix.length)].join(' ')}`],
+          }),
+        );
+      });
+    });
+  }
+}

@@ -1,0 +1,240 @@
+import {execFile as execFileCb} from 'node:child_process';
+import {createHash} from 'node:crypto';
+import {promises as fs} from 'node:fs';
+import https from 'node:https';
+import os from 'node:os';
+import path from 'node:path';
+import {promisify} from 'node:util';
+
+import pg from 'pg';
+import {stringify as stringifyYaml} from 'yaml';
+import {afterAll, beforeAll, describe, expect, it} from 'vitest';
+
+import {runCli, type CliResult} from '../helpers/cli.js';
+import {connectDocker, dockerUnavailableReason} from '../helpers/docker-engine.js';
+import {freePort} from '../helpers/pg-cluster.js';
+import {missingComponent} from '../helpers/requirements.js';
+import {ensureTestImages, type TestImages} from '../helpers/test-images.js';
+
+/**
+ * The compose install end to end, on the real engine with locally built images: install
+ * non-interactively, prove TLS 1.3-only with openssl, create tenants inside the containerised
+ * PostgreSQL, back one up through `exec` and restore it as a copy, re-run install and see no secret
+ * change, then uninstall.
+ */
+const execFile = promisify(execFileCb);
+const reason = await dockerUnavailableReason();
+const available = reason === undefined || missingComponent('Docker', reason);
+
+const DOMAIN = 'dforge.localhost';
+
+function ok(r: CliResult): CliResult {
+  if (r.code !== 0) throw new Error(`exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+  return r;
+}
+
+/** Every file under a directory with its SHA-256, owner and mode: what "no secret changed" compares. */
+async function fingerprint(root: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  const walk = async (dir: string): Promise<void> => {
+    for (const e of await fs.readdir(dir, {withFileTypes: true})) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) await walk(p);
+      else if (e.isFile()) {
+        const st = await fs.stat(p);
+        out[path.relative(root, p)] = `${createHash('sha256').update(await fs.readFile(p)).digest('hex')} ${st.uid}:${st.gid} ${(st.mode & 0o777).toString(8)}`;
+      }
+    }
+  };
+  await walk(root);
+  return out;
+}
+
+describe.skipIf(!available)('dforge install on Docker Compose', () => {
+  let images: TestImages;
+  let root: string;
+  let dir: string;
+  let ports: {https: number; http: number; postgres: number};
+  let caPem: string;
+  const project = `dforge-e2e-${process.pid}`;
+  const cli = (...args: string[]): Promise<CliResult> => runCli([...args, '--dir', dir]);
+
+  beforeAll(async () => {
+    images = await ensureTestImages(await connectDocker());
+    root = await fs.mkdtemp(path.join(os.tmpdir(), 'dforge-compose-'));
+    dir = path.join(root, 'install');
+    ports = {https: await freePort(), http: await freePort(), postgres: await freePort()};
+  }, 900_000);
+
+  afterAll(async () => {
+    if (!root) return;
+    // Whatever happened above, leave no stack, volume or network behind.
+    await runCli(['uninstall', '--purge', '--confirm', DOMAIN, '--dir', dir]).catch(() => undefined);
+    await execFile('sh', ['-c', `docker ps -aq --filter label=com.docker.compose.project=${project} | xargs -r docker rm -f; docker volume ls -q --filter label=com.docker.compose.project=${project} | xargs -r docker volume rm; docker network ls -q --filter label=com.docker.compose.project=${project} | xargs -r docker network rm`]).catch(() => undefined);
+    await fs.rm(root, {recursive: true, force: true});
+  }, 300_000);
+
+  it('installs non-interactively from an answers file, and reports TLS 1.3 on the proxy and postgres', async () => {
+    const answers = path.join(root, 'answers.yaml');
+    await fs.writeFile(
+      answers,
+      stringifyYaml({
+        target: 'compose',
+        domain: DOMAIN,
+        region: 'eu',
+        httpsPort: ports.https,
+        httpPort: ports.http,
+        postgresPort: ports.postgres,
+        backupDir: path.join(root, 'backups'),
+        project,
+        images: {postgres: images.postgres, authDb: images.postgres, auth: images.standin, app: images.standin, proxy: images.proxy},
+      }),
+    );
+    const r = ok(await cli('install', '--config', answers, '--yes', '--json'));
+    const result = JSON.parse(r.stdout) as {caFingerprint: string; services: Array<{service: string; health: string}>; tls: Array<{tls13: boolean; tls12Refused: boolean}>; secretsCreated: string[]; backupCronLine: string};
+    expect(result.caFingerprint).toMatch(/^[0-9A-F:]{95}$/i);
+    expect(result.services.map((s) => `${s.service}:${s.health}`).sort()).toEqual(['app:healthy', 'auth-db:healthy', 'auth:healthy', 'postgres:healthy', 'proxy:healthy']);
+    expect(result.tls).toHaveLength(2);
+    for (const t of result.tls) expect(t).toMatchObject({tls13: true, tls12Refused: true});
+    expect(result.secretsCreated.length).toBeGreaterThanOrEqual(4);
+    expect(result.backupCronLine).toContain('backup --all');
+    // Progress went to stderr as plain lines; stdout held only the JSON.
+    expect(r.stderr).toMatch(/Health/);
+    caPem = await fs.readFile(path.join(dir, 'pki', 'ca.crt'), 'utf8');
+  }, 900_000);
+
+  it('openssl s_client: TLS 1.3 succeeds and TLS 1.2 fails, on the proxy and on postgres', async () => {
+    const caFile = path.join(dir, 'pki', 'ca.crt');
+    const sClient = (port: number, version: string, extra: string[]): Promise<{code: number | null; out: string}> =>
+      new Promise((resolve) => {
+        // stdin closed at once: s_client handshakes, prints the session, and quits.
+        const child = execFileCb('openssl', ['s_client', '-connect', `127.0.0.1:${port}`, version, '-CAfile', caFile, '-verify_return_error', ...extra], {timeout: 20_000}, (err, stdout, stderr) =>
+          resolve({code: err ? ((err as {code?: number}).code ?? 1) : 0, out: `${stdout}${stderr}`}),
+        );
+        child.stdin?.end();
+      });
+    const proxy13 = await sClient(ports.https, '-tls1_3', ['-servername', DOMAIN]);
+    expect(proxy13.code, proxy13.out).toBe(0);
+    expect(proxy13.out).toMatch(/New, TLSv1\.3/);
+    expect(proxy13.out).toMatch(/Verify return code: 0 \(ok\)/);
+    expect((await sClient(ports.https, '-tls1_2', ['-servername', DOMAIN])).code).not.toBe(0);
+    const pg13 = await sClient(ports.postgres, '-tls1_3', ['-starttls', 'postgres', '-servername', 'postgres']);
+    expect(pg13.code, pg13.out).toBe(0);
+    expect(pg13.out).toMatch(/New, TLSv1\.3/);
+    expect((await sClient(ports.postgres, '-tls1_2', ['-starttls', 'postgres', '-servername', 'postgres'])).code).not.toBe(0);
+  }, 120_000);
+
+  it('HTTP redirects to HTTPS on the configured domain', async () => {
+    const res = await fetch(`http://127.0.0.1:${ports.http}/some/path`, {redirect: 'manual', headers: {host: 'evil.example'}});
+    expect(res.status).toBe(301);
+    expect(res.headers.get('location')).toBe(`https://${DOMAIN}:${ports.https}/some/path`);
+  });
+
+  it('creates two tenants inside the containerised PostgreSQL, and the app sees them through its catalog', async () => {
+    ok(await cli('tenant', 'create', 'acme'));
+    ok(await cli('tenant', 'create', 'globex'));
+    const tenants = JSON.parse(ok(await cli('tenant', 'list', '--json')).stdout) as Array<{slug: string; cluster: string; status: string}>;
+    expect(tenants.map((t) => `${t.slug}@${t.cluster}:${t.status}`).sort()).toEqual(['acme@eu-1:active', 'globex@eu-1:active']);
+
+    // The catalog and one 0400 password file per tenant, owned by the app's user, no secret in the catalog.
+    const runtime = path.join(dir, 'runtime', 'tenants');
+    const catalog = JSON.parse(await fs.readFile(path.join(runtime, 'catalog.json'), 'utf8')) as {tenants: Array<{slug: string; passwordFile: string}>};
+    expect(catalog.tenants.map((t) => t.slug)).toEqual(['acme', 'globex']);
+    const pw = await fs.stat(path.join(runtime, 'acme.password'));
+    expect([pw.uid, pw.mode & 0o777]).toEqual([10_001, 0o400]);
+    expect(JSON.stringify(catalog)).not.toContain(await fs.readFile(path.join(runtime, 'acme.password'), 'utf8'));
+
+    // The app re-read the catalog on SIGHUP, and reaches each tenant's database as that tenant, over verified TLS.
+    const listed = await getJson<{tenants: string[]}>('/tenants');
+    expect(listed.tenants.sort()).toEqual(['acme', 'globex']);
+    expect(await getJson<{user: string; database: string}>('/tenants/acme/ping')).toEqual({user: 'tenant_acme', database: 'tenant_acme'});
+
+    // No tenant secret reaches the app through its environment.
+    const docker = await connectDocker();
+    const [app] = await docker.listContainers({filters: {label: [`com.docker.compose.project=${project}`, 'com.docker.compose.service=app']}});
+    const env = (await docker.getContainer(app!.Id).inspect()).Config.Env.join('\n');
+    expect(env).not.toContain(await fs.readFile(path.join(runtime, 'globex.password'), 'utf8'));
+  }, 180_000);
+
+  it('backs a tenant up through exec in the postgres container and restores it --as a copy with equal data', async () => {
+    await asTenant('acme', async (c) => {
+      await c.query("CREATE TABLE crm.deals (id int PRIMARY KEY, title text); INSERT INTO crm.deals SELECT g, 'deal ' || g || ' ✓' FROM generate_series(1, 20000) g");
+    });
+    const before = await asTenant('acme', async (c) => (await c.query<{sum: string}>("SELECT md5(string_agg(d::text, '|' ORDER BY id)) AS sum FROM crm.deals d")).rows[0]!.sum);
+
+    const backup = JSON.parse(ok(await cli('backup', '--tenant', 'acme', '--pg-tools', 'container', '--json')).stdout) as {id: string; size: number};
+    expect(backup.size).toBeGreaterThan(0);
+    ok(await cli('backup', 'verify', backup.id, '--deep'));
+    const restored = JSON.parse(ok(await cli('restore', '--tenant', 'acme', '--from', backup.id, '--as', 'acme-copy', '--pg-tools', 'container', '--json')).stdout) as {database: string};
+    expect(restored.database).toBe('tenant_acme_copy');
+    const after = await asTenant('acme-copy', async (c) => (await c.query<{sum: string}>("SELECT md5(string_agg(d::text, '|' ORDER BY id)) AS sum FROM crm.deals d")).rows[0]!.sum);
+    expect(after).toBe(before);
+    // The copy joined the app's catalog.
+    expect((await getJson<{tenants: string[]}>('/tenants')).tenants.sort()).toEqual(['acme', 'acme-copy', 'globex']);
+  }, 300_000);
+
+  it('re-running install reconciles: no secret changes, no container is recreated or restarted', async () => {
+    const secretsBefore = await fingerprint(path.join(dir, 'secrets'));
+    const runtimeBefore = await fingerprint(path.join(dir, 'runtime'));
+    const docker = await connectDocker();
+    const ids = async (): Promise<string[]> => (await docker.listContainers({filters: {label: [`com.docker.compose.project=${project}`]}})).map((c) => `${c.Id}:${c.Created}`).sort();
+    const containersBefore = await ids();
+    const r = JSON.parse(ok(await cli('install', '--yes', '--json')).stdout) as {secretsCreated: string[]; restarted: string[]; rendered: {written: string[]}};
+    expect(r.secretsCreated).toEqual([]);
+    expect(r.restarted).toEqual([]);
+    expect(r.rendered.written).toEqual([]);
+    expect(await fingerprint(path.join(dir, 'secrets'))).toEqual(secretsBefore);
+    expect(await fingerprint(path.join(dir, 'runtime'))).toEqual(runtimeBefore);
+    expect(await ids()).toEqual(containersBefore);
+  }, 600_000);
+
+  it('status shows services, tenants with their last backup, and certificates', async () => {
+    const s = JSON.parse(ok(await cli('status', '--json')).stdout) as {services: Array<{service: string; health: string}>; tenants: Array<{slug: string; lastBackup: string | null}>; certificates: Array<{name: string}>; problems: string[]};
+    expect(s.problems).toEqual([]);
+    expect(s.services).toHaveLength(5);
+    expect(s.tenants.find((t) => t.slug === 'acme')?.lastBackup).not.toBeNull();
+    expect(s.certificates.map((c) => c.name)).toContain('proxy');
+  }, 120_000);
+
+  it('uninstalls: containers go, volumes and secrets stay; --purge without --confirm is refused', async () => {
+    const docker = await connectDocker();
+    const refused = await cli('uninstall', '--purge');
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain(`--confirm ${DOMAIN}`);
+    ok(await cli('uninstall'));
+    expect(await docker.listContainers({all: true, filters: {label: [`com.docker.compose.project=${project}`]}})).toEqual([]);
+    const volumes = (await docker.listVolumes({filters: {label: [`com.docker.compose.project=${project}`]}})).Volumes ?? [];
+    expect(volumes.length).toBe(2);
+    await fs.access(path.join(dir, 'secrets', 'master'));
+  }, 300_000);
+
+  async function getJson<T>(pathname: string): Promise<T> {
+    // The app may still be handling the SIGHUP of the last change: retry briefly.
+    for (let attempt = 0; ; attempt++) {
+      const body = await new Promise<{status: number; text: string}>((resolve, reject) => {
+        const req = https.request({host: '127.0.0.1', port: ports.https, path: pathname, servername: DOMAIN, ca: caPem, headers: {host: DOMAIN}, minVersion: 'TLSv1.3'}, (res) => {
+          let text = '';
+          res.on('data', (c: Buffer) => (text += c.toString()));
+          res.on('end', () => resolve({status: res.statusCode ?? 0, text}));
+        });
+        req.on('error', reject);
+        req.end();
+      });
+      if (body.status === 200) return JSON.parse(body.text) as T;
+      if (attempt >= 20) throw new Error(`GET ${pathname}: ${body.status} ${body.text}`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+
+  async function asTenant<T>(slug: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+    const password = await fs.readFile(path.join(dir, 'runtime', 'tenants', `${slug}.password`), 'utf8');
+    const role = `tenant_${slug.replaceAll('-', '_')}`;
+    const c = new pg.Client({host: '127.0.0.1', port: ports.postgres, user: role, password, database: role, ssl: {ca: caPem, servername: 'postgres', minVersion: 'TLSv1.3'}});
+    await c.connect();
+    try {
+      return await fn(c);
+    } finally {
+      await c.end();
+    }
+  }
+});

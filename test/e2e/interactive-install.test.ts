@@ -1,0 +1,101 @@
+import {spawn} from 'node:child_process';
+import {promises as fs} from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import {stringify as stringifyYaml} from 'yaml';
+import {afterAll, beforeAll, describe, expect, it} from 'vitest';
+
+import {cliEntry, runCli} from '../helpers/cli.js';
+
+/**
+ * The interactive install, driven through a real pseudo-terminal (util-linux `script`): the test
+ * answers inquirer's prompts as an operator would type them, and the dforge.yaml it produces is
+ * byte-identical to the one an answers-file install writes. The k8s target is used because it
+ * needs no engine: with no cluster reachable, install stops after rendering.
+ */
+const DOMAIN = 'dforge.localhost';
+const DOWN = '\u001B[B';
+
+describe('dforge install on a terminal', () => {
+  let root: string;
+  let backupDir: string;
+
+  beforeAll(async () => {
+    root = await fs.mkdtemp(path.join(os.tmpdir(), 'dforge-pty-'));
+    backupDir = path.join(root, 'backups');
+  });
+  afterAll(async () => {
+    await fs.rm(root, {recursive: true, force: true});
+  });
+
+  it('asks every open question, and writes the same dforge.yaml as the answers file', async () => {
+    const interactiveDir = path.join(root, 'interactive');
+    const session = startPty(`${process.execPath} ${cliEntry} install --dir ${interactiveDir}`);
+    await session.answer('Where does dForge run?', `${DOWN}\r`);
+    await session.answer('Public domain name', `${DOMAIN}\r`);
+    await session.answer('Name of the region', 'eu\r');
+    await session.answer('Backup directory', `${backupDir}\r`);
+    await session.answer('Where the master key lives', '\r');
+    await session.answer('dForge release', '\r');
+    const {code, output} = await session.exit;
+    expect(code, output).toBe(0);
+    // Compose-only questions were not asked for k8s; the run went on to render and stopped there.
+    expect(output).not.toContain('HTTPS port');
+    expect(output).toContain('not applied');
+
+    const fileDir = path.join(root, 'from-file');
+    const answers = path.join(root, 'answers.yaml');
+    await fs.writeFile(answers, stringifyYaml({target: 'k8s', domain: DOMAIN, region: 'eu', backupDir}));
+    const r = await runCli(['install', '--dir', fileDir, '--config', answers, '--yes']);
+    expect(r.code, r.stderr).toBe(0);
+
+    const interactiveYaml = await fs.readFile(path.join(interactiveDir, 'dforge.yaml'), 'utf8');
+    expect(interactiveYaml).toBe(await fs.readFile(path.join(fileDir, 'dforge.yaml'), 'utf8'));
+    expect(interactiveYaml).toContain('target: k8s');
+  }, 180_000);
+
+  it('without a terminal, a missing answer is an error naming its flag, never a prompt', async () => {
+    const r = await runCli(['install', '--dir', path.join(root, 'no-tty'), '--target', 'k8s']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('missing answer: domain (--domain)');
+    await expect(fs.access(path.join(root, 'no-tty', 'dforge.yaml'))).rejects.toThrow();
+  }, 60_000);
+});
+
+/** A command on a pseudo-terminal, with a way to wait for a prompt and type the answer. */
+function startPty(command: string): {answer(prompt: string, keys: string): Promise<void>; exit: Promise<{code: number | null; output: string}>} {
+  // -q quiet, -f flush at once, -e return the command's exit code, -c the command; no typescript file.
+  const child = spawn('script', ['-qfec', command, '/dev/null'], {env: {...process.env, TERM: 'xterm-256color', COLUMNS: '200', LINES: '50'}, stdio: ['pipe', 'pipe', 'pipe']});
+  let output = '';
+  let consumed = 0;
+  const waiters: Array<() => void> = [];
+  const onData = (c: Buffer): void => {
+    output += c.toString();
+    for (const w of waiters.splice(0)) w();
+  };
+  child.stdout.on('data', onData);
+  child.stderr.on('data', onData);
+  const exit = new Promise<{code: number | null; output: string}>((resolve) => child.on('close', (code) => resolve({code, output})));
+  return {
+    async answer(prompt, keys) {
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        const at = output.indexOf(prompt, consumed);
+        if (at >= 0) {
+          consumed = at + prompt.length;
+          break;
+        }
+        if (Date.now() > deadline) throw new Error(`no prompt "${prompt}" within 60 s; output so far:\n${output}`);
+        await new Promise<void>((resolve) => {
+          waiters.push(resolve);
+          setTimeout(resolve, 500);
+        });
+      }
+      // Let the prompt finish drawing before typing, as a person would.
+      await new Promise((r) => setTimeout(r, 150));
+      child.stdin.write(keys);
+    },
+    exit,
+  };
+}

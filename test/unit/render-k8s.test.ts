@@ -1,0 +1,456 @@
+import {promises as fs} from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import {describe, expect, it} from 'vitest';
+
+import {configSchema, type DforgeConfig} from '../../src/config/schema.js';
+import {UserError} from '../../src/errors.js';
+import {CATALOG_SECRET, kubernetesSecrets, renderKubernetes, renderKubernetesOverlay} from '../../src/render/k8s.js';
+import type {RenderedFile} from '../../src/render/rendered-file.js';
+import {objectId, parseManifests, podTemplates, schemaProblems, unknownFieldProblems, type Container, type K8sObject} from '../helpers/k8s-objects.js';
+import {allowedFlows, type Endpoint} from '../helpers/network-policy.js';
+
+const base = {
+  version: 1,
+  domain: 'dforge.example.com',
+  target: 'k8s',
+  primaryRegion: 'eu',
+  release: '1.4.2',
+  regions: {
+    eu: {
+      clusters: [{name: 'eu-1', kind: 'bundled'}],
+      backup: {destinations: [{name: 'eu-local', kind: 'local', path: '/var/backups/dforge/eu'}]},
+    },
+    us: {
+      clusters: [{name: 'us-1', kind: 'external', host: '192.0.2.10', admin: {secret: 'postgres/us-1-admin'}}],
+      backup: {destinations: [{name: 'us-local', kind: 'local', path: '/var/backups/dforge/us'}]},
+    },
+  },
+  kubernetes: {namespace: 'dforge', ingressClassName: 'nginx', storageClassName: 'encrypted-ssd'},
+};
+
+const config = (patch: Record<string, unknown> = {}): DforgeConfig => configSchema.parse({...base, ...patch});
+
+/** No bundled cluster: tenant data on external servers only, one of them named by DNS. */
+const externalOnly = (): DforgeConfig =>
+  config({
+    regions: {eu: {clusters: [{name: 'eu-1', kind: 'external', host: 'pg.eu.example.com', admin: {secret: 'postgres/eu-1-admin'}}]}},
+    kubernetes: {},
+  });
+
+const objectsOf = (files: readonly RenderedFile[]): K8sObject[] => files.filter((f) => f.path !== 'kustomization.yaml').flatMap((f) => parseManifests(f.content));
+
+const find = (objects: readonly K8sObject[], kind: string, name: string): K8sObject => {
+  const found = objects.find((o) => o.kind === kind && o.metadata.name === name);
+  if (!found) throw new Error(`no ${kind}/${name} rendered`);
+  return found;
+};
+
+const allContainers = (spec: {containers: Container[]; initContainers?: Container[]}): Container[] => [...(spec.initContainers ?? []), ...spec.containers];
+
+/** Every key path of a value ("spec.template.spec.containers[].image"), for comparing structure without values. */
+function keyPaths(value: unknown, prefix = ''): string[] {
+  if (Array.isArray(value)) return [`${prefix}[]`, ...value.flatMap((v) => keyPaths(v, `${prefix}[]`))];
+  if (value !== null && typeof value === 'object') return Object.entries(value).flatMap(([k, v]) => [`${prefix}.${k}`, ...keyPaths(v, `${prefix}.${k}`)]);
+  return [];
+}
+
+describe('renderKubernetes', () => {
+  it('renders byte-identical output twice, as this set of files', async () => {
+    const first = await renderKubernetes(config(), undefined);
+    const second = await renderKubernetes(config(), undefined);
+    expect(second).toEqual(first);
+    expect(first.map((f) => f.path)).toEqual([
+      'app.yaml',
+      'auth-db.yaml',
+      'auth.yaml',
+      'backup-cronjob.yaml',
+      'ingress.yaml',
+      'kustomization.yaml',
+      'namespace.yaml',
+      'networkpolicies.yaml',
+      'postgres.yaml',
+      'proxy.yaml',
+    ]);
+    const kustomization = parseManifests(first.find((f) => f.path === 'kustomization.yaml')!.content)[0]!;
+    expect(kustomization.resources).toEqual(['namespace.yaml', 'networkpolicies.yaml', 'postgres.yaml', 'auth-db.yaml', 'auth.yaml', 'app.yaml', 'proxy.yaml', 'ingress.yaml', 'backup-cronjob.yaml']);
+    expect(objectsOf(first).map(objectId)).toEqual([
+      'Service/app',
+      'Deployment/app',
+      'ConfigMap/auth-db-config',
+      'Service/auth-db',
+      'StatefulSet/auth-db',
+      'Service/auth',
+      'Deployment/auth',
+      'PersistentVolumeClaim/dforge-backups',
+      'CronJob/dforge-backup',
+      'Ingress/dforge',
+      'Namespace/dforge',
+      'NetworkPolicy/default-deny',
+      'NetworkPolicy/allow-dns',
+      'NetworkPolicy/proxy',
+      'NetworkPolicy/app',
+      'NetworkPolicy/auth',
+      'NetworkPolicy/auth-db',
+      'NetworkPolicy/backup',
+      'ConfigMap/postgres-config',
+      'Service/postgres',
+      'StatefulSet/postgres',
+      'NetworkPolicy/postgres',
+      'ConfigMap/proxy-config',
+      'Service/proxy',
+      'Deployment/proxy',
+    ]);
+  });
+
+  it('omits the bundled postgres, its Secret and its flows when every cluster is external', async () => {
+    const files = await renderKubernetes(externalOnly(), undefined);
+    expect(files.map((f) => f.path)).not.toContain('postgres.yaml');
+    const kustomization = parseManifests(files.find((f) => f.path === 'kustomization.yaml')!.content)[0]!;
+    expect(kustomization.resources).not.toContain('postgres.yaml');
+    const objects = objectsOf(files);
+    expect(objects.filter((o) => o.metadata.name === 'postgres' || o.metadata.name === 'postgres-config')).toEqual([]);
+    expect(kubernetesSecrets(externalOnly()).map((s) => s.name)).not.toContain('dforge-postgres-superuser');
+    expect(kubernetesSecrets(config()).map((s) => s.name)).toContain('dforge-postgres-superuser');
+  });
+
+  const variants: Array<[string, () => DforgeConfig]> = [
+    ['bundled and external clusters, class names set', () => config()],
+    ['external clusters only, defaults', externalOnly],
+  ];
+
+  it.each(variants)('every object validates against the Kubernetes schemas (%s)', async (_name, make) => {
+    const objects = objectsOf(await renderKubernetes(make(), undefined));
+    expect(objects.length).toBeGreaterThan(10);
+    expect(await schemaProblems(objects)).toEqual([]);
+  });
+
+  it('no object holds a field the Kubernetes API does not know', async () => {
+    const objects = [...objectsOf(await renderKubernetes(config(), undefined)), ...objectsOf(await renderKubernetes(externalOnly(), undefined))];
+    expect(await unknownFieldProblems(objects)).toEqual([]);
+  });
+
+  it('the unknown-field check catches a misspelt field', async () => {
+    const objects = objectsOf(await renderKubernetes(config(), undefined));
+    const proxy = structuredClone(find(objects, 'Deployment', 'proxy')) as any;
+    proxy.spec.template.spec.containers[0].securityContext.readOnlyRootFileSystem = true;
+    const problems = await unknownFieldProblems([proxy]);
+    expect(problems.join('\n')).toMatch(/Deployment\/proxy: .*readOnlyRootFileSystem/);
+  });
+
+  it('labels every object and pod with name, part-of and version; selectors and claim templates never carry the version', async () => {
+    const objects = objectsOf(await renderKubernetes(config(), undefined));
+    for (const o of objects) {
+      expect(o.metadata.labels, objectId(o)).toMatchObject({'app.kubernetes.io/part-of': 'dforge', 'app.kubernetes.io/version': '1.4.2'});
+      expect(o.metadata.labels?.['app.kubernetes.io/name'], objectId(o)).toBeTruthy();
+      if (o.kind !== 'Namespace') expect(o.metadata.namespace, objectId(o)).toBe('dforge');
+    }
+    for (const t of podTemplates(objects)) {
+      expect(t.metadata.labels, t.owner).toMatchObject({'app.kubernetes.io/part-of': 'dforge', 'app.kubernetes.io/version': '1.4.2'});
+    }
+    // Selectors and volumeClaimTemplates are immutable: a version in them would make upgrades unappliable.
+    for (const o of objects.filter((x) => x.kind === 'Deployment' || x.kind === 'StatefulSet')) {
+      const spec = o.spec as {selector: {matchLabels: Record<string, string>}; template: {metadata: {labels: Record<string, string>}}; volumeClaimTemplates?: Array<{metadata: {labels: Record<string, string>}}>};
+      expect(Object.keys(spec.selector.matchLabels).sort(), objectId(o)).toEqual(['app.kubernetes.io/name', 'app.kubernetes.io/part-of']);
+      expect(spec.template.metadata.labels, objectId(o)).toMatchObject(spec.selector.matchLabels);
+      for (const claim of spec.volumeClaimTemplates ?? []) expect(claim.metadata.labels, objectId(o)).not.toHaveProperty('app.kubernetes.io/version');
+    }
+    for (const s of objects.filter((x) => x.kind === 'Service')) {
+      const selector = (s.spec as {selector: Record<string, string>}).selector;
+      const backing = podTemplates(objects).filter((t) => Object.entries(selector).every(([k, v]) => t.metadata.labels?.[k] === v));
+      expect(backing.length, `pods behind ${objectId(s)}`).toBe(1);
+    }
+  });
+
+  it('runs every pod restricted: non-root, no privilege escalation, read-only root, no capabilities, bounded resources, no token', async () => {
+    for (const make of [config, externalOnly]) {
+      const objects = objectsOf(await renderKubernetes(make(), undefined));
+      const templates = podTemplates(objects);
+      expect(templates.map((t) => t.owner).sort()).toEqual(
+        make === config
+          ? ['CronJob/dforge-backup', 'Deployment/app', 'Deployment/auth', 'Deployment/proxy', 'StatefulSet/auth-db', 'StatefulSet/postgres']
+          : ['CronJob/dforge-backup', 'Deployment/app', 'Deployment/auth', 'Deployment/proxy', 'StatefulSet/auth-db'],
+      );
+      for (const {owner, spec} of templates) {
+        expect(spec.automountServiceAccountToken, owner).toBe(false);
+        for (const field of ['hostNetwork', 'hostPID', 'hostIPC']) expect(spec[field], `${owner} ${field}`).toBeUndefined();
+        const pod = spec.securityContext as Record<string, unknown>;
+        expect(pod, owner).toMatchObject({runAsNonRoot: true, seccompProfile: {type: 'RuntimeDefault'}});
+        for (const id of ['runAsUser', 'runAsGroup', 'fsGroup']) {
+          expect(Number.isInteger(pod[id]) && (pod[id] as number) > 0, `${owner} ${id} = ${String(pod[id])}`).toBe(true);
+        }
+        const emptyDirs = new Set((spec.volumes ?? []).filter((v) => v.emptyDir || v.persistentVolumeClaim).map((v) => v.name));
+        for (const v of spec.volumes ?? []) expect(v.hostPath, `${owner} volume ${v.name}`).toBeUndefined();
+        const claimed = new Set(((objects.find((o) => objectId(o) === owner)!.spec as {volumeClaimTemplates?: Array<{metadata: {name: string}}>}).volumeClaimTemplates ?? []).map((c) => c.metadata.name));
+        for (const c of allContainers(spec)) {
+          const where = `${owner} container ${c.name}`;
+          expect(c.securityContext, where).toEqual({runAsNonRoot: true, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: ['ALL']}});
+          const resources = c.resources as {requests: Record<string, string>; limits: Record<string, string>};
+          for (const kind of ['requests', 'limits'] as const) {
+            expect(Object.keys(resources?.[kind] ?? {}).sort(), `${where} ${kind}`).toEqual(['cpu', 'memory']);
+          }
+          // With a read-only root, everything writable is an emptyDir or a volume claim, and /tmp is one of them.
+          const mounts = (c.volumeMounts ?? []) as Array<{name: string; mountPath: string; readOnly?: boolean}>;
+          for (const m of mounts.filter((x) => !x.readOnly)) expect(emptyDirs.has(m.name) || claimed.has(m.name), `${where} writes ${m.mountPath}`).toBe(true);
+          if (!spec.initContainers?.includes(c)) expect(mounts.map((m) => m.mountPath), where).toContain('/tmp');
+        }
+        // Long-running containers are probed; a batch job's run is bounded by activeDeadlineSeconds instead.
+        if (!owner.startsWith('CronJob/')) {
+          for (const c of spec.containers) {
+            expect(c.readinessProbe, `${owner} ${c.name} readiness`).toBeDefined();
+            expect(c.livenessProbe, `${owner} ${c.name} liveness`).toBeDefined();
+          }
+        }
+      }
+    }
+  });
+
+  it('holds no Secret: workloads reference exactly the Secrets of the overlay contract, group-readable only', async () => {
+    for (const make of [config, externalOnly]) {
+      const files = await renderKubernetes(make(), undefined);
+      const objects = objectsOf(files);
+      expect(objects.filter((o) => o.kind === 'Secret')).toEqual([]);
+      expect(files.map((f) => f.content).join('\n')).not.toMatch(/PRIVATE KEY|stringData|\bdata:\s*\n\s+password/);
+      const referenced = new Set<string>();
+      const modes: number[] = [];
+      for (const {spec} of podTemplates(objects)) {
+        for (const v of spec.volumes ?? []) {
+          const secret = v.secret as {secretName: string; defaultMode?: number} | undefined;
+          const projected = v.projected as {defaultMode?: number; sources: Array<{secret?: {name: string}}>} | undefined;
+          if (secret) {
+            referenced.add(secret.secretName);
+            modes.push(secret.defaultMode ?? -1);
+          }
+          if (projected) {
+            modes.push(projected.defaultMode ?? -1);
+            for (const s of projected.sources) if (s.secret) referenced.add(s.secret.name);
+          }
+        }
+        for (const c of allContainers(spec)) expect(JSON.stringify(c.env ?? []), 'secrets come as files, never as env').not.toMatch(/secretKeyRef/);
+      }
+      for (const o of objects.filter((x) => x.kind === 'Ingress')) {
+        for (const tls of (o.spec as {tls: Array<{secretName: string}>}).tls) referenced.add(tls.secretName);
+      }
+      expect([...referenced].sort()).toEqual(kubernetesSecrets(make()).map((s) => s.name));
+      // 0440: the pod's group (fsGroup) reads, nobody writes; PostgreSQL accepts a root-owned key so.
+      expect(new Set(modes)).toEqual(new Set([0o440]));
+    }
+  });
+
+  it('configures PostgreSQL for TLS 1.3, scram and sameuser, auth-db under its own name, and the proxy on 8080', async () => {
+    const objects = objectsOf(await renderKubernetes(config(), undefined));
+    const postgres = (find(objects, 'ConfigMap', 'postgres-config') as {data?: Record<string, string>}).data!;
+    const authDb = (find(objects, 'ConfigMap', 'auth-db-config') as {data?: Record<string, string>}).data!;
+    for (const conf of [postgres['postgresql.conf']!, authDb['postgresql.conf']!]) {
+      expect(conf).toContain("ssl_min_protocol_version = 'TLSv1.3'");
+      expect(conf).toContain("password_encryption = 'scram-sha-256'");
+    }
+    expect(postgres['postgresql.conf']).toContain("cluster_name = 'eu-1'");
+    expect(authDb['postgresql.conf']).toContain("cluster_name = 'auth-db'");
+    const rules = (hba: string): string[] => hba.split('\n').filter((l) => l.trim() && !l.startsWith('#')).map((l) => l.split(/\s+/).join(' '));
+    expect(rules(postgres['pg_hba.conf']!)).toEqual([
+      'local all dforge_admin scram-sha-256',
+      'hostssl all dforge_provisioner all scram-sha-256',
+      'hostssl sameuser all all scram-sha-256',
+    ]);
+    expect(rules(authDb['pg_hba.conf']!)).toEqual(['local all dforge_admin scram-sha-256', 'hostssl sameuser dforge_auth all scram-sha-256']);
+    const nginx = (find(objects, 'ConfigMap', 'proxy-config') as {data?: Record<string, string>}).data!['nginx.conf']!;
+    expect(nginx).toMatch(/listen 8080 default_server;/);
+    expect(nginx).toMatch(/server_name dforge\.example\.com;/);
+    expect(nginx).not.toMatch(/listen (80|443)\b/);
+  });
+
+  it('renders the Ingress with TLS for the domain, and leaves unset class names out', async () => {
+    const withClass = objectsOf(await renderKubernetes(config(), undefined));
+    expect(find(withClass, 'Ingress', 'dforge').spec).toMatchObject({
+      ingressClassName: 'nginx',
+      tls: [{hosts: ['dforge.example.com'], secretName: 'dforge-proxy-tls'}],
+      rules: [{host: 'dforge.example.com', http: {paths: [{path: '/', pathType: 'Prefix', backend: {service: {name: 'proxy', port: {name: 'http'}}}}]}}],
+    });
+    expect(find(withClass, 'PersistentVolumeClaim', 'dforge-backups').spec).toMatchObject({storageClassName: 'encrypted-ssd'});
+    const unset = objectsOf(await renderKubernetes(externalOnly(), undefined));
+    const paths = unset.flatMap((o) => keyPaths(o));
+    expect(paths.filter((p) => /ingressClassName|storageClassName/.test(p))).toEqual([]);
+    expect(JSON.stringify(unset)).not.toContain('null');
+  });
+
+  it('an override in <dir>/templates/k8s/ shadows the packaged template and rolls the pods that read it', async () => {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'dforge-k8s-override-'));
+    try {
+      const packaged = objectsOf(await renderKubernetes(config(), dir));
+      await fs.mkdir(path.join(dir, 'k8s', 'proxy'), {recursive: true});
+      await fs.writeFile(path.join(dir, 'k8s', 'proxy', 'nginx.conf'), 'events {}\nhttp { server { listen 8080; server_name {{ domain | nginx }}; } }\n');
+      const overridden = objectsOf(await renderKubernetes(config(), dir));
+      const conf = (objects: K8sObject[]): string => (find(objects, 'ConfigMap', 'proxy-config') as {data?: Record<string, string>}).data!['nginx.conf']!;
+      const hash = (objects: K8sObject[], kind: string, name: string): string | undefined =>
+        (find(objects, kind, name).spec as {template: {metadata: {annotations?: Record<string, string>}}}).template.metadata.annotations?.['dforge.dev/config-hash'];
+      expect(conf(overridden)).toBe('events {}\nhttp { server { listen 8080; server_name dforge.example.com; } }\n');
+      expect(hash(overridden, 'Deployment', 'proxy')).not.toBe(hash(packaged, 'Deployment', 'proxy'));
+      expect(hash(overridden, 'StatefulSet', 'postgres')).toBe(hash(packaged, 'StatefulSet', 'postgres'));
+    } finally {
+      await fs.rm(dir, {recursive: true, force: true});
+    }
+  });
+
+  it('runs `dforge backup --all` nightly, never twice at once, with each local destination on the backups claim', async () => {
+    const objects = objectsOf(await renderKubernetes(config(), undefined));
+    const cron = find(objects, 'CronJob', 'dforge-backup').spec as any;
+    expect(cron).toMatchObject({schedule: '17 2 * * *', concurrencyPolicy: 'Forbid'});
+    const pod = cron.jobTemplate.spec.template.spec;
+    const backup = pod.containers[0];
+    expect(backup.image).toBe('dforge/dforge:1.4.2');
+    expect(backup.command).toEqual(['dforge', 'backup', '--all', '--dir', '/var/lib/dforge']);
+    expect(backup.volumeMounts).toEqual([
+      {name: 'install', mountPath: '/var/lib/dforge'},
+      {name: 'tmp', mountPath: '/tmp'},
+      {name: 'backups', mountPath: '/var/backups/dforge/eu', subPath: 'eu/eu-local'},
+      {name: 'backups', mountPath: '/var/backups/dforge/us', subPath: 'us/us-local'},
+    ]);
+    expect(pod.volumes).toContainEqual({name: 'install-archive', secret: {secretName: 'dforge-install', defaultMode: 0o440}});
+    // The unpacked install (keys included) lives in memory, never on the node's disk.
+    expect(pod.volumes).toContainEqual({name: 'install', emptyDir: {medium: 'Memory', sizeLimit: '64Mi'}});
+  });
+
+  it('refuses local backup destinations that would share or shadow a mount', async () => {
+    const clash = config({
+      regions: {
+        eu: {clusters: [{name: 'eu-1', kind: 'bundled'}], backup: {destinations: [{name: 'a', kind: 'local', path: '/srv/backups'}, {name: 'b', kind: 'local', path: '/srv/backups/'}]}},
+      },
+    });
+    await expect(renderKubernetes(clash, undefined)).rejects.toThrow(/backup destination eu\/b uses the path \/srv\/backups/);
+    const tmp = config({regions: {eu: {clusters: [{name: 'eu-1', kind: 'bundled'}], backup: {destinations: [{name: 'a', kind: 'local', path: '/tmp'}]}}}});
+    await expect(renderKubernetes(tmp, undefined)).rejects.toBeInstanceOf(UserError);
+  });
+});
+
+describe('renderKubernetes with hostile values (zod bypassed)', () => {
+  const hostile = (mutate: (c: DforgeConfig) => DforgeConfig): DforgeConfig => mutate(structuredClone(config()));
+
+  it('keeps an injected image, namespace or class name one inert string', async () => {
+    const image = 'x"\nprivileged: true\n  hostNetwork: true #';
+    const namespace = 'evil\n  hostNetwork: true';
+    const className = 'nginx"\n  hostPID: true';
+    const evil = hostile((c) => ({...c, images: {...c.images, app: image, proxy: image}, kubernetes: {...c.kubernetes, namespace, ingressClassName: className}}));
+    const normal = objectsOf(await renderKubernetes(config(), undefined));
+    const injected = objectsOf(await renderKubernetes(evil, undefined));
+    // The same objects with the same keys: the values changed, the structure did not.
+    expect(injected.map((o) => o.kind)).toEqual(normal.map((o) => o.kind));
+    expect(find(injected, 'Namespace', namespace).metadata.name).toBe(namespace);
+    injected.forEach((o, i) => expect(keyPaths(o), objectId(o)).toEqual(keyPaths(normal[i])));
+    const containers = podTemplates(injected).flatMap((t) => allContainers(t.spec));
+    expect(containers.filter((c) => c.name === 'app' || c.name === 'proxy').map((c) => c.image)).toEqual([image, image]);
+    expect(injected.filter((o) => o.kind !== 'Namespace').every((o) => o.metadata.namespace === namespace)).toBe(true);
+    expect((find(injected, 'Ingress', 'dforge').spec as {ingressClassName: string}).ingressClassName).toBe(className);
+  });
+
+  it('refuses a domain that the proxy configuration cannot hold, without echoing it', async () => {
+    const evil = hostile((c) => ({...c, domain: 'evil.com;\n  hostNetwork: true'}));
+    const err = await renderKubernetes(evil, undefined).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UserError);
+    expect((err as Error).message).toMatch(/domain cannot be written into .*nginx\.conf/);
+    expect((err as Error).message).not.toContain('hostNetwork');
+  });
+
+  it('refuses a release that cannot be a label value', async () => {
+    for (const release of ['1.0\n  privileged: true', 'x'.repeat(64), '1.0-']) {
+      await expect(renderKubernetes(hostile((c) => ({...c, release})), undefined)).rejects.toThrow(/cannot be a Kubernetes label value/);
+    }
+  });
+});
+
+describe('NetworkPolicies', () => {
+  const outside: Endpoint[] = [
+    {name: 'kube-dns', namespace: 'kube-system', namespaceLabels: {'kubernetes.io/metadata.name': 'kube-system'}, labels: {'k8s-app': 'kube-dns'}, ip: '10.96.0.10'},
+    {name: 'ingress-controller', namespace: 'ingress-nginx', namespaceLabels: {'kubernetes.io/metadata.name': 'ingress-nginx'}, labels: {'app.kubernetes.io/name': 'ingress-nginx'}, ip: '10.0.9.1'},
+    {name: 'external-db', ip: '192.0.2.10'},
+    {name: 'internet', ip: '203.0.113.7'},
+  ];
+  const probes = [
+    {port: 53, protocol: 'UDP'},
+    {port: 53, protocol: 'TCP'},
+    {port: 22, protocol: 'TCP'},
+    {port: 80, protocol: 'TCP'},
+    {port: 443, protocol: 'TCP'},
+    {port: 5432, protocol: 'TCP'},
+    {port: 8080, protocol: 'TCP'},
+  ] as const;
+
+  /** The rendered pods as endpoints, one per workload, named by app.kubernetes.io/name. */
+  const podsOf = (objects: readonly K8sObject[]): Endpoint[] =>
+    podTemplates(objects).map((t, i) => ({
+      name: t.metadata.labels!['app.kubernetes.io/name']!,
+      namespace: 'dforge',
+      namespaceLabels: {'kubernetes.io/metadata.name': 'dforge'},
+      labels: t.metadata.labels!,
+      ip: `10.0.1.${i + 1}`,
+      namedPorts: Object.fromEntries(t.spec.containers.flatMap((c) => ((c.ports ?? []) as Array<{name: string; containerPort: number}>).map((p) => [p.name, p.containerPort]))),
+    }));
+
+  const flowsOf = async (c: DforgeConfig): Promise<string[]> => {
+    const objects = objectsOf(await renderKubernetes(c, undefined));
+    return allowedFlows(objects, [...podsOf(objects), ...outside], probes);
+  };
+
+  const dns = (pods: string[]): string[] => pods.flatMap((p) => [`${p} -> kube-dns:53/TCP`, `${p} -> kube-dns:53/UDP`]);
+  const intoProxy = ['external-db', 'ingress-controller', 'internet', 'kube-dns'].map((from) => `${from} -> proxy:8080/TCP`);
+
+  it('allow exactly the flows the stack needs, and nothing else', async () => {
+    expect(await flowsOf(config())).toEqual(
+      [
+        ...intoProxy,
+        'proxy -> app:8080/TCP',
+        'proxy -> auth:8080/TCP',
+        'app -> auth:8080/TCP',
+        'app -> postgres:5432/TCP',
+        'app -> external-db:5432/TCP',
+        'auth -> auth-db:5432/TCP',
+        'backup -> postgres:5432/TCP',
+        'backup -> external-db:5432/TCP',
+        ...dns(['app', 'auth', 'auth-db', 'backup', 'postgres', 'proxy']),
+      ].sort(),
+    );
+  });
+
+  it('keep auth-db from the app even when an external cluster named by DNS opens port 5432 to any address', async () => {
+    const flows = await flowsOf(externalOnly());
+    expect(flows).toEqual(
+      [
+        ...intoProxy,
+        'proxy -> app:8080/TCP',
+        'proxy -> auth:8080/TCP',
+        'app -> auth:8080/TCP',
+        // A DNS name cannot be a NetworkPolicy peer: port 5432 opens to every address, in-cluster
+        // pods of other namespaces included; the pods of this namespace still refuse.
+        ...['external-db', 'ingress-controller', 'internet', 'kube-dns'].flatMap((to) => [`app -> ${to}:5432/TCP`, `backup -> ${to}:5432/TCP`]),
+        'auth -> auth-db:5432/TCP',
+        ...dns(['app', 'auth', 'auth-db', 'backup', 'proxy']),
+      ].sort(),
+    );
+    expect(flows).not.toContain('app -> auth-db:5432/TCP');
+    expect(flows).not.toContain('auth -> postgres:5432/TCP');
+  });
+});
+
+describe('renderKubernetesOverlay', () => {
+  it('generates every referenced Secret and one per tenant, and lists the tenants in the app volume', () => {
+    const c = config();
+    const files = renderKubernetesOverlay(c, {base: '../../rendered/k8s', tenants: ['globex', 'acme', 'acme']});
+    expect(files.map((f) => f.path)).toEqual(['kustomization.yaml', 'tenants.yaml']);
+    const kustomization = parseManifests(files[0]!.content)[0] as any;
+    expect(kustomization).toMatchObject({namespace: 'dforge', bases: ['../../rendered/k8s'], patchesStrategicMerge: ['tenants.yaml']});
+    const generated = (kustomization.secretGenerator as Array<{name: string; files: string[]; type?: string}>).map((g) => g.name);
+    expect(generated).toEqual([...kubernetesSecrets(c).map((s) => s.name), 'dforge-tenant-acme', 'dforge-tenant-globex']);
+    expect(kustomization.secretGenerator).toContainEqual({name: 'dforge-proxy-tls', type: 'kubernetes.io/tls', files: ['secrets/dforge-proxy-tls/tls.crt', 'secrets/dforge-proxy-tls/tls.key']});
+    const patch = parseManifests(files[1]!.content)[0] as any;
+    expect(patch.spec.template.spec.volumes[0].projected.sources).toEqual([
+      {secret: {name: CATALOG_SECRET, items: [{key: 'catalog.json', path: 'catalog.json'}]}},
+      {secret: {name: 'dforge-tenant-acme', items: [{key: 'password', path: 'acme.password'}]}},
+      {secret: {name: 'dforge-tenant-globex', items: [{key: 'password', path: 'globex.password'}]}},
+    ]);
+  });
+
+  it('refuses a tenant slug that is not one', () => {
+    expect(() => renderKubernetesOverlay(config(), {base: '../../rendered/k8s', tenants: ['../evil']})).toThrow(UserError);
+  });
+});
