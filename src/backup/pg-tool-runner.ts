@@ -2,6 +2,7 @@ import type {ControlPlane} from '../control/plane.js';
 import {clustersOf, endpointOf} from '../control/plane.js';
 import {UserError} from '../errors.js';
 import {findPostgresBinaries} from '../postgres/binaries.js';
+import {findBundledCluster} from '../render/values.js';
 import {hostTool, libpqSession, spawnTool, type ToolProcess} from './pg-tools.js';
 
 /** Where pg_dump and pg_restore run: the host's binaries, the postgres container, or whichever fits. */
@@ -44,6 +45,24 @@ export async function startPgTool(plane: ControlPlane, request: PgToolRequest): 
   return {...spawnTool(binary, request.args, session.env), close: () => session.close()};
 }
 
+/**
+ * `pg_restore --list` for a dump of PostgreSQL `dumpMajor`: it reads the dump on stdin and
+ * connects nowhere, so it runs on the host when the host's client can read that dump, else in the
+ * stack's postgres container (`auto`), or where --pg-tools says.
+ */
+export async function startPgRestoreList(plane: ControlPlane, dumpMajor: number): Promise<StartedTool> {
+  const bundled = findBundledCluster(plane.config);
+  const inContainer = bundled !== undefined && (plane.pgTools === 'container' || (plane.pgTools === 'auto' && !hostToolFits(dumpMajor)));
+  if (!inContainer) return {...spawnTool(hostTool('pg_restore', dumpMajor), ['--list'], {PATH: process.env.PATH ?? '/usr/bin:/bin', LC_ALL: 'C'}), close: async () => undefined};
+  const [{connectDockerEngine}, {runningServiceContainer}, {execInContainer}] = await Promise.all([
+    import('../docker/engine.js'),
+    import('../runtime/compose-project.js'),
+    import('../runtime/container-exec.js'),
+  ]);
+  const container = await runningServiceContainer(await connectDockerEngine(), plane.config.compose.project, 'postgres');
+  return {...(await execInContainer(container, {cmd: ['pg_restore', '--list'], label: 'pg_restore --list (in the postgres container)'})), close: async () => undefined};
+}
+
 function hostToolFits(serverMajor: number): boolean {
   try {
     return findPostgresBinaries().majorVersion >= serverMajor;
@@ -53,7 +72,7 @@ function hostToolFits(serverMajor: number): boolean {
 }
 
 async function startInContainer(plane: ControlPlane, request: PgToolRequest): Promise<StartedTool> {
-  const [{connectDockerEngine}, {runningServiceContainer}, {execInContainer}] = await Promise.all([
+  const [{connectDockerEngine}, {runningServiceContainer}, {execInContainer, withSecretFromStdin}] = await Promise.all([
     import('../docker/engine.js'),
     import('../runtime/compose-project.js'),
     import('../runtime/container-exec.js'),
@@ -61,22 +80,12 @@ async function startInContainer(plane: ControlPlane, request: PgToolRequest): Pr
   const docker = await connectDockerEngine();
   const container = await runningServiceContainer(docker, plane.config.compose.project, 'postgres');
   const {user, password, database} = request.credentials;
-  // TCP to the server's own address with full verification, like every other dforge connection;
-  // the password travels in the exec's environment, which the engine never reports back.
+  // TCP to the server's own address with full verification, like every other dforge connection.
+  // The password reaches the tool through its stdin (first line), never through the exec request.
+  const env = ['PGHOST=localhost', 'PGPORT=5432', `PGUSER=${user}`, `PGDATABASE=${database}`, 'PGSSLMODE=verify-full', `PGSSLROOTCERT=${CONTAINER_CA}`, 'PGSSLMINPROTOCOLVERSION=TLSv1.3', 'PGCONNECT_TIMEOUT=10', 'LC_ALL=C'];
   const started = await execInContainer(container, {
-    cmd: [request.tool, ...request.args],
-    env: [
-      'PGHOST=localhost',
-      'PGPORT=5432',
-      `PGUSER=${user}`,
-      `PGDATABASE=${database}`,
-      `PGPASSWORD=${password}`,
-      'PGSSLMODE=verify-full',
-      `PGSSLROOTCERT=${CONTAINER_CA}`,
-      'PGSSLMINPROTOCOLVERSION=TLSv1.3',
-      'PGCONNECT_TIMEOUT=10',
-      'LC_ALL=C',
-    ],
+    cmd: withSecretFromStdin('PGPASSWORD', ['env', ...env, request.tool, ...request.args]),
+    secretLine: password,
     label: `${request.tool} (in the postgres container)`,
   });
   return {...started, close: async () => undefined};

@@ -8,7 +8,7 @@ import type {InstallDir} from '../state/install-dir.js';
 import {manifestLocation, type BackupManifest} from './catalog.js';
 import {openHeader} from './format.js';
 import {rebuildCatalog} from './manage.js';
-import {hostTool, libpqSession, spawnTool} from './pg-tools.js';
+import {startPgTool, type PgToolsMode} from './pg-tool-runner.js';
 import {regionDestinations} from './service.js';
 import {checkIntegrity, decryptAndList, feedDecryptedDump, readBackupHeader, resolveSource, wrapperFor} from './verify.js';
 
@@ -27,9 +27,9 @@ export interface ControlRestoreResult {
  * one in the primary region is used unless `from` names one. The catalog is then completed from the
  * destinations' manifests, so backups newer than the control backup are restorable too.
  */
-export async function restoreControl(dir: InstallDir, options: {from?: string; clock?: () => Date}): Promise<ControlRestoreResult> {
+export async function restoreControl(dir: InstallDir, options: {from?: string; clock?: () => Date; pgTools?: PgToolsMode}): Promise<ControlRestoreResult> {
   const now = (options.clock ?? (() => new Date()))();
-  let plane = await openControlPlane(dir);
+  let plane = await openControlPlane(dir, {pgTools: options.pgTools});
   let from = options.from;
   let scratch: string | undefined;
   let header: BackupManifest | undefined;
@@ -44,21 +44,25 @@ export async function restoreControl(dir: InstallDir, options: {from?: string; c
     const parsed = await readBackupHeader(source);
     if (parsed.header.kind !== 'control') throw new UserError(`${source.label} is a tenant backup, not a control backup`, {nextSteps: ['Restore tenants with: dforge restore --tenant <slug> --from <id>']});
     const wrapper = await wrapperFor(plane, parsed, source.label);
-    const toc = await decryptAndList(source, parsed, wrapper);
+    const toc = await decryptAndList(plane, source, parsed, wrapper);
     if ((toc.get('TABLE') ?? 0) === 0) throw new VerificationError(`${source.label} holds no tables`, {nextSteps: ['Use another control backup.']});
     const payloadKey = await openHeader(parsed, wrapper, source.label);
     header = {...parsed.header, format: 'dforge-backup-manifest/1', destination: '', location: '', size: 0, sha256: ''};
 
     scratch = `${CONTROL_DATABASE}_restore_${Math.floor(now.getTime() / 1000).toString(36)}`;
     await withConnection(endpoint, {...provisioner, database: 'postgres'}, (c) => c.query(`CREATE DATABASE ${escapeIdentifier(scratch!)} TEMPLATE template0 ENCODING 'UTF8'`));
-    const session = await libpqSession(endpoint, {...provisioner, database: scratch});
+    const pgRestore = await startPgTool(plane, {
+      tool: 'pg_restore',
+      args: ['--dbname', scratch, '--no-owner', '--no-privileges', '--exit-on-error'],
+      cluster: primary.name,
+      credentials: {...provisioner, database: scratch},
+      serverMajor: Math.floor(Number(parsed.header.pgVersion) / 10_000),
+    });
     try {
-      const pgRestore = hostTool('pg_restore', Math.floor(Number(parsed.header.pgVersion) / 10_000));
-      const pgRestoreRun = spawnTool(pgRestore, ['--dbname', scratch, '--no-owner', '--no-privileges', '--exit-on-error'], session.env);
-      await feedDecryptedDump(source, parsed, payloadKey, pgRestoreRun);
-      await pgRestoreRun.done;
+      await feedDecryptedDump(source, parsed, payloadKey, pgRestore);
+      await pgRestore.done;
     } finally {
-      await session.close();
+      await pgRestore.close();
     }
   } catch (err) {
     if (scratch) await withConnection(endpoint, {...provisioner, database: 'postgres'}, (c) => c.query(`DROP DATABASE IF EXISTS ${escapeIdentifier(scratch!)}`)).catch(() => undefined);

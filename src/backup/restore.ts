@@ -64,7 +64,7 @@ export async function restoreTenant(
     });
   }
   const wrapper = await wrapperFor(plane, parsed, source.label);
-  const toc = await decryptAndList(source, parsed, wrapper);
+  const toc = await decryptAndList(plane, source, parsed, wrapper);
   const payloadKey = await openHeader(parsed, wrapper, source.label);
 
   let target: Tenant;

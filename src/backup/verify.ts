@@ -9,7 +9,8 @@ import {UserError, VerificationError} from '../errors.js';
 import {dataKeyWrapper, parseHeader, openHeader, DecryptStream, type FileKeyWrapper, type ParsedHeader} from './format.js';
 import {BackupCatalog, manifestLocation, type BackupManifest, type BackupRecord} from './catalog.js';
 import {regionDestinations} from './service.js';
-import {hostTool, spawnTool, tocCounts, type ToolProcess} from './pg-tools.js';
+import {startPgRestoreList} from './pg-tool-runner.js';
+import {tocCounts, type ToolProcess} from './pg-tools.js';
 
 /** A backup to read: from the catalog (by id) or a file an operator points at. */
 export interface BackupSource {
@@ -112,10 +113,9 @@ export async function checkIntegrity(source: BackupSource): Promise<IntegrityChe
  * Decrypts the whole stream and feeds it to `pg_restore --list`, so every chunk is authenticated
  * and the dump's table of contents is read. Returns the TOC's object counts.
  */
-export async function decryptAndList(source: BackupSource, parsed: ParsedHeader, wrapper: FileKeyWrapper): Promise<Map<string, number>> {
+export async function decryptAndList(plane: ControlPlane, source: BackupSource, parsed: ParsedHeader, wrapper: FileKeyWrapper): Promise<Map<string, number>> {
   const payloadKey = await openHeader(parsed, wrapper, source.label);
-  const pgRestore = hostTool('pg_restore', Math.floor(Number(parsed.header.pgVersion) / 10_000));
-  const pgRestoreList = spawnTool(pgRestore, ['--list'], {PATH: process.env.PATH ?? '/usr/bin:/bin', LC_ALL: 'C'});
+  const pgRestoreList = await startPgRestoreList(plane, Math.floor(Number(parsed.header.pgVersion) / 10_000));
   const {done, stdin} = pgRestoreList;
   let list = '';
   pgRestoreList.stdout.on('data', (c: Buffer) => (list += c.toString()));
@@ -186,7 +186,7 @@ export async function verifyBackup(plane: ControlPlane, from: string, options: {
   const parsed = await readBackupHeader(source);
   let objects: Record<string, number> | undefined;
   if (options.deep) {
-    const counts = await decryptAndList(source, parsed, await wrapperFor(plane, parsed, source.label));
+    const counts = await decryptAndList(plane, source, parsed, await wrapperFor(plane, parsed, source.label));
     objects = Object.fromEntries(counts);
     if (source.record) await new BackupCatalog(plane.control).markVerified(source.record.id, (options.clock ?? (() => new Date()))());
   }

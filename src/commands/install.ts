@@ -3,6 +3,7 @@ import {Flags} from '@oclif/core';
 import {BaseCommand} from '../base-command.js';
 import {UsageError} from '../errors.js';
 import {readAnswersFile, type PartialAnswers} from '../install/answers.js';
+import {withStackLock} from '../install/lifecycle.js';
 import {commonInstallSteps, installResult, newInstallContext, targetInstallSteps, type InstallResult} from '../install/service.js';
 import {IMAGE_SERVICES} from '../render/values.js';
 import {askInstallQuestions, canPrompt} from '../ui/install-prompts.js';
@@ -11,7 +12,7 @@ import {runSteps} from '../ui/tasks.js';
 export default class Install extends BaseCommand<typeof Install> {
   static override summary = 'Install dForge, or reconcile an existing install (like gitlab-ctl reconfigure).';
   static override description = `Steps: preflight → dforge.yaml → master key and JWT keys → PKI → sealed credentials → images → render → docker compose up → health → bootstrap dforge_control and the auth database → publish tenants to the app → TLS 1.3 handshake checks → summary with the CA fingerprint and the backup cron line.
-On a terminal, missing answers are asked. Otherwise they come from flags, --config answers.yaml and DFORGE_* variables, and a missing one is an error naming its flag.
+On a terminal, missing answers are asked. Otherwise they come from flags, --config answers.yaml and DFORGE_* variables; an unanswered question is an error naming its flag, unless --yes takes its default.
 Running it again changes only what differs: no secret is regenerated, changed files are re-rendered, and only services whose configuration changed are restarted.`;
   static override examples = [
     '<%= config.bin %> install',
@@ -33,7 +34,7 @@ Running it again changes only what differs: no secret is regenerated, changed fi
     release: Flags.string({summary: 'dForge release (default image tag).', env: 'DFORGE_RELEASE'}),
     project: Flags.string({summary: 'docker compose project name.'}),
     image: Flags.string({summary: 'Image of one service: <service>=<ref>, e.g. app=registry.local/dforge/app:1.4.2.', multiple: true}),
-    ignore: Flags.string({summary: 'Preflight check to waive (recorded in the ops log).', multiple: true}),
+    ignore: Flags.string({summary: 'Preflight check to waive (recorded in the ops log); repeat it or separate ids with commas.', multiple: true, delimiter: ','}),
   };
 
   async run(): Promise<InstallResult> {
@@ -44,12 +45,15 @@ Running it again changes only what differs: no secret is regenerated, changed fi
     const options = {
       provided,
       ask: prompting ? (questions: Parameters<typeof askInstallQuestions>[1], known: PartialAnswers) => askInstallQuestions(dir, questions, known) : undefined,
+      acceptDefaults: this.flags.yes,
       ignore: this.flags.ignore ?? [],
       cliPath: process.argv[1] ?? 'dforge',
     };
     const ctx = newInstallContext();
-    await runSteps(commonInstallSteps(dir, options), ctx, this.out, {prompting});
-    await runSteps(await targetInstallSteps(dir, options, ctx.config!.target), ctx, this.out);
+    await withStackLock(dir, 'dforge install', async () => {
+      await runSteps(commonInstallSteps(dir, options), ctx, this.out, {prompting});
+      await runSteps(await targetInstallSteps(dir, options, ctx.config!.target), ctx, this.out);
+    });
     const result = await installResult(dir, ctx, options);
     if (!this.jsonEnabled() && result.applied === false) {
       this.log(`Rendered for Kubernetes, not applied: no cluster is reachable with the current kubeconfig.`);

@@ -28,7 +28,7 @@ export default class Restore extends BaseCommand<typeof Restore> {
 
   async run(): Promise<RestoreResult | ControlRestoreResult> {
     if (this.flags.control) {
-      const result = await restoreControl(this.installDir(), {from: this.flags.from});
+      const result = await restoreControl(this.installDir(), {from: this.flags.from, pgTools: this.flags['pg-tools']});
       this.out.progress(`dforge_control restored from ${result.backupId} (${result.createdAt}); ${result.tenants} tenants registered, ${result.catalogAdded} catalog entries added from manifests`);
       return result;
     }

@@ -3,7 +3,7 @@ import {Flags} from '@oclif/core';
 import {BaseCommand} from '../base-command.js';
 import {loadConfigFile} from '../config/load.js';
 import {UsageError} from '../errors.js';
-import {uninstall, type UninstallResult} from '../install/lifecycle.js';
+import {uninstall, withStackLock, type UninstallResult} from '../install/lifecycle.js';
 import {confirmDestructive} from '../ui/confirm.js';
 
 export default class Uninstall extends BaseCommand<typeof Uninstall> {
@@ -24,7 +24,7 @@ export default class Uninstall extends BaseCommand<typeof Uninstall> {
       const answer = await confirmDestructive({provided: this.flags.confirm, expected: domain, flag: '--confirm', question: `Delete every database volume and secret of ${domain}? Type the domain to confirm`});
       if (answer !== domain) throw new UsageError(`--confirm ${answer} does not match the install domain`, {nextSteps: [`Re-run with --confirm ${domain}`]});
     }
-    const result = await uninstall(dir, {purge: this.flags.purge});
+    const result = await withStackLock(dir, 'dforge uninstall', () => uninstall(dir, {purge: this.flags.purge}));
     this.out.progress(result.purged ? `removed the stack, its volumes and ${result.removed.length} path(s)` : `removed the stack; kept: ${result.kept.join(', ')}`);
     return result;
   }

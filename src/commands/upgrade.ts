@@ -1,7 +1,7 @@
 import {Flags} from '@oclif/core';
 
 import {BaseCommand} from '../base-command.js';
-import {prepareUpgrade, type UpgradePlan} from '../install/lifecycle.js';
+import {prepareUpgrade, withStackLock, type UpgradePlan} from '../install/lifecycle.js';
 import {commonInstallSteps, installResult, newInstallContext, targetInstallSteps, type InstallResult} from '../install/service.js';
 import {runSteps} from '../ui/tasks.js';
 
@@ -16,12 +16,21 @@ export default class Upgrade extends BaseCommand<typeof Upgrade> {
 
   async run(): Promise<{upgrade: Omit<UpgradePlan, 'backups'> & {backups: number}; install: InstallResult}> {
     const dir = this.installDir();
-    const plan = await prepareUpgrade(dir, this.flags.to, {report: (outcome) => process.stderr.write(`${JSON.stringify({event: 'backup', ...outcome})}\n`)});
-    this.out.progress(`backed up ${plan.backups.tenants.length} tenant(s); release ${plan.from} → ${plan.to}`);
     const options = {provided: {}, ignore: [], cliPath: process.argv[1] ?? 'dforge'};
     const ctx = newInstallContext();
-    await runSteps(commonInstallSteps(dir, options), ctx, this.out);
-    await runSteps(await targetInstallSteps(dir, options, ctx.config!.target), ctx, this.out);
+    const plan = await withStackLock(dir, `dforge upgrade --to ${this.flags.to}`, async () => {
+      const [{connectDockerEngine}, {imagePresent}] = await Promise.all([import('../docker/engine.js'), import('../docker/images.js')]);
+      const docker = await connectDockerEngine();
+      const prepared = await prepareUpgrade(dir, this.flags.to, {
+        report: (outcome) => process.stderr.write(`${JSON.stringify({event: 'backup', ...outcome})}\n`),
+        imagePresent: (ref) => imagePresent(docker, ref),
+      });
+      for (const p of prepared.pinned) this.out.warn(`image ${p} is pinned to something other than release ${prepared.from}: left as it is`);
+      this.out.progress(`backed up ${prepared.backups.tenants.length} tenant(s); release ${prepared.from} → ${prepared.to}`);
+      await runSteps(commonInstallSteps(dir, options), ctx, this.out);
+      await runSteps(await targetInstallSteps(dir, options, ctx.config!.target), ctx, this.out);
+      return prepared;
+    });
     const {backups, ...rest} = plan;
     return {upgrade: {...rest, backups: backups.tenants.length}, install: await installResult(dir, ctx, options)};
   }

@@ -5,16 +5,38 @@ import {loadCertificateWithKey} from '../certs/store.js';
 import type {DforgeConfig} from '../config/schema.js';
 import {caCertFile, provisionerSecret, superuserSecret} from '../control/plane.js';
 import type {KeyServices} from '../keys/context.js';
-import {jwtPrivateKeyName, readJwtKeys} from '../keys/jwt.js';
+import {jwksFile, jwtPrivateKeyName, readJwtKeys} from '../keys/jwt.js';
 import {ensureSealedPassword} from '../keys/sealed-password.js';
 import {APP_UID, bundledCluster, POSTGRES_UID} from '../render/values.js';
 import type {StackService} from '../runtime/compose-stack.js';
 import {ensureRuntimeDir, ROOT, writeRuntimeFile, type Ownership} from '../runtime/runtime-files.js';
+import {writeFileAtomic} from '../state/atomic-file.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {AUTH_DB_PASSWORD_SECRET, AUTH_DB_SUPERUSER_SECRET} from './secrets.js';
 
 const POSTGRES: Ownership = {uid: POSTGRES_UID, gid: POSTGRES_UID};
 const APP: Ownership = {uid: APP_UID, gid: APP_UID};
+
+/**
+ * Services whose mounted files changed and that have not been restarted since: kept on disk, so a
+ * run that fails between writing the files and restarting still restarts them on the next run.
+ */
+const pendingRestartsFile = (dir: InstallDir): string => path.join(dir.root, 'state', 'compose-pending-restarts.json');
+
+export async function addPendingRestarts(dir: InstallDir, services: Iterable<string>): Promise<Set<string>> {
+  const all = new Set([...(await pendingRestarts(dir)), ...services]);
+  await fs.mkdir(path.dirname(pendingRestartsFile(dir)), {recursive: true, mode: 0o755});
+  await writeFileAtomic(pendingRestartsFile(dir), `${JSON.stringify([...all].sort())}\n`);
+  return all;
+}
+
+export async function pendingRestarts(dir: InstallDir): Promise<string[]> {
+  return fs.readFile(pendingRestartsFile(dir), 'utf8').then((t) => JSON.parse(t) as string[], () => []);
+}
+
+export async function clearPendingRestarts(dir: InstallDir): Promise<void> {
+  await fs.rm(pendingRestartsFile(dir), {force: true});
+}
 
 /** Where the stack's database sockets appear on the host: dforge administers through them. */
 export const postgresSocketDir = (dir: InstallDir): string => path.join(dir.runtimeDir, 'postgres', 'socket');
@@ -71,6 +93,8 @@ export async function writeComposeRuntime(dir: InstallDir, keys: KeyServices, cr
 
   await ensureRuntimeDir(path.join(dir.runtimeDir, 'auth'), {mode: 0o700, owner: ROOT});
   await put(['auth'], 'auth/db.password', credentials.authDb, 0o600, APP);
+  // The public key set: auth serves it, the app verifies tokens with it. A copy here, so a rotation restarts both.
+  await put(['auth', 'app'], 'auth/jwks.json', await fs.readFile(jwksFile(dir), 'utf8'), 0o644, APP);
   const signing = (await readJwtKeys(dir)).find((k) => k.state === 'signing');
   if (signing) await put(['auth'], 'auth/jwt-signing-key.pem', (await keys.sealed.get(jwtPrivateKeyName(signing.kid))).toString('utf8'), 0o600, APP);
 

@@ -5,17 +5,32 @@ import {withOpsRecord} from '../audit/record.js';
 import {listBackups} from '../backup/manage.js';
 import {backupAll, type BackupAllResult} from '../backup/service.js';
 import {certificatesStatus} from '../certs/service.js';
-import {configText} from '../config/init.js';
 import {loadConfigFile} from '../config/load.js';
 import {configSchema, type DforgeConfig} from '../config/schema.js';
-import {usingControlPlane} from '../control/plane.js';
+import {pkiDir, usingControlPlane} from '../control/plane.js';
 import {UsageError, UserError} from '../errors.js';
 import {COMPOSE_FILE} from '../render/compose.js';
 import {IMAGE_SERVICES, resolvedImages} from '../render/values.js';
 import {ComposeStack, type ServiceState} from '../runtime/compose-stack.js';
 import {writeFileAtomic} from '../state/atomic-file.js';
+import {acquireLock} from '../state/lock.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {composeDir} from './service.js';
+
+/**
+ * One install, upgrade or uninstall at a time per install directory: two first installs racing
+ * would each generate credentials, and one of them would lock the other out of its own database.
+ * A concurrent run exits 5 and names the holder.
+ */
+export async function withStackLock<T>(dir: InstallDir, command: string, fn: () => Promise<T>): Promise<T> {
+  await fs.mkdir(dir.root, {recursive: true, mode: 0o755});
+  const lock = await acquireLock(dir.locksDir, 'stack', {command});
+  try {
+    return await fn();
+  } finally {
+    await lock.release();
+  }
+}
 
 /** The compose stack of an install, driven by its rendered compose file. */
 async function composeStack(dir: InstallDir, config: DforgeConfig): Promise<ComposeStack> {
@@ -85,19 +100,27 @@ export interface UninstallResult {
  */
 export async function uninstall(dir: InstallDir, options: {purge: boolean}): Promise<UninstallResult> {
   const config = await loadConfigFile(dir.configFile);
+  if (config.target !== 'compose') {
+    throw new UsageError(`uninstall removes a compose stack; this install's target is ${config.target}`, {
+      nextSteps: config.target === 'k8s' ? ['Delete the Kubernetes objects with: kubectl delete -k <dir>/runtime/k8s (the volume claims of the StatefulSets stay until you delete them).'] : ['Stop the embedded cluster with: dforge db stop'],
+    });
+  }
   const stack = await composeStack(dir, config);
-  await withOpsRecord(dir, {action: options.purge ? 'uninstall.purge' : 'uninstall', target: config.domain}, async () => undefined);
+  // Written before the stack goes: afterwards there is no control database to write to.
+  await withOpsRecord(dir, {action: options.purge ? 'uninstall.purge' : 'uninstall', target: config.domain, details: () => ({phase: 'requested'})}, async () => undefined);
   await stack.down({volumes: options.purge});
-  const backups = Object.values(config.regions).flatMap((r) => r.backup?.destinations ?? []).map((d) => (d.kind === 'local' ? d.path : `${d.kind}:${d.name}`));
+  const backups = Object.values(config.regions).flatMap((r) => r.backup?.destinations ?? []).map((d) => (d.kind === 'local' ? path.resolve(d.path) : `${d.kind}:${d.name}`));
   if (!options.purge) return {project: config.compose.project, purged: false, removed: [], kept: ['data volumes', dir.secretsDir, dir.configFile, ...backups]};
-  // Everything in the install directory goes, except what holds a local backup destination.
+  // Exactly what dforge put in the install directory; templates/ overrides and anything else an
+  // operator keeps there stay, and so does a backup destination inside one of these paths.
   const removed: string[] = [];
-  const localBackups = backups.filter((b) => path.isAbsolute(b));
-  for (const name of await fs.readdir(dir.root)) {
-    const entry = path.join(dir.root, name);
-    if (localBackups.some((b) => b === entry || b.startsWith(`${entry}${path.sep}`))) continue;
-    await fs.rm(entry, {recursive: true, force: true});
-    removed.push(entry);
+  const owned = [dir.configFile, path.join(dir.root, 'dforge.schema.json'), dir.secretsDir, dir.runtimeDir, dir.renderedDir, pkiDir(dir), path.join(dir.root, 'state')];
+  for (const entry of owned) {
+    if (backups.some((b) => b === entry || b.startsWith(`${entry}${path.sep}`))) continue;
+    if (await fs.stat(entry).then(() => true, () => false)) {
+      await fs.rm(entry, {recursive: true, force: true});
+      removed.push(entry);
+    }
   }
   return {project: config.compose.project, purged: true, removed, kept: backups};
 }
@@ -107,6 +130,8 @@ export interface UpgradePlan {
   readonly to: string;
   readonly backups: BackupAllResult;
   readonly images: Record<string, string>;
+  /** Images set to something other than the old release's tag (a digest, another tag): left as they are. */
+  readonly pinned: string[];
 }
 
 /**
@@ -114,19 +139,36 @@ export interface UpgradePlan {
  * then dforge.yaml moved to release V. Images pinned to the old release follow it; images pinned
  * to anything else are the operator's choice and stay. The caller then reconciles like install.
  */
-export async function prepareUpgrade(dir: InstallDir, to: string, options: {report: Parameters<typeof backupAll>[1]['report']}): Promise<UpgradePlan> {
+export async function prepareUpgrade(dir: InstallDir, to: string, options: {report: Parameters<typeof backupAll>[1]['report']; imagePresent: (ref: string) => Promise<boolean>}): Promise<UpgradePlan> {
   const config = await loadConfigFile(dir.configFile);
   const parsedTo = configSchema.shape.release.safeParse(to);
   if (!parsedTo.success) throw new UsageError(`--to ${to}: ${parsedTo.error.issues[0]!.message}`, {nextSteps: ['Give a release version such as 1.4.2.']});
-  // backupAll throws PartialError (exit 4) naming the tenants that failed: the upgrade stops before changing anything.
-  const backups = await usingControlPlane(dir, (plane) => backupAll(plane, {concurrency: 2, report: options.report}));
   const from = config.release;
   const images = {...config.images};
+  const pinned: string[] = [];
   for (const service of IMAGE_SERVICES) {
     const ref = images[service];
     if (ref?.endsWith(`:${from}`)) images[service] = `${ref.slice(0, -from.length)}${to}`;
+    else if (ref) pinned.push(`${service}=${ref}`);
   }
   const next: DforgeConfig = {...config, release: to, images};
-  await writeFileAtomic(dir.configFile, configText(next));
-  return {from, to, backups, images: resolvedImages(next)};
+  // Nothing changes unless every image of the new release is there to start.
+  const missing: string[] = [];
+  for (const ref of new Set(Object.values(resolvedImages(next)))) if (!(await options.imagePresent(ref))) missing.push(ref);
+  if (missing.length > 0) {
+    throw new UserError(`the images of release ${to} are not in the local engine: ${missing.join(', ')}`, {
+      nextSteps: ['Load them (dforge bundle load <bundle>, or docker pull), then run the upgrade again. Nothing was changed.'],
+    });
+  }
+  // backupAll throws PartialError (exit 4) naming the tenants that failed: the upgrade stops before changing anything.
+  const backups = await usingControlPlane(dir, (plane) => backupAll(plane, {concurrency: 2, report: options.report}));
+  // The operator's file is edited in place (comments and layout kept), with the previous one beside it.
+  const text = await fs.readFile(dir.configFile, 'utf8');
+  const {parseDocument} = await import('yaml');
+  const doc = parseDocument(text);
+  doc.set('release', to);
+  for (const service of IMAGE_SERVICES) if (images[service] !== config.images[service]) doc.setIn(['images', service], images[service]);
+  await writeFileAtomic(`${dir.configFile}.pre-upgrade`, text);
+  await writeFileAtomic(dir.configFile, doc.toString({lineWidth: 0}));
+  return {from, to, backups, images: resolvedImages(next), pinned};
 }

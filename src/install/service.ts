@@ -1,3 +1,4 @@
+import {promises as fs} from 'node:fs';
 import path from 'node:path';
 
 import type Docker from 'dockerode';
@@ -24,13 +25,15 @@ import type {InstallDir} from '../state/install-dir.js';
 import type {Step} from '../ui/tasks.js';
 import {configFromAnswers, openQuestions, withDefaults, type Answers, type PartialAnswers, type Question} from './answers.js';
 import {ensureAuthDatabase} from './auth-db.js';
-import {authDbSocketDir, ensureStackCredentials, postgresSocketDir, writeComposeRuntime} from './compose-runtime.js';
+import {addPendingRestarts, authDbSocketDir, clearPendingRestarts, ensureStackCredentials, postgresSocketDir, writeComposeRuntime, type StackCredentials} from './compose-runtime.js';
 
 export interface InstallOptions {
   /** Answers from flags and the answers file; flags already take precedence. */
   readonly provided: PartialAnswers;
   /** Asks the open questions on a terminal; undefined when nobody can answer (no TTY, --yes). */
   readonly ask?: (questions: Question[], known: PartialAnswers) => Promise<PartialAnswers>;
+  /** --yes: open questions take their defaults without asking. */
+  readonly acceptDefaults?: boolean;
   /** Preflight checks the operator waives. */
   readonly ignore: readonly string[];
   /** The dforge CLI as cron should call it, for the backup line of the summary. */
@@ -70,6 +73,7 @@ export interface InstallContext {
   services: ServiceState[];
   tls: TlsProbe[];
   stack?: ComposeStack;
+  credentials?: StackCredentials;
   /** k8s: whether kubectl applied the overlay (false: no cluster reachable, stopped after rendering). */
   applied?: boolean;
 }
@@ -158,7 +162,8 @@ export function composeInstallSteps(dir: InstallDir, options: InstallOptions): A
         const keys = await openKeyServices(dir);
         const credentials = await ensureStackCredentials(keys, need(ctx));
         ctx.secretsCreated.push(...credentials.created);
-        ctx.changedServices = await writeComposeRuntime(dir, keys, credentials);
+        ctx.credentials = credentials;
+        ctx.changedServices = await addPendingRestarts(dir, await writeComposeRuntime(dir, keys, credentials));
         return `${credentials.created.length} created, ${ctx.changedServices.size} service(s) with changed files`;
       },
     },
@@ -166,13 +171,8 @@ export function composeInstallSteps(dir: InstallDir, options: InstallOptions): A
       title: 'Images',
       async run(ctx) {
         const missing: string[] = [];
-        for (const ref of new Set(Object.values(resolvedImages(need(ctx))))) {
-          const present = await (await engine())
-            .getImage(ref)
-            .inspect()
-            .then(() => true, () => false);
-          if (!present) missing.push(ref);
-        }
+        const {imagePresent} = await import('../docker/images.js');
+        for (const ref of new Set(Object.values(resolvedImages(need(ctx))))) if (!(await imagePresent(await engine(), ref))) missing.push(ref);
         if (missing.length > 0) {
           throw new UserError(`images not in the local engine: ${missing.join(', ')}`, {
             nextSteps: ['Load them from the offline bundle: dforge bundle load <bundle>', 'or pull them from your registry (docker pull <image>), then re-run dforge install.'],
@@ -201,6 +201,7 @@ export function composeInstallSteps(dir: InstallDir, options: InstallOptions): A
         // A container that up just created already read the new files; a kept one must restart to.
         ctx.restarted = after.filter((s) => ctx.changedServices.has(s.service) && before.get(s.service) === s.containerId).map((s) => s.service);
         await stack.restart(ctx.restarted);
+        await clearPendingRestarts(dir);
         const recreated = after.filter((s) => before.get(s.service) !== s.containerId).map((s) => s.service);
         return `${recreated.length > 0 ? `created ${recreated.join(', ')}` : 'no container recreated'}${ctx.restarted.length > 0 ? `; restarted ${ctx.restarted.join(', ')}` : ''}`;
       },
@@ -216,8 +217,7 @@ export function composeInstallSteps(dir: InstallDir, options: InstallOptions): A
       title: 'Bootstrap',
       async run(ctx) {
         const config = need(ctx);
-        const keys = await openKeyServices(dir);
-        const credentials = await ensureStackCredentials(keys, config);
+        const credentials = ctx.credentials!;
         const cluster = bundledCluster(config).name;
         const endpoint = await endpointOf(dir, config, cluster);
         const admin = await connectOverSocket(postgresSocketDir(dir), 5432, {user: EMBEDDED_SUPERUSER, password: credentials.superuser, database: 'postgres'});
@@ -241,7 +241,13 @@ export function composeInstallSteps(dir: InstallDir, options: InstallOptions): A
     },
     {
       title: 'Tenants',
-      async run() {
+      async run(ctx) {
+        // A first install waives checks before any ops log exists: they go on the record now.
+        const report = ctx.preflight;
+        if (report && report.waived.length > 0 && !report.waiversLogged) {
+          const {logWaivers} = await import('../preflight/service.js');
+          await logWaivers(dir, report.checks.filter((c) => c.status === 'waived'), report.target, new Date());
+        }
         const published = await usingControlPlane(dir, (plane) => publishTenantCatalog(plane));
         return `${published.tenants} tenant(s) published to the app`;
       },
@@ -250,7 +256,7 @@ export function composeInstallSteps(dir: InstallDir, options: InstallOptions): A
       title: 'TLS',
       async run(ctx) {
         const config = need(ctx);
-        const caPem = await (await import('node:fs')).promises.readFile(caCertFile(dir), 'utf8');
+        const caPem = await fs.readFile(caCertFile(dir), 'utf8');
         const host = config.compose.bindAddress === '0.0.0.0' ? '127.0.0.1' : config.compose.bindAddress;
         ctx.tls = [
           await probeTls({host, port: config.compose.httpsPort, servername: config.domain, caPem, protocol: 'tls'}),
@@ -272,8 +278,11 @@ export const composeDir = (dir: InstallDir): string => path.join(dir.renderedDir
 
 export async function installResult(dir: InstallDir, ctx: InstallContext, options: Pick<InstallOptions, 'cliPath'>): Promise<InstallResult> {
   const config = ctx.config!;
-  const schedule = await backupSchedule(dir, {kind: 'cron', at: '02:17', install: false, cliPath: options.cliPath});
-  const cronLine = Object.values(schedule.files)[0]!.trimEnd().split('\n').at(-1)!;
+  // On Kubernetes the rendered CronJob runs the backups; on one host, cron does.
+  const cronLine =
+    config.target === 'k8s'
+      ? `CronJob dforge-backup in namespace ${config.kubernetes.namespace} (17 2 * * *)`
+      : Object.values((await backupSchedule(dir, {kind: 'cron', at: '02:17', install: false, cliPath: options.cliPath})).files)[0]!.trimEnd().split('\n').at(-1)!;
   const port = config.target === 'compose' ? config.compose.httpsPort : 443;
   return {
     target: config.target,
@@ -304,8 +313,12 @@ async function decideConfig(dir: InstallDir, options: InstallOptions): Promise<D
     throw new UsageError(`${dir.configFile} is an embedded install`, {nextSteps: ['Embedded installs are set up with dforge quickstart / dforge db init; dforge install handles compose and k8s.']});
   }
   if (existing) {
-    const wanted = configFromAnswers({...answersOf(existing), ...options.provided} as Answers);
-    const conflicts = (Object.keys(options.provided) as Array<keyof Answers>).filter((k) => JSON.stringify(answersOf(wanted)[k]) !== JSON.stringify(answersOf(existing)[k]));
+    const current = answersOf(existing);
+    const conflicts = (Object.keys(options.provided) as Array<keyof Answers>).filter((k) =>
+      k === 'images'
+        ? Object.entries(options.provided.images ?? {}).some(([service, ref]) => current.images[service as keyof Answers['images']] !== ref)
+        : options.provided[k] !== current[k],
+    );
     if (conflicts.length > 0) {
       throw new UsageError(`${dir.configFile} already exists and says otherwise for: ${conflicts.join(', ')}`, {
         nextSteps: ['dforge.yaml is the source of truth once written: edit it and re-run dforge install, or drop the conflicting answers.'],
@@ -314,9 +327,13 @@ async function decideConfig(dir: InstallDir, options: InstallOptions): Promise<D
     return existing;
   }
   let known = options.provided;
-  if (options.ask) {
-    const open = openQuestions(known);
-    if (open.length > 0) known = {...known, ...(await options.ask(open, known))};
+  const open = openQuestions(known);
+  if (options.ask && open.length > 0) known = {...known, ...(await options.ask(open, known))};
+  else if (!options.acceptDefaults && open.some((q) => q.default)) {
+    // Off a terminal nobody confirms a default: taking them is the operator's explicit choice (--yes).
+    throw new UsageError(`unanswered: ${open.map((q) => `${q.key} (${q.flag}${q.default ? `, default ${q.default(known, dir)}` : ', required'})`).join(', ')}`, {
+      nextSteps: ['Pass the flags, or put the answers in a file for --config, or add --yes to take the defaults shown.'],
+    });
   }
   return configFromAnswers(withDefaults(known, dir) as Answers);
 }

@@ -98,7 +98,7 @@ export async function runPreflight(input: PreflightInput): Promise<PreflightRepo
  * Without a reachable control database (before install, or while it is down) there is nothing to
  * write to, and the report says so; a write that fails on a reachable one is an error.
  */
-async function logWaivers(dir: InstallDir, waived: readonly CheckResult[], target: PreflightTarget, at: Date): Promise<boolean> {
+export async function logWaivers(dir: InstallDir, waived: readonly CheckResult[], target: PreflightTarget, at: Date): Promise<boolean> {
   const control = await optionalControlConnection(dir).catch(() => undefined);
   if (!control) return false;
   try {

@@ -2,6 +2,7 @@ import {createHash} from 'node:crypto';
 import {promises as fs} from 'node:fs';
 import path from 'node:path';
 
+import {UserError} from '../errors.js';
 import {writeFileAtomic} from '../state/atomic-file.js';
 
 /** One output file of `dforge render`, by its path under the output directory. */
@@ -28,13 +29,23 @@ export interface WriteResult {
   readonly removed: string[];
 }
 
+/** The list of files a render wrote, kept in the output directory: what the next render may remove. */
+const MANIFEST = '.dforge-rendered';
+
 /**
  * Writes the rendered set into `outDir`: only files whose bytes differ are replaced (atomically),
- * and files a previous render wrote that this one no longer produces are removed, so the
- * directory is always exactly one render.
+ * and files the previous render wrote that this one no longer produces are removed, so the
+ * directory is always exactly one render. Files dforge did not write are never touched, and a
+ * non-empty directory that no render wrote is refused rather than mixed into.
  */
 export async function writeRendered(outDir: string, files: readonly RenderedFile[]): Promise<WriteResult> {
   const result: WriteResult = {written: [], unchanged: [], removed: []};
+  const previous = await readManifest(outDir);
+  if (previous === undefined && (await fs.readdir(outDir).catch(() => [])).length > 0) {
+    throw new UserError(`${outDir} is not empty and was not written by dforge render`, {
+      nextSteps: ['Render into an empty or new directory (--out), or into one an earlier render wrote.'],
+    });
+  }
   const wanted = new Set(files.map((f) => f.path));
   for (const file of files) {
     const target = path.join(outDir, file.path);
@@ -47,22 +58,19 @@ export async function writeRendered(outDir: string, files: readonly RenderedFile
     await writeFileAtomic(target, file.content, {mode: 0o644});
     result.written.push(file.path);
   }
-  for (const existing of await listFiles(outDir)) {
-    if (!wanted.has(existing)) {
-      await fs.rm(path.join(outDir, existing), {force: true});
-      result.removed.push(existing);
+  for (const old of previous ?? []) {
+    if (!wanted.has(old)) {
+      await fs.rm(path.join(outDir, old), {force: true});
+      result.removed.push(old);
     }
   }
+  const manifest = `${[...wanted].sort(byCodePoint).join('\n')}\n`;
+  if ((await fs.readFile(path.join(outDir, MANIFEST), 'utf8').catch(() => undefined)) !== manifest) await writeFileAtomic(path.join(outDir, MANIFEST), manifest, {mode: 0o644});
   return result;
 }
 
-async function listFiles(root: string, prefix = ''): Promise<string[]> {
-  const entries = await fs.readdir(path.join(root, prefix), {withFileTypes: true}).catch(() => []);
-  const out: string[] = [];
-  for (const e of entries) {
-    const rel = prefix ? `${prefix}/${e.name}` : e.name;
-    if (e.isDirectory()) out.push(...(await listFiles(root, rel)));
-    else out.push(rel);
-  }
-  return out.sort();
+async function readManifest(outDir: string): Promise<string[] | undefined> {
+  const text = await fs.readFile(path.join(outDir, MANIFEST), 'utf8').catch(() => undefined);
+  // Only plain relative paths: a hand-edited manifest must not steer a removal outside the directory.
+  return text?.split('\n').filter((p) => p !== '' && !path.isAbsolute(p) && !p.split('/').includes('..'));
 }

@@ -121,11 +121,6 @@ const ESCAPERS: Record<string, (value: string) => string> = {
     if (!/^[A-Za-z0-9_.:/-]+$/.test(value)) throw new Error('not a plain pg_hba word');
     return value;
   },
-  /** A number (ports, sizes); anything else is refused. */
-  int: (value) => {
-    if (!/^[0-9]+$/.test(value)) throw new Error('not an integer');
-    return value;
-  },
 };
 
 export function renderTextTemplate(name: string, source: string, values: TemplateValues): string {

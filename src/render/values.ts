@@ -25,11 +25,20 @@ export function resolvedImages(config: DforgeConfig): Record<ImageService, strin
   return Object.fromEntries(IMAGE_SERVICES.map((s) => [s, config.images[s] ?? `dforge/${repo[s]}:${config.release}`])) as Record<ImageService, string>;
 }
 
-/** The cluster the stack runs itself (the compose postgres service, the Kubernetes StatefulSet). */
-export function bundledCluster(config: DforgeConfig): Extract<ClusterConfig, {kind: 'bundled'}> {
+type BundledCluster = Extract<ClusterConfig, {kind: 'bundled'}>;
+
+/** The cluster the stack runs itself (the compose postgres service, the Kubernetes StatefulSet), if any. */
+export function findBundledCluster(config: DforgeConfig): BundledCluster | undefined {
   for (const region of Object.values(config.regions)) {
     for (const cluster of region.clusters) if (cluster.kind === 'bundled') return cluster;
   }
+  return undefined;
+}
+
+/** The bundled cluster, which the compose stack cannot do without. */
+export function bundledCluster(config: DforgeConfig): BundledCluster {
+  const cluster = findBundledCluster(config);
+  if (cluster) return cluster;
   throw new UserError(`target ${config.target} needs a cluster of kind "bundled" in dforge.yaml`, {
     nextSteps: ['Declare the stack\'s own PostgreSQL, e.g. regions.<region>.clusters: [{name: <region>-1, kind: bundled}]'],
   });

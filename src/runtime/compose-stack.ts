@@ -4,6 +4,7 @@ import path from 'node:path';
 import type Docker from 'dockerode';
 
 import {UserError} from '../errors.js';
+import {byCodePoint} from '../render/rendered-file.js';
 import type {ComposeCli} from './compose-cli.js';
 import {projectContainers, SERVICE_LABEL} from './compose-project.js';
 
@@ -57,11 +58,6 @@ export class ComposeStack {
     await this.compose(['down', '--remove-orphans', ...(options.volumes ? ['--volumes'] : [])]);
   }
 
-  /** `compose config`: compose's own validation of the rendered file. */
-  async validate(): Promise<void> {
-    await this.compose(['config', '--quiet']);
-  }
-
   async services(): Promise<ServiceState[]> {
     const containers = await projectContainers(this.options.docker, this.options.project);
     const states: ServiceState[] = [];
@@ -75,7 +71,7 @@ export class ComposeStack {
         health: info.State.Health?.Status ?? 'none',
       });
     }
-    return states.sort((a, b) => a.service.localeCompare(b.service));
+    return states.sort((a, b) => byCodePoint(a.service, b.service));
   }
 
   /** Waits until every service's container reports healthy; on timeout, says which did not and shows their logs. */

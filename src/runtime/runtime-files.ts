@@ -4,9 +4,9 @@ import path from 'node:path';
 import {writeFileAtomic} from '../state/atomic-file.js';
 
 /**
- * Files under runtime/: what containers mount. Each belongs to the numeric user of the container
- * that reads it (postgres 999, the dForge services 10001), so a secret can stay 0600 and still be
- * readable by exactly one service.
+ * Files under runtime/: what containers mount. Each belongs to the numeric user of the containers
+ * that read it (postgres 999, the dForge services 10001), so a secret can stay 0600; which service
+ * sees which file is decided by what compose mounts into it.
  */
 export interface Ownership {
   readonly uid: number;

@@ -25,14 +25,23 @@ export interface ProbeTarget {
 }
 
 const TIMEOUT_MS = 10_000;
+// How OpenSSL reports a server that will not speak the offered version (alert 70, or none in common).
+const PROTOCOL_REFUSAL = /protocol version|unsupported protocol|wrong version number|no protocols available|version too low/i;
 // The SSLRequest message: length 8, code 80877103.
 const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 4, 210, 22, 47]);
 
 export async function probeTls(target: ProbeTarget): Promise<TlsProbe> {
   const modern = await handshake(target, 'TLSv1.3');
   const legacy = await handshake(target, 'TLSv1.2');
-  const detail = [modern.ok ? '' : `TLS 1.3 handshake failed: ${modern.detail}`, legacy.ok ? `a TLS 1.2 handshake succeeded (${legacy.detail})` : ''].filter(Boolean).join('; ');
-  return {endpoint: `${target.host}:${target.port}`, tls13: modern.ok, tls12Refused: !legacy.ok, detail};
+  // Only a refusal of the protocol version counts: a timeout or a reset proves nothing about 1.2.
+  const refused = !legacy.ok && PROTOCOL_REFUSAL.test(legacy.detail);
+  const detail = [
+    modern.ok ? '' : `TLS 1.3 handshake failed: ${modern.detail}`,
+    legacy.ok ? `a TLS 1.2 handshake succeeded (${legacy.detail})` : refused ? '' : `the TLS 1.2 attempt was inconclusive (${legacy.detail})`,
+  ]
+    .filter(Boolean)
+    .join('; ');
+  return {endpoint: `${target.host}:${target.port}`, tls13: modern.ok, tls12Refused: refused, detail};
 }
 
 async function handshake(target: ProbeTarget, version: 'TLSv1.3' | 'TLSv1.2'): Promise<{ok: boolean; detail: string}> {
@@ -54,7 +63,7 @@ async function handshake(target: ProbeTarget, version: 'TLSv1.3' | 'TLSv1.2'): P
         resolve({ok, detail});
       };
       socket.once('secureConnect', () => finish(socket.getProtocol() === version, `negotiated ${socket.getProtocol() ?? 'nothing'}`));
-      socket.once('error', (err) => finish(false, err.message));
+      socket.once('error', (err: NodeJS.ErrnoException) => finish(false, `${err.code ?? ''} ${err.message}`.trim()));
       socket.once('timeout', () => finish(false, 'timed out'));
     });
   } catch (err) {

@@ -124,6 +124,23 @@ describe.skipIf(!available)('dforge install on Docker Compose', () => {
     expect((await sClient(ports.postgres, '-tls1_2', ['-starttls', 'postgres', '-servername', 'postgres'])).code).not.toBe(0);
   }, 120_000);
 
+  it('the superuser cannot log in over TCP, even with its password; every container is locked down', async () => {
+    const {openKeyServices} = await import('../../src/keys/context.js');
+    const {InstallDir} = await import('../../src/state/install-dir.js');
+    const keys = await openKeyServices(new InstallDir(dir));
+    const password = (await keys.sealed.get('postgres/eu-1/superuser')).toString('utf8');
+    for (const database of ['postgres', 'dforge_admin']) {
+      const c = new pg.Client({host: '127.0.0.1', port: ports.postgres, user: 'dforge_admin', password, database, ssl: {ca: caPem, servername: 'postgres', minVersion: 'TLSv1.3'}});
+      await expect(c.connect()).rejects.toThrow(/pg_hba\.conf rejects connection/);
+      await c.end().catch(() => undefined);
+    }
+    const docker = await connectDocker();
+    for (const c of await docker.listContainers({filters: {label: [`com.docker.compose.project=${project}`]}})) {
+      const host = (await docker.getContainer(c.Id).inspect()).HostConfig;
+      expect({ro: host.ReadonlyRootfs, drop: host.CapDrop, opt: host.SecurityOpt}, c.Names[0]).toMatchObject({ro: true, drop: ['ALL'], opt: ['no-new-privileges:true']});
+    }
+  }, 60_000);
+
   it('HTTP redirects to HTTPS on the configured domain', async () => {
     const res = await fetch(`http://127.0.0.1:${ports.http}/some/path`, {redirect: 'manual', headers: {host: 'evil.example'}});
     expect(res.status).toBe(301);
@@ -186,6 +203,16 @@ describe.skipIf(!available)('dforge install on Docker Compose', () => {
     expect(await fingerprint(path.join(dir, 'secrets'))).toEqual(secretsBefore);
     expect(await fingerprint(path.join(dir, 'runtime'))).toEqual(runtimeBefore);
     expect(await ids()).toEqual(containersBefore);
+  }, 600_000);
+
+  it('after a JWT key rotation, install restarts exactly the services that mount the keys', async () => {
+    ok(await cli('keys', 'rotate', '--jwt'));
+    const r = JSON.parse(ok(await cli('install', '--yes', '--json')).stdout) as {secretsCreated: string[]; restarted: string[]; services: Array<{service: string; health: string}>};
+    expect(r.secretsCreated).toEqual([]);
+    expect(r.restarted.sort()).toEqual(['app', 'auth']);
+    expect(r.services.every((s) => s.health === 'healthy')).toBe(true);
+    // The app still reaches its tenants after the restart.
+    expect(await getJson<{user: string}>('/tenants/globex/ping')).toMatchObject({user: 'tenant_globex'});
   }, 600_000);
 
   it('status shows services, tenants with their last backup, and certificates', async () => {

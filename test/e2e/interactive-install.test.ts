@@ -55,10 +55,12 @@ describe('dforge install on a terminal', () => {
     expect(interactiveYaml).toContain('target: k8s');
   }, 180_000);
 
-  it('without a terminal, a missing answer is an error naming its flag, never a prompt', async () => {
+  it('without a terminal, unanswered questions are an error naming their flags, never a prompt', async () => {
     const r = await runCli(['install', '--dir', path.join(root, 'no-tty'), '--target', 'k8s']);
     expect(r.code).toBe(2);
-    expect(r.stderr).toContain('missing answer: domain (--domain)');
+    expect(r.stderr).toContain('domain (--domain, required)');
+    expect(r.stderr).toContain('region (--region, default main)');
+    expect(r.stderr).toContain('--yes');
     await expect(fs.access(path.join(root, 'no-tty', 'dforge.yaml'))).rejects.toThrow();
   }, 60_000);
 });

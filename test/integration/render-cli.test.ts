@@ -47,9 +47,20 @@ describe('dforge render', () => {
     expect(await digest(other)).toEqual(a);
     const again = JSON.parse((await cli('render', '--json')).stdout) as {written: string[]; unchanged: string[]};
     expect(again.written).toEqual([]);
-    expect(again.unchanged.sort()).toEqual(Object.keys(a).sort());
+    // Every file but the list of what the render wrote (.dforge-rendered), which is how it knows what to remove.
+    expect(again.unchanged.sort()).toEqual(Object.keys(a).filter((f) => f !== '.dforge-rendered').sort());
     const compose = parseYaml(await fs.readFile(path.join(r1.out, 'compose.yaml'), 'utf8')) as {services: Record<string, unknown>};
     expect(Object.keys(compose.services).sort()).toEqual(['app', 'auth', 'auth-db', 'postgres', 'proxy']);
+  }, 60_000);
+
+  it('never writes into (or cleans) a directory it did not render', async () => {
+    const foreign = path.join(dir, 'foreign');
+    await fs.mkdir(foreign);
+    await fs.writeFile(path.join(foreign, 'notes.txt'), 'mine');
+    const r = await cli('render', '--out', foreign);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('was not written by dforge render');
+    expect(await fs.readdir(foreign)).toEqual(['notes.txt']);
   }, 60_000);
 
   it('renders Kubernetes manifests from the same config with --target k8s', async () => {

@@ -22,7 +22,7 @@ export default class ConfigValidate extends BaseCommand<typeof ConfigValidate> {
 
   async run(): Promise<ValidateResult> {
     const file = this.flags.file ?? this.installDir().configFile;
-    const config = await loadConfigFile(file);
+    const config = await loadConfigFile(file, {fresh: true});
     const result: ValidateResult = {
       file,
       valid: true,
