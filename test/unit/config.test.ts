@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import {describe, expect, it} from 'vitest';
 
-import {ConfigError, parseConfig} from '../../src/config/load.js';
+import {ConfigError, parseConfig} from '../../src/config/parse.js';
 import {configJsonSchema} from '../../src/config/schema.js';
 
 const valid = `version: 1
