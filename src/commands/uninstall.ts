@@ -9,7 +9,7 @@ import {confirmDestructive} from '../ui/confirm.js';
 export default class Uninstall extends BaseCommand<typeof Uninstall> {
   static override summary = 'Stop and remove the stack; data volumes and secrets stay unless --purge.';
   static override description = `Without --purge this is reversible: dforge install brings the same stack back on the same data.
---purge also deletes the database volumes, secrets/ (the master key), runtime/, rendered/, pki/ and dforge.yaml. Backup destinations are left alone, but without the master key their files cannot be decrypted. It needs --confirm <domain>, or the domain typed on a terminal.`;
+--purge also deletes the database volumes, and dforge.yaml, secrets/ (the master key), runtime/, rendered/, pki/ and state/ in the install directory. Template overrides, other files and backup destinations are left alone, but without the master key backups cannot be decrypted. It needs --confirm <domain>, or the domain typed on a terminal.`;
   static override examples = ['<%= config.bin %> uninstall', '<%= config.bin %> uninstall --purge --confirm erp.example.com'];
 
   static override flags = {
