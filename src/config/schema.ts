@@ -101,6 +101,7 @@ export const configSchema = z
         auth: imageRef.optional(),
         app: imageRef.optional(),
         proxy: imageRef.optional(),
+        dforge: imageRef.optional().describe('The dforge CLI image the Kubernetes backup CronJob runs; default dforge/dforge:<release>.'),
       })
       .default({}),
     keys: z
@@ -128,6 +129,9 @@ export const configSchema = z
     kubernetes: z
       .strictObject({
         namespace: name.default('dforge'),
+        ingressNamespace: name
+          .default('ingress-nginx')
+          .describe('Namespace of the Ingress controller: the NetworkPolicy admits its pods, and no other source, to the proxy.'),
         ingressClassName: name.optional(),
         storageClassName: name.optional(),
         postgresStorage: z
@@ -136,7 +140,7 @@ export const configSchema = z
           .default('20Gi')
           .describe('Size of the PostgreSQL volume claim.'),
       })
-      .default({namespace: 'dforge', postgresStorage: '20Gi'}),
+      .default({namespace: 'dforge', ingressNamespace: 'ingress-nginx', postgresStorage: '20Gi'}),
     tls: z
       .strictObject({
         mode: z.enum(['internal-ca', 'provided']).default('internal-ca').describe('internal-ca: dforge issues every certificate; provided: import the proxy certificate with dforge certs import.'),

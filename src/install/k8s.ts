@@ -9,9 +9,11 @@ import {UserError} from '../errors.js';
 import {openKeyServices, type KeyServices} from '../keys/context.js';
 import {jwksFile, jwtPrivateKeyName, readJwtKeys} from '../keys/jwt.js';
 import {ensureSealedPassword} from '../keys/sealed-password.js';
-import {CATALOG_SECRET, kubernetesSecrets, overlaySecretFile, renderKubernetes, renderKubernetesOverlay} from '../render/k8s.js';
-import {writeRendered} from '../render/rendered-file.js';
+import {CATALOG_SECRET, kubernetesSecrets, MASTER_KEY_SECRET, masterKeySecretCommand, overlaySecretFile, renderKubernetes, renderKubernetesOverlay} from '../render/k8s.js';
+import {byCodePoint, writeRendered} from '../render/rendered-file.js';
+import {findBundledCluster} from '../render/values.js';
 import {ensureRuntimeDir, ROOT, writeRuntimeFile} from '../runtime/runtime-files.js';
+import {masterDir} from '../secrets/master-key.js';
 import type {InstallDir} from '../state/install-dir.js';
 import type {Step} from '../ui/tasks.js';
 import {AUTH_DB_PASSWORD_SECRET, AUTH_DB_SUPERUSER_SECRET} from './secrets.js';
@@ -52,13 +54,19 @@ export function k8sInstallSteps(dir: InstallDir): Array<Step<InstallContext>> {
           (out) => (JSON.parse(out) as {serverVersion?: unknown}).serverVersion !== undefined,
           () => false,
         );
+        const masterKey = `the backup CronJob needs the Secret ${MASTER_KEY_SECRET}, which dforge never creates: ${masterKeySecretCommand(ctx.config!, dir)}`;
         if (!reachable) {
           ctx.applied = false;
-          return `no Kubernetes cluster reachable with the current kubeconfig: stopped after rendering. Apply with: kubectl apply -k ${k8sOverlayDir(dir)}`;
+          return `no Kubernetes cluster reachable with the current kubeconfig: stopped after rendering. Apply with: kubectl apply -k ${k8sOverlayDir(dir)}; ${masterKey}`;
         }
         await kubectl(['apply', '-k', k8sOverlayDir(dir)]);
         ctx.applied = true;
-        return `applied ${k8sOverlayDir(dir)}`;
+        // -o name prints the name only: nothing of the Secret's data leaves the cluster.
+        const present = await kubectl(['-n', ctx.config!.kubernetes.namespace, 'get', 'secret', MASTER_KEY_SECRET, '-o', 'name']).then(
+          () => true,
+          () => false,
+        );
+        return present ? `applied ${k8sOverlayDir(dir)}` : `applied ${k8sOverlayDir(dir)}; ${masterKey}`;
       },
     },
   ];
@@ -79,7 +87,7 @@ async function writeOverlay(dir: InstallDir, keys: KeyServices, config: DforgeCo
   };
   const signing = (await readJwtKeys(dir)).find((k) => k.state === 'signing');
   if (!signing) throw new UserError('no JWT signing key', {nextSteps: ['Create the keys with: dforge keys init']});
-  const bundled = Object.values(config.regions).flatMap((r) => r.clusters).find((c) => c.kind === 'bundled');
+  const bundled = findBundledCluster(config);
   const values: Record<string, Record<string, string | Buffer>> = {
     'dforge-ca': {'ca.crt': caPem},
     'dforge-postgres-tls': {'tls.crt': postgresTls.certPem, 'tls.key': postgresTls.keyPem},
@@ -112,24 +120,32 @@ async function writeOverlay(dir: InstallDir, keys: KeyServices, config: DforgeCo
 }
 
 /**
- * dforge.yaml and secrets/ as one tar for the backup CronJob: fixed mtimes and sorted entries, so
- * the same install gives the same bytes and the Secret's hash changes only when its content does.
+ * What the backup CronJob gets of the install, as one tar for the Secret dforge-install, named
+ * file by file: dforge.yaml, the CA certificate its TLS connections verify against, and secrets/
+ * without secrets/master/. The rest of secrets/ is sealed under the master key or public; the
+ * master key itself reaches the job only from the operator's dforge-master-key, so no Secret
+ * dforge generates can open the others. Fixed mtimes and sorted entries: the same install gives
+ * the same bytes, and the Secret's hash changes only when its content does.
  */
-async function installArchive(dir: InstallDir): Promise<Buffer> {
+export async function installArchive(dir: InstallDir): Promise<Buffer> {
   const tar = await import('tar');
-  const entries = ['dforge.yaml', ...(await listTree(dir.root, 'secrets'))];
+  const rel = (file: string): string => path.relative(dir.root, file);
+  const ca = rel(caCertFile(dir));
+  const entries = [rel(dir.configFile), path.dirname(ca), ca, ...(await listTree(dir.root, rel(dir.secretsDir), new Set([rel(masterDir(dir))])))];
   const chunks: Buffer[] = [];
   const stream = tar.c({cwd: dir.root, portable: true, mtime: new Date(0), noDirRecurse: true}, entries);
   for await (const chunk of stream) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
 }
 
-async function listTree(root: string, rel: string): Promise<string[]> {
+/** The directories and regular files of `rel` under `root`, sorted, leaving out the `excluded` subtrees (paths relative to root). */
+async function listTree(root: string, rel: string, excluded: ReadonlySet<string>): Promise<string[]> {
   const out = [rel];
-  const entries = (await fs.readdir(path.join(root, rel), {withFileTypes: true})).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const entries = (await fs.readdir(path.join(root, rel), {withFileTypes: true})).sort((a, b) => byCodePoint(a.name, b.name));
   for (const e of entries) {
     const child = `${rel}/${e.name}`;
-    if (e.isDirectory()) out.push(...(await listTree(root, child)));
+    if (excluded.has(child)) continue;
+    if (e.isDirectory()) out.push(...(await listTree(root, child, excluded)));
     else if (e.isFile()) out.push(child);
   }
   return out;

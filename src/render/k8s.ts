@@ -3,15 +3,17 @@ import path from 'node:path';
 
 import {isScalar, parseAllDocuments, stringify, visit} from 'yaml';
 
-import type {ClusterConfig, DforgeConfig} from '../config/schema.js';
+import type {DforgeConfig} from '../config/schema.js';
 import {PROVISIONER_ROLE} from '../control/bootstrap.js';
 import {BugError, UserError} from '../errors.js';
 import {EMBEDDED_SUPERUSER} from '../postgres/embedded-install.js';
+import {masterDir} from '../secrets/master-key.js';
+import {InstallDir} from '../state/install-dir.js';
 import {validateSlug} from '../tenants/slug.js';
 import {byCodePoint, hashFiles, type RenderedFile} from './rendered-file.js';
 import {readTemplate} from './sources.js';
 import {assertFilled, renderTextTemplate, renderYamlDocuments, type TemplateValues} from './template.js';
-import {APP_UID, AUTH_DB_ROLE, POSTGRES_UID, resolvedImages} from './values.js';
+import {APP_UID, AUTH_DB_ROLE, findBundledCluster, POSTGRES_UID, resolvedImages} from './values.js';
 
 /**
  * The Kubernetes target (DESIGN §6): a kustomize directory rendered from templates/k8s/, and the
@@ -25,8 +27,8 @@ import {APP_UID, AUTH_DB_ROLE, POSTGRES_UID, resolvedImages} from './values.js';
 /** nginx's conventional unprivileged uid (the nginx-unprivileged images); any non-root uid works. */
 const PROXY_UID = 101;
 
-/** There is no `images.dforge` in dforge.yaml yet: the backup job runs the release's dforge image. */
-const dforgeImage = (config: DforgeConfig): string => `dforge/dforge:${config.release}`;
+/** Not one of the compose stack's images (IMAGE_SERVICES): only the backup job runs it. */
+const dforgeImage = (config: DforgeConfig): string => config.images.dforge ?? `dforge/dforge:${config.release}`;
 
 const PART_OF = 'dforge';
 const selector = (name: string): Record<string, string> => ({'app.kubernetes.io/name': name, 'app.kubernetes.io/part-of': PART_OF});
@@ -34,13 +36,54 @@ const selector = (name: string): Record<string, string> => ({'app.kubernetes.io/
 /** Label values: at most 63 characters, alphanumeric at both ends (the config allows longer releases). */
 const LABEL_VALUE = /^(?=.{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
 
-type BundledCluster = Extract<ClusterConfig, {kind: 'bundled'}>;
+/** The backup job's install directory: where it unpacks dforge-install, and its --dir. */
+const JOB_INSTALL_DIR = '/var/lib/dforge';
+const jobInstall = new InstallDir(JOB_INSTALL_DIR);
 
-function bundledClusterOf(config: DforgeConfig): BundledCluster | undefined {
-  for (const region of Object.values(config.regions)) {
-    for (const cluster of region.clusters) if (cluster.kind === 'bundled') return cluster;
-  }
-  return undefined;
+/**
+ * The master key (KEK) reaches the backup job from this Secret, which the operator creates and
+ * dforge never writes: dforge-install carries everything else of secrets/, all of it sealed under
+ * that key or public, so the Secrets dforge generates are worthless without it. It is mounted
+ * read-only where the keyring lives in the unpacked install (secrets/master/: keyring.json, and
+ * v<N>.key for the file provider). See kustomization.yaml for how it is created.
+ */
+export const MASTER_KEY_SECRET = 'dforge-master-key';
+
+/** The variable the env and passphrase providers read their key from (src/secrets/master-key.ts); the file provider has none. */
+function masterKeyVariable(config: DforgeConfig): string | undefined {
+  const provider = config.keys.masterKeyProvider;
+  return provider === 'env' ? 'DFORGE_MASTER_KEY' : provider === 'passphrase' ? 'DFORGE_MASTER_PASSPHRASE' : undefined;
+}
+
+/**
+ * The command that creates MASTER_KEY_SECRET from the install directory `dir` (run where it
+ * lives). The key never appears in argv: files, or the variable piped from the environment by the
+ * shell's printf builtin.
+ */
+export function masterKeySecretCommand(config: DforgeConfig, dir: InstallDir): string {
+  const create = `kubectl -n ${config.kubernetes.namespace} create secret generic ${MASTER_KEY_SECRET}`;
+  const master = shellWord(masterDir(dir));
+  const variable = masterKeyVariable(config);
+  if (!variable) return `${create} --from-file=${master}/`;
+  return `printf %s "$${variable}" | ${create} --from-file=${master}/keyring.json --from-file=${variable}=/dev/stdin`;
+}
+
+/** A path as one sh word, quoted only when it has to be. */
+const shellWord = (word: string): string => (/^[A-Za-z0-9_./-]+$/.test(word) ? word : `'${word.replaceAll("'", "'\\''")}'`);
+
+/**
+ * The backup container's master key: the keyring directory from MASTER_KEY_SECRET, and for the env
+ * and passphrase providers the variable from the same Secret. Those project keyring.json alone,
+ * so the key is not also a file in the keyring directory.
+ */
+function masterKeyAccess(config: DforgeConfig): {volume: unknown; mount: unknown; env: unknown[]} {
+  const variable = masterKeyVariable(config);
+  const secret = {secretName: MASTER_KEY_SECRET, ...(variable ? {items: [{key: 'keyring.json', path: 'keyring.json'}]} : {}), defaultMode: 0o440};
+  return {
+    volume: {name: 'master-key', secret},
+    mount: {name: 'master-key', mountPath: masterDir(jobInstall), readOnly: true},
+    env: variable ? [{name: variable, valueFrom: {secretKeyRef: {name: MASTER_KEY_SECRET, key: variable}}}] : [],
+  };
 }
 
 /**
@@ -51,7 +94,7 @@ function bundledClusterOf(config: DforgeConfig): BundledCluster | undefined {
  */
 function databaseEgress(config: DforgeConfig): unknown[] {
   const rules: unknown[] = [];
-  if (bundledClusterOf(config)) rules.push({to: [{podSelector: {matchLabels: selector('postgres')}}], ports: [{protocol: 'TCP', port: 5432}]});
+  if (findBundledCluster(config)) rules.push({to: [{podSelector: {matchLabels: selector('postgres')}}], ports: [{protocol: 'TCP', port: 5432}]});
   const byPort = new Map<number, Set<string>>();
   for (const region of Object.values(config.regions)) {
     for (const cluster of region.clusters) {
@@ -70,19 +113,18 @@ function databaseEgress(config: DforgeConfig): unknown[] {
   return rules;
 }
 
-/** The backup job's mounts: the unpacked install, /tmp, and each local destination on the backups claim. */
-function backupMounts(config: DforgeConfig): unknown[] {
-  const reserved = new Set(['/', '/tmp', '/var/lib/dforge']);
-  const mounts: Array<{name: string; mountPath: string; subPath?: string}> = [
-    {name: 'install', mountPath: '/var/lib/dforge'},
-    {name: 'tmp', mountPath: '/tmp'},
-  ];
+/** The backup job's mounts: the unpacked install, its master key, /tmp, and each local destination on the backups claim. */
+function backupMounts(config: DforgeConfig, masterKeyMount: unknown): unknown[] {
+  const reserved = new Set(['/', '/tmp', JOB_INSTALL_DIR]);
+  // A destination there would hide the unpacked secrets or the master key from dforge.
+  const hidesSecrets = (mountPath: string): boolean => mountPath === jobInstall.secretsDir || mountPath.startsWith(`${jobInstall.secretsDir}/`);
+  const mounts: unknown[] = [{name: 'install', mountPath: JOB_INSTALL_DIR}, masterKeyMount, {name: 'tmp', mountPath: '/tmp'}];
   const destinations = Object.entries(config.regions)
     .flatMap(([region, r]) => (r.backup?.destinations ?? []).flatMap((d) => (d.kind === 'local' ? [{region, name: d.name, path: d.path}] : [])))
     .sort((a, b) => byCodePoint(`${a.region}/${a.name}`, `${b.region}/${b.name}`));
   for (const d of destinations) {
     const mountPath = path.posix.normalize(d.path).replace(/\/+$/, '') || '/';
-    if (reserved.has(mountPath)) {
+    if (reserved.has(mountPath) || hidesSecrets(mountPath)) {
       throw new UserError(`backup destination ${d.region}/${d.name} uses the path ${mountPath}, which the backup job needs for itself or shares with another destination`, {
         nextSteps: ['Give every local backup destination its own directory, e.g. /var/backups/dforge/<region>.'],
       });
@@ -98,7 +140,7 @@ function manifestNames(config: DforgeConfig): string[] {
   return [
     'namespace.yaml',
     'networkpolicies.yaml',
-    ...(bundledClusterOf(config) ? ['postgres.yaml'] : []),
+    ...(findBundledCluster(config) ? ['postgres.yaml'] : []),
     'auth-db.yaml',
     'auth.yaml',
     'app.yaml',
@@ -139,7 +181,7 @@ export async function renderKubernetes(config: DforgeConfig, overridesDir: strin
       nextSteps: ['Use at most 63 characters, starting and ending with a letter or digit (e.g. 1.4.2).'],
     });
   }
-  const bundled = bundledClusterOf(config);
+  const bundled = findBundledCluster(config);
   const common = {
     domain: config.domain,
     release: config.release,
@@ -158,11 +200,13 @@ export async function renderKubernetes(config: DforgeConfig, overridesDir: strin
 
   const manifests = manifestNames(config);
   const databases = databaseEgress(config);
+  const masterKey = masterKeyAccess(config);
   const values: TemplateValues = {
     ...common,
     images: {...resolvedImages(config), dforge: dforgeImage(config)},
     k8s: {
       namespace: config.kubernetes.namespace,
+      ingressNamespace: config.kubernetes.ingressNamespace,
       ingressClassName: config.kubernetes.ingressClassName ?? null,
       storageClassName: config.kubernetes.storageClassName ?? null,
       postgresStorage: config.kubernetes.postgresStorage,
@@ -174,7 +218,13 @@ export async function renderKubernetes(config: DforgeConfig, overridesDir: strin
       databaseEgress: databases,
       appEgress: [{to: [{podSelector: {matchLabels: selector('auth')}}], ports: [{protocol: 'TCP', port: 8080}]}, ...databases],
     },
-    backup: {volumeMounts: backupMounts(config)},
+    backup: {
+      installDir: JOB_INSTALL_DIR,
+      // HOME on the writable /tmp: the root filesystem is read-only.
+      env: [{name: 'HOME', value: '/tmp'}, ...masterKey.env],
+      volumeMounts: backupMounts(config, masterKey.mount),
+      masterKeyVolume: masterKey.volume,
+    },
     resources: manifests,
   };
 
@@ -203,7 +253,10 @@ export const CATALOG_SECRET = 'dforge-catalog';
 export const tenantSecretName = (slug: string): string => `dforge-tenant-${validateSlug(slug)}`;
 export const TENANT_PASSWORD_KEY = 'password';
 
-/** Every Secret the rendered directory references, sorted by name; the overlay adds the tenant Secrets. */
+/**
+ * Every Secret the overlay generates for the rendered directory, sorted by name; the overlay adds
+ * the tenant Secrets. The workloads reference these and MASTER_KEY_SECRET, which dforge never writes.
+ */
 export function kubernetesSecrets(config: DforgeConfig): KubernetesSecret[] {
   const secrets: KubernetesSecret[] = [
     {name: 'dforge-ca', keys: ['ca.crt']},
@@ -217,7 +270,7 @@ export function kubernetesSecrets(config: DforgeConfig): KubernetesSecret[] {
     {name: 'dforge-proxy-tls', type: 'kubernetes.io/tls', keys: ['tls.crt', 'tls.key']},
     {name: CATALOG_SECRET, keys: ['catalog.json']},
     {name: 'dforge-install', keys: ['install.tar']},
-    ...(bundledClusterOf(config) ? [{name: 'dforge-postgres-superuser', keys: ['password']}] : []),
+    ...(findBundledCluster(config) ? [{name: 'dforge-postgres-superuser', keys: ['password']}] : []),
   ];
   return secrets.sort((a, b) => byCodePoint(a.name, b.name));
 }

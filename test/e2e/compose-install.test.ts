@@ -27,6 +27,7 @@ const reason = await dockerUnavailableReason();
 const available = reason === undefined || missingComponent('Docker', reason);
 
 const DOMAIN = 'dforge.localhost';
+const STANDIN_REPO = `dforge-e2e/standin-${process.pid}`;
 
 function ok(r: CliResult): CliResult {
   if (r.code !== 0) throw new Error(`exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
@@ -60,7 +61,10 @@ describe.skipIf(!available)('dforge install on Docker Compose', () => {
   const cli = (...args: string[]): Promise<CliResult> => runCli([...args, '--dir', dir]);
 
   beforeAll(async () => {
-    images = await ensureTestImages(await connectDocker());
+    const docker = await connectDocker();
+    images = await ensureTestImages(docker);
+    // The app and auth images under release tags, so upgrade has a release to move to.
+    for (const tag of ['1.0.0', '1.1.0']) await docker.getImage(images.standin).tag({repo: STANDIN_REPO, tag});
     root = await fs.mkdtemp(path.join(os.tmpdir(), 'dforge-compose-'));
     dir = path.join(root, 'install');
     ports = {https: await freePort(), http: await freePort(), postgres: await freePort()};
@@ -72,6 +76,8 @@ describe.skipIf(!available)('dforge install on Docker Compose', () => {
     await runCli(['uninstall', '--purge', '--confirm', DOMAIN, '--dir', dir]).catch(() => undefined);
     await execFile('sh', ['-c', `docker ps -aq --filter label=com.docker.compose.project=${project} | xargs -r docker rm -f; docker volume ls -q --filter label=com.docker.compose.project=${project} | xargs -r docker volume rm; docker network ls -q --filter label=com.docker.compose.project=${project} | xargs -r docker network rm`]).catch(() => undefined);
     await fs.rm(root, {recursive: true, force: true});
+    const docker = await connectDocker();
+    for (const tag of ['1.0.0', '1.1.0']) await docker.getImage(`${STANDIN_REPO}:${tag}`).remove().catch(() => undefined);
   }, 300_000);
 
   it('installs non-interactively from an answers file, and reports TLS 1.3 on the proxy and postgres', async () => {
@@ -87,7 +93,8 @@ describe.skipIf(!available)('dforge install on Docker Compose', () => {
         postgresPort: ports.postgres,
         backupDir: path.join(root, 'backups'),
         project,
-        images: {postgres: images.postgres, authDb: images.postgres, auth: images.standin, app: images.standin, proxy: images.proxy},
+        release: '1.0.0',
+        images: {postgres: images.postgres, authDb: images.postgres, auth: `${STANDIN_REPO}:1.0.0`, app: `${STANDIN_REPO}:1.0.0`, proxy: images.proxy},
       }),
     );
     const r = ok(await cli('install', '--config', answers, '--yes', '--json'));
@@ -213,6 +220,34 @@ describe.skipIf(!available)('dforge install on Docker Compose', () => {
     expect(r.services.every((s) => s.health === 'healthy')).toBe(true);
     // The app still reaches its tenants after the restart.
     expect(await getJson<{user: string}>('/tenants/globex/ping')).toMatchObject({user: 'tenant_globex'});
+  }, 600_000);
+
+  it('upgrade refuses a release whose images are missing, and changes nothing', async () => {
+    const config = await fs.readFile(path.join(dir, 'dforge.yaml'), 'utf8');
+    const r = await cli('upgrade', '--to', '9.9.9');
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`${STANDIN_REPO}:9.9.9`);
+    expect(r.stderr).toContain('Nothing was changed');
+    expect(await fs.readFile(path.join(dir, 'dforge.yaml'), 'utf8')).toBe(config);
+  }, 120_000);
+
+  it('upgrade backs up every tenant first, then moves the images that follow the release and reconciles', async () => {
+    const r = JSON.parse(ok(await cli('upgrade', '--to', '1.1.0', '--json')).stdout) as {
+      upgrade: {from: string; to: string; backups: number; pinned: string[]};
+      install: {services: Array<{service: string; image: string; health: string}>};
+    };
+    expect(r.upgrade).toMatchObject({from: '1.0.0', to: '1.1.0', backups: 3});
+    // postgres, auth-db and proxy are pinned to other tags: they stay.
+    expect(r.upgrade.pinned.length).toBe(3);
+    const byService = Object.fromEntries(r.install.services.map((s) => [s.service, s]));
+    expect(byService.app).toMatchObject({image: `${STANDIN_REPO}:1.1.0`, health: 'healthy'});
+    expect(byService.auth).toMatchObject({image: `${STANDIN_REPO}:1.1.0`, health: 'healthy'});
+    expect(byService.postgres?.image).toBe(images.postgres);
+    const yaml = await fs.readFile(path.join(dir, 'dforge.yaml'), 'utf8');
+    expect(yaml).toContain('release: 1.1.0');
+    expect(await fs.readFile(path.join(dir, 'dforge.yaml.pre-upgrade'), 'utf8')).toContain('release: 1.0.0');
+    // The data survived, and the app still reaches it.
+    expect(await getJson<{user: string}>('/tenants/acme/ping')).toMatchObject({user: 'tenant_acme'});
   }, 600_000);
 
   it('status shows services, tenants with their last backup, and certificates', async () => {

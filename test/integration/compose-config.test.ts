@@ -37,7 +37,7 @@ if (!compose) missingComponent('docker compose', 'neither `docker compose` (v2) 
 /** The runtime/ files install writes and compose.yaml names as secrets (dummies: `config` reads none of them). */
 const RUNTIME_FILES = [
   'ca.crt',
-  'jwks.json',
+  'auth/jwks.json',
   'postgres/superuser.password',
   'postgres/server.crt',
   'postgres/server.key',

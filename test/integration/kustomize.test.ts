@@ -1,4 +1,5 @@
 import {execFile} from 'node:child_process';
+import {randomBytes} from 'node:crypto';
 import {promises as fs} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -7,8 +8,14 @@ import {promisify} from 'node:util';
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
 import {configSchema, type DforgeConfig} from '../../src/config/schema.js';
-import {kubernetesSecrets, overlaySecretFile, renderKubernetes, renderKubernetesOverlay, tenantSecretName} from '../../src/render/k8s.js';
+import {openKeyServices} from '../../src/keys/context.js';
+import {initKeys} from '../../src/keys/init.js';
+import {ensureSealedPassword} from '../../src/keys/sealed-password.js';
+import {kubernetesSecrets, MASTER_KEY_SECRET, masterKeySecretCommand, overlaySecretFile, renderKubernetes, renderKubernetesOverlay, tenantSecretName} from '../../src/render/k8s.js';
 import {writeRendered} from '../../src/render/rendered-file.js';
+import {masterDir} from '../../src/secrets/master-key.js';
+import {InstallDir} from '../../src/state/install-dir.js';
+import {tempInstall} from '../helpers/install-fixture.js';
 import {objectId, parseManifests, podTemplates, schemaProblems, unknownFieldProblems, type K8sObject} from '../helpers/k8s-objects.js';
 import {missingComponent} from '../helpers/requirements.js';
 
@@ -136,8 +143,9 @@ describe.skipIf(kubectls.length === 0)('kubectl kustomize builds the rendered di
           expect(s.metadata.labels).toMatchObject({'app.kubernetes.io/part-of': 'dforge', 'app.kubernetes.io/version': '1.4.2'});
         }
         expect(secrets.find((s) => s.metadata.name.startsWith('dforge-proxy-tls-'))!.type).toBe('kubernetes.io/tls');
-        // kustomize rewrote every reference to the hashed name: nothing points at a Secret that does not exist.
-        expect(secretReferences(built)).toEqual(secrets.map((s) => s.metadata.name).sort());
+        // kustomize rewrote every reference to the hashed name: nothing points at a Secret that does not
+        // exist, but the master key's, which the operator creates under its plain name.
+        expect(secretReferences(built)).toEqual([...secrets.map((s) => s.metadata.name), MASTER_KEY_SECRET].sort());
 
         const app = podTemplates(built).find((t) => t.owner === 'Deployment/app')!;
         const tenants = app.spec.volumes!.find((v) => v.name === 'tenants')!.projected as {sources: Array<{secret: {name: string; items: Array<{path: string}>}}>};
@@ -146,6 +154,79 @@ describe.skipIf(kubectls.length === 0)('kubectl kustomize builds the rendered di
         expect(app.spec.volumes!.map((v) => v.name).sort()).toEqual(['secrets', 'tenants', 'tmp']);
         expect(app.spec.containers[0]!.securityContext).toMatchObject({readOnlyRootFilesystem: true});
       });
+    });
+  }
+});
+
+/**
+ * The Secret dforge-master-key as the operator makes it, with the command dforge prints (run
+ * through sh, with each kubectl first on PATH, as a client-side dry run), and the backup pod's view
+ * of it as the rendered CronJob declares: its keys as files at the mount (only the listed items,
+ * if any), its variables from secretKeyRef. With that view and secrets/ without secrets/master/
+ * (what dforge-install carries), the job must open the install's sealed secrets.
+ */
+describe.skipIf(kubectls.length === 0)('the master key Secret, created with the command dforge prints', () => {
+  const providers = [
+    ['file', {}],
+    ['env', {DFORGE_MASTER_KEY: `1:${randomBytes(32).toString('base64')}`}],
+    ['passphrase', {DFORGE_MASTER_PASSPHRASE: 'correct horse battery staple'}],
+  ] as const;
+  let root: string;
+  beforeAll(async () => {
+    root = await fs.mkdtemp(path.join(os.tmpdir(), 'dforge-master-secret-'));
+  });
+  afterAll(async () => {
+    await fs.rm(root, {recursive: true, force: true});
+  });
+
+  for (const [index, {binary, version}] of kubectls.entries()) {
+    it.each(providers)(`${binary} (${version}), the %s provider: the backup job opens the install with it`, async (provider, providerEnv) => {
+      const install = await tempInstall({masterKeyProvider: provider});
+      try {
+        await initKeys(install, {command: 'test', env: providerEnv});
+        const provisioner = (await ensureSealedPassword(await openKeyServices(install, {env: providerEnv}), 'postgres/eu-1/provisioner')).value;
+        const c = config({keys: {masterKeyProvider: provider}});
+
+        // The command calls kubectl by name: a directory first on PATH makes that name this binary.
+        const bin = path.join(root, `bin-${index}-${provider}`);
+        await fs.mkdir(bin);
+        if (binary !== 'kubectl') await fs.symlink(path.resolve(binary), path.join(bin, 'kubectl'));
+        const {stdout} = await run('sh', ['-c', `${masterKeySecretCommand(c, install)} --dry-run=client -o json`], {env: {PATH: `${bin}:${process.env.PATH}`, ...providerEnv}, timeout: 60_000});
+        const secret = JSON.parse(stdout) as {kind: string; metadata: {name: string; namespace: string}; data: Record<string, string>};
+        expect(secret).toMatchObject({kind: 'Secret', metadata: {name: MASTER_KEY_SECRET, namespace: 'dforge-prod'}});
+        // Nothing but what the job reads: the keyring, and the key as a file or as the provider's variable.
+        const variable = Object.keys(providerEnv)[0];
+        expect(Object.keys(secret.data).sort()).toEqual(variable ? ['keyring.json', variable].sort() : ['keyring.json', 'v1.key']);
+
+        const objects = (await renderKubernetes(c, undefined)).filter((f) => f.path !== 'kustomization.yaml').flatMap((f) => parseManifests(f.content));
+        const pod = podTemplates(objects).find((t) => t.owner === 'CronJob/dforge-backup')!.spec;
+        const container = pod.containers.find((x) => x.name === 'backup')!;
+        const jobDir = (container.command as string[]).at(-1)!;
+        const mount = (container.volumeMounts as Array<{name: string; mountPath: string; readOnly?: boolean}>).find((m) => m.name === 'master-key')!;
+        expect(mount.readOnly).toBe(true);
+        const volume = pod.volumes!.find((v) => v.name === mount.name)!.secret as {secretName: string; items?: Array<{key: string; path: string}>};
+        expect(volume.secretName).toBe(MASTER_KEY_SECRET);
+
+        const job = path.join(root, `job-${index}-${provider}`);
+        await fs.cp(install.secretsDir, path.join(job, 'secrets'), {recursive: true});
+        await fs.cp(install.configFile, path.join(job, 'dforge.yaml'));
+        await fs.rm(masterDir(new InstallDir(job)), {recursive: true});
+        const mounted = path.join(job, path.relative(jobDir, mount.mountPath));
+        await fs.mkdir(mounted, {recursive: true});
+        for (const item of volume.items ?? Object.keys(secret.data).map((key) => ({key, path: key}))) {
+          await fs.writeFile(path.join(mounted, item.path), Buffer.from(secret.data[item.key]!, 'base64'));
+        }
+        const env = Object.fromEntries(
+          ((container.env ?? []) as Array<{name: string; value?: string; valueFrom?: {secretKeyRef: {name: string; key: string}}}>).map((e) => [
+            e.name,
+            e.valueFrom ? Buffer.from(secret.data[e.valueFrom.secretKeyRef.key]!, 'base64').toString('utf8') : e.value!,
+          ]),
+        );
+        const keys = await openKeyServices(new InstallDir(job), {env});
+        expect((await keys.sealed.get('postgres/eu-1/provisioner')).toString('utf8')).toBe(provisioner);
+      } finally {
+        await install.cleanup();
+      }
     });
   }
 });

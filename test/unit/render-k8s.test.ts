@@ -2,12 +2,21 @@ import {promises as fs} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import {describe, expect, it} from 'vitest';
+import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
+import {generateCertificates} from '../../src/certs/service.js';
 import {configSchema, type DforgeConfig} from '../../src/config/schema.js';
+import {caCertFile} from '../../src/control/plane.js';
 import {UserError} from '../../src/errors.js';
-import {CATALOG_SECRET, kubernetesSecrets, renderKubernetes, renderKubernetesOverlay} from '../../src/render/k8s.js';
+import {installArchive} from '../../src/install/k8s.js';
+import {openKeyServices} from '../../src/keys/context.js';
+import {initKeys} from '../../src/keys/init.js';
+import {ensureSealedPassword} from '../../src/keys/sealed-password.js';
+import {CATALOG_SECRET, kubernetesSecrets, MASTER_KEY_SECRET, renderKubernetes, renderKubernetesOverlay} from '../../src/render/k8s.js';
 import type {RenderedFile} from '../../src/render/rendered-file.js';
+import {masterDir} from '../../src/secrets/master-key.js';
+import {InstallDir} from '../../src/state/install-dir.js';
+import {tempInstall} from '../helpers/install-fixture.js';
 import {objectId, parseManifests, podTemplates, schemaProblems, unknownFieldProblems, type Container, type K8sObject} from '../helpers/k8s-objects.js';
 import {allowedFlows, type Endpoint} from '../helpers/network-policy.js';
 
@@ -206,7 +215,7 @@ describe('renderKubernetes', () => {
     }
   });
 
-  it('holds no Secret: workloads reference exactly the Secrets of the overlay contract, group-readable only', async () => {
+  it('holds no Secret: workloads reference exactly the Secrets of the overlay contract and the master key, group-readable only', async () => {
     for (const make of [config, externalOnly]) {
       const files = await renderKubernetes(make(), undefined);
       const objects = objectsOf(files);
@@ -227,12 +236,15 @@ describe('renderKubernetes', () => {
             for (const s of projected.sources) if (s.secret) referenced.add(s.secret.name);
           }
         }
+        // With the default file provider; the env and passphrase providers read the master key from a variable.
         for (const c of allContainers(spec)) expect(JSON.stringify(c.env ?? []), 'secrets come as files, never as env').not.toMatch(/secretKeyRef/);
       }
       for (const o of objects.filter((x) => x.kind === 'Ingress')) {
         for (const tls of (o.spec as {tls: Array<{secretName: string}>}).tls) referenced.add(tls.secretName);
       }
-      expect([...referenced].sort()).toEqual(kubernetesSecrets(make()).map((s) => s.name));
+      expect([...referenced].sort()).toEqual([...kubernetesSecrets(make()).map((s) => s.name), MASTER_KEY_SECRET].sort());
+      // The overlay generates every other Secret; the master key's is the operator's alone.
+      expect(kubernetesSecrets(make()).map((s) => s.name)).not.toContain(MASTER_KEY_SECRET);
       // 0440: the pod's group (fsGroup) reads, nobody writes; PostgreSQL accepts a root-owned key so.
       expect(new Set(modes)).toEqual(new Set([0o440]));
     }
@@ -301,15 +313,49 @@ describe('renderKubernetes', () => {
     const backup = pod.containers[0];
     expect(backup.image).toBe('dforge/dforge:1.4.2');
     expect(backup.command).toEqual(['dforge', 'backup', '--all', '--dir', '/var/lib/dforge']);
+    expect(pod.initContainers[0].command).toEqual(['tar', '-x', '-f', '/etc/dforge-install/install.tar', '-C', '/var/lib/dforge']);
+    expect(backup.env).toEqual([{name: 'HOME', value: '/tmp'}]);
     expect(backup.volumeMounts).toEqual([
       {name: 'install', mountPath: '/var/lib/dforge'},
+      // Where the file provider reads the keyring of the install at --dir: secrets/master/.
+      {name: 'master-key', mountPath: masterDir(new InstallDir('/var/lib/dforge')), readOnly: true},
       {name: 'tmp', mountPath: '/tmp'},
       {name: 'backups', mountPath: '/var/backups/dforge/eu', subPath: 'eu/eu-local'},
       {name: 'backups', mountPath: '/var/backups/dforge/us', subPath: 'us/us-local'},
     ]);
     expect(pod.volumes).toContainEqual({name: 'install-archive', secret: {secretName: 'dforge-install', defaultMode: 0o440}});
+    expect(pod.volumes).toContainEqual({name: 'master-key', secret: {secretName: MASTER_KEY_SECRET, defaultMode: 0o440}});
     // The unpacked install (keys included) lives in memory, never on the node's disk.
     expect(pod.volumes).toContainEqual({name: 'install', emptyDir: {medium: 'Memory', sizeLimit: '64Mi'}});
+    // The unpacking init container never sees the master key.
+    expect(pod.initContainers[0].volumeMounts.map((m: {name: string}) => m.name)).toEqual(['install-archive', 'install']);
+  });
+
+  it('runs the backup job on images.dforge when set, else on the release\'s dforge image', async () => {
+    const images = async (c: DforgeConfig): Promise<string[]> => {
+      const pod = (find(objectsOf(await renderKubernetes(c, undefined)), 'CronJob', 'dforge-backup').spec as any).jobTemplate.spec.template.spec;
+      return allContainers(pod).map((x) => x.image);
+    };
+    expect(await images(config())).toEqual(['dforge/dforge:1.4.2', 'dforge/dforge:1.4.2']);
+    const pinned = `registry.example.com/dforge/dforge@sha256:${'a'.repeat(64)}`;
+    expect(await images(config({images: {dforge: pinned}}))).toEqual([pinned, pinned]);
+  });
+
+  it.each([
+    ['env', 'DFORGE_MASTER_KEY'],
+    ['passphrase', 'DFORGE_MASTER_PASSPHRASE'],
+  ] as const)('with the %s provider, gives the backup job the keyring file and %s from the master key Secret', async (provider, variable) => {
+    const c = config({keys: {masterKeyProvider: provider}});
+    const objects = objectsOf(await renderKubernetes(c, undefined));
+    const pod = (find(objects, 'CronJob', 'dforge-backup').spec as any).jobTemplate.spec.template.spec;
+    expect(pod.containers[0].env).toEqual([
+      {name: 'HOME', value: '/tmp'},
+      {name: variable, valueFrom: {secretKeyRef: {name: MASTER_KEY_SECRET, key: variable}}},
+    ]);
+    // keyring.json alone in the keyring directory: the key is not a file there as well.
+    expect(pod.volumes).toContainEqual({name: 'master-key', secret: {secretName: MASTER_KEY_SECRET, items: [{key: 'keyring.json', path: 'keyring.json'}], defaultMode: 0o440}});
+    expect(await schemaProblems(objects)).toEqual([]);
+    expect(await unknownFieldProblems(objects)).toEqual([]);
   });
 
   it('refuses local backup destinations that would share or shadow a mount', async () => {
@@ -319,8 +365,14 @@ describe('renderKubernetes', () => {
       },
     });
     await expect(renderKubernetes(clash, undefined)).rejects.toThrow(/backup destination eu\/b uses the path \/srv\/backups/);
-    const tmp = config({regions: {eu: {clusters: [{name: 'eu-1', kind: 'bundled'}], backup: {destinations: [{name: 'a', kind: 'local', path: '/tmp'}]}}}});
-    await expect(renderKubernetes(tmp, undefined)).rejects.toBeInstanceOf(UserError);
+    const at = (p: string): DforgeConfig => config({regions: {eu: {clusters: [{name: 'eu-1', kind: 'bundled'}], backup: {destinations: [{name: 'a', kind: 'local', path: p}]}}}});
+    await expect(renderKubernetes(at('/tmp'), undefined)).rejects.toBeInstanceOf(UserError);
+    // Over the unpacked secrets or the master key, dforge could not open them.
+    for (const p of ['/var/lib/dforge', '/var/lib/dforge/secrets', '/var/lib/dforge/secrets/master/']) {
+      await expect(renderKubernetes(at(p), undefined), p).rejects.toThrow(/needs for itself/);
+    }
+    // Elsewhere in the install directory is fine: DFORGE_HOME/backups/<region> is install's default.
+    await expect(renderKubernetes(at('/var/lib/dforge/backups/eu'), undefined)).resolves.toBeDefined();
   });
 });
 
@@ -331,7 +383,8 @@ describe('renderKubernetes with hostile values (zod bypassed)', () => {
     const image = 'x"\nprivileged: true\n  hostNetwork: true #';
     const namespace = 'evil\n  hostNetwork: true';
     const className = 'nginx"\n  hostPID: true';
-    const evil = hostile((c) => ({...c, images: {...c.images, app: image, proxy: image}, kubernetes: {...c.kubernetes, namespace, ingressClassName: className}}));
+    const ingressNamespace = 'x"\n        - ipBlock: {cidr: 0.0.0.0/0}';
+    const evil = hostile((c) => ({...c, images: {...c.images, app: image, proxy: image, dforge: image}, kubernetes: {...c.kubernetes, namespace, ingressNamespace, ingressClassName: className}}));
     const normal = objectsOf(await renderKubernetes(config(), undefined));
     const injected = objectsOf(await renderKubernetes(evil, undefined));
     // The same objects with the same keys: the values changed, the structure did not.
@@ -340,6 +393,8 @@ describe('renderKubernetes with hostile values (zod bypassed)', () => {
     injected.forEach((o, i) => expect(keyPaths(o), objectId(o)).toEqual(keyPaths(normal[i])));
     const containers = podTemplates(injected).flatMap((t) => allContainers(t.spec));
     expect(containers.filter((c) => c.name === 'app' || c.name === 'proxy').map((c) => c.image)).toEqual([image, image]);
+    expect(containers.filter((c) => c.name === 'backup').map((c) => c.image)).toEqual([image]);
+    expect((find(injected, 'NetworkPolicy', 'proxy').spec as any).ingress[0].from).toEqual([{namespaceSelector: {matchLabels: {'kubernetes.io/metadata.name': ingressNamespace}}}]);
     expect(injected.filter((o) => o.kind !== 'Namespace').every((o) => o.metadata.namespace === namespace)).toBe(true);
     expect((find(injected, 'Ingress', 'dforge').spec as {ingressClassName: string}).ingressClassName).toBe(className);
   });
@@ -393,7 +448,8 @@ describe('NetworkPolicies', () => {
   };
 
   const dns = (pods: string[]): string[] => pods.flatMap((p) => [`${p} -> kube-dns:53/TCP`, `${p} -> kube-dns:53/UDP`]);
-  const intoProxy = ['external-db', 'ingress-controller', 'internet', 'kube-dns'].map((from) => `${from} -> proxy:8080/TCP`);
+  // The Ingress controller, in kubernetes.ingressNamespace (default ingress-nginx), and nothing else.
+  const intoProxy = ['ingress-controller -> proxy:8080/TCP'];
 
   it('allow exactly the flows the stack needs, and nothing else', async () => {
     expect(await flowsOf(config())).toEqual(
@@ -430,6 +486,13 @@ describe('NetworkPolicies', () => {
     expect(flows).not.toContain('app -> auth-db:5432/TCP');
     expect(flows).not.toContain('auth -> postgres:5432/TCP');
   });
+
+  it('admit the Ingress controller of kubernetes.ingressNamespace to the proxy, and one elsewhere not', async () => {
+    const objects = objectsOf(await renderKubernetes(config({kubernetes: {...base.kubernetes, ingressNamespace: 'traefik'}}), undefined));
+    const traefik: Endpoint = {name: 'traefik', namespace: 'traefik', namespaceLabels: {'kubernetes.io/metadata.name': 'traefik'}, labels: {'app.kubernetes.io/name': 'traefik'}, ip: '10.0.9.2'};
+    const flows = allowedFlows(objects, [...podsOf(objects), ...outside, traefik], probes);
+    expect(flows.filter((f) => f.includes(' -> proxy:'))).toEqual(['traefik -> proxy:8080/TCP']);
+  });
 });
 
 describe('renderKubernetesOverlay', () => {
@@ -452,5 +515,76 @@ describe('renderKubernetesOverlay', () => {
 
   it('refuses a tenant slug that is not one', () => {
     expect(() => renderKubernetesOverlay(config(), {base: '../../rendered/k8s', tenants: ['../evil']})).toThrow(UserError);
+  });
+});
+
+describe('installArchive (the Secret dforge-install)', () => {
+  let install: InstallDir & {cleanup(): Promise<void>};
+  let job: string;
+  let provisioner: string;
+  beforeAll(async () => {
+    install = await tempInstall();
+    job = await fs.mkdtemp(path.join(os.tmpdir(), 'dforge-backup-job-'));
+    await initKeys(install, {command: 'test'});
+    // The PKI puts its sealed keys under secrets/pki/ and the CA certificate in pki/.
+    await generateCertificates(install, {command: 'test'});
+    provisioner = (await ensureSealedPassword(await openKeyServices(install), 'postgres/eu-1/provisioner')).value;
+  });
+  afterAll(async () => {
+    await install.cleanup();
+    await fs.rm(job, {recursive: true, force: true});
+  });
+
+  const entriesOf = async (archive: Buffer): Promise<string[]> => {
+    const tar = await import('tar');
+    const entries: string[] = [];
+    const parser = tar.t({onReadEntry: (e) => entries.push(e.path)});
+    const ended = new Promise((resolve) => parser.on('end', resolve));
+    parser.end(archive);
+    await ended;
+    return entries;
+  };
+
+  /** Every file under a directory, relative to `root`. */
+  const filesUnder = async (root: string, dir: string): Promise<string[]> =>
+    (await fs.readdir(path.join(root, dir), {recursive: true, withFileTypes: true})).filter((e) => e.isFile()).map((e) => path.relative(root, path.join(e.parentPath, e.name)));
+
+  it('holds dforge.yaml, the CA certificate and every file of secrets/ but those of secrets/master/, byte-identical each time', async () => {
+    const archive = await installArchive(install);
+    expect(await installArchive(install)).toEqual(archive);
+    const entries = await entriesOf(archive);
+    const master = path.relative(install.root, masterDir(install));
+    const masterFiles = await filesUnder(install.root, master);
+    expect(masterFiles.sort()).toEqual(['secrets/master/keyring.json', 'secrets/master/v1.key']);
+    expect(entries.filter((e) => e.startsWith(master))).toEqual([]);
+    const secretFiles = (await filesUnder(install.root, 'secrets')).filter((f) => !masterFiles.includes(f));
+    expect(secretFiles).toContain('secrets/pki/ca.key.sealed');
+    expect(entries.filter((e) => !e.endsWith('/')).sort()).toEqual(['dforge.yaml', path.relative(install.root, caCertFile(install)), ...secretFiles].sort());
+    // Not in any encoding: the key file's base64, nor the key's bytes.
+    const key = (await fs.readFile(path.join(masterDir(install), 'v1.key'), 'utf8')).trim();
+    expect(archive.includes(key)).toBe(false);
+    expect(archive.includes(Buffer.from(key, 'base64'))).toBe(false);
+  });
+
+  it('opens in the backup job only once the master key Secret is mounted where the rendered CronJob mounts it', async () => {
+    const tar = await import('tar');
+    const extract = tar.x({cwd: job});
+    const done = new Promise((resolve, reject) => extract.on('close', resolve).on('error', reject));
+    extract.end(await installArchive(install));
+    await done;
+    const unpacked = new InstallDir(job);
+    await expect(openKeyServices(unpacked)).rejects.toThrow(/no master key/);
+
+    // The Secret volume: each key of the Secret (each file of secrets/master/) as a file at the mount path, relative to --dir.
+    const pod = (find(objectsOf(await renderKubernetes(config(), undefined)), 'CronJob', 'dforge-backup').spec as any).jobTemplate.spec.template.spec;
+    const jobDir = pod.containers[0].command.at(-1) as string;
+    const mount = (pod.containers[0].volumeMounts as Array<{name: string; mountPath: string}>).find((m) => m.name === 'master-key')!;
+    const mounted = path.join(job, path.relative(jobDir, mount.mountPath));
+    await fs.mkdir(mounted, {recursive: true});
+    for (const name of await fs.readdir(masterDir(install))) await fs.copyFile(path.join(masterDir(install), name), path.join(mounted, name));
+
+    const keys = await openKeyServices(unpacked);
+    expect((await keys.sealed.get('postgres/eu-1/provisioner')).toString('utf8')).toBe(provisioner);
+    expect(await fs.readFile(caCertFile(unpacked), 'utf8')).toBe(await fs.readFile(caCertFile(install), 'utf8'));
   });
 });
