@@ -10,7 +10,7 @@ import {configSchema, type DforgeConfig} from '../config/schema.js';
 import {pkiDir, usingControlPlane} from '../control/plane.js';
 import {UsageError, UserError} from '../errors.js';
 import {COMPOSE_FILE} from '../render/compose.js';
-import {IMAGE_SERVICES, resolvedImages} from '../render/values.js';
+import {resolvedImages} from '../render/values.js';
 import {ComposeStack, type ServiceState} from '../runtime/compose-stack.js';
 import {writeFileAtomic} from '../state/atomic-file.js';
 import {acquireLock} from '../state/lock.js';
@@ -146,7 +146,9 @@ export async function prepareUpgrade(dir: InstallDir, to: string, options: {repo
   const from = config.release;
   const images = {...config.images};
   const pinned: string[] = [];
-  for (const service of IMAGE_SERVICES) {
+  // Every image set in dforge.yaml, the backup job's dforge image included.
+  const services = Object.keys(images) as Array<keyof typeof images>;
+  for (const service of services) {
     const ref = images[service];
     if (ref?.endsWith(`:${from}`)) images[service] = `${ref.slice(0, -from.length)}${to}`;
     else if (ref) pinned.push(`${service}=${ref}`);
@@ -167,7 +169,7 @@ export async function prepareUpgrade(dir: InstallDir, to: string, options: {repo
   const {parseDocument} = await import('yaml');
   const doc = parseDocument(text);
   doc.set('release', to);
-  for (const service of IMAGE_SERVICES) if (images[service] !== config.images[service]) doc.setIn(['images', service], images[service]);
+  for (const service of services) if (images[service] !== config.images[service]) doc.setIn(['images', service], images[service]);
   await writeFileAtomic(`${dir.configFile}.pre-upgrade`, text);
   await writeFileAtomic(dir.configFile, doc.toString({lineWidth: 0}));
   return {from, to, backups, images: resolvedImages(next), pinned};
