@@ -1,4 +1,4 @@
-import {createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync, randomBytes, timingSafeEqual} from 'node:crypto';
+import {createCipheriv, createDecipheriv, createHash, createHmac, createSecretKey, hkdfSync, randomBytes, timingSafeEqual, type KeyObject} from 'node:crypto';
 import {Transform, type TransformCallback} from 'node:stream';
 
 import {VerificationError} from '../errors.js';
@@ -154,8 +154,12 @@ export class EncryptStream extends Transform {
   private filled = 0;
   private counter = 0n;
 
-  constructor(private readonly payloadKey: Buffer) {
+  // Imported once: a raw key handed to every createCipheriv would be imported again per chunk.
+  private readonly key: KeyObject;
+
+  constructor(payloadKey: Buffer) {
     super();
+    this.key = createSecretKey(payloadKey);
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
@@ -179,7 +183,7 @@ export class EncryptStream extends Transform {
   }
 
   private seal(plain: Buffer, final: boolean): Buffer {
-    const cipher = createCipheriv('aes-256-gcm', this.payloadKey, nonce(this.counter++, final));
+    const cipher = createCipheriv('aes-256-gcm', this.key, nonce(this.counter++, final));
     return Buffer.concat([cipher.update(plain), cipher.final(), cipher.getAuthTag()]);
   }
 }
@@ -193,11 +197,14 @@ export class DecryptStream extends Transform {
   private filled = 0;
   private counter = 0n;
 
+  private readonly key: KeyObject;
+
   constructor(
-    private readonly payloadKey: Buffer,
+    payloadKey: Buffer,
     private readonly what: string,
   ) {
     super();
+    this.key = createSecretKey(payloadKey);
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
@@ -230,7 +237,7 @@ export class DecryptStream extends Transform {
   }
 
   private open(sealed: Buffer, final: boolean): Buffer {
-    const decipher = createDecipheriv('aes-256-gcm', this.payloadKey, nonce(this.counter, final));
+    const decipher = createDecipheriv('aes-256-gcm', this.key, nonce(this.counter, final));
     decipher.setAuthTag(sealed.subarray(sealed.length - TAG_BYTES));
     try {
       const plain = Buffer.concat([decipher.update(sealed.subarray(0, sealed.length - TAG_BYTES)), decipher.final()]);

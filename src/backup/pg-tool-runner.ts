@@ -1,3 +1,5 @@
+import {existsSync} from 'node:fs';
+
 import type {ControlPlane} from '../control/plane.js';
 import {clustersOf, endpointOf} from '../control/plane.js';
 import {UserError} from '../errors.js';
@@ -42,8 +44,17 @@ export async function startPgTool(plane: ControlPlane, request: PgToolRequest): 
   const endpoint = await endpointOf(plane.keys.dir, plane.config, request.cluster);
   const binary = hostTool(request.tool, request.serverMajor);
   const session = await libpqSession(endpoint, request.credentials);
-  return {...spawnTool(binary, request.args, session.env), close: () => session.close()};
+  const [file, args] = request.tool === 'pg_dump' && STDBUF ? [STDBUF, ['-o', '1M', binary, ...request.args]] : [binary, request.args];
+  return {...spawnTool(file, args, session.env), close: () => session.close()};
 }
+
+/**
+ * pg_dump writes its archive through stdio, which sizes its buffer from the pipe (4 KiB): about
+ * 3,500 writes for a 20 MiB dump, each waking dforge to encrypt and hash a sliver, on the cores
+ * the server and pg_dump need. coreutils' stdbuf gives it a 1 MiB buffer instead, so the same
+ * bytes arrive in pipe-sized reads. Without stdbuf the dump is the same, only slower.
+ */
+const STDBUF = ['/usr/bin/stdbuf', '/bin/stdbuf'].find((f) => existsSync(f));
 
 /**
  * `pg_restore --list` for a dump of PostgreSQL `dumpMajor`: it reads the dump on stdin and

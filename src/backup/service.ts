@@ -1,7 +1,7 @@
 import {createHash, randomBytes} from 'node:crypto';
 import {promises as fs} from 'node:fs';
 import path from 'node:path';
-import {Readable} from 'node:stream';
+import {Transform} from 'node:stream';
 
 import {CONTROL_DATABASE, PROVISIONER_ROLE} from '../control/bootstrap.js';
 import {endpointOf, primaryCluster, provisionerSecret, type ControlPlane} from '../control/plane.js';
@@ -94,18 +94,28 @@ async function dumpEncrypted(options: {
   const pgDump = await startPgTool(plane, {tool: 'pg_dump', args: ['--format=custom', '--no-password'], cluster: options.cluster, credentials: options.credentials, serverMajor: Math.floor(Number(serverVersion) / 10_000)});
   try {
     pgDump.stdin.end();
-    async function* sealed(): AsyncGenerator<Buffer> {
-      hash.update(header.bytes);
-      yield header.bytes;
-      for await (const chunk of pgDump.stdout.pipe(new EncryptStream(header.payloadKey))) {
-        hash.update(chunk as Buffer);
-        yield chunk as Buffer;
-      }
-      // The final chunk is sealed when pg_dump's output ends, also when pg_dump failed: its exit
-      // status decides whether the upload may complete.
-      await pgDump.done;
-    }
-    const {size} = await destination.put(location, Readable.from(sealed()));
+    // Awaited in flush below; marked handled now, in case the tool fails before the stream reaches it.
+    pgDump.done.catch(() => undefined);
+    // The header, then the sealed chunks, hashed as they pass. The last chunk is sealed when pg_dump's
+    // output ends, also when pg_dump failed: its exit status decides whether the file may complete.
+    let headerSent = false;
+    const framed = new Transform({
+      transform(chunk: Buffer, _enc, callback) {
+        if (!headerSent) {
+          headerSent = true;
+          hash.update(header.bytes);
+          this.push(header.bytes);
+        }
+        hash.update(chunk);
+        callback(null, chunk);
+      },
+      flush(callback) {
+        pgDump.done.then(() => callback(), callback);
+      },
+    });
+    const encrypted = pgDump.stdout.pipe(new EncryptStream(header.payloadKey));
+    encrypted.on('error', (err) => framed.destroy(err));
+    const {size} = await destination.put(location, encrypted.pipe(framed));
     const manifest: BackupManifest = {
       format: 'dforge-backup-manifest/1',
       kind: options.kind,
