@@ -9,10 +9,11 @@ import {UserError} from '../errors.js';
 import {openKeyServices, type KeyServices} from '../keys/context.js';
 import {jwksFile, jwtPrivateKeyName, readJwtKeys} from '../keys/jwt.js';
 import {ensureSealedPassword} from '../keys/sealed-password.js';
-import {CATALOG_SECRET, kubernetesSecrets, MASTER_KEY_SECRET, masterKeySecretCommand, overlaySecretFile, renderKubernetes, renderKubernetesOverlay} from '../render/k8s.js';
+import {CATALOG_SECRET, kubernetesSecrets, MASTER_KEY_SECRET, masterKeySecretCommand, overlaySecretFile, renderKubernetes, renderKubernetesOverlay, TENANT_PASSWORD_KEY, TENANT_SECRET_PREFIX, tenantSecretName} from '../render/k8s.js';
 import {byCodePoint, writeRendered} from '../render/rendered-file.js';
 import {findBundledCluster} from '../render/values.js';
 import {ensureRuntimeDir, ROOT, writeRuntimeFile} from '../runtime/runtime-files.js';
+import {catalogText} from '../runtime/tenant-catalog.js';
 import {masterDir} from '../secrets/master-key.js';
 import type {InstallDir} from '../state/install-dir.js';
 import type {Step} from '../ui/tasks.js';
@@ -50,10 +51,7 @@ export function k8sInstallSteps(dir: InstallDir): Array<Step<InstallContext>> {
     {
       title: 'Apply',
       async run(ctx) {
-        const reachable = await kubectl(['version', `--request-timeout=${KUBECTL_TIMEOUT_MS / 1000}s`, '-o', 'json']).then(
-          (out) => (JSON.parse(out) as {serverVersion?: unknown}).serverVersion !== undefined,
-          () => false,
-        );
+        const reachable = await clusterReachable();
         const masterKey = `the backup CronJob needs the Secret ${MASTER_KEY_SECRET}, which dforge never creates: ${masterKeySecretCommand(ctx.config!, dir)}`;
         if (!reachable) {
           ctx.applied = false;
@@ -96,8 +94,8 @@ async function writeOverlay(dir: InstallDir, keys: KeyServices, config: DforgeCo
     'dforge-jwt-signing-key': {'jwt-signing-key.pem': (await keys.sealed.get(jwtPrivateKeyName(signing.kid))).toString('utf8')},
     'dforge-jwks': {'jwks.json': await fs.readFile(jwksFile(dir), 'utf8')},
     'dforge-proxy-tls': {'tls.crt': `${proxyTls.certPem.trimEnd()}\n${caPem.trimEnd()}\n`, 'tls.key': proxyTls.keyPem},
-    // Tenants are published once the control database runs in the cluster; until then the app sees none.
-    [CATALOG_SECRET]: {'catalog.json': `${JSON.stringify({version: 1, tenants: []}, null, 2)}\n`},
+    // What the last tenant change published (publishKubernetesTenants); an empty catalog at first.
+    [CATALOG_SECRET]: {'catalog.json': await fs.readFile(path.join(overlay, overlaySecretFile(CATALOG_SECRET, 'catalog.json')), 'utf8').catch(() => catalogText([]))},
     'dforge-install': {'install.tar': await installArchive(dir)},
     ...(bundled ? {'dforge-postgres-superuser': {password: await sealed(superuserSecret(bundled.name))}} : {}),
   };
@@ -112,11 +110,60 @@ async function writeOverlay(dir: InstallDir, keys: KeyServices, config: DforgeCo
       if (await writeRuntimeFile(file, value, {mode: 0o600, owner: ROOT})) changed++;
     }
   }
-  const base = path.relative(overlay, k8sRenderedDir(dir));
-  for (const f of renderKubernetesOverlay(config, {base, tenants: []})) {
-    if (await writeRuntimeFile(path.join(overlay, f.path), f.content, {mode: 0o600, owner: ROOT})) changed++;
+  if (await writeOverlayKustomization(dir, config, await publishedTenants(overlay))) changed++;
+  return changed;
+}
+
+/** The tenants whose password Secret the overlay holds: what tenant changes last published. */
+async function publishedTenants(overlay: string): Promise<string[]> {
+  const names = await fs.readdir(path.join(overlay, 'secrets')).catch(() => [] as string[]);
+  return names.filter((n) => n.startsWith(TENANT_SECRET_PREFIX)).map((n) => n.slice(TENANT_SECRET_PREFIX.length));
+}
+
+async function writeOverlayKustomization(dir: InstallDir, config: DforgeConfig, tenants: readonly string[]): Promise<boolean> {
+  const overlay = k8sOverlayDir(dir);
+  let changed = false;
+  for (const f of renderKubernetesOverlay(config, {base: path.relative(overlay, k8sRenderedDir(dir)), tenants})) {
+    changed = (await writeRuntimeFile(path.join(overlay, f.path), f.content, {mode: 0o600, owner: ROOT})) || changed;
   }
   return changed;
+}
+
+/**
+ * The Kubernetes side of a tenant change: the catalog Secret and one password Secret per active
+ * tenant in the overlay, then `kubectl apply`, which rolls the app pods onto the new set. Without
+ * a reachable cluster the files are written and the note says how to apply them.
+ */
+export async function publishKubernetesTenants(dir: InstallDir, config: DforgeConfig, catalog: string, passwords: ReadonlyMap<string, string>): Promise<{changed: boolean; applied: boolean; note: string}> {
+  const overlay = k8sOverlayDir(dir);
+  await fs.access(path.join(overlay, 'kustomization.yaml')).catch(() => {
+    throw new UserError(`no Kubernetes overlay in ${overlay}`, {nextSteps: ['Run dforge install --target k8s first.']});
+  });
+  const put = async (secret: string, key: string, value: string): Promise<boolean> => {
+    const file = path.join(overlay, overlaySecretFile(secret, key));
+    await ensureRuntimeDir(path.dirname(file), {mode: 0o700, owner: ROOT});
+    return writeRuntimeFile(file, value, {mode: 0o600, owner: ROOT});
+  };
+  let changed = await put(CATALOG_SECRET, 'catalog.json', catalog);
+  for (const [slug, password] of passwords) changed = (await put(tenantSecretName(slug), TENANT_PASSWORD_KEY, password)) || changed;
+  for (const slug of await publishedTenants(overlay)) {
+    if (!passwords.has(slug)) {
+      await fs.rm(path.join(overlay, 'secrets', tenantSecretName(slug)), {recursive: true, force: true});
+      changed = true;
+    }
+  }
+  changed = (await writeOverlayKustomization(dir, config, [...passwords.keys()])) || changed;
+  if (!changed) return {changed, applied: true, note: 'unchanged'};
+  if (!(await clusterReachable())) return {changed, applied: false, note: `no Kubernetes cluster reachable: apply the tenant change with kubectl apply -k ${overlay}`};
+  await kubectl(['apply', '-k', overlay]);
+  return {changed, applied: true, note: `applied ${overlay}`};
+}
+
+async function clusterReachable(): Promise<boolean> {
+  return kubectl(['version', `--request-timeout=${KUBECTL_TIMEOUT_MS / 1000}s`, '-o', 'json']).then(
+    (out) => (JSON.parse(out) as {serverVersion?: unknown}).serverVersion !== undefined,
+    () => false,
+  );
 }
 
 /**

@@ -250,7 +250,8 @@ export interface KubernetesSecret {
  * dforge-tenant-catalog because a tenant may be called "catalog".
  */
 export const CATALOG_SECRET = 'dforge-catalog';
-export const tenantSecretName = (slug: string): string => `dforge-tenant-${validateSlug(slug)}`;
+export const TENANT_SECRET_PREFIX = 'dforge-tenant-';
+export const tenantSecretName = (slug: string): string => `${TENANT_SECRET_PREFIX}${validateSlug(slug)}`;
 export const TENANT_PASSWORD_KEY = 'password';
 
 /**

@@ -41,47 +41,65 @@ export const tenantsRuntimeDir = (dir: InstallDir): string => path.join(dir.runt
 
 const APP = {uid: APP_UID, gid: APP_UID};
 
-/** Rewrites runtime/tenants/ from the registry and signals the app when anything changed. */
+/** The catalog's bytes: what the app reads, in both runtimes. */
+export const catalogText = (entries: readonly CatalogEntry[]): string => `${JSON.stringify({version: 1, tenants: entries}, null, 2)}\n`;
+
+/**
+ * Rewrites the app's view of tenants from the registry: runtime/tenants/ plus SIGHUP to the app
+ * on compose; the tenant Secrets of the overlay plus `kubectl apply` on Kubernetes.
+ */
 export async function publishTenantCatalog(plane: ControlPlane): Promise<CatalogPublication> {
-  if (plane.config.target !== 'compose') return {skipped: `target ${plane.config.target} has no compose runtime`, tenants: 0, changed: false, signalled: 0};
+  if (plane.config.target === 'embedded') return {skipped: 'an embedded install has no app runtime', tenants: 0, changed: false, signalled: 0};
   const dir = plane.keys.dir;
   const lock = await waitForLock(dir);
   try {
-    const target = tenantsRuntimeDir(dir);
-    await ensureRuntimeDir(target, {mode: 0o700, owner: APP});
     const clusters = clustersOf(plane.config);
     const entries: CatalogEntry[] = [];
-    let changed = false;
-    const keep = new Set<string>(['catalog.json']);
+    const passwords = new Map<string, string>();
     for (const tenant of await plane.tenants.list()) {
       if (tenant.status !== 'active' && tenant.status !== 'suspended') continue;
       const cluster = clusters.get(tenant.cluster)?.cluster;
       if (!cluster || cluster.kind === 'embedded') continue;
       // Inside the stack the bundled cluster is the postgres service; external clusters by their own name.
       const [host, port] = cluster.kind === 'bundled' ? ['postgres', 5432] : [cluster.host, cluster.port];
-      let passwordFile: string | undefined;
-      if (tenant.status === 'active') {
-        const file = `${tenant.slug}.password`;
-        keep.add(file);
-        changed = (await writeRuntimeFile(path.join(target, file), await plane.tenants.password(tenant.slug), {mode: 0o400, owner: APP})) || changed;
-        passwordFile = `${CATALOG_MOUNT}/${file}`;
-      }
-      entries.push({slug: tenant.slug, database: tenant.database, role: tenant.role, host, port, sslmode: 'verify-full', ...(passwordFile ? {passwordFile} : {}), status: tenant.status});
+      // A suspended tenant stays in the catalog without a password: the app cannot reach it.
+      const active = tenant.status === 'active';
+      if (active) passwords.set(tenant.slug, await plane.tenants.password(tenant.slug));
+      entries.push({slug: tenant.slug, database: tenant.database, role: tenant.role, host, port, sslmode: 'verify-full', ...(active ? {passwordFile: `${CATALOG_MOUNT}/${tenant.slug}.password`} : {}), status: tenant.status});
     }
     entries.sort((a, b) => byCodePoint(a.slug, b.slug));
-    changed = (await writeRuntimeFile(path.join(target, 'catalog.json'), `${JSON.stringify({version: 1, tenants: entries}, null, 2)}\n`, {mode: 0o400, owner: APP})) || changed;
-    // A deleted or suspended tenant's password leaves the app's view too.
-    for (const name of await fs.readdir(target)) {
-      if (!keep.has(name)) {
-        await fs.rm(path.join(target, name), {force: true});
-        changed = true;
-      }
+    if (plane.config.target === 'k8s') {
+      const {publishKubernetesTenants} = await import('../install/k8s.js');
+      const r = await publishKubernetesTenants(dir, plane.config, catalogText(entries), passwords);
+      return {tenants: entries.length, changed: r.changed, signalled: 0, ...(r.applied ? {} : {skipped: r.note})};
     }
+    const changed = await writeComposeTenants(dir, catalogText(entries), passwords);
     const signalled = changed ? await signalApp(plane.config.compose.project) : 0;
     return {tenants: entries.length, changed, signalled};
   } finally {
     await lock.release();
   }
+}
+
+/** runtime/tenants/: the catalog and one 0400 password file per active tenant, owned by the app's user. */
+async function writeComposeTenants(dir: InstallDir, catalog: string, passwords: ReadonlyMap<string, string>): Promise<boolean> {
+  const target = tenantsRuntimeDir(dir);
+  await ensureRuntimeDir(target, {mode: 0o700, owner: APP});
+  let changed = false;
+  const keep = new Set<string>(['catalog.json']);
+  for (const [slug, password] of passwords) {
+    keep.add(`${slug}.password`);
+    changed = (await writeRuntimeFile(path.join(target, `${slug}.password`), password, {mode: 0o400, owner: APP})) || changed;
+  }
+  changed = (await writeRuntimeFile(path.join(target, 'catalog.json'), catalog, {mode: 0o400, owner: APP})) || changed;
+  // A deleted or suspended tenant's password leaves the app's view too.
+  for (const name of await fs.readdir(target)) {
+    if (!keep.has(name)) {
+      await fs.rm(path.join(target, name), {force: true});
+      changed = true;
+    }
+  }
+  return changed;
 }
 
 const LOCK_WAIT_MS = 30_000;
