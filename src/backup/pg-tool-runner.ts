@@ -83,7 +83,7 @@ function hostToolFits(serverMajor: number): boolean {
 }
 
 async function startInContainer(plane: ControlPlane, request: PgToolRequest): Promise<StartedTool> {
-  const [{connectDockerEngine}, {runningServiceContainer}, {execInContainer, withSecretFromStdin}] = await Promise.all([
+  const [{connectDockerEngine}, {runningServiceContainer}, {execInContainer}] = await Promise.all([
     import('../docker/engine.js'),
     import('../runtime/compose-project.js'),
     import('../runtime/container-exec.js'),
@@ -95,8 +95,8 @@ async function startInContainer(plane: ControlPlane, request: PgToolRequest): Pr
   // The password reaches the tool through its stdin (first line), never through the exec request.
   const env = ['PGHOST=localhost', 'PGPORT=5432', `PGUSER=${user}`, `PGDATABASE=${database}`, 'PGSSLMODE=verify-full', `PGSSLROOTCERT=${CONTAINER_CA}`, 'PGSSLMINPROTOCOLVERSION=TLSv1.3', 'PGCONNECT_TIMEOUT=10', 'LC_ALL=C'];
   const started = await execInContainer(container, {
-    cmd: withSecretFromStdin('PGPASSWORD', ['env', ...env, request.tool, ...request.args]),
-    secretLine: password,
+    cmd: ['env', ...env, request.tool, ...request.args],
+    secretEnv: {name: 'PGPASSWORD', value: password},
     label: `${request.tool} (in the postgres container)`,
   });
   return {...started, close: async () => undefined};

@@ -1,7 +1,7 @@
 import {createHash, randomBytes} from 'node:crypto';
 import {promises as fs} from 'node:fs';
 import path from 'node:path';
-import {Transform} from 'node:stream';
+import {pipeline, Transform} from 'node:stream';
 
 import {CONTROL_DATABASE, PROVISIONER_ROLE} from '../control/bootstrap.js';
 import {endpointOf, primaryCluster, provisionerSecret, type ControlPlane} from '../control/plane.js';
@@ -113,9 +113,8 @@ async function dumpEncrypted(options: {
         pgDump.done.then(() => callback(), callback);
       },
     });
-    const encrypted = pgDump.stdout.pipe(new EncryptStream(header.payloadKey));
-    encrypted.on('error', (err) => framed.destroy(err));
-    const {size} = await destination.put(location, encrypted.pipe(framed));
+    // pipeline() tears the whole chain down when any part fails, the destination included.
+    const {size} = await destination.put(location, pipeline(pgDump.stdout, new EncryptStream(header.payloadKey), framed, () => undefined));
     const manifest: BackupManifest = {
       format: 'dforge-backup-manifest/1',
       kind: options.kind,
@@ -152,6 +151,10 @@ async function dumpEncrypted(options: {
     };
     await new BackupCatalog(plane.control).add(record);
     return record;
+  } catch (err) {
+    // A failed write (a full disk) must not leave pg_dump blocked on a pipe nobody reads, holding its locks.
+    pgDump.kill();
+    throw err;
   } finally {
     await pgDump.close();
   }

@@ -122,13 +122,19 @@ export async function decryptAndList(plane: ControlPlane, source: BackupSource, 
   let stdinOpen = true;
   stdin.on('close', () => (stdinOpen = false));
   stdin.on('error', () => (stdinOpen = false));
+  // A tool that exits early (done, or failed) stops the feeding too; its status is read at the end.
+  const exited = done.then(
+    () => undefined,
+    () => undefined,
+  );
+  void exited.then(() => (stdinOpen = false));
   const decrypted = await decryptedDump(source, parsed, payloadKey);
   try {
     // pg_restore --list stops reading after the table of contents; the rest of the stream is still
     // decrypted (and discarded), so every chunk is authenticated before anything is restored.
     for await (const chunk of decrypted) {
       // once() rejects on 'error' (EPIPE when pg_restore is done reading): that only means stop feeding.
-      if (stdinOpen && !stdin.write(chunk)) await Promise.race([once(stdin, 'drain'), once(stdin, 'close')]).catch(() => undefined);
+      if (stdinOpen && !stdin.write(chunk)) await Promise.race([once(stdin, 'drain'), once(stdin, 'close'), exited]).catch(() => undefined);
     }
   } catch (err) {
     pgRestoreList.kill();

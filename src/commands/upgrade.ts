@@ -19,11 +19,16 @@ export default class Upgrade extends BaseCommand<typeof Upgrade> {
     const options = {provided: {}, ignore: [], cliPath: process.argv[1] ?? 'dforge'};
     const ctx = newInstallContext();
     const plan = await withStackLock(dir, `dforge upgrade --to ${this.flags.to}`, async () => {
-      const [{connectDockerEngine}, {imagePresent}] = await Promise.all([import('../docker/engine.js'), import('../docker/images.js')]);
-      const docker = await connectDockerEngine();
+      // The engine is asked only for a compose install; Kubernetes pulls from its registry.
+      const engine = (async () => {
+        const [{connectDockerEngine}, {imagePresent}] = await Promise.all([import('../docker/engine.js'), import('../docker/images.js')]);
+        const docker = await connectDockerEngine();
+        return (ref: string) => imagePresent(docker, ref);
+      });
+      let present: Promise<(ref: string) => Promise<boolean>> | undefined;
       const prepared = await prepareUpgrade(dir, this.flags.to, {
         report: (outcome) => process.stderr.write(`${JSON.stringify({event: 'backup', ...outcome})}\n`),
-        imagePresent: (ref) => imagePresent(docker, ref),
+        imagePresent: async (ref) => (await (present ??= engine()))(ref),
       });
       for (const p of prepared.pinned) this.out.warn(`image ${p} is pinned to something other than release ${prepared.from}: left as it is`);
       this.out.progress(`backed up ${prepared.backups.tenants.length} tenant(s); release ${prepared.from} → ${prepared.to}`);

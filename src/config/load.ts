@@ -33,10 +33,11 @@ export async function loadConfigFile(file: string, options: {fresh?: boolean} = 
   }
   const {parseConfig} = await import('./parse.js');
   const config = parseConfig(text, file);
-  // Best effort: a read-only install directory still works, only slower.
-  if (key) {
+  // Best effort: a read-only install directory still works, only slower. A fresh validation (config
+  // validate, maybe of a file that is not an install's) leaves nothing behind.
+  if (key && !options.fresh) {
     await fs
-      .mkdir(path.dirname(cache), {recursive: true, mode: 0o700})
+      .mkdir(path.dirname(cache), {recursive: true, mode: 0o755})
       .then(() => writeFileAtomic(cache, `${JSON.stringify({key, config})}\n`, {mode: 0o600}))
       .catch(() => undefined);
   }

@@ -67,13 +67,19 @@ export async function ensureStackCredentials(keys: KeyServices, config: DforgeCo
 
 /**
  * Writes what the containers mount from runtime/: certificates, keys and passwords, each owned by
- * the one container user that reads it, 0600 (0644 for public certificates). Returns the services
- * whose files changed, which a running stack must restart to pick up.
+ * the container user that reads it, 0600 (0644 for public certificates). Returns the services
+ * whose files changed, which a running stack must restart to pick up; they are also recorded as
+ * pending restarts until the Start step has done them.
  */
 export async function writeComposeRuntime(dir: InstallDir, keys: KeyServices, credentials: StackCredentials): Promise<Set<StackService>> {
   const changed = new Set<StackService>();
+  // Each service is marked pending before a file it mounts changes: a run that dies half-way
+  // still restarts it next time.
   const put = async (services: StackService[], rel: string, content: string, mode: number, owner: Ownership): Promise<void> => {
-    if (await writeRuntimeFile(path.join(dir.runtimeDir, rel), content, {mode, owner})) for (const s of services) changed.add(s);
+    const beforeChange = async (): Promise<void> => {
+      await addPendingRestarts(dir, services);
+    };
+    if (await writeRuntimeFile(path.join(dir.runtimeDir, rel), content, {mode, owner, beforeChange})) for (const s of services) changed.add(s);
   };
   await ensureRuntimeDir(dir.runtimeDir, {mode: 0o700, owner: ROOT});
   const caPem = await fs.readFile(caCertFile(dir), 'utf8');

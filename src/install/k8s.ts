@@ -13,7 +13,7 @@ import {CATALOG_SECRET, kubernetesSecrets, MASTER_KEY_SECRET, masterKeySecretCom
 import {byCodePoint, writeRendered} from '../render/rendered-file.js';
 import {findBundledCluster} from '../render/values.js';
 import {ensureRuntimeDir, ROOT, writeRuntimeFile} from '../runtime/runtime-files.js';
-import {catalogText} from '../runtime/tenant-catalog.js';
+import {catalogText, withTenantCatalogLock} from '../runtime/tenant-catalog.js';
 import {masterDir} from '../secrets/master-key.js';
 import type {InstallDir} from '../state/install-dir.js';
 import type {Step} from '../ui/tasks.js';
@@ -94,24 +94,28 @@ async function writeOverlay(dir: InstallDir, keys: KeyServices, config: DforgeCo
     'dforge-jwt-signing-key': {'jwt-signing-key.pem': (await keys.sealed.get(jwtPrivateKeyName(signing.kid))).toString('utf8')},
     'dforge-jwks': {'jwks.json': await fs.readFile(jwksFile(dir), 'utf8')},
     'dforge-proxy-tls': {'tls.crt': `${proxyTls.certPem.trimEnd()}\n${caPem.trimEnd()}\n`, 'tls.key': proxyTls.keyPem},
-    // What the last tenant change published (publishKubernetesTenants); an empty catalog at first.
-    [CATALOG_SECRET]: {'catalog.json': await fs.readFile(path.join(overlay, overlaySecretFile(CATALOG_SECRET, 'catalog.json')), 'utf8').catch(() => catalogText([]))},
     'dforge-install': {'install.tar': await installArchive(dir)},
     ...(bundled ? {'dforge-postgres-superuser': {password: await sealed(superuserSecret(bundled.name))}} : {}),
   };
-  let changed = 0;
-  for (const secret of kubernetesSecrets(config)) {
-    for (const key of secret.keys) {
-      const value = values[secret.name]?.[key];
-      if (value === undefined) throw new UserError(`dforge has no value for Secret ${secret.name} key ${key}`, {nextSteps: ['This is a dforge bug: the rendered manifests reference a Secret install does not write. Please report it.']});
-      const file = path.join(overlay, overlaySecretFile(secret.name, key));
-      await ensureRuntimeDir(path.dirname(path.dirname(file)), {mode: 0o700, owner: ROOT});
-      await ensureRuntimeDir(path.dirname(file), {mode: 0o700, owner: ROOT});
-      if (await writeRuntimeFile(file, value, {mode: 0o600, owner: ROOT})) changed++;
+  // The catalog is what the last tenant change published (publishKubernetesTenants), an empty one
+  // at first. It is read and the overlay written under the catalog lock, so a concurrent tenant
+  // change is not undone.
+  return withTenantCatalogLock(dir, async () => {
+    values[CATALOG_SECRET] = {'catalog.json': await fs.readFile(path.join(overlay, overlaySecretFile(CATALOG_SECRET, 'catalog.json')), 'utf8').catch(() => catalogText([]))};
+    let changed = 0;
+    for (const secret of kubernetesSecrets(config)) {
+      for (const key of secret.keys) {
+        const value = values[secret.name]?.[key];
+        if (value === undefined) throw new UserError(`dforge has no value for Secret ${secret.name} key ${key}`, {nextSteps: ['This is a dforge bug: the rendered manifests reference a Secret install does not write. Please report it.']});
+        const file = path.join(overlay, overlaySecretFile(secret.name, key));
+        await ensureRuntimeDir(path.dirname(path.dirname(file)), {mode: 0o700, owner: ROOT});
+        await ensureRuntimeDir(path.dirname(file), {mode: 0o700, owner: ROOT});
+        if (await writeRuntimeFile(file, value, {mode: 0o600, owner: ROOT})) changed++;
+      }
     }
-  }
-  if (await writeOverlayKustomization(dir, config, await publishedTenants(overlay))) changed++;
-  return changed;
+    if (await writeOverlayKustomization(dir, config, await publishedTenants(overlay))) changed++;
+    return changed;
+  });
 }
 
 /** The tenants whose password Secret the overlay holds: what tenant changes last published. */
@@ -153,9 +157,12 @@ export async function publishKubernetesTenants(dir: InstallDir, config: DforgeCo
     }
   }
   changed = (await writeOverlayKustomization(dir, config, [...passwords.keys()])) || changed;
-  if (!changed) return {changed, applied: true, note: 'unchanged'};
+  // Applied whenever a cluster answers, changed or not: an earlier publication that could not be
+  // applied then is applied now (apply is idempotent).
   if (!(await clusterReachable())) return {changed, applied: false, note: `no Kubernetes cluster reachable: apply the tenant change with kubectl apply -k ${overlay}`};
-  await kubectl(['apply', '-k', overlay]);
+  await kubectl(['apply', '-k', overlay]).catch((err: unknown) => {
+    throw new UserError(`the tenant change is done, but applying it to the cluster failed: ${(err as Error).message}`, {nextSteps: [`Apply it again with: kubectl apply -k ${overlay}`], cause: err});
+  });
   return {changed, applied: true, note: `applied ${overlay}`};
 }
 

@@ -144,6 +144,9 @@ export async function prepareUpgrade(dir: InstallDir, to: string, options: {repo
   const parsedTo = configSchema.shape.release.safeParse(to);
   if (!parsedTo.success) throw new UsageError(`--to ${to}: ${parsedTo.error.issues[0]!.message}`, {nextSteps: ['Give a release version such as 1.4.2.']});
   const from = config.release;
+  if (from === to) {
+    throw new UsageError(`this install is already at release ${to}`, {nextSteps: ['To finish an interrupted upgrade, or to reconcile, run: dforge install']});
+  }
   const images = {...config.images};
   const pinned: string[] = [];
   // Every image set in dforge.yaml, the backup job's dforge image included.
@@ -154,9 +157,10 @@ export async function prepareUpgrade(dir: InstallDir, to: string, options: {repo
     else if (ref) pinned.push(`${service}=${ref}`);
   }
   const next: DforgeConfig = {...config, release: to, images};
-  // Nothing changes unless every image of the new release is there to start.
+  // Nothing changes unless every image of the new release is there to start. On Kubernetes the
+  // cluster pulls them from its registry, which this host need not reach.
   const missing: string[] = [];
-  for (const ref of new Set(Object.values(resolvedImages(next)))) if (!(await options.imagePresent(ref))) missing.push(ref);
+  if (config.target === 'compose') for (const ref of new Set(Object.values(resolvedImages(next)))) if (!(await options.imagePresent(ref))) missing.push(ref);
   if (missing.length > 0) {
     throw new UserError(`the images of release ${to} are not in the local engine: ${missing.join(', ')}`, {
       nextSteps: ['Load them (dforge bundle load <bundle>, or docker pull), then run the upgrade again. Nothing was changed.'],
@@ -170,7 +174,8 @@ export async function prepareUpgrade(dir: InstallDir, to: string, options: {repo
   const doc = parseDocument(text);
   doc.set('release', to);
   for (const service of services) if (images[service] !== config.images[service]) doc.setIn(['images', service], images[service]);
-  await writeFileAtomic(`${dir.configFile}.pre-upgrade`, text);
+  // One copy per release left, never overwritten: the way back to exactly what ran before.
+  await writeFileAtomic(`${dir.configFile}.pre-upgrade-${from}`, text, {mode: 0o644});
   await writeFileAtomic(dir.configFile, doc.toString({lineWidth: 0}));
   return {from, to, backups, images: resolvedImages(next), pinned};
 }

@@ -25,7 +25,7 @@ import type {InstallDir} from '../state/install-dir.js';
 import type {Step} from '../ui/tasks.js';
 import {configFromAnswers, openQuestions, withDefaults, type Answers, type PartialAnswers, type Question} from './answers.js';
 import {ensureAuthDatabase} from './auth-db.js';
-import {addPendingRestarts, authDbSocketDir, clearPendingRestarts, ensureStackCredentials, postgresSocketDir, writeComposeRuntime, type StackCredentials} from './compose-runtime.js';
+import {authDbSocketDir, clearPendingRestarts, pendingRestarts, ensureStackCredentials, postgresSocketDir, writeComposeRuntime, type StackCredentials} from './compose-runtime.js';
 
 export interface InstallOptions {
   /** Answers from flags and the answers file; flags already take precedence. */
@@ -163,7 +163,9 @@ export function composeInstallSteps(dir: InstallDir, options: InstallOptions): A
         const credentials = await ensureStackCredentials(keys, need(ctx));
         ctx.secretsCreated.push(...credentials.created);
         ctx.credentials = credentials;
-        ctx.changedServices = await addPendingRestarts(dir, await writeComposeRuntime(dir, keys, credentials));
+        await writeComposeRuntime(dir, keys, credentials);
+        // This run's changes and whatever an interrupted run left pending.
+        ctx.changedServices = new Set(await pendingRestarts(dir));
         return `${credentials.created.length} created, ${ctx.changedServices.size} service(s) with changed files`;
       },
     },

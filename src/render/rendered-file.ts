@@ -40,13 +40,17 @@ const MANIFEST = '.dforge-rendered';
  */
 export async function writeRendered(outDir: string, files: readonly RenderedFile[]): Promise<WriteResult> {
   const result: WriteResult = {written: [], unchanged: [], removed: []};
-  const previous = await readManifest(outDir);
-  if (previous === undefined && (await fs.readdir(outDir).catch(() => [])).length > 0) {
-    throw new UserError(`${outDir} is not empty and was not written by dforge render`, {
+  const wanted = new Set(files.map((f) => f.path));
+  const existing = await listFiles(outDir);
+  const previous = (await readManifest(outDir)) ?? adoptable(existing, wanted);
+  if (previous === undefined) {
+    throw new UserError(`${outDir} holds files that dforge render did not write`, {
       nextSteps: ['Render into an empty or new directory (--out), or into one an earlier render wrote.'],
     });
   }
-  const wanted = new Set(files.map((f) => f.path));
+  // The list first grows to cover both renders, so a run that dies half-way leaves a directory
+  // the next render still recognises; it shrinks to this render once the files are in place.
+  await writeManifest(outDir, new Set([...previous, ...wanted]));
   for (const file of files) {
     const target = path.join(outDir, file.path);
     const current = await fs.readFile(target, 'utf8').catch(() => undefined);
@@ -58,15 +62,38 @@ export async function writeRendered(outDir: string, files: readonly RenderedFile
     await writeFileAtomic(target, file.content, {mode: 0o644});
     result.written.push(file.path);
   }
-  for (const old of previous ?? []) {
+  for (const old of previous) {
     if (!wanted.has(old)) {
       await fs.rm(path.join(outDir, old), {force: true});
       result.removed.push(old);
     }
   }
-  const manifest = `${[...wanted].sort(byCodePoint).join('\n')}\n`;
-  if ((await fs.readFile(path.join(outDir, MANIFEST), 'utf8').catch(() => undefined)) !== manifest) await writeFileAtomic(path.join(outDir, MANIFEST), manifest, {mode: 0o644});
+  await writeManifest(outDir, wanted);
   return result;
+}
+
+/** A directory without a list is taken over only when everything in it is a file this render writes. */
+function adoptable(existing: readonly string[], wanted: ReadonlySet<string>): string[] | undefined {
+  return existing.every((f) => wanted.has(f)) ? [...existing] : undefined;
+}
+
+async function writeManifest(outDir: string, paths: ReadonlySet<string>): Promise<void> {
+  const text = `${[...paths].sort(byCodePoint).join('\n')}\n`;
+  if ((await fs.readFile(path.join(outDir, MANIFEST), 'utf8').catch(() => undefined)) === text) return;
+  await fs.mkdir(outDir, {recursive: true, mode: 0o755});
+  await writeFileAtomic(path.join(outDir, MANIFEST), text, {mode: 0o644});
+}
+
+async function listFiles(root: string, prefix = ''): Promise<string[]> {
+  const entries = await fs.readdir(path.join(root, prefix), {withFileTypes: true}).catch(() => []);
+  const out: string[] = [];
+  for (const e of entries) {
+    const rel = prefix ? `${prefix}/${e.name}` : e.name;
+    if (rel === MANIFEST) continue;
+    if (e.isDirectory()) out.push(...(await listFiles(root, rel)));
+    else out.push(rel);
+  }
+  return out.sort(byCodePoint);
 }
 
 async function readManifest(outDir: string): Promise<string[] | undefined> {

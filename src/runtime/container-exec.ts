@@ -1,3 +1,4 @@
+import {randomBytes} from 'node:crypto';
 import {PassThrough, Writable, type Readable} from 'node:stream';
 
 import type Docker from 'dockerode';
@@ -9,7 +10,7 @@ export interface ExecProcess {
   readonly stdout: Readable;
   /** Settles when the process has exited: resolves on status 0, rejects with its stderr otherwise. */
   readonly done: Promise<void>;
-  /** Kills the process (its input failed verification); `done` then rejects. */
+  /** Kills the process (its input failed verification, or its output has nowhere to go); `done` then rejects. */
   kill(): void;
 }
 
@@ -23,20 +24,30 @@ const STDERR_KEEP = 8192;
  * and stdin open for feeding one (pg_restore).
  *
  * A secret never goes into the exec request, which an engine in debug mode logs: `secretLine` is
- * written as the first line of the process's stdin, for a command that reads it (see
- * withSecretFromStdin).
+ * written as the first line of the process's stdin, and the command reads it into `secretEnv`
+ * before it runs. The command also records its pid in the container, so kill() can stop the
+ * process itself (in the container's pid namespace), not just the stream.
  */
-export async function execInContainer(container: Docker.Container, options: {cmd: readonly string[]; secretLine?: string; user?: string; label: string}): Promise<ExecProcess> {
-  const exec = await container.exec({Cmd: [...options.cmd], User: options.user, AttachStdin: true, AttachStdout: true, AttachStderr: true, Tty: false});
-  const socket = (await exec.start({hijack: true, stdin: true})) as unknown as NodeJS.ReadWriteStream & {destroy(err?: Error): void; end(): void};
+export async function execInContainer(
+  container: Docker.Container,
+  options: {cmd: readonly string[]; secretEnv?: {name: string; value: string}; user?: string; label: string},
+): Promise<ExecProcess> {
+  const pidFile = `/tmp/dforge-exec-${randomBytes(8).toString('hex')}.pid`;
+  const exec = await container.exec({Cmd: wrapped(options.cmd, pidFile, options.secretEnv?.name), User: options.user, AttachStdin: true, AttachStdout: true, AttachStderr: true, Tty: false});
+  const socket = (await exec.start({hijack: true, stdin: true})) as unknown as NodeJS.ReadWriteStream & {destroy(err?: Error): void};
   const stdout = new PassThrough();
+  const stdin = new PassThrough();
   let stderr = '';
   let killed = false;
-  const stopped = (): UserError => new UserError(`${options.label} was stopped: its input failed verification`, {nextSteps: ['Nothing was changed; see the error before this one.']});
+  // Once the process has exited its pid may be reused by another process of the container (a
+  // postgres backend): kill() must not aim at it any more.
+  let exited = false;
+  const stopped = (): UserError => new UserError(`${options.label} was stopped before it finished`, {nextSteps: ['Nothing was changed; see the error before this one.']});
 
-  // The attach stream multiplexes stdout and stderr in frames (8-byte header: stream, 0, 0, 0,
-  // big-endian length). Demultiplexed here, rather than by docker-modem, so that a slow reader of
-  // stdout pauses the socket: memory stays bounded whatever the size of the dump.
+  // The attach stream multiplexes the process's stdout (1), stderr (2) and the engine's own
+  // errors (3) in frames: an 8-byte header (stream, 0, 0, 0, big-endian length), then the payload.
+  // Demultiplexed here, rather than by docker-modem, so that a slow reader of stdout pauses the
+  // socket: memory stays bounded whatever the size of the dump.
   let pending: Buffer = Buffer.alloc(0);
   const demux = new Writable({
     write(chunk: Buffer, _enc, callback) {
@@ -46,7 +57,7 @@ export async function execInContainer(container: Docker.Container, options: {cmd
         const size = pending.readUInt32BE(4);
         if (pending.length < 8 + size) break;
         const payload = pending.subarray(8, 8 + size);
-        if (pending[0] === 2) {
+        if (pending[0] !== 1) {
           if (stderr.length < STDERR_KEEP) stderr += payload.toString();
         } else if (!stdout.write(payload)) {
           waitForDrain = true;
@@ -56,69 +67,101 @@ export async function execInContainer(container: Docker.Container, options: {cmd
       if (waitForDrain) stdout.once('drain', () => callback());
       else callback();
     },
+    // Runs after the last frame has been written to stdout, never before.
+    final(callback) {
+      if (pending.length > 0) return callback(new Error(`the ${options.label} stream ended inside a frame`));
+      stdout.end();
+      callback();
+    },
   });
   socket.pipe(demux);
+  // A reset (engine restart) closes without 'end': the frames received so far are all there will be.
+  socket.on('close', () => {
+    if (!demux.writableEnded) demux.end();
+    // Whoever still feeds stdin learns that nobody reads it any more.
+    stdin.unpipe();
+    stdin.destroy();
+  });
+  // A reader that gives up (an error downstream) must not leave the process blocked on a full pipe.
+  stdout.on('close', () => {
+    if (!stdout.readableEnded) socket.destroy();
+  });
 
-  const stdin = new PassThrough();
-  if (options.secretLine !== undefined) stdin.write(`${options.secretLine}\n`);
+  if (options.secretEnv) stdin.write(`${options.secretEnv.value}\n`);
   stdin.pipe(socket as unknown as Writable);
   // The socket may be closed under a pending write when the process exits early; its exit status says why.
   socket.on('error', () => undefined);
+  stdin.on('error', () => undefined);
 
   const done = new Promise<void>((resolve, reject) => {
-    let settled = false;
-    const finish = async (): Promise<void> => {
-      if (settled) return;
-      settled = true;
-      stdout.end();
+    demux.on('error', (err) => {
+      stdout.destroy(err);
+      reject(new UserError(`${options.label}: ${err.message}`, {nextSteps: ['Check the container and the engine (docker logs, journalctl -u docker), then run it again.']}));
+    });
+    demux.on('finish', () => {
       if (killed) return reject(stopped());
-      try {
-        const code = await exitCode(exec);
-        if (code === 0) resolve();
-        else reject(new UserError(`${options.label} failed in the container (exit ${code ?? 'unknown'}): ${stderr.trim().split('\n').slice(-3).join(' / ') || 'no message'}`, {nextSteps: ['Check the container log: docker logs <container>.']}));
-      } catch (err) {
-        reject(err);
-      }
-    };
-    // 'end' is the normal close; 'close' without it is a reset (engine restart): settle either way.
-    demux.on('finish', () => void finish());
-    socket.on('close', () => void finish());
+      exitCode(exec).then(
+        (code) => {
+          exited = code !== null;
+          if (exited) void removePidFile(container, pidFile);
+          if (code === 0) resolve();
+          else reject(new UserError(`${options.label} failed in the container (${code === null ? 'still running after its output ended; killed' : `exit ${code}`}): ${stderr.trim().split('\n').slice(-3).join(' / ') || 'no message'}`, {nextSteps: ['Check the container log: docker logs <container>.']}));
+          if (code === null) killInContainer(container, pidFile);
+        },
+        (err: unknown) => reject(err),
+      );
+    });
   });
   return {
     stdin,
     stdout,
     done,
     kill() {
+      if (exited || killed) return;
       killed = true;
       stdin.unpipe();
       // Stop the process itself, not only the stream: a pg_restore left running would hold its connection.
-      void exec
-        .inspect()
-        .then((info) => {
-          if (info.Running && info.Pid > 0) process.kill(info.Pid, 'SIGKILL');
-        })
-        .catch(() => undefined)
-        .finally(() => socket.destroy());
+      void killInContainer(container, pidFile).finally(() => socket.destroy());
     },
   };
 }
 
-/** The exit code once the engine reports the process ended; right after the stream closes it may still say running. */
+/** The command, run by a shell that records its pid and (optionally) reads the secret line first. */
+function wrapped(cmd: readonly string[], pidFile: string, secretEnv: string | undefined): string[] {
+  if (secretEnv !== undefined && !/^[A-Z_][A-Z0-9_]*$/.test(secretEnv)) throw new Error(`invalid variable name ${secretEnv}`);
+  const readSecret = secretEnv ? `IFS= read -r ${secretEnv} && export ${secretEnv} && ` : '';
+  // `exec` keeps the pid: the recorded one is the tool's own. sh's `read` takes the line byte by
+  // byte, so the rest of stdin is the tool's.
+  return ['sh', '-c', `echo $$ > ${pidFile} && ${readSecret}exec "$@"`, 'sh', ...cmd];
+}
+
+function killInContainer(container: Docker.Container, pidFile: string): Promise<void> {
+  return runDetached(container, `kill -KILL "$(cat ${pidFile})" 2>/dev/null; rm -f ${pidFile}`);
+}
+
+function removePidFile(container: Docker.Container, pidFile: string): Promise<void> {
+  return runDetached(container, `rm -f ${pidFile}`);
+}
+
+async function runDetached(container: Docker.Container, script: string): Promise<void> {
+  try {
+    const exec = await container.exec({Cmd: ['sh', '-c', script], AttachStdout: false, AttachStderr: false});
+    // The engine answers a detached start at once; its response stream must still be consumed,
+    // or the open connection keeps dforge from exiting.
+    const response = (await exec.start({Detach: true})) as unknown as NodeJS.ReadableStream | undefined;
+    response?.resume();
+  } catch {
+    // The container is gone: so is the process, and its /tmp.
+  }
+}
+
+/** The exit code once the engine reports the process ended; null if it is still running after the wait. */
 async function exitCode(exec: Docker.Exec): Promise<number | null> {
   const deadline = Date.now() + EXIT_WAIT_MS;
   for (;;) {
     const info = await exec.inspect();
-    if (!info.Running || Date.now() > deadline) return info.ExitCode;
+    if (!info.Running) return info.ExitCode;
+    if (Date.now() > deadline) return null;
     await new Promise((r) => setTimeout(r, EXIT_POLL_MS));
   }
-}
-
-/**
- * Wraps a command so that it reads one line from stdin into an environment variable before it
- * runs: the way a secret reaches a process in a container without passing through the exec
- * request. The rest of stdin is the command's own (sh's `read` takes the line byte by byte).
- */
-export function withSecretFromStdin(variable: string, cmd: readonly string[]): string[] {
-  if (!/^[A-Z_][A-Z0-9_]*$/.test(variable)) throw new Error(`invalid variable name ${variable}`);
-  return ['sh', '-c', `IFS= read -r ${variable} && export ${variable} && exec "$@"`, 'sh', ...cmd];
 }

@@ -15,15 +15,22 @@ export interface Ownership {
 
 export const ROOT: Ownership = {uid: 0, gid: 0};
 
-/** Writes `file` only when its bytes, mode or owner differ; returns whether anything changed. */
-export async function writeRuntimeFile(file: string, content: string | Uint8Array, options: {mode: number; owner: Ownership}): Promise<boolean> {
+/**
+ * Writes `file` only when its bytes, mode or owner differ; returns whether the bytes changed.
+ * `beforeChange` runs first when they will, so a caller can record what must restart before the
+ * change exists on disk.
+ */
+export async function writeRuntimeFile(file: string, content: string | Uint8Array, options: {mode: number; owner: Ownership; beforeChange?: () => Promise<void>}): Promise<boolean> {
   const wanted = typeof content === 'string' ? Buffer.from(content) : Buffer.from(content);
   const current = await fs.readFile(file).catch(() => undefined);
   const stat = await fs.stat(file).catch(() => undefined);
   const sameBytes = current !== undefined && current.equals(wanted);
   if (sameBytes && stat && (stat.mode & 0o7777) === options.mode && stat.uid === options.owner.uid && stat.gid === options.owner.gid) return false;
   await ensureRuntimeDir(path.dirname(file), {mode: 0o700, owner: ROOT}, {keepOwner: true});
-  if (!sameBytes) await writeFileAtomic(file, wanted, {mode: options.mode});
+  if (!sameBytes) {
+    await options.beforeChange?.();
+    await writeFileAtomic(file, wanted, {mode: options.mode});
+  }
   await fs.chown(file, options.owner.uid, options.owner.gid);
   await fs.chmod(file, options.mode);
   return !sameBytes;

@@ -51,8 +51,7 @@ export const catalogText = (entries: readonly CatalogEntry[]): string => `${JSON
 export async function publishTenantCatalog(plane: ControlPlane): Promise<CatalogPublication> {
   if (plane.config.target === 'embedded') return {skipped: 'an embedded install has no app runtime', tenants: 0, changed: false, signalled: 0};
   const dir = plane.keys.dir;
-  const lock = await waitForLock(dir);
-  try {
+  return withTenantCatalogLock(dir, async () => {
     const clusters = clustersOf(plane.config);
     const entries: CatalogEntry[] = [];
     const passwords = new Map<string, string>();
@@ -76,9 +75,7 @@ export async function publishTenantCatalog(plane: ControlPlane): Promise<Catalog
     const changed = await writeComposeTenants(dir, catalogText(entries), passwords);
     const signalled = changed ? await signalApp(plane.config.compose.project) : 0;
     return {tenants: entries.length, changed, signalled};
-  } finally {
-    await lock.release();
-  }
+  });
 }
 
 /** runtime/tenants/: the catalog and one 0400 password file per active tenant, owned by the app's user. */
@@ -109,6 +106,15 @@ const LOCK_WAIT_MS = 30_000;
  * tenant change that triggered this run has already committed, and failing now would leave the
  * app's view behind it.
  */
+export async function withTenantCatalogLock<T>(dir: InstallDir, fn: () => Promise<T>): Promise<T> {
+  const lock = await waitForLock(dir);
+  try {
+    return await fn();
+  } finally {
+    await lock.release();
+  }
+}
+
 async function waitForLock(dir: InstallDir): Promise<LockHandle> {
   const deadline = Date.now() + LOCK_WAIT_MS;
   for (;;) {

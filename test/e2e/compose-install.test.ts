@@ -245,7 +245,11 @@ describe.skipIf(!available)('dforge install on Docker Compose', () => {
     expect(byService.postgres?.image).toBe(images.postgres);
     const yaml = await fs.readFile(path.join(dir, 'dforge.yaml'), 'utf8');
     expect(yaml).toContain('release: 1.1.0');
-    expect(await fs.readFile(path.join(dir, 'dforge.yaml.pre-upgrade'), 'utf8')).toContain('release: 1.0.0');
+    expect(await fs.readFile(path.join(dir, 'dforge.yaml.pre-upgrade-1.0.0'), 'utf8')).toContain('release: 1.0.0');
+    // Asking again for the release it is at is refused: the copy of what ran before stays as it is.
+    const again = await cli('upgrade', '--to', '1.1.0');
+    expect(again.code).toBe(2);
+    expect(again.stderr).toContain('already at release 1.1.0');
     // The data survived, and the app still reaches it.
     expect(await getJson<{user: string}>('/tenants/acme/ping')).toMatchObject({user: 'tenant_acme'});
   }, 600_000);

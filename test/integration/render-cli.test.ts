@@ -59,7 +59,7 @@ describe('dforge render', () => {
     await fs.writeFile(path.join(foreign, 'notes.txt'), 'mine');
     const r = await cli('render', '--out', foreign);
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain('was not written by dforge render');
+    expect(r.stderr).toContain('holds files that dforge render did not write');
     expect(await fs.readdir(foreign)).toEqual(['notes.txt']);
   }, 60_000);
 
