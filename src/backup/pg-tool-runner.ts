@@ -45,7 +45,7 @@ export async function startPgTool(plane: ControlPlane, request: PgToolRequest): 
   const binary = hostTool(request.tool, request.serverMajor);
   const session = await libpqSession(endpoint, request.credentials);
   const [file, args] = request.tool === 'pg_dump' && STDBUF ? [STDBUF, ['-o', '1M', binary, ...request.args]] : [binary, request.args];
-  return {...spawnTool(file, args, session.env), close: () => session.close()};
+  return {...spawnTool(file, args, session.env, request.tool), close: () => session.close()};
 }
 
 /**

@@ -69,7 +69,7 @@ export interface ToolProcess {
 }
 
 /** Spawns a tool and collects its stderr, for an error that says what the tool said. */
-export function spawnTool(binary: string, args: string[], env: NodeJS.ProcessEnv): ToolProcess {
+export function spawnTool(binary: string, args: string[], env: NodeJS.ProcessEnv, label = path.basename(binary)): ToolProcess {
   const child = spawn(binary, args, {env, stdio: ['pipe', 'pipe', 'pipe']});
   // A tool that exits early (or is killed because its input failed verification) closes its stdin
   // under a pending write; that EPIPE is reported through the exit status, not as a crash.
@@ -82,7 +82,7 @@ export function spawnTool(binary: string, args: string[], env: NodeJS.ProcessEnv
     child.on('error', reject);
     child.on('close', (code, signal) => {
       if (code === 0) resolve();
-      else reject(new UserError(`${path.basename(binary)} failed (${signal ?? `exit ${code}`}): ${stderr.trim().split('\n').slice(-3).join(' / ') || 'no message'}`, {nextSteps: ['Check the server log of the cluster, and that the tenant role can connect (dforge tenant show).']}));
+      else reject(new UserError(`${label} failed (${signal ?? `exit ${code}`}): ${stderr.trim().split('\n').slice(-3).join(' / ') || 'no message'}`, {nextSteps: ['Check the server log of the cluster, and that the tenant role can connect (dforge tenant show).']}));
     });
   });
   return {stdin: child.stdin, stdout: child.stdout, done, kill: () => child.kill('SIGKILL')};
