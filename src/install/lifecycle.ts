@@ -163,7 +163,7 @@ export async function prepareUpgrade(dir: InstallDir, to: string, options: {repo
   if (config.target === 'compose') for (const ref of new Set(Object.values(resolvedImages(next)))) if (!(await options.imagePresent(ref))) missing.push(ref);
   if (missing.length > 0) {
     throw new UserError(`the images of release ${to} are not in the local engine: ${missing.join(', ')}`, {
-      nextSteps: ['Load them (dforge bundle load <bundle>, or docker pull), then run the upgrade again. Nothing was changed.'],
+      nextSteps: ['Pull them (docker pull <image>) or load their archives (docker load -i <file>), then run the upgrade again. Nothing was changed.'],
     });
   }
   // backupAll throws PartialError (exit 4) naming the tenants that failed: the upgrade stops before changing anything.

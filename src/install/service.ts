@@ -177,7 +177,7 @@ export function composeInstallSteps(dir: InstallDir, options: InstallOptions): A
         for (const ref of new Set(Object.values(resolvedImages(need(ctx))))) if (!(await imagePresent(await engine(), ref))) missing.push(ref);
         if (missing.length > 0) {
           throw new UserError(`images not in the local engine: ${missing.join(', ')}`, {
-            nextSteps: ['Load them from the offline bundle: dforge bundle load <bundle>', 'or pull them from your registry (docker pull <image>), then re-run dforge install.'],
+            nextSteps: ['Pull them from your registry (docker pull <image>), or load their archives (docker load -i <file>), then re-run dforge install.'],
           });
         }
         return 'all present';
