@@ -8,9 +8,10 @@ import type {InstallDir} from '../state/install-dir.js';
 import {manifestLocation, type BackupManifest} from './catalog.js';
 import {openHeader} from './format.js';
 import {rebuildCatalog} from './manage.js';
-import {startPgTool, type PgToolsMode} from './pg-tool-runner.js';
+import type {PgToolsMode} from './pg-tool-runner.js';
+import {restoreDump} from './restore.js';
 import {regionDestinations} from './service.js';
-import {checkIntegrity, decryptAndList, feedDecryptedDump, readBackupHeader, resolveSource, wrapperFor} from './verify.js';
+import {checkIntegrity, decryptAndList, readBackupHeader, resolveSource, wrapperFor} from './verify.js';
 
 export interface ControlRestoreResult {
   readonly backupId: string;
@@ -51,19 +52,7 @@ export async function restoreControl(dir: InstallDir, options: {from?: string; c
 
     scratch = `${CONTROL_DATABASE}_restore_${Math.floor(now.getTime() / 1000).toString(36)}`;
     await withConnection(endpoint, {...provisioner, database: 'postgres'}, (c) => c.query(`CREATE DATABASE ${escapeIdentifier(scratch!)} TEMPLATE template0 ENCODING 'UTF8'`));
-    const pgRestore = await startPgTool(plane, {
-      tool: 'pg_restore',
-      args: ['--dbname', scratch, '--no-owner', '--no-privileges', '--exit-on-error'],
-      cluster: primary.name,
-      credentials: {...provisioner, database: scratch},
-      serverMajor: Math.floor(Number(parsed.header.pgVersion) / 10_000),
-    });
-    try {
-      await feedDecryptedDump(source, parsed, payloadKey, pgRestore);
-      await pgRestore.done;
-    } finally {
-      await pgRestore.close();
-    }
+    await restoreDump(plane, {source, parsed, payloadKey, cluster: primary.name, credentials: {...provisioner, database: scratch}, args: []});
   } catch (err) {
     if (scratch) await withConnection(endpoint, {...provisioner, database: 'postgres'}, (c) => c.query(`DROP DATABASE IF EXISTS ${escapeIdentifier(scratch!)}`)).catch(() => undefined);
     await plane.close();

@@ -114,19 +114,7 @@ async function restoreInto(plane: ControlPlane, plan: RestorePlan): Promise<Rest
       try {
         await plane.tenants.asMemberOf(c, target.role, async () => {
           // Objects are created as the tenant role (--role), so it owns everything it restores.
-          const pgRestore = await startPgTool(plane, {
-            tool: 'pg_restore',
-            args: ['--dbname', scratch, `--role=${target.role}`, '--no-owner', '--no-privileges', '--exit-on-error'],
-            cluster: target.cluster,
-            credentials: {user: PROVISIONER_ROLE, password: provisionerPassword, database: scratch},
-            serverMajor: Math.floor(Number(parsed.header.pgVersion) / 10_000),
-          });
-          try {
-            await feedDecryptedDump(source, parsed, payloadKey, pgRestore);
-            await pgRestore.done;
-          } finally {
-            await pgRestore.close();
-          }
+          await restoreDump(plane, {source, parsed, payloadKey, cluster: target.cluster, credentials: {user: PROVISIONER_ROLE, password: provisionerPassword, database: scratch}, args: [`--role=${target.role}`]});
         });
         counts = await checkCounts(plane, c, target, {endpoint, scratch, provisionerPassword}, toc);
       } catch (err) {
@@ -140,6 +128,26 @@ async function restoreInto(plane: ControlPlane, plan: RestorePlan): Promise<Rest
       return {tenant: target.slug, backupId: parsed.header.backupId, database: target.database, previousDatabase: plan.dropPrevious ? null : previous, objects: counts};
     }),
   );
+}
+
+/** Streams a verified backup's dump through pg_restore into `credentials.database`; any failure stops pg_restore. */
+export async function restoreDump(
+  plane: ControlPlane,
+  o: {source: BackupSource; parsed: ParsedHeader; payloadKey: Buffer; cluster: string; credentials: {user: string; password: string; database: string}; args: string[]},
+): Promise<void> {
+  const pgRestore = await startPgTool(plane, {
+    tool: 'pg_restore',
+    args: ['--dbname', o.credentials.database, ...o.args, '--no-owner', '--no-privileges', '--exit-on-error'],
+    cluster: o.cluster,
+    credentials: o.credentials,
+    serverMajor: Math.floor(Number(o.parsed.header.pgVersion) / 10_000),
+  });
+  try {
+    await feedDecryptedDump(o.source, o.parsed, o.payloadKey, pgRestore);
+    await pgRestore.done;
+  } finally {
+    await pgRestore.close();
+  }
 }
 
 /** Scratch databases of a killed restore: never live, safe to drop under the tenant lock. */
