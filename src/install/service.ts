@@ -4,14 +4,12 @@ import path from 'node:path';
 import type Docker from 'dockerode';
 
 import {backupSchedule} from '../backup/manage.js';
-import {generateCertificates} from '../certs/service.js';
 import {configText, layOutWithConfig} from '../config/init.js';
 import type {DforgeConfig} from '../config/schema.js';
 import {CONTROL_DATABASE, PROVISIONER_ROLE, bootstrapCluster} from '../control/bootstrap.js';
 import {caCertFile, endpointOf, usingControlPlane} from '../control/plane.js';
 import {CheckFailedError, UsageError, UserError} from '../errors.js';
 import {openKeyServices} from '../keys/context.js';
-import {initKeys} from '../keys/init.js';
 import {connect, connectOverSocket} from '../postgres/connect.js';
 import {EMBEDDED_SUPERUSER} from '../postgres/embedded-install.js';
 import type {PreflightReport} from '../preflight/service.js';
@@ -23,6 +21,7 @@ import {publishTenantCatalog} from '../runtime/tenant-catalog.js';
 import {probeTls, type TlsProbe} from '../runtime/tls-probe.js';
 import type {InstallDir} from '../state/install-dir.js';
 import type {Step} from '../ui/tasks.js';
+import {keyAndPkiSteps} from './key-steps.js';
 import {configFromAnswers, openQuestions, withDefaults, type Answers, type PartialAnswers, type Question} from './answers.js';
 import {ensureAuthDatabase} from './auth-db.js';
 import {authDbSocketDir, clearPendingRestarts, pendingRestarts, ensureStackCredentials, postgresSocketDir, writeComposeRuntime, type StackCredentials} from './compose-runtime.js';
@@ -123,22 +122,7 @@ export function commonInstallSteps(dir: InstallDir, options: InstallOptions): Ar
         return r.createdConfig ? `wrote ${r.configFile}` : `kept ${r.configFile}`;
       },
     },
-    {
-      title: 'Keys',
-      async run() {
-        const r = await initKeys(dir, {command: 'dforge install'});
-        return `master key v${r.masterVersion} (${r.provider}), JWT key ${r.jwt.kid.slice(0, 8)}`;
-      },
-    },
-    {
-      title: 'PKI',
-      async run(ctx) {
-        const r = await generateCertificates(dir, {command: 'dforge install'});
-        ctx.caFingerprint = r.caFingerprint;
-        const created = r.certificates.filter((c) => c.action === 'created').length;
-        return created > 0 ? `${created} certificate(s) issued` : 'all certificates present';
-      },
-    },
+    ...keyAndPkiSteps<InstallContext>(dir, 'dforge install', (ctx, fingerprint) => (ctx.caFingerprint = fingerprint)),
   ];
 }
 

@@ -1,12 +1,11 @@
 import {promises as fs} from 'node:fs';
 
-import {generateCertificates} from '../certs/service.js';
 import {initInstallDir} from '../config/init.js';
 import {loadConfigFile} from '../config/load.js';
 import {caCertFile, usingControlPlane} from '../control/plane.js';
 import {UserError} from '../errors.js';
-import {initKeys} from '../keys/init.js';
 import {openKeyServices} from '../keys/context.js';
+import {keyAndPkiSteps} from '../install/key-steps.js';
 import {findPostgresBinaries} from '../postgres/binaries.js';
 import {embeddedClusterNames, setUpEmbeddedCluster, type EmbeddedSetUp} from '../postgres/embedded-install.js';
 import type {InstallDir} from '../state/install-dir.js';
@@ -71,22 +70,7 @@ export function quickstartSteps(dir: InstallDir, options: QuickstartOptions): Ar
         return r.createdConfig ? `wrote ${r.configFile}` : `kept ${r.configFile}`;
       },
     },
-    {
-      title: 'Keys',
-      async run() {
-        const r = await initKeys(dir, {command: 'dforge quickstart'});
-        return `master key v${r.masterVersion} (${r.provider}), JWT key ${r.jwt.kid.slice(0, 8)}`;
-      },
-    },
-    {
-      title: 'PKI',
-      async run(ctx) {
-        const r = await generateCertificates(dir, {command: 'dforge quickstart'});
-        ctx.result.caFingerprint = r.caFingerprint;
-        const created = r.certificates.filter((c) => c.action === 'created').length;
-        return created > 0 ? `${created} certificate(s) issued` : 'all certificates present';
-      },
-    },
+    ...keyAndPkiSteps<Ctx>(dir, 'dforge quickstart', (ctx, fingerprint) => (ctx.result.caFingerprint = fingerprint)),
     {
       title: 'Embedded PostgreSQL',
       async run(ctx) {
