@@ -7,6 +7,7 @@ import {UserError} from '../errors.js';
 import {byCodePoint} from '../render/rendered-file.js';
 import type {ComposeCli} from './compose-cli.js';
 import {projectContainers, SERVICE_LABEL} from './compose-project.js';
+import {splitFrames} from './docker-frames.js';
 
 /** The services of the rendered stack, by their compose names. */
 export const STACK_SERVICES = ['postgres', 'auth-db', 'auth', 'app', 'proxy'] as const;
@@ -99,14 +100,7 @@ export class ComposeStack {
 
   private async logTail(containerId: string): Promise<string[]> {
     const raw = (await this.options.docker.getContainer(containerId).logs({stdout: true, stderr: true, tail: LOG_TAIL, follow: false})) as unknown as Buffer;
-    // Non-TTY logs are multiplexed: 8-byte frame headers before each payload.
-    const lines: string[] = [];
-    let offset = 0;
-    while (offset + 8 <= raw.length) {
-      const size = raw.readUInt32BE(offset + 4);
-      lines.push(...raw.subarray(offset + 8, offset + 8 + size).toString('utf8').split('\n'));
-      offset += 8 + size;
-    }
+    const lines = splitFrames(raw).frames.flatMap((f) => f.payload.toString('utf8').split('\n'));
     return lines.map((l) => l.trimEnd()).filter(Boolean).slice(-LOG_TAIL);
   }
 

@@ -4,6 +4,7 @@ import {PassThrough, Writable, type Readable} from 'node:stream';
 import type Docker from 'dockerode';
 
 import {UserError} from '../errors.js';
+import {splitFrames} from './docker-frames.js';
 
 export interface ExecProcess {
   readonly stdin: Writable;
@@ -44,25 +45,21 @@ export async function execInContainer(
   let exited = false;
   const stopped = (): UserError => new UserError(`${options.label} was stopped before it finished`, {nextSteps: ['Nothing was changed; see the error before this one.']});
 
-  // The attach stream multiplexes the process's stdout (1), stderr (2) and the engine's own
-  // errors (3) in frames: an 8-byte header (stream, 0, 0, 0, big-endian length), then the payload.
-  // Demultiplexed here, rather than by docker-modem, so that a slow reader of stdout pauses the
-  // socket: memory stays bounded whatever the size of the dump.
+  // The attach stream multiplexes the process's stdout, stderr and the engine's own errors
+  // (docker-frames.ts). Demultiplexed here, rather than by docker-modem, so that a slow reader of
+  // stdout pauses the socket: memory stays bounded whatever the size of the dump.
   let pending: Buffer = Buffer.alloc(0);
   const demux = new Writable({
     write(chunk: Buffer, _enc, callback) {
-      pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
+      const {frames, rest} = splitFrames(pending.length === 0 ? chunk : Buffer.concat([pending, chunk]));
+      pending = rest;
       let waitForDrain = false;
-      while (pending.length >= 8) {
-        const size = pending.readUInt32BE(4);
-        if (pending.length < 8 + size) break;
-        const payload = pending.subarray(8, 8 + size);
-        if (pending[0] !== 1) {
+      for (const {stream, payload} of frames) {
+        if (stream !== 1) {
           if (stderr.length < STDERR_KEEP) stderr += payload.toString();
         } else if (!stdout.write(payload)) {
           waitForDrain = true;
         }
-        pending = pending.subarray(8 + size);
       }
       if (waitForDrain) stdout.once('drain', () => callback());
       else callback();
