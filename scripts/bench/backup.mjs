@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {fileURLToPath} from 'node:url';
 
-import {freePort, machine, median, wall} from './common.mjs';
+import {freePort, machine, median, medianInterval, wall} from './common.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const cliPath = path.join(root, 'bin/run.js');
@@ -23,7 +23,7 @@ const arg = (name, fallback) => {
 const scale = arg('scale', 70);
 const runs = arg('runs', 3);
 // pg_dump alone varies by about ±10% from run to run on a shared 2-core VM: the backup pairs are
-// cheap, so they get more runs than the restores.
+// cheap, so they get more runs than the restores, and every ratio comes with its 95% interval.
 const backupRuns = arg('backup-runs', runs);
 
 const scratch = mkdtempSync(path.join(os.tmpdir(), 'dforge-bench-backup-'));
@@ -142,10 +142,15 @@ try {
   }
 
   const [b, r, rs, rr, a, s] = [median(backup), median(raw), median(restore), median(rawRestore), median(all), median(seq)];
+  // Each pair ran back to back, so its ratio cancels the drift of a shared machine between pairs.
+  const ratio = (xs, ys) => {
+    const {median: m, low, high, label} = medianInterval(xs.map((x, i) => x / ys[i]));
+    return `ratio ${m.toFixed(3)} (median of ${xs.length} pair ratios; ${label} ${low.toFixed(3)}-${high.toFixed(3)})`;
+  };
   console.log(`${machine()}, PostgreSQL ${version}; ${backupRuns} interleaved backup runs (ABBA), ${runs} restore runs`);
   console.log(`tenant database: pgbench scale ${scale}, ${dbSize}; pg_dump -Fc output ${(rawSize / 2 ** 20).toFixed(0)} MiB`);
-  console.log(`backup:  dforge ${(b / 1000).toFixed(1)} s vs pg_dump -Fc > file ${(r / 1000).toFixed(1)} s   ratio ${(b / r).toFixed(2)} (budget 1.10)`);
-  console.log(`restore: dforge ${(rs / 1000).toFixed(1)} s vs createdb + pg_restore ${(rr / 1000).toFixed(1)} s   ratio ${(rs / rr).toFixed(2)} (budget 1.15)`);
+  console.log(`backup:  dforge ${(b / 1000).toFixed(1)} s vs pg_dump -Fc > file ${(r / 1000).toFixed(1)} s   ${ratio(backup, raw)} (budget 1.10)`);
+  console.log(`restore: dforge ${(rs / 1000).toFixed(1)} s vs createdb + pg_restore ${(rr / 1000).toFixed(1)} s   ${ratio(restore, rawRestore)} (budget 1.15)`);
   console.log(`peak RSS of dforge: backup ${(backupRss / 1024).toFixed(0)} MiB, restore ${(restoreRss / 1024).toFixed(0)} MiB (budget 150)`);
   console.log(`backup --all, 100 small tenants (+ control): ${(a / 1000).toFixed(1)} s vs sequential pg_dump loop ${(s / 1000).toFixed(1)} s   ratio ${(a / s).toFixed(2)}`);
 } finally {

@@ -145,21 +145,41 @@ function nonce(counter: bigint, final: boolean): Buffer {
   return n;
 }
 
+/** Readable side buffering of the encoder: the file is written in batches of about this size. */
+const OUTPUT_HIGH_WATER_MARK = 1024 * 1024;
+
 /**
- * Encrypts a stream into STREAM chunks. Input is copied into one reusable 64 KiB buffer rather than
- * concatenated, so memory stays at a few chunks and the garbage collector has little to do.
+ * Encodes a plaintext stream as a backup file: the header, then STREAM chunks. Input is copied into
+ * one reusable 64 KiB buffer rather than concatenated, and ciphertext and tag are pushed as they
+ * come, so memory stays at a few chunks and the garbage collector has little to do. It hashes what
+ * it emits, which is the file, for the manifest.
+ *
+ * `sourceComplete` gates the final chunk: its flag says "nothing was cut off here", so it is sealed
+ * only once the producer (pg_dump) has exited successfully. If the producer fails, so does the
+ * stream, and no complete-looking file is ever written.
  */
 export class EncryptStream extends Transform {
   private readonly buffer = Buffer.allocUnsafe(CHUNK_SIZE);
   private filled = 0;
   private counter = 0n;
+  private readonly hash = createHash('sha256');
+  private emitted = 0;
 
   // Imported once: a raw key handed to every createCipheriv would be imported again per chunk.
   private readonly key: KeyObject;
 
-  constructor(payloadKey: Buffer) {
-    super();
-    this.key = createSecretKey(payloadKey);
+  constructor(
+    header: {readonly bytes: Buffer; readonly payloadKey: Buffer},
+    private readonly sourceComplete: Promise<void> = Promise.resolve(),
+  ) {
+    super({readableHighWaterMark: OUTPUT_HIGH_WATER_MARK});
+    this.key = createSecretKey(header.payloadKey);
+    this.output(header.bytes);
+  }
+
+  /** SHA-256 (hex) and length of the file emitted so far: the whole file once the stream has ended. */
+  digest(): {sha256: string; size: number} {
+    return {sha256: this.hash.copy().digest('hex'), size: this.emitted};
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
@@ -167,7 +187,7 @@ export class EncryptStream extends Transform {
     while (offset < chunk.length) {
       // A full buffer is sealed as non-final only once more data is known to follow it.
       if (this.filled === CHUNK_SIZE) {
-        this.push(this.seal(this.buffer, false));
+        this.seal(this.buffer, false);
         this.filled = 0;
       }
       const n = chunk.copy(this.buffer, this.filled, offset);
@@ -178,13 +198,23 @@ export class EncryptStream extends Transform {
   }
 
   override _flush(done: TransformCallback): void {
-    this.push(this.seal(this.buffer.subarray(0, this.filled), true));
-    done();
+    this.sourceComplete.then(() => {
+      this.seal(this.buffer.subarray(0, this.filled), true);
+      done();
+    }, done);
   }
 
-  private seal(plain: Buffer, final: boolean): Buffer {
+  private seal(plain: Buffer, final: boolean): void {
     const cipher = createCipheriv('aes-256-gcm', this.key, nonce(this.counter++, final));
-    return Buffer.concat([cipher.update(plain), cipher.final(), cipher.getAuthTag()]);
+    this.output(cipher.update(plain));
+    cipher.final();
+    this.output(cipher.getAuthTag());
+  }
+
+  private output(bytes: Buffer): void {
+    this.hash.update(bytes);
+    this.emitted += bytes.length;
+    this.push(bytes);
   }
 }
 

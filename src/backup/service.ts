@@ -1,7 +1,7 @@
-import {createHash, randomBytes} from 'node:crypto';
+import {randomBytes} from 'node:crypto';
 import {promises as fs} from 'node:fs';
 import path from 'node:path';
-import {pipeline, Transform} from 'node:stream';
+import {pipeline} from 'node:stream';
 
 import {CONTROL_DATABASE, PROVISIONER_ROLE} from '../control/bootstrap.js';
 import {endpointOf, primaryCluster, provisionerSecret, type ControlPlane} from '../control/plane.js';
@@ -90,31 +90,15 @@ async function dumpEncrypted(options: {
     {kind: options.kind, backupId, tenant: options.tenant, region: options.region, cluster: options.cluster, pgVersion: serverVersion, createdAt: options.now.toISOString()},
     options.wrapper,
   );
-  const hash = createHash('sha256');
   const pgDump = await startPgTool(plane, {tool: 'pg_dump', args: ['--format=custom', '--no-password'], cluster: options.cluster, credentials: options.credentials, serverMajor: Math.floor(Number(serverVersion) / 10_000)});
   try {
     pgDump.stdin.end();
-    // Awaited in flush below; marked handled now, in case the tool fails before the stream reaches it.
+    // Awaited by the encoder before the final chunk; marked handled now, in case the tool fails before the stream reaches it.
     pgDump.done.catch(() => undefined);
-    // The header, then the sealed chunks, hashed as they pass. The last chunk is sealed when pg_dump's
-    // output ends, also when pg_dump failed: its exit status decides whether the file may complete.
-    let headerSent = false;
-    const framed = new Transform({
-      transform(chunk: Buffer, _enc, callback) {
-        if (!headerSent) {
-          headerSent = true;
-          hash.update(header.bytes);
-          this.push(header.bytes);
-        }
-        hash.update(chunk);
-        callback(null, chunk);
-      },
-      flush(callback) {
-        pgDump.done.then(() => callback(), callback);
-      },
-    });
+    const encoder = new EncryptStream(header, pgDump.done);
     // pipeline() tears the whole chain down when any part fails, the destination included.
-    const {size} = await destination.put(location, pipeline(pgDump.stdout, new EncryptStream(header.payloadKey), framed, () => undefined));
+    const {size} = await destination.put(location, pipeline(pgDump.stdout, encoder, () => undefined));
+    const {sha256} = encoder.digest();
     const manifest: BackupManifest = {
       format: 'dforge-backup-manifest/1',
       kind: options.kind,
@@ -130,7 +114,7 @@ async function dumpEncrypted(options: {
       destination: destination.name,
       location,
       size,
-      sha256: hash.digest('hex'),
+      sha256,
     };
     await destination.putSmall(manifestLocation(location), `${JSON.stringify(manifest, null, 2)}\n`);
     const record: BackupRecord = {

@@ -45,6 +45,16 @@ describe('startup', () => {
     for (const heavy of HEAVY) expect(loaded).not.toContain(heavy);
   });
 
+  it("keeps V8's code cache in the user's own directory, never in the shared temp directory", async () => {
+    // A cache directory another user can create first would let them plant code a root-run dforge executes.
+    const home = await fs.mkdtemp(path.join(root, 'home-'));
+    const tmp = await fs.mkdtemp(path.join(root, 'tmp-'));
+    const result = await runCli(['config', 'schema'], {env: {HOME: home, TMPDIR: tmp, NODE_COMPILE_CACHE: ''}});
+    expect(result.code).toBe(0);
+    expect((await fs.readdir(path.join(home, '.cache/dforge/node-compile-cache'))).length).toBeGreaterThan(0);
+    expect(await fs.readdir(tmp)).toEqual([]);
+  });
+
   it('answers --version on the runtime Node 24 toolchain', async () => {
     const result = await runCli(['--version']);
     expect(result.stdout).toContain('node-v24.');

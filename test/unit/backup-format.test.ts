@@ -1,4 +1,4 @@
-import {randomBytes} from 'node:crypto';
+import {createHash, randomBytes} from 'node:crypto';
 import {Readable} from 'node:stream';
 import {buffer} from 'node:stream/consumers';
 
@@ -15,8 +15,7 @@ const otherDek = {id: 'dek/acme', version: 1, material: randomBytes(32)};
 
 async function seal(plain: Buffer): Promise<Buffer> {
   const header = await createHeader({kind: 'tenant', backupId: 'b1', tenant: 'acme', region: 'eu', cluster: 'eu-1', pgVersion: '150018', createdAt: '2026-11-27T00:00:00.000Z'}, dataKeyWrapper(dek));
-  const body = await buffer(Readable.from([plain]).pipe(new EncryptStream(header.payloadKey)));
-  return Buffer.concat([header.bytes, body]);
+  return buffer(Readable.from([plain]).pipe(new EncryptStream(header)));
 }
 
 async function open(file: Buffer, key = dek): Promise<Buffer> {
@@ -31,13 +30,30 @@ describe('backup format (STREAM)', () => {
     expect((await open(await seal(plain))).equals(plain)).toBe(true);
   });
 
+  it('reports the SHA-256 and length of exactly the file it emitted', async () => {
+    const header = await createHeader({kind: 'tenant', backupId: 'b2', tenant: 'acme', region: 'eu', cluster: 'eu-1', pgVersion: '150018', createdAt: 'x'}, dataKeyWrapper(dek));
+    const encoder = new EncryptStream(header);
+    const file = await buffer(Readable.from([randomBytes(2 * CHUNK_SIZE + 5)]).pipe(encoder));
+    expect(encoder.digest()).toEqual({sha256: createHash('sha256').update(file).digest('hex'), size: file.length});
+  });
+
+  it('never seals the final chunk when the producer fails, so the output cannot pass as a complete backup', async () => {
+    const header = await createHeader({kind: 'tenant', backupId: 'b3', tenant: 'acme', region: 'eu', cluster: 'eu-1', pgVersion: '150018', createdAt: 'x'}, dataKeyWrapper(dek));
+    const emitted: Buffer[] = [];
+    const encoder = new EncryptStream(header, Promise.reject(new Error('pg_dump failed (exit 1)')));
+    encoder.on('data', (c: Buffer) => emitted.push(c));
+    await expect(buffer(Readable.from([randomBytes(CHUNK_SIZE + 9)]).pipe(encoder))).rejects.toThrow('pg_dump failed (exit 1)');
+    // What did get out (header and the first, non-final chunk) is refused as truncated.
+    await expect(open(Buffer.concat(emitted))).rejects.toThrow(/truncated|final/i);
+  });
+
   it('round-trips however the input is split into writes', async () => {
     await fc.assert(
       fc.asyncProperty(fc.array(fc.integer({min: 0, max: 40_000}), {maxLength: 8}), async (sizes) => {
         const parts = sizes.map((s) => randomBytes(s));
         const header = await createHeader({kind: 'tenant', backupId: 'b', tenant: 'acme', region: 'eu', cluster: 'c', pgVersion: '150018', createdAt: 'x'}, dataKeyWrapper(dek));
-        const body = await buffer(Readable.from(parts).pipe(new EncryptStream(header.payloadKey)));
-        expect((await open(Buffer.concat([header.bytes, body]))).equals(Buffer.concat(parts))).toBe(true);
+        const file = await buffer(Readable.from(parts).pipe(new EncryptStream(header)));
+        expect((await open(file)).equals(Buffer.concat(parts))).toBe(true);
       }),
       {numRuns: 25},
     );
