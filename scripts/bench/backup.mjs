@@ -145,7 +145,7 @@ try {
   // Each pair ran back to back, so its ratio cancels the drift of a shared machine between pairs.
   const ratio = (xs, ys) => {
     const {median: m, low, high, label} = medianInterval(xs.map((x, i) => x / ys[i]));
-    return `ratio ${m.toFixed(3)} (median of ${xs.length} pair ratios; ${label} ${low.toFixed(3)}-${high.toFixed(3)})`;
+    return `ratio ${m.toFixed(3)} (median of ${xs.length} pair ratios; ${label} ${low.toFixed(3)}-${high.toFixed(3)}; ratio of the medians ${(median(xs) / median(ys)).toFixed(3)})`;
   };
   console.log(`${machine()}, PostgreSQL ${version}; ${backupRuns} interleaved backup runs (ABBA), ${runs} restore runs`);
   console.log(`tenant database: pgbench scale ${scale}, ${dbSize}; pg_dump -Fc output ${(rawSize / 2 ** 20).toFixed(0)} MiB`);

@@ -199,7 +199,12 @@ export class EncryptStream extends Transform {
 
   override _flush(done: TransformCallback): void {
     this.sourceComplete.then(() => {
-      this.seal(this.buffer.subarray(0, this.filled), true);
+      try {
+        this.seal(this.buffer.subarray(0, this.filled), true);
+      } catch (err) {
+        done(err as Error);
+        return;
+      }
       done();
     }, done);
   }

@@ -53,6 +53,14 @@ describe('startup', () => {
     expect(result.code).toBe(0);
     expect((await fs.readdir(path.join(home, '.cache/dforge/node-compile-cache'))).length).toBeGreaterThan(0);
     expect(await fs.readdir(tmp)).toEqual([]);
+
+    // HOME kept across sudo: a home another user owns gets no cache, and the command still runs.
+    const theirs = await fs.mkdtemp(path.join(root, 'theirs-'));
+    await fs.chown(theirs, 4242, 4242);
+    const asRoot = await runCli(['config', 'schema'], {env: {HOME: theirs, TMPDIR: tmp, NODE_COMPILE_CACHE: ''}});
+    expect(asRoot.code).toBe(0);
+    expect(await fs.readdir(theirs)).toEqual([]);
+    expect(await fs.readdir(tmp)).toEqual([]);
   });
 
   it('answers --version on the runtime Node 24 toolchain', async () => {
