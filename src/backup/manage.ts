@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 
 import type {ControlPlane} from '../control/plane.js';
-import {escapeIdentifier} from '../postgres/sql.js';
+import {PREVIOUS_DATABASE_PATTERN} from '../tenants/databases.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {BackupCatalog, manifestLocation, recordFromManifest, type BackupManifest, type BackupRecord} from './catalog.js';
 import {lastSuccessFile, regionDestinations} from './service.js';
@@ -128,19 +128,17 @@ export async function pruneBackups(
   return {kept, deleted, droppedDatabases};
 }
 
-/** The databases restores kept aside, named <db>_pre_restore_<base36 seconds> (or <db>_pr_<...>). */
+/** The databases restores kept aside (see tenants/databases.ts for their names). */
 async function dropOldPreRestoreDatabases(plane: ControlPlane, o: {tenant?: string; olderThanHours: number; dryRun: boolean; now: Date}): Promise<string[]> {
   const dropped: string[] = [];
   for (const tenant of (await plane.tenants.list()).filter((t) => !o.tenant || t.slug === o.tenant)) {
-    await plane.tenants.onTenantCluster(tenant.slug, async (c) => {
-      const rows = await c.query<{datname: string; ts: string}>(
-        "SELECT datname, substring(datname FROM '_(?:pre_restore|pr)_([0-9a-z]+)$') AS ts FROM pg_database WHERE datname ~ ('^' || $1 || '_(pre_restore|pr)_[0-9a-z]+$') AND pg_get_userbyid(datdba) = $2",
-        [tenant.database, tenant.role],
-      );
-      for (const {datname, ts} of rows.rows) {
-        if (o.now.getTime() - Number.parseInt(ts, 36) * 1000 < o.olderThanHours * 36e5) continue;
-        dropped.push(datname);
-        if (!o.dryRun) await plane.tenants.actingAs(c, tenant.role, () => c.query(`DROP DATABASE ${escapeIdentifier(datname)}`));
+    await plane.tenants.onTenantCluster(tenant.slug, async (databases) => {
+      const pattern = new RegExp(PREVIOUS_DATABASE_PATTERN(tenant));
+      for (const name of await databases.all()) {
+        const ts = pattern.exec(name)?.[2];
+        if (ts === undefined || o.now.getTime() - Number.parseInt(ts, 36) * 1000 < o.olderThanHours * 36e5) continue;
+        dropped.push(name);
+        if (!o.dryRun) await databases.drop(name);
       }
     });
   }

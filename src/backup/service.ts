@@ -9,6 +9,7 @@ import {LockedError, PartialError, UserError} from '../errors.js';
 import {withConnection} from '../postgres/connect.js';
 import {writeFileAtomic} from '../state/atomic-file.js';
 import type {InstallDir} from '../state/install-dir.js';
+import {MODULE_SCHEMAS} from '../tenants/module-sql.js';
 import {BackupCatalog, manifestLocation, type BackupManifest, type BackupRecord} from './catalog.js';
 import {destinationFor, type BackupDestination} from './destination.js';
 import {CHUNK_SIZE, createHeader, dataKeyWrapper, EncryptStream, type FileKeyWrapper} from './format.js';
@@ -61,6 +62,15 @@ export function destinationForTenant(plane: ControlPlane, tenant: {slug: string;
 const timestampId = (now: Date): string => now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
 
 /**
+ * A tenant dump holds the module schemas and the audit trail, with large objects: the tenant's
+ * data. The template's change-log guard (schema dforge_guard and its event triggers) is dforge's,
+ * comes with every database cloned from the template, and could not be restored by a tenant role.
+ */
+function dumpScope(kind: 'tenant' | 'control'): string[] {
+  return kind === 'tenant' ? [...[...MODULE_SCHEMAS, 'audit'].map((s) => `--schema=${s}`), '--blobs'] : [];
+}
+
+/**
  * Streams `pg_dump -Fc`, run as `user`, through the backup encryption into the destination, then
  * writes the manifest and records the catalog entry. Memory stays bounded (a few chunks); the
  * file becomes visible only once pg_dump has succeeded and the bytes are on disk.
@@ -90,7 +100,7 @@ async function dumpEncrypted(options: {
     {kind: options.kind, backupId, tenant: options.tenant, region: options.region, cluster: options.cluster, pgVersion: serverVersion, createdAt: options.now.toISOString()},
     options.wrapper,
   );
-  const pgDump = await startPgTool(plane, {tool: 'pg_dump', args: ['--format=custom', '--no-password'], cluster: options.cluster, credentials: options.credentials, serverMajor: Math.floor(Number(serverVersion) / 10_000)});
+  const pgDump = await startPgTool(plane, {tool: 'pg_dump', args: ['--format=custom', '--no-password', ...dumpScope(options.kind)], cluster: options.cluster, credentials: options.credentials, serverMajor: Math.floor(Number(serverVersion) / 10_000)});
   try {
     pgDump.stdin.end();
     // Awaited by the encoder before the final chunk; marked handled now, in case the tool fails before the stream reaches it.

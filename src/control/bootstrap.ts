@@ -1,7 +1,9 @@
 import type {Client} from 'pg';
 
-import {escapeIdentifier, escapeLiteral} from '../postgres/sql.js';
+import {escapeIdentifier} from '../postgres/sql.js';
+import {provisionerInterfaceSql, PROVISION_SCHEMA, TENANT_TEMPLATE_DATABASE} from '../postgres/provisioner.js';
 import {scramVerifier} from '../postgres/scram.js';
+import {tenantTemplateSql} from '../tenants/module-sql.js';
 import {migrateControlSchema} from './schema.js';
 
 export const CONTROL_DATABASE = 'dforge_control';
@@ -15,24 +17,40 @@ export interface BootstrapResult {
 }
 
 /**
- * Prepares a cluster for dforge, idempotently, from an administrative connection:
- *  - the provisioner role: LOGIN, CREATEDB, CREATEROLE, and nothing more (not a superuser, no
- *    replication, no RLS bypass, a member of no tenant role). pg_signal_backend lets it end a
- *    suspended tenant's sessions without superuser rights. Its password is set as a SCRAM
- *    verifier, so the password never reaches the server;
+ * Prepares a cluster for dforge, idempotently, as the superuser (bootstrap and upgrades are the
+ * only things the superuser credential is used for):
+ *  - the provisioner role: LOGIN and CREATEDB, nothing more. No CREATEROLE: on PostgreSQL 15 it
+ *    lets a role grant itself any predefined role, pg_execute_server_program included. No
+ *    membership in any role, predefined ones included; a rerun revokes whatever an older dforge
+ *    or a hand granted. Its password is set as a SCRAM verifier, inside a function whose errors
+ *    never carry it;
+ *  - the provisioning interface (postgres/provisioner.ts) in the `postgres` database;
+ *  - the tenant template database with the change-log guard (event triggers need a superuser);
  *  - on the primary cluster, dforge_control owned by the provisioner, with CONNECT revoked from
  *    PUBLIC, and its schema migrated by the provisioner itself.
+ * `connectAsAdmin` opens another superuser session on the same cluster (for the template).
  */
 export async function bootstrapCluster(
   admin: Client,
-  options: {provisionerPassword: string; withControlDatabase: boolean; connectAsProvisioner: (database: string) => Promise<Client>},
+  options: {
+    provisionerPassword: string;
+    withControlDatabase: boolean;
+    connectAsProvisioner: (database: string) => Promise<Client>;
+    connectAsAdmin: (database: string) => Promise<Client>;
+  },
 ): Promise<BootstrapResult> {
   const role = escapeIdentifier(PROVISIONER_ROLE);
   const exists = (await admin.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [PROVISIONER_ROLE])).rowCount === 1;
-  const attributes = 'LOGIN CREATEDB CREATEROLE NOSUPERUSER NOREPLICATION NOBYPASSRLS INHERIT CONNECTION LIMIT 32';
-  const verifier = escapeLiteral(scramVerifier(options.provisionerPassword));
-  await admin.query(`${exists ? 'ALTER' : 'CREATE'} ROLE ${role} WITH ${attributes} PASSWORD ${verifier}`);
-  await admin.query(`GRANT pg_signal_backend TO ${role}`);
+  if (!exists) await admin.query(`CREATE ROLE ${role}`);
+  await admin.query(`ALTER ROLE ${role} WITH LOGIN CREATEDB NOCREATEROLE NOSUPERUSER NOREPLICATION NOBYPASSRLS INHERIT CONNECTION LIMIT 32`);
+  const memberships = await admin.query<{role: string}>(
+    'SELECT r.rolname AS role FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = $1)',
+    [PROVISIONER_ROLE],
+  );
+  for (const m of memberships.rows) await admin.query(`REVOKE ${escapeIdentifier(m.role)} FROM ${role}`);
+  await admin.query(provisionerInterfaceSql(PROVISIONER_ROLE));
+  await admin.query(`SELECT ${PROVISION_SCHEMA}._apply_role('ALTER ROLE %I PASSWORD %L', $1, $2)`, [PROVISIONER_ROLE, scramVerifier(options.provisionerPassword)]);
+  await ensureTenantTemplate(admin, options.connectAsAdmin);
 
   let controlDatabaseCreated = false;
   let migrationsApplied: number[] = [];
@@ -56,4 +74,24 @@ export async function bootstrapCluster(
     }
   }
   return {provisionerCreated: !exists, controlDatabaseCreated, migrationsApplied};
+}
+
+/**
+ * The template tenant databases are cloned from. It is a template (any CREATEDB role may clone
+ * it) that nobody may connect to, except this bootstrap while it refreshes the guard.
+ */
+async function ensureTenantTemplate(admin: Client, connectAsAdmin: (database: string) => Promise<Client>): Promise<void> {
+  const db = escapeIdentifier(TENANT_TEMPLATE_DATABASE);
+  if ((await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [TENANT_TEMPLATE_DATABASE])).rowCount === 0) {
+    await admin.query(`CREATE DATABASE ${db} TEMPLATE template0 ENCODING 'UTF8'`);
+  }
+  await admin.query(`REVOKE ALL ON DATABASE ${db} FROM PUBLIC`);
+  await admin.query(`ALTER DATABASE ${db} WITH ALLOW_CONNECTIONS true`);
+  const template = await connectAsAdmin(TENANT_TEMPLATE_DATABASE);
+  try {
+    await template.query(tenantTemplateSql(PROVISIONER_ROLE));
+  } finally {
+    await template.end();
+  }
+  await admin.query(`ALTER DATABASE ${db} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false`);
 }

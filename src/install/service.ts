@@ -212,6 +212,7 @@ export function composeInstallSteps(dir: InstallDir, options: InstallOptions): A
             provisionerPassword: credentials.provisioner,
             withControlDatabase: true,
             connectAsProvisioner: (database) => connect(endpoint, {user: PROVISIONER_ROLE, password: credentials.provisioner, database}),
+            connectAsAdmin: (database) => connectOverSocket(postgresSocketDir(dir), 5432, {user: EMBEDDED_SUPERUSER, password: credentials.superuser, database}),
           });
         } finally {
           await admin.end().catch(() => undefined);

@@ -67,6 +67,7 @@ export async function setUpEmbeddedCluster(dir: InstallDir, keys: KeyServices, c
       provisionerPassword,
       withControlDatabase: primaryCluster(config).name === name,
       connectAsProvisioner: (database) => connect(endpoint, {user: PROVISIONER_ROLE, password: provisionerPassword, database}),
+      connectAsAdmin: (database) => connectOverSocket(pg.runDir, pg.port, {user: EMBEDDED_SUPERUSER, password: superuserPassword, database}),
     });
   } finally {
     await admin.end().catch(() => undefined);

@@ -1,15 +1,12 @@
 import type {Client} from 'pg';
 
 import {appendOpsEntry} from '../audit/ops-log.js';
-import {PROVISIONER_ROLE} from '../control/bootstrap.js';
-import {inTransaction, tenantPasswordContext} from '../control/keys-store.js';
+import {tenantPasswordContext} from '../control/keys-store.js';
 import {LockedError, UserError} from '../errors.js';
 import {randomPassword, scramVerifier} from '../postgres/scram.js';
-import {terminateSessions} from '../postgres/sessions.js';
-import {escapeIdentifier, escapeLiteral} from '../postgres/sql.js';
 import type {DataKeys} from '../secrets/data-keys.js';
 import type {KeyEncryptionService} from '../secrets/master-key.js';
-import {TENANT_DATABASE_SQL} from './module-sql.js';
+import {TenantDatabases} from './databases.js';
 import {tenantDbName, validateSlug} from './slug.js';
 
 export type TenantStatus = 'provisioning' | 'active' | 'suspended' | 'deleting';
@@ -33,10 +30,8 @@ export interface TenantDeps {
   /** Region name → its cluster names, in the order dforge.yaml declares them. */
   readonly regions: Readonly<Record<string, readonly string[]>>;
   readonly primaryRegion: string;
-  /** A provisioner connection to the `postgres` database of a cluster. */
-  provisionerOn(cluster: string): Promise<Client>;
-  /** A connection as a tenant role to its own database, over verified TLS. */
-  connectAs(cluster: string, role: string, password: string, database: string): Promise<Client>;
+  /** A provisioner connection to a database of a cluster (`postgres` unless named). */
+  provisionerOn(cluster: string, database?: string): Promise<Client>;
   readonly kek: KeyEncryptionService;
   readonly dataKeys: DataKeys;
   readonly clock?: () => Date;
@@ -78,7 +73,6 @@ export class TenantService {
       if (!tenant) tenant = await this.register(slug, options.region ?? this.deps.primaryRegion);
       const password = await this.sealedPassword(slug, true);
       await this.provisionOnCluster(tenant, password);
-      await this.prepareDatabase(tenant, password);
       await this.deps.dataKeys.create(slug);
       await this.deps.control.query("UPDATE tenants SET status = 'active', updated_at = now() WHERE slug = $1", [slug]);
       return {tenant: {...tenant, status: 'active'}, created: true};
@@ -108,26 +102,20 @@ export class TenantService {
     const tenant = await this.require(validateSlug(slugInput));
     const password = await this.sealedPassword(tenant.slug, false);
     return this.onCluster(tenant.cluster, async (c) => {
-      if ((await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [tenant.role])).rowCount === 1) return false;
-      await c.query(`CREATE ROLE ${escapeIdentifier(tenant.role)} WITH NOSUPERUSER NOREPLICATION NOBYPASSRLS LOGIN NOCREATEDB NOCREATEROLE CONNECTION LIMIT ${tenant.connectionLimit} PASSWORD ${escapeLiteral(scramVerifier(password))}`);
+      const present = await c.query<{n: string}>('SELECT count(*) AS n FROM pg_roles WHERE rolname IN ($1, $2)', [tenant.role, `${tenant.role}__owner`]);
+      if (Number(present.rows[0]!.n) === 2) return false;
+      await this.databasesOf(c, tenant).roles.ensure(tenant.role, scramVerifier(password), tenant.connectionLimit, tenant.status !== 'suspended');
       return true;
     });
   }
 
-  /** A provisioner session on the tenant's cluster, for operations that act as the tenant (restore). */
-  async onTenantCluster<T>(slugInput: string, fn: (c: Client, tenant: Tenant) => Promise<T>): Promise<T> {
+  /**
+   * A provisioner session on the tenant's cluster with the tenant's databases and roles (restore
+   * and prune use this); `fn` must never run tenant code on it.
+   */
+  async onTenantCluster<T>(slugInput: string, fn: (databases: TenantDatabases, tenant: Tenant) => Promise<T>): Promise<T> {
     const tenant = await this.require(validateSlug(slugInput));
-    return this.onCluster(tenant.cluster, (c) => fn(c, tenant));
-  }
-
-  /** Runs `fn` with the provisioner temporarily a member of `role` (see withMembership). */
-  async asMemberOf<T>(c: Client, role: string, fn: () => Promise<T>): Promise<T> {
-    return this.withMembership(c, role, fn);
-  }
-
-  /** Runs `fn` as `role` itself (membership, then SET ROLE), for what only a database's owner may do. */
-  async actingAs<T>(c: Client, role: string, fn: () => Promise<T>): Promise<T> {
-    return this.withMembership(c, role, () => this.asRole(c, role, fn));
+    return this.onCluster(tenant.cluster, (c) => fn(this.databasesOf(c, tenant), tenant));
   }
 
   async list(): Promise<Tenant[]> {
@@ -157,8 +145,9 @@ export class TenantService {
     return this.locked(slug, 'tenant.suspend', async () => {
       const tenant = await this.requireUsable(slug);
       await this.onCluster(tenant.cluster, async (c) => {
-        await c.query(`ALTER ROLE ${escapeIdentifier(tenant.role)} NOLOGIN`);
-        await terminateSessions(c, {role: tenant.role});
+        const {roles} = this.databasesOf(c, tenant);
+        await roles.setLogin(tenant.role, false);
+        await roles.terminateSessions(tenant.role);
       });
       await this.deps.control.query("UPDATE tenants SET status = 'suspended', updated_at = now() WHERE slug = $1", [slug]);
       return {...tenant, status: 'suspended'};
@@ -169,7 +158,7 @@ export class TenantService {
     const slug = validateSlug(slugInput);
     return this.locked(slug, 'tenant.resume', async () => {
       const tenant = await this.requireUsable(slug);
-      await this.onCluster(tenant.cluster, (c) => c.query(`ALTER ROLE ${escapeIdentifier(tenant.role)} LOGIN`));
+      await this.onCluster(tenant.cluster, (c) => this.databasesOf(c, tenant).roles.setLogin(tenant.role, true));
       await this.deps.control.query("UPDATE tenants SET status = 'active', updated_at = now() WHERE slug = $1", [slug]);
       return {...tenant, status: 'active'};
     });
@@ -191,7 +180,7 @@ export class TenantService {
         await this.deps.control.query('UPDATE tenant_credentials SET pending_sealed_password = $1 WHERE slug = $2', [pending, slug]);
       }
       const password = (await this.deps.kek.unwrap(pending, tenantPasswordContext(slug), `pending password of tenant ${slug}`)).toString('utf8');
-      await this.onCluster(tenant.cluster, (c) => c.query(`ALTER ROLE ${escapeIdentifier(tenant.role)} PASSWORD ${escapeLiteral(scramVerifier(password))}`));
+      await this.onCluster(tenant.cluster, (c) => this.databasesOf(c, tenant).roles.setPassword(tenant.role, scramVerifier(password)));
       const rotatedAt = this.now().toISOString();
       await this.deps.control.query('UPDATE tenant_credentials SET sealed_password = pending_sealed_password, pending_sealed_password = NULL, rotated_at = $2 WHERE slug = $1', [slug, rotatedAt]);
       return {slug, rotatedAt};
@@ -199,8 +188,8 @@ export class TenantService {
   }
 
   /**
-   * Drops the database and the role (no superuser needed: the provisioner acts as the tenant
-   * role for the drop), then removes the registry entry. With `shred`, every data-key version is
+   * Drops the tenant's databases and roles (through the provisioning interface; no superuser
+   * session), then removes the registry entry. With `shred`, every data-key version is
    * destroyed too, which makes all of the tenant's backups unreadable.
    */
   async delete(slugInput: string, options: {confirm: string; shred?: boolean}): Promise<{slug: string; shredded: number | null}> {
@@ -212,22 +201,12 @@ export class TenantService {
       const tenant = await this.require(slug);
       await this.deps.control.query("UPDATE tenants SET status = 'deleting', updated_at = now() WHERE slug = $1", [slug]);
       await this.onCluster(tenant.cluster, async (c) => {
-        const role = escapeIdentifier(tenant.role);
+        const databases = this.databasesOf(c, tenant);
         const roleExists = (await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [tenant.role])).rowCount === 1;
-        if (roleExists) {
-          await c.query(`ALTER ROLE ${role} NOLOGIN`);
-          // Its live database and any it owns besides (kept *_pre_restore_* copies, a killed restore's scratch).
-          const owned = await c.query<{datname: string}>('SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = $1)', [tenant.role]);
-          await terminateSessions(c, {role: tenant.role, databases: owned.rows.map((r) => r.datname)});
-          await this.withMembership(c, tenant.role, () =>
-            this.asRole(c, tenant.role, async () => {
-              for (const {datname} of owned.rows) await c.query(`DROP DATABASE ${escapeIdentifier(datname)}`);
-            }),
-          );
-          await c.query(`DROP ROLE ${role}`);
-        } else {
-          await c.query(`DROP DATABASE IF EXISTS ${escapeIdentifier(tenant.database)}`);
-        }
+        if (roleExists) await databases.roles.setLogin(tenant.role, false);
+        // Its live database and any it has besides (kept pre-restore copies, a killed restore's scratch).
+        for (const name of await databases.all()) await databases.drop(name);
+        await databases.roles.dropRoles(tenant.role);
       });
       const shredded = options.shred ? await this.deps.dataKeys.shred(slug) : null;
       await this.deps.control.query('DELETE FROM tenants WHERE slug = $1', [slug]);
@@ -267,63 +246,22 @@ export class TenantService {
     return password;
   }
 
-  /** Role, database, REVOKE CONNECT, connection limit: each step checks what exists first. */
+  /**
+   * Roles, then the database cloned from the tenant template, closed to PUBLIC from the start,
+   * handed to the owner role and shaped; the login role gets CONNECT last. Each step checks what
+   * exists first, so a rerun finishes a crashed create.
+   */
   private async provisionOnCluster(tenant: Tenant, password: string): Promise<void> {
     await this.onCluster(tenant.cluster, async (c) => {
-      const role = escapeIdentifier(tenant.role);
-      const db = escapeIdentifier(tenant.database);
-      const roleExists = (await c.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [tenant.role])).rowCount === 1;
-      // Only a superuser may name SUPERUSER, REPLICATION or BYPASSRLS in ALTER ROLE; CREATE ROLE
-      // sets their safe values, and nothing but a superuser could have changed them since.
-      const attributes = `LOGIN NOCREATEDB NOCREATEROLE CONNECTION LIMIT ${tenant.connectionLimit} PASSWORD ${escapeLiteral(scramVerifier(password))}`;
-      await c.query(roleExists ? `ALTER ROLE ${role} WITH ${attributes}` : `CREATE ROLE ${role} WITH NOSUPERUSER NOREPLICATION NOBYPASSRLS ${attributes}`);
-      const dbExists = (await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [tenant.database])).rowCount === 1;
-      await this.withMembership(c, tenant.role, async () => {
-        if (!dbExists) {
-          // Created closed to connections, so nobody connects before CONNECT is revoked from PUBLIC.
-          await c.query(`CREATE DATABASE ${db} OWNER ${role} TEMPLATE template0 ENCODING 'UTF8' ALLOW_CONNECTIONS false CONNECTION LIMIT ${tenant.connectionLimit}`);
-        }
-        await this.asRole(c, tenant.role, async () => {
-          await c.query(`REVOKE ALL ON DATABASE ${db} FROM PUBLIC`);
-          await c.query(`ALTER DATABASE ${db} WITH ALLOW_CONNECTIONS true CONNECTION LIMIT ${tenant.connectionLimit}`);
-        });
-      });
+      const databases = this.databasesOf(c, tenant);
+      await databases.roles.ensure(tenant.role, scramVerifier(password), tenant.connectionLimit);
+      await databases.clone(tenant.database);
+      await databases.shape(tenant.database, {connect: [tenant.role]});
     });
   }
 
-  private async prepareDatabase(tenant: Tenant, password: string): Promise<void> {
-    const client = await this.deps.connectAs(tenant.cluster, tenant.role, password, tenant.database);
-    try {
-      await inTransaction(client, () => client.query(TENANT_DATABASE_SQL));
-    } finally {
-      await client.end().catch(() => undefined);
-    }
-  }
-
-  /**
-   * PostgreSQL 15 requires membership in a role to create a database it owns, or to act as its
-   * owner. The provisioner gets it for these statements only, and loses it again whatever
-   * happens, so it is never left a member of a tenant role.
-   */
-  private async withMembership<T>(c: Client, role: string, fn: () => Promise<T>): Promise<T> {
-    const r = escapeIdentifier(role);
-    const p = escapeIdentifier(PROVISIONER_ROLE);
-    await c.query(`GRANT ${r} TO ${p}`);
-    try {
-      return await fn();
-    } finally {
-      await c.query(`REVOKE ${r} FROM ${p}`);
-    }
-  }
-
-  /** Runs `fn` as `role`, so what it does is done, and owned, by the tenant role itself. */
-  private async asRole<T>(c: Client, role: string, fn: () => Promise<T>): Promise<T> {
-    await c.query(`SET ROLE ${escapeIdentifier(role)}`);
-    try {
-      return await fn();
-    } finally {
-      await c.query('RESET ROLE');
-    }
+  private databasesOf(c: Client, tenant: Tenant): TenantDatabases {
+    return new TenantDatabases(c, tenant, (database) => this.deps.provisionerOn(tenant.cluster, database));
   }
 
   private async onCluster<T>(cluster: string, fn: (c: Client) => Promise<T>): Promise<T> {

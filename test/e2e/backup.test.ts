@@ -9,6 +9,7 @@ import {parse as parseYaml, stringify as stringifyYaml} from 'yaml';
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
 import {CHUNK_SIZE, parseHeader} from '../../src/backup/format.js';
+import {scramVerifier} from '../../src/postgres/scram.js';
 import {cliEntry, type CliResult} from '../helpers/cli.js';
 import {quickstartInstall, type EmbeddedInstall} from '../helpers/embedded-install.js';
 import {findPgBinaries} from '../helpers/pg-cluster.js';
@@ -195,7 +196,7 @@ describe.skipIf(!available)('encrypted backups and restores on the embedded data
       expect(await checksums('acme')).toEqual(original);
     }
     // No scratch database of a killed run is left once a restore has completed.
-    expect((await databases()).filter((d) => d.startsWith('tenant_acme_re'))).toEqual([]);
+    expect((await databases()).filter((d) => d.startsWith('tenant_acme__re'))).toEqual([]);
   }, 300_000);
 
   it('isolation: no password in any argv during a backup, and pg_dump connects as the tenant role', async () => {
@@ -232,7 +233,7 @@ describe.skipIf(!available)('encrypted backups and restores on the embedded data
     // Break one tenant: its role can no longer log in with the sealed password.
     const plane = await install.plane();
     try {
-      await plane.tenants.onTenantCluster('globex', (c) => c.query("ALTER ROLE tenant_globex PASSWORD 'not-the-sealed-one'"));
+      await plane.tenants.onTenantCluster('globex', (d) => d.roles.setPassword('tenant_globex', scramVerifier('not-the-sealed-one')));
     } finally {
       await plane.close();
     }
@@ -286,19 +287,19 @@ describe.skipIf(!available)('encrypted backups and restores on the embedded data
 
   it('prune keeps the newest verified backup, drops what the policy does not keep and old pre-restore databases', async () => {
     expect((await install.cli(['restore', '--tenant', 'globex', '--from', (await catalogIds()).find((id) => id.includes('-globex-'))!])).code).toBe(0);
-    expect((await databases()).some((d) => d.startsWith('tenant_globex_pre_restore_'))).toBe(true);
+    expect((await databases()).some((d) => d.startsWith('tenant_globex__pre_restore_'))).toBe(true);
     const verifiedBefore = backupId;
     const dry = JSON.parse((await install.cli(['backup', 'prune', '--tenant', 'acme', '--keep-last', '1', '--keep-daily', '0', '--keep-weekly', '0', '--keep-monthly', '0', '--dry-run', '--json'])).stdout);
     expect(dry.kept).toContain(verifiedBefore);
     expect(dry.deleted.length).toBeGreaterThan(10);
     const idsBefore = await catalogIds();
     const real = JSON.parse((await install.cli(['backup', 'prune', '--keep-last', '1', '--keep-daily', '0', '--keep-weekly', '0', '--keep-monthly', '0', '--keep-pre-restore-hours', '0', '--json'])).stdout);
-    expect(real.droppedDatabases.some((d: string) => d.startsWith('tenant_globex_pre_restore_'))).toBe(true);
+    expect(real.droppedDatabases.some((d: string) => d.startsWith('tenant_globex__pre_restore_'))).toBe(true);
     const idsAfter = await catalogIds();
     expect(idsAfter).toContain(verifiedBefore);
     expect(idsAfter.length).toBeLessThan(idsBefore.length);
     for (const id of real.deleted) await expect(fs.stat(path.join(install.dir.root, 'backups', 'local', 'acme', `${id}.dfb`))).rejects.toThrow();
-    expect((await databases()).some((d) => d.startsWith('tenant_globex_pre_restore_'))).toBe(false);
+    expect((await databases()).some((d) => d.startsWith('tenant_globex__pre_restore_'))).toBe(false);
   });
 
   it('tenant delete --final-backup takes a backup that stays restorable (its keys are kept)', async () => {

@@ -44,7 +44,16 @@ export async function controlPlaneOver(clusters: Record<string, {cluster: PgClus
     const admin = new pg.Client(clusters[name]!.cluster.clientConfig());
     await admin.connect();
     try {
-      await bootstrapCluster(admin, {provisionerPassword, withControlDatabase: i === 0, connectAsProvisioner: (db) => connect(name, PROVISIONER_ROLE, provisionerPassword, db)});
+      await bootstrapCluster(admin, {
+        provisionerPassword,
+        withControlDatabase: i === 0,
+        connectAsProvisioner: (db) => connect(name, PROVISIONER_ROLE, provisionerPassword, db),
+        connectAsAdmin: async (db) => {
+          const c = new pg.Client(clusters[name]!.cluster.clientConfig({database: db}));
+          await c.connect();
+          return c;
+        },
+      });
     } finally {
       await admin.end();
     }
@@ -56,8 +65,7 @@ export async function controlPlaneOver(clusters: Record<string, {cluster: PgClus
     control,
     regions,
     primaryRegion: clusters[names[0]!]!.region,
-    provisionerOn: (cluster) => connect(cluster, PROVISIONER_ROLE, provisionerPassword, 'postgres'),
-    connectAs: (cluster, role, password, database) => connect(cluster, role, password, database),
+    provisionerOn: (cluster, database = 'postgres') => connect(cluster, PROVISIONER_ROLE, provisionerPassword, database),
     kek: keys.keyring,
     dataKeys: new DataKeys(new ControlDataKeyStore(control), keys.keyring),
     connectionLimit: options.connectionLimit,
