@@ -102,7 +102,7 @@ describe.skipIf(!available)('an embedded install driven through the CLI', () => 
       if (rerun.code === 1) expect(rerun.stderr).toContain(`tenant ${slug} already exists (active)`);
       const after = await observe(slug);
       const name = `tenant_${slug.replaceAll('-', '_')}`;
-      expect(after, `trial ${trial} at ${delay.toFixed(0)} ms`).toEqual({registry: new Map([[slug, 'active']]), roles: [name], databases: [name], provisionerMemberOf: ['pg_signal_backend']});
+      expect(after, `trial ${trial} at ${delay.toFixed(0)} ms`).toEqual({registry: new Map([[slug, 'active']]), roles: [name, `${name}__owner`], databases: [name], provisionerMemberOf: []});
       const show = JSON.parse((await install.cli(['tenant', 'show', slug, '--json'])).stdout);
       expect(show).toMatchObject({publicCanConnect: false, roleCanLogin: true, activeDataKeyVersion: 1, dataKeyVersions: [1]});
     }
