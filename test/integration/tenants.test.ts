@@ -1,9 +1,13 @@
+import {promises as fs} from 'node:fs';
+import path from 'node:path';
+
 import pg from 'pg';
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
 import {verifyOpsLog} from '../../src/audit/ops-log.js';
 import {tenantPasswordContext} from '../../src/control/keys-store.js';
 import {LockedError, UserError} from '../../src/errors.js';
+import {scramVerifier} from '../../src/postgres/scram.js';
 import {controlPlaneOver, type ControlPlane} from '../helpers/control-plane.js';
 import {findPgBinaries, startPgCluster, type PgCluster} from '../helpers/pg-cluster.js';
 import {missingComponent} from '../helpers/requirements.js';
@@ -177,6 +181,44 @@ describe.skipIf(!available)('tenant lifecycle on real PostgreSQL', () => {
     expect(await admin(us, "SELECT 1 FROM pg_roles WHERE rolname = 'tenant_globex'")).toHaveLength(0);
     expect((await plane.control.query("SELECT 1 FROM data_keys WHERE owner = 'globex'")).rowCount).toBe(0);
     expect((await plane.service.list()).map((t) => t.slug)).toEqual(['acme']);
+  });
+
+  it('a tenant role removed outside dforge is a user error that says so, not a bug', async () => {
+    await plane.service.create('vanish');
+    // What an operator's superuser session would do: drop the role and every grant it held.
+    await admin(eu, 'DROP OWNED BY tenant_vanish', [], 'tenant_vanish');
+    await admin(eu, 'DROP OWNED BY tenant_vanish');
+    await admin(eu, 'DROP ROLE tenant_vanish');
+    const err = await plane.service.rotateCredentials('vanish').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UserError);
+    expect((err as UserError).message).toMatch(/the role tenant_vanish \(or its owner role\) no longer exists on this cluster: it was removed outside dforge/);
+    expect((err as UserError).nextSteps.join(' ')).toMatch(/dforge restore --tenant <slug>|dforge tenant delete/);
+    // Delete still cleans up what is left: the database, the owner role, the registry entry.
+    await plane.service.delete('vanish', {confirm: 'vanish'});
+    expect(await admin(eu, "SELECT rolname FROM pg_roles WHERE rolname LIKE 'tenant\\_vanish%'")).toEqual([]);
+    expect(await admin(eu, "SELECT datname FROM pg_database WHERE datname LIKE 'tenant\\_vanish%'")).toEqual([]);
+  });
+
+  it('a failed password change leaves no verifier in the server log', async () => {
+    const provisioner = new pg.Client(eu.clientConfig({user: 'dforge_provisioner', password: plane.provisionerPassword, database: 'postgres'}));
+    await provisioner.connect();
+    const verifier = scramVerifier('never-logged-password');
+    try {
+      // ALTER ROLE fails inside the interface (read-only transaction), with log_min_error_statement at its default.
+      await provisioner.query('BEGIN READ ONLY');
+      await expect(provisioner.query('SELECT dforge_provision.set_tenant_password($1, $2)', ['tenant_acme', verifier])).rejects.toThrow(/could not set the credentials of role tenant_acme \(25006\)/);
+      await provisioner.query('ROLLBACK');
+      // A plaintext password is refused before it can reach any statement.
+      await expect(provisioner.query('SELECT dforge_provision.set_tenant_password($1, $2)', ['tenant_acme', 'plaintext-password'])).rejects.toThrow(/must be given as a SCRAM-SHA-256 verifier/);
+    } finally {
+      await provisioner.end();
+    }
+    const log = await fs.readFile(path.join(eu.baseDir, 'server.log'), 'utf8');
+    expect(log).toContain('could not set the credentials of role tenant_acme');
+    expect(log).not.toContain(verifier.split('$')[2]!);
+    expect(log).not.toContain('SCRAM-SHA-256$');
+    expect(log).not.toContain('plaintext-password');
+    expect(log).toMatch(/dforge: password of tenant role tenant_acme changed by dforge_provisioner/);
   });
 
   it('audits every action in a hash chain that detects tampering', async () => {
