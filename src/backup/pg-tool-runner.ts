@@ -17,6 +17,27 @@ export interface PgToolRequest {
   readonly cluster: string;
   readonly credentials: {user: string; password: string; database: string};
   readonly serverMajor: number;
+  /** pg_restore only: the table-of-contents entries to restore (its -L list), sent ahead of the dump on stdin. */
+  readonly useList?: string;
+}
+
+/**
+ * Runs a tool with a -L list read from the head of its stdin, up to a marker line: pg_restore
+ * reads the list from a file, and a file dforge wrote on the host would not exist inside the
+ * postgres container. The file is unlinked before the tool starts, which keeps it open on fd 3.
+ */
+const LIST_MARKER = '-- dforge: end of list --';
+const WITH_LIST_FROM_STDIN = `f=$(mktemp) || exit 1
+while IFS= read -r l; do [ "$l" = "${LIST_MARKER}" ] && break; printf '%s\\n' "$l" >> "$f"; done
+exec 3<"$f" && rm -f "$f" && exec "$@" -L /dev/fd/3`;
+
+function withList(command: readonly string[], request: PgToolRequest): string[] {
+  return request.useList === undefined ? [...command] : ['sh', '-c', WITH_LIST_FROM_STDIN, 'sh', ...command];
+}
+
+function sendList(tool: StartedTool, request: PgToolRequest): StartedTool {
+  if (request.useList !== undefined) tool.stdin.write(`${request.useList.trimEnd()}\n${LIST_MARKER}\n`);
+  return tool;
 }
 
 export type StartedTool = ToolProcess & {close(): Promise<void>};
@@ -44,8 +65,8 @@ export async function startPgTool(plane: ControlPlane, request: PgToolRequest): 
   const endpoint = await endpointOf(plane.keys.dir, plane.config, request.cluster);
   const binary = hostTool(request.tool, request.serverMajor);
   const session = await libpqSession(endpoint, request.credentials);
-  const [file, args] = request.tool === 'pg_dump' && STDBUF ? [STDBUF, ['-o', '1M', binary, ...request.args]] : [binary, request.args];
-  return {...spawnTool(file, args, session.env, request.tool), close: () => session.close()};
+  const [file, ...args] = withList(request.tool === 'pg_dump' && STDBUF ? [STDBUF, '-o', '1M', binary, ...request.args] : [binary, ...request.args], request);
+  return sendList({...spawnTool(file!, args, session.env, request.tool), close: () => session.close()}, request);
 }
 
 /**
@@ -95,9 +116,9 @@ async function startInContainer(plane: ControlPlane, request: PgToolRequest): Pr
   // The password reaches the tool through its stdin (first line), never through the exec request.
   const env = ['PGHOST=localhost', 'PGPORT=5432', `PGUSER=${user}`, `PGDATABASE=${database}`, 'PGSSLMODE=verify-full', `PGSSLROOTCERT=${CONTAINER_CA}`, 'PGSSLMINPROTOCOLVERSION=TLSv1.3', 'PGCONNECT_TIMEOUT=10', 'LC_ALL=C'];
   const started = await execInContainer(container, {
-    cmd: ['env', ...env, request.tool, ...request.args],
+    cmd: ['env', ...env, ...withList([request.tool, ...request.args], request)],
     secretEnv: {name: 'PGPASSWORD', value: password},
     label: `${request.tool} (in the postgres container)`,
   });
-  return {...started, close: async () => undefined};
+  return sendList({...started, close: async () => undefined}, request);
 }

@@ -46,7 +46,7 @@ export async function restoreControl(dir: InstallDir, options: {from?: string; c
     if (parsed.header.kind !== 'control') throw new UserError(`${source.label} is a tenant backup, not a control backup`, {nextSteps: ['Restore tenants with: dforge restore --tenant <slug> --from <id>']});
     const wrapper = await wrapperFor(plane, parsed, source.label);
     const toc = await decryptAndList(plane, source, parsed, wrapper);
-    if ((toc.get('TABLE') ?? 0) === 0) throw new VerificationError(`${source.label} holds no tables`, {nextSteps: ['Use another control backup.']});
+    if ((toc.counts.get('TABLE') ?? 0) === 0) throw new VerificationError(`${source.label} holds no tables`, {nextSteps: ['Use another control backup.']});
     const payloadKey = await openHeader(parsed, wrapper, source.label);
     header = {...parsed.header, format: 'dforge-backup-manifest/1', destination: '', location: '', size: 0, sha256: ''};
 

@@ -5,11 +5,13 @@ import {UserError, VerificationError} from '../errors.js';
 import {restoreRoleOf} from '../postgres/provisioner.js';
 import {randomPassword, scramVerifier} from '../postgres/scram.js';
 import {previousDatabaseName, scratchDatabaseOf, type TenantDatabases} from '../tenants/databases.js';
+import {MODULE_SCHEMAS} from '../tenants/module-sql.js';
 import type {Tenant} from '../tenants/service.js';
 import {validateSlug} from '../tenants/slug.js';
 import {openHeader, type ParsedHeader} from './format.js';
 import {startPgTool} from './pg-tool-runner.js';
-import {checkIntegrity, decryptAndList, feedDecryptedDump, readBackupHeader, resolveSource, wrapperFor, type BackupSource} from './verify.js';
+import {restorableEntries} from './pg-tools.js';
+import {checkIntegrity, decryptAndList, feedDecryptedDump, readBackupHeader, resolveSource, wrapperFor, type BackupSource, type TableOfContents} from './verify.js';
 
 export interface RestoreResult {
   readonly tenant: string;
@@ -24,7 +26,8 @@ export interface RestoreResult {
 const CHECKED: ReadonlyArray<{toc: string; sql: string}> = [
   {toc: 'TABLE', sql: "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'dforge_guard') AND n.nspname NOT LIKE 'pg_toast%'"},
   {toc: 'SEQUENCE', sql: "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'dforge_guard')"},
-  {toc: 'VIEW', sql: "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'dforge_guard')"},
+  {toc: 'VIEW', sql: "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'v' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'dforge_guard')"},
+  {toc: 'MATERIALIZED VIEW', sql: "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'm' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'dforge_guard')"},
   {toc: 'FUNCTION', sql: "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.prokind IN ('f', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'dforge_guard')"},
   {toc: 'BLOB', sql: 'SELECT count(*) FROM pg_largeobject_metadata'},
 ];
@@ -83,8 +86,8 @@ interface RestorePlan {
   readonly source: BackupSource;
   readonly parsed: ParsedHeader;
   readonly payloadKey: Buffer;
-  /** Object counts from the dump's table of contents. */
-  readonly toc: Map<string, number>;
+  /** The dump's table of contents. */
+  readonly toc: TableOfContents;
   readonly now: Date;
   readonly as: boolean;
   readonly dropPrevious: boolean;
@@ -111,10 +114,11 @@ async function restoreInto(plane: ControlPlane, plan: RestorePlan): Promise<Rest
         await databases.clone(scratch);
         const password = randomPassword();
         await databases.roles.createRestoreRole(target.role, scramVerifier(password));
-        await databases.grant(scratch, {connect: [restoreRole], create: [target.role]});
+        // The schemas and the audit trail exist, owned by the owner role, before any dump code runs.
+        await databases.shape(scratch, {connect: [restoreRole]});
         // Objects are created as the tenant's login role (--role), so it owns its tables as before.
-        await restoreDump(plane, {source, parsed, payloadKey, cluster: target.cluster, credentials: {user: restoreRole, password, database: scratch}, args: [`--role=${target.role}`]});
-        counts = await databases.shape(scratch, {connect: [target.role], revoke: [restoreRole, target.role]}, (inside) => checkCounts(inside, toc));
+        await restoreDump(plane, {source, parsed, payloadKey, cluster: target.cluster, credentials: {user: restoreRole, password, database: scratch}, args: [`--role=${target.role}`], useList: restorableEntries(toc.list, MODULE_SCHEMAS)});
+        counts = await databases.shape(scratch, {connect: [target.role], revoke: [restoreRole]}, (inside) => checkCounts(inside, toc));
         await databases.roles.dropRestoreRole(target.role);
       } catch (err) {
         await databases.drop(scratch).catch(() => undefined);
@@ -131,7 +135,7 @@ async function restoreInto(plane: ControlPlane, plan: RestorePlan): Promise<Rest
 /** Streams a verified backup's dump through pg_restore into `credentials.database`; any failure stops pg_restore. */
 export async function restoreDump(
   plane: ControlPlane,
-  o: {source: BackupSource; parsed: ParsedHeader; payloadKey: Buffer; cluster: string; credentials: {user: string; password: string; database: string}; args: string[]},
+  o: {source: BackupSource; parsed: ParsedHeader; payloadKey: Buffer; cluster: string; credentials: {user: string; password: string; database: string}; args: string[]; useList?: string},
 ): Promise<void> {
   const pgRestore = await startPgTool(plane, {
     tool: 'pg_restore',
@@ -139,6 +143,7 @@ export async function restoreDump(
     cluster: o.cluster,
     credentials: o.credentials,
     serverMajor: Math.floor(Number(o.parsed.header.pgVersion) / 10_000),
+    useList: o.useList,
   });
   try {
     await feedDecryptedDump(o.source, o.parsed, o.payloadKey, pgRestore);
@@ -149,10 +154,10 @@ export async function restoreDump(
 }
 
 /** Compares the restored objects with the dump's table of contents (catalog queries only). */
-async function checkCounts(db: Client, toc: Map<string, number>): Promise<Record<string, number>> {
+async function checkCounts(db: Client, toc: TableOfContents): Promise<Record<string, number>> {
   const counts: Record<string, number> = {};
   for (const {toc: type, sql} of CHECKED) {
-    const expected = toc.get(type) ?? 0;
+    const expected = toc.counts.get(type) ?? 0;
     const actual = Number((await db.query<{count: string}>(sql)).rows[0]!.count);
     counts[type] = actual;
     if (actual !== expected) {

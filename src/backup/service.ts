@@ -9,7 +9,6 @@ import {LockedError, PartialError, UserError} from '../errors.js';
 import {withConnection} from '../postgres/connect.js';
 import {writeFileAtomic} from '../state/atomic-file.js';
 import type {InstallDir} from '../state/install-dir.js';
-import {MODULE_SCHEMAS} from '../tenants/module-sql.js';
 import {BackupCatalog, manifestLocation, type BackupManifest, type BackupRecord} from './catalog.js';
 import {destinationFor, type BackupDestination} from './destination.js';
 import {CHUNK_SIZE, createHeader, dataKeyWrapper, EncryptStream, type FileKeyWrapper} from './format.js';
@@ -62,12 +61,12 @@ export function destinationForTenant(plane: ControlPlane, tenant: {slug: string;
 const timestampId = (now: Date): string => now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
 
 /**
- * A tenant dump holds the module schemas and the audit trail, with large objects: the tenant's
- * data. The template's change-log guard (schema dforge_guard and its event triggers) is dforge's,
- * comes with every database cloned from the template, and could not be restored by a tenant role.
+ * A tenant dump leaves out the template's change-log guard functions (schema dforge_guard): they
+ * are dforge's, and every database cloned from the template has them already. Its event triggers
+ * can't be left out by pg_dump; restore skips them (see restorableEntries).
  */
 function dumpScope(kind: 'tenant' | 'control'): string[] {
-  return kind === 'tenant' ? [...[...MODULE_SCHEMAS, 'audit'].map((s) => `--schema=${s}`), '--blobs'] : [];
+  return kind === 'tenant' ? ['--exclude-schema=dforge_guard'] : [];
 }
 
 /**

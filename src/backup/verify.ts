@@ -113,7 +113,13 @@ export async function checkIntegrity(source: BackupSource): Promise<IntegrityChe
  * Decrypts the whole stream and feeds it to `pg_restore --list`, so every chunk is authenticated
  * and the dump's table of contents is read. Returns the TOC's object counts.
  */
-export async function decryptAndList(plane: ControlPlane, source: BackupSource, parsed: ParsedHeader, wrapper: FileKeyWrapper): Promise<Map<string, number>> {
+/** A dump's table of contents: `pg_restore --list` as printed, and its entry counts per object type. */
+export interface TableOfContents {
+  readonly list: string;
+  readonly counts: Map<string, number>;
+}
+
+export async function decryptAndList(plane: ControlPlane, source: BackupSource, parsed: ParsedHeader, wrapper: FileKeyWrapper): Promise<TableOfContents> {
   const payloadKey = await openHeader(parsed, wrapper, source.label);
   const pgRestoreList = await startPgRestoreList(plane, Math.floor(Number(parsed.header.pgVersion) / 10_000));
   const {done, stdin} = pgRestoreList;
@@ -143,7 +149,7 @@ export async function decryptAndList(plane: ControlPlane, source: BackupSource, 
   }
   if (stdinOpen) stdin.end();
   await done;
-  return tocCounts(list);
+  return {list, counts: tocCounts(list)};
 }
 
 /** The backup's plaintext dump, authenticated chunk by chunk as it streams. */
@@ -192,8 +198,8 @@ export async function verifyBackup(plane: ControlPlane, from: string, options: {
   const parsed = await readBackupHeader(source);
   let objects: Record<string, number> | undefined;
   if (options.deep) {
-    const counts = await decryptAndList(plane, source, parsed, await wrapperFor(plane, parsed, source.label));
-    objects = Object.fromEntries(counts);
+    const toc = await decryptAndList(plane, source, parsed, await wrapperFor(plane, parsed, source.label));
+    objects = Object.fromEntries(toc.counts);
     if (source.record) await new BackupCatalog(plane.control).markVerified(source.record.id, (options.clock ?? (() => new Date()))());
   }
   return {id: parsed.header.backupId, tenant: parsed.header.tenant, size: integrity.size, sha256: integrity.sha256, deep: options.deep, ...(objects ? {objects} : {})};

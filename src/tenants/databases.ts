@@ -75,7 +75,7 @@ export class TenantDatabases {
    * owner yet), runs `before` inside it, brings it to dforge's shape, then grants what `grants`
    * says. The provisioner is a member of the owner role for exactly this long.
    */
-  async shape<T>(name: string, grants: {connect: readonly string[]; create?: readonly string[]; revoke?: readonly string[]}, before?: (inside: Client) => Promise<T>): Promise<T | undefined> {
+  async shape<T>(name: string, grants: {connect: readonly string[]; revoke?: readonly string[]}, before?: (inside: Client) => Promise<T>): Promise<T | undefined> {
     const db = escapeIdentifier(name);
     return this.roles.asOwner(this.tenant.role, async () => {
       await this.asOwner(async () => {
@@ -95,22 +95,9 @@ export class TenantDatabases {
       await this.asOwner(async () => {
         for (const role of grants.revoke ?? []) await this.c.query(`REVOKE ALL ON DATABASE ${db} FROM ${escapeIdentifier(role)}`);
         for (const role of grants.connect) await this.c.query(`GRANT CONNECT ON DATABASE ${db} TO ${escapeIdentifier(role)}`);
-        for (const role of grants.create ?? []) await this.c.query(`GRANT CREATE ON DATABASE ${db} TO ${escapeIdentifier(role)}`);
       });
       return result;
     });
-  }
-
-  /** As the owner role, grants on a database without reshaping it (the restore scratch before its load). */
-  async grant(name: string, grants: {connect: readonly string[]; create?: readonly string[]}): Promise<void> {
-    const db = escapeIdentifier(name);
-    await this.roles.asOwner(this.tenant.role, () =>
-      this.asOwner(async () => {
-        await this.c.query(`ALTER DATABASE ${db} WITH ALLOW_CONNECTIONS true CONNECTION LIMIT ${this.tenant.connectionLimit}`);
-        for (const role of grants.connect) await this.c.query(`GRANT CONNECT ON DATABASE ${db} TO ${escapeIdentifier(role)}`);
-        for (const role of grants.create ?? []) await this.c.query(`GRANT CREATE ON DATABASE ${db} TO ${escapeIdentifier(role)}`);
-      }),
-    );
   }
 
   /** Ends its sessions, takes it back from the owner role and drops it. */

@@ -21,15 +21,16 @@ const moduleSchemaList = MODULE_SCHEMAS.map((s) => `'${s}'`).join(', ');
  * The change-log guard, installed by the superuser in the tenant template (event triggers need a
  * superuser), so every tenant database is born with it:
  *  - at the end of any DDL, a module table without the change-log triggers gets them, so a new
- *    table is audited from its first row without anyone calling attach_all();
+ *    table is audited from its first row without anyone calling attach_all(). Tables that hold
+ *    rows get them, partitions included, and partitioned parents don't: a parent's row trigger
+ *    would be cloned onto its partitions and collide with theirs on ATTACH PARTITION;
  *  - a change-log trigger that was disabled, replaced, narrowed (WHEN, UPDATE OF) or dropped makes
  *    that DDL fail.
- * It runs as whoever ran the DDL. dforge's own sessions (the provisioner setting a database up,
- * the restore role loading a dump) are skipped: they attach every trigger themselves once done,
- * and the tenant can't log in as either.
+ * It runs as whoever ran the DDL. The provisioner's sessions, which set a database up and attach
+ * every trigger themselves, are skipped; a restore's load is still guarded, but attaches nothing.
  */
 export function tenantTemplateSql(provisioner: string): string {
-  const skip = `IF session_user::text = '${provisioner}' OR session_user::text ~ '__restore$' THEN RETURN; END IF;`;
+  const skip = `IF session_user::text = '${provisioner}' THEN RETURN; END IF;`;
   return `
 REVOKE ALL ON SCHEMA public FROM PUBLIC;
 CREATE SCHEMA IF NOT EXISTS dforge_guard;
@@ -54,16 +55,19 @@ BEGIN
     RAISE EXCEPTION 'the change-log trigger % must stay as dforge made it', v_bad
       USING ERRCODE = 'insufficient_privilege', HINT = 'Row changes in the module schemas are always audited; leave dforge_change_log and dforge_change_log_truncate alone.';
   END IF;
+  -- A restore's load brings its tables' triggers with the dump (after the rows, so loading writes
+  -- no change-log rows); the owner attaches any that are missing once it is done.
+  IF session_user::text ~ '__restore$' THEN RETURN; END IF;
   -- CREATE TRIGGER is DDL too, so this runs again, nested, after each one: check just before.
   FOR t IN
-    SELECT c.oid::regclass AS rel, c.relispartition AS part
+    SELECT c.oid::regclass AS rel
       FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace
-     WHERE s.nspname IN (${moduleSchemaList}) AND c.relkind IN ('r', 'p')
+     WHERE s.nspname IN (${moduleSchemaList}) AND c.relkind = 'r'
   LOOP
     IF NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = t.rel AND g.tgname = 'dforge_change_log') THEN
       EXECUTE format('CREATE TRIGGER dforge_change_log AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION audit.log_change()', t.rel);
     END IF;
-    IF NOT t.part AND NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = t.rel AND g.tgname = 'dforge_change_log_truncate') THEN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = t.rel AND g.tgname = 'dforge_change_log_truncate') THEN
       EXECUTE format('CREATE TRIGGER dforge_change_log_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION audit.log_change()', t.rel);
     END IF;
   END LOOP;
@@ -185,14 +189,12 @@ DECLARE
   n integer := 0;
 BEGIN
   FOR t IN
-    SELECT c.oid::regclass AS rel, c.relispartition AS part FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace
-     WHERE s.nspname IN (${moduleSchemaList}) AND c.relkind IN ('r', 'p')
+    SELECT c.oid::regclass AS rel FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace
+     WHERE s.nspname IN (${moduleSchemaList}) AND c.relkind = 'r'
        AND NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND g.tgname = 'dforge_change_log')
   LOOP
     EXECUTE format('CREATE OR REPLACE TRIGGER dforge_change_log AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION audit.log_change()', t.rel);
-    IF NOT t.part THEN
-      EXECUTE format('CREATE OR REPLACE TRIGGER dforge_change_log_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION audit.log_change()', t.rel);
-    END IF;
+    EXECUTE format('CREATE OR REPLACE TRIGGER dforge_change_log_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION audit.log_change()', t.rel);
     n := n + 1;
   END LOOP;
   RETURN n;
@@ -204,27 +206,28 @@ CREATE OR REPLACE VIEW audit.coverage AS
 SELECT count(*) AS tables,
        count(*) FILTER (WHERE EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND g.tgname = 'dforge_change_log' AND g.tgenabled IN ('O', 'A'))) AS covered
   FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace
- WHERE s.nspname IN (${moduleSchemaList}) AND c.relkind IN ('r', 'p');
+ WHERE s.nspname IN (${moduleSchemaList}) AND c.relkind = 'r';
 
 -- Every module table gets dforge's change-log triggers, enabled, whatever the dump carried.
 DO $attach$
 DECLARE
   t record;
 BEGIN
-  FOR t IN SELECT c.oid::regclass AS rel, c.relispartition AS part FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace
-            WHERE s.nspname IN (${moduleSchemaList}) AND c.relkind IN ('r', 'p')
+  FOR t IN SELECT c.oid::regclass AS rel FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace
+            WHERE s.nspname IN (${moduleSchemaList}) AND c.relkind = 'r'
+              -- A trigger cloned from a partitioned parent (older databases) can't be replaced; it is kept.
+              AND NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND g.tgname = 'dforge_change_log' AND g.tgparentid <> 0)
   LOOP
-    IF NOT t.part OR NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = t.rel AND g.tgname = 'dforge_change_log' AND g.tgparentid <> 0) THEN
-      EXECUTE format('CREATE OR REPLACE TRIGGER dforge_change_log AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION audit.log_change()', t.rel);
-      EXECUTE format('ALTER TABLE %s ENABLE TRIGGER dforge_change_log', t.rel);
-    END IF;
-    IF NOT t.part THEN
-      EXECUTE format('CREATE OR REPLACE TRIGGER dforge_change_log_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION audit.log_change()', t.rel);
-      EXECUTE format('ALTER TABLE %s ENABLE TRIGGER dforge_change_log_truncate', t.rel);
-    END IF;
+    EXECUTE format('CREATE OR REPLACE TRIGGER dforge_change_log AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW EXECUTE FUNCTION audit.log_change()', t.rel);
+    EXECUTE format('ALTER TABLE %s ENABLE TRIGGER dforge_change_log', t.rel);
+    EXECUTE format('CREATE OR REPLACE TRIGGER dforge_change_log_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION audit.log_change()', t.rel);
+    EXECUTE format('ALTER TABLE %s ENABLE TRIGGER dforge_change_log_truncate', t.rel);
   END LOOP;
 END
 $attach$;
+
+-- After a restore: the change log's rows came from the dump, its sequence position did not.
+SELECT setval('audit.change_log_id_seq', coalesce((SELECT max(id) FROM audit.change_log), 1), (SELECT max(id) FROM audit.change_log) IS NOT NULL);
 
 REVOKE ALL ON ALL TABLES IN SCHEMA audit FROM PUBLIC, ${login};
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA audit FROM PUBLIC, ${login};

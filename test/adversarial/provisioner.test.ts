@@ -137,7 +137,8 @@ describe.skipIf(!available)('the provisioner cannot raise itself, and the provis
         pinnedSearchPath: true,
         publicExecute: false,
         tenantExecute: false,
-        provisionerExecute: true,
+        // The interface's internal helpers (leading underscore) are for its own functions only.
+        provisionerExecute: !f.sig.startsWith('dforge_provision._'),
       });
     }
     const schema = (await prov.query<{create: boolean; owner: string}>("SELECT has_schema_privilege('dforge_provisioner', 'dforge_provision', 'CREATE') AS create, pg_get_userbyid(nspowner) AS owner FROM pg_namespace WHERE nspname = 'dforge_provision'")).rows[0];

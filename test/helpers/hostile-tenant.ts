@@ -286,12 +286,12 @@ export function tenantKeys(slug: string): RegExp[] {
   const s = reEscape(slug);
   return [
     new RegExp(`^role:${r}(__[a-z]+)?/`),
-    new RegExp(`^db:${r}(_(pre_restore|restore|re|pr)_[0-9a-z_]+)?/`),
+    new RegExp(`^db:${r}(__restore|__(pre_restore|pr)_[0-9a-z]+)?/`),
     // Any membership of its roles (granted or, when it is deleted, dropped with them); which ones
     // may exist at all is what roleGraphViolations() checks.
     new RegExp(`^member:${r}(__[a-z]+)?>`),
     new RegExp(`^member:[^>]+>${r}(__[a-z]+)?$`),
-    new RegExp(`^setting:${r}(_(pre_restore|restore|re|pr)_[0-9a-z_]+)?/`),
+    new RegExp(`^setting:${r}(__restore|__(pre_restore|pr)_[0-9a-z]+)?/`),
     new RegExp(`^setting:\\*/${r}(__[a-z]+)?$`),
     new RegExp(`^control:(tenants|credentials):${s}$`),
     new RegExp(`^control:datakeys:${s}:`),
@@ -299,7 +299,7 @@ export function tenantKeys(slug: string): RegExp[] {
 }
 
 /** Kept copies of a tenant's database that a restore leaves behind (dropped by a prune). */
-export const preRestoreCopies = (slug: string): RegExp => new RegExp(`^(db|setting):${reEscape(tenantRole(slug))}_pre_restore_[0-9a-z_]+/`);
+export const preRestoreCopies = (slug: string): RegExp => new RegExp(`^(db|setting):${reEscape(tenantRole(slug))}__(pre_restore|pr)_[0-9a-z]+/`);
 
 // ---------------------------------------------------------------------------------------------
 // Invariants that hold after every command, whatever the diff
