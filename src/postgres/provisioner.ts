@@ -143,17 +143,23 @@ BEGIN
 END
 $fn$;
 
--- Ends the client sessions of a tenant's roles and on every database its owner role owns.
-CREATE OR REPLACE FUNCTION ${PROVISION_SCHEMA}.terminate_tenant_sessions(p_login text) RETURNS integer ${definer} AS $fn$
+-- Ends client sessions: with p_database NULL, those of the tenant's roles and on every database
+-- its owner role owns; else only those on that one database of the tenant's.
+DROP FUNCTION IF EXISTS ${PROVISION_SCHEMA}.terminate_tenant_sessions(text);
+CREATE OR REPLACE FUNCTION ${PROVISION_SCHEMA}.terminate_tenant_sessions(p_login text, p_database text) RETURNS integer ${definer} AS $fn$
 DECLARE
   n integer;
 BEGIN
   PERFORM ${PROVISION_SCHEMA}._require(p_login);
+  IF p_database IS NOT NULL AND NOT ${PROVISION_SCHEMA}._is_tenant_database(p_login, p_database) THEN
+    RAISE EXCEPTION USING ERRCODE = '${NOT_A_TENANT_ROLE}', MESSAGE = format('%I is not a database of tenant role %I', p_database, p_login);
+  END IF;
   SELECT count(pg_terminate_backend(a.pid)) INTO n
     FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid
    WHERE a.pid <> pg_backend_pid() AND NOT r.rolsuper
-     AND (a.usename IN (p_login, p_login || '__restore')
-          OR a.datname IN (SELECT datname FROM pg_database WHERE datdba IN (SELECT oid FROM pg_roles WHERE rolname IN (p_login || '__owner', p_login))));
+     AND CASE WHEN p_database IS NOT NULL THEN a.datname = p_database
+              ELSE a.usename IN (p_login, p_login || '__restore')
+                   OR a.datname IN (SELECT datname FROM pg_database WHERE datdba IN (SELECT oid FROM pg_roles WHERE rolname IN (p_login || '__owner', p_login))) END;
   RETURN n;
 END
 $fn$;
@@ -306,7 +312,7 @@ GRANT EXECUTE ON FUNCTION
   ${PROVISION_SCHEMA}.ensure_tenant_roles(text, text, integer, boolean),
   ${PROVISION_SCHEMA}.set_tenant_password(text, text),
   ${PROVISION_SCHEMA}.set_tenant_login(text, boolean),
-  ${PROVISION_SCHEMA}.terminate_tenant_sessions(text),
+  ${PROVISION_SCHEMA}.terminate_tenant_sessions(text, text),
   ${PROVISION_SCHEMA}.join_tenant_owner(text),
   ${PROVISION_SCHEMA}.leave_tenant_owner(text),
   ${PROVISION_SCHEMA}.hand_over_database(text, text),
@@ -338,8 +344,9 @@ export class TenantRoles {
     return this.call('set_tenant_login($1, $2)', [login, enabled]);
   }
 
-  async terminateSessions(login: string): Promise<number> {
-    const r = await this.query<{n: number}>('terminate_tenant_sessions($1) AS n', [login]);
+  /** Ends the sessions of the tenant's roles and on its databases, or only on `database`. */
+  async terminateSessions(login: string, database?: string): Promise<number> {
+    const r = await this.query<{n: number}>('terminate_tenant_sessions($1, $2) AS n', [login, database ?? null]);
     return r[0]?.n ?? 0;
   }
 

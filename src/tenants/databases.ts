@@ -103,7 +103,8 @@ export class TenantDatabases {
   /** Ends its sessions, takes it back from the owner role and drops it. */
   async drop(name: string): Promise<void> {
     if (!(await this.exists(name))) return;
-    await this.roles.terminateSessions(this.tenant.role).catch(() => undefined);
+    // A login role removed out of band has no sessions to end; DROP DATABASE still reports any other.
+    await this.roles.terminateSessions(this.tenant.role, name).catch(() => undefined);
     await this.roles.takeBack(name, this.tenant.role);
     await this.c.query(`DROP DATABASE IF EXISTS ${escapeIdentifier(name)}`);
   }
