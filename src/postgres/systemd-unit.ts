@@ -67,33 +67,88 @@ export function renderPostgresUnit(spec: PostgresUnitSpec): string {
     'Environment=LC_ALL=C TZ=UTC',
     '',
     '# Hardening: the server may write only its data and run directories and holds no capabilities.',
+    // Files: the OS is read-only, and only the cluster's two directories are writable.
     'ProtectSystem=strict',
     `ReadWritePaths=${spec.dataDir} ${spec.runDir}`,
     `ProtectHome=${underHome ? 'read-only' : 'true'}`,
+    // Its own /tmp: nothing the server writes there outlives it or is seen by others.
     'PrivateTmp=true',
+    // Mount changes made by the service never propagate to the host.
+    'PrivateMounts=true',
+    // Pseudo devices only (/dev/null, /dev/urandom, /dev/shm); no disks, no raw device access.
     'PrivateDevices=true',
+    'DevicePolicy=closed',
+    // Other processes are invisible in /proc, and only /proc/<pid> is mounted (no /proc/sys, /proc/meminfo).
+    // PostgreSQL reads the huge page size from /proc/meminfo and assumes 2 MB without it, which is the x86-64
+    // and 4 KiB-page arm64 default; on hosts with larger default huge pages set huge_page_size explicitly.
+    'ProtectProc=invisible',
+    'ProcSubset=pid',
+    // Privileges: none held, none gained through setuid binaries or file capabilities.
     'NoNewPrivileges=true',
     'CapabilityBoundingSet=',
     'AmbientCapabilities=',
     'RestrictSUIDSGID=true',
+    // The kernel, clock, hostname and cgroup tree are off limits; the server changes none of them.
     'ProtectKernelTunables=true',
     'ProtectKernelModules=true',
     'ProtectKernelLogs=true',
     'ProtectControlGroups=true',
     'ProtectClock=true',
     'ProtectHostname=true',
+    // TCP listeners, the unix socket and sd_notify; no netlink or raw sockets.
     'RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6',
+    // pg_hba admits only loopback clients: every other peer's packets are dropped before the server sees them.
+    // A listen address is allowed too, so local clients that connect through it get pg_hba's answer, not a timeout.
+    'IPAddressDeny=any',
+    `IPAddressAllow=${ipAllowList(spec.listenAddresses).join(' ')}`,
+    // No new namespaces, realtime scheduling or ABI personality: a database server needs none of them.
     'RestrictNamespaces=true',
     'RestrictRealtime=true',
     'LockPersonality=true',
+    // A keyring of its own, shared with no other service.
+    'KeyringMode=private',
+    // Backends fork from the postmaster and share System V and POSIX (/dev/shm) memory: all within @system-service.
+    // PostgreSQL never changes user, renices, pins CPUs or chowns (unix_socket_group stays unset), so those go too.
+    // A call outside the list fails with EPERM, which the server reports, instead of SIGSYS killing a backend.
     'SystemCallArchitectures=native',
-    '# No MemoryDenyWriteExecute: the JIT compiler (llvmjit) writes executable code at run time.',
+    'SystemCallFilter=@system-service',
+    'SystemCallFilter=~@privileged @resources',
+    'SystemCallErrorNumber=EPERM',
+    // Stopping this unit must not remove IPC objects the account owns: another cluster may run as the same user.
+    // (logind's RemoveIPC= does so at logout too but spares system accounts like dforge's; a login account
+    // as User= needs RemoveIPC=no in logind.conf.)
+    'RemoveIPC=no',
+    '# No PrivateIPC: before starting, the postmaster checks that no backend of an earlier server (one from',
+    '# dforge db start too) still holds the data directory\'s shared memory block, which it could not see there.',
+    '# No MemoryDenyWriteExecute: the JIT compiler (llvmjit) maps the code it generates executable with',
+    '# mprotect, which that refuses; JIT is on by default and any session may SET jit = on.',
+    '# No PrivateUsers: it keeps the ownership PostgreSQL checks (its own account and root stay mapped), but the',
+    '# unit would fail to start (217/USER) on kernels or containers without user namespaces.',
+    '# No PrivateNetwork: clients reach the server over the host\'s loopback, which a private one would hide.',
     '',
     '[Install]',
     'WantedBy=multi-user.target',
     '',
   ];
   return lines.join('\n');
+}
+
+/**
+ * Peers the server may exchange IP packets with: loopback always, plus each listen address that is a
+ * concrete non-loopback IP (a host's own client connecting to it has it as source). Wildcards (*, 0.0.0.0,
+ * ::) name no peer, and a zone (fe80::1%eth0) means nothing to the packet filter.
+ */
+function ipAllowList(listenAddresses: readonly string[]): string[] {
+  const allow = ['localhost'];
+  for (const address of listenAddresses) {
+    if (address === '*' || address === 'localhost') continue;
+    const ip = address.split('%', 1)[0] ?? '';
+    if (isLoopback(ip)) continue;
+    if (net.isIP(ip) === 0) throw new BugError(`listen address ${JSON.stringify(address)} was not validated before rendering`);
+    if (/^[0.:]+$/.test(ip) || allow.includes(ip)) continue;
+    allow.push(ip);
+  }
+  return allow;
 }
 
 function isLoopback(address: string): boolean {

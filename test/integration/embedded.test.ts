@@ -298,6 +298,9 @@ describe.skipIf(!available)('embedded PostgreSQL data plane (real binaries)', ()
       'PrivateTmp=true',
       'NoNewPrivileges=true',
       'CapabilityBoundingSet=',
+      'SystemCallFilter=@system-service',
+      'IPAddressDeny=any',
+      'IPAddressAllow=localhost',
       'WantedBy=multi-user.target',
     ]) {
       expect(lines).toContain(expected);
@@ -306,7 +309,7 @@ describe.skipIf(!available)('embedded PostgreSQL data plane (real binaries)', ()
     expect(production.renderSystemdUnit({description: 'eu primary', execUser: 'pgsvc'}).split('\n')).toEqual(expect.arrayContaining(['Description=eu primary', 'User=pgsvc']));
     expect(production.renderSystemdUnit({execUser: 'pgsvc'})).not.toMatch(/^Group=/m);
     const exposed = new EmbeddedPostgres({dataDir: prodData, runDir: prodRun, port: 5432, bins: bins!, account, listenAddresses: ['10.0.0.5']});
-    expect(exposed.renderSystemdUnit().split('\n')).toEqual(expect.arrayContaining(['Wants=network-online.target', 'After=network-online.target']));
+    expect(exposed.renderSystemdUnit().split('\n')).toEqual(expect.arrayContaining(['Wants=network-online.target', 'After=network-online.target', 'IPAddressAllow=localhost 10.0.0.5']));
     // A data directory in /tmp would be hidden by PrivateTmp and aged out by systemd-tmpfiles.
     expect(() => plane.renderSystemdUnit()).toThrow(/temporary directory/);
 
