@@ -10,12 +10,3 @@ export function missingComponent(component: string, reason: string): never | fal
   process.stderr.write(`[skip] ${component} unavailable: ${reason}\n`);
   return false;
 }
-
-/**
- * For a tool that only sharpens a check and that CI images need not carry (systemd-analyze): skipped
- * with a visible reason, even with CI=true.
- */
-export function optionalComponent(component: string, reason: string): false {
-  process.stderr.write(`[skip] ${component} unavailable: ${reason}\n`);
-  return false;
-}

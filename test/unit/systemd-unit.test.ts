@@ -8,7 +8,7 @@ import {afterAll, describe, expect, it} from 'vitest';
 
 import {BugError} from '../../src/errors.js';
 import {renderPostgresUnit, type PostgresUnitSpec} from '../../src/postgres/systemd-unit.js';
-import {optionalComponent} from '../helpers/requirements.js';
+import {missingComponent} from '../helpers/requirements.js';
 
 const execFile = promisify(execFileCb);
 
@@ -100,10 +100,10 @@ describe('renderPostgresUnit', () => {
 // --offline arrived in systemd 250.
 async function securityAnalyzer(): Promise<string | false> {
   const bin = ['/usr/bin/systemd-analyze', '/bin/systemd-analyze'].find((f) => existsSync(f));
-  if (!bin) return optionalComponent('systemd-analyze', 'not installed (Debian package systemd): exposure score not measured');
+  if (!bin) return missingComponent('systemd-analyze', 'not installed (Debian package systemd): exposure score not measured');
   const {stdout} = await execFile(bin, ['--version']);
   const version = Number(/^systemd (\d+)/.exec(stdout)?.[1]);
-  if (!(version >= 250)) return optionalComponent('systemd-analyze security --offline', `systemd ${version} predates it (250)`);
+  if (!(version >= 250)) return missingComponent('systemd-analyze security --offline', `systemd ${version} predates it (250)`);
   return bin;
 }
 
