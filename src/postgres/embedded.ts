@@ -78,6 +78,15 @@ export interface SystemdUnitOptions {
   readonly execGroup?: string;
 }
 
+/**
+ * How every cluster dforge creates is initialised, whoever runs initdb: this data plane, or the
+ * image's entrypoint through POSTGRES_INITDB_ARGS in compose and Kubernetes. With checksums,
+ * PostgreSQL detects a page damaged on disk when it reads it, instead of serving it.
+ */
+export const INITDB_ARGS = ['--auth-local=scram-sha-256', '--auth-host=scram-sha-256', '--encoding=UTF8', '--data-checksums'] as const;
+/** Byte-order collation under a UTF-8 character set; the embedded plane falls back to --no-locale without it. */
+export const INITDB_LOCALE = '--locale=C.UTF-8';
+
 // Files dforge owns inside the data directory, relative to it.
 const CONF_FILE = 'dforge.conf';
 const HBA_FILE = 'pg_hba.conf';
@@ -314,10 +323,16 @@ export class EmbeddedPostgres {
       '# TLS 1.3 only; the certificates come from the install CA. Paths are relative to the data directory.',
       'ssl = on',
       "ssl_min_protocol_version = 'TLSv1.3'",
+      '# ssl_ciphers governs TLS 1.2 and older only, which the line above refuses: should the minimum ever',
+      '# be lowered, only forward-secret AEAD suites remain.',
+      "ssl_ciphers = 'ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256'",
+      'ssl_prefer_server_ciphers = on',
       `ssl_cert_file = '${CERT_FILE}'`,
       `ssl_key_file = '${KEY_FILE}'`,
       `ssl_ca_file = '${CA_FILE}'`,
       "password_encryption = 'scram-sha-256'",
+      '# The socket is the superuser\'s way in: the server account alone may connect (root passes anyway).',
+      'unix_socket_permissions = 0700',
       '',
       '# Who connected from where, and when. One file per weekday, truncated a week later, so disk use stays bounded.',
       'logging_collector = on',
@@ -329,8 +344,25 @@ export class EmbeddedPostgres {
       'log_file_mode = 0600',
       'log_connections = on',
       'log_disconnections = on',
-      "log_line_prefix = '%m [%p] %q%u@%d %r '",
+      '# The client\'s port is on its connection line, to which [%p] ties every later line of the session.',
+      "log_line_prefix = '%m [%p] %q%u@%d %h app=%a '",
+      'log_hostname = off',
       "log_timezone = 'UTC'",
+      '# Errors with their SQLSTATE; checkpoints, lock waits past deadlock_timeout, every temporary file and',
+      '# every replication command (a base backup copies every tenant).',
+      'log_error_verbosity = verbose',
+      'log_checkpoints = on',
+      'log_lock_waits = on',
+      'log_temp_files = 0',
+      'log_replication_commands = on',
+      '',
+      '# A statement\'s text is logged when it fails (log_min_error_statement) or raises a LOG line (a lock',
+      '# wait, a temporary file, RAISE LOG); with the log_parameter_* lines below, its bind parameters never',
+      '# are. So a password verifier travels as a bind parameter only. log_statement stays none while dforge',
+      '# still sends ALTER ROLE ... PASSWORD as SQL text, which ddl would log.',
+      "log_statement = 'none'",
+      'log_parameter_max_length = 0',
+      'log_parameter_max_length_on_error = 0',
       '',
     ];
     return lines.join('\n');
@@ -420,8 +452,8 @@ export class EmbeddedPostgres {
       await handle.writeFile(`${password}\n`);
       await handle.close();
       await this.own(pwfile);
-      const base = ['-D', this.dataDir, '-U', superuser, `--pwfile=${pwfile}`, '--auth-local=scram-sha-256', '--auth-host=scram-sha-256', '-E', 'UTF8', '--data-checksums'];
-      let run = await this.tool('initdb', [...base, '--locale=C.UTF-8'], 600);
+      const base = ['-D', this.dataDir, '-U', superuser, `--pwfile=${pwfile}`, ...INITDB_ARGS];
+      let run = await this.tool('initdb', [...base, INITDB_LOCALE], 600);
       // Hosts without a C.UTF-8 locale (old glibc, minimal images) get byte-order collation, which sorts identically.
       if (run.code !== 0 && /locale/i.test(run.stderr) && (await fs.readdir(this.dataDir)).length === 0) {
         run = await this.tool('initdb', [...base, '--no-locale'], 600);

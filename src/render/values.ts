@@ -1,6 +1,7 @@
 import {PROVISIONER_ROLE} from '../control/bootstrap.js';
 import type {ClusterConfig, DforgeConfig} from '../config/schema.js';
 import {UserError} from '../errors.js';
+import {INITDB_ARGS, INITDB_LOCALE} from '../postgres/embedded.js';
 import {EMBEDDED_SUPERUSER} from '../postgres/embedded-install.js';
 
 /**
@@ -15,6 +16,9 @@ export type ImageService = (typeof IMAGE_SERVICES)[number];
 /** Numeric ids the images run as (the official postgres image's 999; an unprivileged id for the dForge services). */
 export const POSTGRES_UID = 999;
 export const APP_UID = 10_001;
+
+/** POSTGRES_INITDB_ARGS for the images' entrypoints, which split it on spaces. */
+export const POSTGRES_INITDB_ARGS = [...INITDB_ARGS, INITDB_LOCALE].join(' ');
 
 /** The role the auth service logs in to auth-db with; its database has the same name (pg_hba sameuser). */
 export const AUTH_DB_ROLE = 'dforge_auth';
@@ -55,7 +59,7 @@ export function templateValues(config: DforgeConfig): Record<string, unknown> {
     kubernetes: config.kubernetes,
     // Where the HTTP redirect points: the domain, with the port when it is not the default.
     publicAuthority: httpsPort === 443 ? config.domain : `${config.domain}:${httpsPort}`,
-    postgres: {cluster: cluster.name, port: cluster.port, superuser: EMBEDDED_SUPERUSER, provisioner: PROVISIONER_ROLE},
+    postgres: {cluster: cluster.name, port: cluster.port, superuser: EMBEDDED_SUPERUSER, provisioner: PROVISIONER_ROLE, initdbArgs: POSTGRES_INITDB_ARGS},
     auth: {role: AUTH_DB_ROLE},
     uids: {postgres: `${POSTGRES_UID}:${POSTGRES_UID}`, app: `${APP_UID}:${APP_UID}`},
   };

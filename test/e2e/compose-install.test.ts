@@ -13,6 +13,7 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 import {runCli, type CliResult} from '../helpers/cli.js';
 import {connectDocker, dockerUnavailableReason} from '../helpers/docker-engine.js';
 import {freePort} from '../helpers/pg-cluster.js';
+import {HARDENED_SETTINGS} from '../helpers/postgres-hardening.js';
 import {missingComponent} from '../helpers/requirements.js';
 import {ensureTestImages, type TestImages} from '../helpers/test-images.js';
 
@@ -148,6 +149,29 @@ describe.skipIf(!available)('dforge install on Docker Compose', () => {
     }
   }, 60_000);
 
+  it('postgres and auth-db: initialised with checksums, running with the hardened settings, a 0700 socket', async () => {
+    const {openKeyServices} = await import('../../src/keys/context.js');
+    const {InstallDir} = await import('../../src/state/install-dir.js');
+    const {AUTH_DB_SUPERUSER_SECRET} = await import('../../src/install/secrets.js');
+    const {authDbSocketDir, postgresSocketDir} = await import('../../src/install/compose-runtime.js');
+    const {connectOverSocket} = await import('../../src/postgres/connect.js');
+    const install = new InstallDir(dir);
+    const keys = await openKeyServices(install);
+    const expected = {...HARDENED_SETTINGS, data_checksums: 'on'};
+    const list = Object.keys(expected).map((name) => `'${name}'`).join(', ');
+    for (const [socketDir, secret] of [[postgresSocketDir(install), 'postgres/eu-1/superuser'], [authDbSocketDir(install), AUTH_DB_SUPERUSER_SECRET]] as const) {
+      const password = (await keys.sealed.get(secret)).toString('utf8');
+      const c = await connectOverSocket(socketDir, 5432, {user: 'dforge_admin', password, database: 'postgres'});
+      try {
+        const {rows} = await c.query<{name: string; value: string}>(`SELECT name, current_setting(name) AS value FROM unnest(ARRAY[${list}]) AS name`);
+        expect(Object.fromEntries(rows.map((r) => [r.name, r.value])), socketDir).toEqual(expected);
+      } finally {
+        await c.end();
+      }
+      expect((await fs.stat(path.join(socketDir, '.s.PGSQL.5432'))).mode & 0o777, socketDir).toBe(0o700);
+    }
+  }, 60_000);
+
   it('HTTP redirects to HTTPS on the configured domain', async () => {
     const res = await fetch(`http://127.0.0.1:${ports.http}/some/path`, {redirect: 'manual', headers: {host: 'evil.example'}});
     expect(res.status).toBe(301);
@@ -261,6 +285,18 @@ describe.skipIf(!available)('dforge install on Docker Compose', () => {
     expect(s.tenants.find((t) => t.slug === 'acme')?.lastBackup).not.toBeNull();
     expect(s.certificates.map((c) => c.name)).toContain('proxy');
   }, 120_000);
+
+  it('postgres and auth-db log every session with its application name, and no password verifier', async () => {
+    const docker = await connectDocker();
+    for (const service of ['postgres', 'auth-db']) {
+      const [c] = await docker.listContainers({filters: {label: [`com.docker.compose.project=${project}`, `com.docker.compose.service=${service}`]}});
+      const {stdout, stderr} = await execFile('docker', ['logs', c!.Id], {maxBuffer: 64 * 1024 * 1024});
+      const log = `${stdout}${stderr}`;
+      // Bootstrap, tenant creation and the auth role all set passwords; log_statement none keeps their text out.
+      expect(log, service).toMatch(/ \[\d+\] dforge_admin@postgres \[local\] app=dforge LOG: {2}00000: disconnection: /);
+      expect(log, service).not.toContain('SCRAM-SHA-256$');
+    }
+  }, 60_000);
 
   it('uninstalls: containers go, volumes and secrets stay; --purge without --confirm is refused', async () => {
     const docker = await connectDocker();

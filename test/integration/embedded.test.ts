@@ -13,6 +13,7 @@ import {findPostgresBinaries, pgToolPath, type PostgresBinaries, type PostgresTo
 import {EmbeddedPostgres, type EmbeddedInitOptions} from '../../src/postgres/embedded.js';
 import {serverAccount, type ServiceAccount} from '../../src/postgres/service-account.js';
 import {freePort, queryOnce} from '../helpers/pg-cluster.js';
+import {HARDENED_SETTINGS} from '../helpers/postgres-hardening.js';
 import {missingComponent} from '../helpers/requirements.js';
 import {createTestCa} from '../helpers/test-ca.js';
 
@@ -147,6 +148,28 @@ describe.skipIf(!available)('embedded PostgreSQL data plane (real binaries)', ()
     expect(shown!.password_encryption).toBe('scram-sha-256');
     const [verifier] = await queryOnce<{rolpassword: string}>(socketConfig(), `SELECT rolpassword FROM pg_authid WHERE rolname = '${superuser}'`);
     expect(verifier!.rolpassword).toMatch(/^SCRAM-SHA-256\$/);
+  });
+
+  it('runs with the hardened settings: CIS logging, explicit TLS 1.2 suites, a 0700 socket', async () => {
+    const list = Object.keys(HARDENED_SETTINGS).map((name) => `'${name}'`).join(', ');
+    const rows = await queryOnce<{name: string; value: string}>(socketConfig(), `SELECT name, current_setting(name) AS value FROM unnest(ARRAY[${list}]) AS name`);
+    expect(Object.fromEntries(rows.map((r) => [r.name, r.value]))).toEqual(HARDENED_SETTINGS);
+    expect((await fs.stat(path.join(runDir, `.s.PGSQL.${port}`))).mode & 0o777).toBe(0o700);
+  });
+
+  it('logs the application name, and no password sent as SQL text (log_statement is none)', async () => {
+    await queryOnce({...socketConfig(), application_name: 'dforge-log-probe'}, 'SELECT 1');
+    // The collector writes asynchronously: wait for the disconnection line of that session.
+    let log = '';
+    for (let i = 0; i < 50 && !log.includes('app=dforge-log-probe LOG:  00000: disconnection'); i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const files = (await fs.readdir(runDir)).filter((f) => /^postgresql-.*\.log$/.test(f));
+      log = (await Promise.all(files.map((f) => fs.readFile(path.join(runDir, f), 'utf8')))).join('');
+    }
+    // verbose: the SQLSTATE follows the level.
+    expect(log).toMatch(/ \[\d+\] dforge_admin@postgres \[local\] app=dforge-log-probe LOG: {2}00000: disconnection: /);
+    // beforeAll created the provisioner and the tenants with plaintext passwords at top level.
+    for (const secret of [superuserPassword, provisionerPassword, ...Object.values(tenantPasswords)]) expect(log).not.toContain(secret);
   });
 
   it('lets the provisioner reach every database over verified TLS 1.3', async () => {

@@ -9,6 +9,7 @@ import {promisify} from 'node:util';
 import type Docker from 'dockerode';
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
+import {POSTGRES_INITDB_ARGS} from '../../src/render/values.js';
 import {connectDocker, dockerUnavailableReason, runContainer, TEST_IMAGE_LABEL, type RunResult} from '../helpers/docker-engine.js';
 import {missingComponent} from '../helpers/requirements.js';
 import {createTestCa, type TestCa} from '../helpers/test-ca.js';
@@ -119,10 +120,10 @@ describe.skipIf(!available)('locally built test images', () => {
     expect(logs).toContain('running /docker-entrypoint-initdb.d/20-tenant-database.sh');
     expect(logs).toContain('running /docker-entrypoint-initdb.d/30-init-server-is-private.sh');
     for (const secret of [superuserPassword, tenantPassword]) expect(logs).not.toContain(secret);
-    // POSTGRES_INITDB_ARGS reached initdb: even the local socket wants the password.
+    // POSTGRES_INITDB_ARGS (dforge's own) reached initdb: even the local socket wants the password, and pages carry checksums.
     expect((await exec(postgres, ['psql', '-XAtc', 'select 1', '--username=dforge', '--no-password'])).exitCode).not.toBe(0);
-    const query = 'select current_user, current_database(), count(*) from pg_roles where rolname = $$tenant_acme$$';
-    expect(await exec(postgres, ['psql', '-XAtc', query, '--username=dforge'], [`PGPASSWORD=${superuserPassword}`])).toMatchObject({exitCode: 0, stdout: 'dforge|dforge|1\n'});
+    const query = 'select current_user, current_database(), count(*), current_setting($$data_checksums$$) from pg_roles where rolname = $$tenant_acme$$';
+    expect(await exec(postgres, ['psql', '-XAtc', query, '--username=dforge'], [`PGPASSWORD=${superuserPassword}`])).toMatchObject({exitCode: 0, stdout: 'dforge|dforge|1|on\n'});
   });
 
   it('standin: health, catalog, and a ping as the tenant role over verify-full TLS', async () => {
@@ -181,7 +182,7 @@ describe.skipIf(!available)('locally built test images', () => {
     return {
       image: images.postgres,
       aliases: ['postgres', 'pg-unlisted'],
-      env: ['POSTGRES_USER=dforge', 'POSTGRES_INITDB_ARGS=--auth-local=scram-sha-256 --auth-host=scram-sha-256', ...(initialize ? ['POSTGRES_PASSWORD_FILE=/var/lib/postgresql/superuser.password'] : [])],
+      env: ['POSTGRES_USER=dforge', `POSTGRES_INITDB_ARGS=${POSTGRES_INITDB_ARGS}`, ...(initialize ? ['POSTGRES_PASSWORD_FILE=/var/lib/postgresql/superuser.password'] : [])],
       cmd: ['postgres', '-c', 'ssl=on', '-c', 'ssl_min_protocol_version=TLSv1.3', '-c', `ssl_cert_file=${tls}/server.crt`, '-c', `ssl_key_file=${tls}/server.key`],
       mounts: [{Type: 'volume', Source: volume, Target: PGDATA}],
       files: [

@@ -10,6 +10,7 @@ import {configSchema, type DforgeConfig} from '../../src/config/schema.js';
 import {UserError} from '../../src/errors.js';
 import {renderCompose} from '../../src/render/compose.js';
 import type {RenderedFile} from '../../src/render/rendered-file.js';
+import {confSettings, HARDENED_SETTINGS} from '../helpers/postgres-hardening.js';
 
 /** Golden files of the fixed config below; regenerate after an intended template change with UPDATE_GOLDEN=1. */
 const GOLDEN = fileURLToPath(new URL('../golden/compose/', import.meta.url));
@@ -82,6 +83,17 @@ describe('renderCompose', () => {
     expect(compose.services.proxy.ports).toEqual(['0.0.0.0:8080:80', '0.0.0.0:8443:443']);
     expect(compose.services.app.image).toBe('registry.example.com/dforge/app:1.4.2');
     expect(compose.services.auth.image).toBe('dforge/auth:1.4.2');
+  });
+
+  it('hardens postgres and auth-db alike: checksums at initdb, the CIS logging and TLS settings', async () => {
+    const files = await renderCompose(fixed(), undefined);
+    for (const conf of ['postgres/postgresql.conf', 'auth-db/postgresql.conf']) {
+      expect(confSettings(files.find((f) => f.path === conf)!.content), conf).toMatchObject(HARDENED_SETTINGS);
+    }
+    const compose = composeOf(files);
+    for (const service of ['postgres', 'auth-db']) {
+      expect(compose.services[service].environment.POSTGRES_INITDB_ARGS.split(' '), service).toEqual(expect.arrayContaining(['--data-checksums', '--auth-local=scram-sha-256', '--auth-host=scram-sha-256']));
+    }
   });
 
   it('lets an override in <dir>/templates/compose/ shadow the packaged file, and relabels only its service', async () => {

@@ -19,6 +19,7 @@ import {InstallDir} from '../../src/state/install-dir.js';
 import {tempInstall} from '../helpers/install-fixture.js';
 import {objectId, parseManifests, podTemplates, schemaProblems, unknownFieldProblems, type Container, type K8sObject} from '../helpers/k8s-objects.js';
 import {allowedFlows, type Endpoint} from '../helpers/network-policy.js';
+import {confSettings, HARDENED_SETTINGS} from '../helpers/postgres-hardening.js';
 
 const base = {
   version: 1,
@@ -250,13 +251,15 @@ describe('renderKubernetes', () => {
     }
   });
 
-  it('configures PostgreSQL for TLS 1.3, scram and sameuser, auth-db under its own name, and the proxy on 8080', async () => {
+  it('configures PostgreSQL for TLS 1.3, scram, checksums, CIS logging and sameuser, auth-db under its own name, and the proxy on 8080', async () => {
     const objects = objectsOf(await renderKubernetes(config(), undefined));
     const postgres = (find(objects, 'ConfigMap', 'postgres-config') as {data?: Record<string, string>}).data!;
     const authDb = (find(objects, 'ConfigMap', 'auth-db-config') as {data?: Record<string, string>}).data!;
-    for (const conf of [postgres['postgresql.conf']!, authDb['postgresql.conf']!]) {
-      expect(conf).toContain("ssl_min_protocol_version = 'TLSv1.3'");
-      expect(conf).toContain("password_encryption = 'scram-sha-256'");
+    for (const conf of [postgres['postgresql.conf']!, authDb['postgresql.conf']!]) expect(confSettings(conf)).toMatchObject(HARDENED_SETTINGS);
+    for (const owner of ['StatefulSet/postgres', 'StatefulSet/auth-db']) {
+      const [container] = podTemplates(objects).find((t) => t.owner === owner)!.spec.containers;
+      const initdbArgs = (container!.env as Array<{name: string; value?: string}>).find((e) => e.name === 'POSTGRES_INITDB_ARGS')?.value;
+      expect(initdbArgs?.split(' '), owner).toEqual(expect.arrayContaining(['--data-checksums', '--auth-local=scram-sha-256', '--auth-host=scram-sha-256']));
     }
     expect(postgres['postgresql.conf']).toContain("cluster_name = 'eu-1'");
     expect(authDb['postgresql.conf']).toContain("cluster_name = 'auth-db'");
