@@ -1,7 +1,8 @@
 import type {Client} from 'pg';
 
 import {escapeIdentifier} from '../postgres/sql.js';
-import {provisionerInterfaceSql, PROVISION_SCHEMA, TENANT_TEMPLATE_DATABASE} from '../postgres/provisioner.js';
+import {provisionerInterfaceSql, TENANT_TEMPLATE_DATABASE} from '../postgres/provisioner.js';
+import {applyRoleWithVerifier} from '../postgres/role-password.js';
 import {scramVerifier} from '../postgres/scram.js';
 import {tenantTemplateSql} from '../tenants/module-sql.js';
 import {migrateControlSchema} from './schema.js';
@@ -49,8 +50,16 @@ export async function bootstrapCluster(
   );
   for (const m of memberships.rows) await admin.query(`REVOKE ${escapeIdentifier(m.role)} FROM ${role}`);
   await admin.query(provisionerInterfaceSql(PROVISIONER_ROLE));
-  await admin.query(`SELECT ${PROVISION_SCHEMA}._apply_role('ALTER ROLE %I PASSWORD %L', $1, $2)`, [PROVISIONER_ROLE, scramVerifier(options.provisionerPassword)]);
+  await applyRoleWithVerifier(admin, 'ALTER ROLE %I PASSWORD %L', PROVISIONER_ROLE, scramVerifier(options.provisionerPassword));
+  // CIS 4.10: nobody creates objects in a public schema dforge does not use.
+  await admin.query('REVOKE ALL ON SCHEMA public FROM PUBLIC');
   await ensureTenantTemplate(admin, options.connectAsAdmin);
+  const template1 = await options.connectAsAdmin('template1');
+  try {
+    await template1.query('REVOKE ALL ON SCHEMA public FROM PUBLIC');
+  } finally {
+    await template1.end();
+  }
 
   let controlDatabaseCreated = false;
   let migrationsApplied: number[] = [];
@@ -66,6 +75,7 @@ export async function bootstrapCluster(
       // dforge's tables live in a schema the provisioner owns outright, not in public, which
       // belongs to pg_database_owner and is where extensions and careless tools write.
       await provisioner.query(`CREATE SCHEMA IF NOT EXISTS ${CONTROL_SCHEMA}`);
+      await provisioner.query('REVOKE ALL ON SCHEMA public FROM PUBLIC');
       await provisioner.query(`ALTER DATABASE ${db} SET search_path = ${CONTROL_SCHEMA}`);
       await provisioner.query(`SET search_path = ${CONTROL_SCHEMA}`);
       migrationsApplied = await migrateControlSchema(provisioner);
