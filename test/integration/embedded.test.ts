@@ -9,26 +9,18 @@ import pg from 'pg';
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
 import {UserError} from '../../src/errors.js';
-import {findPostgresBinaries, pgToolPath, type PostgresBinaries, type PostgresTool} from '../../src/postgres/binaries.js';
+import {findPostgresBinaries, pgToolPath, type PostgresTool} from '../../src/postgres/binaries.js';
 import {EmbeddedPostgres, type EmbeddedInitOptions} from '../../src/postgres/embedded.js';
 import {serverAccount, type ServiceAccount} from '../../src/postgres/service-account.js';
 import {freePort, queryOnce} from '../helpers/pg-cluster.js';
 import {HARDENED_SETTINGS} from '../helpers/postgres-hardening.js';
-import {missingComponent} from '../helpers/requirements.js';
+import {hostPostgresBinaries} from '../helpers/requirements.js';
 import {createTestCa} from '../helpers/test-ca.js';
 
 const execFile = promisify(execFileCb);
 
-function installedBinaries(): PostgresBinaries | undefined {
-  try {
-    return findPostgresBinaries();
-  } catch {
-    return undefined;
-  }
-}
-
-const bins = installedBinaries();
-const available = bins !== undefined || missingComponent('PostgreSQL', 'no server binaries in /usr/lib/postgresql/<N>/bin or /usr/pgsql-<N>/bin (install the Debian package postgresql)');
+const bins = hostPostgresBinaries();
+const available = bins !== undefined;
 
 async function rejection(promise: Promise<unknown>): Promise<unknown> {
   try {

@@ -7,24 +7,16 @@ import {promisify} from 'node:util';
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
 import {configSchema, type DforgeConfig} from '../../src/config/schema.js';
-import {findPostgresBinaries, pgToolPath, type PostgresBinaries} from '../../src/postgres/binaries.js';
+import {pgToolPath} from '../../src/postgres/binaries.js';
 import {renderCompose} from '../../src/render/compose.js';
 import {renderKubernetes} from '../../src/render/k8s.js';
 import {parseManifests} from '../helpers/k8s-objects.js';
-import {missingComponent} from '../helpers/requirements.js';
+import {hostPostgresBinaries} from '../helpers/requirements.js';
 
 const execFile = promisify(execFileCb);
 
-function installedBinaries(): PostgresBinaries | undefined {
-  try {
-    return findPostgresBinaries();
-  } catch {
-    return undefined;
-  }
-}
-
-const bins = installedBinaries();
-const available = bins !== undefined || missingComponent('PostgreSQL', 'no server binaries in /usr/lib/postgresql/<N>/bin or /usr/pgsql-<N>/bin (install the Debian package postgresql)');
+const bins = hostPostgresBinaries();
+const available = bins !== undefined;
 
 const config = (target: 'compose' | 'k8s'): DforgeConfig =>
   configSchema.parse({version: 1, domain: 'dforge.example.com', target, primaryRegion: 'eu', release: '1.4.2', regions: {eu: {clusters: [{name: 'eu-1', kind: 'bundled', port: 15432}]}}});
