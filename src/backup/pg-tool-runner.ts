@@ -64,9 +64,16 @@ export async function startPgTool(plane: ControlPlane, request: PgToolRequest): 
   }
   const endpoint = await endpointOf(plane.keys.dir, plane.config, request.cluster);
   const binary = hostTool(request.tool, request.serverMajor);
-  const session = await libpqSession(endpoint, request.credentials);
+  const session = await libpqSession(plane.keys.dir, endpoint, request.credentials);
   const [file, ...args] = withList(request.tool === 'pg_dump' && STDBUF ? [STDBUF, '-o', '1M', binary, ...request.args] : [binary, ...request.args], request);
-  return sendList({...spawnTool(file!, args, session.env, request.tool), close: () => session.close()}, request);
+  let tool: ToolProcess;
+  try {
+    tool = spawnTool(file!, args, session.env, request.tool);
+  } catch (err) {
+    await session.close();
+    throw err;
+  }
+  return sendList({...tool, close: () => session.close()}, request);
 }
 
 /**

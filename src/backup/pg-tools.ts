@@ -1,31 +1,38 @@
 import {spawn} from 'node:child_process';
 import {randomBytes} from 'node:crypto';
-import {promises as fs} from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import type {Readable, Writable} from 'node:stream';
 
 import {UserError} from '../errors.js';
 import type {ClusterEndpoint} from '../postgres/connect.js';
 import {findPostgresBinaries, pgToolPath} from '../postgres/binaries.js';
+import type {InstallDir} from '../state/install-dir.js';
+import {onTermination} from '../util/termination.js';
+import {openCredentialDir} from './credential-dir.js';
 
 /**
  * Runs libpq tools (pg_dump, pg_restore) against a cluster over verified TLS 1.3. The password goes
  * through a 0600 passfile that exists only while the tool runs: never argv, never the environment.
+ * It is in a private directory of the install (see credential-dir.ts), never in the temp directory.
  */
 export interface LibpqSession {
   readonly env: NodeJS.ProcessEnv;
   close(): Promise<void>;
 }
 
-export async function libpqSession(endpoint: ClusterEndpoint, credentials: {user: string; password: string; database: string}): Promise<LibpqSession> {
-  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'dforge-libpq-'));
-  const passfile = path.join(dir, 'pgpass');
-  const ca = path.join(dir, 'ca.pem');
+export async function libpqSession(dir: InstallDir, endpoint: ClusterEndpoint, credentials: {user: string; password: string; database: string}): Promise<LibpqSession> {
+  const files = await openCredentialDir(dir);
   // pgpass fields escape ':' and '\'.
   const esc = (v: string): string => v.replaceAll('\\', '\\\\').replaceAll(':', '\\:');
-  await fs.writeFile(passfile, `${esc(endpoint.host)}:${endpoint.port}:*:${esc(credentials.user)}:${esc(credentials.password)}\n`, {mode: 0o600});
-  await fs.writeFile(ca, endpoint.caPem, {mode: 0o600});
+  let passfile: string;
+  let ca: string;
+  try {
+    passfile = await files.write('pgpass', `${esc(endpoint.host)}:${endpoint.port}:*:${esc(credentials.user)}:${esc(credentials.password)}\n`);
+    ca = await files.write('ca.pem', endpoint.caPem);
+  } catch (err) {
+    await files.remove();
+    throw err;
+  }
   return {
     env: {
       PATH: process.env.PATH ?? '/usr/bin:/bin',
@@ -41,9 +48,7 @@ export async function libpqSession(endpoint: ClusterEndpoint, credentials: {user
       PGAPPNAME: `dforge-${randomBytes(3).toString('hex')}`,
       PGCONNECT_TIMEOUT: '10',
     },
-    async close() {
-      await fs.rm(dir, {recursive: true, force: true});
-    },
+    close: () => files.remove(),
   };
 }
 
@@ -71,6 +76,11 @@ export interface ToolProcess {
 /** Spawns a tool and collects its stderr, for an error that says what the tool said. */
 export function spawnTool(binary: string, args: string[], env: NodeJS.ProcessEnv, label = path.basename(binary)): ToolProcess {
   const child = spawn(binary, args, {env, stdio: ['pipe', 'pipe', 'pipe']});
+  // Told to stop, dforge stops its tool too (pg_dump and pg_restore then cancel their query),
+  // rather than leave it running as an orphan, holding its snapshot and locks until its pipe breaks.
+  const forget = onTermination((signal) => child.kill(signal ?? 'SIGTERM'));
+  child.once('exit', forget);
+  child.once('error', forget);
   // A tool that exits early (or is killed because its input failed verification) closes its stdin
   // under a pending write; that EPIPE is reported through the exit status, not as a crash.
   child.stdin.on('error', () => undefined);

@@ -114,7 +114,7 @@ export async function uninstall(dir: InstallDir, options: {purge: boolean}): Pro
   // Exactly what dforge put in the install directory; templates/ overrides and anything else an
   // operator keeps there stay, and so does a backup destination inside one of these paths.
   const removed: string[] = [];
-  const owned = [dir.configFile, path.join(dir.root, 'dforge.schema.json'), dir.secretsDir, dir.runtimeDir, dir.renderedDir, pkiDir(dir), path.join(dir.root, 'state')];
+  const owned = [dir.configFile, path.join(dir.root, 'dforge.schema.json'), dir.secretsDir, dir.runtimeDir, dir.renderedDir, pkiDir(dir), path.join(dir.root, 'state'), dir.libpqSessionsDir];
   for (const entry of owned) {
     if (backups.some((b) => b === entry || b.startsWith(`${entry}${path.sep}`))) continue;
     if (await fs.stat(entry).then(() => true, () => false)) {

@@ -42,6 +42,14 @@ export class InstallDir {
     return path.join(this.root, 'runtime');
   }
 
+  /**
+   * Short-lived credential files of the libpq tools (pg_dump, pg_restore), one private directory
+   * per session: see backup/credential-dir.ts.
+   */
+  get libpqSessionsDir(): string {
+    return path.join(this.root, 'run', 'libpq');
+  }
+
   /** Lock files: private, because a holder record names the command line an operator ran. */
   get locksDir(): string {
     return path.join(this.root, '.locks');

@@ -1,10 +1,10 @@
 import {randomBytes} from 'node:crypto';
 import {promises as fs, readFileSync, unlinkSync} from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 
 import {LockedError} from '../errors.js';
 import {fsyncDir} from './atomic-file.js';
+import {describeProcess, processLiveness, type Liveness, type ProcessRecord} from './process-liveness.js';
 
 /**
  * Exclusive, per-operation locks on the install directory.
@@ -16,13 +16,8 @@ import {fsyncDir} from './atomic-file.js';
  * with O_EXCL, so two runs racing to break the same stale lock can never remove a live one.
  */
 
-export interface LockHolder {
-  readonly pid: number;
-  readonly host: string;
-  /** /proc/sys/kernel/random/boot_id: a record from before a reboot is stale whatever its pid. */
-  readonly bootId: string | null;
-  /** Field 22 of /proc/<pid>/stat: tells a live holder from a later process that reused its pid. */
-  readonly startTicks: string | null;
+/** Who holds a lock: the process (see process-liveness.ts), what it is doing, and since when. */
+export interface LockHolder extends ProcessRecord {
   readonly command: string;
   readonly acquiredAt: string;
   /** Random per acquisition: identifies this exact holding, for release and for breaking. */
@@ -65,7 +60,7 @@ export async function acquireLock(dir: string, name: string, options: AcquireOpt
       const holder = await readHolder(file);
       if (holder === undefined) continue; // released between our link and our read
       if (holder === 'corrupt') throw corruptLockError(name, file);
-      const liveness = holderLiveness(holder);
+      const liveness = processLiveness(holder);
       if (liveness !== 'dead') throw lockedError(name, holder, liveness);
       await breakStaleLock(file, holder, me);
       await sleep(5 + Math.random() * 20);
@@ -135,25 +130,6 @@ async function readHolder(file: string): Promise<LockHolder | 'corrupt' | undefi
   }
 }
 
-type Liveness = 'alive' | 'dead' | 'other-host';
-
-function holderLiveness(holder: LockHolder): Liveness {
-  if (holder.host !== os.hostname()) return 'other-host';
-  const bootId = readBootId();
-  if (holder.bootId !== null && bootId !== null && holder.bootId !== bootId) return 'dead';
-  try {
-    process.kill(holder.pid, 0);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ESRCH') return 'dead';
-    // EPERM: the pid exists and belongs to someone else; fall through to the start-time check.
-  }
-  const startTicks = readStartTicks(holder.pid);
-  if (holder.startTicks !== null && startTicks !== null && startTicks !== holder.startTicks) return 'dead';
-  // A zombie (killed, not yet reaped by its parent) holds nothing.
-  if (readProcessState(holder.pid) === 'Z') return 'dead';
-  return 'alive';
-}
-
 /**
  * Removes `file` only while it still records the stale `holder`. The break token is unique to
  * that holding, so of several runs breaking the same stale lock exactly one proceeds, and a lock
@@ -203,40 +179,11 @@ function corruptLockError(name: string, file: string): LockedError {
 
 function describeSelf(options: AcquireOptions): LockHolder {
   return {
-    pid: process.pid,
-    host: os.hostname(),
-    bootId: readBootId(),
-    startTicks: readStartTicks(process.pid),
+    ...describeProcess(),
     command: options.command,
     acquiredAt: (options.clock ?? (() => new Date()))().toISOString(),
     nonce: randomBytes(12).toString('hex'),
   };
-}
-
-function readBootId(): string | null {
-  try {
-    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-  } catch {
-    return null;
-  }
-}
-
-/** The fields of /proc/<pid>/stat after the command name, which may itself contain spaces. */
-function procStatFields(pid: number): string[] | null {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  } catch {
-    return null;
-  }
-}
-
-function readStartTicks(pid: number): string | null {
-  return procStatFields(pid)?.[19] ?? null;
-}
-
-function readProcessState(pid: number): string | null {
-  return procStatFields(pid)?.[0] ?? null;
 }
 
 function sleep(ms: number): Promise<void> {
