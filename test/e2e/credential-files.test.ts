@@ -128,6 +128,7 @@ describe.skipIf(!available)('credential files of pg_dump and pg_restore', () => 
   let original: unknown[];
   let backupId: string;
   let provisionerConfig: pg.ClientConfig;
+  let superuserConfig: pg.ClientConfig;
   let tenantConfig: pg.ClientConfig;
   const monitors = new Map<pg.ClientConfig, pg.Client>();
 
@@ -211,8 +212,9 @@ describe.skipIf(!available)('credential files of pg_dump and pg_restore', () => 
       // pg_dump runs as the tenant role: the tenant sees its own sessions' wait events.
       await waitFor('pg_dump to wait for the lock', async () => (await monitorQuery(tenantConfig, "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'dforge-%' AND application_name <> 'dforge-test-lock' AND wait_event_type = 'Lock'")).rowCount === 1);
     } else {
-      // pg_restore runs as the provisioner, copying into the scratch database, inside crm.gate().
-      await waitFor('pg_restore to wait in the gate', async () => (await monitorQuery(provisionerConfig, "SELECT 1 FROM pg_stat_activity WHERE datname LIKE 'tenant_acme_re%' AND application_name LIKE 'dforge-%' AND query LIKE 'COPY crm.gated%'")).rowCount === 1);
+      // pg_restore runs as the short-lived restore role, copying into the scratch database, inside
+      // crm.gate(). Only the superuser sees that session's query text.
+      await waitFor('pg_restore to wait in the gate', async () => (await monitorQuery(superuserConfig, "SELECT 1 FROM pg_stat_activity WHERE datname = 'tenant_acme__restore' AND application_name LIKE 'dforge-%' AND query LIKE 'COPY crm.gated%'")).rowCount === 1);
     }
     return {pid, passfile, caFile};
   }
@@ -231,9 +233,12 @@ describe.skipIf(!available)('credential files of pg_dump and pg_restore', () => 
     backupId = (JSON.parse(r.stdout) as {id: string}).id;
     const plane = await install.plane();
     const provisionerPassword = (await plane.keys.sealed.get('postgres/local-1/provisioner')).toString();
+    const superuserPassword = (await plane.keys.sealed.get('postgres/local-1/superuser')).toString();
     const tenantPassword = await install.tenantPassword(plane, 'acme');
     await plane.close();
     provisionerConfig = install.clientConfig('dforge_provisioner', provisionerPassword, 'postgres', {application_name: 'dforge-test-monitor'});
+    // The superuser's only way in: the unix socket (pg_hba rejects it over TCP).
+    superuserConfig = {host: path.join(install.dir.root, 'run', 'postgres', 'local-1'), port: install.port, user: 'dforge_admin', password: superuserPassword, database: 'postgres', application_name: 'dforge-test-monitor'};
     tenantConfig = install.clientConfig('tenant_acme', tenantPassword, 'tenant_acme', {application_name: 'dforge-test-monitor'});
   });
   afterAll(async () => {
