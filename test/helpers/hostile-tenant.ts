@@ -41,6 +41,9 @@ export interface ClusterAccess {
   provisioner(database?: string): Promise<pg.Client>;
 }
 
+/** When set (to a major version such as 17), clusterAccess() fails unless the cluster runs that version. */
+export const EXPECTED_PG_MAJOR_ENV = 'DFORGE_TEST_EXPECT_PG_MAJOR';
+
 export async function clusterAccess(install: EmbeddedInstall): Promise<ClusterAccess> {
   const config = await loadConfigFile(install.dir.configFile);
   const cluster = primaryCluster(config).name;
@@ -48,13 +51,21 @@ export async function clusterAccess(install: EmbeddedInstall): Promise<ClusterAc
   const superuserPassword = (await keys.sealed.get(superuserSecret(cluster))).toString('utf8');
   const provisionerPassword = (await keys.sealed.get(provisionerSecret(cluster))).toString('utf8');
   const socketDir = path.join(install.dir.root, 'run', 'postgres', cluster);
+  const superuser = (database = 'postgres'): Promise<pg.Client> => connectOverSocket(socketDir, install.port, {user: EMBEDDED_SUPERUSER, password: superuserPassword, database});
+  // Set by test/adversarial/postgresql-17.test.ts for the run inside its container, which reads this line.
+  const expectedMajor = process.env[EXPECTED_PG_MAJOR_ENV];
+  if (expectedMajor) {
+    const version = await withClient(superuser(), async (su) => Number((await su.query<{v: string}>("SELECT current_setting('server_version_num') AS v")).rows[0]!.v));
+    process.stderr.write(`[hostile-tenant] server_version_num ${version}\n`);
+    if (Math.floor(version / 10_000) !== Number(expectedMajor)) throw new Error(`${EXPECTED_PG_MAJOR_ENV}=${expectedMajor}, but the cluster runs server_version_num ${version}`);
+  }
   return {
     cluster,
     dataDir: path.join(install.dir.root, 'data', 'postgres', cluster),
     socketDir,
     superuserPassword,
     provisionerPassword,
-    superuser: (database = 'postgres') => connectOverSocket(socketDir, install.port, {user: EMBEDDED_SUPERUSER, password: superuserPassword, database}),
+    superuser,
     async provisioner(database = 'postgres') {
       const c = new pg.Client(install.clientConfig('dforge_provisioner', provisionerPassword, database));
       await c.connect();

@@ -10,10 +10,11 @@ import type Docker from 'dockerode';
 import {TEST_IMAGE_LABEL} from './docker-engine.js';
 
 /**
- * The images the Compose end-to-end tests run, built on this machine from Debian packages because
- * no registry is reachable (scripts/test-images/base.sh explains the route). Each image carries a
- * hash of its build inputs in a label, so a warm call costs three inspects and an edited input
- * rebuilds only the images it feeds.
+ * Images the tests run, built on this machine from Debian packages because no registry is
+ * reachable (scripts/test-images/base.sh explains the route). Each image carries a hash of its
+ * build inputs in a label, so a warm call costs one inspect per image and an edited input rebuilds
+ * only the images it feeds. Each image's Dockerfile is in scripts/test-images/<name>/, and its FROM
+ * line names the Debian suite of its base, dforge-test/base:<suite>, which base.sh debootstraps.
  */
 export interface TestImages {
   readonly postgres: string;
@@ -21,8 +22,16 @@ export interface TestImages {
   readonly standin: string;
 }
 
+/** The images the Compose end-to-end tests run (PostgreSQL 15, as the product's default). */
 const TAGS: TestImages = {postgres: 'dforge-test/postgres:15', proxy: 'dforge-test/proxy:1', standin: 'dforge-test/standin:1'};
-const BASE_TAG = 'dforge-test/base:bookworm';
+/**
+ * PostgreSQL 17 from Debian trixie with what the hostile-tenant suite needs to run inside it
+ * (test/adversarial/postgresql-17.test.ts).
+ */
+export const RUNNER_PG17_TAG = 'dforge-test/runner:pg17';
+const RUNNER_PG17 = 'runner-pg17';
+
+const BASE_REPO = 'dforge-test/base';
 const INPUTS_LABEL = `${TEST_IMAGE_LABEL}.inputs`;
 const SOURCES = fileURLToPath(new URL('../../scripts/test-images/', import.meta.url));
 const BASE_SCRIPT = path.join(SOURCES, 'base.sh');
@@ -37,34 +46,61 @@ interface Inputs {
   readonly hash: string;
 }
 
+interface BaseInputs extends Inputs {
+  readonly suite: string;
+}
+
 interface DockerfileInputs extends Inputs {
   readonly context: string;
+  readonly base: BaseInputs;
 }
 
 export async function ensureTestImages(docker: Docker): Promise<TestImages> {
-  const base: Inputs = {tag: BASE_TAG, hash: await hashFiles([BASE_SCRIPT])};
-  // Each image's Dockerfile directory is named like its key; base.sh feeds all of them.
+  // Each image's Dockerfile directory is named like its key.
+  await ensureImages(docker, (Object.keys(TAGS) as Array<keyof TestImages>).map((name) => ({name, tag: TAGS[name]})));
+  return TAGS;
+}
+
+/** The PostgreSQL 17 runner image (scripts/test-images/runner-pg17/); returns its tag. */
+export async function ensureRunnerPg17Image(docker: Docker): Promise<string> {
+  await ensureImages(docker, [{name: RUNNER_PG17, tag: RUNNER_PG17_TAG}]);
+  return RUNNER_PG17_TAG;
+}
+
+async function ensureImages(docker: Docker, wanted: ReadonlyArray<{name: string; tag: string}>): Promise<void> {
   const images = await Promise.all(
-    (Object.keys(TAGS) as Array<keyof TestImages>).map(async (name): Promise<DockerfileInputs> => {
+    wanted.map(async ({name, tag}): Promise<DockerfileInputs> => {
       const context = path.join(SOURCES, name);
-      return {tag: TAGS[name], context, hash: await hashFiles([BASE_SCRIPT, ...(await filesIn(context))])};
+      const files = await filesIn(context);
+      const suite = await baseSuite(path.join(context, 'Dockerfile'));
+      // base.sh and the suite feed every image built on that base.
+      const base: BaseInputs = {tag: `${BASE_REPO}:${suite}`, suite, hash: await hashFiles([BASE_SCRIPT], suite)};
+      return {tag, context, base, hash: await hashFiles([BASE_SCRIPT, ...files], suite)};
     }),
   );
-  if ((await staleOf(docker, images)).length === 0) return TAGS;
+  if ((await staleOf(docker, images)).length === 0) return;
 
   await withBuildLock(async () => {
     // Another worker may have finished the build while this one waited for the lock.
     const stale = await staleOf(docker, images);
     if (stale.length === 0) return;
     const started = Date.now();
-    if ((await staleOf(docker, [base])).length > 0) await importBase(docker, base.hash);
+    const bases = [...new Map(stale.map((image) => [image.base.tag, image.base])).values()];
+    for (const base of await staleOf(docker, bases)) await importBase(docker, base);
     // allSettled: the lock must not be released while a sibling build still runs.
     const results = await Promise.allSettled(stale.map((image) => buildImage(docker, image)));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
     log(`built ${stale.map((i) => i.tag).join(', ')} in ${Math.round((Date.now() - started) / 1000)} s`);
   });
-  return TAGS;
+}
+
+/** The suite of the base a Dockerfile builds on: its first FROM must be dforge-test/base:<suite>. */
+async function baseSuite(dockerfile: string): Promise<string> {
+  const from = /^\s*FROM\s+(\S+)/im.exec(await fs.readFile(dockerfile, 'utf8'))?.[1];
+  const suite = from?.startsWith(`${BASE_REPO}:`) ? from.slice(BASE_REPO.length + 1) : undefined;
+  if (!suite || !/^[a-z]+$/.test(suite)) throw new Error(`${dockerfile} must start FROM ${BASE_REPO}:<Debian suite>, not ${from ?? 'nothing'}`);
+  return suite;
 }
 
 /** The build inputs in a directory: its files, sorted; a stray directory such as __pycache__ is not one. */
@@ -76,8 +112,8 @@ async function filesIn(dir: string): Promise<string[]> {
     .sort();
 }
 
-async function hashFiles(files: readonly string[]): Promise<string> {
-  const hash = createHash('sha256');
+async function hashFiles(files: readonly string[], suite: string): Promise<string> {
+  const hash = createHash('sha256').update(`suite\0${suite}\0`);
   for (const file of files) {
     const content = await fs.readFile(file);
     hash.update(`${path.relative(SOURCES, file)}\0${content.length}\0`).update(content);
@@ -143,14 +179,14 @@ async function lockIsStale(): Promise<boolean> {
 }
 
 /** debootstrap (base.sh) into a tarball, imported only once the script has succeeded. */
-async function importBase(docker: Docker, hash: string): Promise<void> {
-  log(`building ${BASE_TAG} with debootstrap (about a minute)`);
-  const previous = await imageId(docker, BASE_TAG);
+async function importBase(docker: Docker, base: BaseInputs): Promise<void> {
+  log(`building ${base.tag} with debootstrap (about a minute)`);
+  const previous = await imageId(docker, base.tag);
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'dforge-base-'));
   try {
     const rootfs = path.join(dir, 'rootfs.tar');
-    await runScript(BASE_SCRIPT, [rootfs]);
-    const [repo, tag] = BASE_TAG.split(':') as [string, string];
+    await runScript(BASE_SCRIPT, [base.suite, rootfs]);
+    const [repo, tag] = base.tag.split(':') as [string, string];
     const stream = await docker.importImage(rootfs, {
       repo,
       tag,
@@ -159,14 +195,14 @@ async function importBase(docker: Docker, hash: string): Promise<void> {
         'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
         'ENV LANG=C.UTF-8',
         `LABEL ${TEST_IMAGE_LABEL}=1`,
-        `LABEL ${INPUTS_LABEL}=${hash}`,
+        `LABEL ${INPUTS_LABEL}=${base.hash}`,
       ],
     });
-    await followProgress(docker, stream, BASE_TAG);
+    await followProgress(docker, stream, base.tag);
   } finally {
     await fs.rm(dir, {recursive: true, force: true});
   }
-  await removeSuperseded(docker, BASE_TAG, previous);
+  await removeSuperseded(docker, base.tag, previous);
 }
 
 async function runScript(script: string, args: readonly string[]): Promise<void> {
