@@ -47,6 +47,9 @@ export async function libpqSession(dir: InstallDir, endpoint: ClusterEndpoint, c
       PGSSLMINPROTOCOLVERSION: 'TLSv1.3',
       PGAPPNAME: `dforge-${randomBytes(3).toString('hex')}`,
       PGCONNECT_TIMEOUT: '10',
+      // A tool's own temporary files (restore's -L list, see pg-tool-runner.ts) stay in the private
+      // session directory too, and go with it on close, on a signal or in the next run's sweep.
+      TMPDIR: files.path,
     },
     close: () => files.remove(),
   };

@@ -208,6 +208,8 @@ describe.skipIf(!available)('credential files of pg_dump and pg_restore', () => 
     const passfile = env.get('PGPASSFILE')!;
     const caFile = env.get('PGSSLROOTCERT');
     if (!caFile) throw new Error(`${tool} runs without PGSSLROOTCERT`);
+    // Its temporary files (restore's -L list) go to the same private directory, never to /tmp.
+    expect(env.get('TMPDIR'), `${tool}'s TMPDIR`).toBe(path.dirname(passfile));
     if (tool === 'pg_dump') {
       // pg_dump runs as the tenant role: the tenant sees its own sessions' wait events.
       await waitFor('pg_dump to wait for the lock', async () => (await monitorQuery(tenantConfig, "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'dforge-%' AND application_name <> 'dforge-test-lock' AND wait_event_type = 'Lock'")).rowCount === 1);
