@@ -71,17 +71,14 @@ export class TenantDatabases {
   }
 
   /**
-   * As the owner role: opens `name` to connections (its own connection limit, nobody but the
-   * owner yet), runs `before` inside it, brings it to dforge's shape, then grants what `grants`
-   * says. The provisioner is a member of the owner role for exactly this long.
+   * As the owner role: opens `name` to connections (its own connection limit; PUBLIC lost CONNECT
+   * in clone(), so nobody but the owner yet), runs `before` inside it, brings it to dforge's shape,
+   * then grants what `grants` says. The provisioner is a member of the owner role for exactly this long.
    */
   async shape<T>(name: string, grants: {connect: readonly string[]; revoke?: readonly string[]}, before?: (inside: Client) => Promise<T>): Promise<T | undefined> {
     const db = escapeIdentifier(name);
     return this.roles.asOwner(this.tenant.role, async () => {
-      await this.asOwner(async () => {
-        await this.c.query(`REVOKE ALL ON DATABASE ${db} FROM PUBLIC`);
-        await this.c.query(`ALTER DATABASE ${db} WITH ALLOW_CONNECTIONS true CONNECTION LIMIT ${this.tenant.connectionLimit}`);
-      });
+      await this.asOwner(() => this.c.query(`ALTER DATABASE ${db} WITH ALLOW_CONNECTIONS true CONNECTION LIMIT ${this.tenant.connectionLimit}`));
       const inside = await this.inside(name);
       let result: T | undefined;
       try {
