@@ -221,6 +221,18 @@ describe.skipIf(!available)('tenant lifecycle on real PostgreSQL', () => {
     expect(log).toMatch(/dforge: password of tenant role tenant_acme changed by dforge_provisioner/);
   });
 
+  it('a cluster bootstrapped without the provisioning interface is a user error that says how to fix it, and nothing changes', async () => {
+    await plane.service.create('oldboot', {region: 'us'});
+    await admin(us, 'DROP SCHEMA dforge_provision CASCADE');
+    const before = await admin(us, "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname LIKE 'tenant\\_oldboot%' ORDER BY 1");
+    const err = await plane.service.suspend('oldboot').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UserError);
+    expect((err as UserError).message).toBe('this cluster has no dforge provisioning interface (it was bootstrapped by an older dforge)');
+    expect((err as UserError).nextSteps.join(' ')).toMatch(/Bootstrap it again as the superuser/);
+    expect(await admin(us, "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname LIKE 'tenant\\_oldboot%' ORDER BY 1")).toEqual(before);
+    expect((await plane.service.get('oldboot')).status).toBe('active');
+  });
+
   it('audits every action in a hash chain that detects tampering', async () => {
     const log = await plane.control.query<{action: string; target: string; outcome: string}>('SELECT action, target, outcome FROM ops_log ORDER BY seq');
     expect(log.rows).toEqual(
