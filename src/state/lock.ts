@@ -1,5 +1,5 @@
 import {randomBytes} from 'node:crypto';
-import {promises as fs, readFileSync, unlinkSync} from 'node:fs';
+import {promises as fs, readFileSync, rmSync, unlinkSync} from 'node:fs';
 import path from 'node:path';
 
 import {LockedError} from '../errors.js';
@@ -35,15 +35,41 @@ export interface AcquireOptions {
   /** What the holder is doing, shown to whoever is refused. Must not contain secrets. */
   readonly command: string;
   readonly clock?: () => Date;
+  /**
+   * exclusive (the default): one holder, no shared holders. shared: any number of shared holders
+   * while nobody holds it exclusively. Writers of something an exclusive holder rewrites as a
+   * whole (master-key wraps, during a rotation) hold it shared.
+   */
+  readonly mode?: 'exclusive' | 'shared';
+  /**
+   * How long to wait for the other side (shared holders to finish, or an exclusive holder to
+   * release) before giving up with LockedError. Two exclusive runs never wait for each other.
+   */
+  readonly waitMs?: number;
 }
 
 /** A breaker that died mid-break leaves its token; after this long the token no longer counts. */
 const BREAK_TOKEN_TTL_MS = 30_000;
 const MAX_ATTEMPTS = 20;
 
+/** Default wait for the other side of a shared lock: rotations and single wraps take seconds. */
+const SHARED_WAIT_MS = 120_000;
+
 export async function acquireLock(dir: string, name: string, options: AcquireOptions): Promise<LockHandle> {
   if (!/^[a-z0-9][a-z0-9-]*$/.test(name)) throw new Error(`invalid lock name ${name}`);
   await fs.mkdir(dir, {recursive: true, mode: 0o700});
+  if (options.mode === 'shared') return acquireShared(dir, name, options);
+  const exclusive = await acquireExclusive(dir, name, options);
+  try {
+    await waitForSharedHolders(dir, name, options);
+  } catch (err) {
+    await exclusive.release();
+    throw err;
+  }
+  return exclusive;
+}
+
+async function acquireExclusive(dir: string, name: string, options: AcquireOptions): Promise<LockHandle> {
   const file = path.join(dir, `${name}.lock`);
   const me = describeSelf(options);
   const staged = path.join(dir, `.${name}.${me.nonce}.staged`);
@@ -72,6 +98,84 @@ export async function acquireLock(dir: string, name: string, options: AcquireOpt
   } finally {
     await fs.rm(staged, {force: true});
   }
+}
+
+/*
+ * Shared holders each own a file <name>.shared/<nonce>.json. Both sides announce themselves
+ * before they look at the other (a shared holder writes its file, then reads <name>.lock; an
+ * exclusive holder links <name>.lock, then lists the shared files), so on one host at most one
+ * side can miss the other, and then it is the one that announced last and sees the first.
+ * When both see each other, the shared side withdraws and retries: the exclusive side wins.
+ */
+
+const sharedDir = (dir: string, name: string): string => path.join(dir, `${name}.shared`);
+
+async function acquireShared(dir: string, name: string, options: AcquireOptions): Promise<LockHandle> {
+  const deadline = Date.now() + (options.waitMs ?? SHARED_WAIT_MS);
+  const holders = sharedDir(dir, name);
+  await fs.mkdir(holders, {recursive: true, mode: 0o700});
+  const me = describeSelf(options);
+  const mine = path.join(holders, `${me.nonce}.json`);
+  for (;;) {
+    await fs.writeFile(mine, JSON.stringify(me), {mode: 0o600, flag: 'wx'});
+    await fsyncDir(holders);
+    const exclusive = await readHolder(path.join(dir, `${name}.lock`));
+    if (exclusive === undefined) return sharedHoldingOf(name, mine, me);
+    await fs.rm(mine, {force: true});
+    if (exclusive === 'corrupt') throw corruptLockError(name, path.join(dir, `${name}.lock`));
+    const liveness = processLiveness(exclusive);
+    if (liveness === 'dead') {
+      await breakStaleLock(path.join(dir, `${name}.lock`), exclusive, me);
+      continue;
+    }
+    if (liveness === 'other-host' || Date.now() > deadline) throw lockedError(name, exclusive, liveness);
+    await sleep(50 + Math.random() * 100);
+  }
+}
+
+/** Under the exclusive lock: waits until every live shared holder has released. */
+async function waitForSharedHolders(dir: string, name: string, options: AcquireOptions): Promise<void> {
+  const deadline = Date.now() + (options.waitMs ?? SHARED_WAIT_MS);
+  const holders = sharedDir(dir, name);
+  for (;;) {
+    const names = await fs.readdir(holders).catch(() => [] as string[]);
+    let blocker: {holder: LockHolder; liveness: Liveness} | undefined;
+    for (const entry of names.filter((n) => n.endsWith('.json'))) {
+      const file = path.join(holders, entry);
+      const holder = await readHolder(file);
+      if (holder === undefined) continue;
+      if (holder === 'corrupt') {
+        // A shared holder writes its file with O_EXCL in one call; unreadable means a crash mid-write.
+        await fs.rm(file, {force: true});
+        continue;
+      }
+      const liveness = processLiveness(holder);
+      if (liveness === 'dead') await fs.rm(file, {force: true});
+      else blocker ??= {holder, liveness};
+    }
+    if (!blocker) return;
+    if (blocker.liveness === 'other-host' || Date.now() > deadline) throw lockedError(name, blocker.holder, blocker.liveness);
+    await sleep(50 + Math.random() * 100);
+  }
+}
+
+function sharedHoldingOf(name: string, file: string, me: LockHolder): LockHandle {
+  let released = false;
+  const onExit = (): void => {
+    if (!released) rmSync(file, {force: true});
+  };
+  process.once('exit', onExit);
+  return {
+    name,
+    file,
+    holder: me,
+    async release() {
+      if (released) return;
+      released = true;
+      process.removeListener('exit', onExit);
+      await fs.rm(file, {force: true});
+    },
+  };
 }
 
 /** Reads who holds a lock, if anyone: for status displays. */

@@ -22,9 +22,9 @@ afterEach(async () => {
 });
 
 /** Another process that takes the lock with the real module and holds it until killed. */
-async function holdLockInChild(locksDir: string, name: string): Promise<ChildProcess> {
+async function holdLockInChild(locksDir: string, name: string, mode: 'exclusive' | 'shared' = 'exclusive'): Promise<ChildProcess> {
   const code = `const {acquireLock} = await import(${JSON.stringify(lockModule)});
-await acquireLock(process.argv[1], process.argv[2], {command: 'dforge test-holder'});
+await acquireLock(process.argv[1], process.argv[2], {command: 'dforge test-holder', mode: ${JSON.stringify(mode)}});
 process.stdout.write('held\\n');
 setInterval(() => {}, 1 << 30);`;
   const child = spawn(process.execPath, ['--input-type=module', '-e', code, locksDir, name], {stdio: ['ignore', 'pipe', 'inherit']});
@@ -135,3 +135,66 @@ try {
     expect((await fs.readdir(root)).filter((f) => !f.startsWith('.'))).toEqual([]);
   });
 });
+
+describe('shared holders of a lock', () => {
+  it('coexist with each other, and keep an exclusive taker out until they are gone; it names them', async () => {
+    const a = await holdLockInChild(root, 'keys', 'shared');
+    const b = await acquireLock(root, 'keys', {command: 'in-process reader', mode: 'shared'});
+    const refused = await acquireLock(root, 'keys', {command: 'rotation', waitMs: 300}).catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(LockedError);
+    expect((refused as LockedError).message).toMatch(/holds the keys lock: pid \d+ on .* \((dforge test-holder|in-process reader)\)/);
+    // Refused, it left nothing behind: the shared holders still hold, and no exclusive lock remains.
+    expect(await readLockHolder(root, 'keys')).toBeUndefined();
+    await b.release();
+    // The child dies without releasing (SIGKILL): its record is stale, and the exclusive taker clears it.
+    await killed(a);
+    const exclusive = await acquireLock(root, 'keys', {command: 'rotation', waitMs: 300});
+    expect(await fs.readdir(path.join(root, 'keys.shared'))).toEqual([]);
+    await exclusive.release();
+  });
+
+  it('are refused while an exclusive holder lives, and wait for it to release', async () => {
+    const holder = await holdLockInChild(root, 'keys');
+    const refused = await acquireLock(root, 'keys', {command: 'writer', mode: 'shared', waitMs: 300}).catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(LockedError);
+    expect((refused as LockedError).message).toContain(`pid ${holder.pid}`);
+    expect(await fs.readdir(path.join(root, 'keys.shared'))).toEqual([]);
+    const waiting = acquireLock(root, 'keys', {command: 'writer', mode: 'shared', waitMs: 10_000});
+    await new Promise((r) => setTimeout(r, 200));
+    await killed(holder);
+    const shared = await waiting;
+    expect(await readLockHolder(root, 'keys')).toBeUndefined();
+    await shared.release();
+  });
+
+  it('never overlap an exclusive holding: 6 writers and 2 rotations racing', async () => {
+    const code = `const {acquireLock} = await import(${JSON.stringify(lockModule)});
+const fs = await import('node:fs');
+const mode = process.argv[3];
+for (let i = 0; i < 5; i++) {
+  let h;
+  // Two exclusive takers never wait for each other: the refused one retries.
+  while (!h) h = await acquireLock(process.argv[1], 'keys', {command: mode, mode, waitMs: 60000}).catch((e) => { if (e.exitCode !== 5) throw e; });
+  fs.appendFileSync(process.argv[2], 'in ' + mode + ' ' + process.pid + '\\n');
+  await new Promise((r) => setTimeout(r, 10 + Math.random() * 20));
+  fs.appendFileSync(process.argv[2], 'out ' + mode + ' ' + process.pid + '\\n');
+  await h.release();
+}`;
+    const log = path.join(root, 'events.log');
+    const modes = ['shared', 'shared', 'exclusive', 'shared', 'shared', 'exclusive', 'shared', 'shared'];
+    const racers = modes.map((m) => spawn(process.execPath, ['--input-type=module', '-e', code, path.join(root, 'locks'), log, m], {stdio: 'inherit'}));
+    const codes = await Promise.all(racers.map((r) => new Promise<number | null>((res) => r.on('exit', res))));
+    expect(codes).toEqual(modes.map(() => 0));
+    const inside = {shared: 0, exclusive: 0};
+    let maxShared = 0;
+    for (const line of (await fs.readFile(log, 'utf8')).trim().split('\n')) {
+      const [edge, mode] = line.split(' ') as ['in' | 'out', 'shared' | 'exclusive'];
+      inside[mode] += edge === 'in' ? 1 : -1;
+      maxShared = Math.max(maxShared, inside.shared);
+      // An exclusive holding is alone: no shared holder and no other exclusive one at the same time.
+      if (inside.exclusive > 0) expect(inside).toEqual({shared: 0, exclusive: 1});
+    }
+    expect(maxShared).toBeGreaterThan(1);
+  });
+});
+
