@@ -232,9 +232,22 @@ export class LocalMasterKeyring implements KeyEncryptionService {
   private readonly materials = new Map<number, Buffer>();
 
   private constructor(
-    readonly state: KeyringState,
+    private current: KeyringState,
     private readonly source: KeyMaterialSource,
   ) {}
+
+  get state(): KeyringState {
+    return this.current;
+  }
+
+  /**
+   * Re-reads the keyring state from disk. A writer calls it once it holds the shared keys lock
+   * (src/keys/master-key-writes.ts): a rotation may have committed since this keyring was opened.
+   */
+  async reload(dir: InstallDir): Promise<void> {
+    const state = await readKeyringState(dir);
+    if (state) this.current = state;
+  }
 
   /** Opens an existing keyring; fails with next steps if there is none or the provider differs. */
   static async open(dir: InstallDir, source: KeyMaterialSource): Promise<LocalMasterKeyring> {
