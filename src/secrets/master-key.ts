@@ -343,7 +343,10 @@ export class LocalMasterKeyring implements KeyEncryptionService {
   async key(version: number, what?: string): Promise<WrappingKey> {
     let material = this.materials.get(version);
     if (!material) {
-      const record = this.state.versions.find((v) => v.version === version);
+      // A rotation that started after this keyring was opened may have re-wrapped the item under
+      // a version this copy of the state has not seen: look it up on disk. The state itself is
+      // not replaced, so the write version changes only where a writer reloads under the lock.
+      const record = this.state.versions.find((v) => v.version === version) ?? (await readKeyringState(this.dir))?.versions.find((v) => v.version === version);
       const loaded = record ? await this.source.material(record) : undefined;
       if (!record || !loaded) {
         const retired = record?.state === 'retired';
