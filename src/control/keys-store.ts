@@ -3,6 +3,7 @@ import type {Client} from 'pg';
 import type {DataKeyRecord, DataKeyStore} from '../secrets/data-keys.js';
 import type {KeyEncryptionService} from '../secrets/master-key.js';
 import type {WrappedKeySet} from '../secrets/wrapped-key-set.js';
+import {crashPoint} from '../state/crash-point.js';
 
 /** Tenant data keys in dforge_control.data_keys: every change is one transaction. */
 export class ControlDataKeyStore implements DataKeyStore {
@@ -64,7 +65,7 @@ export class ControlWrappedKeys implements WrappedKeySet {
   }
 
   async rewrapAll(toVersion: number): Promise<number> {
-    return inTransaction(this.client, async () => {
+    const changed = await inTransaction(this.client, async () => {
       let changed = 0;
       for (const item of await this.items(true)) {
         if (this.kek.versionOf(item.blob, item.what) === toVersion) continue;
@@ -74,6 +75,8 @@ export class ControlWrappedKeys implements WrappedKeySet {
       }
       return changed;
     });
+    if (changed > 0) crashPoint('master.rewrap.control-commit');
+    return changed;
   }
 
   private async items(forUpdate: boolean): Promise<Array<{blob: Buffer; context: string; what: string; update: string; key: unknown[]}>> {

@@ -5,6 +5,6 @@ import type {KeyServices} from './context.js';
 export async function ensureSealedPassword(keys: KeyServices, name: string): Promise<{value: string; created: boolean}> {
   if (await keys.sealed.has(name)) return {value: (await keys.sealed.get(name)).toString('utf8'), created: false};
   const value = randomPassword();
-  await keys.sealed.put(name, value);
+  await keys.keyring.withWrites(`seal ${name}`, () => keys.sealed.put(name, value));
   return {value, created: true};
 }

@@ -1,5 +1,6 @@
 import {readJwtKeys} from './jwt.js';
 import {openKeyServices, wrappedKeySets, type KeyServices} from './context.js';
+import {controlBackupsByVersion, isDestroyed, type ControlBackupSource} from './retention.js';
 import type {WrappedKeySet} from '../secrets/wrapped-key-set.js';
 import type {InstallDir} from '../state/install-dir.js';
 
@@ -10,8 +11,12 @@ export interface MasterVersionStatus {
   readonly ageDays: number;
   /** What is wrapped by this version now, per set (sealedSecrets, dataKeys, control). */
   readonly protects: Record<string, number>;
-  /** Retired versions should hold none; true means their material still exists. */
+  /** Control backups in the catalog wrapped under this version: they keep a retired version's material. */
+  readonly controlBackups: {readonly count: number; readonly ids: string[]};
+  /** Whether the provider still holds this version's material. */
   readonly materialPresent: boolean;
+  /** Retired and its material gone: nothing wrapped under it can be opened any more. */
+  readonly destroyed: boolean;
 }
 
 export interface KeysStatus {
@@ -29,7 +34,7 @@ export interface KeysStatus {
 /** The versions in use, their age, and what each protects. Holds no key material. */
 export async function keysStatus(
   dir: InstallDir,
-  options: {env?: NodeJS.ProcessEnv; clock?: () => Date; extraSets?: (services: KeyServices) => Promise<WrappedKeySet[]>} = {},
+  options: {env?: NodeJS.ProcessEnv; clock?: () => Date; extraSets?: (services: KeyServices) => Promise<WrappedKeySet[]>; controlBackups?: ControlBackupSource} = {},
 ): Promise<KeysStatus> {
   const now = (options.clock ?? (() => new Date()))();
   const age = (iso: string): number => Math.floor((now.getTime() - Date.parse(iso)) / 86_400_000);
@@ -41,16 +46,21 @@ export async function keysStatus(
   const protects = (version: number): Record<string, number> => Object.fromEntries(perSet.map(({id, counts}) => [id, counts.get(version) ?? 0]));
   const records = await services.dataKeyStore.list();
   const sealedSecrets = await services.sealed.list();
+  const backupsByVersion = controlBackupsByVersion(options.controlBackups ? await options.controlBackups() : []);
 
   const versions: MasterVersionStatus[] = [];
   for (const v of keyring.state.versions) {
+    const materialPresent = await keyring.holds(v);
+    const backups = backupsByVersion.get(v.version) ?? [];
     versions.push({
       version: v.version,
       state: v.state,
       createdAt: v.createdAt,
       ageDays: age(v.createdAt),
       protects: protects(v.version),
-      materialPresent: await keyring.holds(v),
+      controlBackups: {count: backups.length, ids: backups.map((b) => b.id)},
+      materialPresent,
+      destroyed: isDestroyed(v, materialPresent),
     });
   }
 

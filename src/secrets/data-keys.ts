@@ -2,6 +2,7 @@ import {randomBytes} from 'node:crypto';
 import {promises as fs} from 'node:fs';
 
 import {UserError} from '../errors.js';
+import {crashPoint} from '../state/crash-point.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {KEY_BYTES, type WrappingKey} from './envelope.js';
 import type {KeyEncryptionService} from './master-key.js';
@@ -83,8 +84,12 @@ export class DataKeys {
 
   private async addVersion(owner: string, version: number, others: DataKeyRecord[]): Promise<WrappingKey> {
     const material = randomBytes(KEY_BYTES);
-    const record: DataKeyRecord = {owner, version, state: 'active', createdAt: this.clock().toISOString(), wrapped: await this.kek.wrap(material, context(owner, version))};
-    await this.store.replace([...others, record]);
+    // Wrap and store under the shared keys lock: a master rotation that committed between the
+    // two would destroy the version this key is wrapped under.
+    await this.kek.withWrites(`data key ${dataKeyId(owner)}`, async () => {
+      const record: DataKeyRecord = {owner, version, state: 'active', createdAt: this.clock().toISOString(), wrapped: await this.kek.wrap(material, context(owner, version))};
+      await this.store.replace([...others, record]);
+    });
     return {id: dataKeyId(owner), version, material};
   }
 
@@ -123,7 +128,10 @@ export class DataKeys {
       const material = await this.kek.unwrap(r.wrapped, context(r.owner, r.version), `data key ${dataKeyId(r.owner)} v${r.version}`);
       updated.push({...r, wrapped: await this.kek.wrap(material, context(r.owner, r.version))});
     }
-    if (updated.length > 0) await this.store.replace(updated);
+    if (updated.length > 0) {
+      await this.store.replace(updated);
+      crashPoint('master.rewrap.data-keys');
+    }
     return updated.length;
   }
 }

@@ -1,8 +1,10 @@
+import {AsyncLocalStorage} from 'node:async_hooks';
 import {randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions} from 'node:crypto';
 import {promises as fs} from 'node:fs';
 import path from 'node:path';
 
 import {UserError} from '../errors.js';
+import {withMasterKeyWrites} from '../keys/master-key-writes.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {KEY_BYTES, keyCheckValue, readHeader, unwrap, wrap, type WrappingKey} from './envelope.js';
 
@@ -23,10 +25,17 @@ export type MasterKeyProviderKind = 'file' | 'env' | 'passphrase';
 
 export interface KekVersion {
   readonly version: number;
-  /** pending: minted by a rotation that has not committed; retired: nothing is wrapped by it any more. */
+  /**
+   * pending: minted by a rotation that has not committed; retired: wraps nothing new. A retired
+   * version without destroyedAt is decrypt-only: its material is kept while a control backup in
+   * the catalog still needs it (src/keys/retention.ts). Keyrings written before destroyedAt existed
+   * read the same way: a retired version whose material is gone is shown as destroyed.
+   */
   readonly state: 'pending' | 'active' | 'retired';
   readonly createdAt: string;
   readonly retiredAt?: string;
+  /** When dforge destroyed (or asked the operator to remove) the material of a retired version. */
+  readonly destroyedAt?: string;
   /** Hex key check value; tells the right key from a wrong one without revealing either. */
   readonly keyCheck: string;
   /** Passphrase provider: the scrypt salt of this version (hex). */
@@ -51,6 +60,24 @@ export interface KeyEncryptionService {
   unwrap(blob: Buffer, context: string, what: string): Promise<Buffer>;
   /** The version a blob is wrapped under, read from its header. */
   versionOf(blob: Buffer, what: string): number;
+  /**
+   * Runs `fn`, which wraps and makes the result durable, so that no master rotation commits in
+   * between: under the shared keys lock, with the keyring re-read, so wrap() inside uses the
+   * current write version. Nested calls, and calls under a rotation's exclusive lock, run directly.
+   */
+  withWrites<T>(command: string, fn: () => Promise<T>): Promise<T>;
+}
+
+/**
+ * Which install's keys lock the current async call tree holds (shared through withWrites, or
+ * exclusive through holdingKeysLock). Taking the shared lock again inside would wait behind a
+ * rotation that waits for this very holder: a deadlock until the lock's timeout.
+ */
+const keysLockHeld = new AsyncLocalStorage<string>();
+
+/** Marks `fn` as running under the install's exclusive keys lock, which the caller holds. */
+export function holdingKeysLock<T>(dir: InstallDir, fn: () => Promise<T>): Promise<T> {
+  return keysLockHeld.run(dir.root, fn);
 }
 
 /** Where a local provider gets the bytes of a version. */
@@ -232,6 +259,7 @@ export class LocalMasterKeyring implements KeyEncryptionService {
   private readonly materials = new Map<number, Buffer>();
 
   private constructor(
+    private readonly dir: InstallDir,
     private current: KeyringState,
     private readonly source: KeyMaterialSource,
   ) {}
@@ -249,6 +277,11 @@ export class LocalMasterKeyring implements KeyEncryptionService {
     if (state) this.current = state;
   }
 
+  async withWrites<T>(command: string, fn: () => Promise<T>): Promise<T> {
+    if (keysLockHeld.getStore() === this.dir.root) return fn();
+    return withMasterKeyWrites(this.dir, this, command, () => keysLockHeld.run(this.dir.root, fn));
+  }
+
   /** Opens an existing keyring; fails with next steps if there is none or the provider differs. */
   static async open(dir: InstallDir, source: KeyMaterialSource): Promise<LocalMasterKeyring> {
     const state = await readKeyringState(dir);
@@ -262,7 +295,7 @@ export class LocalMasterKeyring implements KeyEncryptionService {
         nextSteps: [`Set keys.masterKeyProvider to "${state.provider}" in dforge.yaml.`],
       });
     }
-    return new LocalMasterKeyring(state, source);
+    return new LocalMasterKeyring(dir, state, source);
   }
 
   /** Creates version 1 if the install has no master key yet. Idempotent. */
@@ -276,7 +309,7 @@ export class LocalMasterKeyring implements KeyEncryptionService {
       versions: [{version: 1, state: 'active', createdAt: now.toISOString(), keyCheck: keyCheckValue(material).toString('hex'), ...(salt ? {salt} : {})}],
     };
     await writeKeyringState(dir, state);
-    return {keyring: new LocalMasterKeyring(state, source), created: true};
+    return {keyring: new LocalMasterKeyring(dir, state, source), created: true};
   }
 
   activeVersion(): number {
@@ -310,14 +343,19 @@ export class LocalMasterKeyring implements KeyEncryptionService {
   async key(version: number, what?: string): Promise<WrappingKey> {
     let material = this.materials.get(version);
     if (!material) {
-      const record = this.state.versions.find((v) => v.version === version);
+      // A rotation that started after this keyring was opened may have re-wrapped the item under
+      // a version this copy of the state has not seen: look it up on disk. The state itself is
+      // not replaced, so the write version changes only where a writer reloads under the lock.
+      const record = this.state.versions.find((v) => v.version === version) ?? (await readKeyringState(this.dir))?.versions.find((v) => v.version === version);
       const loaded = record ? await this.source.material(record) : undefined;
       if (!record || !loaded) {
         const retired = record?.state === 'retired';
-        const why = retired ? 'was retired and destroyed' : this.source.kind === 'passphrase' ? 'the given passphrase does not open (wrong passphrase?)' : `the ${this.source.kind} provider does not hold`;
+        const why = retired ? (record.destroyedAt ? 'was retired and destroyed' : 'was retired, and its material is gone') : this.source.kind === 'passphrase' ? 'the given passphrase does not open (wrong passphrase?)' : `the ${this.source.kind} provider does not hold`;
         throw new UserError(`${what ?? 'a secret'} needs master key version ${version}, which ${why}`, {
           nextSteps: retired
-            ? ['Restore this item from a backup taken after the last master rotation.']
+            ? record.destroyedAt
+              ? ['Restore this item from a backup taken after the last master rotation.']
+              : ['Restore this item from a backup taken after the last master rotation.', `If secrets/master/v${version}.key was lost rather than destroyed, restore it from a backup of the install directory.`]
             : this.source.kind === 'file'
               ? [`Restore secrets/master/v${version}.key from a backup of the install directory.`]
               : this.source.kind === 'env'

@@ -2,6 +2,7 @@ import {promises as fs} from 'node:fs';
 import path from 'node:path';
 
 import {UserError} from '../errors.js';
+import {crashPoint} from '../state/crash-point.js';
 import type {InstallDir} from '../state/install-dir.js';
 import type {KeyEncryptionService} from './master-key.js';
 import type {WrappedKeySet} from './wrapped-key-set.js';
@@ -22,6 +23,11 @@ export class SealedStore {
     return this.dir.secretPath(`${name}${SUFFIX}`);
   }
 
+  /**
+   * Wraps and writes a secret. The caller holds the keys lock: shared through
+   * kek.withWrites / withMasterKeyWrites (so a master rotation cannot retire the version in
+   * between), or exclusive (keys init, JWT and master rotation). Taking it here would nest.
+   */
   async put(name: string, plaintext: string | Buffer): Promise<void> {
     const blob = await this.kek.wrap(Buffer.from(plaintext), context(name));
     await this.dir.writeSecret(`${name}${SUFFIX}`, blob);
@@ -105,7 +111,11 @@ export function sealedSecretSet(store: SealedStore): WrappedKeySet {
     },
     async rewrapAll(toVersion) {
       let changed = 0;
-      for (const name of await store.list()) if (await store.rewrap(name, toVersion)) changed++;
+      for (const name of await store.list()) {
+        if (!(await store.rewrap(name, toVersion))) continue;
+        changed++;
+        crashPoint('master.rewrap.sealed-file');
+      }
       return changed;
     },
   };

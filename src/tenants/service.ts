@@ -4,6 +4,7 @@ import {appendOpsEntry} from '../audit/ops-log.js';
 import {tenantPasswordContext} from '../control/keys-store.js';
 import {LockedError, UserError} from '../errors.js';
 import {randomPassword, scramVerifier} from '../postgres/scram.js';
+import {crashPoint} from '../state/crash-point.js';
 import type {DataKeys} from '../secrets/data-keys.js';
 import type {KeyEncryptionService} from '../secrets/master-key.js';
 import {TenantDatabases} from './databases.js';
@@ -70,11 +71,16 @@ export class TenantService {
           nextSteps: [`Finish it with: dforge tenant create ${slug} --region ${tenant.region}`, `Or remove it with: dforge tenant delete ${slug} --confirm ${slug}`],
         });
       }
-      if (!tenant) tenant = await this.register(slug, options.region ?? this.deps.primaryRegion);
+      if (!tenant) {
+        tenant = await this.register(slug, options.region ?? this.deps.primaryRegion);
+        crashPoint('tenant.create.registered');
+      }
       const password = await this.sealedPassword(slug, true);
       await this.provisionOnCluster(tenant, password);
       await this.deps.dataKeys.create(slug);
+      crashPoint('tenant.create.data-key');
       await this.deps.control.query("UPDATE tenants SET status = 'active', updated_at = now() WHERE slug = $1", [slug]);
+      crashPoint('tenant.create.active');
       return {tenant: {...tenant, status: 'active'}, created: true};
     });
   }
@@ -176,8 +182,13 @@ export class TenantService {
       const existing = await this.deps.control.query<{pending_sealed_password: Buffer | null}>('SELECT pending_sealed_password FROM tenant_credentials WHERE slug = $1', [slug]);
       let pending = existing.rows[0]?.pending_sealed_password ?? null;
       if (!pending) {
-        pending = await this.deps.kek.wrap(Buffer.from(randomPassword()), tenantPasswordContext(slug));
-        await this.deps.control.query('UPDATE tenant_credentials SET pending_sealed_password = $1 WHERE slug = $2', [pending, slug]);
+        // Wrapped and stored under the shared keys lock, so no master rotation retires the
+        // version in between (the rotation re-wraps pending passwords with the rest).
+        pending = await this.deps.kek.withWrites(`tenant rotate-credentials ${slug}`, async () => {
+          const wrapped = await this.deps.kek.wrap(Buffer.from(randomPassword()), tenantPasswordContext(slug));
+          await this.deps.control.query('UPDATE tenant_credentials SET pending_sealed_password = $1 WHERE slug = $2', [wrapped, slug]);
+          return wrapped;
+        });
       }
       const password = (await this.deps.kek.unwrap(pending, tenantPasswordContext(slug), `pending password of tenant ${slug}`)).toString('utf8');
       await this.onCluster(tenant.cluster, (c) => this.databasesOf(c, tenant).roles.setPassword(tenant.role, scramVerifier(password)));
@@ -242,7 +253,10 @@ export class TenantService {
     if (row.rowCount === 1) return (await this.deps.kek.unwrap(row.rows[0]!.sealed_password, tenantPasswordContext(slug), `password of tenant ${slug}`)).toString('utf8');
     if (!createIfMissing) throw new UserError(`tenant ${slug} has no stored credentials`, {nextSteps: [`Rotate them: dforge tenant rotate-credentials ${slug}`]});
     const password = randomPassword();
-    await this.deps.control.query('INSERT INTO tenant_credentials (slug, sealed_password) VALUES ($1, $2)', [slug, await this.deps.kek.wrap(Buffer.from(password), tenantPasswordContext(slug))]);
+    await this.deps.kek.withWrites(`tenant create ${slug}`, async () => {
+      await this.deps.control.query('INSERT INTO tenant_credentials (slug, sealed_password) VALUES ($1, $2)', [slug, await this.deps.kek.wrap(Buffer.from(password), tenantPasswordContext(slug))]);
+    });
+    crashPoint('tenant.create.password-sealed');
     return password;
   }
 
@@ -255,8 +269,11 @@ export class TenantService {
     await this.onCluster(tenant.cluster, async (c) => {
       const databases = this.databasesOf(c, tenant);
       await databases.roles.ensure(tenant.role, scramVerifier(password), tenant.connectionLimit);
+      crashPoint('tenant.create.role');
       await databases.clone(tenant.database);
+      crashPoint('tenant.create.database');
       await databases.shape(tenant.database, {connect: [tenant.role]});
+      crashPoint('tenant.create.shaped');
     });
   }
 

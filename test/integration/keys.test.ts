@@ -1,5 +1,4 @@
 import {randomBytes, sign, verify, createPrivateKey, createPublicKey} from 'node:crypto';
-import {spawn} from 'node:child_process';
 import {promises as fs} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -12,8 +11,10 @@ import {openKeyServices, type KeyServices} from '../../src/keys/context.js';
 import {jwksOf, jwtPrivateKeyName, pruneJwtKeys, readJwtKeys, rotateJwtSigningKey} from '../../src/keys/jwt.js';
 import {rotateMasterKey} from '../../src/keys/rotate-master.js';
 import {readKeyringState} from '../../src/secrets/master-key.js';
+import type {WrappedKeySet} from '../../src/secrets/wrapped-key-set.js';
 import type {InstallDir} from '../../src/state/install-dir.js';
-import {cliEntry, runCli} from '../helpers/cli.js';
+import {runCli} from '../helpers/cli.js';
+import {crashAtEveryStep} from '../helpers/crash-points.js';
 import {copyInstall, tempInstall} from '../helpers/install-fixture.js';
 
 const installs: Array<{cleanup(): Promise<void>}> = [];
@@ -176,38 +177,118 @@ describe('rotating the master key over 1,000 data keys', () => {
       expect.objectContaining({version: 2, state: 'active', protects: {dataKeys: 1000, sealedSecrets: 31}, materialPresent: true}),
     ]);
   });
+});
 
-  it('survives SIGKILL at random points (24 trials): everything stays readable, and a rerun finishes', async () => {
-    // Time one uninterrupted run, then kill trials uniformly across that span.
-    const timed = await fresh();
-    const started = Date.now();
-    expect((await runCli(['keys', 'rotate', '--master', '--dir', timed.root])).code).toBe(0);
-    const span = Date.now() - started;
-    const outcomes = {killedMidway: 0, finishedFirst: 0};
-    for (let trial = 0; trial < 24; trial++) {
-      const dir = await fresh();
-      const child = spawn(process.execPath, [cliEntry, 'keys', 'rotate', '--master', '--dir', dir.root], {stdio: 'ignore'});
-      const delay = Math.random() * span * 1.1;
-      const timer = setTimeout(() => child.kill('SIGKILL'), delay);
-      const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
-      clearTimeout(timer);
-      if (code === 0) outcomes.finishedFirst++;
-      else outcomes.killedMidway++;
+describe('rotating the master key, killed at every durable step', () => {
+  let pristine: InstallDir;
+  let expected: Map<string, string>;
+  let current: InstallDir | undefined;
+  const scratch: string[] = [];
+  beforeAll(async () => {
+    pristine = await tempInstall();
+    await initKeys(pristine, {command: 'test'});
+    await seed(await openKeyServices(pristine), 40, 4);
+    expected = await openEverything(pristine);
+  });
+  afterAll(async () => {
+    await (pristine as InstallDir & {cleanup(): Promise<void>}).cleanup();
+    for (const d of scratch) await fs.rm(d, {recursive: true, force: true});
+  });
 
-      // Whatever point it died at, every key opens to its original value.
-      expect(await openEverything(dir), `trial ${trial}, killed after ${delay.toFixed(0)} ms`).toEqual(expected);
-      const rerun = await runCli(['keys', 'rotate', '--master', '--dir', dir.root, '--json']);
-      expect(rerun.code, rerun.stderr).toBe(0);
-      expect(await openEverything(dir)).toEqual(expected);
-      const state = await readKeyringState(dir);
-      expect(state?.rotation).toBeUndefined();
-      const active = state!.versions.find((v) => v.state === 'active')!.version;
-      const services = await openKeyServices(dir);
-      for (const r of await services.dataKeyStore.list()) expect(services.keyring.versionOf(r.wrapped, 'x')).toBe(active);
-      const keyFiles = (await fs.readdir(path.join(dir.secretsDir, 'master'))).filter((f) => f.endsWith('.key'));
-      expect(keyFiles).toEqual([`v${active}.key`]);
-    }
-    expect(outcomes.killedMidway).toBeGreaterThan(0);
+  it('every key opens after each kill, a rerun finishes, and every distinct step was killed at', async () => {
+    const {steps, killedAt} = await crashAtEveryStep({
+      name: 'keys rotate --master (file sets)',
+      prepare: async () => {
+        const target = await fs.mkdtemp(path.join(os.tmpdir(), 'dforge-trial-'));
+        scratch.push(target);
+        await fs.rm(target, {recursive: true});
+        current = await copyInstall(pristine, target);
+      },
+      run: (env) => runCli(['keys', 'rotate', '--master', '--dir', current!.root], {env}),
+      recover: async (step) => {
+        const dir = current!;
+        expect(await openEverything(dir), `killed after ${step}`).toEqual(expected);
+        const rerun = await runCli(['keys', 'rotate', '--master', '--dir', dir.root, '--json']);
+        expect(rerun.code, `rerun after a kill at ${step}: ${rerun.stderr}`).toBe(0);
+        expect(await openEverything(dir)).toEqual(expected);
+        const state = await readKeyringState(dir);
+        expect(state?.rotation).toBeUndefined();
+        const active = state!.versions.find((v) => v.state === 'active')!.version;
+        const services = await openKeyServices(dir);
+        for (const r of await services.dataKeyStore.list()) expect(services.keyring.versionOf(r.wrapped, 'x')).toBe(active);
+        for (const name of await services.sealed.list()) expect(await services.sealed.versionOf(name)).toBe(active);
+        // No control backup needs a retired version here, so only the active one keeps material.
+        const keyFiles = (await fs.readdir(path.join(dir.secretsDir, 'master'))).filter((f) => f.endsWith('.key'));
+        expect(keyFiles).toEqual([`v${active}.key`]);
+        expect(state!.versions.filter((v) => v.state === 'retired').every((v) => v.destroyedAt !== undefined)).toBe(true);
+      },
+    });
+    expect(new Set(steps)).toEqual(
+      new Set(['master.keyring.rotation-started', 'master.rewrap.sealed-file', 'master.rewrap.data-keys', 'master.keyring.committed', 'master.destroy', 'master.keyring.destroyed-recorded']),
+    );
+    expect(new Set(killedAt)).toEqual(new Set(steps));
+  });
+});
+
+describe('writers and the rotation', () => {
+  it('a writer that opened the keyring before a rotation wraps under the new version, not the retired one', async () => {
+    const dir = await install();
+    await initKeys(dir, {command: 'test'});
+    const early = await openKeyServices(dir);
+    // Material of v1 is now cached in this process, as in a long-running writer.
+    await early.keyring.withWrites('test', () => early.sealed.put('early/one', 'before'));
+    expect((await rotateMasterKey(dir, {command: 'test'})).destroyed).toEqual([1]);
+
+    await early.keyring.withWrites('test', () => early.sealed.put('early/two', 'after'));
+    const late = await early.dataKeys.create('late-owner');
+    const fresh = await openKeyServices(dir);
+    expect(await fresh.sealed.versionOf('early/two')).toBe(2);
+    expect((await fresh.sealed.get('early/two')).toString()).toBe('after');
+    expect((await fresh.dataKeys.get('late-owner', 1)).material.equals(late.material)).toBe(true);
+    expect(fresh.keyring.versionOf((await fresh.dataKeyStore.list('late-owner'))[0]!.wrapped, 'x')).toBe(2);
+  });
+
+  it('refuses to commit while anything is still wrapped under the old version, and keeps both versions', async () => {
+    const dir = await install();
+    await initKeys(dir, {command: 'test'});
+    // A set a writer keeps adding old-version items to behind the re-wrap (one that skips the lock).
+    const stubborn: WrappedKeySet = {
+      id: 'stubborn',
+      label: 'a writer that bypasses the keys lock',
+      verifyAll: async () => 1,
+      countByVersion: async () => new Map([[1, 1]]),
+      rewrapAll: async () => 1,
+    };
+    const refused = await rotateMasterKey(dir, {command: 'test', extraSets: async () => [stubborn]}).catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(UserError);
+    expect((refused as UserError).message).toBe('refusing to commit the master rotation to v2: still wrapped under an older version: 1 in a writer that bypasses the keys lock');
+    const state = await readKeyringState(dir);
+    expect(state?.rotation).toMatchObject({from: 1, to: 2});
+    expect((await fs.readdir(path.join(dir.secretsDir, 'master'))).sort()).toEqual(['keyring.json', 'v1.key', 'v2.key']);
+    // Without the straggler, a rerun finishes the recorded rotation.
+    expect(await rotateMasterKey(dir, {command: 'test'})).toMatchObject({from: 1, to: 2, resumed: true, destroyed: [1]});
+  });
+
+  it('a rotation waits for a writer holding the shared keys lock, then re-wraps what it wrote', async () => {
+    const dir = await install();
+    await initKeys(dir, {command: 'test'});
+    const writer = await openKeyServices(dir);
+    let rotationDone = false;
+    let rotation: Promise<unknown> | undefined;
+    await writer.keyring.withWrites('slow writer', async () => {
+      rotation = runCli(['keys', 'rotate', '--master', '--dir', dir.root]).then((r) => {
+        rotationDone = true;
+        return r;
+      });
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      expect(rotationDone).toBe(false);
+      await writer.sealed.put('slow/secret', 'written under v1 while the rotation waited');
+      expect(await writer.sealed.versionOf('slow/secret')).toBe(1);
+    });
+    expect(((await rotation) as {code: number}).code).toBe(0);
+    const fresh = await openKeyServices(dir);
+    expect(await fresh.sealed.versionOf('slow/secret')).toBe(2);
+    expect((await fresh.sealed.get('slow/secret')).toString()).toBe('written under v1 while the rotation waited');
   });
 });
 

@@ -1,5 +1,5 @@
 import {BaseCommand} from '../../base-command.js';
-import {withControlKeySets} from '../../control/plane.js';
+import {withKeyControlContext} from '../../keys/control-context.js';
 import {keysStatus, type KeysStatus} from '../../keys/status.js';
 import {renderTable} from '../../ui/table.js';
 
@@ -9,15 +9,22 @@ export default class KeysStatusCommand extends BaseCommand<typeof KeysStatusComm
 
   async run(): Promise<KeysStatus> {
     const dir = this.installDir();
-    const status = await withControlKeySets(dir, (extraSets) => keysStatus(dir, {extraSets}));
+    const status = await withKeyControlContext(dir, ({extraSets, controlBackups}) => keysStatus(dir, {extraSets, controlBackups}));
     if (!this.jsonEnabled()) {
       const m = status.master;
       this.log(`master key (${m.provider}), active v${m.activeVersion}${m.rotationInProgress ? `, ROTATION IN PROGRESS v${m.rotationInProgress.from} -> v${m.rotationInProgress.to}: re-run dforge keys rotate --master` : ''}`);
       const sets = Object.keys(m.versions[0]?.protects ?? {});
       this.log(
         renderTable(
-          ['version', 'state', 'age (days)', ...sets, 'material'],
-          m.versions.map((v) => [`v${v.version}`, v.state, String(v.ageDays), ...sets.map((id) => String(v.protects[id] ?? 0)), v.materialPresent ? 'present' : 'destroyed']),
+          ['version', 'state', 'age (days)', ...sets, 'control backups', 'material'],
+          m.versions.map((v) => [
+            `v${v.version}`,
+            v.state,
+            String(v.ageDays),
+            ...sets.map((id) => String(v.protects[id] ?? 0)),
+            String(v.controlBackups.count),
+            v.destroyed ? 'destroyed' : v.materialPresent ? (v.state === 'retired' ? 'present (decrypt-only)' : 'present') : 'MISSING',
+          ]),
         ),
       );
       this.log(`\ndata keys: ${status.dataKeys.length} owner${status.dataKeys.length === 1 ? '' : 's'}`);
@@ -28,7 +35,8 @@ export default class KeysStatusCommand extends BaseCommand<typeof KeysStatusComm
       this.log(renderTable(['kid', 'alg', 'state', 'age (days)', 'verifies until'], status.jwt.map((k) => [k.kid, k.alg, k.state, String(k.ageDays), k.verifyUntil ?? '-'])));
     }
     for (const v of status.master.versions) {
-      if (v.state === 'retired' && v.materialPresent) this.out.warn(`retired master v${v.version} still has key material; re-run dforge keys rotate --master to destroy it`);
+      if (v.state === 'retired' && v.materialPresent && v.controlBackups.count === 0) this.out.warn(`retired master v${v.version} still has key material and nothing needs it; destroy it with: dforge keys release`);
+      if (v.state === 'retired' && v.controlBackups.count > 0 && v.destroyed) this.out.warn(`${v.controlBackups.count} control backup(s) need master v${v.version}, whose material is gone: they cannot be opened (${v.controlBackups.ids.join(', ')})`);
     }
     return status;
   }
