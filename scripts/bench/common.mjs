@@ -72,6 +72,11 @@ export function benchOptions(argv = process.argv) {
     scale,
     loadAverageAtStart: os.loadavg().map((x) => Number(x.toFixed(2))),
     jsonFile: flag('json') ?? process.env.BENCH_JSON,
+    /** A knob that does not scale (concurrency): --<name> N, else `fallback`. */
+    value(name, fallback) {
+      const given = flag(name);
+      return given !== undefined ? Number(given) : fallback;
+    },
     /** A count at this scale: `full` at scale 1, never below `min`; --<name> overrides it. */
     count(name, full, min = 1) {
       const given = flag(name);
