@@ -48,11 +48,6 @@ export function medianInterval(xs, confidence = 0.95) {
   return {median: median(s), low: s[m], high: s[n - 1 - m], label: `${Math.round(confidence * 100)}% interval`};
 }
 
-/** The line every benchmark starts with: which machine produced the figures. */
-export function machine(extra = '') {
-  return `machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}${extra}`;
-}
-
 /**
  * The options every benchmark takes:
  *  --scale S (or BENCH_SCALE=S): 1 is the documented size; 0.05 is a quick smoke run. Each script
