@@ -1,4 +1,5 @@
 // Helpers the benchmarks share: a free loopback port, wall-clock timing, medians and their confidence intervals.
+import {writeFileSync} from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 
@@ -47,7 +48,86 @@ export function medianInterval(xs, confidence = 0.95) {
   return {median: median(s), low: s[m], high: s[n - 1 - m], label: `${Math.round(confidence * 100)}% interval`};
 }
 
-/** The line every benchmark starts with: which machine produced the figures. */
-export function machine(extra = '') {
-  return `machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, node ${process.version}${extra}`;
+/**
+ * The options every benchmark takes:
+ *  --scale S (or BENCH_SCALE=S): 1 is the documented size; 0.05 is a quick smoke run. Each script
+ *    scales its data sets and run counts by it, never below what its statistics need.
+ *  --json FILE (or BENCH_JSON=FILE): also write the results as JSON, which run-all.mjs turns into
+ *    docs/benchmarks.md, so no figure is copied by hand.
+ *  --<name> N: a script's own knobs (runs, concurrency), overriding what the scale gives.
+ */
+export function benchOptions(argv = process.argv) {
+  const flag = (name) => {
+    const i = argv.indexOf(`--${name}`);
+    return i > 0 ? argv[i + 1] : undefined;
+  };
+  const scale = Number(flag('scale') ?? process.env.BENCH_SCALE ?? 1);
+  if (!(scale > 0)) throw new Error(`--scale must be a positive number, not ${flag('scale') ?? process.env.BENCH_SCALE}`);
+  return {
+    scale,
+    loadAverageAtStart: os.loadavg().map((x) => Number(x.toFixed(2))),
+    jsonFile: flag('json') ?? process.env.BENCH_JSON,
+    /** A knob that does not scale (concurrency): --<name> N, else `fallback`. */
+    value(name, fallback) {
+      const given = flag(name);
+      return given !== undefined ? Number(given) : fallback;
+    },
+    /** A count at this scale: `full` at scale 1, never below `min`; --<name> overrides it. */
+    count(name, full, min = 1) {
+      const given = flag(name);
+      return given !== undefined ? Number(given) : Math.max(min, Math.round(full * scale));
+    },
+  };
 }
+
+/** The machine and its state, recorded with every result: load from other users skews all figures. */
+export function machineFacts() {
+  return {
+    cpus: os.cpus().length,
+    cpuModel: os.cpus()[0]?.model ?? 'unknown',
+    memGiB: Math.round(os.totalmem() / 2 ** 30),
+    kernel: `${os.type()} ${os.release()}`,
+    node: process.version,
+    loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))),
+  };
+}
+
+/**
+ * Prints a benchmark's result as Markdown tables (stdout is data) and, with --json, writes it for
+ * run-all.mjs. `tables` are {title?, columns, rows}; every cell is already formatted text.
+ */
+export function report(options, result) {
+  const full = {...result, scale: options.scale, date: new Date().toISOString(), machine: {...machineFacts(), loadAverageAtStart: options.loadAverageAtStart}};
+  process.stdout.write(renderMarkdown(full));
+  if (options.jsonFile) writeFileSync(options.jsonFile, `${JSON.stringify(full, null, 2)}\n`);
+}
+
+/** One benchmark's section: how it was produced, on what, then its tables and notes. */
+export function renderMarkdown(r) {
+  const m = r.machine;
+  const lines = [
+    `### ${r.title}`,
+    '',
+    `Script \`${r.script}\`, command \`${r.command}\`, scale ${r.scale}. Measured ${r.date.slice(0, 16).replace('T', ' ')} UTC on ${m.cpus} x ${m.cpuModel}, ${m.memGiB} GiB, ${m.kernel}, Node ${m.node}${r.software ? `, ${r.software}` : ''}; 1-minute load average ${m.loadAverageAtStart[0]} at the start, ${m.loadAverage[0]} at the end.`,
+    '',
+  ];
+  if (r.workload) lines.push(`Workload: ${r.workload}`, '');
+  for (const t of r.tables) {
+    if (t.title) lines.push(`${t.title}:`, '');
+    lines.push(`| ${t.columns.join(' | ')} |`, `|${t.columns.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`);
+    for (const row of t.rows) lines.push(`| ${row.join(' | ')} |`);
+    lines.push('');
+  }
+  for (const n of r.notes ?? []) lines.push(`- ${n}`);
+  if (r.notes?.length) lines.push('');
+  return `${lines.join('\n')}\n`;
+}
+
+/** A pair-wise ratio summary: the median of per-pair ratios with its interval, and the ratio of the medians. */
+export function pairRatio(xs, ys) {
+  const {median: m, low, high, label} = medianInterval(xs.map((x, i) => x / ys[i]));
+  return {ratio: m, low, high, label, ratioOfMedians: median(xs) / median(ys)};
+}
+
+export const seconds = (ms) => `${(ms / 1000).toFixed(2)} s`;
+export const millis = (ms) => `${ms.toFixed(1)} ms`;

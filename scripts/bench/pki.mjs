@@ -4,21 +4,22 @@
 // machine noise hits both alike. dforge is timed in-process (the library cost, as `install` pays
 // it) and in a fresh Node process (adding Node startup and module loading, as `certs generate`
 // pays it). Prints medians and the ratios to openssl.
-// Usage: npm run build && node scripts/bench/pki.mjs [--runs 15] [--algorithm ecdsa-p256|rsa-3072]
+// Usage: npm run build && node scripts/bench/pki.mjs [--scale 1] [--runs 15] [--algorithm ecdsa-p256|rsa-3072] [--json out.json]
 import {spawnSync} from 'node:child_process';
 import {mkdirSync, mkdtempSync, rmSync, writeFileSync} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {fileURLToPath, pathToFileURL} from 'node:url';
 
-import {machine, median} from './common.mjs';
+import {benchOptions, median, report} from './common.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const arg = (name, fallback) => {
   const i = process.argv.indexOf(name);
   return i > 0 ? process.argv[i + 1] : fallback;
 };
-const runs = Number(arg('--runs', 15));
+const options = benchOptions();
+const runs = options.count('runs', 15, 3);
 const algorithm = arg('--algorithm', 'ecdsa-p256');
 if (!['ecdsa-p256', 'rsa-3072'].includes(algorithm)) throw new Error(`--algorithm must be ecdsa-p256 or rsa-3072, not ${algorithm}`);
 
@@ -120,13 +121,23 @@ try {
     }
   }
   const baseline = median(samples.get('openssl CLI'));
-  console.log(`${machine()}, ${spawnSync('openssl', ['version']).stdout.toString().trim()}`);
-  console.log(`PKI: ${algorithm} CA + 3 leaves (proxy, postgres, internal client); ${runs} interleaved runs each`);
-  console.log('case                   median ms   ratio (dforge/openssl)');
-  for (const c of cases) {
-    const m = median(samples.get(c.name));
-    console.log(`${c.name.padEnd(22)} ${m.toFixed(1).padStart(9)}   ${(m / baseline).toFixed(2).padStart(22)}`);
-  }
+  report(options, {
+    name: algorithm === 'ecdsa-p256' ? 'pki' : `pki-${algorithm}`,
+    title: `PKI (${algorithm})`,
+    script: 'scripts/bench/pki.mjs',
+    command: `npm run bench:pki -- --runs ${runs} --algorithm ${algorithm}`,
+    software: spawnSync('openssl', ['version']).stdout.toString().trim(),
+    workload: `a CA plus three leaves (proxy, postgres, internal client), ${algorithm}, ${runs} interleaved rounds (the order rotates every round), against the \`openssl\` CLI making the same set; both sides' certificates pass \`openssl verify\` first.`,
+    tables: [
+      {
+        columns: ['case', 'median ms', 'ratio vs openssl'],
+        rows: cases.map((c) => {
+          const m = median(samples.get(c.name));
+          return [c.name, m.toFixed(1), (m / baseline).toFixed(2)];
+        }),
+      },
+    ],
+  });
 } finally {
   rmSync(work, {recursive: true, force: true});
 }

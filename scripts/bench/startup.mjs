@@ -1,16 +1,16 @@
 #!/usr/bin/env node
 // Startup benchmark: `dforge --version` and `dforge help tenant` against `node -e 0`, interleaved in
 // one run on the same Node binary, so machine noise hits all three alike. Prints median ratios.
-// Usage: npm run bench:startup [-- --runs 40]
+// Usage: npm run bench:startup [-- --scale 1] [--runs 40] [--json out.json]
 import {spawnSync} from 'node:child_process';
 import path from 'node:path';
 import {fileURLToPath} from 'node:url';
 
-import {machine, median} from './common.mjs';
+import {benchOptions, median, report} from './common.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const runsArg = process.argv.indexOf('--runs');
-const runs = runsArg > 0 ? Number(process.argv[runsArg + 1]) : 40;
+const options = benchOptions();
+const runs = options.count('runs', 40, 5);
 const cli = path.join(root, 'bin', 'run.js');
 
 const cases = [
@@ -42,13 +42,19 @@ for (let i = 0; i < runs; i++) {
   }
 }
 const baseline = median(samples.get('node -e 0'));
-console.log(`${machine()}; ${runs} interleaved runs each`);
-console.log('case                 median ms   ratio vs node -e 0   budget');
 let over = false;
-for (const c of cases) {
+const rows = cases.map((c) => {
   const m = median(samples.get(c.name));
   const ratio = m / baseline;
   if (c.budget && ratio > c.budget) over = true;
-  console.log(`${c.name.padEnd(20)} ${m.toFixed(1).padStart(9)}   ${ratio.toFixed(2).padStart(18)}   ${c.budget ? `<= ${c.budget.toFixed(1)}${ratio > c.budget ? '  OVER' : ''}` : ''}`);
-}
+  return [c.env ? `\`${c.name}\` (\`DFORGE_NO_FAST_PATH=1\`, rendered live by oclif)` : `\`${c.name}\``, m.toFixed(1), ratio.toFixed(2), c.budget ? `<= ${c.budget.toFixed(1)}${ratio > c.budget ? ' OVER' : ''}` : ''];
+});
+report(options, {
+  name: 'startup',
+  title: 'Startup',
+  script: 'scripts/bench/startup.mjs',
+  command: `npm run bench:startup -- --runs ${runs}`,
+  workload: `${runs} interleaved rounds (the order rotates every round), median wall time of the whole process.`,
+  tables: [{columns: ['case', 'median ms', 'ratio vs `node -e 0`', 'budget'], rows}],
+});
 process.exitCode = over ? 1 : 0;

@@ -5,19 +5,24 @@
 //     REVOKE CONNECT (the bare minimum a tenant needs), interleaved;
 //  2. per-tenant create time of the first 50 against the last 50 of 500 (should be flat);
 //  3. `dforge tenant list` with 1,000 tenants vs psql reading the same registry.
-// Needs ~8 GB of disk (1,000 databases). Usage: npm run build && node scripts/bench/tenants.mjs [--runs 15]
+// Needs ~8 GB of disk (1,000 databases) at scale 1.
+// Usage: npm run build && node scripts/bench/tenants.mjs [--scale 1] [--runs 15] [--scale-tenants 500] [--list-tenants 1000] [--json out.json]
 import {spawnSync} from 'node:child_process';
 import {chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {fileURLToPath} from 'node:url';
 
-import {freePort, machine, median, wall} from './common.mjs';
+import {benchOptions, freePort, median, report, wall} from './common.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const cliPath = path.join(root, 'bin/run.js');
-const runsArg = process.argv.indexOf('--runs');
-const runs = runsArg > 0 ? Number(process.argv[runsArg + 1]) : 15;
+const options = benchOptions();
+const runs = options.count('runs', 15, 3);
+// The creep check compares the first and last tenth of this many creates.
+const scaleTenants = options.count('scale-tenants', 500, 20);
+const listTenants = Math.max(scaleTenants + runs + 2, options.count('list-tenants', 1000, 30));
+const tenth = Math.max(2, Math.round(scaleTenants / 10));
 
 const scratch = mkdtempSync(path.join(os.tmpdir(), 'dforge-bench-tenants-'));
 chmodSync(scratch, 0o755);
@@ -55,17 +60,17 @@ try {
     rawCreate.push(wall(() => psql(`CREATE ROLE raw_${i} LOGIN PASSWORD 'x-${i}';\nCREATE DATABASE raw_${i} OWNER raw_${i};\nREVOKE CONNECT ON DATABASE raw_${i} FROM PUBLIC;\n`)));
   }
 
-  // 2. 500 tenants through the service in one process: first 50 vs last 50.
+  // 2. Tenants through the service in one process: the first tenth vs the last.
   const plane = await openControlPlane(installDir);
   const perTenant = [];
-  for (let i = 0; i < 500; i++) {
+  for (let i = 0; i < scaleTenants; i++) {
     const t = process.hrtime.bigint();
     await plane.tenants.create(`scale-${String(i).padStart(4, '0')}`);
     perTenant.push(Number(process.hrtime.bigint() - t) / 1e6);
   }
-  // 3. up to 1,000 tenants, then list.
+  // 3. Up to listTenants tenants, then list.
   const existing = (await plane.tenants.list()).length;
-  for (let i = existing; i < 1000; i++) await plane.tenants.create(`fill-${String(i).padStart(4, '0')}`);
+  for (let i = existing; i < listTenants; i++) await plane.tenants.create(`fill-${String(i).padStart(4, '0')}`);
   await plane.close();
   const listCli = [];
   const listJson = [];
@@ -77,15 +82,33 @@ try {
   }
   const count = JSON.parse(cli('tenant', 'list', '--json')).length;
 
-  const first = median(perTenant.slice(0, 50));
-  const last = median(perTenant.slice(-50));
+  const first = median(perTenant.slice(0, tenth));
+  const last = median(perTenant.slice(-tenth));
   const c = median(dforgeCreate);
   const r = median(rawCreate);
-  console.log(`${machine()}, PostgreSQL ${psqlBin.split('/')[4]}; ${runs} interleaved runs`);
-  console.log(`tenant create (CLI, full: registry, role, db, schemas, audit fn, DEK, ops log): ${c.toFixed(0)} ms median`);
-  console.log(`baseline psql CREATE ROLE + CREATE DATABASE + REVOKE:                  ${r.toFixed(0)} ms median   ratio ${(c / r).toFixed(2)}`);
-  console.log(`per-tenant create (service): first 50 of 500 ${first.toFixed(0)} ms, last 50 ${last.toFixed(0)} ms, ratio last/first ${(last / first).toFixed(2)}`);
-  console.log(`tenant list with ${count} tenants: table ${median(listCli).toFixed(0)} ms, --json ${median(listJson).toFixed(0)} ms; baseline psql ${median(listRaw).toFixed(0)} ms   ratio ${(median(listCli) / median(listRaw)).toFixed(2)}`);
+  const [lc, lj, lr] = [median(listCli), median(listJson), median(listRaw)];
+  const ms = (x) => `${x.toFixed(0)} ms`;
+  report(options, {
+    name: 'tenants',
+    title: 'Tenants',
+    script: 'scripts/bench/tenants.mjs',
+    command: `npm run bench:tenants -- --runs ${runs} --scale-tenants ${scaleTenants} --list-tenants ${listTenants}`,
+    software: `PostgreSQL ${psqlBin.split('/')[4]}`,
+    workload: `a quickstart install; ${runs} interleaved runs for the latency figures; ${scaleTenants} creates through the service in one process for the creep check; \`tenant list\` with ${count} tenants.`,
+    tables: [
+      {
+        columns: ['case', 'median', 'baseline median', 'ratio'],
+        rows: [
+          ['`dforge tenant create` (CLI: registry, roles, database, REVOKE, schemas, audit trail, data key, ops log) vs one psql process (superuser, socket) running CREATE ROLE + CREATE DATABASE + REVOKE CONNECT', ms(c), ms(r), (c / r).toFixed(2)],
+          ['the same, dforge minus baseline', ms(c - r), '', ''],
+          [`per tenant, service in one process: last ${tenth} of ${scaleTenants} vs first ${tenth}`, ms(last), ms(first), (last / first).toFixed(2)],
+          [`\`dforge tenant list\` with ${count} tenants (table) vs psql reading the same registry`, ms(lc), ms(lr), (lc / lr).toFixed(2)],
+          [`\`dforge tenant list --json\` with ${count} tenants`, ms(lj), ms(lr), (lj / lr).toFixed(2)],
+        ],
+      },
+    ],
+    notes: ['CREATE DATABASE\'s cost follows the disk and the checkpointer, so the create ratio moves a lot between runs; the difference, dforge minus the baseline in the same run, is the steadier figure.'],
+  });
 } finally {
   spawnSync(process.execPath, [cliPath, 'db', 'stop', '--immediate', '--dir', dir, '--quiet']);
   rmSync(scratch, {recursive: true, force: true});
