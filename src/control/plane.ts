@@ -3,6 +3,7 @@ import path from 'node:path';
 
 import type {Client} from 'pg';
 
+import {serviceHost} from '../certs/service-names.js';
 import {loadConfigFile} from '../config/load.js';
 import type {ClusterConfig, DforgeConfig} from '../config/schema.js';
 import type {PgToolsMode} from '../backup/pg-tool-runner.js';
@@ -51,10 +52,11 @@ export async function endpointOf(dir: InstallDir, config: DforgeConfig, name: st
       return {name, host: c.host, port: c.port, caPem: await readCa(c.caFile ?? caCertFile(dir)), servername: c.host};
     case 'bundled':
       // Compose publishes the postgres service on host loopback only; in Kubernetes dforge runs in
-      // the namespace (the backup CronJob) and reaches the Service. Its certificate names it "postgres".
+      // the namespace (the backup CronJob) and reaches the Service. Either way the name checked is
+      // the one its certificate carries (src/certs/service-names.ts).
       return config.target === 'k8s'
-        ? {name, host: 'postgres', port: 5432, caPem: await readCa(caCertFile(dir)), servername: 'postgres'}
-        : {name, host: '127.0.0.1', port: c.port, caPem: await readCa(caCertFile(dir)), servername: 'postgres'};
+        ? {name, host: serviceHost(config, 'postgres'), port: 5432, caPem: await readCa(caCertFile(dir)), servername: serviceHost(config, 'postgres')}
+        : {name, host: '127.0.0.1', port: c.port, caPem: await readCa(caCertFile(dir)), servername: serviceHost(config, 'postgres')};
   }
 }
 

@@ -3,6 +3,7 @@ import path from 'node:path';
 
 import type Docker from 'dockerode';
 
+import {serviceHost} from '../certs/service-names.js';
 import {backupSchedule} from '../backup/manage.js';
 import {configText, layOutWithConfig} from '../config/init.js';
 import type {DforgeConfig} from '../config/schema.js';
@@ -247,7 +248,7 @@ export function composeInstallSteps(dir: InstallDir, options: InstallOptions): A
         const host = config.compose.bindAddress === '0.0.0.0' ? '127.0.0.1' : config.compose.bindAddress;
         ctx.tls = [
           await probeTls({host, port: config.compose.httpsPort, servername: config.domain, caPem, protocol: 'tls'}),
-          await probeTls({host: '127.0.0.1', port: bundledCluster(config).port, servername: 'postgres', caPem, protocol: 'postgres'}),
+          await probeTls({host: '127.0.0.1', port: bundledCluster(config).port, servername: serviceHost(config, 'postgres'), caPem, protocol: 'postgres'}),
         ];
         const bad = ctx.tls.filter((t) => !t.tls13 || !t.tls12Refused);
         if (bad.length > 0) {

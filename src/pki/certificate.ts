@@ -51,20 +51,22 @@ export function parseCertificate(text: string, what: string): Certificate {
   return certs[0];
 }
 
-export function subjectAltNames(cert: Certificate): {dns: string[]; ip: string[]} {
-  const dns: string[] = [];
-  const ip: string[] = [];
+/** The SANs by type; email and URI names too, since a CA's constraints bind them as well. */
+export function subjectAltNames(cert: Certificate): {dns: string[]; ip: string[]; email: string[]; uri: string[]} {
+  const out = {dns: [] as string[], ip: [] as string[], email: [] as string[], uri: [] as string[]};
   for (const name of cert.asn.getExtension(x509.SubjectAlternativeNameExtension)?.names.items ?? []) {
-    if (name.type === 'dns') dns.push(name.value);
-    else if (name.type === 'ip') ip.push(name.value);
+    if (name.type === 'dns') out.dns.push(name.value);
+    else if (name.type === 'ip') out.ip.push(name.value);
+    else if (name.type === 'email') out.email.push(name.value);
+    else if (name.type === 'url') out.uri.push(name.value);
   }
-  return {dns, ip};
+  return out;
 }
 
 /** The names a CA's name constraints apply to: the SANs, plus a host-name-like common name when there is no DNS SAN. */
-export function constrainedNames(cert: Certificate): {dns: string[]; ip: string[]} {
-  const {dns, ip} = subjectAltNames(cert);
-  return {dns: [...dns, ...commonNameAsDns(cert.asn.subjectName.getField('CN')[0], dns)], ip};
+export function constrainedNames(cert: Certificate): {dns: string[]; ip: string[]; email: string[]; uri: string[]} {
+  const sans = subjectAltNames(cert);
+  return {...sans, dns: [...sans.dns, ...commonNameAsDns(cert.asn.subjectName.getField('CN')[0], sans.dns)]};
 }
 
 export function basicConstraints(cert: Certificate): {ca: boolean; pathLength: number | null} {

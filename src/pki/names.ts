@@ -70,8 +70,12 @@ export function commonNameAsDns(commonName: string | undefined, sanDns: readonly
 
 export interface NameSubtrees {
   readonly dns: readonly string[];
-  /** CIDR ranges, e.g. `127.0.0.0/8`, `::1/128`. */
+  /** CIDR ranges, e.g. `127.0.0.1/32`, `::1/128`. */
   readonly ip: readonly string[];
+  /** rfc822Name subtrees: a mailbox, a host, or `.domain`; the empty string is every address. */
+  readonly email: readonly string[];
+  /** uniformResourceIdentifier subtrees, by host: `host`, or `.domain`; the empty string is every URI. */
+  readonly uri: readonly string[];
 }
 
 export interface NameConstraints {
@@ -79,21 +83,28 @@ export interface NameConstraints {
   readonly excluded: NameSubtrees;
 }
 
-/** The DER value of a NameConstraints extension with only permitted subtrees. */
-export function encodeNameConstraints(permitted: NameSubtrees): Uint8Array {
-  const subtrees = [
-    ...permitted.dns.map((d) => new x509.GeneralName('dns', d)),
-    ...permitted.ip.map((cidr) => new x509.GeneralName('ip', cidr)),
-  ].map((name) => encode(Tag.sequence, new Uint8Array(name.rawData)));
-  return encode(Tag.sequence, encode(Tag.context0, ...subtrees));
+const emptySubtrees = (): {dns: string[]; ip: string[]; email: string[]; uri: string[]} => ({dns: [], ip: [], email: [], uri: []});
+
+/** The DER value of a NameConstraints extension: permitted subtrees, then excluded ones (either part left out when empty). */
+export function encodeNameConstraints(constraints: NameConstraints): Uint8Array {
+  const subtrees = (s: NameSubtrees): Uint8Array[] =>
+    [
+      ...s.dns.map((d) => new x509.GeneralName('dns', d)),
+      ...s.ip.map((cidr) => new x509.GeneralName('ip', cidr)),
+      ...s.email.map((e) => new x509.GeneralName('email', e)),
+      ...s.uri.map((u) => new x509.GeneralName('url', u)),
+    ].map((name) => encode(Tag.sequence, new Uint8Array(name.rawData)));
+  const permitted = subtrees(constraints.permitted);
+  const excluded = subtrees(constraints.excluded);
+  return encode(Tag.sequence, ...(permitted.length > 0 ? [encode(Tag.context0, ...permitted)] : []), ...(excluded.length > 0 ? [encode(Tag.context1, ...excluded)] : []));
 }
 
-/** Parses a NameConstraints extension value. Name forms other than DNS and IP are ignored. */
+/** Parses a NameConstraints extension value. Name forms other than DNS, IP, email and URI are ignored. */
 export function decodeNameConstraints(value: Uint8Array): NameConstraints {
   const [outer] = decodeAll(value);
   if (outer?.tag !== Tag.sequence) throw new Error('NameConstraints is not a SEQUENCE');
-  const permitted = {dns: [] as string[], ip: [] as string[]};
-  const excluded = {dns: [] as string[], ip: [] as string[]};
+  const permitted = emptySubtrees();
+  const excluded = emptySubtrees();
   for (const part of decodeAll(outer.contents)) {
     const into = part.tag === Tag.context0 ? permitted : part.tag === Tag.context1 ? excluded : undefined;
     if (!into) continue;
@@ -108,9 +119,17 @@ export function decodeNameConstraints(value: Uint8Array): NameConstraints {
       }
       if (name.type === 'dns') into.dns.push(name.value.toLowerCase());
       else if (name.type === 'ip') into.ip.push(name.value);
+      else if (name.type === 'email') into.email.push(name.value.toLowerCase());
+      else if (name.type === 'url') into.uri.push(name.value.toLowerCase());
     }
   }
   return {permitted, excluded};
+}
+
+/** The same constraints, whatever the order of their subtrees. */
+export function sameNameConstraints(a: NameConstraints, b: NameConstraints): boolean {
+  const key = (s: NameSubtrees): string => JSON.stringify((['dns', 'ip', 'email', 'uri'] as const).map((k) => [...new Set(s[k].map((v) => v.toLowerCase()))].sort()));
+  return key(a.permitted) === key(b.permitted) && key(a.excluded) === key(b.excluded);
 }
 
 /**
@@ -135,18 +154,47 @@ function ipInSubtrees(address: string, cidrs: readonly string[]): boolean {
   return list.check(address, family);
 }
 
+/** RFC 5280 §4.2.1.10 for rfc822Name: a mailbox exactly, a host exactly, or `.domain` for any host below it. */
+function emailInSubtree(address: string, subtree: string): boolean {
+  const s = subtree.toLowerCase();
+  if (s === '') return true;
+  if (s.includes('@')) return address === s;
+  const host = address.slice(address.lastIndexOf('@') + 1);
+  return s.startsWith('.') ? host.endsWith(s) : host === s;
+}
+
+/** RFC 5280 §4.2.1.10 for URIs: the constraint applies to the host part; a URI without a host matches no host subtree. */
+function uriInSubtree(uri: string, subtree: string): boolean {
+  const s = subtree.toLowerCase();
+  if (s === '') return true;
+  let host: string;
+  try {
+    host = new URL(uri).hostname.toLowerCase();
+  } catch {
+    return false;
+  }
+  if (host === '') return false;
+  return s.startsWith('.') ? host.endsWith(s) : host === s;
+}
+
 /**
  * The names that the constraints do not allow: each name must lie in some permitted subtree of
  * its type (when the CA lists any of that type) and in no excluded subtree.
  */
-export function namesOutside(constraints: NameConstraints, names: NameSubtrees): string[] {
+export function namesOutside(constraints: NameConstraints, names: Partial<NameSubtrees> & Pick<NameSubtrees, 'dns' | 'ip'>): string[] {
   const {permitted, excluded} = constraints;
-  const badDns = names.dns.filter((raw) => {
-    const n = raw.toLowerCase();
-    return (permitted.dns.length > 0 && !permitted.dns.some((s) => dnsInSubtree(n, s))) || excluded.dns.some((s) => dnsInSubtree(n, s));
-  });
+  const outside = (values: readonly string[], allowed: readonly string[], denied: readonly string[], inside: (name: string, subtree: string) => boolean): string[] =>
+    values.filter((raw) => {
+      const n = raw.toLowerCase();
+      return (allowed.length > 0 && !allowed.some((s) => inside(n, s))) || denied.some((s) => inside(n, s));
+    });
   const badIp = names.ip.filter(
     (a) => (permitted.ip.length > 0 && !ipInSubtrees(a, permitted.ip)) || (excluded.ip.length > 0 && ipInSubtrees(a, excluded.ip)),
   );
-  return [...badDns, ...badIp];
+  return [
+    ...outside(names.dns, permitted.dns, excluded.dns, dnsInSubtree),
+    ...badIp,
+    ...outside(names.email ?? [], permitted.email, excluded.email, emailInSubtree),
+    ...outside(names.uri ?? [], permitted.uri, excluded.uri, uriInSubtree),
+  ];
 }

@@ -13,7 +13,7 @@ import {validateSlug} from '../tenants/slug.js';
 import {byCodePoint, hashFiles, type RenderedFile} from './rendered-file.js';
 import {readTemplate} from './sources.js';
 import {assertFilled, renderTextTemplate, renderYamlDocuments, type TemplateValues} from './template.js';
-import {APP_UID, AUTH_DB_ROLE, findBundledCluster, POSTGRES_INITDB_ARGS, POSTGRES_UID, resolvedImages} from './values.js';
+import {APP_UID, AUTH_DB_ROLE, findBundledCluster, POSTGRES_INITDB_ARGS, POSTGRES_UID, resolvedImages, serviceHosts} from './values.js';
 
 /**
  * The Kubernetes target (DESIGN §6): a kustomize directory rendered from templates/k8s/, and the
@@ -187,6 +187,7 @@ export async function renderKubernetes(config: DforgeConfig, overridesDir: strin
     release: config.release,
     postgres: {superuser: EMBEDDED_SUPERUSER, provisioner: PROVISIONER_ROLE, initdbArgs: POSTGRES_INITDB_ARGS},
     auth: {role: AUTH_DB_ROLE},
+    hosts: serviceHosts(config, 'k8s'),
   };
   const clusterValues = (cluster: string): TemplateValues => ({...common, postgres: {...common.postgres, cluster}});
 

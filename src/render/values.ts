@@ -1,3 +1,4 @@
+import {serviceHost} from '../certs/service-names.js';
 import {PROVISIONER_ROLE} from '../control/bootstrap.js';
 import type {ClusterConfig, DforgeConfig} from '../config/schema.js';
 import {UserError} from '../errors.js';
@@ -48,6 +49,15 @@ export function bundledCluster(config: DforgeConfig): BundledCluster {
   });
 }
 
+/**
+ * The names the services reach each other by (src/certs/service-names.ts): the names their
+ * certificates carry, made resolvable by the compose network aliases or the k8s Services.
+ */
+export function serviceHosts(config: DforgeConfig, target: 'compose' | 'k8s'): Record<'postgres' | 'authDb' | 'auth' | 'app', string> {
+  const host = (service: Parameters<typeof serviceHost>[1]): string => serviceHost(config, service, target);
+  return {postgres: host('postgres'), authDb: host('auth-db'), auth: host('auth'), app: host('app')};
+}
+
 export function templateValues(config: DforgeConfig): Record<string, unknown> {
   const cluster = bundledCluster(config);
   const httpsPort = config.compose.httpsPort;
@@ -61,6 +71,7 @@ export function templateValues(config: DforgeConfig): Record<string, unknown> {
     publicAuthority: httpsPort === 443 ? config.domain : `${config.domain}:${httpsPort}`,
     postgres: {cluster: cluster.name, port: cluster.port, superuser: EMBEDDED_SUPERUSER, provisioner: PROVISIONER_ROLE, initdbArgs: POSTGRES_INITDB_ARGS},
     auth: {role: AUTH_DB_ROLE},
+    hosts: serviceHosts(config, 'compose'),
     uids: {postgres: `${POSTGRES_UID}:${POSTGRES_UID}`, app: `${APP_UID}:${APP_UID}`},
   };
 }

@@ -1,6 +1,7 @@
 import {promises as fs} from 'node:fs';
 import path from 'node:path';
 
+import {serviceHost} from '../certs/service-names.js';
 import {clustersOf, type ControlPlane} from '../control/plane.js';
 import {byCodePoint} from '../render/rendered-file.js';
 import {APP_UID} from '../render/values.js';
@@ -59,8 +60,9 @@ export async function publishTenantCatalog(plane: ControlPlane): Promise<Catalog
       if (tenant.status !== 'active' && tenant.status !== 'suspended') continue;
       const cluster = clusters.get(tenant.cluster)?.cluster;
       if (!cluster || cluster.kind === 'embedded') continue;
-      // Inside the stack the bundled cluster is the postgres service; external clusters by their own name.
-      const [host, port] = cluster.kind === 'bundled' ? ['postgres', 5432] : [cluster.host, cluster.port];
+      // Inside the stack the bundled cluster is the postgres service, by the name its certificate
+      // carries; external clusters by their own name.
+      const [host, port] = cluster.kind === 'bundled' ? [serviceHost(plane.config, 'postgres'), 5432] : [cluster.host, cluster.port];
       // A suspended tenant stays in the catalog without a password: the app cannot reach it.
       const active = tenant.status === 'active';
       if (active) passwords.set(tenant.slug, await plane.tenants.password(tenant.slug));

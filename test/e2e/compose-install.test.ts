@@ -126,10 +126,10 @@ describe.skipIf(!available)('dforge install on Docker Compose', () => {
     expect(proxy13.out).toMatch(/New, TLSv1\.3/);
     expect(proxy13.out).toMatch(/Verify return code: 0 \(ok\)/);
     expect((await sClient(ports.https, '-tls1_2', ['-servername', DOMAIN])).code).not.toBe(0);
-    const pg13 = await sClient(ports.postgres, '-tls1_3', ['-starttls', 'postgres', '-servername', 'postgres']);
+    const pg13 = await sClient(ports.postgres, '-tls1_3', ['-starttls', 'postgres', '-servername', 'postgres.dforge.internal']);
     expect(pg13.code, pg13.out).toBe(0);
     expect(pg13.out).toMatch(/New, TLSv1\.3/);
-    expect((await sClient(ports.postgres, '-tls1_2', ['-starttls', 'postgres', '-servername', 'postgres'])).code).not.toBe(0);
+    expect((await sClient(ports.postgres, '-tls1_2', ['-starttls', 'postgres', '-servername', 'postgres.dforge.internal'])).code).not.toBe(0);
   }, 120_000);
 
   it('the superuser cannot log in over TCP, even with its password; every container is locked down', async () => {
@@ -138,7 +138,7 @@ describe.skipIf(!available)('dforge install on Docker Compose', () => {
     const keys = await openKeyServices(new InstallDir(dir));
     const password = (await keys.sealed.get('postgres/eu-1/superuser')).toString('utf8');
     for (const database of ['postgres', 'dforge_admin']) {
-      const c = new pg.Client({host: '127.0.0.1', port: ports.postgres, user: 'dforge_admin', password, database, ssl: {ca: caPem, servername: 'postgres', minVersion: 'TLSv1.3'}});
+      const c = new pg.Client({host: '127.0.0.1', port: ports.postgres, user: 'dforge_admin', password, database, ssl: {ca: caPem, servername: 'postgres.dforge.internal', minVersion: 'TLSv1.3'}});
       await expect(c.connect()).rejects.toThrow(/pg_hba\.conf rejects connection/);
       await c.end().catch(() => undefined);
     }
@@ -331,7 +331,7 @@ describe.skipIf(!available)('dforge install on Docker Compose', () => {
   async function asTenant<T>(slug: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
     const password = await fs.readFile(path.join(dir, 'runtime', 'tenants', `${slug}.password`), 'utf8');
     const role = `tenant_${slug.replaceAll('-', '_')}`;
-    const c = new pg.Client({host: '127.0.0.1', port: ports.postgres, user: role, password, database: role, ssl: {ca: caPem, servername: 'postgres', minVersion: 'TLSv1.3'}});
+    const c = new pg.Client({host: '127.0.0.1', port: ports.postgres, user: role, password, database: role, ssl: {ca: caPem, servername: 'postgres.dforge.internal', minVersion: 'TLSv1.3'}});
     await c.connect();
     try {
       return await fn(c);

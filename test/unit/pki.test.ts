@@ -16,7 +16,7 @@ const execFile = promisify(execFileCb);
 const hasKeytool = spawnSync('keytool', ['-help'], {stdio: 'ignore'}).error === undefined;
 const DAY = 86_400_000;
 const NOW = new Date('2030-01-15T12:00:00Z');
-const INTERNAL = ['postgres', 'auth-db', 'auth', 'app', 'proxy', 'localhost', 'svc.cluster.local'];
+const INTERNAL = ['dforge.internal', 'localhost'];
 
 let dir: string;
 let ca: CertAndKey;
@@ -61,7 +61,10 @@ describe('generateCa', () => {
       notBefore: new Date(NOW.getTime() - 5 * 60_000).toISOString(),
       notAfter: new Date(NOW.getTime() + 3650 * DAY).toISOString(),
       chainValid: true,
-      nameConstraints: {permitted: {dns: ['example.com', ...INTERNAL], ip: ['127.0.0.0/8', '::1/128']}, excluded: {dns: [], ip: []}},
+      nameConstraints: {
+        permitted: {dns: ['example.com', ...INTERNAL], ip: ['127.0.0.1/32', '::1/128'], email: ['invalid'], uri: ['invalid']},
+        excluded: {dns: [], ip: [], email: [], uri: []},
+      },
     });
     expect(r.serialNumber).toMatch(/^[4-7][0-9A-F]{31}$/);
     expect(ca.keyPem).toMatch(/^-----BEGIN PRIVATE KEY-----\n/);
@@ -80,9 +83,9 @@ describe('generateCa', () => {
   });
 
   it('makes an RSA 3072 CA on request, whose leaves default to RSA 3072 with keyEncipherment', async () => {
-    const rsa = await generateCa({domain: 'example.com', internalNames: ['postgres'], algorithm: 'rsa-3072', now: NOW, validityDays: 30});
+    const rsa = await generateCa({domain: 'example.com', internalNames: ['dforge.internal'], algorithm: 'rsa-3072', now: NOW, validityDays: 30});
     expect(inspectCertificate(rsa.certPem, {now: NOW})).toMatchObject({keyType: 'rsa-3072', lifetimeDays: 30});
-    const leaf = await issueLeaf(rsa, {commonName: 'postgres', dnsNames: ['postgres'], usage: 'server', now: NOW});
+    const leaf = await issueLeaf(rsa, {commonName: 'postgres', dnsNames: ['postgres.dforge.internal'], usage: 'server', now: NOW});
     expect(inspectCertificate(leaf.certPem, {now: NOW, caPem: rsa.certPem})).toMatchObject({keyType: 'rsa-3072', chainValid: true});
     expect(new x509.X509Certificate(leaf.certPem).getExtension(x509.KeyUsagesExtension)?.usages).toBe(
       x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyEncipherment,
@@ -103,12 +106,12 @@ describe('issueLeaf', () => {
   });
 
   it('issues a 397-day server leaf with SANs, CA:FALSE and the CA\'s key identifier', async () => {
-    const leaf = await issueLeaf(ca, {commonName: 'Postgres', dnsNames: ['postgres', 'LOCALHOST'], ipAddresses: ['127.0.0.1', '::1'], usage: 'server', now: NOW});
+    const leaf = await issueLeaf(ca, {commonName: 'Postgres', dnsNames: ['postgres.dforge.internal', 'LOCALHOST'], ipAddresses: ['127.0.0.1', '::1'], usage: 'server', now: NOW});
     const r = inspectCertificate(leaf.certPem, {now: NOW, caPem: ca.certPem});
     expect(r).toMatchObject({
       subject: 'O=dforge, CN=Postgres',
       issuer: 'O=dforge, CN=dforge CA example.com',
-      dnsNames: ['postgres', 'localhost'],
+      dnsNames: ['postgres.dforge.internal', 'localhost'],
       ipAddresses: ['127.0.0.1', '::1'],
       keyType: 'ecdsa-p256',
       isCa: false,
@@ -133,7 +136,7 @@ describe('issueLeaf', () => {
     ['client', ['clientAuth']],
     ['server-client', ['serverAuth', 'clientAuth']],
   ] as const)('sets the extended key usage for %s leaves', async (usage, expected) => {
-    const leaf = await issueLeaf(ca, {commonName: 'auth', dnsNames: ['auth'], usage, now: NOW});
+    const leaf = await issueLeaf(ca, {commonName: 'auth', dnsNames: ['auth.dforge.internal'], usage, now: NOW});
     expect(inspectCertificate(leaf.certPem, {now: NOW}).extendedKeyUsage).toEqual(expected);
   });
 
@@ -146,7 +149,14 @@ describe('issueLeaf', () => {
   it.each([
     [{dnsNames: ['evil.example.org']}, 'evil.example.org'],
     [{dnsNames: ['example.com.evil.org']}, 'example.com.evil.org'],
-    [{dnsNames: ['postgres'], ipAddresses: ['10.0.0.1']}, '10.0.0.1'],
+    [{dnsNames: ['postgres.dforge.internal'], ipAddresses: ['10.0.0.1']}, '10.0.0.1'],
+    // Loopback is permitted only as the two addresses the leaves carry.
+    [{dnsNames: ['postgres.dforge.internal'], ipAddresses: ['127.0.0.2']}, '127.0.0.2'],
+    // Bare service names, and the public TLDs they would have opened up.
+    [{dnsNames: ['app']}, 'app'],
+    [{dnsNames: ['evil.app']}, 'evil.app'],
+    [{dnsNames: ['postgres.other.svc.cluster.local']}, 'postgres.other.svc.cluster.local'],
+    [{dnsNames: ['dforge.internal.evil.org']}, 'dforge.internal.evil.org'],
     // No DNS SAN: OpenSSL then checks a host-name-like common name against the DNS constraints.
     [{commonName: 'db.example.org', dnsNames: [], ipAddresses: ['127.0.0.1']}, 'db.example.org'],
   ])('refuses names outside the CA\'s constraints: %j', async (names, bad) => {
@@ -157,9 +167,9 @@ describe('issueLeaf', () => {
 
   it('refuses an expired CA and a key that is not the CA\'s', async () => {
     const later = new Date(NOW.getTime() + 3651 * DAY);
-    expect((await rejection(issueLeaf(ca, {commonName: 'app', dnsNames: ['app'], usage: 'client', now: later}))).message).toMatch(/^the CA expired on /);
+    expect((await rejection(issueLeaf(ca, {commonName: 'app', dnsNames: ['app.dforge.internal'], usage: 'client', now: later}))).message).toMatch(/^the CA expired on /);
     const other = await generateCa({domain: 'example.com', internalNames: [], now: NOW});
-    const err = await rejection(issueLeaf({certPem: ca.certPem, keyPem: other.keyPem}, {commonName: 'app', dnsNames: ['app'], usage: 'client', now: NOW}));
+    const err = await rejection(issueLeaf({certPem: ca.certPem, keyPem: other.keyPem}, {commonName: 'app', dnsNames: ['app.dforge.internal'], usage: 'client', now: NOW}));
     expect(err).toBeInstanceOf(UserError);
     expect(err.message).toBe('the CA key does not belong to O=dforge, CN=dforge CA example.com');
   });
@@ -170,7 +180,7 @@ describe('inspectCertificate', () => {
   let notBefore: number;
   let notAfter: number;
   beforeAll(async () => {
-    leaf = await issueLeaf(ca, {commonName: 'proxy', dnsNames: ['proxy'], usage: 'server', now: NOW, validityDays: 300});
+    leaf = await issueLeaf(ca, {commonName: 'proxy', dnsNames: ['proxy.dforge.internal'], usage: 'server', now: NOW, validityDays: 300});
     notBefore = NOW.getTime() - 5 * 60_000;
     notAfter = NOW.getTime() + 300 * DAY;
   });
@@ -380,8 +390,18 @@ describe('checkImport', () => {
       await fs.writeFile(file('own-ca.key'), own.keyPem);
       const evil = await sign('evil', {subj: '/CN=www.example.org', issuer: 'own-ca', days: 5, ext: leafExt('DNS:www.example.org'), key: file('leaf.key')});
       expect(await chainFailure({certPem: evil, trusted: [own.certPem], domain: 'www.example.org'})).toBe(
-        'www.example.org in CN=www.example.org is outside the names O=dforge, CN=dforge CA example.com may certify (permitted: example.com, 127.0.0.0/8, ::1/128)',
+        'www.example.org in CN=www.example.org is outside the names O=dforge, CN=dforge CA example.com may certify (permitted: example.com, 127.0.0.1/32, ::1/128)',
       );
+    });
+
+    it('when the leaf carries an email address or a URI, which the CA holds to the reserved host `invalid`', async () => {
+      for (const [san, bad] of [
+        ['DNS:www.example.com,email:ceo@example.com', 'ceo@example.com'],
+        ['DNS:www.example.com,URI:https://www.example.com/', 'https://www.example.com/'],
+      ] as const) {
+        const evil = await sign(`evil-${bad.length}`, {subj: '/CN=www.example.com', issuer: 'own-ca', days: 5, ext: leafExt(san), key: file('leaf.key')});
+        expect(await chainFailure({certPem: evil, trusted: [(await read('own-ca.pem'))], domain: 'www.example.com'})).toMatch(new RegExp(`^${bad.replaceAll('.', '\\.')} in CN=www\\.example\\.com is outside the names`));
+      }
     });
   });
 });
@@ -409,7 +429,7 @@ describe('caToPkcs12', () => {
   });
 
   it('refuses a certificate that is not a CA', async () => {
-    const leaf = await issueLeaf(ca, {commonName: 'app', dnsNames: ['app'], usage: 'client', now: NOW});
+    const leaf = await issueLeaf(ca, {commonName: 'app', dnsNames: ['app.dforge.internal'], usage: 'client', now: NOW});
     expect(await rejection(caToPkcs12(leaf.certPem))).toBeInstanceOf(UserError);
   });
 });

@@ -6,10 +6,13 @@ import {fileURLToPath} from 'node:url';
 import {describe, expect, it} from 'vitest';
 import {parse} from 'yaml';
 
+import {type InternalService, internalSubtrees, serviceHost} from '../../src/certs/service-names.js';
 import {configSchema, type DforgeConfig} from '../../src/config/schema.js';
 import {UserError} from '../../src/errors.js';
 import {renderCompose} from '../../src/render/compose.js';
 import type {RenderedFile} from '../../src/render/rendered-file.js';
+import {caNameConstraints} from '../../src/pki/index.js';
+import {namesOutside} from '../../src/pki/names.js';
 import {confSettings, HARDENED_SETTINGS} from '../helpers/postgres-hardening.js';
 
 /** Golden files of the fixed config below; regenerate after an intended template change with UPDATE_GOLDEN=1. */
@@ -168,5 +171,36 @@ describe('renderCompose with hostile values (zod bypassed)', () => {
   it('refuses an HTTPS port that would reach the redirect in nginx.conf', async () => {
     const evil = hostile((c) => ({...c, compose: {...c.compose, httpsPort: '443$request_uri; include /x' as unknown as number}}));
     await expect(renderCompose(evil, undefined)).rejects.toThrow(/the value of publicAuthority cannot be written into .*nginx\.conf/);
+  });
+});
+
+describe('service names in the compose stack', () => {
+  it('every name a client connects by is an alias of its service on a network they share, and one the install CA may certify', async () => {
+    const config = fixed();
+    const files = await renderCompose(config, undefined);
+    const services = composeOf(files).services as Record<string, {environment?: Record<string, string>; networks: string[] | Record<string, {aliases?: string[]} | null>}>;
+    const networksOf = (service: string): string[] => {
+      const n = services[service]!.networks;
+      return Array.isArray(n) ? n : Object.keys(n);
+    };
+    const nginx = files.find((f) => f.path === 'proxy/nginx.conf')!.content;
+    const uses: Array<[client: string, url: string, service: InternalService]> = [
+      ['auth', services.auth!.environment!.DFORGE_AUTH_DB_URL!, 'auth-db'],
+      ['app', services.app!.environment!.DFORGE_AUTH_URL!, 'auth'],
+      // The tenant catalog (src/runtime/tenant-catalog.ts) gives the app this host for the bundled cluster.
+      ['app', `postgresql://tenant_a@${serviceHost(config, 'postgres')}:5432/tenant_a`, 'postgres'],
+      ...[...nginx.matchAll(/set \$(\w+)_upstream (http:\/\/\S+);/g)].map((m): [string, string, InternalService] => ['proxy', m[2]!, m[1] as InternalService]),
+    ];
+    expect(uses.map(([client, , service]) => `${client}->${service}`).sort()).toEqual(['app->auth', 'app->postgres', 'auth->auth-db', 'proxy->app', 'proxy->auth']);
+    const constraints = caNameConstraints({domain: config.domain, internalNames: internalSubtrees(config)});
+    for (const [client, url, service] of uses) {
+      const host = new URL(url).hostname;
+      expect(host, url).toBe(`${service}.dforge.internal`);
+      const shared = Object.entries(services[service]!.networks).filter(([net, def]) => def?.aliases?.includes(host) && networksOf(client).includes(net));
+      expect(shared.length, `${client} reaches ${host}`).toBe(1);
+      expect(namesOutside(constraints, {dns: [host], ip: []}), host).toEqual([]);
+    }
+    // No bare service name is left for a client to use, and none would be certifiable.
+    expect(namesOutside(constraints, {dns: ['postgres', 'auth', 'app', 'auth-db'], ip: []})).toEqual(['postgres', 'auth', 'app', 'auth-db']);
   });
 });

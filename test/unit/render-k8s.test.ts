@@ -4,6 +4,7 @@ import path from 'node:path';
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
+import {internalSubtrees, serviceHost} from '../../src/certs/service-names.js';
 import {generateCertificates} from '../../src/certs/service.js';
 import {configSchema, type DforgeConfig} from '../../src/config/schema.js';
 import {caCertFile} from '../../src/control/plane.js';
@@ -14,6 +15,8 @@ import {initKeys} from '../../src/keys/init.js';
 import {ensureSealedPassword} from '../../src/keys/sealed-password.js';
 import {CATALOG_SECRET, kubernetesSecrets, MASTER_KEY_SECRET, renderKubernetes, renderKubernetesOverlay} from '../../src/render/k8s.js';
 import type {RenderedFile} from '../../src/render/rendered-file.js';
+import {caNameConstraints} from '../../src/pki/index.js';
+import {namesOutside} from '../../src/pki/names.js';
 import {masterDir} from '../../src/secrets/master-key.js';
 import {InstallDir} from '../../src/state/install-dir.js';
 import {tempInstall} from '../helpers/install-fixture.js';
@@ -379,27 +382,60 @@ describe('renderKubernetes', () => {
   });
 });
 
+describe('service names in Kubernetes', () => {
+  it('every name a workload connects by is a Service of the install\'s namespace, and one the install CA may certify', async () => {
+    const c = config({kubernetes: {...base.kubernetes, namespace: 'acme-prod'}});
+    const objects = objectsOf(await renderKubernetes(c, undefined));
+    const envOf = (owner: string, name: string): string => {
+      const [container] = podTemplates(objects).find((t) => t.owner === owner)!.spec.containers;
+      return (container!.env as Array<{name: string; value?: string}>).find((e) => e.name === name)!.value!;
+    };
+    const nginx = (find(objects, 'ConfigMap', 'proxy-config') as {data?: Record<string, string>}).data!['nginx.conf']!;
+    const hosts = [
+      new URL(envOf('Deployment/auth', 'DFORGE_AUTH_DB_URL')).hostname,
+      new URL(envOf('Deployment/app', 'DFORGE_AUTH_URL')).hostname,
+      // The tenant catalog (src/runtime/tenant-catalog.ts) and dforge's own endpoint for the bundled cluster.
+      serviceHost(c, 'postgres'),
+      ...[...nginx.matchAll(/server (\S+):8080;/g)].map((m) => m[1]!),
+    ];
+    expect(hosts).toEqual(['auth-db.acme-prod.svc', 'auth.acme-prod.svc', 'postgres.acme-prod.svc', 'app.acme-prod.svc', 'auth.acme-prod.svc']);
+    const constraints = caNameConstraints({domain: c.domain, internalNames: internalSubtrees(c)});
+    for (const host of hosts) {
+      const [service, namespace] = host.split('.');
+      expect(find(objects, 'Service', service!).metadata.namespace, host).toBe(namespace);
+      expect(namesOutside(constraints, {dns: [host, `${host}.cluster.local`], ip: []}), host).toEqual([]);
+    }
+    // Another namespace's services, and the old bare names, are out of the CA's reach.
+    expect(namesOutside(constraints, {dns: ['postgres.dforge.svc', 'db.kube-system.svc.cluster.local', 'postgres', 'app.dforge.internal'], ip: []})).toHaveLength(4);
+  });
+});
+
 describe('renderKubernetes with hostile values (zod bypassed)', () => {
   const hostile = (mutate: (c: DforgeConfig) => DforgeConfig): DforgeConfig => mutate(structuredClone(config()));
 
-  it('keeps an injected image, namespace or class name one inert string', async () => {
+  it('keeps an injected image, ingress namespace or class name one inert string', async () => {
     const image = 'x"\nprivileged: true\n  hostNetwork: true #';
-    const namespace = 'evil\n  hostNetwork: true';
     const className = 'nginx"\n  hostPID: true';
     const ingressNamespace = 'x"\n        - ipBlock: {cidr: 0.0.0.0/0}';
-    const evil = hostile((c) => ({...c, images: {...c.images, app: image, proxy: image, dforge: image}, kubernetes: {...c.kubernetes, namespace, ingressNamespace, ingressClassName: className}}));
+    const evil = hostile((c) => ({...c, images: {...c.images, app: image, proxy: image, dforge: image}, kubernetes: {...c.kubernetes, ingressNamespace, ingressClassName: className}}));
     const normal = objectsOf(await renderKubernetes(config(), undefined));
     const injected = objectsOf(await renderKubernetes(evil, undefined));
     // The same objects with the same keys: the values changed, the structure did not.
     expect(injected.map((o) => o.kind)).toEqual(normal.map((o) => o.kind));
-    expect(find(injected, 'Namespace', namespace).metadata.name).toBe(namespace);
     injected.forEach((o, i) => expect(keyPaths(o), objectId(o)).toEqual(keyPaths(normal[i])));
     const containers = podTemplates(injected).flatMap((t) => allContainers(t.spec));
     expect(containers.filter((c) => c.name === 'app' || c.name === 'proxy').map((c) => c.image)).toEqual([image, image]);
     expect(containers.filter((c) => c.name === 'backup').map((c) => c.image)).toEqual([image]);
     expect((find(injected, 'NetworkPolicy', 'proxy').spec as any).ingress[0].from).toEqual([{namespaceSelector: {matchLabels: {'kubernetes.io/metadata.name': ingressNamespace}}}]);
-    expect(injected.filter((o) => o.kind !== 'Namespace').every((o) => o.metadata.namespace === namespace)).toBe(true);
     expect((find(injected, 'Ingress', 'dforge').spec as {ingressClassName: string}).ingressClassName).toBe(className);
+  });
+
+  it('refuses an injected namespace, which the proxy configuration names its upstreams by, without echoing it', async () => {
+    const namespace = 'evil\n  hostNetwork: true';
+    const err = await renderKubernetes(hostile((c) => ({...c, kubernetes: {...c.kubernetes, namespace}})), undefined).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UserError);
+    expect((err as Error).message).toMatch(/hosts\.app cannot be written into .*nginx\.conf/);
+    expect((err as Error).message).not.toContain('hostNetwork');
   });
 
   it('refuses a domain that the proxy configuration cannot hold, without echoing it', async () => {

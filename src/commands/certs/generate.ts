@@ -7,8 +7,8 @@ import {renderTable} from '../../ui/table.js';
 
 export default class CertsGenerate extends BaseCommand<typeof CertsGenerate> {
   static override summary = 'Create the install CA and the proxy, PostgreSQL and internal-service certificates.';
-  static override description = `The CA (ECDSA P-256 by default) has pathLen 0 and name constraints limited to the domain and the internal service names. Private keys are sealed under the master key; certificates go to pki/, with the CA also as pki/ca.p12 for trust stores.
-Existing certificates are never replaced: use dforge certs renew.`;
+  static override description = `The CA (ECDSA P-256 by default) has pathLen 0 and name constraints limited to the domain, tls.extraSans, the internal names (dforge.internal, or the install's namespace on Kubernetes), localhost and loopback. Private keys are sealed under the master key; certificates go to pki/, with the CA also as pki/ca.p12 for trust stores.
+Existing certificates are never replaced: use dforge certs renew (which also moves an install off a CA whose constraints are not the ones it needs).`;
   static override examples = ['<%= config.bin %> certs generate', '<%= config.bin %> certs generate --algorithm rsa-3072'];
 
   static override flags = {
