@@ -15,7 +15,7 @@ export default class CertsRenew extends BaseCommand<typeof CertsRenew> {
 
   async run(): Promise<GeneratedCertificate[]> {
     const names = this.positionals;
-    const renewed = await withOpsRecord(this.installDir(), {action: 'certs.renew', target: 'pki'}, () => renewCertificates(this.installDir(), {names: names.length > 0 ? names : undefined, force: this.flags.force, command: 'dforge certs renew'}));
+    const renewed = await withOpsRecord(this.installDir(), {action: 'certs.renew', target: 'pki', changed: (r) => r.some((c) => c.action === 'renewed' || c.action === 'created'), details: (r) => ({certificates: r.filter((c) => c.action === 'renewed' || c.action === 'created').map((c) => `${c.name} ${c.action}`)})}, () => renewCertificates(this.installDir(), {names: names.length > 0 ? names : undefined, force: this.flags.force, command: 'dforge certs renew'}));
 
     for (const c of renewed) this.out.progress(`${c.name}: ${c.action} (expires ${c.notAfter.slice(0, 10)})`);
     return renewed;
