@@ -16,7 +16,7 @@ import {canonicalJson} from './canonical-json.js';
 export interface OpsLogAnchor {
   readonly format: 1;
   readonly seq: number;
-  /** Hex MAC of entry `seq`. */
+  /** Hex MAC of entry `seq`; seq 0 (zeros) anchors an empty log, before this install's first entry. */
   readonly mac: string;
   readonly keyId: string;
   /** When the anchor was written (the entry's time). */
@@ -48,7 +48,7 @@ export async function readAnchor(dir: InstallDir, keys: {verifierKey(id: string)
   } catch {
     throw altered('is not valid JSON');
   }
-  if (anchor.format !== 1 || !Number.isSafeInteger(anchor.seq) || anchor.seq < 1 || typeof anchor.mac !== 'string' || typeof anchor.keyId !== 'string' || typeof anchor.at !== 'string' || typeof anchor.tag !== 'string') {
+  if (anchor.format !== 1 || !Number.isSafeInteger(anchor.seq) || anchor.seq < 0 || typeof anchor.mac !== 'string' || typeof anchor.keyId !== 'string' || typeof anchor.at !== 'string' || typeof anchor.tag !== 'string') {
     throw altered('is not an ops-log anchor');
   }
   const key = await keys.verifierKey(anchor.keyId);

@@ -2,6 +2,7 @@ import {randomBytes} from 'node:crypto';
 
 import {UserError} from '../errors.js';
 import {withMasterKeyWrites} from '../keys/master-key-writes.js';
+import {crashPoint} from '../state/crash-point.js';
 import type {LocalMasterKeyring} from '../secrets/master-key.js';
 import type {SealedStore} from '../secrets/sealed-store.js';
 import type {InstallDir} from '../state/install-dir.js';
@@ -45,6 +46,7 @@ export class OpsLogKeys {
     const {dir, keyring, sealed} = this.services;
     const key = randomBytes(KEY_BYTES);
     await withMasterKeyWrites(dir, keyring, 'dforge ops log: create the ops-log key', () => sealed.put(opsLogKeySecret(CURRENT_OPS_LOG_KEY_ID), key));
+    crashPoint('ops-log: key sealed');
     this.cache.set(CURRENT_OPS_LOG_KEY_ID, key);
     return key;
   }

@@ -4,6 +4,7 @@ import os from 'node:os';
 import type {Client} from 'pg';
 
 import {VerificationError} from '../errors.js';
+import {crashPoint} from '../state/crash-point.js';
 import {canonicalJson} from './canonical-json.js';
 import {anchorFile, readAnchor, writeAnchor, type OpsLogAnchor} from './ops-log-anchor.js';
 import {CURRENT_OPS_LOG_KEY_ID, OpsLogKeys, type OpsLogKeyServices} from './ops-log-key.js';
@@ -134,9 +135,17 @@ export class OpsLog {
    */
   async append(client: Client, entry: OpsEntry, now: Date = new Date()): Promise<StoredOpsEntry> {
     return this.locked(client, async () => {
-      const check = await this.checkAgainstAnchor(client);
-      const chainBreak = check.ok ? null : {kind: 'tamper' as const, anchored: check.anchored, found: check.found, reason: check.reason};
-      return this.insert(client, entry, now, chainBreak);
+      const key = await this.keys.writerKey(async () => ((await client.query('SELECT 1 FROM ops_log WHERE key_id IS NOT NULL LIMIT 1')).rowCount ?? 0) > 0);
+      const anchor = await readAnchor(this.services.dir, this.keys);
+      const check = await this.checkAgainstAnchor(client, anchor);
+      if (!anchor) {
+        // Anchor the head as it is before this install's first entry: a kill after the commit below
+        // then leaves the log one entry past an anchor (which verify accepts), never keyed entries
+        // without any anchor (which verify cannot tell from a deleted anchor).
+        await writeAnchor(this.services.dir, key, {seq: check.found?.seq ?? 0, mac: check.found?.mac ?? GENESIS.toString('hex'), keyId: CURRENT_OPS_LOG_KEY_ID, at: now.toISOString()});
+      }
+      const chainBreak = check.failure ? {kind: 'tamper' as const, anchored: check.failure.anchored, found: check.found, reason: check.failure.reason} : null;
+      return this.insert(client, key, entry, now, chainBreak);
     });
   }
 
@@ -148,6 +157,7 @@ export class OpsLog {
    */
   async reanchorAfterRestore(client: Client, restore: {backupId: string; backupHead?: OpsLogHead; actor?: string}, now: Date = new Date()): Promise<StoredOpsEntry> {
     return this.locked(client, async () => {
+      const key = await this.keys.writerKey(async () => ((await client.query('SELECT 1 FROM ops_log WHERE key_id IS NOT NULL LIMIT 1')).rowCount ?? 0) > 0);
       const rows = await readRows(client, 1);
       const walk = await this.walk(rows, GENESIS, 1);
       if (walk.failure) throw restoredLogError(`the restored ops log is not intact: ${walk.failure.reason}`, walk.failure.seq);
@@ -165,7 +175,7 @@ export class OpsLog {
         found: last ? {seq: Number(last.seq), mac: last.hash.toString('hex')} : null,
         reason: `dforge_control was restored from backup ${restore.backupId}`,
       };
-      return this.insert(client, {action: 'restore.control', target: 'control', outcome: 'ok', details: {backupId: restore.backupId}, actor: restore.actor}, now, chainBreak);
+      return this.insert(client, key, {action: 'restore.control', target: 'control', outcome: 'ok', details: {backupId: restore.backupId}, actor: restore.actor}, now, chainBreak);
     });
   }
 
@@ -190,13 +200,13 @@ export class OpsLog {
       return {...base, intact: false, brokenAt: seq, reason, ...(brokenEntry ? {brokenEntry} : {})};
     };
     if (walk.failure) return broken(walk.failure.seq, walk.failure.reason);
-    if (anchor) {
-      const anchored = anchorMismatch(rows[anchor.seq - 1], rows.length, anchor);
-      if (anchored) return broken(anchored.seq, anchored.reason);
-    } else if (walk.keyed > 0) {
-      return broken(rows.length, `the log has keyed entries but there is no anchor at ${this.anchorFile}, so entries cut from its end could not be detected`);
-    } else if (walk.legacy > 0) {
+    const anchored = anchor && anchorMismatch(rows[anchor.seq - 1], rows.length, anchor);
+    if (anchored) return broken(anchored.seq, anchored.reason);
+    if (walk.keyed === 0 && walk.legacy > 0) {
       return broken(1, `none of the ${walk.legacy} entries is keyed: they were written before the ops log was keyed, and anyone who can write to dforge_control could have rewritten them`);
+    }
+    if (!anchor && walk.keyed > 0) {
+      return broken(rows.length, `the log has keyed entries but there is no anchor at ${this.anchorFile}, so entries cut from its end could not be detected`);
     }
     return {...base, intact: true};
   }
@@ -216,25 +226,23 @@ export class OpsLog {
    * and every later entry chains from it under the key. Without an anchor (first keyed append, or
    * an install directory that never wrote one), the whole log must verify.
    */
-  private async checkAgainstAnchor(client: Client): Promise<{ok: true} | {ok: false; anchored: ChainBreak['anchored']; found: ChainBreak['found']; reason: string}> {
-    const anchor = await readAnchor(this.services.dir, this.keys);
-    const rows = await readRows(client, anchor ? anchor.seq : 1);
+  private async checkAgainstAnchor(client: Client, anchor: OpsLogAnchor | undefined): Promise<{found: ChainBreak['found']; failure?: {anchored: ChainBreak['anchored']; reason: string}}> {
+    const from = anchor?.seq ?? 0;
+    const rows = await readRows(client, from);
     const last = rows.at(-1);
     const found = last ? {seq: Number(last.seq), mac: last.hash.toString('hex')} : null;
-    if (anchor) {
-      const anchored = {seq: anchor.seq, mac: anchor.mac};
-      const mismatch = anchorMismatch(rows[0] && Number(rows[0].seq) === anchor.seq ? rows[0] : undefined, found?.seq ?? 0, anchor);
-      if (mismatch) return {ok: false, anchored, found, reason: mismatch.reason};
-      const walk = await this.walk(rows.slice(1), rows[0]!.hash, anchor.seq + 1, true);
-      return walk.failure ? {ok: false, anchored, found, reason: walk.failure.reason} : {ok: true};
+    const anchored = anchor ? {seq: anchor.seq, mac: anchor.mac} : null;
+    if (from === 0) {
+      const walk = await this.walk(rows, GENESIS, 1);
+      return walk.failure ? {found, failure: {anchored, reason: walk.failure.reason}} : {found};
     }
-    const walk = await this.walk(rows, GENESIS, 1);
-    return walk.failure ? {ok: false, anchored: null, found, reason: walk.failure.reason} : {ok: true};
+    const mismatch = anchorMismatch(rows[0] && Number(rows[0].seq) === from ? rows[0] : undefined, found?.seq ?? 0, anchor!);
+    if (mismatch) return {found, failure: {anchored, reason: mismatch.reason}};
+    const walk = await this.walk(rows.slice(1), rows[0]!.hash, from + 1, rows[0]!.key_id !== null);
+    return walk.failure ? {found, failure: {anchored, reason: walk.failure.reason}} : {found};
   }
 
-  private async insert(client: Client, entry: OpsEntry, now: Date, chainBreak: ChainBreak | null): Promise<StoredOpsEntry> {
-    const hasKeyed = async (): Promise<boolean> => ((await client.query('SELECT 1 FROM ops_log WHERE key_id IS NOT NULL LIMIT 1')).rowCount ?? 0) > 0;
-    const key = await this.keys.writerKey(hasKeyed);
+  private async insert(client: Client, key: Buffer, entry: OpsEntry, now: Date, chainBreak: ChainBreak | null): Promise<StoredOpsEntry> {
     let stored: StoredOpsEntry;
     await client.query('BEGIN');
     try {
@@ -259,12 +267,14 @@ export class OpsLog {
         chainBreak === null ? null : JSON.stringify(chainBreak),
       ]);
       await client.query('COMMIT');
+      crashPoint('ops-log: entry committed');
       stored = {...record, prevHash: prev.toString('hex'), hash: mac.toString('hex'), keyId: CURRENT_OPS_LOG_KEY_ID, chainBreak};
     } catch (err) {
       await client.query('ROLLBACK').catch(() => undefined);
       throw err;
     }
     await writeAnchor(this.services.dir, key, {seq: stored.seq, mac: stored.hash, keyId: CURRENT_OPS_LOG_KEY_ID, at: stored.at});
+    crashPoint('ops-log: head anchored');
     return stored;
   }
 
@@ -322,11 +332,13 @@ export async function opsLogHead(client: Client): Promise<OpsLogHead | undefined
  * what a kill between COMMIT and the anchor write leaves, and the walk checks their MACs.
  */
 function anchorMismatch(atAnchor: Row | undefined, lastSeq: number, anchor: OpsLogAnchor): {seq: number; reason: string} | undefined {
+  // Written before this install's first entry into an empty log: there is nothing to compare.
+  if (anchor.seq === 0) return undefined;
   const written = `anchored ${anchor.at}`;
   if (!atAnchor && lastSeq < anchor.seq) {
     return {
       seq: lastSeq + 1,
-      reason: lastSeq === 0 ? `the log is empty, but the anchor records entry ${anchor.seq} (${written}): every entry was deleted` : `the log ends at entry ${lastSeq}, but the anchor records entry ${anchor.seq} (${written}): entries ${lastSeq + 1} to ${anchor.seq} were deleted`,
+      reason: lastSeq === 0 ? `the log is empty, but the anchor records entry ${anchor.seq} (${written}): every entry was deleted` : `the log ends at entry ${lastSeq}, but the anchor records entry ${anchor.seq} (${written}): ${lastSeq + 1 === anchor.seq ? `entry ${anchor.seq} was` : `entries ${lastSeq + 1} to ${anchor.seq} were`} deleted`,
     };
   }
   if (!atAnchor) return {seq: anchor.seq, reason: `entry ${anchor.seq} is missing (the anchor records it, ${written})`};
