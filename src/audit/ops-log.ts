@@ -229,8 +229,9 @@ export class OpsLog {
   private async checkAgainstAnchor(client: Client, anchor: OpsLogAnchor | undefined): Promise<{found: ChainBreak['found']; failure?: {anchored: ChainBreak['anchored']; reason: string}}> {
     const from = anchor?.seq ?? 0;
     const rows = await readRows(client, from);
-    const last = rows.at(-1);
-    const found = last ? {seq: Number(last.seq), mac: last.hash.toString('hex')} : null;
+    // The log's own head: when entries were cut below the anchor, none of `rows` is it.
+    const head = await opsLogHead(client);
+    const found = head ? {seq: head.seq, mac: head.mac} : null;
     const anchored = anchor ? {seq: anchor.seq, mac: anchor.mac} : null;
     if (from === 0) {
       const walk = await this.walk(rows, GENESIS, 1);
