@@ -135,7 +135,7 @@ export class OpsLog {
    */
   async append(client: Client, entry: OpsEntry, now: Date = new Date()): Promise<StoredOpsEntry> {
     return this.locked(client, async () => {
-      const key = await this.keys.writerKey(async () => ((await client.query('SELECT 1 FROM ops_log WHERE key_id IS NOT NULL LIMIT 1')).rowCount ?? 0) > 0);
+      const key = await this.writerKey(client);
       const anchor = await readAnchor(this.services.dir, this.keys);
       const check = await this.checkAgainstAnchor(client, anchor);
       if (!anchor) {
@@ -157,7 +157,7 @@ export class OpsLog {
    */
   async reanchorAfterRestore(client: Client, restore: {backupId: string; backupHead?: OpsLogHead; actor?: string}, now: Date = new Date()): Promise<StoredOpsEntry> {
     return this.locked(client, async () => {
-      const key = await this.keys.writerKey(async () => ((await client.query('SELECT 1 FROM ops_log WHERE key_id IS NOT NULL LIMIT 1')).rowCount ?? 0) > 0);
+      const key = await this.writerKey(client);
       const rows = await readRows(client, 1);
       const walk = await this.walk(rows, GENESIS, 1);
       if (walk.failure) throw restoredLogError(`the restored ops log is not intact: ${walk.failure.reason}`, walk.failure.seq);
@@ -181,9 +181,11 @@ export class OpsLog {
 
   /** Checks every entry, then the head against the anchor. Never writes. */
   async verify(client: Client): Promise<ChainVerification> {
+    // The anchor first: it only ever names committed entries, so rows read after it include the
+    // anchored one even while other processes append, unless someone deleted it.
+    const anchor = await readAnchor(this.services.dir, this.keys);
     const rows = await readRows(client, 1);
     const walk = await this.walk(rows, GENESIS, 1);
-    const anchor = await readAnchor(this.services.dir, this.keys);
     const last = rows.at(-1);
     const base = {
       entries: rows.length,
@@ -209,6 +211,10 @@ export class OpsLog {
       return broken(rows.length, `the log has keyed entries but there is no anchor at ${this.anchorFile}, so entries cut from its end could not be detected`);
     }
     return {...base, intact: true};
+  }
+
+  private async writerKey(client: Client): Promise<Buffer> {
+    return this.keys.writerKey(async () => ((await client.query('SELECT 1 FROM ops_log WHERE key_id IS NOT NULL LIMIT 1')).rowCount ?? 0) > 0);
   }
 
   private async locked<T>(client: Client, fn: () => Promise<T>): Promise<T> {

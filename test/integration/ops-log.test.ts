@@ -95,7 +95,7 @@ describe.skipIf(!available)('the keyed ops log against the provisioner', () => {
   /** What an attacker who read docs/formats.md but holds no ops-log key can do: recompute the chain. */
   const recompute = async (edit: (row: Row) => void, mac: (prev: Buffer, record: Record<string, unknown>, row: Row) => Buffer, keyId: (row: Row) => string | null): Promise<void> => {
     const rows = await sql('SELECT * FROM ops_log ORDER BY seq');
-    let prev = Buffer.alloc(32);
+    let prev: Buffer = Buffer.alloc(32);
     for (const row of rows) {
       edit(row);
       const record = {seq: Number(row.seq), at: row.at.toISOString(), actor: row.actor, action: row.action, target: row.target, outcome: row.outcome, details: row.details};
@@ -187,7 +187,7 @@ describe.skipIf(!available)('the keyed ops log against the provisioner', () => {
     await sql('TRUNCATE ops_log');
     await fs.rm(anchorFile(install), {force: true});
     // What an older dforge wrote: plain SHA-256 links, no key id.
-    let prev = Buffer.alloc(32);
+    let prev: Buffer = Buffer.alloc(32);
     for (let seq = 1; seq <= 3; seq++) {
       const record = {seq, at: new Date(Date.UTC(2026, 0, seq)).toISOString(), actor: 'ops@old', action: 'tenant.create', target: `tenant:old${seq}`, outcome: 'ok', details: {}};
       const hash = createHash('sha256').update(prev).update(canonicalJson(record)).digest();
