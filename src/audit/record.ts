@@ -1,30 +1,84 @@
+import type {Client} from 'pg';
+
 import {optionalControlConnection} from '../control/plane.js';
-import type {InstallDir} from '../state/install-dir.js';
-import {appendOpsEntry} from './ops-log.js';
+import {openKeyServices} from '../keys/context.js';
+import {InstallDir} from '../state/install-dir.js';
+import {OpsLog, type OpsOutcome, type StoredOpsEntry} from './ops-log.js';
 
 /**
- * Runs an operator action and writes its outcome to the ops log, when the install has a control
- * database. Before bootstrap there is no log to write to; the action still runs.
+ * What dforge records for an auditor. Tenant actions are `tenant.<verb>` (src/tenants/service.ts);
+ * a name outside this list does not compile, so the log's vocabulary stays the one docs describe.
  */
-export async function withOpsRecord<T>(dir: InstallDir, entry: {action: string; target: string; details?: (result: T) => Record<string, unknown>}, fn: () => Promise<T>): Promise<T> {
+export type OpsAction =
+  | 'backup.run'
+  | 'backup.stale'
+  | 'backup.verify'
+  | 'backup.prune'
+  | 'restore.tenant'
+  | 'audit.verify'
+  | 'preflight.waive'
+  | 'keys.rotate-master'
+  | 'keys.rotate-jwt'
+  | 'keys.release'
+  | 'restore.control'
+  | 'backup.rebuild-catalog'
+  | 'certs.generate'
+  | 'certs.import'
+  | 'certs.renew'
+  | 'uninstall'
+  | 'uninstall.purge'
+  | `tenant.${string}`;
+
+export interface OpsRecord {
+  readonly action: OpsAction;
+  readonly target: string;
+  readonly outcome: OpsOutcome;
+  /** Context for the record. Never a secret. */
+  readonly details?: Record<string, unknown>;
+}
+
+/** Where a record goes: an install (its control database, when it has one) or an open session. */
+export type OpsLogSink = InstallDir | {readonly opsLog: OpsLog; readonly control: Client};
+
+/**
+ * Writes one outcome to the ops log. With an install directory, before bootstrap there is no log,
+ * and an unreachable control database must not turn a completed action into a failure: both return
+ * undefined. A log that is reachable but refuses the entry (no ops-log key, a full disk for the
+ * anchor) is an error.
+ */
+export async function recordOps(sink: OpsLogSink, entry: OpsRecord, now?: Date): Promise<StoredOpsEntry | undefined> {
+  if (!(sink instanceof InstallDir)) return sink.opsLog.append(sink.control, entry, now);
+  const control = await optionalControlConnection(sink).catch(() => undefined);
+  if (!control) return undefined;
+  try {
+    return await new OpsLog(await openKeyServices(sink)).append(control, entry, now);
+  } finally {
+    await control.end().catch(() => undefined);
+  }
+}
+
+export interface OpsRecordSpec<T> {
+  readonly action: OpsAction;
+  readonly target: string;
+  /** Context for the record, from the result. Never a secret. */
+  readonly details?: (result: T) => Record<string, unknown>;
+  /**
+   * False when the run changed nothing (an idempotent re-run): then nothing is recorded, so the
+   * log holds what happened, not how often someone asked. A failure is always recorded.
+   */
+  readonly changed?: (result: T) => boolean;
+}
+
+/** Runs an operator action and writes its outcome to the ops log (see recordOps for when it cannot). */
+export async function withOpsRecord<T>(sink: OpsLogSink, spec: OpsRecordSpec<T>, fn: () => Promise<T>): Promise<T> {
   let result: T;
   try {
     result = await fn();
   } catch (err) {
-    await record(dir, {action: entry.action, target: entry.target, outcome: 'failed', details: {error: err instanceof Error ? err.message : String(err)}});
+    await recordOps(sink, {action: spec.action, target: spec.target, outcome: 'failed', details: {error: err instanceof Error ? err.message : String(err)}});
     throw err;
   }
-  await record(dir, {action: entry.action, target: entry.target, outcome: 'ok', details: entry.details?.(result) ?? {}});
+  if (spec.changed?.(result) === false) return result;
+  await recordOps(sink, {action: spec.action, target: spec.target, outcome: 'ok', details: spec.details?.(result) ?? {}});
   return result;
-}
-
-async function record(dir: InstallDir, e: {action: string; target: string; outcome: 'ok' | 'failed'; details: Record<string, unknown>}): Promise<void> {
-  // An unreachable control database must not turn a completed action into a failure.
-  const control = await optionalControlConnection(dir).catch(() => undefined);
-  if (!control) return;
-  try {
-    await appendOpsEntry(control, e);
-  } finally {
-    await control.end().catch(() => undefined);
-  }
 }

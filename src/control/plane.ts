@@ -3,6 +3,7 @@ import path from 'node:path';
 
 import type {Client} from 'pg';
 
+import {OpsLog} from '../audit/ops-log.js';
 import {serviceHost} from '../certs/service-names.js';
 import {loadConfigFile} from '../config/load.js';
 import type {ClusterConfig, DforgeConfig} from '../config/schema.js';
@@ -70,6 +71,8 @@ export interface ControlPlane {
   readonly dataKeys: DataKeys;
   /** dforge_control's wrapped keys, for master rotation and keys status. */
   readonly wrappedKeys: ControlWrappedKeys;
+  /** The keyed ops log (entries in `control`, key and anchor in the install directory). */
+  readonly opsLog: OpsLog;
   /** Where pg_dump and pg_restore run (see backup/pg-tool-runner.ts). */
   readonly pgTools: PgToolsMode;
   close(): Promise<void>;
@@ -99,6 +102,7 @@ export async function openControlPlane(dir: InstallDir, options: ControlPlaneOpt
   const control = await asProvisioner(primary, CONTROL_DATABASE);
   const regions = Object.fromEntries(Object.entries(config.regions).map(([r, def]) => [r, def.clusters.map((c) => c.name)]));
   const dataKeys = new DataKeys(new ControlDataKeyStore(control), keys.keyring, options.clock);
+  const opsLog = new OpsLog(keys);
   const tenants = new TenantService({
     control,
     regions,
@@ -106,6 +110,7 @@ export async function openControlPlane(dir: InstallDir, options: ControlPlaneOpt
     provisionerOn: (cluster, database = 'postgres') => asProvisioner(cluster, database),
     kek: keys.keyring,
     dataKeys,
+    opsLog,
     clock: options.clock,
   });
   return {
@@ -115,6 +120,7 @@ export async function openControlPlane(dir: InstallDir, options: ControlPlaneOpt
     tenants,
     dataKeys,
     wrappedKeys: new ControlWrappedKeys(control, keys.keyring),
+    opsLog,
     pgTools: options.pgTools ?? 'auto',
     async close() {
       await control.end().catch(() => undefined);

@@ -40,7 +40,7 @@ CREATE TABLE data_keys (
 );
 CREATE UNIQUE INDEX data_keys_one_active ON data_keys (owner) WHERE state = 'active';
 
--- Hash-chained: hash = sha256(prev_hash || canonical record); see src/audit/ops-log.ts.
+-- Chained: each hash covers prev_hash; keyed since migration 3, see src/audit/ops-log.ts.
 CREATE TABLE ops_log (
   seq       bigint PRIMARY KEY,
   at        timestamptz NOT NULL,
@@ -76,6 +76,15 @@ CREATE TABLE backups (
   verified_at timestamptz
 );
 CREATE INDEX backups_tenant_created ON backups (tenant, created_at DESC);
+`,
+  },
+  {
+    version: 3,
+    sql: `
+-- The ops log becomes keyed (src/audit/ops-log.ts, docs/formats.md): key_id names the ops-log key
+-- of an entry's HMAC; NULL marks a legacy entry, hashed with plain SHA-256 before this migration.
+-- chain_break records, inside the MAC, a log found cut or rewritten, or rolled back by a restore.
+ALTER TABLE ops_log ADD COLUMN key_id text, ADD COLUMN chain_break jsonb;
 `,
   },
 ];

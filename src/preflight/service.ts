@@ -1,6 +1,6 @@
 import {promises as fs} from 'node:fs';
 
-import {appendOpsEntry} from '../audit/ops-log.js';
+import {OpsLog} from '../audit/ops-log.js';
 import {loadConfigFile} from '../config/load.js';
 import type {DforgeConfig} from '../config/schema.js';
 import {optionalControlConnection} from '../control/plane.js';
@@ -102,8 +102,9 @@ export async function logWaivers(dir: InstallDir, waived: readonly CheckResult[]
   const control = await optionalControlConnection(dir).catch(() => undefined);
   if (!control) return false;
   try {
+    const opsLog = new OpsLog(await openKeyServices(dir));
     for (const check of waived) {
-      await appendOpsEntry(control, {action: 'preflight.waive', target: `check:${check.id}`, outcome: 'waived', details: {target, was: check.waivedStatus, detail: check.detail}}, at);
+      await opsLog.append(control, {action: 'preflight.waive', target: `check:${check.id}`, outcome: 'waived', details: {target, was: check.waivedStatus, detail: check.detail}}, at);
     }
   } finally {
     await control.end().catch(() => undefined);

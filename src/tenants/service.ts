@@ -1,6 +1,6 @@
 import type {Client} from 'pg';
 
-import {appendOpsEntry} from '../audit/ops-log.js';
+import type {OpsLog} from '../audit/ops-log.js';
 import {tenantPasswordContext} from '../control/keys-store.js';
 import {LockedError, UserError} from '../errors.js';
 import {randomPassword, scramVerifier} from '../postgres/scram.js';
@@ -35,6 +35,8 @@ export interface TenantDeps {
   provisionerOn(cluster: string, database?: string): Promise<Client>;
   readonly kek: KeyEncryptionService;
   readonly dataKeys: DataKeys;
+  /** The install's keyed ops log, written on every operation. */
+  readonly opsLog: OpsLog;
   readonly clock?: () => Date;
   readonly connectionLimit?: number;
 }
@@ -322,10 +324,10 @@ export class TenantService {
     }
     try {
       const result = await fn();
-      await appendOpsEntry(this.deps.control, {action, target: `tenant:${slug}`, outcome: 'ok'}, this.now());
+      await this.deps.opsLog.append(this.deps.control, {action, target: `tenant:${slug}`, outcome: 'ok'}, this.now());
       return result;
     } catch (err) {
-      await appendOpsEntry(this.deps.control, {action, target: `tenant:${slug}`, outcome: 'failed', details: {error: err instanceof Error ? err.message : String(err)}}, this.now()).catch(() => undefined);
+      await this.deps.opsLog.append(this.deps.control, {action, target: `tenant:${slug}`, outcome: 'failed', details: {error: err instanceof Error ? err.message : String(err)}}, this.now()).catch(() => undefined);
       throw err;
     } finally {
       await this.deps.control.query("SELECT pg_advisory_unlock(hashtext('dforge.tenant'), hashtext($1))", [slug]);

@@ -1,5 +1,6 @@
 import pg from 'pg';
 
+import {OpsLog} from '../../src/audit/ops-log.js';
 import {bootstrapCluster, CONTROL_DATABASE, PROVISIONER_ROLE} from '../../src/control/bootstrap.js';
 import {ControlDataKeyStore} from '../../src/control/keys-store.js';
 import {openKeyServices} from '../../src/keys/context.js';
@@ -68,6 +69,7 @@ export async function controlPlaneOver(clusters: Record<string, {cluster: PgClus
     provisionerOn: (cluster, database = 'postgres') => connect(cluster, PROVISIONER_ROLE, provisionerPassword, database),
     kek: keys.keyring,
     dataKeys: new DataKeys(new ControlDataKeyStore(control), keys.keyring),
+    opsLog: new OpsLog(keys),
     connectionLimit: options.connectionLimit,
   };
   return {

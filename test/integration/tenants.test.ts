@@ -4,7 +4,6 @@ import path from 'node:path';
 import pg from 'pg';
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
-import {verifyOpsLog} from '../../src/audit/ops-log.js';
 import {tenantPasswordContext} from '../../src/control/keys-store.js';
 import {LockedError, UserError} from '../../src/errors.js';
 import {scramVerifier} from '../../src/postgres/scram.js';
@@ -245,11 +244,11 @@ describe.skipIf(!available)('tenant lifecycle on real PostgreSQL', () => {
         {action: 'tenant.delete+shred', target: 'tenant:globex', outcome: 'ok'},
       ]),
     );
-    expect(await verifyOpsLog(plane.control)).toMatchObject({intact: true});
+    expect(await plane.deps.opsLog.verify(plane.control)).toMatchObject({intact: true});
     await plane.control.query("UPDATE ops_log SET outcome = 'failed' WHERE seq = 2");
-    expect(await verifyOpsLog(plane.control)).toMatchObject({intact: false, brokenAt: 2, reason: 'entry 2 was altered after it was written'});
+    expect(await plane.deps.opsLog.verify(plane.control)).toMatchObject({intact: false, brokenAt: 2, reason: 'entry 2 was altered after it was written'});
     await plane.control.query("UPDATE ops_log SET outcome = 'ok' WHERE seq = 2");
     await plane.control.query('DELETE FROM ops_log WHERE seq = 3');
-    expect(await verifyOpsLog(plane.control)).toMatchObject({intact: false, brokenAt: 3, reason: 'entry 3 is missing'});
+    expect(await plane.deps.opsLog.verify(plane.control)).toMatchObject({intact: false, brokenAt: 3, reason: 'entry 3 is missing'});
   });
 });

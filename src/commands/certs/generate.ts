@@ -16,7 +16,7 @@ Existing certificates are never replaced: use dforge certs renew (which also mov
   };
 
   async run(): Promise<GenerateResult> {
-    const result = await withOpsRecord(this.installDir(), {action: 'certs.generate', target: 'pki'}, () => generateCertificates(this.installDir(), {algorithm: this.flags.algorithm as 'ecdsa-p256' | 'rsa-3072', command: 'dforge certs generate'}));
+    const result = await withOpsRecord(this.installDir(), {action: 'certs.generate', target: 'pki', changed: (r) => r.certificates.some((c) => c.action === 'created' || c.action === 'renewed'), details: (r) => ({certificates: r.certificates.filter((c) => c.action !== 'kept' && c.action !== 'skipped-imported').map((c) => `${c.name} ${c.action}`)})}, () => generateCertificates(this.installDir(), {algorithm: this.flags.algorithm as 'ecdsa-p256' | 'rsa-3072', command: 'dforge certs generate'}));
 
     if (!this.jsonEnabled()) {
       this.log(renderTable(['name', 'action', 'expires', 'names'], result.certificates.map((c) => [c.name, c.action, c.notAfter.slice(0, 10), [...c.dnsNames, ...c.ipAddresses].join(', ')])));

@@ -16,7 +16,12 @@ When the CA's name constraints are not the ones the install needs (a CA from bef
 
   async run(): Promise<RenewResult> {
     const names = this.positionals;
-    const result = await withOpsRecord(this.installDir(), {action: 'certs.renew', target: 'pki'}, () => renewCertificates(this.installDir(), {names: names.length > 0 ? names : undefined, force: this.flags.force, command: 'dforge certs renew'}));
+    const issued = (r: RenewResult): string[] => r.certificates.filter((c) => c.action !== 'kept' && c.action !== 'skipped-imported').map((c) => `${c.name} ${c.action}`);
+    const result = await withOpsRecord(
+      this.installDir(),
+      {action: 'certs.renew', target: 'pki', changed: (r) => issued(r).length > 0, details: (r) => ({...(r.caReplaced ? {caReplaced: r.caReplaced.fingerprint} : {}), certificates: issued(r)})},
+      () => renewCertificates(this.installDir(), {names: names.length > 0 ? names : undefined, force: this.flags.force, command: 'dforge certs renew'}),
+    );
 
     for (const c of result.certificates) this.out.progress(`${c.name}: ${c.action} (expires ${c.notAfter.slice(0, 10)})${c.reason ? `: ${c.reason}` : ''}`);
     if (result.caReplaced) {

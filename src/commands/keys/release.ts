@@ -10,7 +10,7 @@ export default class KeysRelease extends BaseCommand<typeof KeysRelease> {
 
   async run(): Promise<ReleaseResult> {
     const dir = this.installDir();
-    const result = await withOpsRecord(dir, {action: 'keys.release', target: 'key:master', details: (r) => ({destroyed: r.destroyed, kept: r.kept.map((k) => k.version)})}, () =>
+    const result = await withOpsRecord(dir, {action: 'keys.release', target: 'key:master', changed: (r) => r.destroyed.length > 0, details: (r) => ({destroyed: r.destroyed, kept: r.kept.map((k) => k.version)})}, () =>
       withKeyControlContext(dir, ({extraSets, controlBackups}) => releaseRetiredMasterVersions(dir, {command: 'dforge keys release', extraSets, controlBackups})),
     );
     this.out.progress(result.destroyed.length > 0 ? `destroyed the material of master ${result.destroyed.map((v) => `v${v}`).join(', ')}` : 'no retired master version could be destroyed');
