@@ -9,6 +9,7 @@ import {manifestLocation, type BackupManifest} from '../../src/backup/catalog.js
 import {parseHeader} from '../../src/backup/format.js';
 import {rebuildCatalog} from '../../src/backup/manage.js';
 import {restoreTenant} from '../../src/backup/restore.js';
+import {restoreControl} from '../../src/backup/restore-control.js';
 import {verifyBackup} from '../../src/backup/verify.js';
 import type {ControlPlane} from '../../src/control/plane.js';
 import {VerificationError} from '../../src/errors.js';
@@ -222,6 +223,33 @@ describe.skipIf(!available)('backups are bound to what the catalog says', () => 
     // Untouched, both are accepted: the failures above were the flips.
     expect((await verifyBackup(plane, cataloged.id, {deep: true})).checks).toContain('dump-readable');
     expect((await rebuildCatalog(plane)).entries.find((e) => e.location === orphan.location)?.status).toBe('added');
+  });
+
+  it('restore --control picks the newest control backup by authenticated time: a forged or copied candidate stops it with exit 6', async () => {
+    expect((await install.cli(['backup', '--all'])).code).toBe(0);
+    const controlDir = path.join(root(), '_control');
+    const genuine = (await fs.readdir(controlDir)).filter((f) => f.endsWith('.dfb')).sort();
+    const bytes = await fs.readFile(path.join(controlDir, genuine.at(-1)!));
+    const dbs = await databases();
+    // A copy of a genuine control backup under a newer-looking name, and one whose creation time
+    // was pushed into the future (same length, so only authentication can tell).
+    const forged = Buffer.from(bytes.toString('latin1').replace(/"createdAt":"20(\d\d)/, '"createdAt":"29$1'), 'latin1');
+    expect(forged.equals(bytes)).toBe(false);
+    for (const [name, content] of [
+      ['29991231T000000Z-_control-000000.dfb', bytes],
+      [genuine.at(-1)!.replace(/^\d{4}/, '2999'), forged],
+    ] as const) {
+      await fs.writeFile(path.join(controlDir, name), content);
+      try {
+        const err = await rejected(restoreControl(install.dir, {}));
+        expect(err, name).toBeInstanceOf(VerificationError);
+        const r = await install.cli(['restore', '--control']);
+        expect(r.code, r.stderr).toBe(6);
+      } finally {
+        await fs.rm(path.join(controlDir, name));
+      }
+    }
+    expect(await databases()).toEqual(dbs);
   });
 
   it('verify --all prints a line per backup and a summary, and exits 6 when one is tampered', async () => {
