@@ -29,7 +29,14 @@ export interface BackupManifest extends BackupHeader {
   readonly sha256: string;
 }
 
-export const manifestLocation = (location: string): string => `${location}.manifest.json`;
+/**
+ * Where a backup's file lives in its destination, from its (authenticated) header fields: a file
+ * found anywhere else is a copy or a substitute, never the backup it claims to be.
+ */
+export const backupLocation = (h: Pick<BackupHeader, 'kind' | 'tenant' | 'backupId'>): string => `${h.kind === 'control' ? '_control' : h.tenant}/${h.backupId}.dfb`;
+
+export const MANIFEST_SUFFIX = '.manifest.json';
+export const manifestLocation = (location: string): string => `${location}${MANIFEST_SUFFIX}`;
 
 export function recordFromManifest(m: BackupManifest): BackupRecord {
   return {
@@ -103,6 +110,12 @@ export class BackupCatalog {
       [options.tenant ?? null, options.kind ?? null],
     );
     return rows.rows.map(toRecord);
+  }
+
+  /** Every entry, as `destination:location` keys: what rebuild-catalog already knows. */
+  async locations(): Promise<Set<string>> {
+    const rows = await this.client.query<{destination: string; location: string}>('SELECT destination, location FROM backups');
+    return new Set(rows.rows.map((r) => `${r.destination}:${r.location}`));
   }
 
   async get(id: string): Promise<BackupRecord | undefined> {

@@ -6,6 +6,7 @@ import {pipeline} from 'node:stream/promises';
 import type {DestinationConfig} from '../config/schema.js';
 import {UserError} from '../errors.js';
 import {fsyncDir, writeFileAtomic} from '../state/atomic-file.js';
+import {crashPoint} from '../state/crash-point.js';
 
 /**
  * Where backups go. Today a local directory; the interface is what an S3-compatible store needs
@@ -28,6 +29,8 @@ export interface BackupDestination {
   removeIncomplete(prefix: string, olderThanMs: number): Promise<string[]>;
   /** A human reference: a path or URL. */
   describe(location: string): string;
+  /** The location of a file given as a path, if it lies inside this destination. */
+  locate(file: string): string | undefined;
 }
 
 const PARTIAL = '.partial';
@@ -50,6 +53,12 @@ export class LocalDirectoryDestination implements BackupDestination {
     return this.file(location);
   }
 
+  locate(file: string): string | undefined {
+    const root = path.resolve(this.root);
+    const full = path.resolve(file);
+    return full.startsWith(`${root}${path.sep}`) ? path.relative(root, full) : undefined;
+  }
+
   async put(location: string, source: Readable): Promise<{size: number}> {
     const target = this.file(location);
     await fs.mkdir(path.dirname(target), {recursive: true, mode: 0o700});
@@ -64,8 +73,10 @@ export class LocalDirectoryDestination implements BackupDestination {
       } finally {
         await handle.close();
       }
+      crashPoint('backup.partial-written');
       await fs.rename(partial, target);
       await fsyncDir(path.dirname(target));
+      crashPoint('backup.renamed');
       return {size: (await fs.stat(target)).size};
     } catch (err) {
       out.destroy();

@@ -2,7 +2,9 @@ import {createCipheriv, createDecipheriv, createHash, createHmac, createSecretKe
 import {Transform, type TransformCallback} from 'node:stream';
 
 import {VerificationError} from '../errors.js';
-import {KEY_BYTES, readHeader, unwrap, wrap, type WrappingKey} from '../secrets/envelope.js';
+import {dataKeyId} from '../secrets/data-keys.js';
+import {KEY_BYTES, keyCheckValue, readHeader, unwrap, wrap, type WrappingKey} from '../secrets/envelope.js';
+import {MASTER_KEY_ID} from '../secrets/master-key.js';
 
 /**
  * The encrypted backup format (docs/formats.md, "Backup file").
@@ -62,6 +64,12 @@ function deriveKeys(fileKey: Buffer, headerWithoutMac: Buffer): {macKey: Buffer;
 export interface FileKeyWrapper {
   readonly keyId: string;
   readonly keyVersion: number;
+  /**
+   * The key check value of the key this wrapper opens with, when known without unwrapping. A file
+   * key whose blob carries another check value was edited (or comes from another install): that is
+   * tampering, told apart from a genuinely wrong or missing key configured on this host.
+   */
+  readonly keyCheck?: Buffer;
   wrap(fileKey: Buffer, context: string): Promise<Buffer>;
   unwrap(wrapped: Buffer, context: string, what: string): Promise<Buffer>;
 }
@@ -71,6 +79,7 @@ export function dataKeyWrapper(key: WrappingKey): FileKeyWrapper {
   return {
     keyId: key.id,
     keyVersion: key.version,
+    keyCheck: keyCheckValue(key.material),
     wrap: async (fileKey, context) => wrap(key, fileKey, context),
     unwrap: async (wrapped, context, what) => unwrap(key, wrapped, context, what),
   };
@@ -108,11 +117,22 @@ export function parseHeader(bytes: Buffer, what: string): ParsedHeader {
   } catch {
     return corrupt('the header description is not readable');
   }
+  const invalid = invalidField(header);
+  if (invalid) corrupt(`its header field ${invalid} is missing or malformed`);
   const wrappedLength = bytes.readUInt16BE(13 + jsonLength);
   const wrappedStart = 13 + jsonLength + 2;
   const macStart = wrappedStart + wrappedLength;
   if (bytes.length < macStart + MAC_BYTES) corrupt('the header is truncated');
   if (header.chunkSize !== CHUNK_SIZE) corrupt(`unsupported chunk size ${header.chunkSize}`);
+  // Which key opens the file is read from unauthenticated bytes, so every copy of that choice must
+  // agree before any key is looked up: one edited byte is then tampering, never "no such key".
+  const expectedKeyId = header.kind === 'control' ? MASTER_KEY_ID : dataKeyId(header.tenant);
+  if (header.keyId !== expectedKeyId) corrupt(`its header names key ${header.keyId} for a ${header.kind} backup of ${header.tenant}`);
+  if (header.kind === 'control' && header.tenant !== CONTROL_OWNER) corrupt(`its header names owner ${header.tenant} for a control backup`);
+  const wrapped = readHeader(bytes.subarray(wrappedStart, macStart), `the file key of ${what}`);
+  if (wrapped.keyId !== header.keyId || wrapped.keyVersion !== header.keyVersion) {
+    corrupt(`the header names ${header.keyId} v${header.keyVersion}, but its file key is wrapped by ${wrapped.keyId} v${wrapped.keyVersion}`);
+  }
   return {
     header,
     length: macStart + MAC_BYTES,
@@ -122,12 +142,38 @@ export function parseHeader(bytes: Buffer, what: string): ParsedHeader {
   };
 }
 
-/** Unwraps the file key and authenticates the header; returns the payload key. */
+/** The owner name control backups carry in their `tenant` field. */
+export const CONTROL_OWNER = '_control';
+
+const TEXT_FIELDS = ['backupId', 'tenant', 'region', 'cluster', 'pgVersion', 'createdAt', 'keyId'] as const;
+
+/** The first field of a parsed header description that is absent or of the wrong shape. */
+function invalidField(h: BackupHeader): string | undefined {
+  if (typeof h !== 'object' || h === null) return 'description';
+  if (h.kind !== 'tenant' && h.kind !== 'control') return 'kind';
+  for (const f of TEXT_FIELDS) if (typeof h[f] !== 'string' || h[f].length === 0) return f;
+  if (!/^\d+$/.test(h.pgVersion)) return 'pgVersion';
+  if (Number.isNaN(Date.parse(h.createdAt))) return 'createdAt';
+  if (!Number.isSafeInteger(h.keyVersion) || h.keyVersion < 1) return 'keyVersion';
+  if (typeof h.chunkSize !== 'number') return 'chunkSize';
+  return undefined;
+}
+
+/**
+ * Unwraps the file key and authenticates the header; returns the payload key. Only after this may
+ * anything be decided on the header's fields. Every failure caused by the file's bytes is a
+ * VerificationError; a key this host cannot load (not configured, retired) stays the key's error.
+ */
 export async function openHeader(parsed: ParsedHeader, wrapper: FileKeyWrapper, what: string): Promise<Buffer> {
   const needed = readHeader(parsed.wrappedFileKey, `the file key of ${what}`);
-  if (needed.keyId !== parsed.header.keyId || needed.keyVersion !== parsed.header.keyVersion) {
-    throw new VerificationError(`${what}: the header names ${parsed.header.keyId} v${parsed.header.keyVersion}, but its file key is wrapped by ${needed.keyId} v${needed.keyVersion}`, {
-      nextSteps: ['The header was edited; use another backup.'],
+  if (needed.keyId !== wrapper.keyId || needed.keyVersion !== wrapper.keyVersion) {
+    throw new VerificationError(`${what}: its file key is wrapped by ${needed.keyId} v${needed.keyVersion}, not by ${wrapper.keyId} v${wrapper.keyVersion}`, {
+      nextSteps: ['The file was edited, or belongs to another tenant or install; use another backup.'],
+    });
+  }
+  if (wrapper.keyCheck && !timingSafeEqual(needed.keyCheck, wrapper.keyCheck)) {
+    throw new VerificationError(`${what}: its file key was wrapped by a different ${needed.keyId} v${needed.keyVersion} than this install's (the file was edited, or comes from another install)`, {
+      nextSteps: ['Nothing was read from it. Use another backup (dforge backup list).'],
     });
   }
   const fileKey = await wrapper.unwrap(parsed.wrappedFileKey, fileKeyContext(parsed.header.backupId), `the file key of ${what}`);

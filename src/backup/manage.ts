@@ -3,10 +3,13 @@ import os from 'node:os';
 import path from 'node:path';
 
 import type {ControlPlane} from '../control/plane.js';
+import {VerificationError} from '../errors.js';
 import {PREVIOUS_DATABASE_PATTERN} from '../tenants/databases.js';
 import type {InstallDir} from '../state/install-dir.js';
-import {BackupCatalog, manifestLocation, recordFromManifest, type BackupManifest, type BackupRecord} from './catalog.js';
+import {BackupCatalog, MANIFEST_SUFFIX, manifestLocation, recordFromManifest, type BackupManifest, type BackupRecord} from './catalog.js';
+import type {BackupDestination} from './destination.js';
 import {lastSuccessFile, regionDestinations} from './service.js';
+import {authenticateBackup, checkDigest, destinationSource, readWhole, type AuthenticatedBackup, type FileDigest} from './verify.js';
 
 export interface TenantBackupState {
   readonly tenant: string;
@@ -28,27 +31,95 @@ export async function listBackups(plane: ControlPlane, options: {tenant?: string
   return {backups, tenants};
 }
 
+/** One file rebuild-catalog looked at and did not already know. */
+export interface RebuildEntry {
+  readonly destination: string;
+  readonly region: string;
+  readonly location: string;
+  /**
+   * added: authenticated, matched its manifest and place, and is now in the catalog;
+   * duplicate: authentic, but the catalog has that backup id elsewhere;
+   * tampered: failed authentication or does not match its manifest or place (not adopted);
+   * unreadable: its key does not exist here (a shredded tenant, another install);
+   * no-file: a manifest whose file is missing.
+   */
+  readonly status: 'added' | 'duplicate' | 'tampered' | 'unreadable' | 'no-file';
+  readonly backupId?: string;
+  readonly tenant?: string;
+  readonly reason?: string;
+}
+
+export interface RebuildResult {
+  /** Backup files looked at. */
+  readonly scanned: number;
+  readonly added: number;
+  /** Files the catalog already listed (left alone; `backup verify` checks them). */
+  readonly known: number;
+  readonly entries: RebuildEntry[];
+}
+
 /**
- * Rebuilds catalog entries from the manifests in every destination (after `restore --control`,
- * or to adopt backups the catalog does not know). Existing entries are left alone.
+ * Adopts into the catalog the backup files of every destination that it does not list (after
+ * `restore --control`, or a run killed between its rename and its catalog row). A file is adopted
+ * only once its header is authenticated, equals its manifest and its place in the destination, and
+ * every chunk decrypts: a manifest is unauthenticated, so it is evidence of nothing by itself. A
+ * killed run's file without a manifest is adopted the same way, and its manifest written.
  */
-export async function rebuildCatalog(plane: ControlPlane): Promise<{added: number; scanned: number}> {
+export async function rebuildCatalog(plane: ControlPlane): Promise<RebuildResult> {
   const catalog = new BackupCatalog(plane.control);
-  let added = 0;
+  const known = await catalog.locations();
+  const entries: RebuildEntry[] = [];
   let scanned = 0;
+  let knownCount = 0;
   for (const region of Object.keys(plane.config.regions)) {
     for (const destination of regionDestinations(plane, region)) {
-      for (const location of await destination.list('')) {
-        if (!location.endsWith('.manifest.json')) continue;
-        const manifest = JSON.parse(await destination.readSmall(location)) as BackupManifest;
-        // A manifest whose data file is gone (or was never completed) describes no backup.
-        if (manifestLocation(manifest.location) !== location || (await destination.size(manifest.location).catch(() => -1)) !== manifest.size) continue;
+      const files = await destination.list('');
+      const present = new Set(files);
+      for (const location of files) {
+        if (location.endsWith(MANIFEST_SUFFIX)) {
+          if (!present.has(location.slice(0, -MANIFEST_SUFFIX.length))) entries.push({destination: destination.name, region, location, status: 'no-file'});
+          continue;
+        }
+        if (!location.endsWith('.dfb')) continue;
         scanned++;
-        if (await catalog.add(recordFromManifest(manifest))) added++;
+        if (known.has(`${destination.name}:${location}`)) {
+          knownCount++;
+          continue;
+        }
+        entries.push(await adopt(plane, catalog, destination, location));
       }
     }
   }
-  return {added, scanned};
+  return {scanned, added: entries.filter((e) => e.status === 'added').length, known: knownCount, entries};
+}
+
+/** Tampered files found while rebuilding the catalog make the command exit 6, after everything else was done. */
+export function throwIfTampered(result: RebuildResult, done: string): void {
+  const tampered = result.entries.filter((e) => e.status === 'tampered');
+  if (tampered.length === 0) return;
+  throw new VerificationError(`${done}, but ${tampered.length} backup file(s) failed verification and were not adopted: ${tampered.map((e) => `${e.destination}:${e.location}`).join(', ')}`, {
+    nextSteps: ['Do not use these files. Move them out of the destination, and find out who can write to it.'],
+    data: {...result},
+  });
+}
+
+async function adopt(plane: ControlPlane, catalog: BackupCatalog, destination: BackupDestination, location: string): Promise<RebuildEntry> {
+  const where = {destination: destination.name, region: destination.region, location};
+  let auth: AuthenticatedBackup;
+  let digest: FileDigest;
+  try {
+    auth = await authenticateBackup(plane, destinationSource(destination, location));
+    digest = await readWhole(auth, {decrypt: true});
+    checkDigest(auth, digest);
+  } catch (err) {
+    if (!(err instanceof VerificationError)) throw err;
+    return {...where, status: err.data.reason === 'key-missing' ? 'unreadable' : 'tampered', reason: err.message};
+  }
+  const h = auth.header;
+  const manifest: BackupManifest = auth.manifest ?? {format: 'dforge-backup-manifest/1', ...h, destination: destination.name, location, size: digest.size, sha256: digest.sha256};
+  if (!auth.manifest) await destination.putSmall(manifestLocation(location), `${JSON.stringify(manifest, null, 2)}\n`);
+  const added = await catalog.add(recordFromManifest(manifest));
+  return {...where, backupId: h.backupId, tenant: h.tenant, status: added ? 'added' : 'duplicate'};
 }
 
 export interface RetentionPolicy {

@@ -1,58 +1,55 @@
 import {CONTROL_DATABASE, PROVISIONER_ROLE} from '../control/bootstrap.js';
-import {endpointOf, openControlPlane, primaryCluster, provisionerSecret} from '../control/plane.js';
+import {endpointOf, openControlPlane, primaryCluster, provisionerSecret, type ControlPlane} from '../control/plane.js';
 import {UserError, VerificationError} from '../errors.js';
 import {connect, withConnection} from '../postgres/connect.js';
 import {terminateSessions} from '../postgres/sessions.js';
 import {escapeIdentifier} from '../postgres/sql.js';
 import type {InstallDir} from '../state/install-dir.js';
-import {manifestLocation, type BackupManifest} from './catalog.js';
-import {openHeader} from './format.js';
-import {rebuildCatalog} from './manage.js';
+import {crashPoint} from '../state/crash-point.js';
+import {CONTROL_OWNER, type BackupHeader} from './format.js';
+import {rebuildCatalog, type RebuildResult} from './manage.js';
 import type {PgToolsMode} from './pg-tool-runner.js';
 import {restoreDump} from './restore.js';
 import {regionDestinations} from './service.js';
-import {checkIntegrity, decryptAndList, readBackupHeader, resolveSource, wrapperFor} from './verify.js';
+import {authenticateBackup, decryptAndList, destinationSource, resolveSource, type AuthenticatedBackup} from './verify.js';
 
 export interface ControlRestoreResult {
   readonly backupId: string;
   readonly createdAt: string;
   readonly previousDatabase: string;
-  /** Catalog entries added back from the destinations' manifests. */
-  readonly catalogAdded: number;
+  /** What completing the catalog from the destinations found (see rebuildCatalog). */
+  readonly catalog: RebuildResult;
   readonly tenants: number;
 }
 
 /**
  * Disaster recovery of dforge_control (registry, sealed passwords, data keys, catalog, ops log) on
  * a freshly bootstrapped cluster, from a control backup encrypted under the master key. The newest
- * one in the primary region is used unless `from` names one. The catalog is then completed from the
- * destinations' manifests, so backups newer than the control backup are restorable too.
+ * one in the primary region (by authenticated creation time) is used unless `from` names one. The
+ * catalog is then completed from the destinations, adopting only files that authenticate and match
+ * their manifest and place, so backups newer than the control backup are restorable too.
  */
 export async function restoreControl(dir: InstallDir, options: {from?: string; clock?: () => Date; pgTools?: PgToolsMode}): Promise<ControlRestoreResult> {
   const now = (options.clock ?? (() => new Date()))();
   let plane = await openControlPlane(dir, {pgTools: options.pgTools});
-  let from = options.from;
   let scratch: string | undefined;
-  let header: BackupManifest | undefined;
+  let header: BackupHeader;
   const primary = primaryCluster(plane.config);
   const endpoint = await endpointOf(dir, plane.config, primary.name);
   const password = (await plane.keys.sealed.get(provisionerSecret(primary.name))).toString('utf8');
   const provisioner = {user: PROVISIONER_ROLE, password};
   try {
-    if (!from) from = await newestControlBackup(plane);
-    const source = await resolveSource(plane, from);
-    await checkIntegrity(source);
-    const parsed = await readBackupHeader(source);
-    if (parsed.header.kind !== 'control') throw new UserError(`${source.label} is a tenant backup, not a control backup`, {nextSteps: ['Restore tenants with: dforge restore --tenant <slug> --from <id>']});
-    const wrapper = await wrapperFor(plane, parsed, source.label);
-    const toc = await decryptAndList(plane, source, parsed, wrapper);
-    if ((toc.counts.get('TABLE') ?? 0) === 0) throw new VerificationError(`${source.label} holds no tables`, {nextSteps: ['Use another control backup.']});
-    const payloadKey = await openHeader(parsed, wrapper, source.label);
-    header = {...parsed.header, format: 'dforge-backup-manifest/1', destination: '', location: '', size: 0, sha256: ''};
+    const auth = options.from ? await authenticateBackup(plane, await resolveSource(plane, options.from)) : await newestControlBackup(plane);
+    header = auth.header;
+    if (header.kind !== 'control') throw new UserError(`${auth.source.label} is a tenant backup, not a control backup`, {nextSteps: ['Restore tenants with: dforge restore --tenant <slug> --from <id>']});
+    const toc = await decryptAndList(plane, auth);
+    if ((toc.counts.get('TABLE') ?? 0) === 0) throw new VerificationError(`${auth.source.label} holds no tables`, {nextSteps: ['Use another control backup.']});
 
     scratch = `${CONTROL_DATABASE}_restore_${Math.floor(now.getTime() / 1000).toString(36)}`;
     await withConnection(endpoint, {...provisioner, database: 'postgres'}, (c) => c.query(`CREATE DATABASE ${escapeIdentifier(scratch!)} TEMPLATE template0 ENCODING 'UTF8'`));
-    await restoreDump(plane, {source, parsed, payloadKey, cluster: primary.name, credentials: {...provisioner, database: scratch}, args: []});
+    crashPoint('restore-control.scratch-created');
+    await restoreDump(plane, {auth, cluster: primary.name, credentials: {...provisioner, database: scratch}, args: []});
+    crashPoint('restore-control.loaded');
   } catch (err) {
     if (scratch) await withConnection(endpoint, {...provisioner, database: 'postgres'}, (c) => c.query(`DROP DATABASE IF EXISTS ${escapeIdentifier(scratch!)}`)).catch(() => undefined);
     await plane.close();
@@ -68,6 +65,7 @@ export async function restoreControl(dir: InstallDir, options: {from?: string; c
     await admin.query(`ALTER DATABASE ${escapeIdentifier(CONTROL_DATABASE)} RENAME TO ${escapeIdentifier(previous)}`);
     await admin.query(`ALTER DATABASE ${escapeIdentifier(scratch)} RENAME TO ${escapeIdentifier(CONTROL_DATABASE)}`);
     await admin.query('COMMIT');
+    crashPoint('restore-control.swap-committed');
     await admin.query(`ALTER DATABASE ${escapeIdentifier(CONTROL_DATABASE)} SET search_path = dforge`);
     await admin.query(`REVOKE ALL ON DATABASE ${escapeIdentifier(CONTROL_DATABASE)} FROM PUBLIC`);
   } catch (err) {
@@ -79,27 +77,39 @@ export async function restoreControl(dir: InstallDir, options: {from?: string; c
 
   plane = await openControlPlane(dir);
   try {
-    const {added} = await rebuildCatalog(plane);
-    return {backupId: header.backupId, createdAt: header.createdAt, previousDatabase: previous, catalogAdded: added, tenants: (await plane.tenants.list()).length};
+    const catalog = await rebuildCatalog(plane);
+    return {backupId: header.backupId, createdAt: header.createdAt, previousDatabase: previous, catalog, tenants: (await plane.tenants.list()).length};
   } finally {
     await plane.close();
   }
 }
 
-async function newestControlBackup(plane: Awaited<ReturnType<typeof openControlPlane>>): Promise<string> {
-  const candidates: Array<{file: string; createdAt: string}> = [];
+/**
+ * The newest control backup of the primary region, by the creation time in its authenticated
+ * header. Every candidate is authenticated: one that fails stops the restore (exit 6) rather than
+ * being skipped, because skipping would let whoever can write the destination roll dforge_control
+ * (keys, registry) back to an older backup by damaging the newer ones.
+ */
+async function newestControlBackup(plane: ControlPlane): Promise<AuthenticatedBackup> {
+  const candidates: AuthenticatedBackup[] = [];
   for (const destination of regionDestinations(plane, plane.config.primaryRegion)) {
-    for (const location of await destination.list('_control')) {
-      if (!location.endsWith('.manifest.json')) continue;
-      const m = JSON.parse(await destination.readSmall(location)) as BackupManifest;
-      if (manifestLocation(m.location) === location && m.kind === 'control') candidates.push({file: destination.describe(m.location), createdAt: m.createdAt});
+    for (const location of await destination.list(CONTROL_OWNER)) {
+      if (!location.endsWith('.dfb')) continue;
+      const auth = await authenticateBackup(plane, destinationSource(destination, location));
+      if (auth.header.kind !== 'control') {
+        throw new VerificationError(`${auth.source.label} is a tenant backup of ${auth.header.tenant} among the control backups`, {
+          nextSteps: ['Someone placed it there; move it away, or name a control backup with --from <file>.'],
+          data: {reason: 'binding', backupId: auth.header.backupId},
+        });
+      }
+      candidates.push(auth);
     }
   }
-  const newest = candidates.sort((a, b) => Date.parse(b.createdAt) - Date.parse(a.createdAt))[0];
+  const newest = candidates.sort((a, b) => Date.parse(b.header.createdAt) - Date.parse(a.header.createdAt))[0];
   if (!newest) {
     throw new UserError(`no control backup in the destinations of region ${plane.config.primaryRegion}`, {
       nextSteps: ['Point at one with --from <file>; control backups are under _control/ in a destination.'],
     });
   }
-  return newest.file;
+  return newest;
 }

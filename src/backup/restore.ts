@@ -8,10 +8,10 @@ import {previousDatabaseName, scratchDatabaseOf, type TenantDatabases} from '../
 import {MODULE_SCHEMAS} from '../tenants/module-sql.js';
 import type {Tenant} from '../tenants/service.js';
 import {validateSlug} from '../tenants/slug.js';
-import {openHeader, type ParsedHeader} from './format.js';
+import {crashPoint} from '../state/crash-point.js';
 import {startPgTool} from './pg-tool-runner.js';
 import {restorableEntries} from './pg-tools.js';
-import {checkIntegrity, decryptAndList, feedDecryptedDump, readBackupHeader, resolveSource, wrapperFor, type BackupSource, type TableOfContents} from './verify.js';
+import {authenticateBackup, decryptAndList, feedDecryptedDump, resolveSource, type AuthenticatedBackup, type TableOfContents} from './verify.js';
 
 export interface RestoreResult {
   readonly tenant: string;
@@ -34,8 +34,9 @@ const CHECKED: ReadonlyArray<{toc: string; sql: string}> = [
 
 /**
  * Restores a tenant backup without ever touching the live database until the end:
- *  1. verify: integrity against the manifest, then decrypt everything through pg_restore --list,
- *     so a tampered or truncated backup fails before any database is created;
+ *  1. verify: authenticate the header and bind it to the catalog entry, the manifest and the
+ *     file's place, then decrypt everything through pg_restore --list (checking the file's digest
+ *     on the way), so a tampered, substituted or truncated backup fails before any database is created;
  *  2. stream the decrypted dump into a scratch database cloned from the tenant template, as the
  *     restore role (see restoreInto), then adopt it in dforge's shape;
  *  3. check the restored object counts against the dump's table of contents;
@@ -50,29 +51,29 @@ export async function restoreTenant(
 ): Promise<RestoreResult> {
   const now = (options.clock ?? (() => new Date()))();
   const sourceTenant = validateSlug(options.tenant);
-  const source = await resolveSource(plane, options.from);
-  await checkIntegrity(source);
-  const parsed = await readBackupHeader(source);
-  if (parsed.header.kind !== 'tenant') throw new UserError(`${source.label} is a control-database backup`, {nextSteps: ['Restore it with: dforge restore --control --from <id|file>']});
-  if (parsed.header.tenant !== sourceTenant) {
-    throw new VerificationError(`${source.label} belongs to tenant ${parsed.header.tenant}, not ${sourceTenant}`, {
-      nextSteps: [`To copy ${parsed.header.tenant}'s data into a new tenant: dforge restore --tenant ${parsed.header.tenant} --from ${options.from} --as <new-slug>`],
+  // Nothing is decided on the header before it is authenticated and bound to catalog and manifest.
+  const auth = await authenticateBackup(plane, await resolveSource(plane, options.from));
+  const label = auth.source.label;
+  if (auth.header.kind !== 'tenant') throw new UserError(`${label} is a control-database backup`, {nextSteps: ['Restore it with: dforge restore --control --from <id|file>']});
+  if (auth.header.tenant !== sourceTenant) {
+    throw new VerificationError(`${label} belongs to tenant ${auth.header.tenant}, not ${sourceTenant}`, {
+      nextSteps: [`To copy ${auth.header.tenant}'s data into a new tenant: dforge restore --tenant ${auth.header.tenant} --from ${options.from} --as <new-slug>`],
+      data: {reason: 'tenant', backupId: auth.header.backupId, tenant: auth.header.tenant},
     });
   }
-  const wrapper = await wrapperFor(plane, parsed, source.label);
-  const toc = await decryptAndList(plane, source, parsed, wrapper);
-  const payloadKey = await openHeader(parsed, wrapper, source.label);
+  const toc = await decryptAndList(plane, auth);
 
   let target: Tenant;
   if (options.as) {
     target = (await plane.tenants.create(validateSlug(options.as))).tenant;
+    crashPoint('restore.as-tenant-created');
   } else {
     target = await plane.tenants.get(sourceTenant);
-    await plane.tenants.ensureRole(sourceTenant);
+    if (await plane.tenants.ensureRole(sourceTenant)) crashPoint('restore.role-recreated');
   }
   try {
     // With --as, the database being replaced is the new tenant's empty one: nothing to keep.
-    return await restoreInto(plane, {target, source, parsed, payloadKey, toc, now, as: options.as !== undefined, dropPrevious: options.as !== undefined || (options.dropPrevious ?? false)});
+    return await restoreInto(plane, {target, auth, toc, now, as: options.as !== undefined, dropPrevious: options.as !== undefined || (options.dropPrevious ?? false)});
   } catch (err) {
     // A tenant made for --as holds nothing yet: take it away again rather than leave an empty copy.
     if (options.as) await plane.tenants.delete(target.slug, {confirm: target.slug, shred: true}).catch(() => undefined);
@@ -83,9 +84,7 @@ export async function restoreTenant(
 /** A verified backup and where it goes. */
 interface RestorePlan {
   readonly target: Tenant;
-  readonly source: BackupSource;
-  readonly parsed: ParsedHeader;
-  readonly payloadKey: Buffer;
+  readonly auth: AuthenticatedBackup;
   /** The dump's table of contents. */
   readonly toc: TableOfContents;
   readonly now: Date;
@@ -101,7 +100,7 @@ interface RestorePlan {
  * owner role, touching catalogs only, and swaps it in.
  */
 async function restoreInto(plane: ControlPlane, plan: RestorePlan): Promise<RestoreResult> {
-  const {target, source, parsed, payloadKey, toc, now} = plan;
+  const {target, auth, toc, now} = plan;
   return plane.tenants.withTenantLock(target.slug, plan.as ? 'tenant.restore-as' : 'tenant.restore', () =>
     plane.tenants.onTenantCluster(target.slug, async (databases) => {
       const scratch = scratchDatabaseOf(target);
@@ -112,22 +111,32 @@ async function restoreInto(plane: ControlPlane, plan: RestorePlan): Promise<Rest
       let counts: Record<string, number> | undefined;
       try {
         await databases.clone(scratch);
+        crashPoint('restore.scratch-created');
         const password = randomPassword();
         await databases.roles.createRestoreRole(target.role, scramVerifier(password));
+        crashPoint('restore.restore-role-created');
         // The schemas and the audit trail exist, owned by the owner role, before any dump code runs.
         await databases.shape(scratch, {connect: [restoreRole]});
+        crashPoint('restore.scratch-prepared');
         // Objects are created as the tenant's login role (--role), so it owns its tables as before.
-        await restoreDump(plane, {source, parsed, payloadKey, cluster: target.cluster, credentials: {user: restoreRole, password, database: scratch}, args: [`--role=${target.role}`], useList: restorableEntries(toc.list, MODULE_SCHEMAS)});
+        await restoreDump(plane, {auth, cluster: target.cluster, credentials: {user: restoreRole, password, database: scratch}, args: [`--role=${target.role}`], useList: restorableEntries(toc.list, MODULE_SCHEMAS)});
+        crashPoint('restore.loaded');
         counts = await databases.shape(scratch, {connect: [target.role], revoke: [restoreRole]}, (inside) => checkCounts(inside, toc));
+        crashPoint('restore.shaped');
         await databases.roles.dropRestoreRole(target.role);
+        crashPoint('restore.restore-role-dropped');
       } catch (err) {
         await databases.drop(scratch).catch(() => undefined);
         await databases.roles.dropRestoreRole(target.role).catch(() => undefined);
         throw err;
       }
       const previous = await swap(databases, target, previousDatabaseName(target, now));
-      if (previous && plan.dropPrevious) await databases.drop(previous);
-      return {tenant: target.slug, backupId: parsed.header.backupId, database: target.database, previousDatabase: plan.dropPrevious ? null : previous, objects: counts!};
+      crashPoint('restore.swap-committed');
+      if (previous && plan.dropPrevious) {
+        await databases.drop(previous);
+        crashPoint('restore.previous-dropped');
+      }
+      return {tenant: target.slug, backupId: auth.header.backupId, database: target.database, previousDatabase: plan.dropPrevious ? null : previous, objects: counts!};
     }),
   );
 }
@@ -135,18 +144,18 @@ async function restoreInto(plane: ControlPlane, plan: RestorePlan): Promise<Rest
 /** Streams a verified backup's dump through pg_restore into `credentials.database`; any failure stops pg_restore. */
 export async function restoreDump(
   plane: ControlPlane,
-  o: {source: BackupSource; parsed: ParsedHeader; payloadKey: Buffer; cluster: string; credentials: {user: string; password: string; database: string}; args: string[]; useList?: string},
+  o: {auth: AuthenticatedBackup; cluster: string; credentials: {user: string; password: string; database: string}; args: string[]; useList?: string},
 ): Promise<void> {
   const pgRestore = await startPgTool(plane, {
     tool: 'pg_restore',
     args: ['--dbname', o.credentials.database, ...o.args, '--no-owner', '--no-privileges', '--exit-on-error'],
     cluster: o.cluster,
     credentials: o.credentials,
-    serverMajor: Math.floor(Number(o.parsed.header.pgVersion) / 10_000),
+    serverMajor: Math.floor(Number(o.auth.header.pgVersion) / 10_000),
     useList: o.useList,
   });
   try {
-    await feedDecryptedDump(o.source, o.parsed, o.payloadKey, pgRestore);
+    await feedDecryptedDump(o.auth, pgRestore);
     await pgRestore.done;
   } finally {
     await pgRestore.close();

@@ -6,12 +6,14 @@ import {pipeline} from 'node:stream';
 import {CONTROL_DATABASE, PROVISIONER_ROLE} from '../control/bootstrap.js';
 import {endpointOf, primaryCluster, provisionerSecret, type ControlPlane} from '../control/plane.js';
 import {LockedError, PartialError, UserError} from '../errors.js';
+import {crashPoint} from '../state/crash-point.js';
 import {withConnection} from '../postgres/connect.js';
 import {writeFileAtomic} from '../state/atomic-file.js';
 import type {InstallDir} from '../state/install-dir.js';
-import {BackupCatalog, manifestLocation, type BackupManifest, type BackupRecord} from './catalog.js';
+import {withBackupLock, WHOLE_RUN, type BackupLockHolder} from './backup-lock.js';
+import {BackupCatalog, backupLocation, manifestLocation, type BackupManifest, type BackupRecord} from './catalog.js';
 import {destinationFor, type BackupDestination} from './destination.js';
-import {CHUNK_SIZE, createHeader, dataKeyWrapper, EncryptStream, type FileKeyWrapper} from './format.js';
+import {CHUNK_SIZE, CONTROL_OWNER, createHeader, dataKeyWrapper, EncryptStream, type FileKeyWrapper} from './format.js';
 import {startPgTool} from './pg-tool-runner.js';
 
 /**
@@ -22,11 +24,14 @@ const STALE_PARTIAL_MS = 0;
 
 export interface BackupOutcome {
   readonly tenant: string;
+  /** locked: another run (e.g. backup --tenant) is backing it up right now; skipped, not failed. */
   readonly status: 'ok' | 'failed' | 'locked';
   readonly backupId?: string;
   readonly bytes?: number;
   readonly seconds: number;
   readonly error?: string;
+  /** With status locked: who holds the tenant's backup lock. */
+  readonly holder?: BackupLockHolder;
 }
 
 /** The destinations of a region, from dforge.yaml. */
@@ -94,7 +99,7 @@ async function dumpEncrypted(options: {
       ? (await plane.control.query<{v: string}>(versionQuery)).rows[0]!.v
       : await withConnection(endpoint, options.credentials, async (c) => (await c.query<{v: string}>(versionQuery)).rows[0]!.v);
   const backupId = `${timestampId(options.now)}-${options.tenant}-${randomBytes(3).toString('hex')}`;
-  const location = `${options.kind === 'control' ? '_control' : options.tenant}/${backupId}.dfb`;
+  const location = backupLocation({kind: options.kind, tenant: options.tenant, backupId});
   const header = await createHeader(
     {kind: options.kind, backupId, tenant: options.tenant, region: options.region, cluster: options.cluster, pgVersion: serverVersion, createdAt: options.now.toISOString()},
     options.wrapper,
@@ -126,6 +131,7 @@ async function dumpEncrypted(options: {
       sha256,
     };
     await destination.putSmall(manifestLocation(location), `${JSON.stringify(manifest, null, 2)}\n`);
+    crashPoint('backup.manifest-written');
     const record: BackupRecord = {
       id: backupId,
       kind: options.kind,
@@ -143,6 +149,7 @@ async function dumpEncrypted(options: {
       verifiedAt: null,
     };
     await new BackupCatalog(plane.control).add(record);
+    crashPoint('backup.cataloged');
     return record;
   } catch (err) {
     // A failed write (a full disk) must not leave pg_dump blocked on a pipe nobody reads, holding its locks.
@@ -153,31 +160,18 @@ async function dumpEncrypted(options: {
   }
 }
 
-/** Per-tenant backup lock in dforge_control: an overlapping cron run gets exit 5 for that tenant. */
-async function withBackupLock<T>(plane: ControlPlane, slug: string, fn: () => Promise<T>): Promise<T> {
-  const got = await plane.control.query<{ok: boolean}>("SELECT pg_try_advisory_lock(hashtext('dforge.backup'), hashtext($1)) AS ok", [slug]);
-  if (!got.rows[0]?.ok) {
-    throw new LockedError(`another run is backing up ${slug}`, {nextSteps: ['Let it finish; if cron runs overlap, space them out (dforge backup schedule).'], data: {lock: `backup:${slug}`}});
-  }
-  try {
-    return await fn();
-  } finally {
-    await plane.control.query("SELECT pg_advisory_unlock(hashtext('dforge.backup'), hashtext($1))", [slug]);
-  }
-}
-
 export function lastSuccessFile(dir: InstallDir, tenant: string): string {
   return path.join(dir.root, 'state', 'backups', `${tenant}.last-success.json`);
 }
 
-export async function backupTenant(plane: ControlPlane, slug: string, options: {destination?: string; clock?: () => Date} = {}): Promise<BackupRecord> {
+export async function backupTenant(plane: ControlPlane, slug: string, options: {destination?: string; clock?: () => Date; command?: string} = {}): Promise<BackupRecord> {
   const now = (options.clock ?? (() => new Date()))();
   const tenant = await plane.tenants.get(slug);
   if (tenant.status !== 'active' && tenant.status !== 'suspended') {
     throw new UserError(`tenant ${slug} is ${tenant.status} and cannot be backed up`, {nextSteps: [`Finish the interrupted operation first (dforge tenant show ${slug}).`]});
   }
   const destination = destinationForTenant(plane, tenant, options.destination);
-  return withBackupLock(plane, slug, async () => {
+  return withBackupLock(plane, slug, options.command ?? `backup --tenant ${slug}`, async () => {
     // Encryption fails closed: no data key, no file.
     const dek = await plane.dataKeys.current(slug);
     await destination.removeIncomplete(slug, STALE_PARTIAL_MS);
@@ -194,6 +188,7 @@ export async function backupTenant(plane: ControlPlane, slug: string, options: {
     });
     await fs.mkdir(path.dirname(lastSuccessFile(plane.keys.dir, slug)), {recursive: true, mode: 0o755});
     await writeFileAtomic(lastSuccessFile(plane.keys.dir, slug), `${JSON.stringify({tenant: slug, backupId: record.id, at: record.createdAt, size: record.size})}\n`, {mode: 0o644});
+    crashPoint('backup.last-success-marked');
     return record;
   });
 }
@@ -202,25 +197,25 @@ export async function backupTenant(plane: ControlPlane, slug: string, options: {
  * dforge_control itself, encrypted under the master key, to every region's first destination:
  * losing the control database must not make every tenant backup unreadable.
  */
-export async function backupControl(plane: ControlPlane, options: {clock?: () => Date} = {}): Promise<BackupRecord[]> {
+export async function backupControl(plane: ControlPlane, options: {clock?: () => Date; command?: string} = {}): Promise<BackupRecord[]> {
   const now = (options.clock ?? (() => new Date()))();
   const primary = primaryCluster(plane.config);
   const keyring = plane.keys.keyring;
   const wrapper: FileKeyWrapper = {keyId: keyring.keyId, keyVersion: keyring.writeVersion(), wrap: (k, c) => keyring.wrap(k, c), unwrap: (w, c, what) => keyring.unwrap(w, c, what)};
   const password = (await plane.keys.sealed.get(provisionerSecret(primary.name))).toString('utf8');
   const records: BackupRecord[] = [];
-  await withBackupLock(plane, '_control', async () => {
+  await withBackupLock(plane, CONTROL_OWNER, options.command ?? 'backup --all', async () => {
     for (const region of Object.keys(plane.config.regions)) {
       const destination = regionDestinations(plane, region)[0];
       if (!destination) continue;
-      await destination.removeIncomplete('_control', STALE_PARTIAL_MS);
+      await destination.removeIncomplete(CONTROL_OWNER, STALE_PARTIAL_MS);
       records.push(
         await dumpEncrypted({
           plane,
           destination,
           wrapper,
           kind: 'control',
-          tenant: '_control',
+          tenant: CONTROL_OWNER,
           region,
           cluster: primary.name,
           credentials: {user: PROVISIONER_ROLE, password, database: CONTROL_DATABASE},
@@ -235,40 +230,70 @@ export async function backupControl(plane: ControlPlane, options: {clock?: () =>
 export interface BackupAllResult {
   readonly tenants: BackupOutcome[];
   readonly control: BackupRecord[];
+  /** Set when dforge_control was not backed up because another run held its lock. */
+  readonly controlLocked?: string;
 }
 
 /**
- * Every active or suspended tenant, `concurrency` at a time; one failure never stops the others.
- * Each outcome is reported as it happens (one JSON line per tenant, for cron mail). Failed tenants
- * make the whole run a PartialError (exit 4) that names them.
+ * Every active or suspended tenant, `concurrency` at a time, then dforge_control; one failure never
+ * stops the others. Each outcome is reported as it happens (one JSON line per tenant, for cron mail).
+ *
+ * The whole run holds a lock of its own, so an overlapping `backup --all` exits 5 at once, naming
+ * the holder, instead of racing this one tenant by tenant (which gave duplicates or spurious
+ * failures). A tenant locked by a concurrent `backup --tenant` is being backed up by that run: it
+ * is reported as locked and skipped, not failed. Failed tenants make the run a PartialError (exit
+ * 4) that names them; a run that found every tenant locked and backed up nothing exits 5.
  */
 export async function backupAll(plane: ControlPlane, options: {concurrency: number; clock?: () => Date; report: (outcome: BackupOutcome) => void}): Promise<BackupAllResult> {
-  const {default: pLimit} = await import('p-limit');
-  const limit = pLimit(options.concurrency);
-  const tenants = (await plane.tenants.list()).filter((t) => t.status === 'active' || t.status === 'suspended');
-  const outcomes = await Promise.all(
-    tenants.map((t) =>
-      limit(async (): Promise<BackupOutcome> => {
-        const started = Date.now();
-        let outcome: BackupOutcome;
-        try {
-          const record = await backupTenant(plane, t.slug, {clock: options.clock});
-          outcome = {tenant: t.slug, status: 'ok', backupId: record.id, bytes: record.size, seconds: (Date.now() - started) / 1000};
-        } catch (err) {
-          outcome = {tenant: t.slug, status: err instanceof LockedError ? 'locked' : 'failed', seconds: (Date.now() - started) / 1000, error: err instanceof Error ? err.message : String(err)};
-        }
-        options.report(outcome);
-        return outcome;
-      }),
-    ),
-  );
-  const control = await backupControl(plane, {clock: options.clock});
-  const failed = outcomes.filter((o) => o.status !== 'ok');
-  if (failed.length > 0) {
-    throw new PartialError(`${failed.length} of ${outcomes.length} tenant backups failed: ${failed.map((f) => `${f.tenant} (${f.error})`).join('; ')}`, {
-      nextSteps: ['The other tenants were backed up. Fix the named ones and run: dforge backup --tenant <slug>'],
-      data: {tenants: outcomes, control: control.map((c) => c.id)},
-    });
-  }
-  return {tenants: outcomes, control};
+  return withBackupLock(plane, WHOLE_RUN, 'backup --all', async () => {
+    const {default: pLimit} = await import('p-limit');
+    const limit = pLimit(options.concurrency);
+    const tenants = (await plane.tenants.list()).filter((t) => t.status === 'active' || t.status === 'suspended');
+    const outcomes = await Promise.all(
+      tenants.map((t) =>
+        limit(async (): Promise<BackupOutcome> => {
+          const started = Date.now();
+          let outcome: BackupOutcome;
+          try {
+            const record = await backupTenant(plane, t.slug, {clock: options.clock, command: 'backup --all'});
+            outcome = {tenant: t.slug, status: 'ok', backupId: record.id, bytes: record.size, seconds: (Date.now() - started) / 1000};
+          } catch (err) {
+            const seconds = (Date.now() - started) / 1000;
+            const error = err instanceof Error ? err.message : String(err);
+            outcome =
+              err instanceof LockedError
+                ? {tenant: t.slug, status: 'locked', seconds, error, ...(err.data.holder ? {holder: err.data.holder as BackupLockHolder} : {})}
+                : {tenant: t.slug, status: 'failed', seconds, error};
+          }
+          options.report(outcome);
+          return outcome;
+        }),
+      ),
+    );
+    let control: BackupRecord[] = [];
+    let controlLocked: string | undefined;
+    try {
+      control = await backupControl(plane, {clock: options.clock});
+    } catch (err) {
+      if (!(err instanceof LockedError)) throw err;
+      controlLocked = err.message;
+    }
+    const result: BackupAllResult = {tenants: outcomes, control, ...(controlLocked ? {controlLocked} : {})};
+    const failed = outcomes.filter((o) => o.status === 'failed');
+    const locked = outcomes.filter((o) => o.status === 'locked');
+    if (failed.length > 0) {
+      throw new PartialError(`${failed.length} of ${outcomes.length} tenant backups failed: ${failed.map((f) => `${f.tenant} (${f.error})`).join('; ')}`, {
+        nextSteps: ['The other tenants were backed up. Fix the named ones and run: dforge backup --tenant <slug>'],
+        data: {...result, control: control.map((c) => c.id)},
+      });
+    }
+    if (locked.length > 0 && locked.length === outcomes.length) {
+      const controlNote = control.length > 0 ? ` (dforge_control was backed up: ${control.map((c) => c.id).join(', ')})` : '';
+      throw new LockedError(`every tenant was locked by other runs, so no tenant was backed up${controlNote}: ${locked.map((l) => `${l.tenant} (${l.error})`).join('; ')}`, {
+        nextSteps: ['Those runs are backing the tenants up; check their results, then re-run if needed.'],
+        data: {...result, control: control.map((c) => c.id)},
+      });
+    }
+    return result;
+  });
 }

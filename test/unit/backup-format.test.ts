@@ -8,7 +8,7 @@ import {describe, expect, it} from 'vitest';
 import {CHUNK_SIZE, createHeader, dataKeyWrapper, DecryptStream, EncryptStream, openHeader, parseHeader} from '../../src/backup/format.js';
 import {selectRetained} from '../../src/backup/manage.js';
 import type {BackupRecord} from '../../src/backup/catalog.js';
-import {DforgeError, VerificationError} from '../../src/errors.js';
+import {VerificationError} from '../../src/errors.js';
 
 const dek = {id: 'dek/acme', version: 1, material: randomBytes(32)};
 const otherDek = {id: 'dek/acme', version: 1, material: randomBytes(32)};
@@ -31,14 +31,14 @@ describe('backup format (STREAM)', () => {
   });
 
   it('reports the SHA-256 and length of exactly the file it emitted', async () => {
-    const header = await createHeader({kind: 'tenant', backupId: 'b2', tenant: 'acme', region: 'eu', cluster: 'eu-1', pgVersion: '150018', createdAt: 'x'}, dataKeyWrapper(dek));
+    const header = await createHeader({kind: 'tenant', backupId: 'b2', tenant: 'acme', region: 'eu', cluster: 'eu-1', pgVersion: '150018', createdAt: '2026-11-27T00:00:00.000Z'}, dataKeyWrapper(dek));
     const encoder = new EncryptStream(header);
     const file = await buffer(Readable.from([randomBytes(2 * CHUNK_SIZE + 5)]).pipe(encoder));
     expect(encoder.digest()).toEqual({sha256: createHash('sha256').update(file).digest('hex'), size: file.length});
   });
 
   it('never seals the final chunk when the producer fails, so the output cannot pass as a complete backup', async () => {
-    const header = await createHeader({kind: 'tenant', backupId: 'b3', tenant: 'acme', region: 'eu', cluster: 'eu-1', pgVersion: '150018', createdAt: 'x'}, dataKeyWrapper(dek));
+    const header = await createHeader({kind: 'tenant', backupId: 'b3', tenant: 'acme', region: 'eu', cluster: 'eu-1', pgVersion: '150018', createdAt: '2026-11-27T00:00:00.000Z'}, dataKeyWrapper(dek));
     const emitted: Buffer[] = [];
     const encoder = new EncryptStream(header, Promise.reject(new Error('pg_dump failed (exit 1)')));
     encoder.on('data', (c: Buffer) => emitted.push(c));
@@ -51,7 +51,7 @@ describe('backup format (STREAM)', () => {
     await fc.assert(
       fc.asyncProperty(fc.array(fc.integer({min: 0, max: 40_000}), {maxLength: 8}), async (sizes) => {
         const parts = sizes.map((s) => randomBytes(s));
-        const header = await createHeader({kind: 'tenant', backupId: 'b', tenant: 'acme', region: 'eu', cluster: 'c', pgVersion: '150018', createdAt: 'x'}, dataKeyWrapper(dek));
+        const header = await createHeader({kind: 'tenant', backupId: 'b', tenant: 'acme', region: 'eu', cluster: 'c', pgVersion: '150018', createdAt: '2026-11-27T00:00:00.000Z'}, dataKeyWrapper(dek));
         const file = await buffer(Readable.from(parts).pipe(new EncryptStream(header)));
         expect((await open(file)).equals(Buffer.concat(parts))).toBe(true);
       }),
@@ -65,7 +65,7 @@ describe('backup format (STREAM)', () => {
       () => undefined,
       (e: unknown) => e,
     );
-    expect(err, 'tampering went undetected').toBeInstanceOf(DforgeError);
+    expect(err, 'tampering went undetected').toBeInstanceOf(VerificationError);
     return err as VerificationError;
   };
 
@@ -96,15 +96,48 @@ describe('backup format (STREAM)', () => {
     expect((await expectRejected(swapped)).message).toMatch(/chunk 0 failed authentication/);
   });
 
-  it('detects an edited header (the tenant renamed in the JSON)', async () => {
+  it('detects an edited header: the tenant renamed (structurally, before any key) or the cluster (by the HMAC)', async () => {
     const f = await file;
-    const edited = Buffer.from(f.toString('latin1').replace('"tenant":"acme"', '"tenant":"acmf"'), 'latin1');
-    expect((await expectRejected(edited)).message).toMatch(/header failed authentication/);
+    const renamed = Buffer.from(f.toString('latin1').replace('"tenant":"acme"', '"tenant":"acmf"'), 'latin1');
+    expect((await expectRejected(renamed)).message).toMatch(/names key dek\/acme for a tenant backup of acmf/);
+    const moved = Buffer.from(f.toString('latin1').replace('"cluster":"eu-1"', '"cluster":"eu-2"'), 'latin1');
+    expect((await expectRejected(moved)).message).toMatch(/header failed authentication/);
   });
 
-  it('refuses the wrong key', async () => {
+  it('refuses another key of the same name and version as tampering (exit 6), not as a configuration error', async () => {
     const err = await expectRejected(await file, otherDek);
-    expect(err.message).toMatch(/wrong key/);
+    expect(err.message).toMatch(/its file key was wrapped by a different dek\/acme v1 than this install's/);
+  });
+
+  it('every header byte flipped, one at a time and each bit, is a VerificationError', async () => {
+    const f = await file;
+    const headerLength = parseHeader(f, 'x').length;
+    const escaped: string[] = [];
+    for (let i = 0; i < headerLength; i++) {
+      for (let bit = 0; bit < 8; bit++) {
+        const t = Buffer.from(f.subarray(0, headerLength + CHUNK_SIZE + 16));
+        t[i]! ^= 1 << bit;
+        const err = await open(t).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        if (!(err instanceof VerificationError)) escaped.push(`byte ${i} bit ${bit}: ${err === undefined ? 'accepted' : String(err)}`);
+      }
+    }
+    expect(escaped).toEqual([]);
+  });
+
+  it('a header whose fields are missing or mistyped is refused before any key is used', async () => {
+    const f = await file;
+    for (const [from, to] of [
+      ['"kind":"tenant"', '"kind":"tenanT"'],
+      ['"tenant":"acme"', '"tenanT":"acme"'],
+      ['"keyVersion":1', '"keyVersion":0'],
+      ['"pgVersion":"150018"', '"pgVersion":"15001x"'],
+    ]) {
+      const t = Buffer.from(f.toString('latin1').replace(from!, to!), 'latin1');
+      expect(() => parseHeader(t, 'x'), `${from} -> ${to}`).toThrow(VerificationError);
+    }
   });
 });
 

@@ -9,7 +9,7 @@ import {usingControlPlane} from '../../control/plane.js';
 export default class Backup extends BaseCommand<typeof Backup> {
   static override summary = 'Take encrypted backups: one tenant, or every tenant plus dforge_control.';
   static override description = `pg_dump -Fc runs as the tenant's own role and streams through AES-256-GCM (STREAM) into <destination>/<tenant>/<id>.dfb, with a sidecar manifest (size, SHA-256). The file appears only when complete and on disk; then the catalog in dforge_control records it.
---all backs tenants up in parallel and writes one JSON line per tenant to stderr (for cron mail). If some fail, the others still run, and the command exits 4 naming them. An overlapping run exits 5 for the tenants it finds locked.`;
+--all backs tenants up in parallel and writes one JSON line per tenant to stderr (for cron mail). If some fail, the others still run, and the command exits 4 naming them. --all holds a run-wide lock: an overlapping --all exits 5 at once, naming the holder (pid, host, command, since when). A tenant that a concurrent backup --tenant is backing up is reported as locked and skipped, not failed; a run that finds every tenant locked exits 5.`;
   static override examples = ['<%= config.bin %> backup --tenant acme', '<%= config.bin %> backup --all --concurrency 4'];
 
   static override flags = {

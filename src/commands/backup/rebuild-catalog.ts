@@ -1,15 +1,17 @@
 import {BaseCommand} from '../../base-command.js';
-import {rebuildCatalog} from '../../backup/manage.js';
+import {rebuildCatalog, throwIfTampered, type RebuildResult} from '../../backup/manage.js';
 import {usingControlPlane} from '../../control/plane.js';
 
 export default class BackupRebuildCatalog extends BaseCommand<typeof BackupRebuildCatalog> {
-  static override summary = "Re-create catalog entries from the destinations' manifests.";
-  static override description = 'For backups the catalog does not know: after restore --control, or if a run was killed after its file was complete.';
+  static override summary = 'Adopt into the catalog the backup files of every destination that it does not list.';
+  static override description = `For backups the catalog does not know: after restore --control, or if a run was killed after its file was complete. A file is adopted only if its header authenticates, matches its manifest and its place in the destination, and every chunk decrypts. Anything else is reported and not adopted; a tampered or substituted file makes the command exit 6.`;
   static override examples = ['<%= config.bin %> backup rebuild-catalog'];
 
-  async run(): Promise<{added: number; scanned: number}> {
+  async run(): Promise<RebuildResult> {
     const result = await usingControlPlane(this.installDir(), (plane) => rebuildCatalog(plane));
-    this.out.progress(`scanned ${result.scanned} manifests, added ${result.added} catalog entries`);
+    for (const e of result.entries) if (e.status !== 'added') this.out.warn(`${e.destination}:${e.location}: ${e.status}${e.reason ? `: ${e.reason}` : ''}`);
+    this.out.progress(`scanned ${result.scanned} backup files: ${result.known} already listed, ${result.added} added`);
+    throwIfTampered(result, 'the catalog was rebuilt');
     return result;
   }
 }

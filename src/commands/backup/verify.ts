@@ -1,15 +1,14 @@
 import {Args, Flags} from '@oclif/core';
 
 import {BaseCommand} from '../../base-command.js';
-import {BackupCatalog} from '../../backup/catalog.js';
-import {verifyBackup, type VerifyResult} from '../../backup/verify.js';
+import {verifyAll, verifyBackup, type VerifyAllResult, type VerifyResult} from '../../backup/verify.js';
 import {usingControlPlane} from '../../control/plane.js';
-import {PartialError} from '../../errors.js';
 
 export default class BackupVerify extends BaseCommand<typeof BackupVerify> {
-  static override summary = 'Check backups: size and SHA-256 against the manifest; with --deep, decrypt everything and read the dump.';
-  static override description = 'Exit 6 when a backup was tampered with or damaged. --deep needs the tenant\'s data key and marks the backup verified (prune never deletes the newest verified backup).';
-  static override examples = ['<%= config.bin %> backup verify 20261127T120000Z-acme-1a2b3c --deep', '<%= config.bin %> backup verify --all'];
+  static override summary = 'Check backups: authenticate the header, bind it to the catalog, and check every byte; with --deep, also read the dump.';
+  static override description = `The header is always authenticated with the backup's key, and must match the catalog entry, the manifest and the file's place. A catalog backup's file must then hash to the catalog's digest; a file named by path has every chunk decrypted (its manifest proves nothing on its own). --deep decrypts everything through pg_restore --list and marks the backup verified (prune never deletes the newest verified backup).
+Exit 6 when a backup was tampered with, replaced or damaged. --all prints one line per backup and a summary; exit 6 if any was tampered with, 4 if some could not be checked.`;
+  static override examples = ['<%= config.bin %> backup verify 20261127T120000Z-acme-1a2b3c --deep', '<%= config.bin %> backup verify --all --deep'];
 
   static override args = {id: Args.string({description: 'Backup id, or a path to a .dfb file.'})};
   static override flags = {
@@ -17,25 +16,21 @@ export default class BackupVerify extends BaseCommand<typeof BackupVerify> {
     deep: Flags.boolean({summary: 'Decrypt the whole stream and run pg_restore --list on it.'}),
   };
 
-  async run(): Promise<VerifyResult | VerifyResult[]> {
+  async run(): Promise<VerifyResult | VerifyAllResult> {
     return usingControlPlane(this.installDir(), async (plane) => {
       if (!this.flags.all) {
         if (!this.args.id) this.error('name a backup id (or a file), or pass --all', {exit: 2});
         const result = await verifyBackup(plane, this.args.id!, {deep: this.flags.deep});
-        this.out.progress(`${result.id}: ok (${result.size} bytes${result.deep ? `, ${Object.entries(result.objects ?? {}).map(([k, v]) => `${v} ${k.toLowerCase()}`).join(', ')}` : ''})`);
+        this.out.progress(`${result.id}: ok (${result.size} bytes; ${result.checks.join(', ')}${result.objects ? `; ${Object.entries(result.objects).map(([k, v]) => `${v} ${k.toLowerCase()}`).join(', ')}` : ''})`);
         return result;
       }
-      const results: VerifyResult[] = [];
-      const failures: string[] = [];
-      for (const record of await new BackupCatalog(plane.control).list()) {
-        try {
-          results.push(await verifyBackup(plane, record.id, {deep: this.flags.deep}));
-        } catch (err) {
-          failures.push(`${record.id}: ${err instanceof Error ? err.message : String(err)}`);
-        }
-      }
-      if (failures.length > 0) throw new PartialError(`${failures.length} backup(s) failed verification: ${failures.join('; ')}`, {nextSteps: ['Take fresh backups of the affected tenants and remove the damaged files.'], data: {failures}});
-      return results;
+      return verifyAll(plane, {
+        deep: this.flags.deep,
+        report: (line) => {
+          if (!this.jsonEnabled()) this.log(`${line.id}\t${line.tenant}\t${line.status}${line.reason ? `\t${line.reason}` : ''}`);
+        },
+        summary: (text) => this.out.progress(text),
+      });
     });
   }
 }
