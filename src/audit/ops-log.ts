@@ -116,6 +116,11 @@ const COLUMNS = 'seq, at, actor, action, target, outcome, details, prev_hash, ha
  */
 export class OpsLog {
   private readonly keys: OpsLogKeys;
+  /**
+   * Appends within this process, one at a time: a session advisory lock is re-entrant for its own
+   * session, so two concurrent appends on one connection would both pass it and interleave.
+   */
+  private queue: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly services: OpsLogKeyServices) {
     this.keys = new OpsLogKeys(services);
@@ -217,14 +222,19 @@ export class OpsLog {
     return this.keys.writerKey(async () => ((await client.query('SELECT 1 FROM ops_log WHERE key_id IS NOT NULL LIMIT 1')).rowCount ?? 0) > 0);
   }
 
-  private async locked<T>(client: Client, fn: () => Promise<T>): Promise<T> {
-    // Session level, not transaction level: it must cover the anchor write after COMMIT.
-    await client.query('SELECT pg_advisory_lock($1)', [APPEND_LOCK.toString()]);
-    try {
-      return await fn();
-    } finally {
-      await client.query('SELECT pg_advisory_unlock($1)', [APPEND_LOCK.toString()]).catch(() => undefined);
-    }
+  private locked<T>(client: Client, fn: () => Promise<T>): Promise<T> {
+    const run = async (): Promise<T> => {
+      // Session level, not transaction level: it must cover the anchor write after COMMIT.
+      await client.query('SELECT pg_advisory_lock($1)', [APPEND_LOCK.toString()]);
+      try {
+        return await fn();
+      } finally {
+        await client.query('SELECT pg_advisory_unlock($1)', [APPEND_LOCK.toString()]).catch(() => undefined);
+      }
+    };
+    const result = this.queue.then(run, run);
+    this.queue = result.catch(() => undefined);
+    return result;
   }
 
   /**

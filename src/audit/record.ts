@@ -1,6 +1,7 @@
 import type {Client} from 'pg';
 
 import {optionalControlConnection} from '../control/plane.js';
+import {DforgeError} from '../errors.js';
 import {openKeyServices} from '../keys/context.js';
 import {InstallDir} from '../state/install-dir.js';
 import {OpsLog, type OpsOutcome, type StoredOpsEntry} from './ops-log.js';
@@ -75,10 +76,19 @@ export async function withOpsRecord<T>(sink: OpsLogSink, spec: OpsRecordSpec<T>,
   try {
     result = await fn();
   } catch (err) {
-    await recordOps(sink, {action: spec.action, target: spec.target, outcome: 'failed', details: {error: err instanceof Error ? err.message : String(err)}});
+    await recordOps(sink, {action: spec.action, target: spec.target, outcome: 'failed', details: failureDetails(err)});
     throw err;
   }
   if (spec.changed?.(result) === false) return result;
   await recordOps(sink, {action: spec.action, target: spec.target, outcome: 'ok', details: spec.details?.(result) ?? {}});
   return result;
+}
+
+/**
+ * What an auditor needs of a failure: the message, and for dforge's typed errors their kind (a
+ * `verification` failure is a tamper detection) and, where the error names one, its reason.
+ */
+function failureDetails(err: unknown): Record<string, unknown> {
+  if (!(err instanceof DforgeError)) return {error: err instanceof Error ? err.message : String(err)};
+  return {error: err.message, kind: err.kind, ...(typeof err.data.reason === 'string' ? {reason: err.data.reason} : {})};
 }

@@ -3,7 +3,7 @@ import path from 'node:path';
 import type {Readable, Writable} from 'node:stream';
 import {pipeline} from 'node:stream/promises';
 
-import type {DestinationConfig} from '../config/schema.js';
+import type {DestinationConfig, DforgeConfig} from '../config/schema.js';
 import {UserError} from '../errors.js';
 import {fsyncDir, writeFileAtomic} from '../state/atomic-file.js';
 import {crashPoint} from '../state/crash-point.js';
@@ -150,4 +150,10 @@ export function destinationFor(region: string, config: DestinationConfig): Backu
   throw new UserError(`backup destination ${config.name} is of kind s3, which this dforge build cannot write yet`, {
     nextSteps: ['Use a local destination (kind: local) for now; mount object storage there if you need it off-host.'],
   });
+}
+
+/** The destinations of a region, from dforge.yaml. */
+export function regionDestinations(plane: {readonly config: DforgeConfig}, region: string): BackupDestination[] {
+  const configured = plane.config.regions[region]?.backup?.destinations ?? [];
+  return configured.map((d) => destinationFor(region, d));
 }

@@ -1,6 +1,7 @@
 import {createCipheriv, createDecipheriv, createHash, createHmac, createSecretKey, hkdfSync, randomBytes, timingSafeEqual, type KeyObject} from 'node:crypto';
 import {Transform, type TransformCallback} from 'node:stream';
 
+import type {OpsLogHead} from '../audit/ops-log.js';
 import {VerificationError} from '../errors.js';
 import {dataKeyId} from '../secrets/data-keys.js';
 import {KEY_BYTES, keyCheckValue, readHeader, unwrap, wrap, type WrappingKey} from '../secrets/envelope.js';
@@ -36,6 +37,12 @@ export interface BackupHeader {
   readonly keyId: string;
   readonly keyVersion: number;
   readonly chunkSize: number;
+  /**
+   * Control backups: the ops log's head when the dump began. Authenticated with the rest of the
+   * header, it is a second anchor of the log outside dforge_control: restore --control
+   * re-anchors to it (docs/formats.md, "Ops log").
+   */
+  readonly opsLogHead?: OpsLogHead;
 }
 
 export interface ParsedHeader {
@@ -156,6 +163,11 @@ function invalidField(h: BackupHeader): string | undefined {
   if (Number.isNaN(Date.parse(h.createdAt))) return 'createdAt';
   if (!Number.isSafeInteger(h.keyVersion) || h.keyVersion < 1) return 'keyVersion';
   if (typeof h.chunkSize !== 'number') return 'chunkSize';
+  if (h.opsLogHead !== undefined) {
+    const head = h.opsLogHead as Partial<OpsLogHead> | null;
+    if (h.kind !== 'control' || typeof head !== 'object' || head === null) return 'opsLogHead';
+    if (!Number.isSafeInteger(head.seq) || typeof head.mac !== 'string' || !(head.keyId === null || typeof head.keyId === 'string')) return 'opsLogHead';
+  }
   return undefined;
 }
 

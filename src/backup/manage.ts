@@ -8,7 +8,9 @@ import {PREVIOUS_DATABASE_PATTERN} from '../tenants/databases.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {BackupCatalog, MANIFEST_SUFFIX, manifestLocation, recordFromManifest, type BackupManifest, type BackupRecord} from './catalog.js';
 import type {BackupDestination} from './destination.js';
-import {lastSuccessFile, regionDestinations} from './service.js';
+import {regionDestinations} from './destination.js';
+import {releaseRetiredKeys, removeBackup, type KeyRelease} from './removal.js';
+import {lastSuccessFile} from './service.js';
 import {authenticateBackup, checkDigest, destinationSource, readWhole, type AuthenticatedBackup, type FileDigest} from './verify.js';
 
 export interface TenantBackupState {
@@ -163,6 +165,14 @@ function isoWeek(d: Date): string {
   return `${t.getUTCFullYear()}-W${Math.ceil(((t.getTime() - yearStart.getTime()) / 864e5 + 1) / 7)}`;
 }
 
+export interface PruneResult {
+  readonly kept: string[];
+  readonly deleted: string[];
+  readonly droppedDatabases: string[];
+  /** Retired master versions released afterwards (not on a dry run). */
+  readonly keys?: KeyRelease;
+}
+
 /**
  * Deletes what the policy does not keep, per tenant (and for control backups), and drops the
  * databases a restore kept as <db>_pre_restore_<ts> once they are older than `keepPreRestoreHours`.
@@ -172,7 +182,7 @@ export async function pruneBackups(
   plane: ControlPlane,
   policy: RetentionPolicy,
   options: {tenant?: string; dryRun: boolean; keepPreRestoreHours: number; clock?: () => Date},
-): Promise<{kept: string[]; deleted: string[]; droppedDatabases: string[]}> {
+): Promise<PruneResult> {
   const catalog = new BackupCatalog(plane.control);
   const all = await catalog.list({tenant: options.tenant});
   const groups = new Map<string, BackupRecord[]>();
@@ -187,16 +197,13 @@ export async function pruneBackups(
         continue;
       }
       deleted.push(b.id);
-      if (options.dryRun) continue;
-      const destination = regionDestinations(plane, b.region).find((d) => d.name === b.destination);
-      // The catalog entry goes first: a crash leaves an orphan file (rebuildable), never an entry without its file.
-      await catalog.remove(b.id);
-      await destination?.remove(manifestLocation(b.location));
-      await destination?.remove(b.location);
+      if (!options.dryRun) await removeBackup(plane, b);
     }
   }
   const droppedDatabases = await dropOldPreRestoreDatabases(plane, {tenant: options.tenant, olderThanHours: options.keepPreRestoreHours, dryRun: options.dryRun, now: (options.clock ?? (() => new Date()))()});
-  return {kept, deleted, droppedDatabases};
+  // Pruning may have deleted the last control backups that kept a retired master version alive.
+  const keys = options.dryRun ? undefined : await releaseRetiredKeys(plane, 'backup prune');
+  return {kept, deleted, droppedDatabases, ...(keys ? {keys} : {})};
 }
 
 /** The databases restores kept aside (see tenants/databases.ts for their names). */

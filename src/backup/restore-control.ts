@@ -10,7 +10,7 @@ import {CONTROL_OWNER, type BackupHeader} from './format.js';
 import {rebuildCatalog, type RebuildResult} from './manage.js';
 import type {PgToolsMode} from './pg-tool-runner.js';
 import {restoreDump} from './restore.js';
-import {regionDestinations} from './service.js';
+import {regionDestinations} from './destination.js';
 import {authenticateBackup, decryptAndList, destinationSource, resolveSource, type AuthenticatedBackup} from './verify.js';
 
 export interface ControlRestoreResult {
@@ -20,6 +20,8 @@ export interface ControlRestoreResult {
   /** What completing the catalog from the destinations found (see rebuildCatalog). */
   readonly catalog: RebuildResult;
   readonly tenants: number;
+  /** The ops-log entry that records this restore and re-anchors the log. */
+  readonly opsLogEntry: number;
 }
 
 /**
@@ -77,8 +79,11 @@ export async function restoreControl(dir: InstallDir, options: {from?: string; c
 
   plane = await openControlPlane(dir);
   try {
+    // The anchor still names the lost database's head: the restored log must hold the head the
+    // backup's authenticated header recorded, and an entry saying what was restored moves the anchor.
+    const restoreEntry = await plane.opsLog.reanchorAfterRestore(plane.control, {backupId: header.backupId, ...(header.opsLogHead ? {backupHead: header.opsLogHead} : {})}, now);
     const catalog = await rebuildCatalog(plane);
-    return {backupId: header.backupId, createdAt: header.createdAt, previousDatabase: previous, catalog, tenants: (await plane.tenants.list()).length};
+    return {backupId: header.backupId, createdAt: header.createdAt, previousDatabase: previous, catalog, tenants: (await plane.tenants.list()).length, opsLogEntry: restoreEntry.seq};
   } finally {
     await plane.close();
   }

@@ -3,6 +3,8 @@ import {promises as fs} from 'node:fs';
 import path from 'node:path';
 import {pipeline} from 'node:stream';
 
+import {opsLogHead as currentOpsLogHead, type OpsLogHead} from '../audit/ops-log.js';
+import {recordOps} from '../audit/record.js';
 import {CONTROL_DATABASE, PROVISIONER_ROLE} from '../control/bootstrap.js';
 import {endpointOf, primaryCluster, provisionerSecret, type ControlPlane} from '../control/plane.js';
 import {LockedError, PartialError, UserError} from '../errors.js';
@@ -12,9 +14,10 @@ import {writeFileAtomic} from '../state/atomic-file.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {withBackupLock, WHOLE_RUN, type BackupLockHolder} from './backup-lock.js';
 import {BackupCatalog, backupLocation, manifestLocation, type BackupManifest, type BackupRecord} from './catalog.js';
-import {destinationFor, type BackupDestination} from './destination.js';
+import {regionDestinations, type BackupDestination} from './destination.js';
 import {CHUNK_SIZE, CONTROL_OWNER, createHeader, dataKeyWrapper, EncryptStream, type FileKeyWrapper} from './format.js';
 import {startPgTool} from './pg-tool-runner.js';
+import {releaseRetiredKeys, type KeyRelease} from './removal.js';
 
 /**
  * Under a tenant's backup lock no other run writes that tenant's files, so every *.partial there
@@ -32,12 +35,6 @@ export interface BackupOutcome {
   readonly error?: string;
   /** With status locked: who holds the tenant's backup lock. */
   readonly holder?: BackupLockHolder;
-}
-
-/** The destinations of a region, from dforge.yaml. */
-export function regionDestinations(plane: ControlPlane, region: string): BackupDestination[] {
-  const configured = plane.config.regions[region]?.backup?.destinations ?? [];
-  return configured.map((d) => destinationFor(region, d));
 }
 
 /**
@@ -89,6 +86,7 @@ async function dumpEncrypted(options: {
   cluster: string;
   credentials: {user: string; password: string; database: string};
   now: Date;
+  opsLogHead?: OpsLogHead;
 }): Promise<BackupRecord> {
   const {plane, destination} = options;
   const endpoint = await endpointOf(plane.keys.dir, plane.config, options.cluster);
@@ -101,7 +99,16 @@ async function dumpEncrypted(options: {
   const backupId = `${timestampId(options.now)}-${options.tenant}-${randomBytes(3).toString('hex')}`;
   const location = backupLocation({kind: options.kind, tenant: options.tenant, backupId});
   const header = await createHeader(
-    {kind: options.kind, backupId, tenant: options.tenant, region: options.region, cluster: options.cluster, pgVersion: serverVersion, createdAt: options.now.toISOString()},
+    {
+      kind: options.kind,
+      backupId,
+      tenant: options.tenant,
+      region: options.region,
+      cluster: options.cluster,
+      pgVersion: serverVersion,
+      createdAt: options.now.toISOString(),
+      ...(options.opsLogHead ? {opsLogHead: options.opsLogHead} : {}),
+    },
     options.wrapper,
   );
   const pgDump = await startPgTool(plane, {tool: 'pg_dump', args: ['--format=custom', '--no-password', ...dumpScope(options.kind)], cluster: options.cluster, credentials: options.credentials, serverMajor: Math.floor(Number(serverVersion) / 10_000)});
@@ -164,7 +171,47 @@ export function lastSuccessFile(dir: InstallDir, tenant: string): string {
   return path.join(dir.root, 'state', 'backups', `${tenant}.last-success.json`);
 }
 
-export async function backupTenant(plane: ControlPlane, slug: string, options: {destination?: string; clock?: () => Date; command?: string} = {}): Promise<BackupRecord> {
+/** `backup --tenant`: one tenant's backup, with its outcome in the ops log. */
+export async function backupTenant(plane: ControlPlane, slug: string, options: {destination?: string; clock?: () => Date} = {}): Promise<BackupRecord> {
+  const started = Date.now();
+  try {
+    const record = await takeTenantBackup(plane, slug, options);
+    await recordBackupOutcome(plane, {tenant: slug, status: 'ok', backupId: record.id, bytes: record.size, seconds: (Date.now() - started) / 1000}, options.clock);
+    return record;
+  } catch (err) {
+    // A locked tenant is being backed up by the run that holds the lock; that run records it.
+    if (!(err instanceof LockedError)) {
+      await recordBackupOutcome(plane, {tenant: slug, status: 'failed', seconds: (Date.now() - started) / 1000, error: err instanceof Error ? err.message : String(err)}, options.clock).catch(() => undefined);
+    }
+    throw err;
+  }
+}
+
+/** A failed tenant whose last good backup is older than this (or who has none) is recorded as stale. */
+const STALE_AFTER_HOURS = 26;
+
+/**
+ * Writes a backup outcome to the ops log, as an auditor reads it: the backup taken, or the failure,
+ * plus a `backup.stale` entry when the failure leaves the tenant without a backup from the last
+ * day. Locked outcomes are not written: the holder's run records that tenant.
+ */
+async function recordBackupOutcome(plane: ControlPlane, outcome: BackupOutcome, clock?: () => Date): Promise<void> {
+  const target = `tenant:${outcome.tenant}`;
+  if (outcome.status === 'ok') {
+    await recordOps(plane, {action: 'backup.run', target, outcome: 'ok', details: {backupId: outcome.backupId, bytes: outcome.bytes}});
+    return;
+  }
+  if (outcome.status !== 'failed') return;
+  await recordOps(plane, {action: 'backup.run', target, outcome: 'failed', details: {error: outcome.error}});
+  const now = (clock ?? (() => new Date()))();
+  const marker = await fs.readFile(lastSuccessFile(plane.keys.dir, outcome.tenant), 'utf8').then((t) => JSON.parse(t) as {at: string}, () => undefined);
+  const staleHours = marker ? Math.floor((now.getTime() - Date.parse(marker.at)) / 36e5) : null;
+  if (staleHours === null || staleHours >= STALE_AFTER_HOURS) {
+    await recordOps(plane, {action: 'backup.stale', target, outcome: 'failed', details: {lastSuccess: marker?.at ?? null, staleHours}});
+  }
+}
+
+async function takeTenantBackup(plane: ControlPlane, slug: string, options: {destination?: string; clock?: () => Date; command?: string} = {}): Promise<BackupRecord> {
   const now = (options.clock ?? (() => new Date()))();
   const tenant = await plane.tenants.get(slug);
   if (tenant.status !== 'active' && tenant.status !== 'suspended') {
@@ -199,31 +246,39 @@ export async function backupTenant(plane: ControlPlane, slug: string, options: {
  */
 export async function backupControl(plane: ControlPlane, options: {clock?: () => Date; command?: string} = {}): Promise<BackupRecord[]> {
   const now = (options.clock ?? (() => new Date()))();
+  const command = options.command ?? 'backup --all';
   const primary = primaryCluster(plane.config);
   const keyring = plane.keys.keyring;
-  const wrapper: FileKeyWrapper = {keyId: keyring.keyId, keyVersion: keyring.writeVersion(), wrap: (k, c) => keyring.wrap(k, c), unwrap: (w, c, what) => keyring.unwrap(w, c, what)};
   const password = (await plane.keys.sealed.get(provisionerSecret(primary.name))).toString('utf8');
   const records: BackupRecord[] = [];
-  await withBackupLock(plane, CONTROL_OWNER, options.command ?? 'backup --all', async () => {
-    for (const region of Object.keys(plane.config.regions)) {
-      const destination = regionDestinations(plane, region)[0];
-      if (!destination) continue;
-      await destination.removeIncomplete(CONTROL_OWNER, STALE_PARTIAL_MS);
-      records.push(
-        await dumpEncrypted({
-          plane,
-          destination,
-          wrapper,
-          kind: 'control',
-          tenant: CONTROL_OWNER,
-          region,
-          cluster: primary.name,
-          credentials: {user: PROVISIONER_ROLE, password, database: CONTROL_DATABASE},
-          now,
-        }),
-      );
-    }
-  });
+  await withBackupLock(plane, CONTROL_OWNER, command, () =>
+    // The file key is wrapped under the master key, and the file is in the catalog before the
+    // shared keys lock is let go: a rotation then sees it, and keeps its version decrypt-only.
+    keyring.withWrites(`dforge ${command} (dforge_control)`, async () => {
+      const wrapper: FileKeyWrapper = {keyId: keyring.keyId, keyVersion: keyring.writeVersion(), wrap: (k, c) => keyring.wrap(k, c), unwrap: (w, c, what) => keyring.unwrap(w, c, what)};
+      // Read before pg_dump takes its snapshot, so the dump holds this head (and maybe more).
+      const opsLogHead = await currentOpsLogHead(plane.control);
+      for (const region of Object.keys(plane.config.regions)) {
+        const destination = regionDestinations(plane, region)[0];
+        if (!destination) continue;
+        await destination.removeIncomplete(CONTROL_OWNER, STALE_PARTIAL_MS);
+        records.push(
+          await dumpEncrypted({
+            plane,
+            destination,
+            wrapper,
+            kind: 'control',
+            tenant: CONTROL_OWNER,
+            region,
+            cluster: primary.name,
+            credentials: {user: PROVISIONER_ROLE, password, database: CONTROL_DATABASE},
+            now,
+            ...(opsLogHead ? {opsLogHead} : {}),
+          }),
+        );
+      }
+    }),
+  );
   return records;
 }
 
@@ -232,6 +287,8 @@ export interface BackupAllResult {
   readonly control: BackupRecord[];
   /** Set when dforge_control was not backed up because another run held its lock. */
   readonly controlLocked?: string;
+  /** Retired master versions released after the control backup. */
+  readonly keys?: KeyRelease;
 }
 
 /**
@@ -255,7 +312,7 @@ export async function backupAll(plane: ControlPlane, options: {concurrency: numb
           const started = Date.now();
           let outcome: BackupOutcome;
           try {
-            const record = await backupTenant(plane, t.slug, {clock: options.clock, command: 'backup --all'});
+            const record = await takeTenantBackup(plane, t.slug, {clock: options.clock, command: 'backup --all'});
             outcome = {tenant: t.slug, status: 'ok', backupId: record.id, bytes: record.size, seconds: (Date.now() - started) / 1000};
           } catch (err) {
             const seconds = (Date.now() - started) / 1000;
@@ -270,15 +327,24 @@ export async function backupAll(plane: ControlPlane, options: {concurrency: numb
         }),
       ),
     );
+    // Recorded once every tenant is done: the ops log appends on the control session the tenants' backups share.
+    for (const outcome of outcomes) await recordBackupOutcome(plane, outcome, options.clock);
     let control: BackupRecord[] = [];
     let controlLocked: string | undefined;
+    let keys: KeyRelease | undefined;
     try {
       control = await backupControl(plane, {clock: options.clock});
+      await recordOps(plane, {action: 'backup.run', target: 'control', outcome: 'ok', details: {backupIds: control.map((c) => c.id)}});
+      // A fresh control backup under the active master version may free retired ones.
+      keys = await releaseRetiredKeys(plane, 'backup --all');
     } catch (err) {
-      if (!(err instanceof LockedError)) throw err;
+      if (!(err instanceof LockedError)) {
+        await recordOps(plane, {action: 'backup.run', target: 'control', outcome: 'failed', details: {error: err instanceof Error ? err.message : String(err)}}).catch(() => undefined);
+        throw err;
+      }
       controlLocked = err.message;
     }
-    const result: BackupAllResult = {tenants: outcomes, control, ...(controlLocked ? {controlLocked} : {})};
+    const result: BackupAllResult = {tenants: outcomes, control, ...(controlLocked ? {controlLocked} : {}), ...(keys ? {keys} : {})};
     const failed = outcomes.filter((o) => o.status === 'failed');
     const locked = outcomes.filter((o) => o.status === 'locked');
     if (failed.length > 0) {

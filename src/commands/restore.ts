@@ -1,5 +1,6 @@
 import {Flags} from '@oclif/core';
 
+import {withOpsRecord} from '../audit/record.js';
 import {BaseCommand} from '../base-command.js';
 import {restoreTenant, type RestoreResult} from '../backup/restore.js';
 import {throwIfTampered} from '../backup/manage.js';
@@ -30,7 +31,10 @@ Nothing is decided on a backup's header before it is authenticated; a header tha
 
   async run(): Promise<RestoreResult | ControlRestoreResult> {
     if (this.flags.control) {
-      const result = await restoreControl(this.installDir(), {from: this.flags.from, pgTools: this.flags['pg-tools']});
+      // Success is recorded by the restore itself, in the restored log, where it re-anchors it.
+      const result = await withOpsRecord(this.installDir(), {action: 'restore.control', target: 'control', changed: () => false}, () =>
+        restoreControl(this.installDir(), {from: this.flags.from, pgTools: this.flags['pg-tools']}),
+      );
       this.out.progress(`dforge_control restored from ${result.backupId} (${result.createdAt}); ${result.tenants} tenants registered, ${result.catalog.added} backups adopted into the catalog`);
       throwIfTampered(result.catalog, `dforge_control was restored from ${result.backupId}`);
       return result;
@@ -38,7 +42,12 @@ Nothing is decided on a backup's header before it is authenticated; a header tha
     if (!this.flags.from) this.error('--from is required with --tenant (a backup id or file; see dforge backup list)', {exit: 2});
     const result = await usingControlPlane(
       this.installDir(),
-      (plane) => changingTenants(plane, () => restoreTenant(plane, {tenant: this.flags.tenant!, from: this.flags.from!, as: this.flags.as, dropPrevious: this.flags['drop-previous']})),
+      (plane) =>
+        withOpsRecord(
+          plane,
+          {action: 'restore.tenant', target: `tenant:${this.flags.as ?? this.flags.tenant!}`, details: (r) => ({backupId: r.backupId, from: this.flags.tenant, database: r.database, previousDatabase: r.previousDatabase})},
+          () => changingTenants(plane, () => restoreTenant(plane, {tenant: this.flags.tenant!, from: this.flags.from!, as: this.flags.as, dropPrevious: this.flags['drop-previous']})),
+        ),
       {pgTools: this.flags['pg-tools']},
     );
     this.out.progress(`restored ${result.backupId} into ${result.database}${result.previousDatabase ? `; previous kept as ${result.previousDatabase}` : ''}`);

@@ -27,10 +27,15 @@ export default class Backup extends BaseCommand<typeof Backup> {
         this.out.progress(`backed up ${record.tenant}: ${record.id} (${record.size} bytes) to ${record.destination}`);
         return record;
       }
-      return backupAll(plane, {
+      const result = await backupAll(plane, {
         concurrency: this.flags.concurrency,
         report: (outcome) => process.stderr.write(`${JSON.stringify({event: 'backup', ...outcome})}\n`),
       });
+      if (result.keys && 'destroyed' in result.keys && result.keys.destroyed.length > 0) {
+        this.out.progress(`the fresh control backup released retired master key version(s) ${result.keys.destroyed.map((v) => `v${v}`).join(', ')}: destroyed`);
+      }
+      if (result.keys && 'skipped' in result.keys) this.out.warn(`retired master versions were not released this time: ${result.keys.skipped}`);
+      return result;
     }, {pgTools: this.flags['pg-tools']});
   }
 }

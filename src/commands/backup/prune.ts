@@ -1,7 +1,8 @@
 import {Flags} from '@oclif/core';
 
+import {withOpsRecord} from '../../audit/record.js';
 import {BaseCommand} from '../../base-command.js';
-import {pruneBackups} from '../../backup/manage.js';
+import {pruneBackups, type PruneResult} from '../../backup/manage.js';
 import {usingControlPlane} from '../../control/plane.js';
 
 export default class BackupPrune extends BaseCommand<typeof BackupPrune> {
@@ -18,11 +19,24 @@ export default class BackupPrune extends BaseCommand<typeof BackupPrune> {
     'dry-run': Flags.boolean({summary: 'Report what would be deleted.'}),
   };
 
-  async run(): Promise<{kept: string[]; deleted: string[]; droppedDatabases: string[]}> {
+  async run(): Promise<PruneResult> {
     const f = this.flags;
+    const released = (r: PruneResult): number[] => (r.keys && 'destroyed' in r.keys ? r.keys.destroyed : []);
     const result = await usingControlPlane(this.installDir(), (plane) =>
-      pruneBackups(plane, {keepLast: f['keep-last'], keepDaily: f['keep-daily'], keepWeekly: f['keep-weekly'], keepMonthly: f['keep-monthly']}, {tenant: f.tenant, dryRun: f['dry-run'], keepPreRestoreHours: f['keep-pre-restore-hours']}),
+      withOpsRecord(
+        plane,
+        {
+          action: 'backup.prune',
+          target: f.tenant ? `tenant:${f.tenant}` : 'backups',
+          // A dry run, or a run that found nothing to delete, changed nothing.
+          changed: (r) => !f['dry-run'] && (r.deleted.length > 0 || r.droppedDatabases.length > 0 || released(r).length > 0),
+          details: (r) => ({deleted: r.deleted, droppedDatabases: r.droppedDatabases, masterVersionsDestroyed: released(r)}),
+        },
+        () => pruneBackups(plane, {keepLast: f['keep-last'], keepDaily: f['keep-daily'], keepWeekly: f['keep-weekly'], keepMonthly: f['keep-monthly']}, {tenant: f.tenant, dryRun: f['dry-run'], keepPreRestoreHours: f['keep-pre-restore-hours']}),
+      ),
     );
+    if (result.keys && 'destroyed' in result.keys && result.keys.destroyed.length > 0) this.out.progress(`destroyed retired master key version(s) no control backup needs: ${result.keys.destroyed.map((v) => `v${v}`).join(', ')}`);
+    if (result.keys && 'skipped' in result.keys) this.out.warn(`retired master versions were not released this time: ${result.keys.skipped}`);
     this.out.progress(`${f['dry-run'] ? 'would delete' : 'deleted'} ${result.deleted.length} backup(s), kept ${result.kept.length}; ${f['dry-run'] ? 'would drop' : 'dropped'} ${result.droppedDatabases.length} pre-restore database(s)`);
     return result;
   }

@@ -1,3 +1,4 @@
+import {withOpsRecord} from '../../audit/record.js';
 import {BaseCommand} from '../../base-command.js';
 import {rebuildCatalog, throwIfTampered, type RebuildResult} from '../../backup/manage.js';
 import {usingControlPlane} from '../../control/plane.js';
@@ -8,10 +9,15 @@ export default class BackupRebuildCatalog extends BaseCommand<typeof BackupRebui
   static override examples = ['<%= config.bin %> backup rebuild-catalog'];
 
   async run(): Promise<RebuildResult> {
-    const result = await usingControlPlane(this.installDir(), (plane) => rebuildCatalog(plane));
-    for (const e of result.entries) if (e.status !== 'added') this.out.warn(`${e.destination}:${e.location}: ${e.status}${e.reason ? `: ${e.reason}` : ''}`);
-    this.out.progress(`scanned ${result.scanned} backup files: ${result.known} already listed, ${result.added} added`);
-    throwIfTampered(result, 'the catalog was rebuilt');
-    return result;
+    return usingControlPlane(this.installDir(), (plane) =>
+      withOpsRecord(plane, {action: 'backup.rebuild-catalog', target: 'catalog', changed: (r) => r.added > 0, details: (r) => ({scanned: r.scanned, added: r.entries.filter((e) => e.status === 'added').map((e) => e.location)})}, async () => {
+        const result = await rebuildCatalog(plane);
+        for (const e of result.entries) if (e.status !== 'added') this.out.warn(`${e.destination}:${e.location}: ${e.status}${e.reason ? `: ${e.reason}` : ''}`);
+        this.out.progress(`scanned ${result.scanned} backup files: ${result.known} already listed, ${result.added} added`);
+        // A tamper is recorded as this command's failure, naming the files.
+        throwIfTampered(result, 'the catalog was rebuilt');
+        return result;
+      }),
+    );
   }
 }

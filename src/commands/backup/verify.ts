@@ -1,5 +1,6 @@
 import {Args, Flags} from '@oclif/core';
 
+import {withOpsRecord} from '../../audit/record.js';
 import {BaseCommand} from '../../base-command.js';
 import {verifyAll, verifyBackup, type VerifyAllResult, type VerifyResult} from '../../backup/verify.js';
 import {usingControlPlane} from '../../control/plane.js';
@@ -20,17 +21,19 @@ Exit 6 when a backup was tampered with, replaced or damaged. --all prints one li
     return usingControlPlane(this.installDir(), async (plane) => {
       if (!this.flags.all) {
         if (!this.args.id) this.error('name a backup id (or a file), or pass --all', {exit: 2});
-        const result = await verifyBackup(plane, this.args.id!, {deep: this.flags.deep});
+        const result = await withOpsRecord(plane, {action: 'backup.verify', target: `backup:${this.args.id!}`, details: (r) => ({tenant: r.tenant, deep: r.deep, checks: r.checks})}, () =>
+          verifyBackup(plane, this.args.id!, {deep: this.flags.deep}),
+        );
         this.out.progress(`${result.id}: ok (${result.size} bytes; ${result.checks.join(', ')}${result.objects ? `; ${Object.entries(result.objects).map(([k, v]) => `${v} ${k.toLowerCase()}`).join(', ')}` : ''})`);
         return result;
       }
-      return verifyAll(plane, {
+      return withOpsRecord(plane, {action: 'backup.verify', target: 'backups', details: (r) => ({deep: this.flags.deep, ok: r.ok, tampered: r.tampered, errors: r.errors})}, () => verifyAll(plane, {
         deep: this.flags.deep,
         report: (line) => {
           if (!this.jsonEnabled()) this.log(`${line.id}\t${line.tenant}\t${line.status}${line.reason ? `\t${line.reason}` : ''}`);
         },
         summary: (text) => this.out.progress(text),
-      });
+      }));
     });
   }
 }
