@@ -46,7 +46,7 @@ export class OpsLogKeys {
     const {dir, keyring, sealed} = this.services;
     const key = randomBytes(KEY_BYTES);
     await withMasterKeyWrites(dir, keyring, 'dforge ops log: create the ops-log key', () => sealed.put(opsLogKeySecret(CURRENT_OPS_LOG_KEY_ID), key));
-    crashPoint('ops-log: key sealed');
+    crashPoint('ops-log.key-sealed');
     this.cache.set(CURRENT_OPS_LOG_KEY_ID, key);
     return key;
   }

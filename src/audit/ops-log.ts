@@ -284,14 +284,14 @@ export class OpsLog {
         chainBreak === null ? null : JSON.stringify(chainBreak),
       ]);
       await client.query('COMMIT');
-      crashPoint('ops-log: entry committed');
+      crashPoint('ops-log.entry-committed');
       stored = {...record, prevHash: prev.toString('hex'), hash: mac.toString('hex'), keyId: CURRENT_OPS_LOG_KEY_ID, chainBreak};
     } catch (err) {
       await client.query('ROLLBACK').catch(() => undefined);
       throw err;
     }
     await writeAnchor(this.services.dir, key, {seq: stored.seq, mac: stored.hash, keyId: CURRENT_OPS_LOG_KEY_ID, at: stored.at});
-    crashPoint('ops-log: head anchored');
+    crashPoint('ops-log.head-anchored');
     return stored;
   }
 

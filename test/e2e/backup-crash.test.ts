@@ -62,7 +62,7 @@ describe.skipIf(!available)('backup and restore killed at every durable step', (
       },
     });
     expect(new Set(result.killedAt)).toEqual(new Set(result.steps));
-    expect(new Set(result.steps)).toEqual(new Set(['backup.partial-written', 'backup.renamed', 'backup.manifest-written', 'backup.cataloged', 'backup.last-success-marked']));
+    expect(new Set(result.steps)).toEqual(new Set(['backup.partial-written', 'backup.renamed', 'backup.manifest-written', 'backup.cataloged', 'backup.last-success-marked', 'ops-log.entry-committed', 'ops-log.head-anchored']));
   });
 
   it('restore: the live database is untouched until the swap, and a rerun succeeds', {timeout: 600_000}, async () => {
@@ -76,7 +76,8 @@ describe.skipIf(!available)('backup and restore killed at every durable step', (
       },
       run: (env) => runCli(['restore', '--tenant', 'acme', '--from', backupId, '--drop-previous', '--dir', install.dir.root], {env}),
       recover: async (step) => {
-        const swapped = step === 'restore.swap-committed' || step === 'restore.previous-dropped';
+        // The restore's ops-log record is written once it is done.
+        const swapped = step === 'restore.swap-committed' || step === 'restore.previous-dropped' || step.startsWith('ops-log.');
         expect(await marker(), step).toEqual(swapped ? restored : [{v: 'backed up'}, {v: 'live only'}]);
         const rerun = await install.cli(['restore', '--tenant', 'acme', '--from', backupId, '--drop-previous']);
         expect(rerun.code, `${step}: ${rerun.stderr}`).toBe(0);
@@ -94,7 +95,7 @@ describe.skipIf(!available)('backup and restore killed at every durable step', (
     });
     expect(new Set(result.killedAt)).toEqual(new Set(result.steps));
     expect(new Set(result.steps)).toEqual(
-      new Set(['restore.scratch-created', 'restore.restore-role-created', 'restore.scratch-prepared', 'restore.loaded', 'restore.shaped', 'restore.restore-role-dropped', 'restore.swap-committed', 'restore.previous-dropped']),
+      new Set(['restore.scratch-created', 'restore.restore-role-created', 'restore.scratch-prepared', 'restore.loaded', 'restore.shaped', 'restore.restore-role-dropped', 'restore.swap-committed', 'restore.previous-dropped', 'ops-log.entry-committed', 'ops-log.head-anchored']),
     );
   });
 });

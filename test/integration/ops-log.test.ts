@@ -263,6 +263,6 @@ describe.skipIf(!available)('the keyed ops log against the provisioner', () => {
         expect(await verifyJson()).toMatchObject({intact: true, unanchored: 0});
       },
     });
-    expect(killedAt).toEqual(expect.arrayContaining(['ops-log: entry committed', 'ops-log: head anchored']));
+    expect(killedAt).toEqual(expect.arrayContaining(['ops-log.entry-committed', 'ops-log.head-anchored']));
   });
 });
