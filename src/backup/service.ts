@@ -98,19 +98,17 @@ async function dumpEncrypted(options: {
       : await withConnection(endpoint, options.credentials, async (c) => (await c.query<{v: string}>(versionQuery)).rows[0]!.v);
   const backupId = `${timestampId(options.now)}-${options.tenant}-${randomBytes(3).toString('hex')}`;
   const location = backupLocation({kind: options.kind, tenant: options.tenant, backupId});
-  const header = await createHeader(
-    {
-      kind: options.kind,
-      backupId,
-      tenant: options.tenant,
-      region: options.region,
-      cluster: options.cluster,
-      pgVersion: serverVersion,
-      createdAt: options.now.toISOString(),
-      ...(options.opsLogHead ? {opsLogHead: options.opsLogHead} : {}),
-    },
-    options.wrapper,
-  );
+  const described = {
+    kind: options.kind,
+    backupId,
+    tenant: options.tenant,
+    region: options.region,
+    cluster: options.cluster,
+    pgVersion: serverVersion,
+    createdAt: options.now.toISOString(),
+    ...(options.opsLogHead ? {opsLogHead: options.opsLogHead} : {}),
+  };
+  const header = await createHeader(described, options.wrapper);
   const pgDump = await startPgTool(plane, {tool: 'pg_dump', args: ['--format=custom', '--no-password', ...dumpScope(options.kind)], cluster: options.cluster, credentials: options.credentials, serverMajor: Math.floor(Number(serverVersion) / 10_000)});
   try {
     pgDump.stdin.end();
@@ -122,13 +120,7 @@ async function dumpEncrypted(options: {
     const {sha256} = encoder.digest();
     const manifest: BackupManifest = {
       format: 'dforge-backup-manifest/1',
-      kind: options.kind,
-      backupId,
-      tenant: options.tenant,
-      region: options.region,
-      cluster: options.cluster,
-      pgVersion: serverVersion,
-      createdAt: options.now.toISOString(),
+      ...described,
       keyId: options.wrapper.keyId,
       keyVersion: options.wrapper.keyVersion,
       chunkSize: CHUNK_SIZE,

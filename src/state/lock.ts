@@ -1,5 +1,5 @@
 import {randomBytes} from 'node:crypto';
-import {promises as fs, readFileSync, rmSync, unlinkSync} from 'node:fs';
+import {promises as fs, readFileSync, unlinkSync} from 'node:fs';
 import path from 'node:path';
 
 import {LockedError} from '../errors.js';
@@ -120,7 +120,7 @@ async function acquireShared(dir: string, name: string, options: AcquireOptions)
     await fs.writeFile(mine, JSON.stringify(me), {mode: 0o600, flag: 'wx'});
     await fsyncDir(holders);
     const exclusive = await readHolder(path.join(dir, `${name}.lock`));
-    if (exclusive === undefined) return sharedHoldingOf(name, mine, me);
+    if (exclusive === undefined) return holdingOf(name, mine, me);
     await fs.rm(mine, {force: true});
     if (exclusive === 'corrupt') throw corruptLockError(name, path.join(dir, `${name}.lock`));
     const liveness = processLiveness(exclusive);
@@ -157,25 +157,6 @@ async function waitForSharedHolders(dir: string, name: string, options: AcquireO
     if (blocker.liveness === 'other-host' || Date.now() > deadline) throw lockedError(name, blocker.holder, blocker.liveness);
     await sleep(50 + Math.random() * 100);
   }
-}
-
-function sharedHoldingOf(name: string, file: string, me: LockHolder): LockHandle {
-  let released = false;
-  const onExit = (): void => {
-    if (!released) rmSync(file, {force: true});
-  };
-  process.once('exit', onExit);
-  return {
-    name,
-    file,
-    holder: me,
-    async release() {
-      if (released) return;
-      released = true;
-      process.removeListener('exit', onExit);
-      await fs.rm(file, {force: true});
-    },
-  };
 }
 
 /** Reads who holds a lock, if anyone: for status displays. */

@@ -144,10 +144,11 @@ export type WorldSnapshot = Map<string, string>;
  *  - run/: the server's socket, lock file and logs;
  *  - backups/: new backup files and their manifests (that is what backup commands are for);
  *  - state/backups/: each tenant's last-success marker, rewritten by every backup;
+ *  - state/ops-log-head.json: the ops log's anchor, rewritten by every recorded action;
  *  - .locks/: the install's advisory lock files.
  * Everything else (secrets, PKI, dforge.yaml, the runtime catalog, ...) must be left exactly as it was.
  */
-const INSTALL_WRITES = [/^data\//, /^run\//, /^backups\//, /^state\/backups\//, /^\.locks\//];
+const INSTALL_WRITES = [/^data\//, /^run\//, /^backups\//, /^state\/backups\//, /^state\/ops-log-head\.json$/, /^\.locks\//];
 
 /** The cluster's own configuration and key files, compared by content. */
 const SERVER_FILES = ['pg_hba.conf', 'pg_ident.conf', 'postgresql.conf', 'postgresql.auto.conf', 'dforge.conf', 'server.key', 'server.crt', 'root.crt', 'PG_VERSION'];
