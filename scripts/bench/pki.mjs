@@ -27,11 +27,12 @@ const library = pathToFileURL(path.join(root, 'dist', 'pki', 'index.js')).href;
 const {generateCa, issueLeaf} = await import(library);
 
 const domain = 'dforge.example.com';
-const internalNames = ['postgres', 'auth-db', 'auth', 'app', 'proxy', 'localhost', 'svc.cluster.local'];
+// The names a compose install's CA permits and its leaves carry (src/certs/service-names.ts).
+const internalNames = ['dforge.internal', 'localhost'];
 const leaves = [
-  {name: 'proxy', commonName: domain, dnsNames: [domain, `*.${domain}`, 'proxy', 'localhost'], ipAddresses: [], usage: 'server'},
-  {name: 'postgres', commonName: 'postgres', dnsNames: ['postgres', 'localhost'], ipAddresses: ['127.0.0.1'], usage: 'server'},
-  {name: 'internal', commonName: 'auth', dnsNames: ['auth'], ipAddresses: [], usage: 'client'},
+  {name: 'proxy', commonName: domain, dnsNames: [domain, `*.${domain}`, 'localhost'], ipAddresses: [], usage: 'server'},
+  {name: 'postgres', commonName: 'postgres.dforge.internal', dnsNames: ['postgres.dforge.internal', 'localhost'], ipAddresses: ['127.0.0.1'], usage: 'server'},
+  {name: 'internal', commonName: 'auth.dforge.internal', dnsNames: ['auth.dforge.internal'], ipAddresses: [], usage: 'client'},
 ];
 
 async function dforgePki() {
@@ -62,7 +63,7 @@ const keygen = (out) =>
     ? ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:3072', '-out', out]
     : ['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', out];
 const nameConstraints = [domain, ...internalNames].map((n) => `permitted;DNS:${n}`)
-  .concat(['permitted;IP:127.0.0.0/255.0.0.0', 'permitted;IP:0:0:0:0:0:0:0:1/FFFF:FFFF:FFFF:FFFF:FFFF:FFFF:FFFF:FFFF']).join(',');
+  .concat(['permitted;IP:127.0.0.1/255.255.255.255', 'permitted;IP:0:0:0:0:0:0:0:1/FFFF:FFFF:FFFF:FFFF:FFFF:FFFF:FFFF:FFFF', 'permitted;email:invalid', 'permitted;URI:invalid']).join(',');
 function opensslPki(dir) {
   run('openssl', keygen('ca.key'), dir);
   run('openssl', ['req', '-x509', '-new', '-key', 'ca.key', '-sha256', '-days', '3650', '-subj', `/CN=dforge CA ${domain}/O=dforge`,

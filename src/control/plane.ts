@@ -155,13 +155,3 @@ export async function optionalControlConnection(dir: InstallDir): Promise<Client
   const password = (await keys.sealed.get(provisionerSecret(primary.name))).toString('utf8');
   return connect(await endpointOf(dir, config, primary.name), {user: PROVISIONER_ROLE, password, database: CONTROL_DATABASE});
 }
-
-/** The wrapped-key sets of dforge_control, for master rotation and keys status, when it exists. */
-export async function withControlKeySets<T>(dir: InstallDir, fn: (extraSets: (services: KeyServices) => Promise<ControlWrappedKeys[]>) => Promise<T>): Promise<T> {
-  const control = await optionalControlConnection(dir);
-  try {
-    return await fn(async (services) => (control ? [new ControlWrappedKeys(control, services.keyring)] : []));
-  } finally {
-    await control?.end().catch(() => undefined);
-  }
-}
