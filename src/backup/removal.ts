@@ -1,9 +1,10 @@
 import type {ControlPlane} from '../control/plane.js';
 import {ControlWrappedKeys} from '../control/keys-store.js';
-import {LockedError} from '../errors.js';
+import {LockedError, VerificationError} from '../errors.js';
 import {releaseRetiredMasterVersions, type ReleaseResult} from '../keys/retention.js';
 import {BackupCatalog, manifestLocation, type BackupRecord} from './catalog.js';
 import {regionDestinations} from './destination.js';
+import {verifyBackup} from './verify.js';
 
 /**
  * Deletes one backup: the catalog entry first, then the manifest, then the file. A crash leaves an
@@ -25,6 +26,10 @@ export type KeyRelease = ReleaseResult | {readonly skipped: string};
  * control backup needs any more (src/keys/retention.ts). A rotation or release running in another
  * process holds the keys lock; the backup or prune has still succeeded, so that is reported, not
  * thrown, and the next run releases.
+ *
+ * "Fresh" is read from the catalog, which whoever can write dforge_control can forge. So before
+ * anything is deleted, every control backup that makes others obsolete must authenticate and match
+ * its catalog entry: a forged row stops the release (exit 6) with nothing deleted or destroyed.
  */
 export async function releaseRetiredKeys(plane: ControlPlane, command: string): Promise<KeyRelease> {
   const catalog = new BackupCatalog(plane.control);
@@ -33,6 +38,8 @@ export async function releaseRetiredKeys(plane: ControlPlane, command: string): 
       command,
       controlBackups: () => catalog.list({kind: 'control'}),
       removeObsolete: async (records) => {
+        const obsolete = new Set(records.map((r) => r.id));
+        for (const fresh of (await catalog.list({kind: 'control'})).filter((r) => !obsolete.has(r.id))) await requireAuthentic(plane, fresh, command);
         for (const record of records) await removeBackup(plane, record);
       },
       extraSets: async (services) => [new ControlWrappedKeys(plane.control, services.keyring)],
@@ -40,5 +47,20 @@ export async function releaseRetiredKeys(plane: ControlPlane, command: string): 
   } catch (err) {
     if (err instanceof LockedError) return {skipped: err.message};
     throw err;
+  }
+}
+
+async function requireAuthentic(plane: ControlPlane, record: BackupRecord, command: string): Promise<void> {
+  try {
+    await verifyBackup(plane, record.id, {deep: false});
+  } catch (err) {
+    if (!(err instanceof VerificationError)) throw err;
+    throw new VerificationError(`${command} finished, but releasing retired master key versions stopped: control backup ${record.id}, which would replace the older ones, failed verification: ${err.message}`, {
+      nextSteps: [
+        'Nothing was deleted and no key was destroyed. Find out who changed the catalog in dforge_control or the destination.',
+        `Check it with: dforge backup verify ${record.id} --deep; remove the bad entry or file, then run dforge backup --all again.`,
+      ],
+      data: {backupId: record.id, reason: 'binding', cause: err.data},
+    });
   }
 }

@@ -222,4 +222,54 @@ describe.skipIf(!available)('master keys over a real control plane', () => {
     const finalStatus = JSON.parse((await install.cli(['keys', 'status', '--json'])).stdout) as typeof status;
     expect(finalStatus.master.versions.find((v) => v.version === before)).toMatchObject({destroyed: true, materialPresent: false, controlBackups: {count: 0, ids: []}});
   }, 300_000);
+
+  it('a forged catalog row for a fresh control backup cannot make dforge delete real control backups or destroy their key', async () => {
+    // Whoever can write dforge_control (not the install's secrets) forges a control backup under
+    // the new active version in every region, so the real ones under the old version look obsolete.
+    expect((await install.cli(['backup', '--all'])).code).toBe(0);
+    const rotated = await install.cli(['keys', 'rotate', '--master', '--json']);
+    expect(rotated.code, rotated.stderr).toBe(0);
+    const {from, to} = JSON.parse(rotated.stdout).master as {from: number; to: number};
+    const plane = await install.plane();
+    const forgedId = '20991231T000000Z-_control-f0f0f0';
+    let needed: Array<{id: string}>;
+    try {
+      needed = (await plane.control.query<{id: string}>("SELECT id FROM backups WHERE kind = 'control' AND key_version = $1", [from])).rows;
+      expect(needed.length).toBeGreaterThan(0);
+      await plane.control.query(
+        `INSERT INTO backups (id, kind, tenant, region, cluster, destination, location, size, sha256, pg_version, key_id, key_version, created_at, verified_at)
+         SELECT $1, kind, tenant, region, cluster, destination, '_control/' || $1 || '.dfb', size, sha256, pg_version, key_id, $2, '2099-12-31T00:00:00Z', NULL
+           FROM backups WHERE kind = 'control' AND key_version = $3 LIMIT 1`,
+        [forgedId, to, from],
+      );
+    } finally {
+      await plane.close();
+    }
+
+    // prune keeps everything by policy, then release refuses: the "fresh" backup does not authenticate.
+    const pruned = await install.cli(['backup', 'prune', '--keep-last', '50', '--json']);
+    expect(pruned.code, pruned.stdout + pruned.stderr).toBe(6);
+    const error = JSON.parse(pruned.stdout).error as {kind: string; message: string; nextSteps: string[]};
+    expect(error.kind).toBe('verification');
+    expect(error.message).toContain(forgedId);
+    expect(error.nextSteps.join(' ')).toMatch(/nothing was deleted/i);
+    // Every real control backup is still listed, its file in place and whole.
+    for (const b of needed) {
+      const v = await install.cli(['backup', 'verify', b.id, '--deep']);
+      expect(v.code, `${b.id}: ${v.stderr}`).toBe(0);
+    }
+    const status = JSON.parse((await install.cli(['keys', 'status', '--json'])).stdout) as {master: {versions: Array<{version: number; materialPresent: boolean}>}};
+    expect(status.master.versions.find((v) => v.version === from)).toMatchObject({materialPresent: true});
+
+    // Once the forged row is gone, the next backup --all releases the old version as usual.
+    const cleanup = await install.plane();
+    try {
+      await cleanup.control.query('DELETE FROM backups WHERE id = $1', [forgedId]);
+    } finally {
+      await cleanup.close();
+    }
+    const fresh = await install.cli(['backup', '--all', '--json']);
+    expect(fresh.code, fresh.stderr).toBe(0);
+    expect(JSON.parse(fresh.stdout).keys).toMatchObject({destroyed: [from]});
+  }, 300_000);
 });
