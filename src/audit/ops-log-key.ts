@@ -1,7 +1,6 @@
 import {randomBytes} from 'node:crypto';
 
 import {UserError} from '../errors.js';
-import {withMasterKeyWrites} from '../keys/master-key-writes.js';
 import {crashPoint} from '../state/crash-point.js';
 import type {LocalMasterKeyring} from '../secrets/master-key.js';
 import type {SealedStore} from '../secrets/sealed-store.js';
@@ -43,9 +42,9 @@ export class OpsLogKeys {
         nextSteps: [`Restore secrets/${opsLogKeySecret(CURRENT_OPS_LOG_KEY_ID)}.sealed from a backup of the install directory; nothing was written.`],
       });
     }
-    const {dir, keyring, sealed} = this.services;
+    const {keyring, sealed} = this.services;
     const key = randomBytes(KEY_BYTES);
-    await withMasterKeyWrites(dir, keyring, 'dforge ops log: create the ops-log key', () => sealed.put(opsLogKeySecret(CURRENT_OPS_LOG_KEY_ID), key));
+    await keyring.withWrites('dforge ops log: create the ops-log key', () => sealed.put(opsLogKeySecret(CURRENT_OPS_LOG_KEY_ID), key));
     crashPoint('ops-log.key-sealed');
     this.cache.set(CURRENT_OPS_LOG_KEY_ID, key);
     return key;
@@ -57,12 +56,12 @@ export class OpsLogKeys {
     if (!/^k[1-9][0-9]{0,5}$/.test(id)) return undefined;
     const cached = this.cache.get(id);
     if (cached) return cached;
-    const {dir, keyring, sealed} = this.services;
+    const {keyring, sealed} = this.services;
     const name = opsLogKeySecret(id);
     if (!(await sealed.has(name))) return undefined;
     // Under the shared keys lock with the keyring re-read: a rotation may have re-wrapped the file
     // under a version this keyring, opened earlier, does not know yet.
-    const key = await withMasterKeyWrites(dir, keyring, 'dforge ops log: read the ops-log key', () => sealed.get(name));
+    const key = await keyring.withWrites('dforge ops log: read the ops-log key', () => sealed.get(name));
     if (key.length !== KEY_BYTES) {
       throw new UserError(`the sealed ops-log key ${name} is ${key.length} bytes, not ${KEY_BYTES}`, {nextSteps: [`Restore secrets/${name}.sealed from a backup of the install directory.`]});
     }

@@ -7,7 +7,6 @@ import type {DforgeConfig} from '../config/schema.js';
 import {caCertFile, pkiDir} from '../control/plane.js';
 import {UserError} from '../errors.js';
 import {openKeyServices} from '../keys/context.js';
-import {withMasterKeyWrites} from '../keys/master-key-writes.js';
 import type {CertificateReport, KeyAlgorithm, LeafUsage, NameConstraints} from '../pki/index.js';
 import {writeFileAtomic} from '../state/atomic-file.js';
 import {crashPoint} from '../state/crash-point.js';
@@ -301,7 +300,7 @@ interface PkiContext {
 
 /**
  * Runs `fn` under the certs lock and, since every caller seals private keys under the master key,
- * inside withMasterKeyWrites: a master rotation cannot commit between a key's sealing and the
+ * inside keyring.withWrites: a master rotation cannot commit between a key's sealing and the
  * moment the sealed file is where the rotation's re-wrap finds it.
  */
 async function withPki<T>(dir: InstallDir, options: {clock?: () => Date; command: string}, fn: (ctx: PkiContext) => Promise<T>): Promise<T> {
@@ -309,7 +308,7 @@ async function withPki<T>(dir: InstallDir, options: {clock?: () => Date; command
   const keys = await openKeyServices(dir);
   const lock = await acquireLock(dir.locksDir, 'certs', {command: options.command});
   try {
-    return await withMasterKeyWrites(dir, keys.keyring, options.command, () => fn({config, sealed: keys.sealed, now: options.clock ?? (() => new Date())}));
+    return await keys.keyring.withWrites(options.command, () => fn({config, sealed: keys.sealed, now: options.clock ?? (() => new Date())}));
   } finally {
     await lock.release();
   }

@@ -4,8 +4,8 @@ import {promises as fs} from 'node:fs';
 import path from 'node:path';
 
 import {UserError} from '../errors.js';
-import {withMasterKeyWrites} from '../keys/master-key-writes.js';
 import type {InstallDir} from '../state/install-dir.js';
+import {acquireLock} from '../state/lock.js';
 import {KEY_BYTES, keyCheckValue, readHeader, unwrap, wrap, type WrappingKey} from './envelope.js';
 
 /**
@@ -269,17 +269,20 @@ export class LocalMasterKeyring implements KeyEncryptionService {
   }
 
   /**
-   * Re-reads the keyring state from disk. A writer calls it once it holds the shared keys lock
-   * (src/keys/master-key-writes.ts): a rotation may have committed since this keyring was opened.
+   * Under the shared keys lock, which a master rotation takes exclusively: the keyring is re-read
+   * first (a rotation may have committed since it was opened), and the lock is held until `fn` has
+   * made what it wrapped durable, where the rotation's re-wrap finds it.
    */
-  async reload(dir: InstallDir): Promise<void> {
-    const state = await readKeyringState(dir);
-    if (state) this.current = state;
-  }
-
   async withWrites<T>(command: string, fn: () => Promise<T>): Promise<T> {
     if (keysLockHeld.getStore() === this.dir.root) return fn();
-    return withMasterKeyWrites(this.dir, this, command, () => keysLockHeld.run(this.dir.root, fn));
+    const lock = await acquireLock(this.dir.locksDir, 'keys', {command, mode: 'shared'});
+    try {
+      const state = await readKeyringState(this.dir);
+      if (state) this.current = state;
+      return await keysLockHeld.run(this.dir.root, fn);
+    } finally {
+      await lock.release();
+    }
   }
 
   /** Opens an existing keyring; fails with next steps if there is none or the provider differs. */

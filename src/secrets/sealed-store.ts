@@ -25,7 +25,7 @@ export class SealedStore {
 
   /**
    * Wraps and writes a secret. The caller holds the keys lock: shared through
-   * kek.withWrites / withMasterKeyWrites (so a master rotation cannot retire the version in
+   * kek.withWrites (so a master rotation cannot retire the version in
    * between), or exclusive (keys init, JWT and master rotation). Taking it here would nest.
    */
   async put(name: string, plaintext: string | Buffer): Promise<void> {
