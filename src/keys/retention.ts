@@ -127,26 +127,35 @@ export async function retireUnneeded(
   return {destroyed, kept, operatorActions};
 }
 
+/** Items of one set still wrapped under a version that should wrap nothing. */
+export interface Stragglers {
+  readonly set: WrappedKeySet;
+  readonly n: number;
+}
+
 /**
- * Recounts every set right before material is destroyed: an item still wrapped under one of
- * `versions` is re-wrapped to `active`; if any remains after that, nothing is destroyed.
+ * Recounts every set and re-wraps to `to` each set holding items under a version `isStale` names,
+ * up to `passes` times (each pass only picks up what the one before missed: a writer that did not
+ * take the keys lock). Re-wrapped counts are added to `rewrapped`. Returns what is still left.
  */
-async function requireNothingWrappedUnder(sets: readonly WrappedKeySet[], versions: readonly number[], active: number): Promise<void> {
-  const stale = async (): Promise<Map<string, number>> => {
-    const found = new Map<string, number>();
+export async function rewrapStragglers(sets: readonly WrappedKeySet[], to: number, isStale: (version: number) => boolean, passes: number, rewrapped: Record<string, number> = {}): Promise<Stragglers[]> {
+  for (let pass = 0; ; pass++) {
+    const left: Stragglers[] = [];
     for (const set of sets) {
-      const counts = await set.countByVersion();
-      const n = versions.reduce((sum, v) => sum + (counts.get(v) ?? 0), 0);
-      if (n > 0) found.set(set.label, n);
+      let n = 0;
+      for (const [version, count] of await set.countByVersion()) if (isStale(version)) n += count;
+      if (n > 0) left.push({set, n});
     }
-    return found;
-  };
-  let left = await stale();
-  if (left.size === 0) return;
-  for (const set of sets) await set.rewrapAll(active);
-  left = await stale();
-  if (left.size === 0) return;
-  throw new UserError(`refusing to destroy master key version ${versions.join(', ')}: still wrapped under it: ${[...left].map(([label, n]) => `${n} in ${label}`).join(', ')}`, {
+    if (left.length === 0 || pass === passes) return left;
+    for (const {set} of left) rewrapped[set.id] = (rewrapped[set.id] ?? 0) + (await set.rewrapAll(to));
+  }
+}
+
+/** Right before material is destroyed: nothing may still be wrapped under `versions`. */
+async function requireNothingWrappedUnder(sets: readonly WrappedKeySet[], versions: readonly number[], active: number): Promise<void> {
+  const left = await rewrapStragglers(sets, active, (v) => versions.includes(v), 1);
+  if (left.length === 0) return;
+  throw new UserError(`refusing to destroy master key version ${versions.join(', ')}: still wrapped under it: ${left.map((l) => `${l.n} in ${l.set.label}`).join(', ')}`, {
     nextSteps: ['Nothing was destroyed. Re-run dforge keys rotate --master; if this repeats, a writer is not taking the keys lock: report it.'],
   });
 }

@@ -7,7 +7,7 @@ import {crashPoint} from '../state/crash-point.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {acquireLock} from '../state/lock.js';
 import {openKeyServices, servicesOver, wrappedKeySets, type KeyServices} from './context.js';
-import {retireUnneeded, type ControlBackupSource, type KeptVersion} from './retention.js';
+import {retireUnneeded, rewrapStragglers, type ControlBackupSource, type KeptVersion} from './retention.js';
 
 export interface MasterRotationResult {
   readonly from: number;
@@ -32,7 +32,7 @@ const RECOUNT_PASSES = 3;
  * touching the data they protect, then retires the old version.
  *
  * It holds the keys lock exclusively; every other master-key writer holds it shared around its
- * wrap and write (withMasterKeyWrites / kek.withWrites), so nothing is wrapped under the old
+ * wrap and write (kek.withWrites), so nothing is wrapped under the old
  * version once the re-wrap starts. Crash safety comes from the order of durable steps:
  *  1. mint the new version and record {rotation: from → to} in the keyring (new wraps go to `to`);
  *  2. re-wrap each set (the data-key file, each sealed file, dforge_control in one transaction),
@@ -123,20 +123,10 @@ export async function rotateMasterKey(
  * passes, the rotation refuses to commit rather than retire a version that still wraps something.
  */
 async function requireAllUnder(sets: readonly WrappedKeySet[], to: number, rewrapped: Record<string, number>): Promise<void> {
-  for (let pass = 0; ; pass++) {
-    const left: Array<{set: WrappedKeySet; n: number}> = [];
-    for (const set of sets) {
-      let n = 0;
-      for (const [version, count] of await set.countByVersion()) if (version !== to) n += count;
-      if (n > 0) left.push({set, n});
-    }
-    if (left.length === 0) return;
-    if (pass === RECOUNT_PASSES) {
-      throw new UserError(`refusing to commit the master rotation to v${to}: still wrapped under an older version: ${left.map((l) => `${l.n} in ${l.set.label}`).join(', ')}`, {
-        nextSteps: ['Nothing was retired; both versions are kept. Re-run dforge keys rotate --master; if this repeats, a writer is not taking the keys lock: report it.'],
-        data: {left: Object.fromEntries(left.map((l) => [l.set.id, l.n]))},
-      });
-    }
-    for (const {set} of left) rewrapped[set.id] = (rewrapped[set.id] ?? 0) + (await set.rewrapAll(to));
-  }
+  const left = await rewrapStragglers(sets, to, (v) => v !== to, RECOUNT_PASSES, rewrapped);
+  if (left.length === 0) return;
+  throw new UserError(`refusing to commit the master rotation to v${to}: still wrapped under an older version: ${left.map((l) => `${l.n} in ${l.set.label}`).join(', ')}`, {
+    nextSteps: ['Nothing was retired; both versions are kept. Re-run dforge keys rotate --master; if this repeats, a writer is not taking the keys lock: report it.'],
+    data: {left: Object.fromEntries(left.map((l) => [l.set.id, l.n]))},
+  });
 }
