@@ -10,15 +10,8 @@ import {BackupCatalog, MANIFEST_SUFFIX, manifestLocation, recordFromManifest, ty
 import type {BackupDestination} from './destination.js';
 import {regionDestinations} from './destination.js';
 import {releaseRetiredKeys, removeBackup, type KeyRelease} from './removal.js';
-import {lastSuccessFile} from './service.js';
+import {lastBackupState, type TenantBackupState} from './service.js';
 import {authenticateBackup, checkDigest, destinationSource, readWhole, type AuthenticatedBackup, type FileDigest} from './verify.js';
-
-export interface TenantBackupState {
-  readonly tenant: string;
-  readonly lastSuccess: string | null;
-  /** Hours since the last successful backup; null if there never was one. */
-  readonly staleHours: number | null;
-}
 
 /** The catalog, newest first, with the last-success marker of each tenant (what monitoring reads). */
 export async function listBackups(plane: ControlPlane, options: {tenant?: string; clock?: () => Date}): Promise<{backups: BackupRecord[]; tenants: TenantBackupState[]}> {
@@ -26,10 +19,7 @@ export async function listBackups(plane: ControlPlane, options: {tenant?: string
   const backups = await new BackupCatalog(plane.control).list({tenant: options.tenant});
   const slugs = options.tenant ? [options.tenant] : (await plane.tenants.list()).map((t) => t.slug);
   const tenants: TenantBackupState[] = [];
-  for (const tenant of slugs) {
-    const marker = await fs.readFile(lastSuccessFile(plane.keys.dir, tenant), 'utf8').then((t) => JSON.parse(t) as {at: string}, () => undefined);
-    tenants.push({tenant, lastSuccess: marker?.at ?? null, staleHours: marker ? Math.round((now.getTime() - Date.parse(marker.at)) / 36e5) : null});
-  }
+  for (const tenant of slugs) tenants.push(await lastBackupState(plane.keys.dir, tenant, now));
   return {backups, tenants};
 }
 

@@ -163,6 +163,19 @@ export function lastSuccessFile(dir: InstallDir, tenant: string): string {
   return path.join(dir.root, 'state', 'backups', `${tenant}.last-success.json`);
 }
 
+export interface TenantBackupState {
+  readonly tenant: string;
+  readonly lastSuccess: string | null;
+  /** Hours since the last successful backup; null if there never was one. */
+  readonly staleHours: number | null;
+}
+
+/** A tenant's last successful backup, from its marker, and how many hours ago it was. */
+export async function lastBackupState(dir: InstallDir, tenant: string, now: Date): Promise<TenantBackupState> {
+  const marker = await fs.readFile(lastSuccessFile(dir, tenant), 'utf8').then((t) => JSON.parse(t) as {at: string}, () => undefined);
+  return {tenant, lastSuccess: marker?.at ?? null, staleHours: marker ? Math.round((now.getTime() - Date.parse(marker.at)) / 36e5) : null};
+}
+
 /** `backup --tenant`: one tenant's backup, with its outcome in the ops log. */
 export async function backupTenant(plane: ControlPlane, slug: string, options: {destination?: string; clock?: () => Date} = {}): Promise<BackupRecord> {
   const started = Date.now();
@@ -195,11 +208,9 @@ async function recordBackupOutcome(plane: ControlPlane, outcome: BackupOutcome, 
   }
   if (outcome.status !== 'failed') return;
   await recordOps(plane, {action: 'backup.run', target, outcome: 'failed', details: {error: outcome.error}});
-  const now = (clock ?? (() => new Date()))();
-  const marker = await fs.readFile(lastSuccessFile(plane.keys.dir, outcome.tenant), 'utf8').then((t) => JSON.parse(t) as {at: string}, () => undefined);
-  const staleHours = marker ? Math.floor((now.getTime() - Date.parse(marker.at)) / 36e5) : null;
+  const {lastSuccess, staleHours} = await lastBackupState(plane.keys.dir, outcome.tenant, (clock ?? (() => new Date()))());
   if (staleHours === null || staleHours >= STALE_AFTER_HOURS) {
-    await recordOps(plane, {action: 'backup.stale', target, outcome: 'failed', details: {lastSuccess: marker?.at ?? null, staleHours}});
+    await recordOps(plane, {action: 'backup.stale', target, outcome: 'failed', details: {lastSuccess, staleHours}});
   }
 }
 

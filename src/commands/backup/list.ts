@@ -2,7 +2,8 @@ import {Flags} from '@oclif/core';
 
 import {BaseCommand} from '../../base-command.js';
 import type {BackupRecord} from '../../backup/catalog.js';
-import {listBackups, type TenantBackupState} from '../../backup/manage.js';
+import {listBackups} from '../../backup/manage.js';
+import type {TenantBackupState} from '../../backup/service.js';
 import {usingControlPlane} from '../../control/plane.js';
 import {renderTable} from '../../ui/table.js';
 
