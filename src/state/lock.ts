@@ -145,7 +145,8 @@ async function waitForSharedHolders(dir: string, name: string, options: AcquireO
       const holder = await readHolder(file);
       if (holder === undefined) continue;
       if (holder === 'corrupt') {
-        // A shared holder writes its file with O_EXCL in one call; unreadable means a crash mid-write.
+        // Half-written: its writer is mid-announcement and will see our lock and withdraw, or it
+        // crashed while writing. Either way it holds nothing.
         await fs.rm(file, {force: true});
         continue;
       }
