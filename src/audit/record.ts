@@ -28,6 +28,9 @@ export type OpsAction =
   | 'certs.renew'
   | 'uninstall'
   | 'uninstall.purge'
+  | 'posture.run'
+  | 'posture.waiver'
+  | 'audit.export'
   | `tenant.${string}`;
 
 export interface OpsRecord {

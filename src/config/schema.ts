@@ -141,6 +141,28 @@ export const configSchema = z
           .describe('Size of the PostgreSQL volume claim.'),
       })
       .default({namespace: 'dforge', ingressNamespace: 'ingress-nginx', postgresStorage: '20Gi'}),
+    policy: z
+      .strictObject({
+        backups: z
+          .strictObject({
+            warnAfterHours: z.number().positive().max(8760).default(26).describe('posture WARNs (and a failed backup run records backup.stale) when a tenant\'s last good backup is older than this.'),
+            failAfterHours: z.number().positive().max(8760).default(50).describe('posture FAILs when a tenant\'s last good backup is older than this.'),
+            deepVerifyWithinDays: z.number().int().positive().max(366).default(7).describe('posture WARNs when no deep verify (dforge backup verify --all --deep) succeeded within this many days.'),
+          })
+          .default({warnAfterHours: 26, failAfterHours: 50, deepVerifyWithinDays: 7}),
+        keys: z
+          .strictObject({
+            masterMaxAgeDays: z.number().int().positive().max(3650).default(365).describe('Rotation policy: posture WARNs when the active master key is older (dforge keys rotate --master).'),
+            dataKeyMaxAgeDays: z.number().int().positive().max(3650).default(180).describe('Rotation policy for tenant data keys (dforge keys rotate --tenant S).'),
+            jwtMaxAgeDays: z.number().int().positive().max(3650).default(90).describe('Rotation policy for the JWT signing key (dforge keys rotate --jwt).'),
+          })
+          .default({masterMaxAgeDays: 365, dataKeyMaxAgeDays: 180, jwtMaxAgeDays: 90}),
+      })
+      .default({
+        backups: {warnAfterHours: 26, failAfterHours: 50, deepVerifyWithinDays: 7},
+        keys: {masterMaxAgeDays: 365, dataKeyMaxAgeDays: 180, jwtMaxAgeDays: 90},
+      })
+      .describe('What posture holds the install to: backup freshness and key rotation.'),
     tls: z
       .strictObject({
         mode: z.enum(['internal-ca', 'provided']).default('internal-ca').describe('internal-ca: dforge issues every certificate; provided: import the proxy certificate with dforge certs import.'),
@@ -155,6 +177,9 @@ export const configSchema = z
         path: ['primaryRegion'],
         message: `primaryRegion "${config.primaryRegion}" is not declared under regions (declared: ${Object.keys(config.regions).join(', ')})`,
       });
+    }
+    if (config.policy.backups.failAfterHours <= config.policy.backups.warnAfterHours) {
+      ctx.addIssue({code: 'custom', path: ['policy', 'backups', 'failAfterHours'], message: `failAfterHours (${config.policy.backups.failAfterHours}) must be above warnAfterHours (${config.policy.backups.warnAfterHours})`});
     }
     const clusterNames = new Map<string, string>();
     let bundledCount = 0;

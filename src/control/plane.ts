@@ -75,6 +75,8 @@ export interface ControlPlane {
   readonly opsLog: OpsLog;
   /** Where pg_dump and pg_restore run (see backup/pg-tool-runner.ts). */
   readonly pgTools: PgToolsMode;
+  /** A new provisioner session on a database of a cluster (`postgres` unless named); the caller ends it. */
+  provisionerOn(cluster: string, database?: string): Promise<Client>;
   close(): Promise<void>;
 }
 
@@ -95,11 +97,11 @@ export async function openControlPlane(dir: InstallDir, options: ControlPlaneOpt
     }
     return (await keys.sealed.get(provisionerSecret(cluster))).toString('utf8');
   };
-  const asProvisioner = async (cluster: string, database: string): Promise<Client> =>
+  const provisionerOn = async (cluster: string, database = 'postgres'): Promise<Client> =>
     connect(await endpointOf(dir, config, cluster), {user: PROVISIONER_ROLE, password: await provisionerPassword(cluster), database});
 
   const primary = primaryCluster(config).name;
-  const control = await asProvisioner(primary, CONTROL_DATABASE);
+  const control = await provisionerOn(primary, CONTROL_DATABASE);
   const regions = Object.fromEntries(Object.entries(config.regions).map(([r, def]) => [r, def.clusters.map((c) => c.name)]));
   const dataKeys = new DataKeys(new ControlDataKeyStore(control), keys.keyring, options.clock);
   const opsLog = new OpsLog(keys);
@@ -107,7 +109,7 @@ export async function openControlPlane(dir: InstallDir, options: ControlPlaneOpt
     control,
     regions,
     primaryRegion: config.primaryRegion,
-    provisionerOn: (cluster, database = 'postgres') => asProvisioner(cluster, database),
+    provisionerOn,
     kek: keys.keyring,
     dataKeys,
     opsLog,
@@ -122,6 +124,7 @@ export async function openControlPlane(dir: InstallDir, options: ControlPlaneOpt
     wrappedKeys: new ControlWrappedKeys(control, keys.keyring),
     opsLog,
     pgTools: options.pgTools ?? 'auto',
+    provisionerOn,
     async close() {
       await control.end().catch(() => undefined);
     },

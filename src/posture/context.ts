@@ -1,0 +1,98 @@
+import type {Client} from 'pg';
+
+import type {DforgeConfig} from '../config/schema.js';
+import {endpointOf, type ControlPlane} from '../control/plane.js';
+import {connect} from '../postgres/connect.js';
+import type {InstallDir} from '../state/install-dir.js';
+import type {Tenant} from '../tenants/service.js';
+import type {CheckResult} from './check.js';
+
+export type PosturePolicy = DforgeConfig['policy'];
+
+/**
+ * What every probe gets: the install, its live control plane (or why it could not be opened), the
+ * tenants in scope, a clock, and one concurrency limit shared by every probe, so a posture run over
+ * a hundred tenants opens a bounded number of connections and handshakes at a time.
+ */
+export interface PostureContext {
+  readonly dir: InstallDir;
+  readonly config: DforgeConfig;
+  readonly clock: () => Date;
+  /** Runs `fn` when a slot is free; every connection, handshake or file scan goes through it. */
+  readonly limit: <T>(fn: () => Promise<T>) => Promise<T>;
+  /** The open control plane; undefined when dforge_control could not be reached (see planeError). */
+  readonly plane: ControlPlane | undefined;
+  readonly planeError: string | undefined;
+  /** Tenants in scope: every tenant, or the one `--tenant` names. */
+  readonly tenants: readonly Tenant[];
+}
+
+/** A probe: measures its checks live and returns one result per check and scope. */
+export type Probe = (ctx: PostureContext) => Promise<CheckResult[]>;
+
+/** The control plane, or an error saying why there is none (the check becomes ERROR). */
+export function requirePlane(ctx: PostureContext): ControlPlane {
+  if (!ctx.plane) throw new Error(`dforge_control could not be reached: ${ctx.planeError ?? 'unknown cause'}`);
+  return ctx.plane;
+}
+
+/**
+ * A session as the tenant's own login role (its sealed password), on its database unless another
+ * is named. Probes that look inside a tenant database use this rather than a more powerful role:
+ * whatever the tenant planted there then runs with no more power than the tenant has. Every query
+ * on such a session must name pg_catalog objects qualified: the tenant controls its role's
+ * search_path.
+ */
+export async function connectAsTenant(ctx: PostureContext, tenant: Tenant, database: string = tenant.database): Promise<Client> {
+  const plane = requirePlane(ctx);
+  const password = await plane.tenants.password(tenant.slug);
+  const client = await connect(await endpointOf(ctx.dir, ctx.config, tenant.cluster), {user: tenant.role, password, database});
+  await client.query('SET search_path = pg_catalog, pg_temp');
+  return client;
+}
+
+/** Opens a client, runs `fn`, always ends the client. */
+export async function usingClient<T>(open: () => Promise<Client>, fn: (c: Client) => Promise<T>): Promise<T> {
+  const client = await open();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+export interface PostureContextOptions {
+  /** Only this tenant's checks (install-wide checks still run). */
+  readonly tenant?: string;
+  readonly clock?: () => Date;
+  /** How many connections/handshakes at once. */
+  readonly concurrency?: number;
+}
+
+/** Default bound on parallel probes: enough to hide network latency, far below max_connections. */
+export const DEFAULT_POSTURE_CONCURRENCY = 8;
+
+/**
+ * Opens what a posture run needs. An unreachable control database is not an error here: the run
+ * goes on, and every check that needs it reports ERROR with the reason.
+ */
+export async function openPostureContext(dir: InstallDir, options: PostureContextOptions = {}): Promise<PostureContext> {
+  const [{loadConfigFile}, {openControlPlane}, {default: pLimit}] = await Promise.all([import('../config/load.js'), import('../control/plane.js'), import('p-limit')]);
+  const config = await loadConfigFile(dir.configFile);
+  const clock = options.clock ?? (() => new Date());
+  let plane: ControlPlane | undefined;
+  let planeError: string | undefined;
+  let tenants: Tenant[] = [];
+  try {
+    plane = await openControlPlane(dir, {clock});
+    tenants = options.tenant ? [await plane.tenants.get(options.tenant)] : await plane.tenants.list();
+  } catch (err) {
+    // A named tenant that does not exist is the operator's mistake, not an unreachable database.
+    if (plane && options.tenant) {
+      await plane.close();
+      throw err;
+    }
+    planeError = err instanceof Error ? err.message : String(err);
+  }
+  return {dir, config, clock, limit: pLimit(options.concurrency ?? DEFAULT_POSTURE_CONCURRENCY), plane, planeError, tenants};
+}
