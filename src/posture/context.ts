@@ -25,6 +25,8 @@ export interface PostureContext {
   readonly planeError: string | undefined;
   /** Tenants in scope: every tenant, or the one `--tenant` names. */
   readonly tenants: readonly Tenant[];
+  /** The slug `--tenant` named, when the run is about one tenant. */
+  readonly onlyTenant?: string;
 }
 
 /** A probe: measures its checks live and returns one result per check and scope. */
@@ -94,5 +96,5 @@ export async function openPostureContext(dir: InstallDir, options: PostureContex
     }
     planeError = err instanceof Error ? err.message : String(err);
   }
-  return {dir, config, clock, limit: pLimit(options.concurrency ?? DEFAULT_POSTURE_CONCURRENCY), plane, planeError, tenants};
+  return {dir, config, clock, limit: pLimit(options.concurrency ?? DEFAULT_POSTURE_CONCURRENCY), plane, planeError, tenants, onlyTenant: options.tenant};
 }
