@@ -3,7 +3,7 @@ import path from 'node:path';
 
 import {BackupCatalog, type BackupRecord} from '../../backup/catalog.js';
 import {authenticateBackup, resolveSource} from '../../backup/verify.js';
-import {clustersOf} from '../../control/plane.js';
+import {clustersOf, type ControlPlane} from '../../control/plane.js';
 import {VerificationError} from '../../errors.js';
 import {embeddedCluster} from '../../postgres/embedded-install.js';
 import {backingOf} from '../../preflight/disk-encryption.js';
@@ -128,10 +128,24 @@ async function secretPermissions(ctx: PostureContext): Promise<Finding> {
   return pass(`${observed}: files 0600, directories 0700`);
 }
 
+const controlQueues = new WeakMap<PostureContext, Promise<unknown>>();
+
+/**
+ * Runs `fn` when no other data probe is using the control plane's one dforge_control session:
+ * pg queues overlapping queries on a client today but has deprecated it (pg@9 drops it), and
+ * the probes run their tenants in parallel.
+ */
+export function onControl<T>(ctx: PostureContext, fn: (plane: ControlPlane) => Promise<T>): Promise<T> {
+  const plane = requirePlane(ctx);
+  const run = (controlQueues.get(ctx) ?? Promise.resolve()).then(() => fn(plane));
+  controlQueues.set(ctx, run.catch(() => undefined));
+  return run;
+}
+
 /** Newest tenant backup per tenant, from one catalog query (the catalog lists newest first). */
 export async function newestTenantBackups(ctx: PostureContext): Promise<Map<string, BackupRecord>> {
   const newest = new Map<string, BackupRecord>();
-  for (const r of await new BackupCatalog(requirePlane(ctx).control).list({kind: 'tenant'})) if (!newest.has(r.tenant)) newest.set(r.tenant, r);
+  for (const r of await onControl(ctx, (plane) => new BackupCatalog(plane.control).list({kind: 'tenant'}))) if (!newest.has(r.tenant)) newest.set(r.tenant, r);
   return newest;
 }
 
@@ -145,9 +159,8 @@ export function noBackupsExpected(ctx: PostureContext, tenant: Tenant): string |
 async function backupEncrypted(ctx: PostureContext, tenant: Tenant, record: BackupRecord | undefined): Promise<Finding> {
   const notExpected = noBackupsExpected(ctx, tenant);
   if (!record) return notExpected ? skip(notExpected) : warn('no backup yet', `take one with: dforge backup --tenant ${tenant.slug}`);
-  const plane = requirePlane(ctx);
   try {
-    const auth = await ctx.limit(async () => authenticateBackup(plane, await resolveSource(plane, record.id)));
+    const auth = await ctx.limit(() => onControl(ctx, async (plane) => authenticateBackup(plane, await resolveSource(plane, record.id))));
     const h = auth.header;
     // parseHeader binds the key id to the tenant; this says it in the result and guards the invariant.
     if (h.tenant !== tenant.slug || h.keyId !== dataKeyId(tenant.slug)) return fail(`backup ${record.id} is of ${h.tenant} under ${h.keyId}`, `expected tenant ${tenant.slug} under ${dataKeyId(tenant.slug)}`);

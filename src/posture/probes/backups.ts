@@ -1,6 +1,6 @@
 import {defineCheck, fail, pass, runCheck, skip, warn, type CheckDefinition, type Finding} from '../check.js';
-import {requirePlane, type PostureContext, type Probe} from '../context.js';
-import {newestTenantBackups, noBackupsExpected} from './at-rest.js';
+import type {PostureContext, Probe} from '../context.js';
+import {newestTenantBackups, noBackupsExpected, onControl} from './at-rest.js';
 
 /**
  * Backups that exist are not enough: each tenant's last good backup must be recent (the policy in
@@ -35,9 +35,8 @@ export const BACKUPS_CHECKS: readonly CheckDefinition[] = [FRESHNESS, DEEP_VERIF
 const hoursBetween = (from: string, to: Date): number => (to.getTime() - Date.parse(from)) / 36e5;
 
 async function lastDeepVerify(ctx: PostureContext): Promise<Finding> {
-  const plane = requirePlane(ctx);
   const within = ctx.config.policy.backups.deepVerifyWithinDays;
-  const rows = await ctx.limit(() =>
+  const rows = await onControl(ctx, (plane) =>
     plane.control.query<{at: Date}>(
       `SELECT at FROM ops_log
         WHERE action = 'backup.verify' AND target = 'backups' AND outcome = 'ok' AND details->'deep' = 'true'::jsonb

@@ -2,6 +2,7 @@ import {ControlDataKeyStore} from '../../control/keys-store.js';
 import {readJwtKeys} from '../../keys/jwt.js';
 import {defineCheck, fail, pass, runCheck, warn, type CheckDefinition, type Finding} from '../check.js';
 import {requirePlane, type PostureContext, type Probe} from '../context.js';
+import {onControl} from './at-rest.js';
 
 /**
  * Key rotation against the policy in dforge.yaml: the active master key version, each tenant's
@@ -67,7 +68,7 @@ async function jwtAge(ctx: PostureContext): Promise<Finding> {
 }
 
 export const keysProbe: Probe = async (ctx) => {
-  const records = (async () => new ControlDataKeyStore(requirePlane(ctx).control).list())();
+  const records = onControl(ctx, (plane) => new ControlDataKeyStore(plane.control).list());
   records.catch(() => undefined);
   const tenants = ctx.tenants.map((t) =>
     runCheck(DATA_KEY_AGE, `tenant:${t.slug}`, async () => {

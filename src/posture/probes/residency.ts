@@ -6,6 +6,7 @@ import {VerificationError} from '../../errors.js';
 import type {Tenant} from '../../tenants/service.js';
 import {defineCheck, fail, pass, runCheck, skip, warn, type CheckDefinition, type CheckResult, type Finding} from '../check.js';
 import {requirePlane, usingClient, type PostureContext, type Probe} from '../context.js';
+import {onControl} from './at-rest.js';
 
 /**
  * Data residency: every tenant lives on a cluster of the region it is pinned to, and every tenant
@@ -61,7 +62,6 @@ async function tenantPinned(ctx: PostureContext, tenant: Tenant, databases: (clu
 
 /** One destination scanned: what is out of place, and what could not be attributed. */
 async function backupPlacement(ctx: PostureContext, region: string, config: Parameters<typeof destinationFor>[1], regionOf: Promise<Map<string, string>>): Promise<Finding> {
-  const plane = requirePlane(ctx);
   const destination = destinationFor(region, config);
   const files = (await ctx.limit(() => destination.list(''))).filter((l) => l.endsWith('.dfb'));
   const misplaced: string[] = [];
@@ -75,7 +75,7 @@ async function backupPlacement(ctx: PostureContext, region: string, config: Para
         const where = destination.describe(location);
         try {
           const parsed = await readBackupHeader(source);
-          await openHeader(parsed, await wrapperFor(plane, parsed, source.label), source.label);
+          await onControl(ctx, async (plane) => openHeader(parsed, await wrapperFor(plane, parsed, source.label), source.label));
           const h = parsed.header;
           if (h.kind === 'control') {
             controls++;
@@ -123,7 +123,7 @@ export const residencyProbe: Probe = async (ctx) => {
   const tenants = ctx.tenants.map((t) => runCheck(TENANT_PINNED, `tenant:${t.slug}`, () => tenantPinned(ctx, t, databases)));
 
   // Every tenant, not just those in scope: a file of any tenant may sit in the wrong region.
-  const regionOf = (async () => new Map((await requirePlane(ctx).tenants.list()).map((t) => [t.slug, t.region])))();
+  const regionOf = onControl(ctx, async (plane) => new Map((await plane.tenants.list()).map((t) => [t.slug, t.region])));
   regionOf.catch(() => undefined);
   const destinations = Object.entries(ctx.config.regions).flatMap(([region, r]) =>
     (r.backup?.destinations ?? []).map((d) => runCheck(BACKUP_PLACEMENT, `destination:${d.name}`, () => backupPlacement(ctx, region, d, regionOf))),

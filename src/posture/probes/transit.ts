@@ -5,7 +5,7 @@ import {caCertFile, clustersOf, endpointOf} from '../../control/plane.js';
 import {inspectCertificate} from '../../pki/inspect.js';
 import {probeTls, type ProbeTarget, type TlsProbe} from '../../runtime/tls-probe.js';
 import {defineCheck, fail, manual, pass, runCheck, skip, warn, type CheckDefinition, type CheckResult, type Finding} from '../check.js';
-import {requirePlane, usingClient, type PostureContext, type Probe} from '../context.js';
+import type {PostureContext, Probe} from '../context.js';
 
 /**
  * Data in transit, measured by handshakes: every PostgreSQL cluster (after SSLRequest) and, for
@@ -46,18 +46,7 @@ const CERTIFICATE = defineCheck({
   fix: 'dforge certs renew',
 });
 
-const MIN_PROTOCOL_SETTING = defineCheck({
-  id: 'in-transit.min-protocol-setting',
-  title: 'ssl_min_protocol_version is TLSv1.3 (secondary evidence)',
-  area: 'in-transit',
-  controls: ['CIS PostgreSQL 6.9'],
-  severity: 'low',
-  expected: 'ssl = on and ssl_min_protocol_version = TLSv1.3 (the handshake checks are the verdict)',
-  method: 'SHOW ssl, ssl_min_protocol_version on a provisioner session',
-  fix: 'as the superuser: ALTER SYSTEM RESET ssl_min_protocol_version; SELECT pg_reload_conf() (external clusters: the server configuration)',
-});
-
-export const TRANSIT_CHECKS: readonly CheckDefinition[] = [TLS13, TLS12_REFUSED, CERTIFICATE, MIN_PROTOCOL_SETTING];
+export const TRANSIT_CHECKS: readonly CheckDefinition[] = [TLS13, TLS12_REFUSED, CERTIFICATE];
 
 // A connection that never reached the TLS layer says nothing about the protocol: ERROR, not FAIL.
 const UNREACHABLE = /ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|timed out/;
@@ -110,25 +99,14 @@ async function proxyCa(ctx: PostureContext): Promise<string> {
 
 export const transitProbe: Probe = async (ctx) => {
   const clusters = [...clustersOf(ctx.config).keys()];
-  const perCluster = clusters.map(async (name) => {
-    const scope = `cluster:${name}`;
-    const handshakes = endpointResults(ctx, scope, async () => {
+  // ssl_min_protocol_version is not read as secondary evidence: PostgreSQL shows it only to
+  // superusers and members of pg_read_all_settings, which posture's roles are not.
+  const perCluster = clusters.map((name) =>
+    endpointResults(ctx, `cluster:${name}`, async () => {
       const e = await endpointOf(ctx.dir, ctx.config, name);
       return {host: e.host, port: e.port, servername: e.servername, caPem: e.caPem, protocol: 'postgres'};
-    });
-    const setting = runCheck(MIN_PROTOCOL_SETTING, scope, async () => {
-      const plane = requirePlane(ctx);
-      const rows = await ctx.limit(() =>
-        usingClient(
-          () => plane.provisionerOn(name),
-          async (c) => (await c.query<{ssl: string; min: string}>("SELECT pg_catalog.current_setting('ssl') AS ssl, pg_catalog.current_setting('ssl_min_protocol_version') AS min")).rows[0]!,
-        ),
-      );
-      const observed = `ssl = ${rows.ssl}, ssl_min_protocol_version = ${rows.min}`;
-      return rows.ssl === 'on' && rows.min === 'TLSv1.3' ? pass(observed) : warn(observed, 'the server is configured to accept older TLS versions (see in-transit.tls12-refused for the verdict)');
-    });
-    return [...(await handshakes), await setting];
-  });
+    }),
+  );
 
   const proxy = (async (): Promise<CheckResult[]> => {
     const checks = [TLS13, TLS12_REFUSED, CERTIFICATE];
