@@ -192,13 +192,10 @@ export async function backupTenant(plane: ControlPlane, slug: string, options: {
   }
 }
 
-/** A failed tenant whose last good backup is older than this (or who has none) is recorded as stale. */
-const STALE_AFTER_HOURS = 26;
-
 /**
  * Writes a backup outcome to the ops log, as an auditor reads it: the backup taken, or the failure,
- * plus a `backup.stale` entry when the failure leaves the tenant without a backup from the last
- * day. Locked outcomes are not written: the holder's run records that tenant.
+ * plus a `backup.stale` entry when the failure leaves the tenant without a backup younger than
+ * policy.backups.warnAfterHours. Locked outcomes are not written: the holder's run records that tenant.
  */
 async function recordBackupOutcome(plane: ControlPlane, outcome: BackupOutcome, clock?: () => Date): Promise<void> {
   const target = `tenant:${outcome.tenant}`;
@@ -209,7 +206,8 @@ async function recordBackupOutcome(plane: ControlPlane, outcome: BackupOutcome, 
   if (outcome.status !== 'failed') return;
   await recordOps(plane, {action: 'backup.run', target, outcome: 'failed', details: {error: outcome.error}});
   const {lastSuccess, staleHours} = await lastBackupState(plane.keys.dir, outcome.tenant, (clock ?? (() => new Date()))());
-  if (staleHours === null || staleHours >= STALE_AFTER_HOURS) {
+  // The same threshold posture WARNs at (policy.backups.warnAfterHours in dforge.yaml).
+  if (staleHours === null || staleHours >= plane.config.policy.backups.warnAfterHours) {
     await recordOps(plane, {action: 'backup.stale', target, outcome: 'failed', details: {lastSuccess, staleHours}});
   }
 }

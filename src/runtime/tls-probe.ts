@@ -12,6 +12,8 @@ export interface TlsProbe {
   readonly tls12Refused: boolean;
   /** Why the 1.3 handshake failed, or the 1.2 one succeeded. */
   readonly detail: string;
+  /** The certificate the server presented in the verified TLS 1.3 handshake (PEM), for its expiry. */
+  readonly certificatePem?: string;
 }
 
 export interface ProbeTarget {
@@ -41,10 +43,10 @@ export async function probeTls(target: ProbeTarget): Promise<TlsProbe> {
   ]
     .filter(Boolean)
     .join('; ');
-  return {endpoint: `${target.host}:${target.port}`, tls13: modern.ok, tls12Refused: refused, detail};
+  return {endpoint: `${target.host}:${target.port}`, tls13: modern.ok, tls12Refused: refused, detail, ...(modern.certificatePem ? {certificatePem: modern.certificatePem} : {})};
 }
 
-async function handshake(target: ProbeTarget, version: 'TLSv1.3' | 'TLSv1.2'): Promise<{ok: boolean; detail: string}> {
+async function handshake(target: ProbeTarget, version: 'TLSv1.3' | 'TLSv1.2'): Promise<{ok: boolean; detail: string; certificatePem?: string}> {
   let plain: net.Socket | undefined;
   try {
     if (target.protocol === 'postgres') plain = await sslRequest(target);
@@ -58,11 +60,11 @@ async function handshake(target: ProbeTarget, version: 'TLSv1.3' | 'TLSv1.2'): P
         rejectUnauthorized: true,
         timeout: TIMEOUT_MS,
       });
-      const finish = (ok: boolean, detail: string): void => {
+      const finish = (ok: boolean, detail: string, certificatePem?: string): void => {
         socket.destroy();
-        resolve({ok, detail});
+        resolve({ok, detail, ...(certificatePem ? {certificatePem} : {})});
       };
-      socket.once('secureConnect', () => finish(socket.getProtocol() === version, `negotiated ${socket.getProtocol() ?? 'nothing'}`));
+      socket.once('secureConnect', () => finish(socket.getProtocol() === version, `negotiated ${socket.getProtocol() ?? 'nothing'}`, socket.getPeerX509Certificate()?.toString()));
       socket.once('error', (err: NodeJS.ErrnoException) => finish(false, `${err.code ?? ''} ${err.message}`.trim()));
       socket.once('timeout', () => finish(false, 'timed out'));
     });
