@@ -38,6 +38,20 @@ export function requirePlane(ctx: PostureContext): ControlPlane {
   return ctx.plane;
 }
 
+const controlQueues = new WeakMap<PostureContext, Promise<unknown>>();
+
+/**
+ * Runs `fn` when no other probe is using the control plane's one dforge_control session:
+ * pg queues overlapping queries on a client today but has deprecated it (pg@9 drops it), and
+ * the probes run their tenants in parallel.
+ */
+export function onControl<T>(ctx: PostureContext, fn: (plane: ControlPlane) => Promise<T>): Promise<T> {
+  const plane = requirePlane(ctx);
+  const run = (controlQueues.get(ctx) ?? Promise.resolve()).then(() => fn(plane));
+  controlQueues.set(ctx, run.catch(() => undefined));
+  return run;
+}
+
 /**
  * A session as the tenant's own login role (its sealed password), on its database unless another
  * is named. Probes that look inside a tenant database use this rather than a more powerful role:

@@ -3,7 +3,7 @@ import path from 'node:path';
 
 import {BackupCatalog, type BackupRecord} from '../../backup/catalog.js';
 import {authenticateBackup, resolveSource} from '../../backup/verify.js';
-import {clustersOf, type ControlPlane} from '../../control/plane.js';
+import {clustersOf} from '../../control/plane.js';
 import {VerificationError} from '../../errors.js';
 import {embeddedCluster} from '../../postgres/embedded-install.js';
 import {backingOf} from '../../preflight/disk-encryption.js';
@@ -14,7 +14,7 @@ import {MASTER_KEY_ID} from '../../secrets/master-key.js';
 import {SECRET_DIR_MODE, SECRET_FILE_MODE} from '../../state/install-dir.js';
 import type {Tenant} from '../../tenants/service.js';
 import {defineCheck, fail, manual, pass, runCheck, skip, warn, type CheckDefinition, type CheckResult, type Finding} from '../check.js';
-import {requirePlane, type PostureContext, type Probe} from '../context.js';
+import {onControl, type PostureContext, type Probe} from '../context.js';
 
 /**
  * Data at rest: the secrets in the install directory are sealed and private, each tenant's newest
@@ -126,20 +126,6 @@ async function secretPermissions(ctx: PostureContext): Promise<Finding> {
   const observed = `${entries.length} entries under ${ctx.dir.secretsDir} (${masterFiles} master key file(s))`;
   if (problems.length > 0) return fail(`${observed}; ${problems.join('; ')}`, 'another local user may read or replace a secret');
   return pass(`${observed}: files 0600, directories 0700`);
-}
-
-const controlQueues = new WeakMap<PostureContext, Promise<unknown>>();
-
-/**
- * Runs `fn` when no other data probe is using the control plane's one dforge_control session:
- * pg queues overlapping queries on a client today but has deprecated it (pg@9 drops it), and
- * the probes run their tenants in parallel.
- */
-export function onControl<T>(ctx: PostureContext, fn: (plane: ControlPlane) => Promise<T>): Promise<T> {
-  const plane = requirePlane(ctx);
-  const run = (controlQueues.get(ctx) ?? Promise.resolve()).then(() => fn(plane));
-  controlQueues.set(ctx, run.catch(() => undefined));
-  return run;
 }
 
 /** Newest tenant backup per tenant, from one catalog query (the catalog lists newest first). */

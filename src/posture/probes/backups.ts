@@ -1,6 +1,7 @@
 import {defineCheck, fail, pass, runCheck, skip, warn, type CheckDefinition, type Finding} from '../check.js';
 import type {PostureContext, Probe} from '../context.js';
-import {newestTenantBackups, noBackupsExpected, onControl} from './at-rest.js';
+import {onControl} from '../context.js';
+import {newestTenantBackups, noBackupsExpected} from './at-rest.js';
 
 /**
  * Backups that exist are not enough: each tenant's last good backup must be recent (the policy in
@@ -14,7 +15,7 @@ const FRESHNESS = defineCheck({
   area: 'backups',
   controls: ['GDPR Art. 32'],
   severity: 'high',
-  expected: 'the newest complete backup in the catalog is younger than policy.backups.warnAfterHours',
+  expected: 'the newest complete backup in the catalog is younger than policy.backups.warnAfterHours (a tenant without one: WARN until it is failAfterHours old, then FAIL)',
   method: "creation time of the tenant's newest backup in the dforge_control catalog (at-rest.backup-encrypted authenticates that backup's header against it)",
   fix: 'dforge backup --tenant <slug>; schedule backups with dforge backup schedule',
 });
@@ -60,7 +61,15 @@ export const backupsProbe: Probe = async (ctx) => {
       // A tenant in a region without a destination is not "fine": it can never have a backup.
       if (notExpected && t.status !== 'active' && t.status !== 'suspended') return skip(notExpected);
       const record = (await newest).get(t.slug);
-      if (!record) return fail('never backed up', notExpected ?? `no backup of ${t.slug} in the catalog`);
+      if (!record) {
+        if (notExpected) return fail('never backed up', notExpected);
+        // The exposure starts when the tenant does: a tenant created an hour ago has had no chance
+        // of a nightly backup yet, one created three days ago has missed it.
+        const age = hoursBetween(t.createdAt, ctx.clock());
+        const observed = `never backed up; tenant created ${t.createdAt} (${age.toFixed(1)} h ago; warn after ${warnAfterHours} h, fail after ${failAfterHours} h)`;
+        if (age > failAfterHours) return fail(observed, `no backup of ${t.slug} in the catalog`);
+        return warn(observed, `no backup of ${t.slug} yet: take one with dforge backup --tenant ${t.slug}, or schedule them`);
+      }
       const hours = hoursBetween(record.createdAt, ctx.clock());
       const observed = `last good backup ${record.id} at ${record.createdAt} (${hours.toFixed(1)} h ago; warn after ${warnAfterHours} h, fail after ${failAfterHours} h)`;
       if (hours > failAfterHours) return fail(observed, `older than ${failAfterHours} hours`);

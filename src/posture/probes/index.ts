@@ -1,8 +1,20 @@
 import type {RegisteredProbe} from '../service.js';
+import {AT_REST_CHECKS, atRestProbe} from './at-rest.js';
+import {BACKUPS_CHECKS, backupsProbe} from './backups.js';
+import {KEYS_CHECKS, keysProbe} from './keys.js';
+import {RESIDENCY_CHECKS, residencyProbe} from './residency.js';
 import {SELF_HOST_CHECKS, selfHostProbe} from './self-host.js';
+import {TRANSIT_CHECKS, transitProbe} from './transit.js';
 
-/** Every probe posture runs, in panel order. */
-export const PROBES: readonly RegisteredProbe[] = [{name: 'self-host', checks: SELF_HOST_CHECKS, probe: selfHostProbe}];
+/** Every probe posture runs; they run at once, each bounding its connections through ctx.limit. */
+export const PROBES: readonly RegisteredProbe[] = [
+  {name: 'at-rest', checks: AT_REST_CHECKS, probe: atRestProbe},
+  {name: 'in-transit', checks: TRANSIT_CHECKS, probe: transitProbe},
+  {name: 'self-host', checks: SELF_HOST_CHECKS, probe: selfHostProbe},
+  {name: 'residency', checks: RESIDENCY_CHECKS, probe: residencyProbe},
+  {name: 'backups', checks: BACKUPS_CHECKS, probe: backupsProbe},
+  {name: 'keys', checks: KEYS_CHECKS, probe: keysProbe},
+];
 
 /** Every check id this dforge can report: waivers naming anything else are refused. */
 export const KNOWN_CHECKS: ReadonlySet<string> = new Set(PROBES.flatMap((p) => p.checks.map((c) => c.id)));

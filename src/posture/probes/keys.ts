@@ -2,7 +2,7 @@ import {ControlDataKeyStore} from '../../control/keys-store.js';
 import {readJwtKeys} from '../../keys/jwt.js';
 import {defineCheck, fail, pass, runCheck, warn, type CheckDefinition, type Finding} from '../check.js';
 import {requirePlane, type PostureContext, type Probe} from '../context.js';
-import {onControl} from './at-rest.js';
+import {onControl} from '../context.js';
 
 /**
  * Key rotation against the policy in dforge.yaml: the active master key version, each tenant's

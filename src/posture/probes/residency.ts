@@ -6,7 +6,7 @@ import {VerificationError} from '../../errors.js';
 import type {Tenant} from '../../tenants/service.js';
 import {defineCheck, fail, pass, runCheck, skip, warn, type CheckDefinition, type CheckResult, type Finding} from '../check.js';
 import {requirePlane, usingClient, type PostureContext, type Probe} from '../context.js';
-import {onControl} from './at-rest.js';
+import {onControl} from '../context.js';
 
 /**
  * Data residency: every tenant lives on a cluster of the region it is pinned to, and every tenant
