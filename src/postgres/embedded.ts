@@ -572,8 +572,9 @@ export class EmbeddedPostgres {
 
 /**
  * pg_hba.conf, replaced whole: the order matters (first match wins) and anything not listed is refused.
+ * Posture compares the server's live rules with these lines (src/posture/probes/hba.ts).
  */
-function renderHba(superuser: string, provisioner: string, runDir: string): string {
+export function renderHba(superuser: string, provisioner: string, runDir: string): string {
   const widths = [10, 10, 24, 16];
   const row = (...cols: string[]): string => cols.map((c, i) => (i === cols.length - 1 ? c : `${c} `.padEnd(widths[i] ?? 0))).join('');
   return [

@@ -305,6 +305,15 @@ BEGIN
 END
 $fn$;
 
+-- The rules of the cluster's pg_hba.conf as the server parses it, for posture's drift check:
+-- pg_hba_file_rules is superuser-only, and posture never uses the superuser. Read-only.
+CREATE OR REPLACE FUNCTION ${PROVISION_SCHEMA}.hba_rules()
+RETURNS TABLE (line_number integer, type text, database text[], user_name text[], address text, netmask text, auth_method text, options text[], error text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+  SELECT h.line_number, h.type, h.database, h.user_name, h.address, h.netmask, h.auth_method, h.options, h.error
+    FROM pg_catalog.pg_hba_file_rules h ORDER BY h.line_number
+$fn$;
+
 -- Functions are executable by PUBLIC by default: only the provisioner may call the interface,
 -- and nobody the internal helpers.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA ${PROVISION_SCHEMA} FROM PUBLIC;
@@ -320,7 +329,8 @@ GRANT EXECUTE ON FUNCTION
   ${PROVISION_SCHEMA}.swap_databases(text, text),
   ${PROVISION_SCHEMA}.create_restore_role(text, text),
   ${PROVISION_SCHEMA}.drop_restore_role(text),
-  ${PROVISION_SCHEMA}.drop_tenant_roles(text)
+  ${PROVISION_SCHEMA}.drop_tenant_roles(text),
+  ${PROVISION_SCHEMA}.hba_rules()
 TO ${p};
 `;
 }
