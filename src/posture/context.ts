@@ -101,6 +101,9 @@ export async function openPostureContext(dir: InstallDir, options: PostureContex
   let tenants: Tenant[] = [];
   try {
     plane = await openControlPlane(dir, {clock});
+    // A cluster that goes away mid-run makes the idle session emit 'error'; unhandled, that would
+    // kill the process instead of turning the checks that need it into ERROR.
+    plane.control.on('error', () => undefined);
     tenants = options.tenant ? [await plane.tenants.get(options.tenant)] : await plane.tenants.list();
   } catch (err) {
     // A named tenant that does not exist is the operator's mistake, not an unreachable database.

@@ -1,5 +1,6 @@
 import {PANEL_AREAS, type CheckResult, type PanelArea, type PostureStatus} from './check.js';
 import type {PostureContext} from './context.js';
+import {coverageOf} from './probes/audit-trail.js';
 
 /**
  * The product page's "security posture" panel, computed from the results, never asserted: each
@@ -55,19 +56,11 @@ export function panelOf(checks: readonly CheckResult[], ctx: PostureContext): Pa
   });
 }
 
-/** Sums "<covered>/<total> module tables" over the audit probe's per-tenant coverage results. */
+/** Module tables with the change trigger, summed over the tenants' coverage results. */
 export function triggerCoverage(results: readonly CheckResult[]): {covered: number; total: number} | undefined {
-  let found = false;
-  let covered = 0;
-  let total = 0;
-  for (const r of results) {
-    const m = /^(\d+)\/(\d+) module tables/.exec(r.observed);
-    if (!m) continue;
-    found = true;
-    covered += Number(m[1]);
-    total += Number(m[2]);
-  }
-  return found ? {covered, total} : undefined;
+  const measured = results.map(coverageOf).filter((c) => c !== undefined);
+  if (measured.length === 0) return undefined;
+  return measured.reduce((sum, c) => ({covered: sum.covered + c.covered, total: sum.total + c.total}), {covered: 0, total: 0});
 }
 
 function evidenceOf(area: PanelArea, all: readonly CheckResult[], ctx: PostureContext, audit?: {covered: number; total: number}): string {

@@ -1,13 +1,19 @@
 import type {RegisteredProbe} from '../service.js';
 import {AT_REST_CHECKS, atRestProbe} from './at-rest.js';
+import {AUDIT_TRAIL_CHECKS, auditTrailProbe} from './audit-trail.js';
 import {BACKUPS_CHECKS, backupsProbe} from './backups.js';
+import {ISOLATION_CHECKS, isolationProbe} from './isolation.js';
 import {KEYS_CHECKS, keysProbe} from './keys.js';
+import {PROVISIONER_CHECKS, provisionerProbe} from './provisioner.js';
 import {RESIDENCY_CHECKS, residencyProbe} from './residency.js';
 import {SELF_HOST_CHECKS, selfHostProbe} from './self-host.js';
 import {TRANSIT_CHECKS, transitProbe} from './transit.js';
 
 /** Every probe posture runs; they run at once, each bounding its connections through ctx.limit. */
 export const PROBES: readonly RegisteredProbe[] = [
+  {name: 'isolation', checks: ISOLATION_CHECKS, probe: isolationProbe},
+  {name: 'provisioner', checks: PROVISIONER_CHECKS, probe: provisionerProbe},
+  {name: 'audit-trail', checks: AUDIT_TRAIL_CHECKS, probe: auditTrailProbe},
   {name: 'at-rest', checks: AT_REST_CHECKS, probe: atRestProbe},
   {name: 'in-transit', checks: TRANSIT_CHECKS, probe: transitProbe},
   {name: 'self-host', checks: SELF_HOST_CHECKS, probe: selfHostProbe},
