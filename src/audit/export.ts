@@ -70,7 +70,8 @@ const isoUtc = (column: string): string => `pg_catalog.to_char(pg_catalog.timezo
 
 /**
  * The tenant's change log, read as the tenant's login role: jsonb and ids as PostgreSQL prints
- * them, so a large number or a microsecond survives the trip exactly.
+ * them, so a large number or a microsecond survives the trip exactly. ORDER BY names the table's
+ * column: the bare name would be the text alias, and sort 10 before 9.
  */
 function changeLogReader(c: Client, range: {since?: Date; until?: Date}): SourceReader {
   const columns = ['id', 'at', 'actor', 'db_role', 'txid', 'schema', 'table', 'operation', 'before', 'after'];
@@ -81,7 +82,7 @@ function changeLogReader(c: Client, range: {since?: Date; until?: Date}): Source
         `SELECT id::text AS id, ${isoUtc('at')} AS at, actor, db_role, txid::text AS txid, schema_name AS schema, table_name AS "table", operation, before::text AS before, after::text AS after
            FROM audit.change_log
           WHERE id > $1::int8 AND ($2::timestamptz IS NULL OR at >= $2) AND ($3::timestamptz IS NULL OR at < $3)
-          ORDER BY id LIMIT ${BATCH}`,
+          ORDER BY change_log.id LIMIT ${BATCH}`,
         [afterId, range.since ?? null, range.until ?? null],
       );
       return rows.rows.map((r) => ({id: r.id!, cells: columns.map((name) => ({name, value: r[name] ?? null, json: ['id', 'txid', 'before', 'after'].includes(name)}))}));
@@ -100,7 +101,7 @@ function opsLogReader(c: Client, range: {since?: Date; until?: Date}): SourceRea
                 pg_catalog.encode(prev_hash, 'hex') AS prev_hash, pg_catalog.encode(hash, 'hex') AS hash, key_id, chain_break::text AS chain_break
            FROM ops_log
           WHERE seq > $1::int8 AND ($2::timestamptz IS NULL OR at >= $2) AND ($3::timestamptz IS NULL OR at < $3)
-          ORDER BY seq LIMIT ${BATCH}`,
+          ORDER BY ops_log.seq LIMIT ${BATCH}`,
         [afterId, range.since ?? null, range.until ?? null],
       );
       return rows.rows.map((r) => ({id: r.seq!, cells: columns.map((name) => ({name, value: r[name] ?? null, json: ['seq', 'details', 'chain_break'].includes(name)}))}));
