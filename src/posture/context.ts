@@ -1,10 +1,10 @@
 import type {Client} from 'pg';
 
 import type {DforgeConfig} from '../config/schema.js';
-import {endpointOf, type ControlPlane} from '../control/plane.js';
-import {connect} from '../postgres/connect.js';
+import type {ControlPlane} from '../control/plane.js';
 import type {InstallDir} from '../state/install-dir.js';
 import type {Tenant} from '../tenants/service.js';
+import {connectTenantSession} from '../tenants/tenant-session.js';
 import type {CheckResult} from './check.js';
 
 export type PosturePolicy = DforgeConfig['policy'];
@@ -53,18 +53,12 @@ export function onControl<T>(ctx: PostureContext, fn: (plane: ControlPlane) => P
 }
 
 /**
- * A session as the tenant's own login role (its sealed password), on its database unless another
- * is named. Probes that look inside a tenant database use this rather than a more powerful role:
- * whatever the tenant planted there then runs with no more power than the tenant has. Every query
- * on such a session must name pg_catalog objects qualified: the tenant controls its role's
- * search_path.
+ * A session as the tenant's own login role; see connectTenantSession for what that buys. The
+ * password lookup goes through the control queue like every other use of dforge_control.
  */
 export async function connectAsTenant(ctx: PostureContext, tenant: Tenant, database: string = tenant.database): Promise<Client> {
-  const plane = requirePlane(ctx);
-  const password = await plane.tenants.password(tenant.slug);
-  const client = await connect(await endpointOf(ctx.dir, ctx.config, tenant.cluster), {user: tenant.role, password, database});
-  await client.query('SET search_path = pg_catalog, pg_temp');
-  return client;
+  const password = (slug: string): Promise<string> => onControl(ctx, (plane) => plane.tenants.password(slug));
+  return connectTenantSession(ctx.dir, ctx.config, {password}, tenant, database);
 }
 
 /** Opens a client, runs `fn`, always ends the client. */

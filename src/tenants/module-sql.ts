@@ -9,7 +9,7 @@
  *
  * The change-log trigger function runs as the session's own role (SECURITY INVOKER): to_jsonb()
  * calls casts the tenant may define on its own types, and as a definer function that would be
- * tenant code running with the owner role's power.
+ * tenant code running with the owner role's power. docs/app-contract.md is what the app may rely on.
  */
 import {escapeIdentifier} from '../postgres/sql.js';
 
@@ -173,6 +173,11 @@ BEGIN
             CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN to_jsonb(OLD) END,
             CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN to_jsonb(NEW) END);
   END IF;
+  -- Wakes LISTEN dforge_change_log (dforge audit tail --follow) at commit. The payload, the
+  -- transaction's txid (change_log.txid), is the same for all its rows, and PostgreSQL folds a
+  -- transaction's identical notifications into one: a bulk load queues one, not one per row.
+  -- Anyone may NOTIFY this channel, so listeners read the table, never trust the payload.
+  PERFORM pg_notify('dforge_change_log', txid_current()::text);
   RETURN NULL;
 END
 $fn$;

@@ -108,7 +108,7 @@ describe.skipIf(!available)('an embedded install driven through the CLI', () => 
   });
 
   it('audit tail shows who did what; audit verify exits 6 once an entry is altered', async () => {
-    const tail = JSON.parse((await install.cli(['audit', 'tail', '--tenant', 'initech', '--json'])).stdout) as Array<{actor: string; action: string; outcome: string}>;
+    const tail = JSON.parse((await install.cli(['audit', 'tail', '--ops', '--tenant', 'initech', '--json'])).stdout) as Array<{actor: string; action: string; outcome: string}>;
     expect(tail.map((e) => e.action)).toContain('tenant.delete');
     expect(tail[0]!.actor).toMatch(/^\S+@\S+$/);
     expect((await install.cli(['audit', 'verify'])).code).toBe(0);

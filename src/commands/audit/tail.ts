@@ -1,21 +1,64 @@
 import {Flags} from '@oclif/core';
 
 import {BaseCommand} from '../../base-command.js';
+import {changeLine, parseAuditTime, tailChangeLog, terminalSafe, type ChangeEntry} from '../../audit/change-log.js';
 import type {StoredOpsEntry} from '../../audit/ops-log.js';
 import {tailOpsLog} from '../../audit/service.js';
+import {UsageError} from '../../errors.js';
 import {renderTable} from '../../ui/table.js';
 
 export default class AuditTail extends BaseCommand<typeof AuditTail> {
-  static override summary = 'Show the newest entries of the ops audit log: who did what, when, and the outcome.';
-  static override examples = ['<%= config.bin %> audit tail', '<%= config.bin %> audit tail --tenant acme --limit 50 --json'];
+  static override summary = "Show the newest entries of the ops log, or with --tenant of that tenant's change log: who changed which row, when, and which fields.";
+  static override description = `Without --tenant: the ops log (operator actions); --ops --tenant S: its entries about tenant S. With --tenant: the tenant's audit.change_log, read as the tenant's own role, one line per row change:
+  16:42:08  alice@acme.io  update    Lead#3214  stage: qualified → won
+--follow keeps printing changes as they commit (woken by LISTEN/NOTIFY) until Ctrl-C or SIGTERM; with --json it prints one JSON object per line.`;
+  static override examples = [
+    '<%= config.bin %> audit tail',
+    '<%= config.bin %> audit tail --ops --tenant acme',
+    '<%= config.bin %> audit tail --tenant acme --follow',
+    '<%= config.bin %> audit tail --tenant acme --since 2025-01-01T00:00:00Z --limit 100 --json',
+  ];
   static override flags = {
-    limit: Flags.integer({summary: 'How many entries.', default: 20, min: 1}),
-    tenant: Flags.string({summary: 'Only entries about this tenant.'}),
+    limit: Flags.integer({summary: 'How many entries (the newest).', default: 20, min: 1}),
+    tenant: Flags.string({summary: "This tenant's change log instead of the ops log (with --ops: the ops entries about this tenant)."}),
+    ops: Flags.boolean({summary: 'The ops log, also with --tenant.'}),
+    follow: Flags.boolean({char: 'f', summary: 'Keep printing changes as they commit (needs --tenant).'}),
+    since: Flags.string({summary: 'Only changes at or after this time (ISO 8601; needs --tenant).'}),
   };
 
-  async run(): Promise<StoredOpsEntry[]> {
-    const entries = await tailOpsLog(this.installDir(), {limit: this.flags.limit, tenant: this.flags.tenant});
-    if (!this.jsonEnabled()) this.log(renderTable(['seq', 'at', 'actor', 'action', 'target', 'outcome'], entries.map((e) => [String(e.seq), e.at.slice(0, 19).replace('T', ' '), e.actor, e.action, e.target, e.outcome])));
-    return entries;
+  async run(): Promise<StoredOpsEntry[] | ChangeEntry[] | undefined> {
+    const {tenant, follow, limit, ops} = this.flags;
+    if (!tenant || ops) {
+      if (follow || this.flags.since) throw new UsageError("--follow and --since read a tenant's change log: name the tenant with --tenant, without --ops", {nextSteps: ['Run: dforge audit tail --tenant <slug> --follow']});
+      const entries = await tailOpsLog(this.installDir(), {limit, tenant});
+      // dforge_control is writable by the provisioner role: its text is not trusted with the terminal either.
+      if (!this.jsonEnabled()) this.log(renderTable(['seq', 'at', 'actor', 'action', 'target', 'outcome'], entries.map((e) => [String(e.seq), e.at.slice(0, 19).replace('T', ' '), e.actor, e.action, e.target, e.outcome].map(terminalSafe))));
+      return entries;
+    }
+    const since = this.flags.since === undefined ? undefined : parseAuditTime('--since', this.flags.since);
+    if (!follow) {
+      const entries = await tailChangeLog(this.installDir(), {tenant, since, limit});
+      if (!this.jsonEnabled()) for (const e of entries) this.log(changeLine(e));
+      return entries;
+    }
+    const stop = new AbortController();
+    const onSignal = (): void => stop.abort();
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    try {
+      await tailChangeLog(this.installDir(), {
+        tenant,
+        since,
+        limit,
+        follow: {
+          signal: stop.signal,
+          onEntries: (entries) => process.stdout.write(entries.map((e) => `${this.jsonEnabled() ? JSON.stringify(e) : changeLine(e)}\n`).join('')),
+        },
+      });
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
+    return undefined;
   }
 }

@@ -1,0 +1,325 @@
+import type {Client, Notification} from 'pg';
+
+import {usingControlPlane} from '../control/plane.js';
+import {UsageError, UserError, VerificationError} from '../errors.js';
+import type {InstallDir} from '../state/install-dir.js';
+import {connectTenantSession} from '../tenants/tenant-session.js';
+
+/**
+ * A tenant's change log (audit.change_log, src/tenants/module-sql.ts) as an operator reads it:
+ * who changed which row of which table, and which fields. Every value comes from the tenant's
+ * database, so every value is attacker-controlled: terminal text goes through terminalSafe, and
+ * nothing here trusts a row's shape.
+ */
+
+/** A row of audit.change_log as it is stored. */
+export interface ChangeLogRow {
+  readonly id: string;
+  readonly at: Date;
+  readonly actor: string;
+  readonly db_role: string;
+  readonly txid: string;
+  readonly schema_name: string;
+  readonly table_name: string;
+  readonly operation: string;
+  readonly before: unknown;
+  readonly after: unknown;
+}
+
+export const CHANGE_LOG_COLUMNS = 'id, at, actor, db_role, txid, schema_name, table_name, operation, before, after';
+
+/** The channel audit.log_change() notifies at commit. */
+export const CHANGE_LOG_CHANNEL = 'dforge_change_log';
+
+/** One field of a change: `before` for update and delete, `after` for insert and update. */
+export interface FieldChange {
+  readonly field: string;
+  readonly before?: unknown;
+  readonly after?: unknown;
+}
+
+/** A change as `audit tail --tenant` shows it; the --json shape. */
+export interface ChangeEntry {
+  readonly id: number;
+  readonly at: string;
+  readonly actor: string;
+  readonly dbRole: string;
+  readonly operation: 'insert' | 'update' | 'delete' | 'truncate';
+  readonly schema: string;
+  readonly table: string;
+  /** The table as a type name, and the row's `id` when it has one: crm.leads, id 3214 → Lead#3214. */
+  readonly entity: string;
+  /** update: the fields whose value changed; insert and delete: every field; truncate: none. */
+  readonly changes: FieldChange[];
+}
+
+const OPERATIONS = new Set(['insert', 'update', 'delete', 'truncate']);
+
+export function toChangeEntry(row: ChangeLogRow): ChangeEntry {
+  const before = asRecord(row.before);
+  const after = asRecord(row.after);
+  const operation = row.operation.toLowerCase();
+  if (!OPERATIONS.has(operation)) throw new VerificationError(`change-log entry ${row.id} has the unknown operation ${JSON.stringify(row.operation)}`, {nextSteps: ['audit.change_log has a CHECK on operation: someone changed the table itself. Keep the database as it is for investigation.']});
+  let changes: FieldChange[] = [];
+  if (operation === 'update') {
+    const fields = [...new Set([...Object.keys(before), ...Object.keys(after)])];
+    changes = fields.filter((f) => JSON.stringify(before[f]) !== JSON.stringify(after[f])).map((field) => ({field, before: before[field] ?? null, after: after[field] ?? null}));
+  } else if (operation === 'insert') {
+    changes = Object.keys(after).map((field) => ({field, after: after[field]}));
+  } else if (operation === 'delete') {
+    changes = Object.keys(before).map((field) => ({field, before: before[field]}));
+  }
+  const id = rowId(operation === 'delete' ? before : after);
+  return {
+    id: Number(row.id),
+    at: row.at.toISOString(),
+    actor: row.actor,
+    dbRole: row.db_role,
+    operation: operation as ChangeEntry['operation'],
+    schema: row.schema_name,
+    table: row.table_name,
+    entity: `${typeNameOf(row.table_name)}${id === undefined ? '' : `#${id}`}`,
+    changes,
+  };
+}
+
+/** A jsonb value that is not an object (a row inserted by hand) has no fields. */
+function asRecord(value: unknown): Record<string, unknown> {
+  return value && typeof value === 'object' && !Array.isArray(value) ? (value as Record<string, unknown>) : {};
+}
+
+function rowId(row: Record<string, unknown>): string | undefined {
+  const id = row.id;
+  return typeof id === 'number' || (typeof id === 'string' && id !== '') ? String(id) : undefined;
+}
+
+/** A table name as a type name: leads → Lead, order_lines → OrderLine, companies → Company. */
+export function typeNameOf(table: string): string {
+  const words = table.split('_').filter(Boolean);
+  if (words.length === 0) return table;
+  words.push(singular(words.pop()!));
+  return words.map((w) => w.charAt(0).toUpperCase() + w.slice(1)).join('');
+}
+
+function singular(word: string): string {
+  if (/(ss|x|z|ch|sh)es$/i.test(word)) return word.slice(0, -2);
+  if (/[^aeiou]ies$/i.test(word)) return `${word.slice(0, -3)}y`;
+  if (/(ss|us|is)$/i.test(word)) return word;
+  if (/s$/i.test(word) && word.length > 1) return word.slice(0, -1);
+  return word;
+}
+
+/**
+ * Text that can't drive a terminal: C0 and C1 controls (ESC starts every ANSI sequence, CSI is
+ * U+009B), DEL, line and paragraph separators, and the bidirectional overrides that reorder what
+ * a reader sees, are shown as visible escapes (\x1b, \u202e) rather than dropped, so an attempt
+ * stays visible to the operator.
+ */
+export function terminalSafe(text: string): string {
+  return text.replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, (c) => {
+    const code = c.charCodeAt(0);
+    return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
+  });
+}
+
+const VALUE_WIDTH = 40;
+const SUMMARY_WIDTH = 160;
+
+function shorten(text: string, width: number): string {
+  const chars = [...text];
+  return chars.length <= width ? text : `${chars.slice(0, width - 1).join('')}…`;
+}
+
+function shortValue(value: unknown): string {
+  return shorten(typeof value === 'string' ? value : (JSON.stringify(value) ?? 'null'), VALUE_WIDTH);
+}
+
+/** The changed fields as one line: `stage: qualified → won`, `created: name=Zoë, …`. */
+export function summaryOf(entry: ChangeEntry): string {
+  const fields = (pick: (c: FieldChange) => unknown): string =>
+    entry.changes
+      .filter((c) => c.field !== 'id')
+      .map((c) => `${c.field}=${shortValue(pick(c))}`)
+      .join(', ');
+  switch (entry.operation) {
+    case 'update':
+      return shorten(entry.changes.length === 0 ? 'no field changed' : entry.changes.map((c) => `${c.field}: ${shortValue(c.before)} → ${shortValue(c.after)}`).join(', '), SUMMARY_WIDTH);
+    case 'insert':
+      return shorten(`created: ${fields((c) => c.after)}`, SUMMARY_WIDTH);
+    case 'delete':
+      return shorten(`deleted: ${fields((c) => c.before)}`, SUMMARY_WIDTH);
+    case 'truncate':
+      return 'every row removed';
+  }
+}
+
+/**
+ * One terminal line: `16:42:08  alice@acme.io  update  Lead#3214  stage: qualified → won`. Times
+ * are UTC, as in the ops log; a change from another day than `now` carries its date.
+ */
+export function changeLine(entry: ChangeEntry, now: Date = new Date()): string {
+  const at = entry.at.slice(0, 19).replace('T', ' ');
+  const time = entry.at.slice(0, 10) === now.toISOString().slice(0, 10) ? at.slice(11) : at;
+  return [time, entry.actor, entry.operation.padEnd(8), entry.entity, summaryOf(entry)].map(terminalSafe).join('  ');
+}
+
+/** A time flag (ISO 8601, date first); anything else is a usage error naming the flag. */
+export function parseAuditTime(flag: string, text: string): Date {
+  const at = new Date(text);
+  if (!/^\d{4}-\d{2}-\d{2}/.test(text) || Number.isNaN(at.getTime())) throw new UsageError(`${flag} ${JSON.stringify(text)} is not an ISO 8601 time`, {nextSteps: [`e.g. ${flag} 2025-01-31T09:00:00Z`]});
+  return at;
+}
+
+/** The newest `limit` changes (at or after `since`), oldest first. */
+export async function readRecentChanges(c: Client, options: {since?: Date; limit: number}): Promise<ChangeLogRow[]> {
+  const rows = await c.query<ChangeLogRow>(
+    `SELECT * FROM (SELECT ${CHANGE_LOG_COLUMNS} FROM audit.change_log
+       WHERE $1::pg_catalog.timestamptz IS NULL OR at OPERATOR(pg_catalog.>=) $1 ORDER BY id DESC LIMIT $2) newest ORDER BY id`,
+    [options.since ?? null, options.limit],
+  );
+  return rows.rows;
+}
+
+/** The bounds of the statement's snapshot, as txids (the type of change_log.txid). */
+const SNAPSHOT_BOUNDS = `pg_catalog.txid_snapshot_xmin(pg_catalog.txid_current_snapshot())::text AS xmin,
+  pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot())::text AS xmax`;
+
+/** How many ids below the newest one seen a follower remembers as not seen yet. */
+const MAX_GAPS = 10_000;
+const DRAIN_BATCH = 500;
+
+/**
+ * Where a follower is. Ids come from a sequence when a row is written, but rows become visible at
+ * commit, so a transaction holding id 10 can commit after one holding id 11 was shown: reading
+ * only `id > last` would skip it for good. So the ids skipped below the newest shown are kept as
+ * gaps, each with the snapshot's xmax when it was seen; a gap is dropped once a snapshot's xmin has
+ * passed that xmax (every transaction that could hold it has ended, and it did not commit).
+ */
+class ChangeCursor {
+  private lastId: bigint;
+  private readonly gaps = new Map<bigint, bigint>();
+
+  constructor(lastId: bigint) {
+    this.lastId = lastId;
+  }
+
+  query(): {text: string; values: unknown[]} {
+    return {
+      text: `SELECT s.xmin, s.xmax, r.* FROM (SELECT ${SNAPSHOT_BOUNDS}) s
+               LEFT JOIN LATERAL (SELECT ${CHANGE_LOG_COLUMNS} FROM audit.change_log
+                 WHERE id OPERATOR(pg_catalog.>) $1 OR id OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.int8[])
+                 ORDER BY id LIMIT ${DRAIN_BATCH}) r ON true`,
+      values: [this.lastId.toString(), [...this.gaps.keys()].map(String)],
+    };
+  }
+
+  /** Takes one query's rows (by id) and that query's snapshot bounds; returns the rows not shown yet. */
+  advance(rows: readonly ChangeLogRow[], xmin: bigint, xmax: bigint): ChangeLogRow[] {
+    const fresh: ChangeLogRow[] = [];
+    for (const row of rows) {
+      const id = BigInt(row.id);
+      if (id > this.lastId) {
+        for (let gap = id - 1n; gap > this.lastId && gap >= id - BigInt(MAX_GAPS); gap--) this.gaps.set(gap, xmax);
+        this.lastId = id;
+        fresh.push(row);
+      } else if (this.gaps.delete(id)) {
+        fresh.push(row);
+      }
+    }
+    for (const [gap, seenAt] of this.gaps) if (xmin >= seenAt) this.gaps.delete(gap);
+    if (this.gaps.size > MAX_GAPS) for (const gap of [...this.gaps.keys()].sort((a, b) => (a < b ? -1 : 1)).slice(0, this.gaps.size - MAX_GAPS)) this.gaps.delete(gap);
+    return fresh;
+  }
+}
+
+/**
+ * Follows a tenant's change log until `signal` aborts: LISTEN first, then the newest `limit`
+ * rows, then, on every notification, whatever is new in the table. A notification is only a
+ * wake-up (the tenant can NOTIFY the channel with any payload), so rows always come from the
+ * table, and a flood of them costs one read per batch, not one per notification.
+ */
+export async function followChanges(c: Client, options: {since?: Date; limit: number; signal: AbortSignal; onRows: (rows: ChangeLogRow[]) => void}): Promise<void> {
+  let wake: () => void = () => undefined;
+  let pending = true;
+  let failure: Error | undefined;
+  const notify = (): void => {
+    pending = true;
+    wake();
+  };
+  const onNotification = (n: Notification): void => {
+    if (n.channel === CHANGE_LOG_CHANNEL) notify();
+  };
+  const onError = (err: Error): void => {
+    failure = err;
+    wake();
+  };
+  const onEnd = (): void => onError(new Error('the connection was closed'));
+  c.on('notification', onNotification);
+  c.on('error', onError);
+  c.on('end', onEnd);
+  options.signal.addEventListener('abort', notify);
+  try {
+    await c.query(`LISTEN ${CHANGE_LOG_CHANNEL}`);
+    // The starting point and the first rows from one snapshot, after LISTEN: nothing committed
+    // from here on is missed.
+    await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+    const initial = await readRecentChanges(c, options);
+    const top = (await c.query<{max: string | null; xmin: string; xmax: string}>(`SELECT pg_catalog.max(id)::text AS max, ${SNAPSHOT_BOUNDS} FROM audit.change_log`)).rows[0]!;
+    await c.query('COMMIT');
+    const cursor = new ChangeCursor(initial[0] ? BigInt(initial[0].id) - 1n : BigInt(top.max ?? '0'));
+    const shown = cursor.advance(initial, BigInt(top.xmin), BigInt(top.xmax));
+    if (shown.length > 0) options.onRows(shown);
+    // `pending` is still set: one read now covers anything notified while the snapshot was open.
+    for (;;) {
+      if (failure) throw new UserError(`lost the change-log session: ${failure.message}`, {nextSteps: ['Check that the tenant cluster is up (dforge status), then run audit tail --follow again.']});
+      if (options.signal.aborted) return;
+      if (!pending) {
+        await new Promise<void>((resolve) => (wake = resolve));
+        continue;
+      }
+      pending = false;
+      for (;;) {
+        const q = cursor.query();
+        const result = await c.query<ChangeLogRow & {xmin: string; xmax: string}>(q.text, q.values);
+        const rows = result.rows.filter((r) => r.id !== null);
+        const fresh = cursor.advance(rows, BigInt(result.rows[0]!.xmin), BigInt(result.rows[0]!.xmax));
+        if (fresh.length > 0) options.onRows(fresh);
+        if (rows.length < DRAIN_BATCH) break;
+      }
+    }
+  } finally {
+    options.signal.removeEventListener('abort', notify);
+    c.off('notification', onNotification);
+    c.off('error', onError);
+    c.off('end', onEnd);
+  }
+}
+
+export interface ChangeTailOptions {
+  readonly tenant: string;
+  readonly since?: Date;
+  readonly limit: number;
+  /** Keep reading new changes as they commit, until the signal aborts. */
+  readonly follow?: {readonly signal: AbortSignal; onEntries(entries: ChangeEntry[]): void};
+}
+
+/** The tenant's own session on its database; the control plane is closed once it is open. */
+export async function openTenantChangeLog(dir: InstallDir, slug: string): Promise<Client> {
+  return usingControlPlane(dir, async (plane) => connectTenantSession(dir, plane.config, plane.tenants, await plane.tenants.get(slug)));
+}
+
+/**
+ * A tenant's change log, read as the tenant's own login role: the newest `limit` changes, or with
+ * `follow` every change from there on, handed over as they commit (then nothing is returned).
+ */
+export async function tailChangeLog(dir: InstallDir, options: ChangeTailOptions): Promise<ChangeEntry[]> {
+  const c = await openTenantChangeLog(dir, options.tenant);
+  try {
+    const {follow} = options;
+    if (!follow) return (await readRecentChanges(c, options)).map(toChangeEntry);
+    await followChanges(c, {...options, signal: follow.signal, onRows: (rows) => follow.onEntries(rows.map(toChangeEntry))});
+    return [];
+  } finally {
+    await c.end().catch(() => undefined);
+  }
+}
