@@ -43,7 +43,8 @@ const controlQueues = new WeakMap<PostureContext, Promise<unknown>>();
 /**
  * Runs `fn` when no other probe is using the control plane's one dforge_control session:
  * pg queues overlapping queries on a client today but has deprecated it (pg@9 drops it), and
- * the probes run their tenants in parallel.
+ * the probes run their tenants in parallel. `fn` must not wait for ctx.limit: a slot holder may be
+ * waiting in this queue (ctx.limit(() => onControl(…)) is the one safe nesting).
  */
 export function onControl<T>(ctx: PostureContext, fn: (plane: ControlPlane) => Promise<T>): Promise<T> {
   const plane = requirePlane(ctx);

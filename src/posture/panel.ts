@@ -79,7 +79,7 @@ function evidenceOf(area: PanelArea, all: readonly CheckResult[], ctx: PostureCo
   } else if (area === 'in-transit') {
     parts.push('checked by handshake: TLS 1.3 negotiated, TLS 1.2 refused');
   }
-  parts.push(`${passed}/${all.length} checks pass`);
+  parts.push(`${passed}/${all.filter((c) => c.status !== 'SKIP').length} checks pass`);
   const problems = all.filter((c) => c.status !== 'PASS' && c.status !== 'SKIP');
   for (const c of problems.slice(0, 2)) parts.push(`${c.status.toLowerCase()}${c.waiver && !c.waiver.expired ? ' (waived)' : ''}: ${c.title}${c.scope === 'install' ? '' : ` [${c.scope}]`}`);
   if (problems.length > 2) parts.push(`${problems.length - 2} more`);

@@ -4,7 +4,7 @@ import {ownerRoleOf} from '../../postgres/provisioner.js';
 import {MODULE_SCHEMAS} from '../../tenants/module-sql.js';
 import type {Tenant} from '../../tenants/service.js';
 import {defineCheck, fail, pass, runCheck, skip, warn, type CheckDefinition, type CheckResult, type Finding} from '../check.js';
-import {connectAsTenant, requirePlane, usingClient, type PostureContext, type Probe} from '../context.js';
+import {connectAsTenant, onControl, usingClient, type PostureContext, type Probe} from '../context.js';
 
 /**
  * The audit trail, measured where it lives: inside each tenant database, on the tenant's own
@@ -210,8 +210,7 @@ function tenantResults(ctx: PostureContext, t: Tenant): Promise<CheckResult[]> {
 }
 
 async function opsLogFinding(ctx: PostureContext): Promise<Finding> {
-  const plane = requirePlane(ctx);
-  const v = await ctx.limit(() => plane.opsLog.verify(plane.control));
+  const v = await onControl(ctx, (plane) => plane.opsLog.verify(plane.control));
   if (v.keyed === 0) return warn(`${v.entries} entries, none keyed yet`, 'the next operation dforge records starts the keyed chain and anchors it');
   if (!v.intact) {
     const e = v.brokenEntry;

@@ -6,7 +6,7 @@ import {connect} from '../../postgres/connect.js';
 import {ownerRoleOf, restoreRoleOf} from '../../postgres/provisioner.js';
 import type {Tenant} from '../../tenants/service.js';
 import {defineCheck, fail, pass, runCheck, skip, warn, type CheckDefinition, type CheckResult, type Finding} from '../check.js';
-import {requirePlane, usingClient, type PostureContext, type Probe} from '../context.js';
+import {onControl, requirePlane, usingClient, type PostureContext, type Probe} from '../context.js';
 import {describeRule, expectedHbaRules, hbaDrift, liveHbaRules, policyViolation, type HbaRule} from './hba.js';
 
 /**
@@ -213,8 +213,7 @@ const REFUSED_BY_HBA = /no pg_hba\.conf entry/;
  * refused by pg_hba or by CONNECT privilege. Anything else could not be measured: it throws.
  */
 async function crossLoginFinding(ctx: PostureContext, t: Tenant, databases: readonly string[]): Promise<Finding> {
-  const plane = requirePlane(ctx);
-  const password = await plane.tenants.password(t.slug);
+  const password = await onControl(ctx, (plane) => plane.tenants.password(t.slug));
   const endpoint = await endpointOf(ctx.dir, ctx.config, t.cluster);
   const outcomes: string[] = [];
   for (const database of databases) {
