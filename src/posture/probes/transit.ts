@@ -28,7 +28,7 @@ const TLS12_REFUSED = defineCheck({
   id: 'in-transit.tls12-refused',
   title: 'Older TLS versions refused',
   area: 'in-transit',
-  controls: ['CIS PostgreSQL 6.9', 'GDPR Art. 32'],
+  controls: ['CIS PostgreSQL 6.8', 'GDPR Art. 32'],
   severity: 'high',
   expected: 'a TLS 1.2-only ClientHello is refused with a protocol-version alert',
   method: 'handshake pinned to TLS 1.2 (after SSLRequest for PostgreSQL); only a protocol refusal counts',
