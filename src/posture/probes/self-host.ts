@@ -10,7 +10,7 @@ const CLUSTER_SELF_HOSTED = defineCheck({
   severity: 'low',
   expected: 'embedded (this host) or bundled (this install\'s stack); an external cluster needs the operator\'s attestation',
   method: 'cluster kind in dforge.yaml; that it is up and answering is checked by the in-transit and runtime checks',
-  fix: 'docs/operations.md#clusters',
+  fix: 'docs/security.md#bring-your-own-postgresql',
 });
 
 export const SELF_HOST_CHECKS: readonly CheckDefinition[] = [CLUSTER_SELF_HOSTED];
