@@ -1,8 +1,11 @@
+import {promises as fs} from 'node:fs';
+import path from 'node:path';
+
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
 import type {CheckResult} from '../../src/posture/check.js';
 import {openPostureContext} from '../../src/posture/context.js';
-import {runtimeProbe} from '../../src/posture/probes/runtime.js';
+import {runtimeProbe, runtimeProbeWith} from '../../src/posture/probes/runtime.js';
 import {quickstartInstall, type EmbeddedInstall} from '../helpers/embedded-install.js';
 import {findPgBinaries} from '../helpers/pg-cluster.js';
 import {missingComponent} from '../helpers/requirements.js';
@@ -23,14 +26,26 @@ interface Report {
 describe.skipIf(!available)('status and the runtime probe on an embedded install', () => {
   let install: EmbeddedInstall;
   let cluster: string;
+  // `dforge db unit` refuses data directories under /tmp (PrivateTmp would hide them): this install lives elsewhere.
+  let parent: string;
+  const savedTmp = process.env.TMPDIR;
 
   beforeAll(async () => {
-    install = await quickstartInstall();
+    parent = await fs.mkdtemp('/var/lib/dforge-status-test-');
+    await fs.chmod(parent, 0o755);
+    process.env.TMPDIR = parent;
+    try {
+      install = await quickstartInstall();
+    } finally {
+      if (savedTmp === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = savedTmp;
+    }
     const {loadConfigFile} = await import('../../src/config/load.js');
     cluster = (await loadConfigFile(install.dir.configFile)).regions.local!.clusters[0]!.name;
   });
   afterAll(async () => {
     await install?.cleanup();
+    if (parent) await fs.rm(parent, {recursive: true, force: true});
   });
 
   async function probe(): Promise<CheckResult[]> {
@@ -64,6 +79,39 @@ describe.skipIf(!available)('status and the runtime probe on an embedded install
     const containers = results.filter((r) => r.id.startsWith('runtime.container.'));
     expect(containers).toHaveLength(7);
     for (const r of containers) expect(r, r.id).toMatchObject({scope: 'install', status: 'SKIP', reason: 'embedded install: no containers'});
+  }, 60_000);
+
+  it('an installed systemd unit passes as rendered, and fails when a drop-in or an edit weakens it', async () => {
+    const unitDir = await fs.mkdtemp(path.join(parent, 'systemd-'));
+    const unitFile = path.join(unitDir, `dforge-postgres-${cluster}.service`);
+    const unitCheck = async (): Promise<CheckResult> => {
+      const ctx = await openPostureContext(install.dir);
+      try {
+        return (await runtimeProbeWith({systemdUnitDir: unitDir})(ctx)).find((r) => r.id === 'runtime.embedded.systemd-unit')!;
+      } finally {
+        await ctx.plane?.close();
+      }
+    };
+    expect(await unitCheck()).toMatchObject({status: 'SKIP', observed: 'not installed'});
+    const rendered = await install.cli(['db', 'unit', '--cluster', cluster]);
+    expect(rendered.code, rendered.stderr).toBe(0);
+    await fs.writeFile(unitFile, rendered.stdout);
+    expect(await unitCheck()).toMatchObject({status: 'PASS', observed: expect.stringMatching(/: all \d+ hardening directives as rendered$/)});
+
+    // A careless (or hostile) drop-in: later lines override the unit, and an empty SystemCallFilter= clears the list.
+    await fs.mkdir(`${unitFile}.d`);
+    await fs.writeFile(path.join(`${unitFile}.d`, 'override.conf'), '[Service]\nNoNewPrivileges=false\nCapabilityBoundingSet=CAP_SYS_ADMIN\nSystemCallFilter=\n');
+    const weakened = await unitCheck();
+    expect(weakened.status).toBe('FAIL');
+    expect(weakened.observed).toMatch(/^3 of \d+ hardening directives differ: NoNewPrivileges, CapabilityBoundingSet, SystemCallFilter$/);
+    await fs.rm(`${unitFile}.d`, {recursive: true});
+    expect((await unitCheck()).status).toBe('PASS');
+
+    await fs.writeFile(unitFile, rendered.stdout.replace(/^User=.*$/m, 'User=root'));
+    expect(await unitCheck()).toMatchObject({status: 'FAIL', observed: expect.stringContaining('differ: User')});
+    // The unit name is per host: one running another install's data directory is not this cluster's.
+    await fs.writeFile(unitFile, rendered.stdout.replace(/ -D \S+/, ' -D /srv/other/data'));
+    expect(await unitCheck()).toMatchObject({status: 'SKIP', observed: 'unit of another install'});
   }, 60_000);
 
   it('a stopped cluster: status exits 3 naming it, --json still holds the whole report; the probe never passes', async () => {
