@@ -7,11 +7,12 @@ import {backupAll, type BackupAllResult} from '../backup/service.js';
 import {certificatesStatus} from '../certs/service.js';
 import {loadConfigFile} from '../config/load.js';
 import {configSchema, type DforgeConfig} from '../config/schema.js';
-import {pkiDir, usingControlPlane} from '../control/plane.js';
+import {openControlPlane, pkiDir, usingControlPlane} from '../control/plane.js';
 import {UsageError, UserError} from '../errors.js';
 import {COMPOSE_FILE} from '../render/compose.js';
 import {resolvedImages} from '../render/values.js';
-import {ComposeStack, type ServiceState} from '../runtime/compose-stack.js';
+import {clusterProblems, embeddedClusterStates, type EmbeddedClusterState} from '../postgres/embedded-ops.js';
+import {ComposeStack, serviceProblems, type ServiceState} from '../runtime/compose-stack.js';
 import {writeFileAtomic} from '../state/atomic-file.js';
 import {acquireLock} from '../state/lock.js';
 import type {InstallDir} from '../state/install-dir.js';
@@ -48,40 +49,65 @@ export interface StatusReport {
   readonly release: string;
   readonly images: Record<string, string>;
   readonly services: ServiceState[];
+  /** The embedded clusters (none for compose and k8s): pg_ctl's view and a live session's server_version. */
+  readonly clusters: EmbeddedClusterState[];
   readonly tenants: Array<{slug: string; status: string; region: string; lastBackup: string | null; staleHours: number | null}>;
   readonly certificates: Array<{name: string; notAfter: string; daysLeft: number}>;
-  /** What could not be read (engine down, control database unreachable), each with its cause. */
+  /**
+   * What is wrong, one sentence each: a service down or unhealthy, a cluster stopped or not
+   * answering, a part that could not be read (engine down, control database unreachable).
+   */
   readonly problems: string[];
 }
 
-/** Everything `dforge status` shows; each part is read live, and a part that cannot be read is reported, not fatal. */
+/**
+ * Everything `dforge status` shows; each part is read live. A part that cannot be read, or a
+ * service or cluster that is not up, is a problem entry rather than an exception, so the rest of
+ * the report still shows; the command exits 3 when there is any.
+ */
 export async function installStatus(dir: InstallDir, options: {clock?: () => Date} = {}): Promise<StatusReport> {
   const config = await loadConfigFile(dir.configFile);
   const problems: string[] = [];
   const note = (what: string) => (err: unknown) => {
-    problems.push(`${what}: ${err instanceof Error ? err.message : String(err)}`);
+    problems.push(`could not read ${what}: ${err instanceof Error ? err.message : String(err)}`);
     return undefined;
   };
-  const services = config.target === 'compose' ? ((await composeStack(dir, config).then((s) => s.services()).catch(note('services'))) ?? []) : [];
-  const tenants =
-    (await usingControlPlane(dir, async (plane) => {
-      const [list, backups] = await Promise.all([plane.tenants.list(), listBackups(plane, {clock: options.clock})]);
-      return list.map((t) => {
-        const b = backups.tenants.find((x) => x.tenant === t.slug);
-        return {slug: t.slug, status: t.status, region: t.region, lastBackup: b?.lastSuccess ?? null, staleHours: b?.staleHours ?? null};
-      });
-    }).catch(note('tenants'))) ?? [];
-  const certs = (await certificatesStatus(dir, {clock: options.clock}).catch(note('certificates')))?.certificates ?? [];
-  return {
-    target: config.target,
-    domain: config.domain,
-    release: config.release,
-    images: resolvedImages(config),
-    services,
-    tenants,
-    certificates: certs.map((c) => ({name: c.name, notAfter: c.report.notAfter, daysLeft: c.report.daysLeft})),
-    problems,
-  };
+  const plane = await openControlPlane(dir, {clock: options.clock}).catch(note('tenants'));
+  try {
+    const [services, clusters, tenants, certs] = await Promise.all([
+      config.target === 'compose' ? composeStack(dir, config).then((s) => s.services()).catch(note('services')) : [],
+      embeddedClusterStates(dir, config, async (cluster) => {
+        if (!plane) throw new Error('no session: dforge_control could not be reached (see the tenants problem)');
+        return plane.provisionerOn(cluster);
+      }).catch(note('embedded clusters')),
+      plane
+        ? Promise.all([plane.tenants.list(), listBackups(plane, {clock: options.clock})])
+            .then(([list, backups]) =>
+              list.map((t) => {
+                const b = backups.tenants.find((x) => x.tenant === t.slug);
+                return {slug: t.slug, status: t.status, region: t.region, lastBackup: b?.lastSuccess ?? null, staleHours: b?.staleHours ?? null};
+              }),
+            )
+            .catch(note('tenants'))
+        : [],
+      certificatesStatus(dir, {clock: options.clock}).catch(note('certificates')),
+    ]);
+    if (services && config.target === 'compose') problems.push(...serviceProblems(services));
+    if (clusters) problems.push(...clusterProblems(clusters));
+    return {
+      target: config.target,
+      domain: config.domain,
+      release: config.release,
+      images: resolvedImages(config),
+      services: services ?? [],
+      clusters: clusters ?? [],
+      tenants: tenants ?? [],
+      certificates: (certs?.certificates ?? []).map((c) => ({name: c.name, notAfter: c.report.notAfter, daysLeft: c.report.daysLeft})),
+      problems,
+    };
+  } finally {
+    await plane?.close();
+  }
 }
 
 export interface UninstallResult {

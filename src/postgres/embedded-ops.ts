@@ -1,4 +1,7 @@
+import type {Client} from 'pg';
+
 import {loadConfigFile} from '../config/load.js';
+import type {DforgeConfig} from '../config/schema.js';
 import {UserError} from '../errors.js';
 import type {InstallDir} from '../state/install-dir.js';
 import type {EmbeddedStatus} from './embedded.js';
@@ -17,6 +20,52 @@ export async function embeddedStatus(dir: InstallDir, cluster?: string): Promise
   const {names, config} = await targets(dir, cluster);
   return Promise.all(names.map(async (name) => ({cluster: name, ...(await embeddedCluster(dir, config, name).status())})));
 }
+
+export interface EmbeddedClusterState extends EmbeddedStatus {
+  readonly cluster: string;
+  /** The live server's server_version, read on a session; null when none could be opened. */
+  readonly serverVersion: string | null;
+  /** Why no session could be opened to a server pg_ctl reports running. */
+  readonly unreachable?: string;
+}
+
+/**
+ * Each embedded cluster as pg_ctl sees it (postmaster.pid and a live process) and, when running,
+ * through a session: a postmaster that is up but accepts nothing (recovery, full slots, a broken
+ * certificate) is not a working database. `connect` opens a session as the provisioner.
+ */
+export async function embeddedClusterStates(dir: InstallDir, config: DforgeConfig, connect: (cluster: string) => Promise<Client>): Promise<EmbeddedClusterState[]> {
+  return Promise.all(
+    embeddedClusterNames(config).map(async (name): Promise<EmbeddedClusterState> => {
+      const status = await embeddedCluster(dir, config, name).status();
+      if (!status.running) return {cluster: name, ...status, serverVersion: null};
+      try {
+        const client = await connect(name);
+        try {
+          const {rows} = await client.query<{v: string}>("SELECT pg_catalog.current_setting('server_version') AS v");
+          return {cluster: name, ...status, serverVersion: rows[0]!.v};
+        } finally {
+          await client.end().catch(() => undefined);
+        }
+      } catch (err) {
+        return {cluster: name, ...status, serverVersion: null, unreachable: err instanceof Error ? err.message : String(err)};
+      }
+    }),
+  );
+}
+
+/** What is wrong with the embedded clusters, one sentence each; empty when every one is up and answers. */
+export function clusterProblems(states: readonly EmbeddedClusterState[]): string[] {
+  return states.flatMap((s) => {
+    if (!s.initialised) return [`PostgreSQL cluster ${s.cluster} is not initialised (${s.dataDir})`];
+    if (!s.running) return [`PostgreSQL cluster ${s.cluster} is not running (start it with: dforge db start --cluster ${s.cluster})`];
+    if (s.unreachable !== undefined) return [`PostgreSQL cluster ${s.cluster} is running but does not answer: ${s.unreachable}`];
+    return [];
+  });
+}
+
+/** The systemd unit name `dforge db unit` renders for a cluster. */
+export const embeddedUnitName = (cluster: string): string => `dforge-postgres-${cluster}.service`;
 
 export async function embeddedStart(dir: InstallDir, cluster?: string): Promise<Array<{cluster: string; started: boolean}>> {
   const {names, config} = await targets(dir, cluster);
@@ -38,5 +87,5 @@ export async function embeddedStop(dir: InstallDir, options: {cluster?: string; 
 
 export async function embeddedUnit(dir: InstallDir, cluster?: string): Promise<Array<{cluster: string; unitName: string; unit: string}>> {
   const {names, config} = await targets(dir, cluster);
-  return names.map((name) => ({cluster: name, unitName: `dforge-postgres-${name}.service`, unit: embeddedCluster(dir, config, name).renderSystemdUnit({description: `dForge embedded PostgreSQL (${name})`})}));
+  return names.map((name) => ({cluster: name, unitName: embeddedUnitName(name), unit: embeddedCluster(dir, config, name).renderSystemdUnit({description: `dForge embedded PostgreSQL (${name})`})}));
 }

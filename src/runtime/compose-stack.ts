@@ -26,6 +26,43 @@ export interface ServiceState {
   readonly health: string;
 }
 
+/** Up: running, and healthy when the image or compose defines a health check. */
+export function isServiceUp(s: ServiceState): boolean {
+  return s.state === 'running' && (s.health === 'healthy' || s.health === 'none');
+}
+
+/** What is wrong with the stack's services, one sentence each; empty when every expected service is up. */
+export function serviceProblems(states: readonly ServiceState[], expected: readonly string[] = STACK_SERVICES): string[] {
+  const problems: string[] = [];
+  for (const name of expected) {
+    if (!states.some((s) => s.service === name)) problems.push(`service ${name} has no container`);
+  }
+  for (const s of states) {
+    if (isServiceUp(s)) continue;
+    problems.push(s.state === 'running' ? `service ${s.service} is ${s.health}` : `service ${s.service} is ${s.state}${s.health === 'none' ? '' : ` (health ${s.health})`}`);
+  }
+  return problems;
+}
+
+/** A service container of a compose project: its state, and the engine's full inspection (user, host config). */
+export interface InspectedService {
+  readonly state: ServiceState;
+  readonly info: Docker.ContainerInspectInfo;
+}
+
+/** Every container of the project, running or not, inspected live, sorted by service name. */
+export async function inspectServices(docker: Docker, project: string): Promise<InspectedService[]> {
+  const out: InspectedService[] = [];
+  for (const c of await projectContainers(docker, project)) {
+    const info = await docker.getContainer(c.Id).inspect();
+    out.push({
+      state: {service: c.Labels[SERVICE_LABEL] ?? '?', containerId: c.Id, image: info.Config.Image, state: info.State.Status, health: info.State.Health?.Status ?? 'none'},
+      info,
+    });
+  }
+  return out.sort((a, b) => byCodePoint(a.state.service, b.state.service));
+}
+
 /**
  * One compose project, driven through the compose CLI for what compose owns (up, restart, down)
  * and through the engine API for what needs structure (container states, health, logs).
@@ -60,19 +97,7 @@ export class ComposeStack {
   }
 
   async services(): Promise<ServiceState[]> {
-    const containers = await projectContainers(this.options.docker, this.options.project);
-    const states: ServiceState[] = [];
-    for (const c of containers) {
-      const info = await this.options.docker.getContainer(c.Id).inspect();
-      states.push({
-        service: c.Labels[SERVICE_LABEL] ?? '?',
-        containerId: c.Id,
-        image: info.Config.Image,
-        state: info.State.Status,
-        health: info.State.Health?.Status ?? 'none',
-      });
-    }
-    return states.sort((a, b) => byCodePoint(a.service, b.service));
+    return (await inspectServices(this.options.docker, this.options.project)).map((c) => c.state);
   }
 
   /** Waits until every service's container reports healthy; on timeout, says which did not and shows their logs. */
@@ -81,7 +106,7 @@ export class ComposeStack {
     const deadline = now() + timeoutMs;
     for (;;) {
       const states = (await this.services()).filter((s) => services.includes(s.service));
-      const pending = services.filter((name) => !states.some((s) => s.service === name && s.state === 'running' && (s.health === 'healthy' || s.health === 'none')));
+      const pending = services.filter((name) => !states.some((s) => s.service === name && isServiceUp(s)));
       if (pending.length === 0) return states;
       if (now() > deadline) {
         const details: string[] = [];

@@ -286,6 +286,66 @@ describe.skipIf(!available)('dforge install on Docker Compose', () => {
     expect(s.certificates.map((c) => c.name)).toContain('proxy');
   }, 120_000);
 
+  it('status exits 3 naming a stopped service and 0 once it is back; the runtime probe measures each container', async () => {
+    const {InstallDir} = await import('../../src/state/install-dir.js');
+    const {openPostureContext} = await import('../../src/posture/context.js');
+    const {runtimeProbe} = await import('../../src/posture/probes/runtime.js');
+    const probe = async (): Promise<Record<string, Record<string, string>>> => {
+      const ctx = await openPostureContext(new InstallDir(dir));
+      try {
+        const out: Record<string, Record<string, string>> = {};
+        for (const r of await runtimeProbe(ctx)) (out[r.scope] ??= {})[r.id.replace(/^runtime\./, '')] = r.status;
+        return out;
+      } finally {
+        await ctx.plane?.close();
+      }
+    };
+    const hardened = {'container.non-root': 'PASS', 'container.read-only-rootfs': 'PASS', 'container.capabilities': 'PASS', 'container.no-new-privileges': 'PASS', 'container.not-privileged': 'PASS', 'container.resource-limits': 'WARN', 'container.healthy': 'PASS'};
+    // The proxy runs as root with four capabilities added back (another change moves it to a user): measured as it is.
+    const proxy = {...hardened, 'container.non-root': 'FAIL', 'container.capabilities': 'WARN'};
+    const skipped = {'embedded.server-running': 'SKIP', 'embedded.server-account': 'SKIP', 'embedded.systemd-unit': 'SKIP'};
+    expect(await probe()).toEqual({'service:app': hardened, 'service:auth': hardened, 'service:auth-db': hardened, 'service:postgres': hardened, 'service:proxy': proxy, install: skipped});
+
+    const docker = await connectDocker();
+    const [container] = await docker.listContainers({filters: {label: [`com.docker.compose.project=${project}`, 'com.docker.compose.service=proxy']}});
+    await docker.getContainer(container!.Id).stop();
+    try {
+      const text = await cli('status');
+      expect(text.code).toBe(3);
+      expect(text.stderr).toMatch(/service proxy is exited/);
+      const json = JSON.parse((await cli('status', '--json')).stdout) as {error: {exitCode: number; data: {problems: string[]; services: Array<{service: string; state: string}>; tenants: unknown[]}}};
+      expect(json.error.exitCode).toBe(3);
+      expect(json.error.data.problems).toEqual([expect.stringMatching(/^service proxy is exited/)]);
+      expect(json.error.data.services.find((x) => x.service === 'proxy')?.state).toBe('exited');
+      expect(json.error.data.tenants.length).toBeGreaterThan(0);
+      expect(await probe()).toMatchObject({'service:proxy': {...proxy, 'container.healthy': 'FAIL'}, 'service:app': hardened});
+    } finally {
+      await docker.getContainer(container!.Id).start();
+    }
+    // Back once its health check passes again.
+    let last: CliResult | undefined;
+    for (let i = 0; i < 60 && last?.code !== 0; i++) {
+      if (i > 0) await new Promise((r) => setTimeout(r, 1000));
+      last = await cli('status', '--json');
+    }
+    expect(last?.code, last?.stdout).toBe(0);
+
+    // An engine that does not answer: not a pass, not a crash.
+    const noEngine = {DOCKER_HOST: `unix://${path.join(root, 'no-engine.sock')}`};
+    const down = await runCli(['status', '--dir', dir], {env: noEngine});
+    expect(down.code).toBe(3);
+    expect(down.stderr).toContain('could not read services');
+    const saved = process.env.DOCKER_HOST;
+    process.env.DOCKER_HOST = noEngine.DOCKER_HOST;
+    try {
+      const blind = await probe();
+      for (const service of ['postgres', 'auth-db', 'auth', 'app', 'proxy']) expect(new Set(Object.values(blind[`service:${service}`]!)), service).toEqual(new Set(['ERROR']));
+    } finally {
+      if (saved === undefined) delete process.env.DOCKER_HOST;
+      else process.env.DOCKER_HOST = saved;
+    }
+  }, 180_000);
+
   it('postgres and auth-db log every session with its application name, and no password verifier', async () => {
     const docker = await connectDocker();
     for (const service of ['postgres', 'auth-db']) {
