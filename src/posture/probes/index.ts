@@ -6,6 +6,7 @@ import {ISOLATION_CHECKS, isolationProbe} from './isolation.js';
 import {KEYS_CHECKS, keysProbe} from './keys.js';
 import {PROVISIONER_CHECKS, provisionerProbe} from './provisioner.js';
 import {RESIDENCY_CHECKS, residencyProbe} from './residency.js';
+import {RUNTIME_CHECKS, runtimeProbe} from './runtime.js';
 import {SELF_HOST_CHECKS, selfHostProbe} from './self-host.js';
 import {TRANSIT_CHECKS, transitProbe} from './transit.js';
 
@@ -20,6 +21,7 @@ export const PROBES: readonly RegisteredProbe[] = [
   {name: 'residency', checks: RESIDENCY_CHECKS, probe: residencyProbe},
   {name: 'backups', checks: BACKUPS_CHECKS, probe: backupsProbe},
   {name: 'keys', checks: KEYS_CHECKS, probe: keysProbe},
+  {name: 'runtime', checks: RUNTIME_CHECKS, probe: runtimeProbe},
 ];
 
 /** Every check id this dforge can report: waivers naming anything else are refused. */
