@@ -41,7 +41,7 @@ const SECRET_PERMISSIONS = defineCheck({
   severity: 'critical',
   expected: 'files 0600 and directories 0700 under secrets/ (the master key files included), owned by the running user or root; no symbolic links',
   method: 'lstat of every entry under secrets/',
-  fix: 'chmod 0600 the named files and 0700 the named directories; chown them to the user dforge runs as',
+  fix: 'chmod 0600 the named files and 0700 the named directories; chown them to the user dforge runs as (docs/security.md#secrets-under-faults)',
 });
 
 const BACKUP_ENCRYPTED = defineCheck({

@@ -30,7 +30,7 @@ const DATA_KEY_AGE = defineCheck({
   expected: "the tenant's active data key version exists and is younger than policy.keys.dataKeyMaxAgeDays",
   method: 'the data_keys rows of dforge_control, read once for every tenant',
   // There is no dforge command that rotates a tenant data key yet (DataKeys.rotate has no caller).
-  fix: 'no dforge command rotates a tenant data key yet (policy.keys.dataKeyMaxAgeDays anticipates one): waive this check until it exists',
+  fix: 'no dforge command rotates a tenant data key yet (policy.keys.dataKeyMaxAgeDays anticipates one): waive this check until it exists (docs/operations.md#waivers)',
 });
 
 const JWT_AGE = defineCheck({

@@ -35,7 +35,7 @@ const BACKUP_PLACEMENT = defineCheck({
   severity: 'critical',
   expected: "every tenant backup file in the destination authenticates as a backup of a tenant of the destination's region; control backups are allowed in every region",
   method: "every .dfb file in the destination: header parsed, file key unwrapped with the key it names and the header MAC checked; the authenticated region, and the tenant's live region, compared with the destination's",
-  fix: 'remove the named files from the destination (they are copies of another region\'s data), then find who can write to it',
+  fix: 'remove the named files from the destination (they are copies of another region\'s data), then find who can write to it (docs/security.md#posture-what-is-measured)',
 });
 
 const CROSS_REGION_EXCEPTIONS = defineCheck({
@@ -46,7 +46,7 @@ const CROSS_REGION_EXCEPTIONS = defineCheck({
   severity: 'high',
   expected: 'every cross-region transfer approved with an exception and recorded in the ops log',
   method: 'ops-log entries of cross-region exceptions',
-  fix: 'none yet: dforge refuses cross-region backups and restores outright',
+  fix: 'none yet: dforge refuses cross-region backups and restores outright (docs/security.md#posture-what-is-measured)',
 });
 
 export const RESIDENCY_CHECKS: readonly CheckDefinition[] = [TENANT_PINNED, BACKUP_PLACEMENT, CROSS_REGION_EXCEPTIONS];
