@@ -114,6 +114,75 @@ describe.skipIf(!available)('dforge posture on a quickstart install', () => {
     expect((await posture()).code).toBe(0);
   });
 
+  it('each breakage, done as the operator or tenant would, turns its check FAIL and the exit 3; undoing it turns both back', async () => {
+    const su = async (sql: string, database = 'postgres'): Promise<void> => {
+      const c = await access.superuser(database);
+      try {
+        await c.query(sql);
+      } finally {
+        await c.end();
+      }
+    };
+    const hbaFile = path.join(access.dataDir, 'pg_hba.conf');
+    const hba = await fs.readFile(hbaFile, 'utf8');
+    const cases: Array<{what: string; check: string; scope: string; breakIt: () => Promise<void>; undo: () => Promise<void>}> = [
+      {
+        what: 'a trust line in pg_hba plus a reload',
+        check: 'isolation.hba',
+        scope: `cluster:${access.cluster}`,
+        breakIt: async () => {
+          await fs.writeFile(hbaFile, `${hba}host all all 0.0.0.0/0 trust\n`);
+          await su('SELECT pg_reload_conf()');
+        },
+        undo: async () => {
+          await fs.writeFile(hbaFile, hba);
+          await su('SELECT pg_reload_conf()');
+        },
+      },
+      {
+        what: "ssl_min_protocol_version = 'TLSv1.2' plus a reload",
+        check: 'in-transit.tls12-refused',
+        scope: `cluster:${access.cluster}`,
+        breakIt: () => su("ALTER SYSTEM SET ssl_min_protocol_version = 'TLSv1.2'").then(() => su('SELECT pg_reload_conf()')),
+        undo: () => su('ALTER SYSTEM RESET ssl_min_protocol_version').then(() => su('SELECT pg_reload_conf()')),
+      },
+      {
+        what: 'a module table without its trigger',
+        check: 'audit.change-log-coverage',
+        scope: 'tenant:globex',
+        // The guard stops the tenant; only the superuser, with the guard switched off, gets here.
+        breakIt: async () => {
+          await su('ALTER EVENT TRIGGER dforge_keep_change_log DISABLE', 'tenant_globex');
+          await su('CREATE TABLE crm.unaudited (id int); ALTER TABLE crm.unaudited OWNER TO tenant_globex', 'tenant_globex');
+          await su('ALTER EVENT TRIGGER dforge_keep_change_log ENABLE', 'tenant_globex');
+        },
+        undo: () => su('DROP TABLE crm.unaudited', 'tenant_globex'),
+      },
+      {
+        what: 'the provisioner granted pg_read_server_files',
+        check: 'isolation.provisioner-memberships',
+        scope: `cluster:${access.cluster}`,
+        breakIt: () => su('GRANT pg_read_server_files TO dforge_provisioner'),
+        undo: () => su('REVOKE pg_read_server_files FROM dforge_provisioner'),
+      },
+    ];
+    for (const c of cases) {
+      await c.breakIt();
+      try {
+        const {code, report} = await posture();
+        const hit = report.checks.find((x) => x.id === c.check && x.scope === c.scope);
+        expect(hit?.status, `${c.what}: ${hit?.observed}`).toBe('FAIL');
+        expect(code, c.what).toBe(3);
+        expect(report.overall).toBe('red');
+      } finally {
+        await c.undo();
+      }
+      const back = await posture();
+      expect(back.report.checks.find((x) => x.id === c.check && x.scope === c.scope)?.status, `${c.what} undone`).toBe('PASS');
+      expect(back.code, `${c.what} undone`).toBe(0);
+    }
+  });
+
   it('waivers: a valid one waives (exit 0, shown, in the ops log), an expired one is FAIL, a broken file is exit 2', async () => {
     await access.superuser('postgres').then(async (su) => {
       await su.query('GRANT CONNECT ON DATABASE tenant_acme TO PUBLIC');
