@@ -63,19 +63,23 @@ export function triggerCoverage(results: readonly CheckResult[]): {covered: numb
   return measured.reduce((sum, c) => ({covered: sum.covered + c.covered, total: sum.total + c.total}), {covered: 0, total: 0});
 }
 
-function evidenceOf(area: PanelArea, all: readonly CheckResult[], ctx: PostureContext, audit?: {covered: number; total: number}): string {
+function evidenceOf(area: PanelArea, all: readonly CheckResult[], ctx: PostureContext, audit: {covered: number; total: number} | undefined): string {
   const passed = all.filter((c) => c.status === 'PASS').length;
   const parts: string[] = [];
   if (area === 'isolation') {
     const tenants = new Map<string, boolean>();
     for (const c of all) if (c.scope.startsWith('tenant:')) tenants.set(c.scope, (tenants.get(c.scope) ?? true) && c.status === 'PASS');
     parts.push(`${[...tenants.values()].filter(Boolean).length}/${tenants.size} tenants: own db, own role, no PUBLIC connect, hba sameuser, cross-tenant login refused`);
-  } else if (area === 'audit' && audit) {
-    parts.push(`${audit.covered}/${audit.total} module tables have the change trigger`);
+  } else if (area === 'audit') {
+    if (audit) parts.push(`${audit.covered}/${audit.total} module tables have the change trigger`);
+    const chain = all.find((c) => c.id === 'audit.ops-log-chain');
+    if (chain) parts.push(chain.status === 'PASS' ? 'ops log chain intact' : `ops log chain: ${chain.status.toLowerCase()}`);
   } else if (area === 'residency') {
     const byRegion = new Map<string, number>();
     for (const t of ctx.tenants) byRegion.set(t.region, (byRegion.get(t.region) ?? 0) + 1);
     parts.push([...byRegion].map(([r, n]) => `${r}: ${n} tenant${n === 1 ? '' : 's'}`).join(', ') || 'no tenants');
+    const misplaced = all.filter((c) => c.id === 'residency.backup-placement' && c.status === 'FAIL').length;
+    parts.push(`${misplaced} destination${misplaced === 1 ? '' : 's'} holding another region's backups`);
   } else if (area === 'in-transit') {
     parts.push('checked by handshake: TLS 1.3 negotiated, TLS 1.2 refused');
   }
