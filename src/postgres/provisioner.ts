@@ -306,12 +306,26 @@ END
 $fn$;
 
 -- The rules of the cluster's pg_hba.conf as the server parses it, for posture's drift check:
--- pg_hba_file_rules is superuser-only, and posture never uses the superuser. Read-only.
+-- pg_hba_file_rules is superuser-only, and posture never uses the superuser. Read-only. It is
+-- superuser-only because options can carry secrets (ldapbindpasswd, radiussecrets): their values
+-- are replaced here, so the provisioner learns that such an option is set, never its value.
 CREATE OR REPLACE FUNCTION ${PROVISION_SCHEMA}.hba_rules()
 RETURNS TABLE (line_number integer, type text, database text[], user_name text[], address text, netmask text, auth_method text, options text[], error text)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-  SELECT h.line_number, h.type, h.database, h.user_name, h.address, h.netmask, h.auth_method, h.options, h.error
+  SELECT h.line_number, h.type, h.database, h.user_name, h.address, h.netmask, h.auth_method,
+         ARRAY(SELECT CASE WHEN o OPERATOR(pg_catalog.~*) '^[a-z_]*(passw|secret)' THEN pg_catalog.split_part(o, '=', 1) OPERATOR(pg_catalog.||) '=<redacted>' ELSE o END
+                 FROM pg_catalog.unnest(h.options) AS o),
+         h.error
     FROM pg_catalog.pg_hba_file_rules h ORDER BY h.line_number
+$fn$;
+
+-- pg_hba_file_rules shows the file on disk, not the rules the server loaded: an edit made after
+-- the last reload (or a trust line reloaded and then removed from the file) would be invisible.
+-- This says when the file last changed and when the server last loaded its configuration.
+CREATE OR REPLACE FUNCTION ${PROVISION_SCHEMA}.hba_file_state()
+RETURNS TABLE (modified timestamptz, loaded timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+  SELECT (pg_catalog.pg_stat_file(pg_catalog.current_setting('hba_file'))).modification, pg_catalog.pg_conf_load_time()
 $fn$;
 
 -- Functions are executable by PUBLIC by default: only the provisioner may call the interface,
@@ -330,7 +344,8 @@ GRANT EXECUTE ON FUNCTION
   ${PROVISION_SCHEMA}.create_restore_role(text, text),
   ${PROVISION_SCHEMA}.drop_restore_role(text),
   ${PROVISION_SCHEMA}.drop_tenant_roles(text),
-  ${PROVISION_SCHEMA}.hba_rules()
+  ${PROVISION_SCHEMA}.hba_rules(),
+  ${PROVISION_SCHEMA}.hba_file_state()
 TO ${p};
 `;
 }

@@ -25,6 +25,8 @@ export interface PostureContext {
   readonly planeError: string | undefined;
   /** Tenants in scope: every tenant, or the one `--tenant` names. */
   readonly tenants: readonly Tenant[];
+  /** Every tenant of the install, whatever the scope: probes that need a neighbour look here. */
+  readonly allTenants: readonly Tenant[];
   /** The slug `--tenant` named, when the run is about one tenant. */
   readonly onlyTenant?: string;
 }
@@ -47,8 +49,8 @@ const controlQueues = new WeakMap<PostureContext, Promise<unknown>>();
  * waiting in this queue (ctx.limit(() => onControl(…)) is the one safe nesting).
  */
 export function onControl<T>(ctx: PostureContext, fn: (plane: ControlPlane) => Promise<T>): Promise<T> {
-  const plane = requirePlane(ctx);
-  const run = (controlQueues.get(ctx) ?? Promise.resolve()).then(() => fn(plane));
+  // Rejects rather than throws, so a probe's other checks still run when there is no plane.
+  const run = (controlQueues.get(ctx) ?? Promise.resolve()).then(() => fn(requirePlane(ctx)));
   controlQueues.set(ctx, run.catch(() => undefined));
   return run;
 }
@@ -94,19 +96,35 @@ export async function openPostureContext(dir: InstallDir, options: PostureContex
   let plane: ControlPlane | undefined;
   let planeError: string | undefined;
   let tenants: Tenant[] = [];
+  let allTenants: Tenant[] = [];
   try {
     plane = await openControlPlane(dir, {clock});
     // A cluster that goes away mid-run makes the idle session emit 'error'; unhandled, that would
     // kill the process instead of turning the checks that need it into ERROR.
     plane.control.on('error', () => undefined);
-    tenants = options.tenant ? [await plane.tenants.get(options.tenant)] : await plane.tenants.list();
   } catch (err) {
-    // A named tenant that does not exist is the operator's mistake, not an unreachable database.
-    if (plane && options.tenant) {
-      await plane.close();
-      throw err;
-    }
     planeError = err instanceof Error ? err.message : String(err);
   }
-  return {dir, config, clock, limit: pLimit(options.concurrency ?? DEFAULT_POSTURE_CONCURRENCY), plane, planeError, tenants, onlyTenant: options.tenant};
+  if (plane) {
+    // A named tenant that does not exist is the operator's mistake, not an unreachable database.
+    if (options.tenant) {
+      try {
+        await plane.tenants.get(options.tenant);
+      } catch (err) {
+        await plane.close();
+        throw err;
+      }
+    }
+    try {
+      allTenants = await plane.tenants.list();
+      tenants = options.tenant ? allTenants.filter((t) => t.slug === options.tenant) : allTenants;
+    } catch (err) {
+      // Without the tenant list every per-tenant check would silently vanish and the rest could be
+      // green: no plane, so everything that needs one is ERROR.
+      await plane.close();
+      plane = undefined;
+      planeError = `the tenants could not be listed: ${err instanceof Error ? err.message : String(err)}`;
+    }
+  }
+  return {dir, config, clock, limit: pLimit(options.concurrency ?? DEFAULT_POSTURE_CONCURRENCY), plane, planeError, tenants, allTenants, onlyTenant: options.tenant};
 }

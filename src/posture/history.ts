@@ -82,6 +82,8 @@ export async function readRun(keys: OpsLogKeyServices, ref: string): Promise<Sto
     throw altered('is not valid JSON');
   }
   if (run?.format !== 1 || typeof run.tag !== 'string' || typeof run.keyId !== 'string' || typeof run.report !== 'object' || run.report === null) throw altered('is not a posture run record');
+  // The MAC covers the id: an old genuine run copied under a newer name must not pass as that run.
+  if (path.basename(file) !== `${run.id}.json`) throw altered(`holds run ${JSON.stringify(run.id)}, not the run its name says`);
   const key = await new OpsLogKeys(keys).verifierKey(run.keyId);
   if (!key) throw altered(`names ops-log key ${JSON.stringify(run.keyId)}, which this install does not have`);
   const {tag, ...body} = run;

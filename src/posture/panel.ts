@@ -51,7 +51,11 @@ export function panelOf(checks: readonly CheckResult[], ctx: PostureContext): Pa
     const words = WORDS[area];
     let value = status === 'FAIL' ? words.fail : status === 'ERROR' ? 'unverified' : status === 'WARN' ? words.warn : status === 'SKIP' ? 'n/a' : words.pass;
     const audit = area === 'audit' ? triggerCoverage(all) : undefined;
-    if (audit && audit.total > 0) value = `${Math.floor((1000 * audit.covered) / audit.total) / 10}%`;
+    // The percentage is the headline only while it is the whole story: a broken chain or guard, or
+    // a check that could not run, shows as such.
+    if (audit && audit.total > 0 && (status === 'PASS' || (status === 'FAIL' && all.every((c) => c.status === 'PASS' || c.id === 'audit.change-log-coverage')))) {
+      value = `${Math.floor((1000 * audit.covered) / audit.total) / 10}%`;
+    }
     return {area, label: LABEL[area], value, status, evidence: evidenceOf(area, all, ctx, audit)};
   });
 }

@@ -31,7 +31,13 @@ export async function checkPosture(dir: InstallDir, options: PostureRunOptions =
   }
   const ctx = await openPostureContext(dir, {tenant: options.tenant, clock: options.clock, concurrency: options.concurrency});
   try {
-    const report = await runPosture(ctx, PROBES, {waivers, failOn: options.failOn});
+    // A waiver is used only where its use goes on record: without the ops log, none applies.
+    const usable = ctx.plane ? waivers : [];
+    const measured = await runPosture(ctx, PROBES, {waivers: usable, failOn: options.failOn});
+    const report =
+      waivers.length > 0 && !ctx.plane
+        ? {...measured, waivers: {...measured.waivers, ignored: `not applied: the ops log (dforge_control) could not be reached to record their use (${ctx.planeError ?? ''})`}}
+        : measured;
     if (ctx.plane) {
       const plane = ctx.plane;
       for (const use of report.waivers.used) {

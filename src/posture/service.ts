@@ -30,7 +30,7 @@ export interface PostureReport {
   readonly counts: Readonly<Record<PostureStatus, number>> & {readonly waived: number};
   readonly panel: readonly PanelLine[];
   readonly checks: readonly CheckResult[];
-  readonly waivers: {readonly used: readonly WaiverUse[]; readonly unused: readonly string[]};
+  readonly waivers: {readonly used: readonly WaiverUse[]; readonly unused: readonly string[]; readonly ignored?: string};
   /** What the exit code is: 0, 3 (something at or above failOn), or 1 (nothing failed, but checks could not be evaluated). */
   readonly exitCode: 0 | 1 | 3;
   /** Set by `--record`: where the run is stored. */

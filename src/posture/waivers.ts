@@ -80,13 +80,15 @@ export function unknownWaiverChecks(waivers: readonly Waiver[], knownChecks: Rea
 
 /**
  * Applies waivers to results. A waiver covers a result when the check matches and its scope is
- * "*" or equal. Only results that are not PASS use a waiver (a waiver on a passing check is
- * unused, and says so in the report). An expired one turns the result into FAIL.
+ * "*" or equal. Only WARN, FAIL and MANUAL results use a waiver (one on a passing check is unused,
+ * and says so in the report). An expired one turns the result into FAIL.
  */
 export function applyWaivers(results: readonly CheckResult[], waivers: readonly Waiver[], now: Date): {results: CheckResult[]; used: WaiverUse[]} {
   const used: WaiverUse[] = [];
   const out = results.map((r) => {
-    if (r.status === 'PASS' || r.status === 'SKIP') return r;
+    // "Could not measure" is never accepted in advance: a waiver written for a known FAIL must not
+    // also cover the day the cluster is down.
+    if (r.status === 'PASS' || r.status === 'SKIP' || r.status === 'ERROR') return r;
     const w = waivers.find((x) => x.check === r.id && (x.scope === '*' || x.scope === r.scope));
     if (!w) return r;
     const expired = Date.parse(w.expires) < now.getTime();

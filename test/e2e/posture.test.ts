@@ -159,6 +159,29 @@ describe.skipIf(!available)('dforge posture on a quickstart install', () => {
         undo: () => su('DROP TABLE crm.unaudited', 'tenant_globex'),
       },
       {
+        what: 'a trust line reloaded, then the file put back (the server still runs it)',
+        check: 'isolation.hba',
+        scope: `cluster:${access.cluster}`,
+        breakIt: async () => {
+          await fs.writeFile(hbaFile, `${hba}host all all 0.0.0.0/0 trust\n`);
+          await su('SELECT pg_reload_conf()');
+          await new Promise((resolve) => setTimeout(resolve, 50));
+          await fs.writeFile(hbaFile, hba);
+        },
+        undo: () => su('SELECT pg_reload_conf()'),
+      },
+      {
+        what: 'a trigger on audit.change_log that could swallow every row',
+        check: 'audit.change-log-tamper',
+        scope: 'tenant:acme',
+        breakIt: () =>
+          su(
+            "CREATE FUNCTION audit.swallow() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$; CREATE TRIGGER swallow BEFORE INSERT ON audit.change_log FOR EACH ROW EXECUTE FUNCTION audit.swallow()",
+            'tenant_acme',
+          ),
+        undo: () => su('DROP TRIGGER swallow ON audit.change_log; DROP FUNCTION audit.swallow()', 'tenant_acme'),
+      },
+      {
         what: 'the provisioner granted pg_read_server_files',
         check: 'isolation.provisioner-memberships',
         scope: `cluster:${access.cluster}`,
@@ -250,8 +273,16 @@ describe.skipIf(!available)('dforge posture on a quickstart install', () => {
     expect(changes.some((c) => c.scope === 'tenant:globex' && c.from === 'PASS' && c.to === 'FAIL')).toBe(true);
     expect(changes.every((c) => c.scope !== 'tenant:acme')).toBe(true);
 
-    // Someone makes the bad run look good.
+    // Someone passes the good run off as the later one.
     const file = second!.record!.file;
+    const original = await fs.readFile(file);
+    await fs.copyFile(first.report.record!.file, file);
+    const replayed = await install.cli(['posture', 'diff', first.report.record!.id, second!.record!.id]);
+    expect(replayed.code).toBe(6);
+    expect(replayed.stderr).toContain('not the run its name says');
+    await fs.writeFile(file, original);
+
+    // Someone makes the bad run look good.
     const text = await fs.readFile(file, 'utf8');
     await fs.writeFile(file, text.replaceAll('"FAIL"', '"PASS"'));
     const tampered = await install.cli(['posture', 'diff', first.report.record!.id, second!.record!.id]);

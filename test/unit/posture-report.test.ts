@@ -7,6 +7,8 @@ import {describe, expect, it} from 'vitest';
 
 import {errorResult, runCheck, type CheckDefinition, type CheckResult, type PostureStatus} from '../../src/posture/check.js';
 import {toJunit} from '../../src/posture/junit.js';
+import {parseHba, type HbaRule} from '../../src/posture/probes/hba.js';
+import {hbaFinding} from '../../src/posture/probes/isolation.js';
 import {KNOWN_CHECKS} from '../../src/posture/probes/index.js';
 import {exitCodeOf, overallOf, runPosture, type RegisteredProbe} from '../../src/posture/service.js';
 import {applyWaivers, loadWaivers} from '../../src/posture/waivers.js';
@@ -57,14 +59,14 @@ describe('posture report logic', () => {
     expect(overallOf([waived])).toBe('green');
   });
 
-  it('waivers: scope matching, an expired waiver is FAIL whatever was measured, a PASS uses no waiver', () => {
+  it('waivers: scope matching, an expired waiver is FAIL whatever was measured, PASS and ERROR use no waiver', () => {
     const now = new Date('2026-11-28T00:00:00Z');
     const waivers = [
       {id: 'W1', check: 'isolation.a', scope: 'tenant:acme', reason: 'agreed window', approver: 'ciso', expires: '2099-01-01T23:59:59.999Z'},
       {id: 'W2', check: 'isolation.b', scope: '*', reason: 'agreed window', approver: 'ciso', expires: '2020-01-01T23:59:59.999Z'},
     ];
     const {results, used} = applyWaivers(
-      [result('isolation.a', 'FAIL', 'high', 'tenant:acme'), result('isolation.a', 'FAIL', 'high', 'tenant:globex'), result('isolation.b', 'WARN'), result('isolation.b', 'PASS', 'high', 'cluster:x')],
+      [result('isolation.a', 'FAIL', 'high', 'tenant:acme'), result('isolation.a', 'FAIL', 'high', 'tenant:globex'), result('isolation.b', 'WARN'), result('isolation.b', 'PASS', 'high', 'cluster:x'), result('isolation.b', 'ERROR', 'high', 'cluster:y')],
       waivers,
       now,
     );
@@ -73,6 +75,8 @@ describe('posture report logic', () => {
       ['FAIL', null, null],
       ['FAIL', 'W2', true],
       ['PASS', null, null],
+      // "Could not measure" is never waived, not even by a "*" waiver.
+      ['ERROR', null, null],
     ]);
     expect(results[2]!.measuredStatus).toBe('WARN');
     expect(used.map((u) => [u.waiver.id, u.expired])).toEqual([
@@ -109,6 +113,22 @@ describe('posture report logic', () => {
     const parsed = (await parseJunit(toJunit(report))) as {tests?: number; failures?: number; errors?: number; skipped?: number};
     expect(parsed).toMatchObject({tests: 4, failures: 1, errors: 1, skipped: 1});
     expect(errorResult(def('isolation.z'), 'install', 'x').status).toBe('ERROR');
+  });
+
+  it('pg_hba drift: a missing reject line is FAIL, a reorder is FAIL even with a line missing, a file newer than the load is FAIL', () => {
+    const rules = parseHba('local all admin scram-sha-256\nhostssl all admin all reject\nhostssl all prov samenet scram-sha-256\nhostssl sameuser all samenet scram-sha-256\n');
+    const live = (rs: HbaRule[]): HbaRule[] => rs.map((r, i) => ({...r, line: i + 1}));
+    expect(hbaFinding(live(rules), rules).status).toBe('PASS');
+    const noReject = hbaFinding(live(rules.filter((r) => r.method !== 'reject')), rules);
+    expect(noReject.status).toBe('FAIL');
+    expect(noReject.observed).toContain('reject');
+    expect(hbaFinding(live(rules.filter((r) => r.type !== 'local')), rules).status).toBe('WARN');
+    expect(hbaFinding(live([rules[0]!, rules[3]!, rules[2]!]), rules).status).toBe('FAIL');
+    const stale = hbaFinding(live(rules), rules, {modified: new Date('2026-11-28T12:00:01Z'), loaded: new Date('2026-11-28T12:00:00Z')});
+    expect(stale).toMatchObject({status: 'FAIL'});
+    expect(stale.observed).toContain('after the server last loaded');
+    // Secret option values never reach a result, even from an older interface that returned them.
+    expect(hbaFinding(live(parseHba('host all all 10.0.0.0/8 ldap ldapserver=x ldapbindpasswd=hunter2\n')), rules).observed).not.toContain('hunter2');
   });
 
   it('docs/security.md lists exactly the checks posture has', async () => {

@@ -1,5 +1,6 @@
 import {Args, Flags} from '@oclif/core';
 
+import {terminalSafe} from '../../audit/change-log.js';
 import {BaseCommand} from '../../base-command.js';
 import {openKeyServices} from '../../keys/context.js';
 import {diffRuns, listRuns, type PostureDiff} from '../../posture/history.js';
@@ -28,7 +29,7 @@ export default class PostureDiffCommand extends BaseCommand<typeof PostureDiffCo
     const diff = await diffRuns(await openKeyServices(dir), [this.args.from, this.args.to].filter((x): x is string => x !== undefined));
     if (!this.jsonEnabled()) {
       this.log(`${diff.from.id} → ${diff.to.id}: score ${diff.from.score} → ${diff.to.score}, coverage ${diff.from.coverage}% → ${diff.to.coverage}%, ${diff.from.overall} → ${diff.to.overall}`);
-      this.log(diff.changes.length === 0 ? 'no check changed status' : renderTable(['check', 'scope', 'from', 'to', 'observed now'], diff.changes.map((c) => [c.check, c.scope, c.from ?? '(new)', c.to ?? '(gone)', c.observed ?? ''])));
+      this.log(diff.changes.length === 0 ? 'no check changed status' : renderTable(['check', 'scope', 'from', 'to', 'observed now'], diff.changes.map((c) => [c.check, terminalSafe(c.scope), c.from ?? '(new)', c.to ?? '(gone)', terminalSafe(c.observed ?? '')])));
     }
     return diff;
   }

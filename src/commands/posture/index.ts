@@ -1,5 +1,6 @@
 import {Flags} from '@oclif/core';
 
+import {terminalSafe} from '../../audit/change-log.js';
 import {BaseCommand} from '../../base-command.js';
 import {toJunit} from '../../posture/junit.js';
 import {checkPosture} from '../../posture/run.js';
@@ -40,6 +41,7 @@ Exit codes: 0 nothing at or above --fail-on; 3 something is (a FAIL, or a WARN w
     if (!this.jsonEnabled()) this.log(renderReport(report));
     if (report.exitCode === 3) this.out.warn(`posture is ${report.overall}: ${report.counts.FAIL} FAIL${this.flags['fail-on'] === 'warn' ? `, ${report.counts.WARN} WARN` : ''}; each line under "What to do" names its fix`);
     if (report.exitCode === 1) this.out.warn(`${report.counts.ERROR} check${report.counts.ERROR === 1 ? '' : 's'} could not be evaluated (ERROR): coverage is ${report.coverage}%, so this is not a clean bill of health`);
+    if (report.waivers.ignored) this.out.warn(`waivers ${report.waivers.ignored}`);
     if (report.record) this.out.progress(`recorded as ${report.record.id}`);
     process.exitCode = report.exitCode;
     return report;
@@ -70,4 +72,5 @@ function renderReport(r: PostureReport): string {
   ].join('\n');
 }
 
-const oneLine = (s: string): string => s.replace(/[\u0000-\u001F\u007F]+/g, ' ');
+// Observed values quote tenants' object names: nothing from them reaches the terminal raw.
+const oneLine = (s: string): string => terminalSafe(s);

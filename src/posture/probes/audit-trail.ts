@@ -1,5 +1,6 @@
 import type {Client} from 'pg';
 
+import {terminalSafe} from '../../audit/change-log.js';
 import {ownerRoleOf} from '../../postgres/provisioner.js';
 import {MODULE_SCHEMAS} from '../../tenants/module-sql.js';
 import type {Tenant} from '../../tenants/service.js';
@@ -102,6 +103,10 @@ interface TamperRow {
   can_delete: boolean | null;
   can_truncate: boolean | null;
   can_update_column: boolean | null;
+  can_trigger: boolean | null;
+  /** Triggers and rules on the change log itself: dforge puts none there, and one could drop or rewrite every row written. */
+  foreign_triggers: string[] | null;
+  rules: string[] | null;
   member_of_owner: boolean | null;
 }
 
@@ -137,6 +142,9 @@ async function measureInside(c: Client, t: Tenant): Promise<Inside> {
             (SELECT pg_catalog.has_table_privilege($1, oid, 'DELETE') FROM cl) AS can_delete,
             (SELECT pg_catalog.has_table_privilege($1, oid, 'TRUNCATE') FROM cl) AS can_truncate,
             (SELECT pg_catalog.has_any_column_privilege($1, oid, 'UPDATE') FROM cl) AS can_update_column,
+            (SELECT pg_catalog.has_table_privilege($1, oid, 'TRIGGER') FROM cl) AS can_trigger,
+            (SELECT pg_catalog.array_agg(g.tgname::pg_catalog.text) FROM pg_catalog.pg_trigger g, cl WHERE g.tgrelid = cl.oid AND NOT g.tgisinternal) AS foreign_triggers,
+            (SELECT pg_catalog.array_agg(w.rulename::pg_catalog.text) FROM pg_catalog.pg_rewrite w, cl WHERE w.ev_class = cl.oid) AS rules,
             (SELECT pg_catalog.pg_has_role($1, r.oid, 'MEMBER') FROM pg_catalog.pg_roles r WHERE r.rolname = $2) AS member_of_owner`,
     [t.role, ownerRoleOf(t.role)],
   );
@@ -151,7 +159,7 @@ export function coverageFinding(tables: readonly TableRow[]): Finding {
   const observed = `${tables.length - lacking.length}/${tables.length} module tables with the change-log triggers`;
   if (lacking.length === 0) return pass(observed);
   // Table names are the tenant's: no control characters reach a report line.
-  const name = (r: TableRow): string => `${r.schema}.${r.name.replace(/[\u0000-\u001f\u007f]/g, '?')}${r.row_trigger ? ' (no truncate trigger)' : r.truncate_trigger ? ' (no row trigger)' : ''}`;
+  const name = (r: TableRow): string => `${r.schema}.${terminalSafe(r.name)}${r.row_trigger ? ' (no truncate trigger)' : r.truncate_trigger ? ' (no row trigger)' : ''}`;
   return fail(`${observed}; lacking: ${listed(lacking.map(name))}`, 'changes to these tables are not (all) written to audit.change_log');
 }
 
@@ -181,13 +189,15 @@ export function tamperFinding(t: Tenant, r: TamperRow): Finding {
   for (const [what, who] of [['audit.change_log', r.table_owner], ['audit.log_change()', r.function_owner], ['schema audit', r.schema_owner]] as const) {
     if (who !== null && who !== owner) problems.push(`${what} owned by ${who}`);
   }
-  const privileges = [['UPDATE', r.can_update], ['DELETE', r.can_delete], ['TRUNCATE', r.can_truncate], ['UPDATE on a column', r.can_update_column]] as const;
+  const privileges = [['UPDATE', r.can_update], ['DELETE', r.can_delete], ['TRUNCATE', r.can_truncate], ['UPDATE on a column', r.can_update_column], ['TRIGGER', r.can_trigger]] as const;
   const held = privileges.filter(([, has]) => has === true).map(([p]) => p);
   if (held.length > 0) problems.push(`${t.role} has ${held.join(', ')} on audit.change_log`);
+  if (r.foreign_triggers?.length) problems.push(`audit.change_log carries trigger(s) ${r.foreign_triggers.map(terminalSafe).join(', ')}, which dforge never puts there`);
+  if (r.rules?.length) problems.push(`audit.change_log carries rule(s) ${r.rules.map(terminalSafe).join(', ')}`);
   if (r.member_of_owner === true) problems.push(`${t.role} is a member of ${owner}`);
   if (r.member_of_owner === null) problems.push(`${owner} does not exist`);
   return problems.length === 0
-    ? pass(`owned by ${owner}; ${t.role}: no UPDATE, DELETE or TRUNCATE, not a member of the owner`)
+    ? pass(`owned by ${owner}, no trigger or rule on it; ${t.role}: no UPDATE, DELETE, TRUNCATE or TRIGGER, not a member of the owner`)
     : fail(problems.join('; '), 'the tenant could rewrite or remove its own audit trail');
 }
 

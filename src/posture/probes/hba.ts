@@ -67,9 +67,29 @@ export async function liveHbaRules(c: Client): Promise<HbaRule[]> {
     const type = r.type ?? '?';
     const method = r.auth_method ?? '?';
     const address = r.address === null ? undefined : r.netmask === null ? r.address : `${r.address}/${prefixLength(r.netmask)}`;
-    const fields = [type, (r.database ?? []).join(','), (r.user_name ?? []).join(','), ...(address === undefined ? [] : [address]), method, ...(r.options ?? [])];
+    // hba_rules() already hides secret option values; an older definition might not.
+    const fields = [type, (r.database ?? []).join(','), (r.user_name ?? []).join(','), ...(address === undefined ? [] : [address]), method, ...(r.options ?? []).map(redactSecrets)];
     return {line: r.line_number, text: fields.join(' '), type, method, ...(r.error ? {error: r.error} : {})};
   });
+}
+
+/**
+ * When pg_hba.conf last changed and when the server last loaded its configuration. A file newer
+ * than the load means the rules in force are not the ones posture can read.
+ */
+export async function hbaFileState(c: Client): Promise<{modified: Date; loaded: Date}> {
+  try {
+    const row = (await c.query<{modified: Date; loaded: Date}>(`SELECT * FROM ${PROVISION_SCHEMA}.hba_file_state()`)).rows[0]!;
+    return row;
+  } catch (err) {
+    if ((err as {code?: string}).code === UNDEFINED_FUNCTION) {
+      throw new UserError('this cluster\'s provisioning interface predates hba_file_state(), so whether the loaded pg_hba rules match the file can\'t be told', {
+        nextSteps: ['Re-run the bootstrap as the superuser: dforge db init (embedded), dforge quickstart, or dforge install (compose / Kubernetes).'],
+        cause: err,
+      });
+    }
+    throw err;
+  }
 }
 
 /** 255.255.255.0 → 24; ffff:ffff:: → 32. */
@@ -156,8 +176,15 @@ export function hbaDrift(live: readonly HbaRule[], expected: readonly HbaRule[])
     remaining.set(r.text, n - 1);
     return true;
   });
-  const reordered = extra.length === 0 && missing.length === 0 && live.some((r, i) => r.text !== expected[i]?.text);
+  // Order among the lines both have: first match wins, so moving a reject below an accept opens it.
+  const kept = live.filter((r) => !extra.includes(r));
+  const keptExpected = expected.filter((r) => !missing.includes(r));
+  const reordered = kept.some((r, i) => r.text !== keptExpected[i]?.text);
   return {extra, missing, reordered};
 }
 
-export const describeRule = (r: HbaRule): string => (r.line === undefined ? `"${r.text}"` : `line ${r.line} "${r.text}"`);
+/** Option values that are secrets (ldapbindpasswd, radiussecrets…) never reach a report. */
+const SECRET_OPTION = /\b([a-z_]*(?:passw|secret)[a-z_]*)=("[^"]*"|\S+)/gi;
+export const redactSecrets = (text: string): string => text.replace(SECRET_OPTION, '$1=<redacted>');
+
+export const describeRule = (r: HbaRule): string => (r.line === undefined ? `"${redactSecrets(r.text)}"` : `line ${r.line} "${redactSecrets(r.text)}"`);

@@ -7,7 +7,7 @@ import {ownerRoleOf, restoreRoleOf} from '../../postgres/provisioner.js';
 import type {Tenant} from '../../tenants/service.js';
 import {defineCheck, fail, pass, runCheck, skip, warn, type CheckDefinition, type CheckResult, type Finding} from '../check.js';
 import {onControl, requirePlane, usingClient, type PostureContext, type Probe} from '../context.js';
-import {describeRule, expectedHbaRules, hbaDrift, liveHbaRules, policyViolation, type HbaRule} from './hba.js';
+import {describeRule, expectedHbaRules, hbaDrift, hbaFileState, liveHbaRules, policyViolation, type HbaRule} from './hba.js';
 
 /**
  * Tenant isolation at the database level, measured on the live cluster: each tenant's roles and
@@ -215,7 +215,15 @@ const REFUSED_BY_HBA = /no pg_hba\.conf entry/;
 async function crossLoginFinding(ctx: PostureContext, t: Tenant, databases: readonly string[]): Promise<Finding> {
   const password = await onControl(ctx, (plane) => plane.tenants.password(t.slug));
   const endpoint = await endpointOf(ctx.dir, ctx.config, t.cluster);
-  const outcomes: string[] = [];
+  // The control: the same credentials must open the tenant's own database, or a refusal below
+  // would prove nothing (a wrong password or an address no line matches is refused too).
+  await ctx.limit(async () => {
+    const own = await connect(endpoint, {user: t.role, password, database: t.database}).catch((err: unknown) => {
+      throw new Error(`the control login of ${t.role} to its own database ${t.database} failed, so a refusal elsewhere would prove nothing: ${err instanceof Error ? err.message : String(err)}`);
+    });
+    await own.end().catch(() => undefined);
+  });
+  const outcomes: string[] = [`own database ${t.database}: login succeeded`];
   for (const database of databases) {
     const outcome = await ctx.limit(async () => {
       try {
@@ -236,8 +244,9 @@ async function crossLoginFinding(ctx: PostureContext, t: Tenant, databases: read
 }
 
 /** Where a tenant's cross-login goes: the next tenant on its cluster, else the cluster's own databases. */
-function crossTargets(ctx: PostureContext, t: Tenant, onCluster: readonly Tenant[]): string[] {
-  const others = onCluster.filter((o) => o.slug !== t.slug && o.status !== 'provisioning' && o.status !== 'deleting');
+function crossTargets(ctx: PostureContext, t: Tenant): string[] {
+  // Neighbours from every tenant, not only those in scope: `--tenant acme` still tries globex's database.
+  const others = ctx.allTenants.filter((o) => o.cluster === t.cluster).filter((o) => o.slug !== t.slug && o.status !== 'provisioning' && o.status !== 'deleting');
   if (others.length > 0) {
     const next = others.find((o) => o.slug > t.slug) ?? others[0]!;
     return [next.database];
@@ -251,7 +260,10 @@ async function clusterResults(ctx: PostureContext, cluster: string, tenants: rea
     return ctx.limit(() =>
       usingClient(
         () => plane.provisionerOn(cluster),
-        async (c) => ({catalog: await readClusterCatalog(c, tenants), hba: await liveHbaRules(c).then((rules) => ({rules}), (error: unknown) => ({error}))}),
+        async (c) => ({
+          catalog: await readClusterCatalog(c, tenants),
+          hba: await Promise.all([liveHbaRules(c), hbaFileState(c)]).then(([rules, file]) => ({rules, file}), (error: unknown) => ({error})),
+        }),
       ),
     );
   })();
@@ -260,7 +272,7 @@ async function clusterResults(ctx: PostureContext, cluster: string, tenants: rea
   const hba = runCheck(HBA, `cluster:${cluster}`, async () => {
     const live = await measured;
     if ('error' in live.hba) throw live.hba.error;
-    return hbaFinding(live.hba.rules, await expectedHbaRules(ctx, cluster));
+    return hbaFinding(live.hba.rules, await expectedHbaRules(ctx, cluster), live.hba.file);
   });
 
   const perTenant = tenants.flatMap((t) => {
@@ -276,16 +288,20 @@ async function clusterResults(ctx: PostureContext, cluster: string, tenants: rea
       runCheck(CROSS_LOGIN, scope, async () => {
         if (settled) return settled;
         if (t.status === 'suspended') return skip(`tenant ${t.slug} is suspended: its login role can't log in anywhere`);
-        return crossLoginFinding(ctx, t, crossTargets(ctx, t, tenants));
+        return crossLoginFinding(ctx, t, crossTargets(ctx, t));
       }),
     ];
   });
   return Promise.all([hba, ...perTenant]);
 }
 
-export function hbaFinding(live: readonly HbaRule[], expected: readonly HbaRule[] | undefined): Finding {
+export function hbaFinding(live: readonly HbaRule[], expected: readonly HbaRule[] | undefined, file?: {modified: Date; loaded: Date}): Finding {
   const violations = live.map((r) => ({r, why: policyViolation(r)})).filter((v) => v.why !== undefined);
   const problems = violations.map((v) => `${describeRule(v.r)}: ${v.why}`);
+  if (file && file.modified.getTime() > file.loaded.getTime()) {
+    // The server may be running rules nobody can see any more (reloaded, then the file put back).
+    problems.push(`pg_hba.conf changed at ${file.modified.toISOString()}, after the server last loaded its configuration at ${file.loaded.toISOString()}: the rules in force can't be read; reload it (SELECT pg_reload_conf() as the superuser) and run posture again`);
+  }
   const observed = `${live.length} rules`;
   if (expected === undefined) {
     // External cluster: the file is the operator's; the policy still applies.
@@ -295,7 +311,10 @@ export function hbaFinding(live: readonly HbaRule[], expected: readonly HbaRule[
   for (const r of drift.extra) if (!violations.some((v) => v.r === r)) problems.push(`${describeRule(r)} is not a line dforge writes`);
   if (drift.reordered) problems.push('the lines are dforge\'s but in another order (first match wins)');
   if (problems.length > 0) return fail(problems.join('; '), 'pg_hba.conf differs from what dforge wrote');
-  if (drift.missing.length > 0) return warn(`${observed}; missing ${drift.missing.map(describeRule).join(', ')}`, 'fewer lines than dforge wrote: something may be locked out, nothing extra is let in');
+  // A missing reject line lets in what it kept out (the superuser over TCP, for one).
+  const missingRejects = drift.missing.filter((r) => r.method === 'reject');
+  if (missingRejects.length > 0) return fail(`${observed}; missing ${missingRejects.map(describeRule).join(', ')}`, 'a reject line dforge wrote is gone: what it refused may now get in');
+  if (drift.missing.length > 0) return warn(`${observed}; missing ${drift.missing.map(describeRule).join(', ')}`, 'fewer lines than dforge wrote: something may be locked out; every accept line left is one dforge wrote, in its order');
   return pass(`${observed}, exactly as dforge wrote them`);
 }
 
