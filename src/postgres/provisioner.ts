@@ -322,10 +322,11 @@ $fn$;
 -- pg_hba_file_rules shows the file on disk, not the rules the server loaded: an edit made after
 -- the last reload (or a trust line reloaded and then removed from the file) would be invisible.
 -- This says when the file last changed and when the server last loaded its configuration.
+-- pg_stat_file has whole seconds; the path lets a caller on the same host stat the file finer.
 CREATE OR REPLACE FUNCTION ${PROVISION_SCHEMA}.hba_file_state()
-RETURNS TABLE (modified timestamptz, loaded timestamptz)
+RETURNS TABLE (path text, modified timestamptz, loaded timestamptz)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-  SELECT (pg_catalog.pg_stat_file(pg_catalog.current_setting('hba_file'))).modification, pg_catalog.pg_conf_load_time()
+  SELECT pg_catalog.current_setting('hba_file'), (pg_catalog.pg_stat_file(pg_catalog.current_setting('hba_file'))).modification, pg_catalog.pg_conf_load_time()
 $fn$;
 
 -- Functions are executable by PUBLIC by default: only the provisioner may call the interface,

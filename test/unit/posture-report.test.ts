@@ -124,9 +124,14 @@ describe('posture report logic', () => {
     expect(noReject.observed).toContain('reject');
     expect(hbaFinding(live(rules.filter((r) => r.type !== 'local')), rules).status).toBe('WARN');
     expect(hbaFinding(live([rules[0]!, rules[3]!, rules[2]!]), rules).status).toBe('FAIL');
-    const stale = hbaFinding(live(rules), rules, {modified: new Date('2026-11-28T12:00:01Z'), loaded: new Date('2026-11-28T12:00:00Z')});
+    const stale = hbaFinding(live(rules), rules, {modified: new Date('2026-11-28T12:00:00.300Z'), loaded: new Date('2026-11-28T12:00:00.200Z'), precise: true});
     expect(stale).toMatchObject({status: 'FAIL'});
     expect(stale.observed).toContain('after the server last loaded');
+    expect(hbaFinding(live(rules), rules, {modified: new Date('2026-11-28T12:00:00.100Z'), loaded: new Date('2026-11-28T12:00:00.200Z'), precise: true}).status).toBe('PASS');
+    // Whole-second file times (pg_stat_file, when the file is not on this host): a later second is
+    // FAIL, the load's own second can't be ordered (WARN), an earlier second is PASS.
+    const coarse = (modified: string) => hbaFinding(live(rules), rules, {modified: new Date(modified), loaded: new Date('2026-11-28T12:00:05.500Z'), precise: false}).status;
+    expect([coarse('2026-11-28T12:00:06Z'), coarse('2026-11-28T12:00:05Z'), coarse('2026-11-28T12:00:04Z')]).toEqual(['FAIL', 'WARN', 'PASS']);
     // Secret option values never reach a result, even from an older interface that returned them.
     expect(hbaFinding(live(parseHba('host all all 10.0.0.0/8 ldap ldapserver=x ldapbindpasswd=hunter2\n')), rules).observed).not.toContain('hunter2');
   });

@@ -1,3 +1,4 @@
+import {promises as fs} from 'node:fs';
 import path from 'node:path';
 
 import type {Client} from 'pg';
@@ -77,10 +78,21 @@ export async function liveHbaRules(c: Client): Promise<HbaRule[]> {
  * When pg_hba.conf last changed and when the server last loaded its configuration. A file newer
  * than the load means the rules in force are not the ones posture can read.
  */
-export async function hbaFileState(c: Client): Promise<{modified: Date; loaded: Date}> {
+export interface HbaFileState {
+  readonly modified: Date;
+  readonly loaded: Date;
+  /** False when `modified` has whole seconds only (pg_stat_file): a change in the load's own second can't be ordered. */
+  readonly precise: boolean;
+}
+
+export async function hbaFileState(c: Client): Promise<HbaFileState> {
   try {
-    const row = (await c.query<{modified: Date; loaded: Date}>(`SELECT * FROM ${PROVISION_SCHEMA}.hba_file_state()`)).rows[0]!;
-    return row;
+    const row = (await c.query<{path: string; modified: Date; loaded: Date}>(`SELECT * FROM ${PROVISION_SCHEMA}.hba_file_state()`)).rows[0]!;
+    // On the cluster's own host (embedded) the same file can be stat'ed to the millisecond; it is
+    // the same file only if the whole seconds agree.
+    const local = await fs.stat(row.path).catch(() => undefined);
+    if (local && Math.floor(local.mtimeMs / 1000) * 1000 === row.modified.getTime()) return {modified: local.mtime, loaded: row.loaded, precise: true};
+    return {modified: row.modified, loaded: row.loaded, precise: false};
   } catch (err) {
     if ((err as {code?: string}).code === UNDEFINED_FUNCTION) {
       throw new UserError('this cluster\'s provisioning interface predates hba_file_state(), so whether the loaded pg_hba rules match the file can\'t be told', {

@@ -7,7 +7,7 @@ import {ownerRoleOf, restoreRoleOf} from '../../postgres/provisioner.js';
 import type {Tenant} from '../../tenants/service.js';
 import {defineCheck, fail, pass, runCheck, skip, warn, type CheckDefinition, type CheckResult, type Finding} from '../check.js';
 import {onControl, requirePlane, usingClient, type PostureContext, type Probe} from '../context.js';
-import {describeRule, expectedHbaRules, hbaDrift, hbaFileState, liveHbaRules, policyViolation, type HbaRule} from './hba.js';
+import {describeRule, expectedHbaRules, hbaDrift, hbaFileState, liveHbaRules, policyViolation, type HbaFileState, type HbaRule} from './hba.js';
 
 /**
  * Tenant isolation at the database level, measured on the live cluster: each tenant's roles and
@@ -295,11 +295,12 @@ async function clusterResults(ctx: PostureContext, cluster: string, tenants: rea
   return Promise.all([hba, ...perTenant]);
 }
 
-export function hbaFinding(live: readonly HbaRule[], expected: readonly HbaRule[] | undefined, file?: {modified: Date; loaded: Date}): Finding {
+export function hbaFinding(live: readonly HbaRule[], expected: readonly HbaRule[] | undefined, file?: HbaFileState): Finding {
   const violations = live.map((r) => ({r, why: policyViolation(r)})).filter((v) => v.why !== undefined);
   const problems = violations.map((v) => `${describeRule(v.r)}: ${v.why}`);
-  if (file && file.modified.getTime() > file.loaded.getTime()) {
-    // The server may be running rules nobody can see any more (reloaded, then the file put back).
+  // The server may be running rules nobody can see any more (reloaded, then the file put back).
+  const changedAfterLoad = file && (file.precise ? file.modified.getTime() > file.loaded.getTime() : file.modified.getTime() > file.loaded.getTime() - (file.loaded.getTime() % 1000));
+  if (file && changedAfterLoad) {
     problems.push(`pg_hba.conf changed at ${file.modified.toISOString()}, after the server last loaded its configuration at ${file.loaded.toISOString()}: the rules in force can't be read; reload it (SELECT pg_reload_conf() as the superuser) and run posture again`);
   }
   const observed = `${live.length} rules`;
@@ -311,6 +312,9 @@ export function hbaFinding(live: readonly HbaRule[], expected: readonly HbaRule[
   for (const r of drift.extra) if (!violations.some((v) => v.r === r)) problems.push(`${describeRule(r)} is not a line dforge writes`);
   if (drift.reordered) problems.push('the lines are dforge\'s but in another order (first match wins)');
   if (problems.length > 0) return fail(problems.join('; '), 'pg_hba.conf differs from what dforge wrote');
+  if (file && !file.precise && file.modified.getTime() + 1000 > file.loaded.getTime()) {
+    return warn(`${observed}; pg_hba.conf changed within the second the configuration was loaded (${file.loaded.toISOString()})`, 'whole-second file times can\'t tell which came first: reload (SELECT pg_reload_conf()) and run posture again');
+  }
   // A missing reject line lets in what it kept out (the superuser over TCP, for one).
   const missingRejects = drift.missing.filter((r) => r.method === 'reject');
   if (missingRejects.length > 0) return fail(`${observed}; missing ${missingRejects.map(describeRule).join(', ')}`, 'a reject line dforge wrote is gone: what it refused may now get in');
