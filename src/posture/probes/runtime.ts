@@ -126,7 +126,7 @@ export const EMBEDDED_UNIT = defineCheck({
   controls: [],
   severity: 'medium',
   expected: "every hardening directive of the unit dforge renders, with the same values, in the installed unit and its drop-ins",
-  method: 'reads /etc/systemd/system/dforge-postgres-<cluster>.service and its .d/*.conf drop-ins, compared directive by directive with dforge db unit',
+  method: 'reads /etc/systemd/system/dforge-postgres-<cluster>.service and every drop-in systemd would apply (system.control, /run, /etc, /usr/lib; <unit>.d and service.d), compared directive by directive with dforge db unit',
   fix: 'dforge db unit --cluster <cluster> > /etc/systemd/system/dforge-postgres-<cluster>.service && systemctl daemon-reload && systemctl restart dforge-postgres-<cluster>; see docs/security.md#hardened-clusters',
 });
 
@@ -274,6 +274,25 @@ async function measureAccount(s: EmbeddedClusterState): Promise<Finding> {
   return pass(observed);
 }
 
+/**
+ * Drop-in directories systemd reads for a unit, most important first: `systemctl set-property`
+ * writes to system.control, runtime changes go under /run, and `service.d/` applies to every
+ * service. A drop-in's file name decides its order; of two with one name, the more important wins.
+ */
+const DROP_IN_ROOTS = ['/etc/systemd/system.control', '/run/systemd/system.control', '/run/systemd/transient', '/etc/systemd/system', '/run/systemd/system', '/usr/local/lib/systemd/system', '/usr/lib/systemd/system'];
+
+async function unitDropIns(unitDir: string, unit: string): Promise<string[]> {
+  // A test's own unit directory stands alone; the host's is one of the roots.
+  const roots = unitDir === SYSTEMD_UNIT_DIR ? DROP_IN_ROOTS : [unitDir];
+  const byName = new Map<string, string>();
+  for (const root of roots) {
+    for (const dir of [path.join(root, `${unit}.d`), path.join(root, 'service.d')]) {
+      for (const f of await fs.readdir(dir).catch(() => [] as string[])) if (f.endsWith('.conf') && !byName.has(f)) byName.set(f, path.join(dir, f));
+    }
+  }
+  return [...byName.keys()].sort(byCodePoint).map((f) => byName.get(f)!);
+}
+
 /** Every directive of the rendered unit from its hardening section on, plus User and UMask: what the installed unit must keep. */
 async function measureUnit(ctx: PostureContext, cluster: string, unitDir: string): Promise<Finding> {
   const unitFile = path.join(unitDir, embeddedUnitName(cluster));
@@ -283,9 +302,8 @@ async function measureUnit(ctx: PostureContext, cluster: string, unitDir: string
   });
   if (installed === undefined) return skip(`no ${unitFile}: the server is run by dforge db start, not systemd`, 'not installed');
   const pg = embeddedCluster(ctx.dir, ctx.config, cluster);
-  const dropInDir = `${unitFile}.d`;
-  const dropIns = (await fs.readdir(dropInDir).catch(() => [] as string[])).filter((f) => f.endsWith('.conf')).sort(byCodePoint);
-  const texts = [installed, ...(await Promise.all(dropIns.map((f) => fs.readFile(path.join(dropInDir, f), 'utf8'))))];
+  const dropIns = await unitDropIns(unitDir, embeddedUnitName(cluster));
+  const texts = [installed, ...(await Promise.all(dropIns.map((f) => fs.readFile(f, 'utf8'))))];
   const actual = directives(texts.join('\n'));
   // The unit name is per host, not per install: a unit for another install's data directory is not this cluster's.
   const execStart = actual.get('ExecStart')?.at(-1) ?? '';
