@@ -1,3 +1,5 @@
+import {promises as fs} from 'node:fs';
+
 import {destinationFor} from '../../backup/destination.js';
 import {openHeader} from '../../backup/format.js';
 import {destinationSource, readBackupHeader, wrapperFor} from '../../backup/verify.js';
@@ -63,6 +65,12 @@ async function tenantPinned(ctx: PostureContext, tenant: Tenant, databases: (clu
 /** One destination scanned: what is out of place, and what could not be attributed. */
 async function backupPlacement(ctx: PostureContext, region: string, config: Parameters<typeof destinationFor>[1], regionOf: Promise<Map<string, string>>): Promise<Finding> {
   const destination = destinationFor(region, config);
+  // list() skips what it can't read; here an unreadable destination is "could not look", not "empty".
+  if (config.kind === 'local') {
+    await fs.readdir(config.path).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw new Error(`cannot read destination ${config.name} at ${config.path}: ${err.code ?? err.message}`);
+    });
+  }
   const files = (await ctx.limit(() => destination.list(''))).filter((l) => l.endsWith('.dfb'));
   const misplaced: string[] = [];
   const forged: string[] = [];
