@@ -213,8 +213,12 @@ class ChangeCursor {
     };
   }
 
-  /** Takes one query's rows (by id) and that query's snapshot bounds; returns the rows not shown yet. */
-  advance(rows: readonly ChangeLogRow[], xmin: bigint, xmax: bigint): ChangeLogRow[] {
+  /**
+   * Takes one query's rows (by id), that query's snapshot bounds, and how far it looked: a read cut
+   * off by its LIMIT saw every visible row only up to the last id it returned. Returns the rows not
+   * shown yet.
+   */
+  advance(rows: readonly ChangeLogRow[], xmin: bigint, xmax: bigint, truncated: boolean): ChangeLogRow[] {
     const fresh: ChangeLogRow[] = [];
     for (const row of rows) {
       const id = BigInt(row.id);
@@ -226,7 +230,9 @@ class ChangeCursor {
         fresh.push(row);
       }
     }
-    for (const [gap, seenAt] of this.gaps) if (xmin >= seenAt) this.gaps.delete(gap);
+    // A gap the read did not reach may have committed: it is dropped only once a read reached it.
+    const reached = truncated && rows.length > 0 ? BigInt(rows.at(-1)!.id) : undefined;
+    for (const [gap, seenAt] of this.gaps) if (xmin >= seenAt && (reached === undefined || gap < reached)) this.gaps.delete(gap);
     if (this.gaps.size > MAX_GAPS) for (const gap of [...this.gaps.keys()].sort((a, b) => (a < b ? -1 : 1)).slice(0, this.gaps.size - MAX_GAPS)) this.gaps.delete(gap);
     return fresh;
   }
@@ -267,7 +273,7 @@ export async function followChanges(c: Client, options: {since?: Date; limit: nu
     const top = (await c.query<{max: string | null; xmin: string; xmax: string}>(`SELECT pg_catalog.max(id)::text AS max, ${SNAPSHOT_BOUNDS} FROM audit.change_log`)).rows[0]!;
     await c.query('COMMIT');
     const cursor = new ChangeCursor(initial[0] ? BigInt(initial[0].id) - 1n : BigInt(top.max ?? '0'));
-    const shown = cursor.advance(initial, BigInt(top.xmin), BigInt(top.xmax));
+    const shown = cursor.advance(initial, BigInt(top.xmin), BigInt(top.xmax), false);
     if (shown.length > 0) options.onRows(shown);
     // `pending` is still set: one read now covers anything notified while the snapshot was open.
     for (;;) {
@@ -282,7 +288,7 @@ export async function followChanges(c: Client, options: {since?: Date; limit: nu
         const q = cursor.query();
         const result = await c.query<ChangeLogRow & {xmin: string; xmax: string}>(q.text, q.values);
         const rows = result.rows.filter((r) => r.id !== null);
-        const fresh = cursor.advance(rows, BigInt(result.rows[0]!.xmin), BigInt(result.rows[0]!.xmax));
+        const fresh = cursor.advance(rows, BigInt(result.rows[0]!.xmin), BigInt(result.rows[0]!.xmax), rows.length === DRAIN_BATCH);
         if (fresh.length > 0) options.onRows(fresh);
         if (rows.length < DRAIN_BATCH) break;
       }

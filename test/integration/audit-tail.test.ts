@@ -190,10 +190,11 @@ describe.skipIf(!available)('audit tail --tenant: the change log, live', () => {
   });
 
   it('--follow shows every row of a 1,000-row import that commits after a later small transaction was shown, in id order', async () => {
+    await asApp('alice@acme.io', "INSERT INTO crm.leads VALUES (10000, 'before', 'new')");
     const f = follow(install, ['--tenant', 'acme', '--limit', '1', '--json']);
     const importer = await appSession();
     try {
-      await f.waitFor(/./);
+      await f.waitFor(/"entity":"Lead#10000"/);
       const start = f.lines.length;
       // The import takes change-log ids first (more than one read's batch of 500) and commits last.
       await importer.query('BEGIN');
@@ -244,9 +245,10 @@ describe.skipIf(!available)('audit tail --tenant: the change log, live', () => {
   });
 
   it('--follow says on stderr when it stops watching skipped ids (a tenant burning sequence values), and keeps following', async () => {
+    await asApp('alice@acme.io', "INSERT INTO crm.leads VALUES (13000, 'before', 'new')");
     const f = follow(install, ['--tenant', 'acme', '--limit', '1', '--json']);
     try {
-      await f.waitFor(/./);
+      await f.waitFor(/"entity":"Lead#13000"/);
       const start = f.lines.length;
       // The app's role may take ids without writing rows: 20,000 skipped ids, twice what a follower watches.
       await app.query("SELECT pg_catalog.nextval('audit.change_log_id_seq') FROM pg_catalog.generate_series(1, 20000)");
