@@ -199,8 +199,10 @@ class ChangeCursor {
   private lastId: bigint;
   private readonly gaps = new Map<bigint, bigint>();
 
-  constructor(lastId: bigint) {
+  /** `unseen`: ids up to `lastId` that the starting snapshot (with bound `xmax`) did not show. */
+  constructor(lastId: bigint, unseen: readonly string[], xmax: bigint) {
     this.lastId = lastId;
+    for (const id of unseen) this.gaps.set(BigInt(id), xmax);
   }
 
   query(): {text: string; values: unknown[]} {
@@ -267,12 +269,21 @@ export async function followChanges(c: Client, options: {since?: Date; limit: nu
   try {
     await c.query(`LISTEN ${CHANGE_LOG_CHANNEL}`);
     // The starting point and the first rows from one snapshot, after LISTEN: nothing committed
-    // from here on is missed.
+    // from here on is missed. A transaction in flight may already hold ids below the starting
+    // point, so the ids up to MAX_GAPS below it that the snapshot does not show are gaps from the
+    // start (most were rolled back or never used: they are dropped at the next read once no
+    // transaction of that time is left).
     await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
     const initial = await readRecentChanges(c, options);
     const top = (await c.query<{max: string | null; xmin: string; xmax: string}>(`SELECT pg_catalog.max(id)::text AS max, ${SNAPSHOT_BOUNDS} FROM audit.change_log`)).rows[0]!;
+    const start = initial[0] ? BigInt(initial[0].id) - 1n : BigInt(top.max ?? '0');
+    const unseen = await c.query<{id: string}>(
+      `SELECT g::pg_catalog.text AS id FROM pg_catalog.generate_series(GREATEST($1::pg_catalog.int8, 1), $2::pg_catalog.int8) g
+        WHERE NOT EXISTS (SELECT FROM audit.change_log l WHERE l.id OPERATOR(pg_catalog.=) g)`,
+      [(start - BigInt(MAX_GAPS) + 1n).toString(), start.toString()],
+    );
     await c.query('COMMIT');
-    const cursor = new ChangeCursor(initial[0] ? BigInt(initial[0].id) - 1n : BigInt(top.max ?? '0'));
+    const cursor = new ChangeCursor(start, unseen.rows.map((r) => r.id), BigInt(top.xmax));
     const shown = cursor.advance(initial, BigInt(top.xmin), BigInt(top.xmax), false);
     if (shown.length > 0) options.onRows(shown);
     // `pending` is still set: one read now covers anything notified while the snapshot was open.
