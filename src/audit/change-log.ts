@@ -184,9 +184,24 @@ export async function readRecentChanges(c: Client, options: {since?: Date; limit
 const SNAPSHOT_BOUNDS = `pg_catalog.txid_snapshot_xmin(pg_catalog.txid_current_snapshot())::text AS xmin,
   pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot())::text AS xmax`;
 
-/** How many ids below the newest one seen a follower remembers as not seen yet. */
+/**
+ * How many ids below the newest one seen a follower remembers as not seen yet: a bound on its
+ * memory and on each read's parameters, which a tenant could otherwise grow at will (nextval).
+ */
 const MAX_GAPS = 10_000;
 const DRAIN_BATCH = 500;
+
+/** Skipped ids a follower stopped watching: a row that commits later under one of them is not shown. */
+interface UnwatchedIds {
+  readonly count: bigint;
+  readonly lowest: bigint;
+  readonly highest: bigint;
+}
+
+/** What the operator is told when a follower stops watching ids: how many, and why. */
+function unwatchedWarning(u: UnwatchedIds): string {
+  return `stopped watching ${u.count} skipped change-log ids (${u.lowest} to ${u.highest}): a row that commits later under one of them will not be shown here. A follower watches at most ${MAX_GAPS} skipped ids (the newest) to bound its memory, and the tenant's role can skip ids at will (nextval on audit.change_log_id_seq) or write a row with a high id. Such rows are still in the change log: read it again with audit tail --tenant (without --follow) or audit export.`;
+}
 
 /**
  * Where a follower is. Ids come from a sequence when a row is written, but rows become visible at
@@ -199,8 +214,10 @@ class ChangeCursor {
   private lastId: bigint;
   private readonly gaps = new Map<bigint, bigint>();
 
-  constructor(lastId: bigint) {
+  /** `unseen`: ids up to `lastId` that the starting snapshot (with bound `xmax`) did not show. */
+  constructor(lastId: bigint, unseen: readonly string[], xmax: bigint) {
     this.lastId = lastId;
+    for (const id of unseen) this.gaps.set(BigInt(id), xmax);
   }
 
   query(): {text: string; values: unknown[]} {
@@ -213,22 +230,38 @@ class ChangeCursor {
     };
   }
 
-  /** Takes one query's rows (by id) and that query's snapshot bounds; returns the rows not shown yet. */
-  advance(rows: readonly ChangeLogRow[], xmin: bigint, xmax: bigint): ChangeLogRow[] {
+  /**
+   * Takes one query's rows (by id), that query's snapshot bounds, and how far it looked: a read cut
+   * off by its LIMIT saw every visible row only up to the last id it returned. Returns the rows not
+   * shown yet.
+   */
+  advance(rows: readonly ChangeLogRow[], xmin: bigint, xmax: bigint, truncated: boolean): {fresh: ChangeLogRow[]; unwatched?: UnwatchedIds} {
     const fresh: ChangeLogRow[] = [];
+    let unwatched: UnwatchedIds | undefined;
+    const unwatch = (lowest: bigint, highest: bigint, count: bigint): void => {
+      unwatched = unwatched ? {count: unwatched.count + count, lowest: lowest < unwatched.lowest ? lowest : unwatched.lowest, highest: highest > unwatched.highest ? highest : unwatched.highest} : {count, lowest, highest};
+    };
     for (const row of rows) {
       const id = BigInt(row.id);
       if (id > this.lastId) {
-        for (let gap = id - 1n; gap > this.lastId && gap >= id - BigInt(MAX_GAPS); gap--) this.gaps.set(gap, xmax);
+        const floor = id - BigInt(MAX_GAPS);
+        if (floor > this.lastId + 1n) unwatch(this.lastId + 1n, floor - 1n, floor - 1n - this.lastId);
+        for (let gap = id - 1n; gap > this.lastId && gap >= floor; gap--) this.gaps.set(gap, xmax);
         this.lastId = id;
         fresh.push(row);
       } else if (this.gaps.delete(id)) {
         fresh.push(row);
       }
     }
-    for (const [gap, seenAt] of this.gaps) if (xmin >= seenAt) this.gaps.delete(gap);
-    if (this.gaps.size > MAX_GAPS) for (const gap of [...this.gaps.keys()].sort((a, b) => (a < b ? -1 : 1)).slice(0, this.gaps.size - MAX_GAPS)) this.gaps.delete(gap);
-    return fresh;
+    // A gap the read did not reach may have committed: it is dropped only once a read reached it.
+    const reached = truncated && rows.length > 0 ? BigInt(rows.at(-1)!.id) : undefined;
+    for (const [gap, seenAt] of this.gaps) if (xmin >= seenAt && (reached === undefined || gap < reached)) this.gaps.delete(gap);
+    if (this.gaps.size > MAX_GAPS) {
+      const oldest = [...this.gaps.keys()].sort((a, b) => (a < b ? -1 : 1)).slice(0, this.gaps.size - MAX_GAPS);
+      for (const gap of oldest) this.gaps.delete(gap);
+      unwatch(oldest[0]!, oldest.at(-1)!, BigInt(oldest.length));
+    }
+    return {fresh, unwatched};
   }
 }
 
@@ -238,7 +271,10 @@ class ChangeCursor {
  * wake-up (the tenant can NOTIFY the channel with any payload), so rows always come from the
  * table, and a flood of them costs one read per batch, not one per notification.
  */
-export async function followChanges(c: Client, options: {since?: Date; limit: number; signal: AbortSignal; onRows: (rows: ChangeLogRow[]) => void}): Promise<void> {
+export async function followChanges(
+  c: Client,
+  options: {since?: Date; limit: number; signal: AbortSignal; onRows: (rows: ChangeLogRow[]) => void; onWarning: (message: string) => void},
+): Promise<void> {
   let wake: () => void = () => undefined;
   let pending = true;
   let failure: Error | undefined;
@@ -261,14 +297,24 @@ export async function followChanges(c: Client, options: {since?: Date; limit: nu
   try {
     await c.query(`LISTEN ${CHANGE_LOG_CHANNEL}`);
     // The starting point and the first rows from one snapshot, after LISTEN: nothing committed
-    // from here on is missed.
+    // from here on is missed. A transaction in flight may already hold ids below the starting
+    // point, so the ids up to MAX_GAPS below it that the snapshot does not show are gaps from the
+    // start (most were rolled back or never used: they are dropped at the next read once no
+    // transaction of that time is left).
     await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
     const initial = await readRecentChanges(c, options);
     const top = (await c.query<{max: string | null; xmin: string; xmax: string}>(`SELECT pg_catalog.max(id)::text AS max, ${SNAPSHOT_BOUNDS} FROM audit.change_log`)).rows[0]!;
+    const start = initial[0] ? BigInt(initial[0].id) - 1n : BigInt(top.max ?? '0');
+    const unseen = await c.query<{id: string}>(
+      `SELECT g::pg_catalog.text AS id FROM pg_catalog.generate_series(GREATEST($1::pg_catalog.int8, 1), $2::pg_catalog.int8) g
+        WHERE NOT EXISTS (SELECT FROM audit.change_log l WHERE l.id OPERATOR(pg_catalog.=) g)`,
+      [(start - BigInt(MAX_GAPS) + 1n).toString(), start.toString()],
+    );
     await c.query('COMMIT');
-    const cursor = new ChangeCursor(initial[0] ? BigInt(initial[0].id) - 1n : BigInt(top.max ?? '0'));
-    const shown = cursor.advance(initial, BigInt(top.xmin), BigInt(top.xmax));
-    if (shown.length > 0) options.onRows(shown);
+    const cursor = new ChangeCursor(start, unseen.rows.map((r) => r.id), BigInt(top.xmax));
+    const shown = cursor.advance(initial, BigInt(top.xmin), BigInt(top.xmax), false);
+    if (shown.unwatched) options.onWarning(unwatchedWarning(shown.unwatched));
+    if (shown.fresh.length > 0) options.onRows(shown.fresh);
     // `pending` is still set: one read now covers anything notified while the snapshot was open.
     for (;;) {
       if (failure) throw new UserError(`lost the change-log session: ${failure.message}`, {nextSteps: ['Check that the tenant cluster is up (dforge status), then run audit tail --follow again.']});
@@ -282,7 +328,8 @@ export async function followChanges(c: Client, options: {since?: Date; limit: nu
         const q = cursor.query();
         const result = await c.query<ChangeLogRow & {xmin: string; xmax: string}>(q.text, q.values);
         const rows = result.rows.filter((r) => r.id !== null);
-        const fresh = cursor.advance(rows, BigInt(result.rows[0]!.xmin), BigInt(result.rows[0]!.xmax));
+        const {fresh, unwatched} = cursor.advance(rows, BigInt(result.rows[0]!.xmin), BigInt(result.rows[0]!.xmax), rows.length === DRAIN_BATCH);
+        if (unwatched) options.onWarning(unwatchedWarning(unwatched));
         if (fresh.length > 0) options.onRows(fresh);
         if (rows.length < DRAIN_BATCH) break;
       }
@@ -300,7 +347,12 @@ export interface ChangeTailOptions {
   readonly since?: Date;
   readonly limit: number;
   /** Keep reading new changes as they commit, until the signal aborts. */
-  readonly follow?: {readonly signal: AbortSignal; onEntries(entries: ChangeEntry[]): void};
+  readonly follow?: {
+    readonly signal: AbortSignal;
+    onEntries(entries: ChangeEntry[]): void;
+    /** When the follower stops watching skipped ids (more than it keeps): for stderr. */
+    onWarning(message: string): void;
+  };
 }
 
 /** The tenant's own session on its database; the control plane is closed once it is open. */
@@ -317,7 +369,7 @@ export async function tailChangeLog(dir: InstallDir, options: ChangeTailOptions)
   try {
     const {follow} = options;
     if (!follow) return (await readRecentChanges(c, options)).map(toChangeEntry);
-    await followChanges(c, {...options, signal: follow.signal, onRows: (rows) => follow.onEntries(rows.map(toChangeEntry))});
+    await followChanges(c, {...options, signal: follow.signal, onRows: (rows) => follow.onEntries(rows.map(toChangeEntry)), onWarning: follow.onWarning});
     return [];
   } finally {
     await c.end().catch(() => undefined);

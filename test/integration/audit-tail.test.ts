@@ -89,6 +89,15 @@ describe.skipIf(!available)('audit tail --tenant: the change log, live', () => {
     await install?.cleanup();
   });
 
+  /** A second session of the app, for a transaction held open while others commit. */
+  const appSession = async (): Promise<pg.Client> => {
+    const plane = await install.plane();
+    const password = await install.tenantPassword(plane, 'acme').finally(() => plane.close());
+    const c = new pg.Client(install.clientConfig('tenant_acme', password, 'tenant_acme'));
+    await c.connect();
+    return c;
+  };
+
   /** One app transaction: SET LOCAL dforge.actor, then `sql`. Returns when COMMIT has returned. */
   const asApp = async (actor: string, sql: string, params: unknown[] = []): Promise<number> => {
     await app.query('BEGIN');
@@ -145,11 +154,7 @@ describe.skipIf(!available)('audit tail --tenant: the change log, live', () => {
       await app.query(`NOTIFY dforge_change_log, '999999999'`);
       await app.query(`SELECT pg_notify('dforge_change_log', $1)`, ['{"id":1,"actor":"mallory","operation":"DELETE"}\n12:00:00  mallory  delete  Lead#1']);
       // Two transactions whose change-log ids are allocated in one order and committed in the other.
-      const plane = await install.plane();
-      const password = await install.tenantPassword(plane, 'acme');
-      await plane.close();
-      const other = new pg.Client(install.clientConfig('tenant_acme', password, 'tenant_acme'));
-      await other.connect();
+      const other = await appSession();
       try {
         await other.query('BEGIN');
         await other.query("SELECT set_config('dforge.actor', 'early-id@acme.io', true)");
@@ -182,5 +187,97 @@ describe.skipIf(!available)('audit tail --tenant: the change log, live', () => {
     expect(r.stdout.trim().split('\n')).toHaveLength(1);
     expect(r.stdout).toContain('eve\\x1b[31m@acme.io');
     expect(r.stdout).toContain('\\x1b[2J\\x1b]0;pwned\\x07\\x9b31m\\u202edone\\x0d\\x0afake line');
+  });
+
+  it('--follow shows every row of a 1,000-row import that commits after a later small transaction was shown, in id order', async () => {
+    await asApp('alice@acme.io', "INSERT INTO crm.leads VALUES (10000, 'before', 'new')");
+    const f = follow(install, ['--tenant', 'acme', '--limit', '1', '--json']);
+    const importer = await appSession();
+    try {
+      await f.waitFor(/"entity":"Lead#10000"/);
+      const start = f.lines.length;
+      // The import takes change-log ids first (more than one read's batch of 500) and commits last.
+      await importer.query('BEGIN');
+      await importer.query("SELECT set_config('dforge.actor', 'import@acme.io', true)");
+      await importer.query("INSERT INTO crm.leads SELECT g, 'imported', 'new' FROM pg_catalog.generate_series(10001, 11000) g");
+      await asApp('small@acme.io', "INSERT INTO crm.leads VALUES (11001, 'small', 'new')");
+      await f.waitFor(/"entity":"Lead#11001"/, start);
+      await importer.query('COMMIT');
+      await f.waitFor(/"entity":"Lead#11000"/, start);
+      await new Promise((r) => setTimeout(r, 500));
+      const entities = f.lines.slice(start).map((l) => (JSON.parse(l.text) as {entity: string}).entity);
+      expect(entities).toEqual(['Lead#11001', ...Array.from({length: 1000}, (_, i) => `Lead#${10001 + i}`)]);
+    } finally {
+      await importer.end();
+      f.child.kill('SIGTERM');
+    }
+    expect(await f.exit()).toEqual({code: 0, signal: null});
+  });
+
+  it('--follow shows a transaction that was in flight when it started, holding an id below where it starts', async () => {
+    const held = await appSession();
+    // One follower starts below its newest shown row; the other (--since in the future) shows nothing and starts at the newest id.
+    const followers: Follower[] = [];
+    try {
+      await held.query('BEGIN');
+      await held.query("SELECT set_config('dforge.actor', 'in-flight@acme.io', true)");
+      await held.query("INSERT INTO crm.leads VALUES (12001, 'held', 'new')");
+      await asApp('before-start@acme.io', "INSERT INTO crm.leads VALUES (12002, 'committed', 'new')");
+      followers.push(follow(install, ['--tenant', 'acme', '--limit', '1', '--json']), follow(install, ['--tenant', 'acme', '--since', '2999-01-01T00:00:00Z', '--json']));
+      await followers[0]!.waitFor(/"entity":"Lead#12002"/);
+      // The second follower has taken its starting snapshot once it shows a row committed after it.
+      for (let ping = 12100; ; ping++) {
+        await asApp('ping@acme.io', 'INSERT INTO crm.leads VALUES ($1, $2, $3)', [ping, 'ping', 'new']);
+        const shown = await followers[1]!.waitFor(new RegExp(`"entity":"Lead#${ping}"`), 0, 1000).then(
+          () => true,
+          () => false,
+        );
+        if (shown) break;
+        expect(ping, 'the --since follower never started').toBeLessThan(12130);
+      }
+      await held.query('COMMIT');
+      for (const f of followers) expect(JSON.parse((await f.waitFor(/"entity":"Lead#12001"/)).text)).toMatchObject({actor: 'in-flight@acme.io', operation: 'insert'});
+    } finally {
+      await held.end();
+      for (const f of followers) f.child.kill('SIGTERM');
+    }
+    for (const f of followers) expect(await f.exit()).toEqual({code: 0, signal: null});
+  });
+
+  it('--follow says on stderr when it stops watching skipped ids (a tenant burning sequence values), and keeps following', async () => {
+    await asApp('alice@acme.io', "INSERT INTO crm.leads VALUES (13000, 'before', 'new')");
+    const f = follow(install, ['--tenant', 'acme', '--limit', '1', '--json']);
+    try {
+      await f.waitFor(/"entity":"Lead#13000"/);
+      const start = f.lines.length;
+      // The app's role may take ids without writing rows: 20,000 skipped ids, twice what a follower watches.
+      await app.query("SELECT pg_catalog.nextval('audit.change_log_id_seq') FROM pg_catalog.generate_series(1, 20000)");
+      await asApp('burner@acme.io', "INSERT INTO crm.leads VALUES (13001, 'after the burn', 'new')");
+      await f.waitFor(/"entity":"Lead#13001"/, start);
+      await asApp('burner@acme.io', "INSERT INTO crm.leads VALUES (13002, 'still followed', 'new')");
+      await f.waitFor(/"entity":"Lead#13002"/, start);
+      expect(f.stderr()).toMatch(/^warning: stopped watching 10000 skipped change-log ids \(\d+ to \d+\): .*nextval/m);
+      // Gaps that pile up while a transaction stays open: two skips of 6,000, of which the oldest 2,000 go.
+      const open = await appSession();
+      try {
+        await open.query('BEGIN');
+        await open.query('SELECT pg_catalog.txid_current()');
+        for (const lead of [13003, 13004]) {
+          await app.query("SELECT pg_catalog.nextval('audit.change_log_id_seq') FROM pg_catalog.generate_series(1, 6000)");
+          await asApp('burner@acme.io', 'INSERT INTO crm.leads VALUES ($1, $2, $3)', [lead, 'burst', 'new']);
+          await f.waitFor(new RegExp(`"entity":"Lead#${lead}"`), start);
+        }
+      } finally {
+        await open.end();
+      }
+      await asApp('burner@acme.io', "INSERT INTO crm.leads VALUES (13005, 'still followed', 'new')");
+      await f.waitFor(/"entity":"Lead#13005"/, start);
+      expect(f.stderr().match(/^warning: .*$/gm)).toEqual([expect.stringMatching(/^warning: stopped watching 10000 /), expect.stringMatching(/^warning: stopped watching 2000 skipped change-log ids \(\d+ to \d+\): /)]);
+      // stdout stays data: one JSON object per line.
+      for (const l of f.lines) expect(() => JSON.parse(l.text)).not.toThrow();
+    } finally {
+      f.child.kill('SIGTERM');
+    }
+    expect(await f.exit()).toEqual({code: 0, signal: null});
   });
 });

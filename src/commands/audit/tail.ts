@@ -53,6 +53,7 @@ export default class AuditTail extends BaseCommand<typeof AuditTail> {
         follow: {
           signal: stop.signal,
           onEntries: (entries) => process.stdout.write(entries.map((e) => `${this.jsonEnabled() ? JSON.stringify(e) : changeLine(e)}\n`).join('')),
+          onWarning: (message) => this.out.warn(message),
         },
       });
     } finally {
