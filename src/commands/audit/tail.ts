@@ -1,11 +1,12 @@
 import {Flags} from '@oclif/core';
 
 import {BaseCommand} from '../../base-command.js';
-import {changeLine, parseAuditTime, tailChangeLog, terminalSafe, type ChangeEntry} from '../../audit/change-log.js';
+import {changeLine, parseAuditTime, tailChangeLog, type ChangeEntry} from '../../audit/change-log.js';
 import type {StoredOpsEntry} from '../../audit/ops-log.js';
 import {tailOpsLog} from '../../audit/service.js';
 import {UsageError} from '../../errors.js';
 import {renderTable} from '../../ui/table.js';
+import {terminalSafe} from '../../ui/terminal-safe.js';
 
 export default class AuditTail extends BaseCommand<typeof AuditTail> {
   static override summary = "Show the newest entries of the ops log, or with --tenant of that tenant's change log: who changed which row, when, and which fields.";

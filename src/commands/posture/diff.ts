@@ -1,10 +1,10 @@
 import {Args, Flags} from '@oclif/core';
 
-import {terminalSafe} from '../../audit/change-log.js';
 import {BaseCommand} from '../../base-command.js';
 import {openKeyServices} from '../../keys/context.js';
 import {diffRuns, listRuns, type PostureDiff} from '../../posture/history.js';
 import {renderTable} from '../../ui/table.js';
+import {terminalSafe} from '../../ui/terminal-safe.js';
 
 export default class PostureDiffCommand extends BaseCommand<typeof PostureDiffCommand> {
   static override summary = 'What changed between two recorded posture runs (default: the two newest).';

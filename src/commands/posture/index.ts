@@ -1,12 +1,12 @@
 import {Flags} from '@oclif/core';
 
-import {terminalSafe} from '../../audit/change-log.js';
 import {BaseCommand} from '../../base-command.js';
 import {toJunit} from '../../posture/junit.js';
 import {checkPosture} from '../../posture/run.js';
 import type {PostureReport} from '../../posture/service.js';
 import {writeFileAtomic} from '../../state/atomic-file.js';
 import {renderTable} from '../../ui/table.js';
+import {terminalSafe} from '../../ui/terminal-safe.js';
 
 export default class Posture extends BaseCommand<typeof Posture> {
   static override summary = 'Verify every security promise live: isolation, encryption at rest and in transit, audit trail, backups, keys, residency, runtime.';
@@ -50,17 +50,18 @@ Exit codes: 0 nothing at or above --fail-on; 3 something is (a FAIL, or a WARN w
 
 const DOT: Record<string, string> = {green: '● green', amber: '● amber', red: '● red', grey: '● grey (not all evaluated)'};
 
+/** Observed values quote tenants' object names: everything printed goes through terminalSafe. */
 function renderReport(r: PostureReport): string {
   const width = Math.max(...r.panel.map((l) => l.label.length), 'security posture'.length) + 2;
   const valueWidth = Math.max(...r.panel.map((l) => l.value.length)) + 2;
   const panel = [`${'security posture'.padEnd(width)}${DOT[r.overall]}    score ${r.score} · coverage ${r.coverage}%`, ...r.panel.filter((l) => l.status !== 'SKIP' || l.area !== 'runtime').map((l) => `${l.label.padEnd(width)}${l.value.padEnd(valueWidth)}(${l.evidence})`)];
   const table = renderTable(
     ['status', 'check', 'scope', 'observed'],
-    r.checks.map((c) => [c.waiver && !c.waiver.expired ? `${c.status}*` : c.status, c.id, c.scope, oneLine(c.observed)]),
+    r.checks.map((c) => [c.waiver && !c.waiver.expired ? `${c.status}*` : c.status, c.id, c.scope, terminalSafe(c.observed)]),
   );
   const todo = r.checks
     .filter((c) => c.status !== 'PASS' && c.status !== 'SKIP')
-    .map((c) => `  ${c.status} ${c.id} [${c.scope}]: ${c.reason ? `${oneLine(c.reason)}. ` : ''}${c.status === 'MANUAL' ? 'Attest, or waive with an approver' : `Fix: ${c.fix}`}${c.waiver ? ` (waiver ${c.waiver.id}${c.waiver.expired ? ' EXPIRED' : `, until ${c.waiver.expires.slice(0, 10)}`})` : ''}`);
+    .map((c) => `  ${c.status} ${c.id} [${c.scope}]: ${c.reason ? `${terminalSafe(c.reason)}. ` : ''}${c.status === 'MANUAL' ? 'Attest, or waive with an approver' : `Fix: ${c.fix}`}${c.waiver ? ` (waiver ${c.waiver.id}${c.waiver.expired ? ' EXPIRED' : `, until ${c.waiver.expires.slice(0, 10)}`})` : ''}`);
   const counts = (['PASS', 'WARN', 'FAIL', 'ERROR', 'SKIP', 'MANUAL'] as const).map((s) => `${r.counts[s]} ${s}`).join(', ');
   return [
     panel.join('\n'),
@@ -71,6 +72,3 @@ function renderReport(r: PostureReport): string {
     `${r.checks.length} checks: ${counts}${r.counts.waived > 0 ? ` (${r.counts.waived} waived, marked *)` : ''}; ${(r.durationMs / 1000).toFixed(1)} s`,
   ].join('\n');
 }
-
-// Observed values quote tenants' object names: nothing from them reaches the terminal raw.
-const oneLine = (s: string): string => terminalSafe(s);

@@ -1,6 +1,6 @@
 import type {Client} from 'pg';
 
-import {terminalSafe} from '../../audit/change-log.js';
+import {terminalSafe} from '../../ui/terminal-safe.js';
 import {ownerRoleOf} from '../../postgres/provisioner.js';
 import {MODULE_SCHEMAS} from '../../tenants/module-sql.js';
 import type {Tenant} from '../../tenants/service.js';
