@@ -14,6 +14,7 @@ export type OpsAction =
   | 'backup.run'
   | 'backup.stale'
   | 'backup.verify'
+  | 'backup.decrypt'
   | 'backup.prune'
   | 'restore.tenant'
   | 'audit.verify'

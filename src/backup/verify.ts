@@ -5,6 +5,7 @@ import path from 'node:path';
 import {Transform, type Readable} from 'node:stream';
 
 import type {ControlPlane} from '../control/plane.js';
+import type {KeyEncryptionService} from '../secrets/master-key.js';
 import {PartialError, UserError, VerificationError} from '../errors.js';
 import {dataKeyWrapper, parseHeader, openHeader, DecryptStream, type BackupHeader, type FileKeyWrapper, type ParsedHeader} from './format.js';
 import {BackupCatalog, backupLocation, manifestLocation, type BackupManifest, type BackupRecord} from './catalog.js';
@@ -70,6 +71,11 @@ export async function resolveSource(plane: ControlPlane, from: string): Promise<
       if (location !== undefined) return destinationSource(destination, location);
     }
   }
+  return fileSource(file);
+}
+
+/** A file on this machine outside every destination; its manifest is the sidecar next to it. */
+export function fileSource(file: string): BackupSource {
   return {
     label: `backup file ${file}`,
     open: async () => createReadStream(file, {highWaterMark: 256 * 1024}),
@@ -99,17 +105,7 @@ export async function readBackupHeader(source: BackupSource): Promise<ParsedHead
  */
 export async function wrapperFor(plane: ControlPlane, parsed: ParsedHeader, label: string): Promise<FileKeyWrapper> {
   const h = parsed.header;
-  if (h.kind === 'control') {
-    const keyring = plane.keys.keyring;
-    const recorded = keyring.state.versions.find((v) => v.version === h.keyVersion);
-    return {
-      keyId: keyring.keyId,
-      keyVersion: h.keyVersion,
-      ...(recorded ? {keyCheck: Buffer.from(recorded.keyCheck, 'hex')} : {}),
-      wrap: (k, c) => keyring.wrap(k, c),
-      unwrap: (w, c, what) => keyring.unwrap(w, c, what),
-    };
-  }
+  if (h.kind === 'control') return masterKeyWrapper(plane.keys.keyring, h.keyVersion);
   try {
     return dataKeyWrapper(await plane.dataKeys.get(h.tenant, h.keyVersion));
   } catch (err) {
@@ -120,6 +116,18 @@ export async function wrapperFor(plane: ControlPlane, parsed: ParsedHeader, labe
       cause: err,
     });
   }
+}
+
+/** The master key of a version as a backup's file-key wrapper: what opens a control backup. */
+export function masterKeyWrapper(keyring: KeyEncryptionService, keyVersion: number): FileKeyWrapper {
+  const recorded = keyring.state.versions.find((v) => v.version === keyVersion);
+  return {
+    keyId: keyring.keyId,
+    keyVersion,
+    ...(recorded ? {keyCheck: Buffer.from(recorded.keyCheck, 'hex')} : {}),
+    wrap: (k, c) => keyring.wrap(k, c),
+    unwrap: (w, c, what) => keyring.unwrap(w, c, what),
+  };
 }
 
 /** The header fields a catalog entry or a manifest repeats, which must equal the authenticated ones. */
@@ -204,7 +212,7 @@ export function checkDigest(auth: AuthenticatedBackup, digest: FileDigest): void
 }
 
 /** Hashes the raw file as it streams past (for checkDigest). */
-function digestTap(): {tap: Transform; digest: () => FileDigest} {
+export function digestTap(): {tap: Transform; digest: () => FileDigest} {
   const hash = createHash('sha256');
   let size = 0;
   const tap = new Transform({
