@@ -4,7 +4,7 @@ import {Transform, type TransformCallback} from 'node:stream';
 import type {OpsLogHead} from '../audit/ops-log.js';
 import {VerificationError} from '../errors.js';
 import {dataKeyId} from '../secrets/data-keys.js';
-import {KEY_BYTES, keyCheckValue, readHeader, unwrap, wrap, type WrappingKey} from '../secrets/envelope.js';
+import {KEY_BYTES, keyCheckValue, readHeader, unwrap, wrap, type RandomSource, type WrappingKey} from '../secrets/envelope.js';
 import {MASTER_KEY_ID} from '../secrets/master-key.js';
 
 /**
@@ -82,19 +82,19 @@ export interface FileKeyWrapper {
 }
 
 /** A data key as a file-key wrapper. */
-export function dataKeyWrapper(key: WrappingKey): FileKeyWrapper {
+export function dataKeyWrapper(key: WrappingKey, random: RandomSource = randomBytes): FileKeyWrapper {
   return {
     keyId: key.id,
     keyVersion: key.version,
     keyCheck: keyCheckValue(key.material),
-    wrap: async (fileKey, context) => wrap(key, fileKey, context),
+    wrap: async (fileKey, context) => wrap(key, fileKey, context, random),
     unwrap: async (wrapped, context, what) => unwrap(key, wrapped, context, what),
   };
 }
 
 /** Builds the header for a new backup and the payload key its body is encrypted with. */
-export async function createHeader(header: Omit<BackupHeader, 'keyId' | 'keyVersion' | 'chunkSize'>, wrapper: FileKeyWrapper): Promise<{bytes: Buffer; payloadKey: Buffer}> {
-  const fileKey = randomBytes(KEY_BYTES);
+export async function createHeader(header: Omit<BackupHeader, 'keyId' | 'keyVersion' | 'chunkSize'>, wrapper: FileKeyWrapper, random: RandomSource = randomBytes): Promise<{bytes: Buffer; payloadKey: Buffer}> {
+  const fileKey = random(KEY_BYTES);
   const full: BackupHeader = {...header, keyId: wrapper.keyId, keyVersion: wrapper.keyVersion, chunkSize: CHUNK_SIZE};
   const json = Buffer.from(JSON.stringify(full), 'utf8');
   const wrapped = await wrapper.wrap(fileKey, fileKeyContext(header.backupId));

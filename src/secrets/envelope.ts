@@ -36,10 +36,16 @@ export function keyCheckValue(material: Buffer): Buffer {
   return createHmac('sha256', material).update('dforge key check v1').digest().subarray(0, CHECK_BYTES);
 }
 
-export function wrap(key: WrappingKey, plaintext: Buffer, context: string): Buffer {
+/**
+ * Where random bytes come from. Always crypto.randomBytes in dforge; test vectors pass fixed
+ * bytes to reproduce a file exactly (docs/test-vectors/).
+ */
+export type RandomSource = (size: number) => Buffer;
+
+export function wrap(key: WrappingKey, plaintext: Buffer, context: string, random: RandomSource = randomBytes): Buffer {
   if (key.material.length !== KEY_BYTES) throw new Error(`wrapping key ${key.id} v${key.version} has ${key.material.length} bytes, expected ${KEY_BYTES}`);
   const header = encodeHeader({keyId: key.id, keyVersion: key.version, keyCheck: keyCheckValue(key.material)});
-  const nonce = randomBytes(NONCE_BYTES);
+  const nonce = random(NONCE_BYTES);
   const cipher = createCipheriv('aes-256-gcm', key.material, nonce);
   cipher.setAAD(Buffer.concat([header, Buffer.from(context)]));
   const body = Buffer.concat([cipher.update(plaintext), cipher.final()]);

@@ -6,7 +6,7 @@ import path from 'node:path';
 import {UserError} from '../errors.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {acquireLock} from '../state/lock.js';
-import {KEY_BYTES, keyCheckValue, readHeader, unwrap, wrap, type WrappingKey} from './envelope.js';
+import {KEY_BYTES, keyCheckValue, readHeader, unwrap, wrap, type RandomSource, type WrappingKey} from './envelope.js';
 
 /**
  * The master key (KEK) of an install: versioned, and the root of every other key.
@@ -117,8 +117,8 @@ export async function writeKeyringState(dir: InstallDir, state: KeyringState): P
 // ---------------------------------------------------------------------------------------------
 // Local providers
 
-/** Default: one 32-byte key file per version, secrets/master/v<N>.key, 0600. */
-export function fileKeySource(dir: InstallDir): KeyMaterialSource {
+/** Default: one 32-byte key file per version, secrets/master/v<N>.key, 0600. `random` mints the key. */
+export function fileKeySource(dir: InstallDir, random: RandomSource = randomBytes): KeyMaterialSource {
   const file = (v: number): string => `master/v${v}.key`;
   return {
     kind: 'file',
@@ -131,7 +131,7 @@ export function fileKeySource(dir: InstallDir): KeyMaterialSource {
       }
     },
     async mint(version) {
-      const material = randomBytes(KEY_BYTES);
+      const material = random(KEY_BYTES);
       await dir.writeSecret(file(version), `${material.toString('base64')}\n`);
       return {material};
     },

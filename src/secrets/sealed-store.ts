@@ -29,12 +29,12 @@ export class SealedStore {
    * between), or exclusive (keys init, JWT and master rotation). Taking it here would nest.
    */
   async put(name: string, plaintext: string | Buffer): Promise<void> {
-    const blob = await this.kek.wrap(Buffer.from(plaintext), context(name));
+    const blob = await this.kek.wrap(Buffer.from(plaintext), sealedSecretContext(name));
     await this.dir.writeSecret(`${name}${SUFFIX}`, blob);
   }
 
   async get(name: string): Promise<Buffer> {
-    return this.kek.unwrap(await this.read(name), context(name), `sealed secret ${name}`);
+    return this.kek.unwrap(await this.read(name), sealedSecretContext(name), `sealed secret ${name}`);
   }
 
   async has(name: string): Promise<boolean> {
@@ -87,7 +87,8 @@ export class SealedStore {
   }
 }
 
-function context(name: string): string {
+/** The AEAD context of secrets/<name>.sealed (exported for the test vectors, docs/test-vectors/). */
+export function sealedSecretContext(name: string): string {
   return `sealed:${name}`;
 }
 
