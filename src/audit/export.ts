@@ -1,5 +1,5 @@
-import {createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, sign, verify, type KeyObject} from 'node:crypto';
-import {constants, createReadStream, promises as fs} from 'node:fs';
+import {createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject} from 'node:crypto';
+import {createReadStream, promises as fs} from 'node:fs';
 import path from 'node:path';
 
 import type {Client} from 'pg';
@@ -7,7 +7,7 @@ import type {Client} from 'pg';
 import {optionalControlConnection, pkiDir} from '../control/plane.js';
 import {UserError, VerificationError} from '../errors.js';
 import {openKeyServices, type KeyServices} from '../keys/context.js';
-import {fsyncDir, writeFileAtomic} from '../state/atomic-file.js';
+import {writeFileAtomic, writeFileStreamed} from '../state/atomic-file.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {acquireLock} from '../state/lock.js';
 import {canonicalJson} from './canonical-json.js';
@@ -190,50 +190,33 @@ async function controlSession(dir: InstallDir): Promise<Client> {
   return control;
 }
 
-/** Streams every batch, from one snapshot, into a temp file beside `out`, hashing as it goes. */
+/** Streams every batch, from one snapshot, into the export file (see writeFileStreamed), hashing as it goes. */
 async function writeExport(c: Client, reader: SourceReader, options: ExportOptions): Promise<{rows: number; bytes: number; sha256: string; firstId: number | null; lastId: number | null}> {
-  const out = path.resolve(options.out);
-  const temp = path.join(path.dirname(out), `.${path.basename(out)}.${randomBytes(6).toString('hex')}.tmp`);
-  const hash = createHash('sha256');
-  let bytes = 0;
   let rows = 0;
   let firstId: string | undefined;
   let lastId: string | undefined;
-  let handle: fs.FileHandle | undefined;
-  try {
-    handle = await fs.open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
-    await handle.chmod(0o600);
-    const write = async (text: string): Promise<void> => {
-      const chunk = Buffer.from(text, 'utf8');
-      hash.update(chunk);
-      bytes += chunk.length;
-      await handle!.write(chunk);
-    };
-    if (options.format === 'csv') await write(csvLine(reader.columns));
-    await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-    try {
-      for (let after = '0'; ; ) {
-        const batch = await reader.batch(after);
-        if (batch.length === 0) break;
-        await write(batch.map((r) => (options.format === 'csv' ? csvLine(r.cells.map((cell) => cell.value)) : jsonlLine(r))).join(''));
-        firstId ??= batch[0]!.id;
-        lastId = after = batch.at(-1)!.id;
-        rows += batch.length;
+  const {bytes, sha256} = await writeFileStreamed(
+    path.resolve(options.out),
+    async (write) => {
+      const text = (t: string): Promise<void> => write(Buffer.from(t, 'utf8'));
+      if (options.format === 'csv') await text(csvLine(reader.columns));
+      await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      try {
+        for (let after = '0'; ; ) {
+          const batch = await reader.batch(after);
+          if (batch.length === 0) break;
+          await text(batch.map((r) => (options.format === 'csv' ? csvLine(r.cells.map((cell) => cell.value)) : jsonlLine(r))).join(''));
+          firstId ??= batch[0]!.id;
+          lastId = after = batch.at(-1)!.id;
+          rows += batch.length;
+        }
+      } finally {
+        await c.query('COMMIT').catch(() => undefined);
       }
-    } finally {
-      await c.query('COMMIT').catch(() => undefined);
-    }
-    await handle.sync();
-    await handle.close();
-    handle = undefined;
-    await fs.rename(temp, out);
-    await fsyncDir(path.dirname(out));
-  } catch (err) {
-    await handle?.close().catch(() => undefined);
-    await fs.rm(temp, {force: true}).catch(() => undefined);
-    throw err;
-  }
-  return {rows, bytes, sha256: hash.digest('hex'), firstId: firstId === undefined ? null : Number(firstId), lastId: lastId === undefined ? null : Number(lastId)};
+    },
+    {mode: 0o600},
+  );
+  return {rows, bytes, sha256, firstId: firstId === undefined ? null : Number(firstId), lastId: lastId === undefined ? null : Number(lastId)};
 }
 
 /** SHA-256 of the key's DER SubjectPublicKeyInfo: `openssl pkey -pubin -in KEY -outform DER | sha256sum`. */

@@ -1,13 +1,13 @@
-import {createHash, randomBytes} from 'node:crypto';
 import {promises as fs} from 'node:fs';
 import path from 'node:path';
-import type {Readable} from 'node:stream';
+import {buffer} from 'node:stream/consumers';
 
 import {recordOps, withOpsRecord} from '../audit/record.js';
 import type {ControlPlane} from '../control/plane.js';
 import {UsageError, UserError, VerificationError} from '../errors.js';
 import {DataKeys, type DataKeyRecord, type DataKeyStore} from '../secrets/data-keys.js';
 import type {KeyEncryptionService} from '../secrets/master-key.js';
+import {writeFileStreamed} from '../state/atomic-file.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {dataKeyWrapper, openHeader, type BackupHeader, type FileKeyWrapper} from './format.js';
 import {hostTool, spawnTool} from './pg-tools.js';
@@ -125,41 +125,26 @@ async function authenticateFile(file: string, wrapperFor: (header: BackupHeader)
 }
 
 /**
- * Decrypts the whole backup into a 0600 temp file beside `out`, authenticating every chunk, then
- * runs `check` on the raw file's digest; only then is the file fsynced and linked to `out` (link,
- * unlike rename, refuses a name that appeared meanwhile). Any failure removes the temp file, so a
- * tampered backup leaves nothing behind.
+ * Decrypts the whole backup into `out` (0600) through writeFileStreamed, authenticating every
+ * chunk, then runs `check` on the raw file's digest; only then does the file get its name, by
+ * link, which refuses a name that appeared meanwhile. Any failure leaves nothing behind, so a
+ * tampered backup writes nothing.
  */
 async function writePlainDump(auth: AuthenticatedBackup, out: string, check: (digest: {size: number; sha256: string}) => void): Promise<Omit<DecryptResult, 'opsLogWritten'>> {
-  const temp = path.join(path.dirname(out), `.${path.basename(out)}.${randomBytes(6).toString('hex')}.tmp`);
-  const handle = await fs.open(temp, 'wx', 0o600);
-  const hash = createHash('sha256');
-  let bytes = 0;
-  try {
-    const {tap, digest} = digestTap();
-    for await (const chunk of await decryptedDump(auth, tap)) {
-      const b = chunk as Buffer;
-      hash.update(b);
-      bytes += b.length;
-      await handle.write(b);
-    }
-    check(digest());
-    await handle.sync();
-    await handle.close();
-    await fs.link(temp, out).catch((err: NodeJS.ErrnoException) => {
-      if (err.code === 'EEXIST') throw new UserError(`${out} appeared while decrypting; it was left alone`, {nextSteps: ['Name a new file with --out.']});
-      throw err;
-    });
-  } catch (err) {
-    await handle.close().catch(() => undefined);
-    await fs.rm(temp, {force: true});
+  const {bytes, sha256} = await writeFileStreamed(
+    out,
+    async (write) => {
+      const {tap, digest} = digestTap();
+      for await (const chunk of await decryptedDump(auth, tap)) await write(chunk as Buffer);
+      check(digest());
+    },
+    {mode: 0o600, exclusive: true},
+  ).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'EEXIST') throw new UserError(`${out} appeared while decrypting; it was left alone`, {nextSteps: ['Name a new file with --out.']});
     throw err;
-  }
-  await fs.rm(temp, {force: true});
-  const dir = await fs.open(path.dirname(out), 'r');
-  await dir.sync().finally(() => dir.close());
+  });
   const h = auth.header;
-  return {backupId: h.backupId, kind: h.kind, tenant: h.tenant, out, bytes, sha256: hash.digest('hex')};
+  return {backupId: h.backupId, kind: h.kind, tenant: h.tenant, out, bytes, sha256};
 }
 
 /**
@@ -168,19 +153,13 @@ async function writePlainDump(auth: AuthenticatedBackup, out: string, check: (di
  * read from a backup that fails halfway.
  */
 async function recordedDataKeys(control: AuthenticatedBackup): Promise<DataKeyRecord[]> {
-  const dump = await readAll(await decryptedDump(control));
+  const dump = await buffer(await decryptedDump(control));
   const tool = spawnTool(hostTool('pg_restore', Math.floor(Number(control.header.pgVersion) / 10_000)), ['--data-only', '--schema=dforge', '--table=data_keys', '--file=-'], {PATH: process.env.PATH ?? '/usr/bin:/bin', LC_ALL: 'C'});
   let sql = '';
   tool.stdout.on('data', (c: Buffer) => (sql += c.toString()));
   tool.stdin.end(dump);
   await tool.done;
   return parseDataKeysCopy(sql, control.source.label);
-}
-
-async function readAll(stream: Readable): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const chunk of stream) parts.push(chunk as Buffer);
-  return Buffer.concat(parts);
 }
 
 /** The rows of `COPY dforge.data_keys (...) FROM stdin;` in pg_restore's SQL output (COPY text format). */

@@ -1,4 +1,4 @@
-import {randomBytes} from 'node:crypto';
+import {createHash, randomBytes} from 'node:crypto';
 import {constants, promises as fs} from 'node:fs';
 import path from 'node:path';
 
@@ -11,29 +11,62 @@ export interface AtomicWriteOptions {
 
 /**
  * Replaces `file` with `data` so that a reader (or a crash) sees either the old bytes or the new
- * ones, never a mix: write a temp file beside it, fsync it, rename it over, fsync the directory.
- * The temp file is created with the final mode, so a secret is never readable by others, even briefly.
+ * ones, never a mix (see writeFileStreamed).
  */
 export async function writeFileAtomic(file: string, data: string | Uint8Array, options: AtomicWriteOptions = {}): Promise<void> {
+  await writeFileStreamed(file, (write) => write(typeof data === 'string' ? Buffer.from(data, 'utf8') : data), options);
+}
+
+export interface StreamedWriteOptions extends AtomicWriteOptions {
+  /** Name the file with link(2), not rename(2): a file that exists (or appears meanwhile) is never replaced, and the write fails with EEXIST. */
+  readonly exclusive?: boolean;
+}
+
+/**
+ * Writes a file produced piece by piece: into a temp file beside it, created with the final mode
+ * (so a secret is never readable by others, even briefly) and hashed as it goes; only once
+ * `produce` returns is it fsynced and given its name, and the directory fsynced. If anything
+ * fails, `produce` included, the temp file is removed: nothing partial is left, and the old file,
+ * if any, is unchanged.
+ */
+export async function writeFileStreamed(
+  file: string,
+  produce: (write: (chunk: Uint8Array) => Promise<void>) => Promise<void>,
+  options: StreamedWriteOptions = {},
+): Promise<{bytes: number; sha256: string}> {
   const dir = path.dirname(file);
   const mode = options.mode ?? 0o644;
   const temp = path.join(dir, `.${path.basename(file)}.${randomBytes(6).toString('hex')}.tmp`);
+  const hash = createHash('sha256');
+  let bytes = 0;
   let handle: fs.FileHandle | undefined;
   try {
     handle = await fs.open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, mode);
     // open() applies the umask; chmod makes the mode exact.
     await handle.chmod(mode);
-    await handle.writeFile(data);
+    const target = handle;
+    await produce(async (chunk) => {
+      hash.update(chunk);
+      bytes += chunk.length;
+      // writeFile on a handle writes all of it, from the current position.
+      await target.writeFile(chunk);
+    });
     await handle.sync();
     await handle.close();
     handle = undefined;
-    await fs.rename(temp, file);
+    if (options.exclusive) {
+      await fs.link(temp, file);
+      await fs.rm(temp);
+    } else {
+      await fs.rename(temp, file);
+    }
     await fsyncDir(dir);
   } catch (err) {
     await handle?.close().catch(() => {});
     await fs.rm(temp, {force: true}).catch(() => {});
     throw describeWriteError(err, file);
   }
+  return {bytes, sha256: hash.digest('hex')};
 }
 
 /** Makes a rename or unlink in `dir` durable. */
