@@ -59,6 +59,17 @@ export interface CheckResult extends CheckDefinition {
   readonly waiver?: AppliedWaiver;
 }
 
+/** A result an operator has accepted for now: waived, and the waiver still valid. */
+export const isWaived = (r: CheckResult): boolean => r.waiver !== undefined && !r.waiver.expired;
+
+/** How bad a status is: FAIL above ERROR (measured bad beats unmeasured), PASS above SKIP (something applied). */
+const STATUS_RANK: Readonly<Record<PostureStatus, number>> = {SKIP: 0, PASS: 1, MANUAL: 1, WARN: 2, ERROR: 3, FAIL: 4};
+
+/** The worst status among results that are not waived; SKIP when none applies. */
+export function worstStatus(results: readonly CheckResult[]): PostureStatus {
+  return results.filter((r) => !isWaived(r)).reduce<PostureStatus>((worst, r) => (STATUS_RANK[r.status] > STATUS_RANK[worst] ? r.status : worst), 'SKIP');
+}
+
 export const pass = (observed: string): Finding => ({status: 'PASS', observed});
 export const warn = (observed: string, reason?: string): Finding => ({status: 'WARN', observed, reason});
 export const fail = (observed: string, reason?: string): Finding => ({status: 'FAIL', observed, reason});

@@ -1,5 +1,5 @@
-import type {CheckResult} from './check.js';
-import {isWaived, type PostureReport} from './service.js';
+import {isWaived, type CheckResult} from './check.js';
+import type {PostureReport} from './service.js';
 
 /**
  * The report as JUnit XML, for CI dashboards: one testsuite per area, one testcase per check and

@@ -1,4 +1,4 @@
-import {PANEL_AREAS, type CheckResult, type PanelArea, type PostureStatus} from './check.js';
+import {PANEL_AREAS, isWaived, worstStatus, type CheckResult, type PanelArea, type PostureStatus} from './check.js';
 import type {PostureContext} from './context.js';
 import {coverageOf} from './probes/audit-trail.js';
 
@@ -41,13 +41,10 @@ const WORDS: Record<PanelArea, {pass: string; warn: string; fail: string}> = {
   runtime: {pass: 'healthy', warn: 'healthy', fail: 'unhealthy'},
 };
 
-const RANK: Record<PostureStatus, number> = {SKIP: 0, PASS: 1, MANUAL: 1, WARN: 2, ERROR: 3, FAIL: 4};
-
 export function panelOf(checks: readonly CheckResult[], ctx: PostureContext): PanelLine[] {
   return PANEL_AREAS.map((area) => {
     const all = checks.filter((c) => c.area === area);
-    const live = all.filter((c) => !(c.waiver && !c.waiver.expired));
-    const status = live.reduce<PostureStatus>((worst, c) => (RANK[c.status] > RANK[worst] ? c.status : worst), 'SKIP');
+    const status = worstStatus(all);
     const words = WORDS[area];
     let value = status === 'FAIL' ? words.fail : status === 'ERROR' ? 'unverified' : status === 'WARN' ? words.warn : status === 'SKIP' ? 'n/a' : words.pass;
     const audit = area === 'audit' ? triggerCoverage(all) : undefined;
@@ -89,7 +86,7 @@ function evidenceOf(area: PanelArea, all: readonly CheckResult[], ctx: PostureCo
   }
   parts.push(`${passed}/${all.filter((c) => c.status !== 'SKIP').length} checks pass`);
   const problems = all.filter((c) => c.status !== 'PASS' && c.status !== 'SKIP');
-  for (const c of problems.slice(0, 2)) parts.push(`${c.status.toLowerCase()}${c.waiver && !c.waiver.expired ? ' (waived)' : ''}: ${c.title}${c.scope === 'install' ? '' : ` [${c.scope}]`}`);
+  for (const c of problems.slice(0, 2)) parts.push(`${c.status.toLowerCase()}${isWaived(c) ? ' (waived)' : ''}: ${c.title}${c.scope === 'install' ? '' : ` [${c.scope}]`}`);
   if (problems.length > 2) parts.push(`${problems.length - 2} more`);
   return parts.join('; ');
 }

@@ -1,4 +1,4 @@
-import {POSTURE_STATUSES, PANEL_AREAS, SEVERITY_WEIGHT, errorResult, type CheckDefinition, type CheckResult, type PanelArea, type PostureStatus} from './check.js';
+import {POSTURE_STATUSES, PANEL_AREAS, SEVERITY_WEIGHT, errorResult, isWaived, worstStatus, type CheckDefinition, type CheckResult, type PanelArea, type PostureStatus} from './check.js';
 import type {PostureContext, Probe} from './context.js';
 import {panelOf, type PanelLine} from './panel.js';
 import {applyWaivers, type Waiver, type WaiverUse} from './waivers.js';
@@ -79,10 +79,6 @@ export async function runPosture(ctx: PostureContext, probes: readonly Registere
   };
 }
 
-/** A result an operator has accepted for now: waived, and the waiver still valid. */
-export const isWaived = (r: CheckResult): boolean => r.waiver !== undefined && !r.waiver.expired;
-
-const RANK: Record<PostureStatus, number> = {PASS: 0, SKIP: 0, MANUAL: 0, WARN: 1, ERROR: 2, FAIL: 3};
 
 export function exitCodeOf(checks: readonly CheckResult[], failOn: FailOn): 0 | 1 | 3 {
   const live = checks.filter((c) => !isWaived(c));
@@ -91,8 +87,8 @@ export function exitCodeOf(checks: readonly CheckResult[], failOn: FailOn): 0 | 
 }
 
 export function overallOf(checks: readonly CheckResult[]): Overall {
-  const worst = Math.max(0, ...checks.filter((c) => !isWaived(c)).map((c) => RANK[c.status]));
-  return worst === 3 ? 'red' : worst === 2 ? 'grey' : worst === 1 ? 'amber' : 'green';
+  const worst = worstStatus(checks);
+  return worst === 'FAIL' ? 'red' : worst === 'ERROR' ? 'grey' : worst === 'WARN' ? 'amber' : 'green';
 }
 
 const evaluated = (c: CheckResult): boolean => c.status === 'PASS' || c.status === 'WARN' || c.status === 'FAIL';

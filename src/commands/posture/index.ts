@@ -1,6 +1,7 @@
 import {Flags} from '@oclif/core';
 
 import {BaseCommand} from '../../base-command.js';
+import {isWaived} from '../../posture/check.js';
 import {toJunit} from '../../posture/junit.js';
 import {checkPosture} from '../../posture/run.js';
 import type {PostureReport} from '../../posture/service.js';
@@ -57,7 +58,7 @@ function renderReport(r: PostureReport): string {
   const panel = [`${'security posture'.padEnd(width)}${DOT[r.overall]}    score ${r.score} · coverage ${r.coverage}%`, ...r.panel.filter((l) => l.status !== 'SKIP' || l.area !== 'runtime').map((l) => `${l.label.padEnd(width)}${l.value.padEnd(valueWidth)}(${l.evidence})`)];
   const table = renderTable(
     ['status', 'check', 'scope', 'observed'],
-    r.checks.map((c) => [c.waiver && !c.waiver.expired ? `${c.status}*` : c.status, c.id, c.scope, terminalSafe(c.observed)]),
+    r.checks.map((c) => [isWaived(c) ? `${c.status}*` : c.status, c.id, c.scope, terminalSafe(c.observed)]),
   );
   const todo = r.checks
     .filter((c) => c.status !== 'PASS' && c.status !== 'SKIP')
