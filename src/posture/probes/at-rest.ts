@@ -128,10 +128,22 @@ async function secretPermissions(ctx: PostureContext): Promise<Finding> {
   return pass(`${observed}: files 0600, directories 0700`);
 }
 
-/** Newest tenant backup per tenant, from one catalog query (the catalog lists newest first). */
-export async function newestTenantBackups(ctx: PostureContext): Promise<Map<string, BackupRecord>> {
-  const newest = new Map<string, BackupRecord>();
-  for (const r of await onControl(ctx, (plane) => new BackupCatalog(plane.control).list({kind: 'tenant'}))) if (!newest.has(r.tenant)) newest.set(r.tenant, r);
+const newestByRun = new WeakMap<PostureContext, Promise<Map<string, BackupRecord>>>();
+
+/**
+ * Newest tenant backup per tenant, from one catalog query (the catalog lists newest first), read
+ * once per run: the at-rest and backups probes both ask.
+ */
+export function newestTenantBackups(ctx: PostureContext): Promise<Map<string, BackupRecord>> {
+  let newest = newestByRun.get(ctx);
+  if (!newest) {
+    newest = onControl(ctx, async (plane) => {
+      const byTenant = new Map<string, BackupRecord>();
+      for (const r of await new BackupCatalog(plane.control).list({kind: 'tenant'})) if (!byTenant.has(r.tenant)) byTenant.set(r.tenant, r);
+      return byTenant;
+    });
+    newestByRun.set(ctx, newest);
+  }
   return newest;
 }
 

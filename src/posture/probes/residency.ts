@@ -63,7 +63,7 @@ async function tenantPinned(ctx: PostureContext, tenant: Tenant, databases: (clu
 }
 
 /** One destination scanned: what is out of place, and what could not be attributed. */
-async function backupPlacement(ctx: PostureContext, region: string, config: Parameters<typeof destinationFor>[1], regionOf: Promise<Map<string, string>>): Promise<Finding> {
+async function backupPlacement(ctx: PostureContext, region: string, config: Parameters<typeof destinationFor>[1], regionOf: ReadonlyMap<string, string>): Promise<Finding> {
   const destination = destinationFor(region, config);
   // list() skips what it can't read; here an unreadable destination is "could not look", not "empty".
   if (config.kind === 'local') {
@@ -89,7 +89,7 @@ async function backupPlacement(ctx: PostureContext, region: string, config: Para
             controls++;
             return;
           }
-          const live = (await regionOf).get(h.tenant);
+          const live = regionOf.get(h.tenant);
           if (h.region !== region) misplaced.push(`${where} is a backup of tenant ${h.tenant} of region ${h.region}, in destination ${destination.name} of region ${region}`);
           else if (live !== undefined && live !== region) misplaced.push(`${where} is a backup of tenant ${h.tenant}, now pinned to region ${live}, in destination ${destination.name} of region ${region}`);
         } catch (err) {
@@ -131,8 +131,7 @@ export const residencyProbe: Probe = async (ctx) => {
   const tenants = ctx.tenants.map((t) => runCheck(TENANT_PINNED, `tenant:${t.slug}`, () => tenantPinned(ctx, t, databases)));
 
   // Every tenant, not just those in scope: a file of any tenant may sit in the wrong region.
-  const regionOf = onControl(ctx, async (plane) => new Map((await plane.tenants.list()).map((t) => [t.slug, t.region])));
-  regionOf.catch(() => undefined);
+  const regionOf = new Map(ctx.allTenants.map((t) => [t.slug, t.region]));
   const destinations = Object.entries(ctx.config.regions).flatMap(([region, r]) =>
     (r.backup?.destinations ?? []).map((d) => runCheck(BACKUP_PLACEMENT, `destination:${d.name}`, () => backupPlacement(ctx, region, d, regionOf))),
   );
