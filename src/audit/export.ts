@@ -4,7 +4,7 @@ import path from 'node:path';
 
 import type {Client} from 'pg';
 
-import {optionalControlConnection, pkiDir} from '../control/plane.js';
+import {pkiDir} from '../control/plane.js';
 import {UserError, VerificationError} from '../errors.js';
 import {openKeyServices, type KeyServices} from '../keys/context.js';
 import {writeFileAtomic, writeFileStreamed} from '../state/atomic-file.js';
@@ -12,6 +12,7 @@ import type {InstallDir} from '../state/install-dir.js';
 import {acquireLock} from '../state/lock.js';
 import {canonicalJson} from './canonical-json.js';
 import {openTenantChangeLog} from './change-log.js';
+import {opsLogSession} from './service.js';
 import {withOpsRecord} from './record.js';
 
 /**
@@ -153,7 +154,7 @@ export async function exportAudit(dir: InstallDir, options: ExportOptions): Prom
     async () => {
       const keys = await openKeyServices(dir);
       const signingKey = await exportSigningKey(keys);
-      const c = options.source === 'ops' ? await controlSession(dir) : await openTenantChangeLog(dir, options.source.tenant);
+      const c = options.source === 'ops' ? await opsLogSession(dir) : await openTenantChangeLog(dir, options.source.tenant);
       let written: Awaited<ReturnType<typeof writeExport>>;
       try {
         const range = {since: options.since, until: options.until};
@@ -182,12 +183,6 @@ export async function exportAudit(dir: InstallDir, options: ExportOptions): Prom
       return {file: out, manifestFile: manifestFileOf(out), manifest};
     },
   );
-}
-
-async function controlSession(dir: InstallDir): Promise<Client> {
-  const control = await optionalControlConnection(dir);
-  if (!control) throw new UserError('this install has no control database, so no ops log to export', {nextSteps: ['Set it up with dforge quickstart (evaluation) or dforge install.']});
-  return control;
 }
 
 /** Streams every batch, from one snapshot, into the export file (see writeFileStreamed), hashing as it goes. */

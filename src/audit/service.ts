@@ -6,9 +6,15 @@ import {openKeyServices} from '../keys/context.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {OpsLog, readOpsLog, type ChainVerification, type StoredOpsEntry} from './ops-log.js';
 
-async function withControl<T>(dir: InstallDir, fn: (c: Client) => Promise<T>): Promise<T> {
+/** A provisioner session on dforge_control, where the ops log lives; the caller ends it. */
+export async function opsLogSession(dir: InstallDir): Promise<Client> {
   const control = await optionalControlConnection(dir);
   if (!control) throw new UserError('this install has no control database, so no ops log yet', {nextSteps: ['Set it up with dforge quickstart (evaluation) or dforge install.']});
+  return control;
+}
+
+async function withControl<T>(dir: InstallDir, fn: (c: Client) => Promise<T>): Promise<T> {
+  const control = await opsLogSession(dir);
   try {
     return await fn(control);
   } finally {
