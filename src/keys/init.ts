@@ -15,7 +15,7 @@ export interface KeysInitResult {
 export async function initKeys(dir: InstallDir, options: {env?: NodeJS.ProcessEnv; clock?: () => Date; command: string}): Promise<KeysInitResult> {
   const now = (options.clock ?? (() => new Date()))();
   await dir.ensureLayout();
-  const lock = await acquireLock(dir.locksDir, 'keys', {command: options.command});
+  const lock = await acquireLock(dir.locksDir, 'keys', {command: options.command, queue: true});
   try {
     const settings = await keySettings(dir);
     const {keyring, created} = await LocalMasterKeyring.init(dir, keySourceFor(settings.masterKeyProvider, dir, options.env), now);

@@ -13,7 +13,7 @@ export interface JwtRotationResult {
 /** `keys rotate --jwt` under the keys lock, with the algorithm and grace period from dforge.yaml. */
 export async function rotateJwt(dir: InstallDir, options: {graceDays?: number; clock?: () => Date; command: string}): Promise<JwtRotationResult> {
   const now = (options.clock ?? (() => new Date()))();
-  const lock = await acquireLock(dir.locksDir, 'keys', {command: options.command});
+  const lock = await acquireLock(dir.locksDir, 'keys', {command: options.command, queue: true});
   try {
     const services = await openKeyServices(dir);
     const graceDays = options.graceDays ?? services.settings.jwt.graceDays;
@@ -27,7 +27,7 @@ export async function rotateJwt(dir: InstallDir, options: {graceDays?: number; c
 /** The JWKS the auth service should serve now; drops keys whose grace period is over. */
 export async function currentJwks(dir: InstallDir, options: {clock?: () => Date; command: string}): Promise<Jwks & {dropped: string[]}> {
   const now = (options.clock ?? (() => new Date()))();
-  const lock = await acquireLock(dir.locksDir, 'keys', {command: options.command});
+  const lock = await acquireLock(dir.locksDir, 'keys', {command: options.command, queue: true});
   try {
     const services = await openKeyServices(dir);
     const dropped = await pruneJwtKeys(dir, services.sealed, now);

@@ -56,7 +56,7 @@ export async function rotateMasterKey(
 ): Promise<MasterRotationResult> {
   const clock = options.clock ?? (() => new Date());
   const controlBackups = async (): Promise<readonly BackupRecord[]> => (options.controlBackups ? options.controlBackups() : []);
-  const lock = await acquireLock(dir.locksDir, 'keys', {command: options.command});
+  const lock = await acquireLock(dir.locksDir, 'keys', {command: options.command, queue: true});
   try {
     return await holdingKeysLock(dir, async () => {
       let services = await openKeyServices(dir, {env: options.env, clock});

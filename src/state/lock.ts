@@ -43,9 +43,16 @@ export interface AcquireOptions {
   readonly mode?: 'exclusive' | 'shared';
   /**
    * How long to wait for the other side (shared holders to finish, or an exclusive holder to
-   * release) before giving up with LockedError. Two exclusive runs never wait for each other.
+   * release) before giving up with LockedError.
    */
   readonly waitMs?: number;
+  /**
+   * Exclusive runs do not wait for each other by default: a second backup of the same tenant
+   * should be refused, not queued. An operator's key command queues instead (for up to waitMs),
+   * because what holds the keys lock besides it is short bookkeeping, such as the retired-version
+   * release at the end of a cron backup.
+   */
+  readonly queue?: boolean;
 }
 
 /** A breaker that died mid-break leaves its token; after this long the token no longer counts. */
@@ -73,9 +80,10 @@ async function acquireExclusive(dir: string, name: string, options: AcquireOptio
   const file = path.join(dir, `${name}.lock`);
   const me = describeSelf(options);
   const staged = path.join(dir, `.${name}.${me.nonce}.staged`);
+  const deadline = Date.now() + (options.waitMs ?? SHARED_WAIT_MS);
   try {
     await fs.writeFile(staged, JSON.stringify(me), {mode: 0o600, flag: 'wx'});
-    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; ) {
       try {
         await fs.link(staged, file);
         await fsyncDir(dir);
@@ -84,11 +92,19 @@ async function acquireExclusive(dir: string, name: string, options: AcquireOptio
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       }
       const holder = await readHolder(file);
-      if (holder === undefined) continue; // released between our link and our read
+      if (holder === undefined) {
+        attempt++; // released between our link and our read
+        continue;
+      }
       if (holder === 'corrupt') throw corruptLockError(name, file);
       const liveness = processLiveness(holder);
+      if (liveness === 'alive' && options.queue && Date.now() < deadline) {
+        await sleep(50 + Math.random() * 100);
+        continue;
+      }
       if (liveness !== 'dead') throw lockedError(name, holder, liveness);
       await breakStaleLock(file, holder, me);
+      attempt++;
       await sleep(5 + Math.random() * 20);
     }
     throw new LockedError(`could not take the ${name} lock: other runs kept taking it`, {

@@ -78,6 +78,21 @@ describe('acquireLock', () => {
     expect(await fs.readdir(root)).toEqual([]);
   });
 
+  it('with queue, waits for a live exclusive holder to release, and gives up after waitMs naming it', async () => {
+    const holder = await holdLockInChild(root, 'keys');
+    const refused = await acquireLock(root, 'keys', {command: 'rotation', queue: true, waitMs: 300}).catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(LockedError);
+    expect((refused as LockedError).message).toContain(`pid ${holder.pid}`);
+
+    const waiting = acquireLock(root, 'keys', {command: 'rotation', queue: true, waitMs: 10_000});
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await readLockHolder(root, 'keys'))?.pid).toBe(holder.pid);
+    await killed(holder);
+    const taken = await waiting;
+    expect((await readLockHolder(root, 'keys'))?.command).toBe('rotation');
+    await taken.release();
+  });
+
   it('breaks a lock whose pid now belongs to a different process (pid reuse)', async () => {
     const mine = await acquireLock(root, 'op', {command: 'x'});
     const record = JSON.parse(await fs.readFile(mine.file, 'utf8'));
