@@ -7,6 +7,7 @@ import type {Client} from 'pg';
 import {pkiDir} from '../control/plane.js';
 import {UserError, VerificationError} from '../errors.js';
 import {openKeyServices, type KeyServices} from '../keys/context.js';
+import {publicKeySha256, readEd25519PublicKey} from '../pki/ed25519.js';
 import {writeFileAtomic, writeFileStreamed} from '../state/atomic-file.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {acquireLock} from '../state/lock.js';
@@ -214,11 +215,6 @@ async function writeExport(c: Client, reader: SourceReader, options: ExportOptio
   return {rows, bytes, sha256, firstId: firstId === undefined ? null : Number(firstId), lastId: lastId === undefined ? null : Number(lastId)};
 }
 
-/** SHA-256 of the key's DER SubjectPublicKeyInfo: `openssl pkey -pubin -in KEY -outform DER | sha256sum`. */
-export function publicKeySha256(key: KeyObject): string {
-  return createHash('sha256').update(key.export({type: 'spki', format: 'der'})).digest('hex');
-}
-
 /**
  * The install's export signing key, created on first use, and its public half published at
  * pki/audit-export.pub (re-published if that file is missing or was replaced). Creation is
@@ -261,19 +257,7 @@ export async function installExportPublicKey(dir: InstallDir): Promise<KeyObject
 }
 
 /** Reads a PEM public key an auditor brings; it must be Ed25519. */
-export async function readExportPublicKey(file: string): Promise<KeyObject> {
-  const pem = await fs.readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
-    throw new UserError(`cannot read the public key ${file}: ${err.code ?? err.message}`, {nextSteps: ["Pass the install's pki/audit-export.pub."]});
-  });
-  let key: KeyObject;
-  try {
-    key = createPublicKey(pem);
-  } catch {
-    throw new UserError(`${file} is not a PEM public key`, {nextSteps: ["Pass the install's pki/audit-export.pub."]});
-  }
-  if (key.asymmetricKeyType !== 'ed25519') throw new UserError(`${file} is a ${key.asymmetricKeyType ?? 'unknown'} key, not Ed25519`, {nextSteps: ["Pass the install's pki/audit-export.pub."]});
-  return key;
-}
+export const readExportPublicKey = (file: string): Promise<KeyObject> => readEd25519PublicKey(file, "Pass the install's pki/audit-export.pub.");
 
 export interface ExportVerification {
   readonly file: string;
