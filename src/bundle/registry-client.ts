@@ -318,12 +318,30 @@ export function openRegistry(options: RegistryOptions): RegistryClient {
       });
     });
 
-  /** A request that is not retried: every failure is final. */
+  /** A request that is not retried (ping diagnoses at once; a mount POST opens a session): every failure is final. */
   const call = async (method: string, url: URL, opts?: SendOptions): Promise<Response> => {
     try {
       return await send(method, url, opts);
     } catch (err) {
       throw final(err);
+    }
+  };
+
+  const backoff = (attempt: number): Promise<void> => sleep(retry.baseDelayMs * 2 ** (attempt - 1));
+
+  /**
+   * An idempotent request (HEAD, GET, PUT of a manifest), retried when the connection breaks: a
+   * registry restart also kills the keep-alive sockets the next call would have reused.
+   */
+  const callRetrying = async (method: string, url: URL, opts?: SendOptions): Promise<Response> => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await send(method, url, opts);
+      } catch (err) {
+        const described = describeTransport(err);
+        if (!(described instanceof TransientError) || attempt >= retry.attempts) throw final(described);
+        await backoff(attempt);
+      }
     }
   };
 
@@ -383,7 +401,7 @@ export function openRegistry(options: RegistryOptions): RegistryClient {
   const hasBlob = async (repo: string, digest: string): Promise<boolean> => {
     checkRepo(repo);
     checkDigest(digest);
-    const res = await call('HEAD', url(`/v2/${repo}/blobs/${digest}`));
+    const res = await callRetrying('HEAD', url(`/v2/${repo}/blobs/${digest}`));
     if (res.status === 200) return true;
     if (res.status === 404) return false;
     throw final(unexpected(res, `HEAD blob ${digest} in ${repo}`));
@@ -465,7 +483,7 @@ export function openRegistry(options: RegistryOptions): RegistryClient {
         const described = describeTransport(err);
         if (!(described instanceof TransientError) || attempt >= retry.attempts) throw final(described);
         options.onProgress?.({blob: digest, bytes: reported, total: size, skipped: false, retry: {attempt: attempt + 1, reason: described.message}});
-        await sleep(retry.baseDelayMs * 2 ** (attempt - 1));
+        await backoff(attempt);
       }
     }
   };
@@ -490,7 +508,7 @@ export function openRegistry(options: RegistryOptions): RegistryClient {
     checkRepo(repo);
     checkReference(reference);
     const expected = sha256Of(bytes);
-    const res = await call('PUT', url(`/v2/${repo}/manifests/${reference}`), {headers: {'Content-Type': mediaType}, body: bytes});
+    const res = await callRetrying('PUT', url(`/v2/${repo}/manifests/${reference}`), {headers: {'Content-Type': mediaType}, body: bytes});
     if (res.status !== 201) throw final(unexpected(res, `PUT manifest ${repo}:${reference}`));
     const got = res.headers['docker-content-digest'];
     if (got !== expected) {
@@ -505,7 +523,7 @@ export function openRegistry(options: RegistryOptions): RegistryClient {
   const manifestDigest = async (repo: string, reference: string): Promise<string> => {
     checkRepo(repo);
     checkReference(reference);
-    const res = await call('GET', url(`/v2/${repo}/manifests/${reference}`), {headers: {Accept: MANIFEST_ACCEPT}, maxBody: MANIFEST_MAX_BYTES});
+    const res = await callRetrying('GET', url(`/v2/${repo}/manifests/${reference}`), {headers: {Accept: MANIFEST_ACCEPT}, maxBody: MANIFEST_MAX_BYTES});
     if (res.status === 404) {
       throw new UserError(`registry ${host} has no manifest ${repo}:${reference}`, {nextSteps: ['Push the bundle again: dforge bundle push FILE --registry HOST.']});
     }

@@ -14,6 +14,7 @@ import {openPushJournal, pushBlobJournaled} from '../../src/bundle/push-journal.
 import {openRegistry, type BlobProgress, type RegistryOptions} from '../../src/bundle/registry-client.js';
 import {DforgeError, UserError, VerificationError} from '../../src/errors.js';
 import {startTestRegistry, type TestRegistry} from '../helpers/registry.js';
+import {createTestCa} from '../helpers/test-ca.js';
 
 const sha256 = (bytes: Buffer): string => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 const once = (bytes: Buffer) => (): Readable => Readable.from([bytes]);
@@ -144,6 +145,46 @@ describe('registry client against a real docker-registry (TLS, htpasswd)', () =>
     const err = await rejection(c.hasBlob('../v2/_catalog', sha256(Buffer.from('x'))));
     c.close();
     expect(err).toBeInstanceOf(UserError);
+  });
+
+  it('says token auth is unsupported, and never follows an upload Location to another origin with the password', async () => {
+    // A hostile or misconfigured "registry": TLS with a trusted certificate, but it asks for a
+    // Bearer token on /v2/ and sends uploads to a host it controls.
+    const ca = await createTestCa(path.join(tmp, 'hostile-ca'), {serverNames: ['localhost'], serverIps: ['127.0.0.1']});
+    const seenElsewhere: string[] = [];
+    const elsewhere = http.createServer((req, res) => {
+      seenElsewhere.push(String(req.headers.authorization));
+      res.end();
+    });
+    await new Promise<void>((resolve) => elsewhere.listen(0, '127.0.0.1', resolve));
+    const server = https.createServer({cert: await fs.readFile(ca.serverCertFile), key: await fs.readFile(ca.serverKeyFile)}, (req, res) => {
+      if (req.url === '/v2/') {
+        res.writeHead(401, {'WWW-Authenticate': 'Bearer realm="https://auth.example/token",service="registry"'});
+        res.end();
+        return;
+      }
+      res.writeHead(202, {Location: `http://127.0.0.1:${(elsewhere.address() as AddressInfo).port}/upload?x=1`});
+      res.end();
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const c = openRegistry({
+        host: `localhost:${(server.address() as AddressInfo).port}`,
+        ca: Buffer.from(ca.caCertPem),
+        credentials: {username: 'u', password: 'secret-password'},
+        retry: {attempts: 1, baseDelayMs: 1},
+      });
+      const bearer = await rejection(c.ping());
+      expect(bearer.message).toMatch(/token \(Bearer\) authentication, which dforge does not support/);
+      const redirected = await rejection(c.uploadBlob('dforge/x', sha256(Buffer.from('x')), 1, once(Buffer.from('x'))));
+      expect(redirected.message).toMatch(/another origin; dforge does not send registry credentials there/);
+      expect(JSON.stringify(redirected.toJSON())).not.toContain('secret-password');
+      expect(seenElsewhere).toEqual([]);
+      c.close();
+    } finally {
+      server.close();
+      elsewhere.close();
+    }
   });
 
   it('pushes an OCI image, skips everything on a second push, and serves back the same bytes and digests', async () => {
@@ -305,6 +346,10 @@ describe('registry client against a real docker-registry (TLS, htpasswd)', () =>
     expect(await pushBlobJournaled(c2, resumed, {repo: 'dforge/big2', digest: bigDigest, size: chunks * MiB, open: () => Readable.from([])})).toBe('mounted');
     expect(opened).toBe(0);
     c2.close();
+
+    // Manifests are recorded too, and survive a reopen.
+    await resumed.recordManifest(repo, '1.0.0', bigDigest);
+    expect((await openPushJournal({dir: journalDir, registryHost: registry.host, bundleSha256})).manifest(repo, '1.0.0')).toBe(bigDigest);
 
     // A journal of another push (another registry) is not taken for this one.
     await fs.writeFile(resumed.file, JSON.stringify({format: 1, registry: 'elsewhere:5000', bundleSha256, blobs: [], manifests: []}));
