@@ -9,6 +9,7 @@
  */
 
 import {createHash} from 'node:crypto';
+import {promises as fs} from 'node:fs';
 import type {IncomingHttpHeaders, IncomingMessage} from 'node:http';
 import https from 'node:https';
 import type {Readable} from 'node:stream';
@@ -20,6 +21,39 @@ import {digestSchema, MEDIA_TYPES} from './manifest.js';
 export interface RegistryCredentials {
   readonly username: string;
   readonly password: string;
+}
+
+export const REGISTRY_ENV = {username: 'DFORGE_REGISTRY_USERNAME', password: 'DFORGE_REGISTRY_PASSWORD'} as const;
+
+/**
+ * The registry login, never from argv (it would show in ps and shell history): from `file`, one
+ * line `USERNAME:PASSWORD` (the first colon splits; the password may hold more), private to its
+ * owner; else from DFORGE_REGISTRY_USERNAME and DFORGE_REGISTRY_PASSWORD; else none (anonymous).
+ */
+export async function readRegistryCredentials(options: {file?: string; env?: NodeJS.ProcessEnv}): Promise<RegistryCredentials | undefined> {
+  const env = options.env ?? process.env;
+  if (options.file !== undefined) {
+    const file = options.file;
+    const st = await fs.stat(file).catch((err: NodeJS.ErrnoException) => {
+      throw new UserError(`cannot read the registry credentials file ${file} (${err.code ?? err.message})`, {nextSteps: ['Check the path given for the registry credentials file.']});
+    });
+    if ((st.mode & 0o077) !== 0) {
+      throw new UserError(`registry credentials file ${file} is readable by group or others`, {nextSteps: [`Run: chmod 600 ${file}`]});
+    }
+    const line = (await fs.readFile(file, 'utf8')).split(/\r?\n/)[0] ?? '';
+    const colon = line.indexOf(':');
+    if (colon <= 0 || colon === line.length - 1) {
+      throw new UserError(`registry credentials file ${file} does not hold USERNAME:PASSWORD on its first line`, {nextSteps: [`Write one line USERNAME:PASSWORD into ${file} (mode 0600).`]});
+    }
+    return {username: line.slice(0, colon), password: line.slice(colon + 1)};
+  }
+  const username = env[REGISTRY_ENV.username];
+  const password = env[REGISTRY_ENV.password];
+  if (username && password) return {username, password};
+  if (username || password) {
+    throw new UserError(`only one of ${REGISTRY_ENV.username} and ${REGISTRY_ENV.password} is set`, {nextSteps: ['Set both, or neither for an anonymous registry.']});
+  }
+  return undefined;
 }
 
 export interface RegistryTimeouts {

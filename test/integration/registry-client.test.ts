@@ -11,7 +11,7 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
 import {MEDIA_TYPES} from '../../src/bundle/manifest.js';
 import {openPushJournal, pushBlobJournaled} from '../../src/bundle/push-journal.js';
-import {openRegistry, type BlobProgress, type RegistryOptions} from '../../src/bundle/registry-client.js';
+import {openRegistry, readRegistryCredentials, REGISTRY_ENV, type BlobProgress, type RegistryOptions} from '../../src/bundle/registry-client.js';
 import {DforgeError, UserError, VerificationError} from '../../src/errors.js';
 import {startTestRegistry, type TestRegistry} from '../helpers/registry.js';
 import {createTestCa} from '../helpers/test-ca.js';
@@ -97,6 +97,24 @@ describe('registry client against a real docker-registry (TLS, htpasswd)', () =>
     const everything = JSON.stringify({...err.toJSON(), stack: err.stack});
     expect(everything).not.toContain(secret);
     expect(everything).not.toContain(Buffer.from(`${registry.username}:${secret}`).toString('base64'));
+  });
+
+  it('reads credentials from a private file or the environment, and refuses a file others can read', async () => {
+    const file = path.join(tmp, 'registry-auth');
+    await fs.writeFile(file, `${registry.username}:${registry.password}\n`, {mode: 0o644});
+    await fs.chmod(file, 0o644);
+    const open = await rejection(readRegistryCredentials({file}));
+    expect(open.nextSteps).toEqual([`Run: chmod 600 ${file}`]);
+    expect(JSON.stringify(open.toJSON())).not.toContain(registry.password);
+    await fs.chmod(file, 0o600);
+    const fromFile = await readRegistryCredentials({file});
+    expect(fromFile).toEqual({username: registry.username, password: registry.password});
+    const c = client({credentials: fromFile});
+    await c.ping();
+    c.close();
+    expect(await readRegistryCredentials({env: {[REGISTRY_ENV.username]: 'a', [REGISTRY_ENV.password]: 'b:c'}})).toEqual({username: 'a', password: 'b:c'});
+    expect(await readRegistryCredentials({env: {}})).toBeUndefined();
+    await rejection(readRegistryCredentials({env: {[REGISTRY_ENV.username]: 'a'}}));
   });
 
   it('refuses a registry whose certificate is not from a trusted CA, and says --ca FILE', async () => {
