@@ -19,7 +19,7 @@ export default class BundleCreate extends BaseCommand<typeof BundleCreate> {
   ];
   static override flags = {
     release: Flags.string({summary: 'The release the bundle carries.', required: true}),
-    images: Flags.file({summary: "A file listing the images, one name:tag per line (default: the release's dforge/<service>:<release> images).", exists: false}),
+    images: Flags.file({summary: "A file listing the images, one name:tag per line (default: the release's dforge/<service>:<release> images)."}),
     key: Flags.file({summary: 'The Ed25519 private key (PKCS#8 PEM, mode 0600) from dforge bundle keygen.', exclusive: ['unsigned']}),
     unsigned: Flags.boolean({summary: 'Write an unsigned bundle (verify refuses it unless --allow-unsigned).', exclusive: ['key']}),
     out: Flags.string({summary: 'The bundle file (default: ./dforge-<release>.bundle).'}),
