@@ -90,15 +90,26 @@ export class PartWriter {
   }
 
   /**
-   * Renames each temp file to its final name (temp name -> final path), then removes the temp
-   * directory. Existing outputs were checked before the run; `force` replaces them.
+   * Gives each temp file its final name (temp name -> final path), then removes the temp
+   * directory. An existing output is refused unless `force`, which replaces it.
    */
   async publish(moves: ReadonlyArray<{from: string; to: string}>, force: boolean): Promise<void> {
     try {
       for (const {to} of moves) {
         if (!force && (await exists(to))) throw refuseOverwrite(to);
       }
-      for (const {from, to} of moves) await fs.rename(path.join(this.tempDir, from), to);
+      for (const {from, to} of moves) {
+        const temp = path.join(this.tempDir, from);
+        if (force) {
+          await fs.rename(temp, to);
+        } else {
+          // link(2) fails if a file appeared under the name meanwhile: nothing is ever replaced without --force.
+          await fs.link(temp, to).catch((err: NodeJS.ErrnoException) => {
+            throw err.code === 'EEXIST' ? refuseOverwrite(to) : err;
+          });
+          await fs.rm(temp);
+        }
+      }
       await fsyncDir(path.dirname(this.out));
     } catch (err) {
       throw describeWriteError(err, this.out);
