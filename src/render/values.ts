@@ -25,7 +25,7 @@ export const POSTGRES_INITDB_ARGS = [...INITDB_ARGS, INITDB_LOCALE].join(' ');
 export const AUTH_DB_ROLE = 'dforge_auth';
 
 /** Images not set in dforge.yaml default to dforge/<service>:<release>. */
-export function resolvedImages(config: DforgeConfig): Record<ImageService, string> {
+export function resolvedImages(config: Pick<DforgeConfig, 'images' | 'release'>): Record<ImageService, string> {
   const repo: Record<ImageService, string> = {postgres: 'postgres', authDb: 'postgres', auth: 'auth', app: 'app', proxy: 'proxy'};
   return Object.fromEntries(IMAGE_SERVICES.map((s) => [s, config.images[s] ?? `dforge/${repo[s]}:${config.release}`])) as Record<ImageService, string>;
 }

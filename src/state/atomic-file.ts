@@ -79,7 +79,7 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-function describeWriteError(err: unknown, file: string): unknown {
+export function describeWriteError(err: unknown, file: string): unknown {
   const code = (err as NodeJS.ErrnoException).code;
   if (code === 'ENOSPC' || code === 'EDQUOT') {
     return new UserError(`no space left to write ${file}; the previous version is unchanged`, {

@@ -1,0 +1,55 @@
+import {describe, expect, it} from 'vitest';
+
+import {cycloneDxBytes, debPurl, imageStatus, parseDpkgStatus} from '../../src/bundle/sbom.js';
+import {DVD_PART_BYTES, parseSplitSize} from '../../src/bundle/size.js';
+
+describe('--split sizes', () => {
+  it('reads binary units and rounds down to whole 512-byte blocks', () => {
+    expect(parseSplitSize('4G')).toBe(4 * 1024 ** 3);
+    expect(parseSplitSize('700M')).toBe(700 * 1024 ** 2);
+    expect(parseSplitSize('1048577')).toBe(1048576);
+    expect(parseSplitSize('2GiB')).toBe(2 * 1024 ** 3);
+  });
+
+  it('dvd is a single-layer DVD less a file-system margin, in whole blocks', () => {
+    expect(parseSplitSize('dvd')).toBe(DVD_PART_BYTES);
+    expect(DVD_PART_BYTES).toBe(4_689_999_872);
+    expect(DVD_PART_BYTES % 512).toBe(0);
+  });
+
+  it('refuses what is not a size, or a part too small to be meant, as a usage error', () => {
+    for (const bad of ['', 'big', '-1G', '4.5G', '1K', '0']) expect(() => parseSplitSize(bad)).toThrow(expect.objectContaining({exitCode: 2}));
+  });
+});
+
+describe('dpkg status to CycloneDX', () => {
+  const status = [
+    'Package: zlib1g\nStatus: install ok installed\nArchitecture: amd64\nSource: zlib\nVersion: 1:1.2.13.dfsg-1\nDescription: compression\n library',
+    'Package: removed-pkg\nStatus: deinstall ok config-files\nArchitecture: amd64\nVersion: 1.0',
+    'Package: bash\nStatus: install ok installed\nArchitecture: amd64\nVersion: 5.2.15-2+b2',
+    'Package: libpq5\nStatus: install ok installed\nArchitecture: amd64\nSource: postgresql-15 (15.5-0+deb12u1)\nVersion: 15.5-0+deb12u1+b1',
+  ].join('\n\n');
+
+  it('lists installed packages only, sorted, with the source package name and an encoded purl', () => {
+    const pkgs = parseDpkgStatus(status);
+    expect(pkgs.map((p) => p.name)).toEqual(['bash', 'libpq5', 'zlib1g']);
+    expect(pkgs[1]!.source).toBe('postgresql-15');
+    expect(debPurl(pkgs[2]!)).toBe('pkg:deb/debian/zlib1g@1%3A1.2.13.dfsg-1?arch=amd64');
+  });
+
+  it('is byte-identical for the same input', () => {
+    const a = cycloneDxBytes({ref: 'x:1', configDigest: 'sha256:00'}, parseDpkgStatus(status), '2025-01-01T00:00:00.000Z');
+    const b = cycloneDxBytes({ref: 'x:1', configDigest: 'sha256:00'}, parseDpkgStatus(status), '2025-01-01T00:00:00.000Z');
+    expect(a.equals(b)).toBe(true);
+    const bom = JSON.parse(a.toString()) as {specVersion: string; components: Array<{properties: Array<{value: string}>}>};
+    expect(bom.specVersion).toBe('1.5');
+    expect(bom.components[1]!.properties[0]!.value).toBe('postgresql-15');
+  });
+
+  it('the top-most layer decides: a whiteout above a status means no dpkg database', () => {
+    const s = {kind: 'status' as const, bytes: Buffer.from('a')};
+    expect(imageStatus([s, {kind: 'none'}])).toBe(s.bytes);
+    expect(imageStatus([s, {kind: 'whiteout'}])).toBeUndefined();
+    expect(imageStatus([{kind: 'whiteout'}, {kind: 'status', bytes: Buffer.from('b')}])?.toString()).toBe('b');
+  });
+});
