@@ -47,13 +47,24 @@ export async function verifyBundle(source: BundleSource, trust: BundleTrust, opt
     const name = expected?.name ?? path.basename(part.path);
     if (expected !== undefined && expected.size !== part.size) throw tamper(`part ${name} is ${part.size} bytes; the signed parts index says ${expected.size}`, {reason: 'part', part: name}, [`Copy ${name} again from the original medium, then run dforge bundle verify again.`, GET_AGAIN]);
     const hash = createHash('sha256');
+    // In a split bundle a damaged or misplaced part shows up first as a bad header; the rest of
+    // the part is still hashed so the error names the part, the cause, rather than the symptom.
+    let failure: unknown;
     for await (const chunk of createReadStream(part.path, {highWaterMark: 1024 * 1024}) as AsyncIterable<Buffer>) {
       hash.update(chunk);
-      parser.write(chunk);
       done += chunk.length;
       options.progress?.(done, source.totalBytes);
+      if (failure !== undefined) continue;
+      try {
+        parser.write(chunk);
+      } catch (err) {
+        if (expected === undefined) throw err;
+        failure = err;
+      }
     }
-    if (expected !== undefined && hash.digest('hex') !== expected.sha256) throw tamper(`part ${name} does not match the sha256 in the signed parts index (parts out of order or damaged)`, {reason: 'part', part: name}, [`Copy ${name} again from the original medium, then run dforge bundle verify again.`, GET_AGAIN]);
+    const partIntact = expected === undefined || hash.digest('hex') === expected.sha256;
+    if (partIntact && failure !== undefined) throw failure;
+    if (!partIntact) throw tamper(`part ${name} does not match the sha256 in the signed parts index (parts out of order or damaged)`, {reason: 'part', part: name}, [`Copy ${name} again from the original medium, then run dforge bundle verify again.`, GET_AGAIN]);
   }
   const {entries, manifestBytes, signature} = parser.finish();
 
@@ -249,7 +260,12 @@ class TarPass {
       this.ended = true;
       return;
     }
-    const h = decodeEntryHeader(block);
+    let h: ReturnType<typeof decodeEntryHeader>;
+    try {
+      h = decodeEntryHeader(block);
+    } catch (err) {
+      throw tamper(`the tar header at byte ${headerOffset} cannot be read (${(err as Error).message})`, {reason: 'header', offset: headerOffset});
+    }
     const name = h.path;
     const refuse = (why: string): VerificationError => tamper(`bundle entry ${JSON.stringify(name)} (header at byte ${headerOffset}) is refused: ${why}`, {reason: 'header', entry: name, offset: headerOffset});
     if (!h.cksumValid) throw refuse('its tar header checksum is wrong');

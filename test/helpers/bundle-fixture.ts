@@ -23,6 +23,8 @@ export interface FixtureEntry {
   mode?: 0o644 | 0o755;
   /** What the tar header says instead of the manifest entry: hostile archives. */
   header?: {path?: string; type?: NonNullable<HeaderData['type']>; mode?: number; linkpath?: string};
+  /** In the tar but not in bundle.json: an entry smuggled in on the way. */
+  unlisted?: boolean;
 }
 
 export interface SigningKey {
@@ -149,7 +151,7 @@ export async function buildBundle(options: FixtureOptions): Promise<Fixture> {
     createdAt,
     signer: key === null ? null : {algorithm: 'Ed25519', publicKeySha256: key.fingerprint},
     images,
-    entries: entries.map((e) => ({path: e.path, kind: e.kind, size: size(e.content), sha256: sha256(e.content), mode: e.mode ?? 0o644})),
+    entries: entries.filter((e) => e.unlisted !== true).map((e) => ({path: e.path, kind: e.kind, size: size(e.content), sha256: sha256(e.content), mode: e.mode ?? 0o644})),
   };
   const manifestBytes = serializeManifest(manifest);
   const tail: FixtureEntry[] = [{path: BUNDLE_JSON, kind: 'template', content: manifestBytes}];
