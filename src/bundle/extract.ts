@@ -73,15 +73,15 @@ export async function extractVerified(verified: VerifiedBundle, targetDir: strin
     // O_EXCL|O_NOFOLLOW: the temp name is new, so nothing planted in the target is written through.
     const handle = await fs.open(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, entry.mode);
     try {
-      await pipeline(openVerifiedEntry(verified, entry), handle.createWriteStream({autoClose: false}));
+      // The umask may have dropped bits from open's mode; set them on the handle, never by path.
       await handle.chmod(entry.mode);
-      await handle.sync();
+      // flush: fsync before the stream closes the handle, so the rename publishes durable bytes.
+      await pipeline(openVerifiedEntry(verified, entry), handle.createWriteStream({flush: true}));
     } catch (err) {
-      await handle.close();
+      await handle.close().catch(() => undefined);
       await fs.rm(temp, {force: true});
       throw err;
     }
-    await handle.close();
     const existing = await fs.lstat(final).catch(() => undefined);
     if (existing !== undefined && !existing.isFile()) {
       await fs.rm(temp, {force: true});
