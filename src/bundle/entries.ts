@@ -38,7 +38,6 @@ export function entryNameProblem(name: string): string | null {
   if (name.includes('\\')) return 'the name contains a backslash';
   if (name.startsWith('/')) return 'the name is an absolute path';
   if (/^[A-Za-z]:/.test(name)) return 'the name starts with a drive letter';
-  // eslint-disable-next-line no-control-regex -- control characters are exactly what is refused
   if (/[\u0000-\u001F\u007F]/.test(name)) return 'the name contains a control character';
   const segments = name.split('/');
   if (segments.some((s) => s === '..')) return "the name contains '..'";

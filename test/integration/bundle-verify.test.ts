@@ -143,6 +143,28 @@ describe('bundle verify', () => {
     expect(error(r.stdout).message).toMatch(/unsigned, but a trusted key was given/);
   });
 
+  it('inspect reports release, images, shared-layer savings, signer and SBOM components, and refuses a tampered bundle', async () => {
+    const b = await fresh('inspect');
+    const r = await runCli(['bundle', 'inspect', b.file, '--dir', noInstall, '--json', '--trusted-key', key.publicKeyFile]);
+    expect(r.code, r.stdout).toBe(0);
+    const got = JSON.parse(r.stdout) as {release: string; signer: {publicKeySha256: string}; sharedLayerSavings: number; images: Array<{ref: string; size: number; sbom: {components: number} | null}>};
+    const shared = b.manifest.images[0]!.layers[0]!;
+    expect(b.manifest.images[1]!.layers[0]!.digest).toBe(shared.digest);
+    expect(got.release).toBe('1.4.2');
+    expect(got.signer.publicKeySha256).toBe(key.fingerprint);
+    expect(got.sharedLayerSavings).toBe(shared.size);
+    const app = b.manifest.images[0]!;
+    expect(got.images[0]).toMatchObject({ref: 'dforge/app:1.4.2', size: app.config.size + app.layers.reduce((n, l) => n + l.size, 0), sbom: {components: 3}});
+    expect(got.images[1]!.sbom).toBeNull();
+    const text = await runCli(['bundle', 'inspect', b.file, '--dir', noInstall, '--trusted-key', key.publicKeyFile]);
+    expect(text.stdout).toContain('dforge/proxy:1.4.2');
+
+    await flipByte(b.file, contentOffset(b, 'oci/index.json') + 3);
+    const tampered = await runCli(['bundle', 'inspect', b.file, '--dir', noInstall, '--json', '--trusted-key', key.publicKeyFile]);
+    expect(tampered.code).toBe(6);
+    expect(error(tampered.stdout).message).toContain('oci/index.json');
+  });
+
   it('verifies a 200 MB blob with RSS growth well under 150 MB', async () => {
     const b = await fresh('big', {images: [{ref: 'dforge/big:1', layers: [bigLayer(200 * 1024 * 1024)]}]});
     const script = `
