@@ -8,6 +8,9 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 import {blobPath} from '../../src/bundle/manifest.js';
 import {bigLayer, buildBundle, contentOffset, flipByte, signingKey, type SigningKey} from '../helpers/bundle-fixture.js';
 import {repoRoot, runCli} from '../helpers/cli.js';
+import {quickstartInstall, type EmbeddedInstall} from '../helpers/embedded-install.js';
+import {findPgBinaries} from '../helpers/pg-cluster.js';
+import {missingComponent} from '../helpers/requirements.js';
 
 /**
  * `dforge bundle verify` against whoever handles the bundle on its way: flipped bytes in a blob,
@@ -21,7 +24,6 @@ describe('bundle verify', () => {
   let noInstall: string;
 
   beforeAll(async () => {
-    execFileSync('npm', ['run', 'build'], {cwd: repoRoot, stdio: 'ignore'});
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'dforge-bundle-verify-'));
     noInstall = path.join(dir, 'no-install');
     await fs.mkdir(noInstall);
@@ -180,5 +182,46 @@ describe('bundle verify', () => {
     const out = JSON.parse(execFileSync(process.execPath, ['--input-type=module', '-e', script], {encoding: 'utf8'})) as {before: number; peak: number; bytes: number};
     expect(out.bytes).toBeGreaterThan(200 * 1024 * 1024);
     expect(out.peak - out.before).toBeLessThan(150 * 1024 * 1024);
+  });
+});
+
+const pgAvailable = findPgBinaries() !== undefined || missingComponent('PostgreSQL', 'no binaries under /usr/lib/postgresql');
+
+/** On a real install: --allow-unsigned lands in the ops log, and dforge.yaml's bundles.trustedKeys is a trusted key. */
+describe.skipIf(!pgAvailable)('bundle verify on an install', () => {
+  let install: EmbeddedInstall;
+  let dir: string;
+  let key: SigningKey;
+
+  beforeAll(async () => {
+    install = await quickstartInstall();
+    dir = await fs.mkdtemp(path.join(os.tmpdir(), 'dforge-bundle-install-'));
+    key = await signingKey(dir);
+  });
+  afterAll(async () => {
+    await install?.cleanup();
+    await fs.rm(dir, {recursive: true, force: true});
+  });
+
+  it('records an unsigned bundle let through by --allow-unsigned as a waived bundle.verify in the ops log', async () => {
+    const b = await buildBundle({dir, name: 'unsigned.bundle', key: null});
+    const r = await install.cli(['bundle', 'verify', b.file, '--allow-unsigned', '--json']);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    const seq = (JSON.parse(r.stdout) as {unsigned: {auditedIn: {opsLogSeq: number}}}).unsigned.auditedIn.opsLogSeq;
+    const plane = await install.plane();
+    try {
+      const {rows} = await plane.control.query<{action: string; outcome: string; target: string}>('SELECT action, outcome, target FROM ops_log WHERE seq = $1', [seq]);
+      expect(rows).toEqual([{action: 'bundle.verify', outcome: 'waived', target: b.file}]);
+    } finally {
+      await plane.close();
+    }
+  });
+
+  it('trusts the keys listed under bundles.trustedKeys in dforge.yaml', async () => {
+    const b = await buildBundle({dir, name: 'signed.bundle', key});
+    await fs.appendFile(install.dir.configFile, `bundles:\n  trustedKeys:\n    - ${key.publicKeyFile}\n`);
+    const r = await install.cli(['bundle', 'verify', b.file, '--json']);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout) as {signer: {publicKeySha256: string}}).signer.publicKeySha256).toBe(key.fingerprint);
   });
 });
