@@ -208,6 +208,7 @@ class TarPass {
   private header = Buffer.alloc(0);
   private current: {path: string; size: number; mode: number; hash: Hash; left: number; pad: number; keep: Buffer[] | null} | null = null;
   private ended = false;
+  private endedAt = 0;
   private readonly entries: ReadEntry[] = [];
   private readonly keys = new Set<string>();
   private manifestBytes: Buffer | null = null;
@@ -258,6 +259,7 @@ class TarPass {
     const headerOffset = this.offset - BLOCK;
     if (block.every((b) => b === 0)) {
       this.ended = true;
+      this.endedAt = headerOffset;
       return;
     }
     let h: ReturnType<typeof decodeEntryHeader>;
@@ -298,7 +300,7 @@ class TarPass {
 
   finish(): {entries: ReadEntry[]; manifestBytes: Buffer; signature: Buffer | null} {
     if (this.current !== null || this.header.length > 0) throw tamper(`the bundle ends in the middle of ${this.current === null ? 'a header' : `entry ${this.current.path}`} (a part or the end is missing)`, {reason: 'truncated', entry: this.current?.path ?? null});
-    if (!this.ended) throw tamper('the bundle has no end-of-archive blocks (the last part is missing or cut short)', {reason: 'truncated'});
+    if (!this.ended || this.offset - this.endedAt < 2 * BLOCK) throw tamper('the bundle has no end-of-archive blocks (the last part is missing or cut short)', {reason: 'truncated'});
     if (this.manifestBytes === null) throw tamper('the bundle has no bundle.json', {reason: 'missing', entry: BUNDLE_JSON});
     return {entries: this.entries, manifestBytes: this.manifestBytes, signature: this.signature};
   }
