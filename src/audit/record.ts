@@ -32,6 +32,7 @@ export type OpsAction =
   | 'posture.run'
   | 'posture.waiver'
   | 'audit.export'
+  | 'bundle.verify'
   | `tenant.${string}`;
 
 export interface OpsRecord {

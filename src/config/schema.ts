@@ -118,6 +118,11 @@ export const configSchema = z
           .default({algorithm: 'EdDSA', graceDays: 7}),
       })
       .default({masterKeyProvider: 'file', jwt: {algorithm: 'EdDSA', graceDays: 7}}),
+    bundles: z
+      .strictObject({
+        trustedKeys: z.array(z.string().min(1)).default([]).describe('Ed25519 public keys (PEM files, paths relative to the install directory or absolute) that dforge bundle verify, load, push and install --bundle accept as bundle signers.'),
+      })
+      .optional(),
     compose: z
       .strictObject({
         project: name.default('dforge').describe('docker compose project name; it prefixes containers, networks and volumes.'),
