@@ -8,6 +8,7 @@ import type Docker from 'dockerode';
 import {BugError, UserError, VerificationError} from '../errors.js';
 import {PACKAGED_TEMPLATES} from '../render/sources.js';
 import {resolvedImages} from '../render/values.js';
+import {byteProgress} from '../ui/bytes.js';
 import {readDockerSave} from './engine-export.js';
 import {
   BUNDLE_FORMAT,
@@ -244,14 +245,9 @@ export async function createBundle(docker: Docker, options: CreateOptions): Prom
     const configsByPath = new Map<string, Descriptor>();
     const layerStatus = new Map<string, LayerStatus>();
     let streamed = 0;
-    let lastReport = started.getTime();
-    const report = (final: boolean): void => {
-      const t = Date.now();
-      if (!final && t - lastReport < PROGRESS_INTERVAL_MS) return;
-      lastReport = t;
-      const seconds = Math.max((t - started.getTime()) / 1000, 0.001);
-      options.progress(`bundle: ${mb(streamed)} of ~${mb(estimated)} MB from the engine, ${(streamed / 1e6 / seconds).toFixed(1)} MB/s`);
-    };
+    const progress = byteProgress('bundle: from the engine', options.progress, {intervalMs: PROGRESS_INTERVAL_MS, estimatedTotal: true});
+    // The estimate counts a shared base once per image; the last line gives the real total.
+    const report = (final: boolean): void => progress(streamed, final ? streamed : Math.max(estimated, streamed));
 
     const exported = (await (docker as unknown as {getImages(o: {names: string[]}): Promise<NodeJS.ReadableStream>}).getImages({names: [...options.images]})) as AsyncIterable<Buffer>;
     const saved = await readDockerSave(exported, {
@@ -421,4 +417,3 @@ async function fileSha256(file: string): Promise<string> {
   return hash.digest('hex');
 }
 
-const mb = (bytes: number): string => (bytes / 1e6).toFixed(0);

@@ -1,6 +1,5 @@
 import {createHash} from 'node:crypto';
 import {Readable} from 'node:stream';
-import {pipeline} from 'node:stream/promises';
 
 import type Docker from 'dockerode';
 
@@ -157,9 +156,7 @@ async function sendToEngine(docker: Docker, archive: Readable): Promise<void> {
   const response = (await docker.loadImage(archive, {quiet: true})) as NodeJS.ReadableStream;
   // The engine answers with JSON messages; an error arrives as {"error": ...} in the body.
   let body = '';
-  await pipeline(response, async function* (source: AsyncIterable<Buffer>) {
-    for await (const chunk of source) body += chunk.toString('utf8');
-  });
+  for await (const chunk of response as AsyncIterable<Buffer>) body += chunk.toString('utf8');
   const failure = body
     .split('\n')
     .filter(Boolean)

@@ -4,9 +4,10 @@ import path from 'node:path';
 
 import {UserError, VerificationError} from '../errors.js';
 import {publicKeySha256} from '../pki/ed25519.js';
+import type {InstallDir} from '../state/install-dir.js';
+import {byteProgress} from '../ui/bytes.js';
 import {collisionKey, entryNameProblem, locateEntries, type LocatedEntry} from './entries.js';
 import {BLOBS_PREFIX, BUNDLE_JSON, BUNDLE_SIGNATURE, EXECUTABLE, LIMITS, MEDIA_TYPES, OCI_INDEX, OCI_LAYOUT, SBOM_PREFIX, TEMPLATES_PREFIX, blobPath, parseBundleManifest, type BundleManifest, type EntryKind} from './manifest.js';
-import type {InstallDir} from '../state/install-dir.js';
 import {openBundleSource, readRange, type BundleSource} from './source.js';
 import {BLOCK, decodeEntryHeader, paddedSize} from './tar-blocks.js';
 import {bundleTrustFrom, configuredTrustedKeyFiles, recordUnsignedAllowed, type BundleTrust, type UnsignedAudit} from './trust.js';
@@ -324,18 +325,9 @@ export interface BundleCheck {
 export async function checkBundleFile(file: string, options: BundleCheckOptions): Promise<BundleCheck> {
   const trust = await bundleTrustFrom({trustedKeyFiles: options.trustedKeyFiles, configuredKeyFiles: await configuredTrustedKeyFiles(options.installDir), allowUnsigned: options.allowUnsigned});
   const source = await openBundleSource(file);
-  let last = 0;
-  const verified = await verifyBundle(source, trust, {
-    progress: (done, total) => {
-      const now = Date.now();
-      if (done < total && now - last < 1000) return;
-      last = now;
-      options.progress?.(`verify: ${formatBytes(done)} of ${formatBytes(total)} (${total === 0 ? 100 : Math.floor((done * 100) / total)}%)`);
-    },
-  });
+  const verified = await verifyBundle(source, trust, {progress: options.progress ? byteProgress('verify', options.progress) : undefined});
   if (verified.signer !== null) return {verified};
   const unsigned = await recordUnsignedAllowed(options.installDir, path.resolve(file), {release: verified.manifest.release, bundleJsonSha256: verified.manifestSha256});
   return {verified, unsigned};
 }
 
-export const formatBytes = (n: number): string => (n >= 1024 ** 3 ? `${(n / 1024 ** 3).toFixed(2)} GiB` : n >= 1024 ** 2 ? `${(n / 1024 ** 2).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`);

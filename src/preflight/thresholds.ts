@@ -52,15 +52,3 @@ export function grade(value: number, band: Band, tolerance = TOLERANCE): 'pass' 
   if (!meets(value, band.minimum, tolerance)) return 'fail';
   return meets(value, band.recommended, tolerance) ? 'pass' : 'warn';
 }
-
-/** Bytes in binary units with one decimal, as df -h and free -h print them. */
-export function formatBytes(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return unit === 0 ? `${bytes} B` : `${value.toFixed(1)} ${units[unit]}`;
-}

@@ -2,7 +2,8 @@ import {describe, expect, it} from 'vitest';
 
 import {parseOpenFilesLimit} from '../../src/preflight/checks/host.js';
 import {versionAtLeast} from '../../src/preflight/checks/runtime.js';
-import {formatBytes, grade, HOST_THRESHOLDS, meets, OPEN_FILES, TOLERANCE} from '../../src/preflight/thresholds.js';
+import {grade, HOST_THRESHOLDS, meets, OPEN_FILES, TOLERANCE} from '../../src/preflight/thresholds.js';
+import {formatBytes} from '../../src/ui/bytes.js';
 
 const GiB = 1024 ** 3;
 

@@ -2,7 +2,8 @@ import {Args, Flags} from '@oclif/core';
 
 import {BaseCommand} from '../../base-command.js';
 import {inspectBundle, type BundleInspection} from '../../bundle/inspect.js';
-import {checkBundleFile, formatBytes} from '../../bundle/verify.js';
+import {checkBundleFile} from '../../bundle/verify.js';
+import {formatBytes} from '../../ui/bytes.js';
 import {renderTable} from '../../ui/table.js';
 
 export default class BundleInspect extends BaseCommand<typeof BundleInspect> {

@@ -1,7 +1,8 @@
 import {Args, Flags} from '@oclif/core';
 
 import {BaseCommand} from '../../base-command.js';
-import {checkBundleFile, formatBytes} from '../../bundle/verify.js';
+import {checkBundleFile} from '../../bundle/verify.js';
+import {formatBytes} from '../../ui/bytes.js';
 import type {UnsignedAudit} from '../../bundle/trust.js';
 
 export interface BundleVerifyResult {

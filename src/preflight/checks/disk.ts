@@ -3,7 +3,8 @@ import {promises as fs} from 'node:fs';
 import {combine, type CheckOutcome, type PreflightCheck, type PreflightContext} from '../check.js';
 import {backingOf} from '../disk-encryption.js';
 import {existingAncestor, findMount} from '../mountinfo.js';
-import {DISK_USED_WARN_RATIO, formatBytes, HOST_THRESHOLDS, meets} from '../thresholds.js';
+import {formatBytes} from '../../ui/bytes.js';
+import {DISK_USED_WARN_RATIO, HOST_THRESHOLDS, meets} from '../thresholds.js';
 
 /** A directory dforge's data lands in. */
 interface DataLocation {

@@ -3,7 +3,8 @@ import {promises as fs} from 'node:fs';
 import os from 'node:os';
 
 import type {CheckOutcome, PreflightCheck, PreflightContext} from '../check.js';
-import {formatBytes, grade, HOST_THRESHOLDS, OPEN_FILES} from '../thresholds.js';
+import {formatBytes} from '../../ui/bytes.js';
+import {grade, HOST_THRESHOLDS, OPEN_FILES} from '../thresholds.js';
 
 /** uname -m of the architectures dForge images and PostgreSQL packages exist for. */
 const SUPPORTED_MACHINES = ['x86_64', 'aarch64'];
