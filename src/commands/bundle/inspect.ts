@@ -1,6 +1,7 @@
-import {Args, Flags} from '@oclif/core';
+import {Args} from '@oclif/core';
 
 import {BaseCommand} from '../../base-command.js';
+import {bundleTrustFlags} from '../../cli/bundle-trust-flags.js';
 import {inspectBundle, type BundleInspection} from '../../bundle/inspect.js';
 import {checkBundleFile} from '../../bundle/verify.js';
 import {formatBytes} from '../../ui/bytes.js';
@@ -13,10 +14,7 @@ export default class BundleInspect extends BaseCommand<typeof BundleInspect> {
   static override args = {
     file: Args.string({description: 'The bundle, or a split bundle\'s F.parts.json.', required: true}),
   };
-  static override flags = {
-    'trusted-key': Flags.file({summary: 'An Ed25519 public key (PEM) whose signature you accept; repeatable.', multiple: true, exists: true}),
-    'allow-unsigned': Flags.boolean({summary: 'Accept a bundle without a signature (recorded in the ops log).', default: false}),
-  };
+  static override flags = bundleTrustFlags;
 
   async run(): Promise<BundleInspection> {
     const {verified, unsigned} = await checkBundleFile(this.args.file, {
