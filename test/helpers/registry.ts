@@ -2,12 +2,12 @@ import {execFile as execFileCb, spawn, type ChildProcess} from 'node:child_proce
 import {randomBytes} from 'node:crypto';
 import {promises as fs} from 'node:fs';
 import https from 'node:https';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import {setTimeout as sleep} from 'node:timers/promises';
 import {promisify} from 'node:util';
 
+import {freePort} from './pg-cluster.js';
 import {createTestCa} from './test-ca.js';
 
 const execFile = promisify(execFileCb);
@@ -29,17 +29,6 @@ export interface TestRegistry {
   /** Start it again on the same port, config and storage, and wait until it answers. */
   start(): Promise<void>;
   stop(): Promise<void>;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const {port} = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 /**
