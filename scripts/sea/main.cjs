@@ -9,7 +9,7 @@
 // could write there could plant code a root-run dforge would execute. Every level we rely on must
 // be a real directory (not a link), owned by us, not writable by group or others; otherwise refuse.
 // A tree only gets its final name by an atomic rename after it was fully written and stamped, so a
-// run killed during extraction leaves a temp directory that is never used (and is removed later).
+// run killed during extraction leaves a .tmp-* directory that is never used (nor yet cleaned up).
 //
 // Only built-in modules can be require()d here; files on disk are loaded via createRequire.
 const sea = require('node:sea');
