@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 
 import type {ControlPlane} from '../control/plane.js';
+import {selfCommand} from '../cli/self-command.js';
 import {VerificationError} from '../errors.js';
 import {PREVIOUS_DATABASE_PATTERN} from '../tenants/databases.js';
 import type {InstallDir} from '../state/install-dir.js';
@@ -221,13 +222,12 @@ export interface Schedule {
 
 /**
  * The cron line or systemd timer that runs `dforge backup --all`, as the user running this
- * command, with DFORGE_HOME and the node binary spelled out (cron has almost no environment).
+ * command, with DFORGE_HOME and this dforge spelled out (src/cli/self-command.ts).
  */
-export async function backupSchedule(dir: InstallDir, options: {kind: 'cron' | 'systemd'; at: string; install: boolean; cliPath: string}): Promise<Schedule> {
+export async function backupSchedule(dir: InstallDir, options: {kind: 'cron' | 'systemd'; at: string; install: boolean}): Promise<Schedule> {
   const user = os.userInfo().username;
-  const node = process.execPath;
   const [hour, minute] = options.at.split(':').map(Number) as [number, number];
-  const command = `${node} ${options.cliPath} backup --all --dir ${dir.root} --quiet`;
+  const command = [...selfCommand(), 'backup', '--all', '--dir', dir.root, '--quiet'].join(' ');
   const files: Record<string, string> =
     options.kind === 'cron'
       ? {

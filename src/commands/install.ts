@@ -47,14 +47,13 @@ Running it again changes only what differs: no secret is regenerated, changed fi
       ask: prompting ? (questions: Parameters<typeof askInstallQuestions>[1], known: PartialAnswers) => askInstallQuestions(dir, questions, known) : undefined,
       acceptDefaults: this.flags.yes,
       ignore: this.flags.ignore ?? [],
-      cliPath: process.argv[1] ?? 'dforge',
     };
     const ctx = newInstallContext();
     await withStackLock(dir, 'dforge install', async () => {
       await runSteps(commonInstallSteps(dir, options), ctx, this.out, {prompting});
       await runSteps(await targetInstallSteps(dir, options, ctx.config!.target), ctx, this.out);
     });
-    const result = await installResult(dir, ctx, options);
+    const result = await installResult(dir, ctx);
     if (!this.jsonEnabled() && result.applied === false) {
       this.log(`Rendered for Kubernetes, not applied: no cluster is reachable with the current kubeconfig.`);
       this.log(`manifests           ${dir.renderedDir}/k8s (kustomize base)`);

@@ -16,7 +16,7 @@ export default class Upgrade extends BaseCommand<typeof Upgrade> {
 
   async run(): Promise<{upgrade: Omit<UpgradePlan, 'backups'> & {backups: number}; install: InstallResult}> {
     const dir = this.installDir();
-    const options = {provided: {}, ignore: [], cliPath: process.argv[1] ?? 'dforge'};
+    const options = {provided: {}, ignore: []};
     const ctx = newInstallContext();
     const plan = await withStackLock(dir, `dforge upgrade --to ${this.flags.to}`, async () => {
       // The engine is asked only for a compose install; Kubernetes pulls from its registry.
@@ -37,6 +37,6 @@ export default class Upgrade extends BaseCommand<typeof Upgrade> {
       return prepared;
     });
     const {backups, ...rest} = plan;
-    return {upgrade: {...rest, backups: backups.tenants.length}, install: await installResult(dir, ctx, options)};
+    return {upgrade: {...rest, backups: backups.tenants.length}, install: await installResult(dir, ctx)};
   }
 }

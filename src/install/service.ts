@@ -36,8 +36,6 @@ export interface InstallOptions {
   readonly acceptDefaults?: boolean;
   /** Preflight checks the operator waives. */
   readonly ignore: readonly string[];
-  /** The dforge CLI as cron should call it, for the backup line of the summary. */
-  readonly cliPath: string;
   readonly healthTimeoutMs?: number;
 }
 
@@ -264,13 +262,13 @@ export function composeInstallSteps(dir: InstallDir, options: InstallOptions): A
 
 export const composeDir = (dir: InstallDir): string => path.join(dir.renderedDir, 'compose');
 
-export async function installResult(dir: InstallDir, ctx: InstallContext, options: Pick<InstallOptions, 'cliPath'>): Promise<InstallResult> {
+export async function installResult(dir: InstallDir, ctx: InstallContext): Promise<InstallResult> {
   const config = ctx.config!;
   // On Kubernetes the rendered CronJob runs the backups; on one host, cron does.
   const cronLine =
     config.target === 'k8s'
       ? `CronJob dforge-backup in namespace ${config.kubernetes.namespace} (17 2 * * *)`
-      : Object.values((await backupSchedule(dir, {kind: 'cron', at: '02:17', install: false, cliPath: options.cliPath})).files)[0]!.trimEnd().split('\n').at(-1)!;
+      : Object.values((await backupSchedule(dir, {kind: 'cron', at: '02:17', install: false})).files)[0]!.trimEnd().split('\n').at(-1)!;
   const port = config.target === 'compose' ? config.compose.httpsPort : 443;
   return {
     target: config.target,

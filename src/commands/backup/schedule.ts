@@ -1,6 +1,3 @@
-import path from 'node:path';
-import {fileURLToPath} from 'node:url';
-
 import {Flags} from '@oclif/core';
 
 import {BaseCommand} from '../../base-command.js';
@@ -17,8 +14,7 @@ export default class BackupSchedule extends BaseCommand<typeof BackupSchedule> {
 
   async run(): Promise<Schedule> {
     if (!/^([01]\d|2[0-3]):[0-5]\d$/.test(this.flags.at)) this.error('--at takes HH:MM, e.g. 02:15', {exit: 2});
-    const cliPath = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../bin/run.js');
-    const schedule = await backupSchedule(this.installDir(), {kind: this.flags.systemd ? 'systemd' : 'cron', at: this.flags.at, install: this.flags.install, cliPath});
+    const schedule = await backupSchedule(this.installDir(), {kind: this.flags.systemd ? 'systemd' : 'cron', at: this.flags.at, install: this.flags.install});
     if (!this.jsonEnabled()) for (const [file, content] of Object.entries(schedule.files)) this.log(`# ${file}\n${content}`);
     if (schedule.installed) this.out.progress(`installed ${Object.keys(schedule.files).join(', ')}`);
     return schedule;
