@@ -1,9 +1,8 @@
 import {Args} from '@oclif/core';
 
 import {BaseCommand} from '../../base-command.js';
-import {bundleTrustFlags} from '../../cli/bundle-trust-flags.js';
+import {bundleTrustFlags, checkBundleFromFlags} from '../../cli/bundle-trust-flags.js';
 import {inspectBundle, type BundleInspection} from '../../bundle/inspect.js';
-import {checkBundleFile} from '../../bundle/verify.js';
 import {formatBytes} from '../../ui/bytes.js';
 import {renderTable} from '../../ui/table.js';
 
@@ -17,13 +16,7 @@ export default class BundleInspect extends BaseCommand<typeof BundleInspect> {
   static override flags = bundleTrustFlags;
 
   async run(): Promise<BundleInspection> {
-    const {verified, unsigned} = await checkBundleFile(this.args.file, {
-      trustedKeyFiles: this.flags['trusted-key'] ?? [],
-      allowUnsigned: this.flags['allow-unsigned'],
-      installDir: this.installDir(),
-      progress: (line) => this.out.progress(line),
-    });
-    if (unsigned?.auditedIn === null) this.out.warn(`accepted an UNSIGNED bundle; not recorded: ${unsigned.reason}`);
+    const {verified, unsigned} = await checkBundleFromFlags(this.args.file, this.flags, {installDir: this.installDir(), out: this.out});
     const result = await inspectBundle(verified, unsigned);
     if (!this.jsonEnabled()) {
       this.log(`release ${result.release} (dforge ${result.dforgeVersion}, created ${result.createdAt})`);

@@ -1,8 +1,7 @@
 import {Args} from '@oclif/core';
 
 import {BaseCommand} from '../../base-command.js';
-import {bundleTrustFlags} from '../../cli/bundle-trust-flags.js';
-import {checkBundleFile} from '../../bundle/verify.js';
+import {bundleTrustFlags, checkBundleFromFlags} from '../../cli/bundle-trust-flags.js';
 import {formatBytes} from '../../ui/bytes.js';
 import type {UnsignedAudit} from '../../bundle/trust.js';
 
@@ -29,13 +28,7 @@ export default class BundleVerify extends BaseCommand<typeof BundleVerify> {
   static override flags = bundleTrustFlags;
 
   async run(): Promise<BundleVerifyResult> {
-    const {verified, unsigned} = await checkBundleFile(this.args.file, {
-      trustedKeyFiles: this.flags['trusted-key'] ?? [],
-      allowUnsigned: this.flags['allow-unsigned'],
-      installDir: this.installDir(),
-      progress: (line) => this.out.progress(line),
-    });
-    if (unsigned?.auditedIn === null) this.out.warn(`accepted an UNSIGNED bundle; not recorded: ${unsigned.reason}`);
+    const {verified, unsigned} = await checkBundleFromFlags(this.args.file, this.flags, {installDir: this.installDir(), out: this.out});
     const m = verified.manifest;
     if (!this.jsonEnabled()) {
       this.log(`verified: ${verified.source.file} is dforge release ${m.release} (${m.images.length} images, ${m.entries.length} entries, ${formatBytes(verified.bytes)}), ${verified.signer === null ? 'UNSIGNED' : `signed by ${verified.signer.publicKeySha256}`}`);
