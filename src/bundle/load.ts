@@ -14,12 +14,13 @@ import type {VerifiedBundle} from './verify.js';
  * engine's image id of every reference is the config digest the signed manifest names.
  *
  * Docker 20.10 loads the legacy `docker save` format only, so the bundle's OCI blobs are re-framed
- * on the fly as one such tar (manifest.json last, blobs under their OCI paths) and piped into
- * `POST /images/load`; nothing is staged on disk by dforge. Each blob comes through
+ * on the fly as such a tar per image (manifest.json last, blobs under their OCI paths) and piped
+ * into `POST /images/load`; nothing is staged on disk by dforge. Each blob comes through
  * openVerifiedEntry, which withholds the last bytes of anything changed since verification: the
- * engine reads the whole archive before it imports anything, so a changed blob aborts the load
- * with nothing loaded. Layers whose chain the engine already has are left out of the tar (the
- * engine does not open them), which is what makes a delta bundle loadable and a re-load cheap.
+ * engine reads a whole archive before it imports anything, so a changed blob aborts that image's
+ * load with nothing of it loaded (images before it stay, verified and whole). Layers whose chain
+ * the engine already has are left out of the tar (the engine does not open them), which is what
+ * makes a delta bundle loadable and a re-load cheap.
  */
 
 export interface LoadedImage {
@@ -42,15 +43,26 @@ export interface LoadOptions {
   readonly progress?: (done: number, total: number) => void;
 }
 
-export async function loadBundle(docker: Docker, verified: VerifiedBundle, options: LoadOptions = {}): Promise<LoadResult> {
-  const images = selectImages(verified.manifest.images, options.refs);
-  const present = await engineLayerChains(docker);
-  const located = new Map(locateEntries(verified.manifest).map((e) => [e.path, e]));
-  const omitted = new Set(verified.manifest.base?.omittedBlobs ?? []);
+/** One image's share of a load: the layers the engine lacks when its turn comes. */
+export interface ImageLoadPlan {
+  readonly image: BundleImage;
+  readonly send: ReadonlyArray<{digest: string; size: number}>;
+  readonly presentCount: number;
+  /** Bytes this image sends: its config and the layers in `send`. */
+  readonly bytes: number;
+}
 
-  const plan = images.map((image) => {
+/**
+ * What a load sends, image by image: a layer shared by several images goes with the first, and a
+ * layer the engine already has (by chain id) goes with none. `present` is the engine's chains
+ * (engineLayerChains). preflight --bundle sizes the engine's disk from the same plan.
+ */
+export function planLoad(verified: VerifiedBundle, present: ReadonlySet<string>, refs?: readonly string[]): ImageLoadPlan[] {
+  const have = new Set(present);
+  const omitted = new Set(verified.manifest.base?.omittedBlobs ?? []);
+  return selectImages(verified.manifest.images, refs).map((image) => {
     const chains = chainIds(image.layers.map((l) => l.digest));
-    const send = image.layers.filter((_, i) => !present.has(chains[i]!));
+    const send = image.layers.filter((_, i) => !have.has(chains[i]!));
     for (const layer of send) {
       if (omitted.has(layer.digest)) {
         throw new UserError(`${image.ref} needs layer ${layer.digest}, which this delta bundle leaves out (its base is release ${verified.manifest.base!.release}) and the engine does not have`, {
@@ -59,46 +71,51 @@ export async function loadBundle(docker: Docker, verified: VerifiedBundle, optio
         });
       }
     }
-    return {image, send, presentCount: image.layers.length - send.length};
+    for (const chain of chains) have.add(chain);
+    return {image, send, presentCount: image.layers.length - send.length, bytes: image.config.size + send.reduce((n, l) => n + l.size, 0)};
   });
-  const blobs = new Map<string, LocatedEntry>();
-  for (const {image, send} of plan) {
-    for (const digest of [image.config.digest, ...send.map((l) => l.digest)]) blobs.set(digest, entryOf(located, digest, image.ref));
-  }
-  const total = [...blobs.values()].reduce((n, e) => n + e.size, 0);
+}
 
+export async function loadBundle(docker: Docker, verified: VerifiedBundle, options: LoadOptions = {}): Promise<LoadResult> {
+  const plan = planLoad(verified, await engineLayerChains(docker), options.refs);
+  const located = new Map(locateEntries(verified.manifest).map((e) => [e.path, e]));
+  const total = plan.reduce((n, p) => n + p.bytes, 0);
   let bytesSent = 0;
-  let producerError: unknown;
-  const mtime = new Date(verified.manifest.createdAt);
-  async function* archive(): AsyncGenerator<Buffer> {
-    try {
-      for (const [digest, entry] of blobs) {
-        yield encodeEntryHeader({path: blobPath(digest), size: entry.size, mode: 0o644, mtime});
-        for await (const chunk of openVerifiedEntry(verified, entry) as AsyncIterable<Buffer>) {
-          bytesSent += chunk.length;
-          options.progress?.(bytesSent, total);
-          yield chunk;
-        }
-        yield Buffer.alloc(paddedSize(entry.size) - entry.size);
-      }
-      const manifest = Buffer.from(JSON.stringify(plan.map(({image}) => ({Config: blobPath(image.config.digest), RepoTags: [image.ref], Layers: image.layers.map((l) => blobPath(l.digest))}))));
-      yield encodeEntryHeader({path: 'manifest.json', size: manifest.length, mode: 0o644, mtime});
-      yield Buffer.concat([manifest, Buffer.alloc(paddedSize(manifest.length) - manifest.length), END_OF_ARCHIVE]);
-    } catch (err) {
-      // The request body breaks off, and the engine discards the whole archive.
-      producerError = err;
-      throw err;
-    }
-  }
-  try {
-    await sendToEngine(docker, Readable.from(archive()));
-  } catch (err) {
-    throw producerError ?? err;
-  }
-  if (producerError) throw producerError;
-
   const loaded: LoadedImage[] = [];
-  for (const {image, presentCount, send} of plan) {
+  // One archive per image: the engine stages an archive whole under its data-root before it
+  // imports, so its extra space is one image's new layers at a time, never the whole bundle.
+  for (const step of plan) {
+    const {image} = step;
+    const blobs = [image.config.digest, ...step.send.map((l) => l.digest)].map((digest) => [digest, entryOf(located, digest, image.ref)] as const);
+    let producerError: unknown;
+    const mtime = new Date(verified.manifest.createdAt);
+    async function* archive(): AsyncGenerator<Buffer> {
+      try {
+        for (const [digest, entry] of blobs) {
+          yield encodeEntryHeader({path: blobPath(digest), size: entry.size, mode: 0o644, mtime});
+          for await (const chunk of openVerifiedEntry(verified, entry) as AsyncIterable<Buffer>) {
+            bytesSent += chunk.length;
+            options.progress?.(bytesSent, total);
+            yield chunk;
+          }
+          yield Buffer.alloc(paddedSize(entry.size) - entry.size);
+        }
+        const manifest = Buffer.from(JSON.stringify([{Config: blobPath(image.config.digest), RepoTags: [image.ref], Layers: image.layers.map((l) => blobPath(l.digest))}]));
+        yield encodeEntryHeader({path: 'manifest.json', size: manifest.length, mode: 0o644, mtime});
+        yield Buffer.concat([manifest, Buffer.alloc(paddedSize(manifest.length) - manifest.length), END_OF_ARCHIVE]);
+      } catch (err) {
+        // The request body breaks off, and the engine discards the whole archive.
+        producerError = err;
+        throw err;
+      }
+    }
+    try {
+      await sendToEngine(docker, Readable.from(archive()));
+    } catch (err) {
+      throw producerError ?? err;
+    }
+    if (producerError) throw producerError;
+
     const info = await docker.getImage(image.ref).inspect().catch(() => undefined);
     if (info?.Id !== image.config.digest) {
       throw new VerificationError(`after loading, ${image.ref} in the engine is ${info?.Id ?? 'missing'}, not the bundle's ${image.config.digest}`, {
@@ -106,7 +123,7 @@ export async function loadBundle(docker: Docker, verified: VerifiedBundle, optio
         data: {reason: 'image-id', image: image.ref, expected: image.config.digest, actual: info?.Id ?? null},
       });
     }
-    loaded.push({ref: image.ref, imageId: info.Id, layersSent: send.length, layersPresent: presentCount});
+    loaded.push({ref: image.ref, imageId: info.Id, layersSent: step.send.length, layersPresent: step.presentCount});
   }
   return {release: verified.manifest.release, images: loaded, bytesSent};
 }
@@ -143,7 +160,7 @@ export function chainIds(diffIds: readonly string[]): string[] {
 }
 
 /** Every layer chain some image in the engine is built on. */
-async function engineLayerChains(docker: Docker): Promise<Set<string>> {
+export async function engineLayerChains(docker: Docker): Promise<Set<string>> {
   const chains = new Set<string>();
   for (const summary of await docker.listImages({all: true})) {
     const info = await docker.getImage(summary.Id).inspect().catch(() => undefined);

@@ -1,11 +1,14 @@
 import {Flags} from '@oclif/core';
 
 import {BaseCommand} from '../base-command.js';
+import {bundleTrustFlags, checkBundleFromFlags} from '../cli/bundle-trust-flags.js';
 import {UsageError} from '../errors.js';
 import {readAnswersFile, type PartialAnswers} from '../install/answers.js';
+import {answersWithBundle} from '../install/bundle.js';
 import {withStackLock} from '../install/lifecycle.js';
 import {commonInstallSteps, installResult, newInstallContext, targetInstallSteps, type InstallResult} from '../install/service.js';
 import {IMAGE_SERVICES} from '../render/values.js';
+import {byteProgress} from '../ui/bytes.js';
 import {askInstallQuestions, canPrompt} from '../ui/install-prompts.js';
 import {runSteps} from '../ui/tasks.js';
 
@@ -35,18 +38,26 @@ Running it again changes only what differs: no secret is regenerated, changed fi
     project: Flags.string({summary: 'docker compose project name.'}),
     image: Flags.string({summary: 'Image of one service: <service>=<ref>, e.g. app=registry.local/dforge/app:1.4.2.', multiple: true}),
     ignore: Flags.string({summary: 'Preflight check to waive (recorded in the ops log); repeat it or separate ids with commas.', multiple: true, delimiter: ','}),
+    bundle: Flags.file({summary: 'Install from this signed offline bundle: verified first, its images loaded into the engine (its release becomes the install\'s).', exists: true}),
+    registry: Flags.string({summary: 'With --target k8s and --bundle: the registry (HOST[:PORT]) the bundle was pushed to; images are pinned there by digest.', dependsOn: ['bundle']}),
+    ...bundleTrustFlags,
   };
 
   async run(): Promise<InstallResult> {
     const dir = this.installDir();
     const fromFile = this.flags.config ? await readAnswersFile(this.flags.config) : {};
-    const provided = {...fromFile, ...this.answersFromFlags(fromFile)};
+    // A bundle is verified before anything changes: a bad one stops here with exit 6 or 1.
+    const bundle = this.flags.bundle === undefined ? undefined : (await checkBundleFromFlags(this.flags.bundle, this.flags, {installDir: dir, out: this.out})).verified;
+    const flagged = {...fromFile, ...this.answersFromFlags(fromFile)};
+    const provided = bundle ? answersWithBundle(flagged, bundle, this.flags.registry) : flagged;
     const prompting = !this.flags.yes && !this.jsonEnabled() && canPrompt();
     const options = {
       provided,
       ask: prompting ? (questions: Parameters<typeof askInstallQuestions>[1], known: PartialAnswers) => askInstallQuestions(dir, questions, known) : undefined,
       acceptDefaults: this.flags.yes,
       ignore: this.flags.ignore ?? [],
+      bundle,
+      loadProgress: byteProgress('load', (line) => this.out.progress(line)),
     };
     const ctx = newInstallContext();
     await withStackLock(dir, 'dforge install', async () => {

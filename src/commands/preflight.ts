@@ -1,6 +1,7 @@
 import {Flags} from '@oclif/core';
 
 import {BaseCommand} from '../base-command.js';
+import {bundleTrustFlags, checkBundleFromFlags} from '../cli/bundle-trust-flags.js';
 import {CheckFailedError} from '../errors.js';
 import {loadOptionalConfig, runPreflight, type PreflightReport} from '../preflight/service.js';
 import {renderTable} from '../ui/table.js';
@@ -16,6 +17,8 @@ Reads dforge.yaml from --dir when there is one; without it, the host and runtime
   static override flags = {
     target: Flags.option({summary: 'Target to check for. Default: the target in dforge.yaml, else compose.', options: ['compose', 'k8s', 'embedded'] as const})(),
     ignore: Flags.string({summary: 'Waive a check by id (repeatable); the waiver is recorded in the ops log.', multiple: true, delimiter: ','}),
+    bundle: Flags.file({summary: "Also check this offline bundle: its signature and every hash, and room for its images in the engine's data-root.", exists: true}),
+    ...bundleTrustFlags,
   };
 
   async run(): Promise<PreflightReport> {
@@ -23,7 +26,9 @@ Reads dforge.yaml from --dir when there is one; without it, the host and runtime
     const config = await loadOptionalConfig(dir);
     const target = this.flags.target ?? config?.target ?? 'compose';
     if (!config) this.out.progress(`no ${dir.configFile}: checking the host and runtime with the ${target} defaults`);
-    const report = await runPreflight({dir, config, target, ignore: this.flags.ignore});
+    const file = this.flags.bundle;
+    const bundle = file === undefined ? undefined : async () => (await checkBundleFromFlags(file, this.flags, {installDir: dir, out: this.out})).verified;
+    const report = await runPreflight({dir, config, target, ignore: this.flags.ignore, bundle});
     if (!this.jsonEnabled()) this.log(renderReport(report));
     if (report.waived.length > 0 && !report.waiversLogged) this.out.warn(`no control database reachable, so the ops log does not record the waiver of ${report.waived.join(', ')}`);
     if (report.failed.length > 0) {

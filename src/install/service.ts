@@ -5,6 +5,7 @@ import type Docker from 'dockerode';
 
 import {serviceHost} from '../certs/service-names.js';
 import {backupSchedule} from '../backup/manage.js';
+import type {VerifiedBundle} from '../bundle/verify.js';
 import {configText, layOutWithConfig} from '../config/init.js';
 import type {DforgeConfig} from '../config/schema.js';
 import {CONTROL_DATABASE, PROVISIONER_ROLE, bootstrapCluster} from '../control/bootstrap.js';
@@ -25,6 +26,7 @@ import type {Step} from '../ui/tasks.js';
 import {keyAndPkiSteps} from './key-steps.js';
 import {configFromAnswers, openQuestions, withDefaults, type Answers, type PartialAnswers, type Question} from './answers.js';
 import {ensureAuthDatabase} from './auth-db.js';
+import {loadBundleImages, type InstalledBundle} from './bundle.js';
 import {authDbSocketDir, clearPendingRestarts, pendingRestarts, ensureStackCredentials, postgresSocketDir, writeComposeRuntime, type StackCredentials} from './compose-runtime.js';
 
 export interface InstallOptions {
@@ -37,6 +39,10 @@ export interface InstallOptions {
   /** Preflight checks the operator waives. */
   readonly ignore: readonly string[];
   readonly healthTimeoutMs?: number;
+  /** --bundle: verified before anything changed; images come from it. */
+  readonly bundle?: VerifiedBundle;
+  /** Progress of loading images from the bundle, for stderr. */
+  readonly loadProgress?: (done: number, total: number) => void;
 }
 
 export interface InstallResult {
@@ -57,6 +63,8 @@ export interface InstallResult {
   readonly backupCronLine: string;
   /** k8s only: whether the manifests were applied; false means rendered only, no cluster was reachable. */
   readonly applied?: boolean;
+  /** The offline bundle the images came from (install --bundle). */
+  readonly bundle?: InstalledBundle;
 }
 
 export interface InstallContext {
@@ -74,6 +82,7 @@ export interface InstallContext {
   credentials?: StackCredentials;
   /** k8s: whether kubectl applied the overlay (false: no cluster reachable, stopped after rendering). */
   applied?: boolean;
+  bundle?: InstalledBundle;
 }
 
 const DEFAULT_HEALTH_TIMEOUT_MS = 5 * 60_000;
@@ -155,6 +164,10 @@ export function composeInstallSteps(dir: InstallDir, options: InstallOptions): A
     {
       title: 'Images',
       async run(ctx) {
+        if (options.bundle) {
+          ctx.bundle = await loadBundleImages(await engine(), options.bundle, Object.values(resolvedImages(need(ctx))), options.loadProgress);
+          return `from the bundle of release ${ctx.bundle.release}: ${ctx.bundle.loaded.length === 0 ? 'all present' : `loaded ${ctx.bundle.loaded.join(', ')}`}`;
+        }
         const missing: string[] = [];
         const {imagePresent} = await import('../docker/images.js');
         for (const ref of new Set(Object.values(resolvedImages(need(ctx))))) if (!(await imagePresent(await engine(), ref))) missing.push(ref);
@@ -285,6 +298,7 @@ export async function installResult(dir: InstallDir, ctx: InstallContext): Promi
     preflight: {failed: ctx.preflight?.failed ?? [], warned: ctx.preflight?.warned ?? [], waived: ctx.preflight?.waived ?? []},
     backupCronLine: cronLine,
     ...(config.target === 'k8s' ? {applied: ctx.applied ?? false} : {}),
+    ...(ctx.bundle ? {bundle: ctx.bundle} : {}),
   };
 }
 

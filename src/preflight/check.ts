@@ -1,4 +1,5 @@
 import type {DforgeConfig} from '../config/schema.js';
+import type {VerifiedBundle} from '../bundle/verify.js';
 import type {KeyServices} from '../keys/context.js';
 import type {InstallDir} from '../state/install-dir.js';
 import type {DockerEngine} from './docker.js';
@@ -42,6 +43,8 @@ export interface PreflightContext {
   docker(): Promise<DockerEngine>;
   /** The install's key services (sealed secrets); rejects when the install has no master key. */
   keys(): Promise<KeyServices>;
+  /** preflight --bundle: the bundle, verified once for every check that reads it. */
+  bundle?: () => Promise<VerifiedBundle>;
 }
 
 export interface PreflightCheck {

@@ -1,5 +1,6 @@
 import {clustersOf} from '../control/plane.js';
 import type {PreflightCheck, PreflightContext} from './check.js';
+import {bundleSpaceCheck, bundleVerifiedCheck} from './checks/bundle.js';
 import {certificatesCheck} from './checks/certs.js';
 import {diskCheck, encryptionCheck} from './checks/disk.js';
 import {domainCheck} from './checks/domain.js';
@@ -25,5 +26,6 @@ export function checksFor(ctx: PreflightContext): PreflightCheck[] {
     for (const [name, {cluster}] of clustersOf(ctx.config)) if (cluster.kind === 'external') checks.push(externalPostgresCheck(ctx.config, name, cluster));
   }
   checks.push(certificatesCheck);
+  if (ctx.bundle) checks.push(bundleVerifiedCheck, ...(ctx.target === 'k8s' ? [] : [bundleSpaceCheck]));
   return checks;
 }

@@ -2,6 +2,7 @@ import {promises as fs} from 'node:fs';
 
 import {OpsLog} from '../audit/ops-log.js';
 import {loadConfigFile} from '../config/load.js';
+import type {VerifiedBundle} from '../bundle/verify.js';
 import type {DforgeConfig} from '../config/schema.js';
 import {optionalControlConnection} from '../control/plane.js';
 import {UsageError} from '../errors.js';
@@ -24,6 +25,8 @@ export interface PreflightInput {
   readonly ignore?: readonly string[];
   readonly env?: NodeJS.ProcessEnv;
   readonly clock?: () => Date;
+  /** --bundle: verifies the bundle (once, when a check first asks). */
+  readonly bundle?: () => Promise<VerifiedBundle>;
 }
 
 export interface PreflightReport {
@@ -65,6 +68,7 @@ export async function runPreflight(input: PreflightInput): Promise<PreflightRepo
     now,
     docker: once((): Promise<DockerEngine> => probeDockerEngine(env)),
     keys: once((): Promise<KeyServices> => openKeyServices(input.dir, {env, clock: now})),
+    ...(input.bundle ? {bundle: once(input.bundle)} : {}),
   };
   const checks = checksFor(ctx);
   const ignore = new Set(input.ignore ?? []);
