@@ -39,6 +39,8 @@ export function entryNameProblem(name: string): string | null {
   if (name.startsWith('/')) return 'the name is an absolute path';
   if (/^[A-Za-z]:/.test(name)) return 'the name starts with a drive letter';
   if (/[\u0000-\u001F\u007F]/.test(name)) return 'the name contains a control character';
+  // ustar names are ASCII and the writer makes no other: anything else is hostile.
+  if (/[^\u0020-\u007E]/.test(name)) return 'the name contains a character outside printable ASCII';
   const segments = name.split('/');
   if (segments.some((s) => s === '..')) return "the name contains '..'";
   if (segments.some((s) => s === '' || s === '.')) return "the name has an empty or '.' component";

@@ -1,5 +1,5 @@
 import {locateEntries, openVerifiedEntry} from './entries.js';
-import {BLOBS_PREFIX} from './manifest.js';
+import {blobPath} from './manifest.js';
 import type {UnsignedAudit} from './trust.js';
 import type {VerifiedBundle} from './verify.js';
 
@@ -45,8 +45,8 @@ export async function inspectBundle(verified: VerifiedBundle, unsigned?: Unsigne
   }
   const layerBytes = manifest.images.reduce((n, i) => n + i.layers.reduce((m, l) => m + l.size, 0), 0);
   const uniqueLayers = new Map(manifest.images.flatMap((i) => i.layers.map((l) => [l.digest, l.size] as const)));
-  const held = [...uniqueLayers].filter(([digest]) => located.has(`${BLOBS_PREFIX}${digest.slice('sha256:'.length)}`)).reduce((n, [, size]) => n + size, 0);
-  const omitted = [...uniqueLayers].filter(([digest]) => !located.has(`${BLOBS_PREFIX}${digest.slice('sha256:'.length)}`)).reduce((n, [, size]) => n + size, 0);
+  const held = [...uniqueLayers].filter(([digest]) => located.has(blobPath(digest))).reduce((n, [, size]) => n + size, 0);
+  const omitted = [...uniqueLayers].filter(([digest]) => !located.has(blobPath(digest))).reduce((n, [, size]) => n + size, 0);
   return {
     file: verified.source.file,
     release: manifest.release,

@@ -2,7 +2,7 @@
  * A client for the OCI distribution API (Docker Registry HTTP API v2), for `bundle push` to a
  * private registry.
  *
- * Over node:https, not a registry library: the push needs exactly six calls, and owning the
+ * Over node:https, not a registry library: the push needs a handful of calls, and owning the
  * transport is what lets us stream blobs (never buffer one), bound every wait (a stalled body
  * aborts the attempt, it does not hang), retry with a fresh body, and keep the password out of
  * every error. Only TLS: a registry credential never crosses the network in clear.
