@@ -89,9 +89,7 @@ describe.skipIf(unavailable !== undefined)('install and preflight from a bundle'
     expect(verify?.detail).toContain('9.9.9');
     expect(space?.status, r.stdout).toBe('pass');
     expect(space?.detail).toMatch(/needed under .* free/);
-    // Host checks on this machine may fail on their own; the bundle is not why.
-    const failed = checks.filter((c) => c.status === 'fail').map((c) => c.id);
-    expect(r.code, r.stdout).toBe(failed.length === 0 ? 0 : 3);
+    expect(r.code, r.stdout).toBe(0);
   }, 180_000);
 
   it('preflight --bundle without a trusted key fails bundle.verify (exit 3)', async () => {
