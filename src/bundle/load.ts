@@ -86,6 +86,14 @@ export async function loadBundle(docker: Docker, verified: VerifiedBundle, optio
   // imports, so its extra space is one image's new layers at a time, never the whole bundle.
   for (const step of plan) {
     const {image} = step;
+    // An image the engine already holds under the signed id needs nothing sent (and a delta
+    // bundle does not even carry its config): the engine's id is the sha256 of the config.
+    const existing = await docker.getImage(image.config.digest).inspect().catch(() => undefined);
+    if (existing?.Id === image.config.digest) {
+      if (!(existing.RepoTags ?? []).includes(image.ref)) await docker.getImage(image.config.digest).tag(splitRef(image.ref));
+      loaded.push({ref: image.ref, imageId: existing.Id, layersSent: 0, layersPresent: image.layers.length});
+      continue;
+    }
     const blobs = [image.config.digest, ...step.send.map((l) => l.digest)].map((digest) => [digest, entryOf(located, digest, image.ref)] as const);
     let producerError: unknown;
     const mtime = new Date(verified.manifest.createdAt);
@@ -126,6 +134,12 @@ export async function loadBundle(docker: Docker, verified: VerifiedBundle, optio
     loaded.push({ref: image.ref, imageId: info.Id, layersSent: step.send.length, layersPresent: step.presentCount});
   }
   return {release: verified.manifest.release, images: loaded, bytesSent};
+}
+
+/** docker tag's repo and tag of a name:tag reference (a colon after the last slash is the tag). */
+function splitRef(ref: string): {repo: string; tag: string} {
+  const colon = ref.lastIndexOf(':');
+  return colon > ref.lastIndexOf('/') ? {repo: ref.slice(0, colon), tag: ref.slice(colon + 1)} : {repo: ref, tag: 'latest'};
 }
 
 function selectImages(images: readonly BundleImage[], refs: readonly string[] | undefined): BundleImage[] {
