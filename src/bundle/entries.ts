@@ -1,5 +1,5 @@
 import {createHash} from 'node:crypto';
-import {Transform, type Readable} from 'node:stream';
+import {pipeline, Transform, type Readable} from 'node:stream';
 
 import {VerificationError} from '../errors.js';
 import {BLOBS_PREFIX, BUNDLE_JSON, BUNDLE_SIGNATURE, EXECUTABLE, LIMITS, OCI_INDEX, OCI_LAYOUT, SBOM_PREFIX, TEMPLATES_PREFIX, type BundleEntry, type BundleManifest} from './manifest.js';
@@ -83,7 +83,8 @@ export function openVerifiedEntry(verified: VerifiedBundle, entry: LocatedEntry)
       done(null, held ?? undefined);
     },
   });
-  const raw = readRange(verified.source, entry.contentOffset, entry.size);
-  raw.on('error', (err) => check.destroy(err));
-  return raw.pipe(check);
+  // pipeline, not pipe: a consumer that abandons the stream (a failed upload attempt, an aborted
+  // load) destroys `check`, and that closes the file read too instead of leaving it open.
+  // Errors reach the consumer through `check`; the callback only keeps them from being unhandled.
+  return pipeline(readRange(verified.source, entry.contentOffset, entry.size), check, () => {});
 }

@@ -1,6 +1,9 @@
+import {createHash} from 'node:crypto';
+
 import {UserError, VerificationError} from '../errors.js';
-import {locateEntries, openVerifiedEntry, type LocatedEntry} from './entries.js';
+import {locateEntries, openVerifiedEntry} from './entries.js';
 import {blobPath, MEDIA_TYPES, type BundleImage} from './manifest.js';
+import {imageManifestBytes} from './oci.js';
 import {openPushJournal, pushBlobJournaled} from './push-journal.js';
 import type {BlobOutcome, RegistryClient} from './registry-client.js';
 import type {VerifiedBundle} from './verify.js';
@@ -63,8 +66,8 @@ export async function pushBundle(
   const images: PushedImage[] = [];
   for (const image of verified.manifest.images) {
     const {repo, tag} = repositoryOf(image.ref);
-    const entry: LocatedEntry = located.get(blobPath(image.manifest.digest))!;
-    const bytes = await readWhole(openVerifiedEntry(verified, entry));
+    const entry = located.get(blobPath(image.manifest.digest));
+    const bytes = entry ? await readWhole(openVerifiedEntry(verified, entry)) : rebuiltManifest(image);
     if (journal.manifest(repo, tag) !== image.manifest.digest) {
       await client.putManifest(repo, tag, bytes, MEDIA_TYPES.manifest);
       await journal.recordManifest(repo, tag, image.manifest.digest);
@@ -113,4 +116,20 @@ function missingBaseBlob(image: BundleImage, digest: string, verified: VerifiedB
     nextSteps: [`Push the base bundle (release ${base.release}) first, then this delta.`],
     data: {image: image.ref, blob: digest},
   });
+}
+
+/**
+ * A delta bundle leaves out the manifest of an image its base already had; the manifest is
+ * generated deterministically (oci.ts), so it is made again and must hash to the signed digest.
+ */
+function rebuiltManifest(image: BundleImage): Buffer {
+  const bytes = imageManifestBytes(image.config, image.layers);
+  const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+  if (digest !== image.manifest.digest) {
+    throw new VerificationError(`the manifest of ${image.ref} is not in this delta bundle, and the one made again from its signed config and layers is ${digest}, not the signed ${image.manifest.digest}`, {
+      nextSteps: ['Push the base bundle (which carries it) first, or get a full bundle from whoever built this one.'],
+      data: {reason: 'manifest-digest', image: image.ref},
+    });
+  }
+  return bytes;
 }

@@ -18,6 +18,11 @@ export async function readEd25519PublicKey(file: string, hint: string): Promise<
   const pem = await fs.readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
     throw new UserError(`cannot read the public key ${file}: ${err.code ?? err.message}`, {nextSteps: [hint]});
   });
+  // createPublicKey would derive the public half of a private key without a word: a site handed
+  // the signing key by mistake must hear that it now holds a secret it should not have.
+  if (pem.includes('PRIVATE KEY')) {
+    throw new UserError(`${file} is a PRIVATE key; pass the public key (.pub) instead`, {nextSteps: [hint, 'A private signing key that left its owner is compromised: make a new key pair and re-sign.']});
+  }
   let key: KeyObject;
   try {
     key = createPublicKey(pem);

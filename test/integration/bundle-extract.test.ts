@@ -13,6 +13,7 @@ import {bundleTrustFrom, type BundleTrust} from '../../src/bundle/trust.js';
 import {verifyBundle, type VerifiedBundle} from '../../src/bundle/verify.js';
 import {VerificationError} from '../../src/errors.js';
 import {buildBundle, contentOffset, flipByte, signingKey, type FixtureEntry, type SigningKey} from '../helpers/bundle-fixture.js';
+import {runCli} from '../helpers/cli.js';
 
 /**
  * Hostile archives: every name and entry type a malicious bundle could use to write outside the
@@ -64,7 +65,8 @@ describe('bundle extraction', () => {
     ['drive letter', [{path: 'C:templates/x', kind: 'template', content: Buffer.from('x'), header: {}}], 'C:templates/x'],
     ['setuid', [{path: 'templates/suid', kind: 'template', content: Buffer.from('x'), header: {mode: 0o4755}}], 'templates/suid'],
     ['setgid', [{path: 'templates/sgid', kind: 'template', content: Buffer.from('x'), header: {mode: 0o2755}}], 'templates/sgid'],
-    ['NFC collision', [{path: 'templates/caf\u00E9', kind: 'template', content: Buffer.from('a'), header: {}}, {path: 'templates/cafe\u0301', kind: 'template', content: Buffer.from('b'), header: {}}], 'templates/cafe\u0301'],
+    // Non-ASCII is refused outright, so the first of an NFC-colliding pair is already named.
+    ['non-ASCII (NFC-colliding) name', [{path: 'templates/caf\u00E9', kind: 'template', content: Buffer.from('a'), header: {}}, {path: 'templates/cafe\u0301', kind: 'template', content: Buffer.from('b'), header: {}}], 'templates/caf\u00E9'],
     ['case-fold collision', [{path: 'templates/A', kind: 'template', content: Buffer.from('a')}, {path: 'templates/a', kind: 'template', content: Buffer.from('b')}], 'templates/a'],
     ['depth', [{path: `templates/${'d/'.repeat(LIMITS.depth)}f`, kind: 'template', content: Buffer.from('x')}], `templates/${'d/'.repeat(LIMITS.depth)}f`],
   ];
@@ -112,7 +114,7 @@ describe('bundle extraction', () => {
     const target = path.join(await sub(), 'target');
     const app = v.manifest.entries.find((e) => e.path === 'templates/k8s/app.yaml')!;
     for (const [hostile, named] of [
-      [renamed(v, (e) => (e === app ? [{...e, path: 'templates/caf\u00E9'}, {...e, path: 'templates/cafe\u0301'}] : e)), 'templates/cafe\u0301'],
+      [renamed(v, (e) => (e === app ? [{...e, path: 'templates/caf\u00E9'}, {...e, path: 'templates/cafe\u0301'}] : e)), 'templates/caf\u00E9'],
       [renamed(v, (e) => (e === app ? [{...e, path: 'templates/Readme'}, {...e, path: 'templates/README'}] : e)), 'templates/README'],
       [renamed(v, (e) => (e === app ? {...e, mode: 0o4755 as 0o755} : e)), 'templates/k8s/app.yaml'],
     ] as const) {
@@ -186,5 +188,24 @@ describe('bundle extraction', () => {
     const err2 = await refusal(extractVerified(v, target, (e) => e.path === app.path));
     expect(err2.message).toContain(app.path);
     expect(await listAll(target)).toEqual(['templates', 'templates/k8s']);
+  });
+
+  it('bundle extract writes the executable (0755) and templates of a verified bundle; a changed executable writes nothing (exit 6)', async () => {
+    const b = await buildBundle({dir: await sub(), key});
+    const out = path.join(path.dirname(b.file), 'out');
+    const cli = (file: string, target: string) => runCli(['bundle', 'extract', file, '--trusted-key', key.publicKeyFile, '--out', target, '--dir', path.join(dir, 'no-install'), '--json']);
+    const r = await cli(b.file, out);
+    expect(r.code, r.stderr).toBe(0);
+    const written = (JSON.parse(r.stdout) as {written: string[]}).written;
+    expect(written).toContain('dforge');
+    expect(written.every((w) => w === 'dforge' || w.startsWith('templates/'))).toBe(true);
+    expect((await fs.stat(path.join(out, 'dforge'))).mode & 0o7777).toBe(0o755);
+
+    await flipByte(b.file, contentOffset(b, 'dforge'));
+    const bad = path.join(path.dirname(b.file), 'bad');
+    const refused = await cli(b.file, bad);
+    expect(refused.code).toBe(6);
+    expect(refused.stdout).toContain('dforge');
+    await expect(fs.stat(bad)).rejects.toThrow();
   });
 });

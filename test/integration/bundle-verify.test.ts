@@ -51,6 +51,16 @@ describe('bundle verify', () => {
     expect(r.stderr).toMatch(/verify: .* of .*\(100%\)/);
   });
 
+  it('refuses a private key given as --trusted-key, saying the signing key has leaked (exit 1)', async () => {
+    const b = await fresh('private-as-trusted');
+    const leaked = path.join(path.dirname(b.file), 'leaked.key');
+    await fs.writeFile(leaked, key.privateKey.export({type: 'pkcs8', format: 'pem'}) as string, {mode: 0o600});
+    const r = await verify(b.file, '--trusted-key', leaked);
+    expect(r.code).toBe(1);
+    expect(error(r.stdout).message).toContain('PRIVATE key');
+    expect(r.stdout + r.stderr).not.toContain('BEGIN PRIVATE KEY');
+  });
+
   it('refuses a flipped byte in a layer blob, naming the blob (exit 6)', async () => {
     const b = await fresh('blob');
     const layer = blobPath(b.manifest.images[0]!.layers[1]!.digest);
