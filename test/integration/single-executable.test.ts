@@ -1,7 +1,7 @@
 // The single executable (scripts/build-sea.mjs) run the way an air-gapped host runs it: copied
 // alone into an empty directory, no node or npm on PATH, a fresh HOME, and (where possible) no network.
 import {execFileSync, spawnSync} from 'node:child_process';
-import {chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync} from 'node:fs';
+import {chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
@@ -65,6 +65,86 @@ describe('dforge single executable', () => {
       expect(o.status).toBe(1);
       expect(o.stderr).toContain('owned by uid 12345');
     }
+  });
+
+  // Root run with a cache inside a directory another user controls (sudo -E keeps their HOME): that
+  // user could rename dforge/ away after the checks and put their own tree in its place.
+  const asRoot = process.geteuid?.() === 0;
+  it.runIf(asRoot)('refuses a cache below a directory another user owns, and writes nothing there', () => {
+    const hostile = path.join(tmp, 'hostile-owner');
+    mkdirSync(hostile, {mode: 0o755});
+    execFileSync('chown', ['12345', hostile]);
+    const r = run(['--version'], path.join(hostile, 'home', '.cache'));
+    expect(r.status).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toContain(`${hostile}, above the cache directory, is owned by uid 12345`);
+    expect(r.stderr).toContain('set XDG_CACHE_HOME to a directory only you can write');
+    expect(r.stderr).not.toContain('Remove that directory');
+    expect(readdirSync(hostile)).toEqual([]);
+  });
+
+  it('refuses a cache below a group- or world-writable directory that is not sticky', () => {
+    for (const mode of [0o777, 0o775]) {
+      const open = path.join(tmp, `open-${mode.toString(8)}`);
+      mkdirSync(open);
+      chmodSync(open, mode);
+      const r = run(['--version'], path.join(open, 'cache'));
+      expect(r.status).toBe(1);
+      expect(r.stderr).toContain(`${open}, above the cache directory, is writable by group or others and not sticky (mode ${mode.toString(8)})`);
+      expect(readdirSync(open)).toEqual([]);
+    }
+  });
+
+  it.runIf(asRoot)('accepts a private directory of ours in a sticky world-writable one, and only that', () => {
+    // /tmp itself: root-owned, sticky, world-writable; the level below is ours and 0700.
+    const mine = mkdtempSync('/tmp/dforge-sea-own-');
+    try {
+      const r = run(['--version'], path.join(mine, 'c'));
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      expect(r.stdout).toMatch(/^dforge\//);
+    } finally {
+      rmSync(mine, {recursive: true, force: true});
+    }
+    const sticky = path.join(tmp, 'sticky');
+    mkdirSync(sticky);
+    chmodSync(sticky, 0o1777);
+    // Theirs in a sticky dir: sticky only protects what we own.
+    const theirs = path.join(sticky, 'theirs');
+    mkdirSync(theirs, {mode: 0o700});
+    execFileSync('chown', ['12345', theirs]);
+    const t = run(['--version'], path.join(theirs, 'c'));
+    expect(t.status).toBe(1);
+    expect(t.stderr).toContain(`${theirs}, above the cache directory, is owned by uid 12345 inside a directory others can write`);
+    expect(readdirSync(theirs)).toEqual([]);
+    // Ours but open to others in a sticky dir: they could swap what is below.
+    const ajar = path.join(sticky, 'ajar');
+    mkdirSync(ajar);
+    chmodSync(ajar, 0o1777);
+    const a = run(['--version'], path.join(ajar, 'c'));
+    expect(a.status).toBe(1);
+    expect(a.stderr).toContain(`${ajar}, above the cache directory, is writable by group or others inside a directory others can write`);
+    expect(readdirSync(ajar)).toEqual([]);
+  });
+
+  it.runIf(asRoot)('resolves a symbolic link above the cache and checks where it really leads', () => {
+    const hostile = path.join(tmp, 'hostile-link-target');
+    mkdirSync(hostile, {mode: 0o755});
+    execFileSync('chown', ['12345', hostile]);
+    const link = path.join(tmp, 'link-home');
+    symlinkSync(hostile, link);
+    const r = run(['--version'], path.join(link, '.cache'));
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain(`${hostile}, above the cache directory, is owned by uid 12345`);
+    expect(readdirSync(hostile)).toEqual([]);
+    // A link to a directory that passes is followed once, and the tree lands at the real path.
+    const good = path.join(tmp, 'good-target');
+    mkdirSync(good, {mode: 0o700});
+    const goodLink = path.join(tmp, 'link-good');
+    symlinkSync(good, goodLink);
+    const g = run(['--version'], path.join(goodLink, '.cache'));
+    expect(g.status).toBe(0);
+    expect(readdirSync(path.join(good, '.cache', 'dforge')).filter((n) => !n.startsWith('.'))).toHaveLength(1);
   });
 
   it('throws away a planted tree that this executable did not finish writing', () => {
