@@ -13,21 +13,13 @@ import {bundleTrustFrom} from '../../src/bundle/trust.js';
 import {verifyBundle} from '../../src/bundle/verify.js';
 import {spaceOutcome} from '../../src/preflight/checks/bundle.js';
 import {flipByte} from '../helpers/bundle-fixture.js';
+import {TEST_BASE_IMAGE, imageExists} from '../helpers/bundle-images.js';
 import {runCli} from '../helpers/cli.js';
 import {connectDocker, dockerUnavailableReason} from '../helpers/docker-engine.js';
 import {ensureTestImages} from '../helpers/test-images.js';
 
 const unavailable = await dockerUnavailableReason();
-const BASE = 'dforge-test/base:bookworm';
-
-const imageExists = (ref: string): boolean => {
-  try {
-    execFileSync('docker', ['image', 'inspect', ref], {stdio: 'ignore'});
-    return true;
-  } catch {
-    return false;
-  }
-};
+const BASE = TEST_BASE_IMAGE;
 
 interface Check {
   id: string;

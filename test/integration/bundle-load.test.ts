@@ -9,45 +9,19 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
 import {locateEntries} from '../../src/bundle/entries.js';
 import {loadBundle} from '../../src/bundle/load.js';
-import {blobPath, parseBundleManifest, type BundleManifest} from '../../src/bundle/manifest.js';
+import {blobPath, type BundleManifest} from '../../src/bundle/manifest.js';
 import {openBundleSource} from '../../src/bundle/source.js';
 import {bundleTrustFrom} from '../../src/bundle/trust.js';
 import {verifyBundle} from '../../src/bundle/verify.js';
 import {VerificationError} from '../../src/errors.js';
 import {flipByte} from '../helpers/bundle-fixture.js';
+import {TEST_BASE_IMAGE, buildRandomImage, imageExists, removeImages, manifestOf} from '../helpers/bundle-images.js';
 import {runCli} from '../helpers/cli.js';
 import {connectDocker, dockerUnavailableReason} from '../helpers/docker-engine.js';
 import {ensureTestImages} from '../helpers/test-images.js';
 
 const unavailable = await dockerUnavailableReason();
-const BASE = 'dforge-test/base:bookworm';
-
-/** Builds a tiny image with a few MB of random data (its own layer) and a label naming this test run. */
-function buildRandomImage(ref: string, from: string, mb: number, label: string): string {
-  const dockerfile = `FROM ${from}\nRUN head -c ${mb * 1_000_000} /dev/urandom > /blob-${label.replaceAll(/[^a-z0-9]/g, '')}\nLABEL t=${label}\n`;
-  return execFileSync('docker', ['build', '-q', '-t', ref, '-'], {input: dockerfile, encoding: 'utf8'}).trim();
-}
-
-const imageExists = (ref: string): boolean => {
-  try {
-    execFileSync('docker', ['image', 'inspect', ref], {stdio: 'ignore'});
-    return true;
-  } catch {
-    return false;
-  }
-};
-
-const rmi = (...refs: string[]): void => {
-  for (const ref of refs) {
-    try {
-      execFileSync('docker', ['rmi', '-f', ref], {stdio: 'ignore'});
-    } catch {
-      // already gone
-    }
-  }
-};
-
-const manifestOf = (bundle: string): BundleManifest => parseBundleManifest(execFileSync('tar', ['-xOf', bundle, 'bundle.json']), bundle);
+const BASE = TEST_BASE_IMAGE;
 
 /** The absolute offset of a byte inside an entry's content (the bundle is one file, not split). */
 const offsetIn = (manifest: BundleManifest, entryPath: string, at: number): number => {
@@ -108,12 +82,12 @@ describe.skipIf(unavailable !== undefined)('bundle load', () => {
   }, 300_000);
 
   afterAll(async () => {
-    rmi(B, A);
+    removeImages(B, A);
     await fs.rm(work, {recursive: true, force: true});
   });
 
   it('loads after docker rmi: image ids are the signed config digests, base layers are not sent; a second load sends no layer', async () => {
-    rmi(B, A);
+    removeImages(B, A);
     expect(imageExists(A)).toBe(false);
     const r = await load(bundle, '--trusted-key', pub);
     expect(r.code, r.stderr + r.stdout).toBe(0);
@@ -140,7 +114,7 @@ describe.skipIf(unavailable !== undefined)('bundle load', () => {
   }, 180_000);
 
   it('refuses a flipped byte inside a layer blob, naming the blob, and loads nothing (exit 6)', async () => {
-    rmi(B, A);
+    removeImages(B, A);
     const copy = path.join(work, 'tampered.bundle');
     await fs.copyFile(bundle, copy);
     const layer = blobPath(manifest.images.find((i) => i.ref === A)!.layers.at(-1)!.digest);
@@ -153,7 +127,7 @@ describe.skipIf(unavailable !== undefined)('bundle load', () => {
   }, 120_000);
 
   it('refuses a bundle signed by a key that is not trusted, and loads nothing (exit 6)', async () => {
-    rmi(B, A);
+    removeImages(B, A);
     const r = await load(bundle, '--trusted-key', otherPub);
     expect(r.code, r.stderr).toBe(6);
     expect(error(r.stdout).message).toMatch(/key|sign/i);
@@ -163,7 +137,7 @@ describe.skipIf(unavailable !== undefined)('bundle load', () => {
   it('refuses an unsigned bundle unless --allow-unsigned, which loads it and says the acceptance was not recorded without an install', async () => {
     expect((await load(bundle, '--trusted-key', pub)).code).toBe(0);
     const unsigned = await create(path.join(work, 'unsigned.bundle'), [A], '--unsigned');
-    rmi(B, A);
+    removeImages(B, A);
     const refused = await load(unsigned);
     expect(refused.code, refused.stderr).toBe(1);
     expect(error(refused.stdout).message).toMatch(/unsigned|signature/i);
@@ -179,7 +153,7 @@ describe.skipIf(unavailable !== undefined)('bundle load', () => {
   }, 180_000);
 
   it('a blob changed after verification aborts that image load with VerificationError, and the engine has none of it', async () => {
-    rmi(B, A);
+    removeImages(B, A);
     const copy = path.join(work, 'late.bundle');
     await fs.copyFile(bundle, copy);
     const verified = await verifyBundle(await openBundleSource(copy), await bundleTrustFrom({trustedKeyFiles: [pub], configuredKeyFiles: [], allowUnsigned: false}));
@@ -196,7 +170,7 @@ describe.skipIf(unavailable !== undefined)('bundle load', () => {
   }, 120_000);
 
   it('loads a delta bundle when its base is in the engine, and refuses it naming the layer and the base release when not', async () => {
-    rmi(B, A);
+    removeImages(B, A);
     buildRandomImage(A, BASE, 3, `${id}a`);
     const oldDir = path.join(work, 'old');
     await fs.mkdir(oldDir);
@@ -210,12 +184,12 @@ describe.skipIf(unavailable !== undefined)('bundle load', () => {
     expect(deltaManifest.base?.omittedBlobs).toContain(aLayer);
 
     // B gone, A (the base release's image) still there: B's own layer is all that is sent.
-    rmi(B);
+    removeImages(B);
     const ok = await load(delta, '--trusted-key', pub);
     expect(ok.code, ok.stderr + ok.stdout).toBe(0);
     expect((await docker.getImage(B).inspect()).Id).toBe(deltaManifest.images.find((i) => i.ref === B)!.config.digest);
 
-    rmi(B, A);
+    removeImages(B, A);
     const refused = await load(delta, '--trusted-key', pub);
     expect(refused.code, refused.stderr).toBe(1);
     const e = error(refused.stdout);

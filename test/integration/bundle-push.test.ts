@@ -9,31 +9,18 @@ import {setTimeout as sleep} from 'node:timers/promises';
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
 import {locateEntries} from '../../src/bundle/entries.js';
-import {blobPath, MEDIA_TYPES, parseBundleManifest, type BundleManifest} from '../../src/bundle/manifest.js';
+import {blobPath, MEDIA_TYPES, type BundleManifest} from '../../src/bundle/manifest.js';
 import {repositoryOf} from '../../src/bundle/push.js';
 import {flipByte} from '../helpers/bundle-fixture.js';
+import {TEST_BASE_IMAGE, buildRandomImage, manifestOf, removeImages} from '../helpers/bundle-images.js';
 import {cliEntry, runCli} from '../helpers/cli.js';
 import {connectDocker, dockerUnavailableReason} from '../helpers/docker-engine.js';
 import {startTestRegistry, type TestRegistry} from '../helpers/registry.js';
 import {ensureTestImages} from '../helpers/test-images.js';
 
 const unavailable = await dockerUnavailableReason();
-const BASE = 'dforge-test/base:bookworm';
+const BASE = TEST_BASE_IMAGE;
 
-function buildRandomImage(ref: string, from: string, mb: number, label: string): void {
-  const dockerfile = `FROM ${from}\nRUN head -c ${mb * 1_000_000} /dev/urandom > /blob-${label}\nLABEL t=${label}\n`;
-  execFileSync('docker', ['build', '-q', '-t', ref, '-'], {input: dockerfile, encoding: 'utf8'});
-}
-const rmi = (...refs: string[]): void => {
-  for (const ref of refs) {
-    try {
-      execFileSync('docker', ['rmi', '-f', ref], {stdio: 'ignore'});
-    } catch {
-      // already gone
-    }
-  }
-};
-const manifestOf = (bundle: string): BundleManifest => parseBundleManifest(execFileSync('tar', ['-xOf', bundle, 'bundle.json']), bundle);
 const entryBytes = (bundle: string, entry: string): Buffer => execFileSync('tar', ['-xOf', bundle, entry], {maxBuffer: 64 * 1024 * 1024});
 
 interface PushJson {
@@ -119,7 +106,7 @@ describe.skipIf(unavailable !== undefined)('bundle push', () => {
   }, 300_000);
 
   afterAll(async () => {
-    rmi(B, A, BIG, C);
+    removeImages(B, A, BIG, C);
     await registry?.stop();
     await fs.rm(work, {recursive: true, force: true});
   });
