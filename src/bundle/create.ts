@@ -34,6 +34,7 @@ import {OCI_LAYOUT_BYTES, imageIndexBytes, imageManifestBytes, type Descriptor} 
 import {PartWriter, checkOutputsFree} from './part-writer.js';
 import {DpkgStatusScanner, cycloneDxBytes, imageStatus, parseDpkgStatus, sbomFileName, type LayerStatus} from './sbom.js';
 import {signBytes, type SigningKey} from './signing.js';
+import {checkPartCount} from './size.js';
 import {END_OF_ARCHIVE, encodeEntryHeader, paddedSize} from './tar-blocks.js';
 
 /**
@@ -208,6 +209,7 @@ export async function createBundle(docker: Docker, options: CreateOptions): Prom
   const inspected = await inspectImages(docker, options.images);
   const templates = await packagedTemplateFiles();
   const estimated = inspected.reduce((n, i) => n + i.size, 0);
+  if (options.splitBytes !== undefined) checkPartCount(estimated + (await fs.stat(options.executable)).size, options.splitBytes);
 
   const writer = await PartWriter.open(options.out, options.splitBytes ?? Infinity);
   try {

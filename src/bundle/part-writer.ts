@@ -6,6 +6,7 @@ import {UserError} from '../errors.js';
 import {describeWriteError, fsyncDir} from '../state/atomic-file.js';
 import {onTermination} from '../util/termination.js';
 import {partName} from './manifest.js';
+import {MAX_PARTS} from './size.js';
 
 /**
  * The bundle's byte stream on disk, as one file or as parts of `partBytes` each. Everything is
@@ -140,6 +141,14 @@ export class PartWriter {
 
   private async handle(index: number): Promise<fs.FileHandle> {
     while (this.parts.length <= index) {
+      // The estimate checked before writing can be short (it does not know every byte); a part
+      // past MAX_PARTS could never be verified, so the run fails and the caller discards it all.
+      if (this.parts.length >= MAX_PARTS) {
+        throw new UserError(`${this.out} needs more than ${MAX_PARTS} parts of ${this.partBytes} bytes; a split bundle has at most ${MAX_PARTS}, so nothing was written`, {
+          nextSteps: [`Pass a larger --split size (at least ${Math.ceil(((this.length + 1) * 1.1) / MAX_PARTS / 1024 ** 2)}M).`],
+          data: {file: this.out, maxParts: MAX_PARTS, partBytes: this.partBytes},
+        });
+      }
       const file = this.tempPart(this.parts.length);
       this.parts.push(await fs.open(file, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o644));
     }

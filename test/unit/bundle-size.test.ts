@@ -1,7 +1,13 @@
+import {promises as fs} from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
 import {describe, expect, it} from 'vitest';
 
+
 import {cycloneDxBytes, debPurl, imageStatus, parseDpkgStatus} from '../../src/bundle/sbom.js';
-import {DVD_PART_BYTES, parseSplitSize} from '../../src/bundle/size.js';
+import {PartWriter} from '../../src/bundle/part-writer.js';
+import {DVD_PART_BYTES, MAX_PARTS, checkPartCount, parseSplitSize} from '../../src/bundle/size.js';
 
 describe('--split sizes', () => {
   it('reads binary units and rounds down to whole 512-byte blocks', () => {
@@ -19,6 +25,37 @@ describe('--split sizes', () => {
 
   it('refuses what is not a size, or a part too small to be meant, as a usage error', () => {
     for (const bad of ['', 'big', '-1G', '4.5G', '1K', '0']) expect(() => parseSplitSize(bad)).toThrow(expect.objectContaining({exitCode: 2}));
+  });
+});
+
+describe('the 999-part cap', () => {
+  it('refuses, as a usage error, a split whose estimate needs more than 999 parts, naming a size that fits', () => {
+    const MiB = 1024 ** 2;
+    expect(() => checkPartCount(999 * MiB, MiB)).not.toThrow();
+    let thrown: unknown;
+    try {
+      checkPartCount(999 * MiB + 1, MiB);
+    } catch (err) {
+      thrown = err;
+    }
+    expect(thrown).toMatchObject({exitCode: 2});
+    const next = (thrown as {nextSteps: string[]}).nextSteps.join(' ');
+    const suggested = /--split ([0-9]+)M/.exec(next);
+    expect(suggested).not.toBeNull();
+    expect(Math.ceil((999 * MiB + 1) / (Number(suggested![1]) * MiB))).toBeLessThanOrEqual(MAX_PARTS);
+  });
+
+  it('PartWriter refuses to open part 1000 and discard leaves nothing behind', async () => {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'dforge-parts-'));
+    try {
+      const writer = await PartWriter.open(path.join(dir, 'b.bundle'), 512);
+      await writer.write(Buffer.alloc(MAX_PARTS * 512));
+      await expect(writer.write(Buffer.alloc(1))).rejects.toThrow(/more than 999 parts/);
+      await writer.discard();
+      expect(await fs.readdir(dir)).toEqual([]);
+    } finally {
+      await fs.rm(dir, {recursive: true, force: true});
+    }
   });
 });
 
