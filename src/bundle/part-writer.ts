@@ -3,9 +3,9 @@ import {constants, promises as fs, rmSync} from 'node:fs';
 import path from 'node:path';
 
 import {UserError} from '../errors.js';
-import {describeWriteError, fsyncDir} from '../state/atomic-file.js';
+import {describeWriteError, fsyncDir, writeFileStreamed} from '../state/atomic-file.js';
 import {onTermination} from '../util/termination.js';
-import {partName} from './manifest.js';
+import {partName, partsIndexFile} from './manifest.js';
 import {MAX_PARTS} from './size.js';
 
 /**
@@ -85,14 +85,15 @@ export class PartWriter {
     return result;
   }
 
-  /** A file in the temp directory, renamed out by publish(). */
+  /** A file in the temp directory, renamed out by publish(); fsynced before it is named, like the parts. */
   async writeSide(name: string, bytes: Buffer): Promise<void> {
-    await fs.writeFile(path.join(this.tempDir, name), bytes, {mode: 0o644, flag: 'wx'});
+    await writeFileStreamed(path.join(this.tempDir, name), (write) => write(bytes), {exclusive: true});
   }
 
   /**
    * Gives each temp file its final name (temp name -> final path), then removes the temp
-   * directory. An existing output is refused unless `force`, which replaces it.
+   * directory. An existing output is refused unless `force`, which replaces it and then removes
+   * what is left of the bundle it replaced (see removeStale).
    */
   async publish(moves: ReadonlyArray<{from: string; to: string}>, force: boolean): Promise<void> {
     try {
@@ -111,11 +112,30 @@ export class PartWriter {
           await fs.rm(temp);
         }
       }
+      if (force) await this.removeStale(new Set(moves.map((m) => path.resolve(m.to))));
       await fsyncDir(path.dirname(this.out));
     } catch (err) {
       throw describeWriteError(err, this.out);
     }
     await this.discard();
+  }
+
+  /**
+   * After --force has put the new outputs in place: removes the files of the replaced bundle that
+   * the new one did not overwrite. A stale F.parts.json.sig beside a new unsigned index would make
+   * it look signed, parts beyond the new count break `cat F.0* > F`, and a stale F beside new
+   * parts (or parts beside a new F) is a second, older bundle under the same name.
+   */
+  private async removeStale(kept: ReadonlySet<string>): Promise<void> {
+    const dir = path.dirname(this.out);
+    const base = path.basename(this.out);
+    const index = path.basename(partsIndexFile(this.out));
+    const ours = (name: string): boolean =>
+      name === base || name === index || name === `${index}.sig` || (name.startsWith(`${base}.`) && /^[0-9]{3}$/.test(name.slice(base.length + 1)));
+    for (const name of await fs.readdir(dir)) {
+      const file = path.resolve(dir, name);
+      if (ours(name) && !kept.has(file)) await fs.rm(file);
+    }
   }
 
   /** Removes every temporary; called on any failure. */

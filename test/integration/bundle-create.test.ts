@@ -87,7 +87,7 @@ describe.skipIf(unavailable !== undefined)('bundle create', () => {
     bundle = path.join(work, 'main.bundle');
     const created = await runCli(['bundle', 'create', '--release', '9.9.9', '--images', path.join(work, 'images.txt'), '--key', keyFile, '--executable', exe, '--out', bundle, '--json']);
     expect(created.code, created.stderr).toBe(0);
-    expect(created.stderr).toMatch(/MB from the engine, [0-9.]+ MB\/s/);
+    expect(created.stderr).toMatch(/from the engine: [0-9.]+ MiB of ~?[0-9.]+ MiB \([0-9]+%\), [0-9.]+ MiB\/s/);
     execFileSync('tar', ['-C', work, '-xf', bundle, 'bundle.json', 'bundle.json.sig']);
     manifest = parseBundleManifest(await fs.readFile(path.join(work, 'bundle.json')), 'bundle.json');
     entries = await readEntries(bundle);
@@ -198,6 +198,39 @@ describe.skipIf(unavailable !== undefined)('bundle create', () => {
     execFileSync('openssl', ['pkeyutl', '-verify', '-pubin', '-inkey', pubFile, '-rawin', '-in', `${parts}.parts.json`, '-sigfile', `${parts}.parts.json.sig`]);
     await fs.rm(joined);
   }, 300_000);
+
+  it('--force removes what the replaced bundle leaves behind: its signature, extra parts, the other layout', async () => {
+    const key = await readSigningKey(keyFile);
+    const common = {release: '9.9.9', images: [BASE], executable: exe, dforgeVersion: 'test', progress: () => {}};
+    const out = path.join(work, 'forced.bundle');
+    const ours = async (): Promise<string[]> => (await fs.readdir(work)).filter((n) => n.startsWith('forced.bundle')).sort();
+    const partNames = (n: number): string[] => Array.from({length: n}, (_, i) => `forced.bundle.${String(i + 1).padStart(3, '0')}`);
+
+    await createBundle(docker, {...common, key, out, force: false, splitBytes: 8 * 1024 * 1024});
+    const many = parsePartsIndex(await fs.readFile(`${out}.parts.json`), 'parts.json').parts.length;
+    expect(many).toBeGreaterThan(3);
+    expect(await ours()).toContain('forced.bundle.parts.json.sig');
+
+    // Unsigned, fewer parts: the old signature and the parts past the new count must go.
+    await createBundle(docker, {...common, key: undefined, out, force: true, splitBytes: 64 * 1024 * 1024});
+    const few = parsePartsIndex(await fs.readFile(`${out}.parts.json`), 'parts.json');
+    expect(few.signer).toBeNull();
+    expect(few.parts.length).toBeLessThan(many);
+    expect(await ours()).toEqual([...partNames(few.parts.length), 'forced.bundle.parts.json']);
+    const joined = path.join(work, 'forced-joined');
+    execFileSync('sh', ['-c', `cat "${out}".0* > "${joined}"`]);
+    expect(execFileSync('tar', ['-xOf', joined, 'bundle.json']).length).toBeGreaterThan(0);
+    await fs.rm(joined);
+
+    // Unsplit over split: no parts or index stay beside the new file.
+    await createBundle(docker, {...common, key, out, force: true});
+    expect(await ours()).toEqual(['forced.bundle']);
+
+    // Split over unsplit: the old single file goes.
+    await createBundle(docker, {...common, key, out, force: true, splitBytes: 64 * 1024 * 1024});
+    const again = parsePartsIndex(await fs.readFile(`${out}.parts.json`), 'parts.json');
+    expect(await ours()).toEqual([...partNames(again.parts.length), 'forced.bundle.parts.json', 'forced.bundle.parts.json.sig']);
+  }, 600_000);
 
   it('--since leaves out the blobs the base bundle holds and names them', async () => {
     const delta = path.join(work, 'delta.bundle');
