@@ -294,6 +294,7 @@ export async function createBundle(docker: Docker, options: CreateOptions): Prom
     const images: BundleImage[] = [];
     const created: CreatedImage[] = [];
     const sboms: Array<{path: string; bytes: Buffer}> = [];
+    const sbomByConfig = new Map<string, string>();
     for (const image of inspected) {
       const entry = saved.find((s) => (s.RepoTags ?? []).includes(image.ref));
       if (!entry) throw new BugError(`the engine's export has no entry for ${image.ref}`, {data: {image: image.ref}});
@@ -311,8 +312,15 @@ export async function createBundle(docker: Docker, options: CreateOptions): Prom
       const status = imageStatus(layerDescs.map((l) => layerStatus.get(l.digest) ?? {kind: 'none'}));
       let sbom: string | undefined;
       if (status) {
-        sbom = `${SBOM_PREFIX}${sbomFileName(image.ref)}`;
-        sboms.push({path: sbom, bytes: cycloneDxBytes({ref: image.ref, configDigest: config.digest}, parseDpkgStatus(status.toString('utf8')), createdAt.toISOString())});
+        // One SBOM per config: images that share a config (two tags of one image) share its file.
+        sbom = sbomByConfig.get(config.digest);
+        if (sbom === undefined) {
+          sbom = `${SBOM_PREFIX}${sbomFileName(image.ref, config.digest)}`;
+          // Distinct configs whose first 12 hex digits agree would collide; no real set of images does that.
+          if (sboms.some((s) => s.path.toLowerCase() === sbom!.toLowerCase())) throw new BugError(`two images map to the SBOM name ${sbom}`, {data: {image: image.ref, sbom}});
+          sbomByConfig.set(config.digest, sbom);
+          sboms.push({path: sbom, bytes: cycloneDxBytes({ref: image.ref, configDigest: config.digest}, parseDpkgStatus(status.toString('utf8')), createdAt.toISOString())});
+        }
       }
       images.push({ref: image.ref, manifest, config, layers: layerDescs, ...(sbom === undefined ? {} : {sbom})});
       created.push({ref: image.ref, manifestDigest: manifest.digest, configDigest: config.digest, layers: layerDescs.length, bytes: config.size + layerDescs.reduce((n, l) => n + l.size, 0)});

@@ -152,13 +152,30 @@ describe.skipIf(unavailable !== undefined)('bundle create', () => {
 
   it('the SBOM of the postgres image lists postgresql-15 with a Debian purl', async () => {
     const pg = manifest.images.find((i) => i.ref === POSTGRES)!;
-    expect(pg.sbom).toBe('sbom/dforge-test_postgres_15.cdx.json');
+    expect(pg.sbom).toBe(`sbom/dforge-test_postgres_15-${pg.config.digest.slice(7, 19)}.cdx.json`);
     const text = execFileSync('tar', ['-xOf', bundle, pg.sbom!]).toString();
     const bom = JSON.parse(text) as {specVersion: string; components: Array<{name: string; purl: string}>};
     expect(bom.specVersion).toBe('1.5');
     const component = bom.components.find((c) => c.name === 'postgresql-15');
     expect(component?.purl).toMatch(/^pkg:deb\/debian\/postgresql-15@[^?]+\?arch=/);
   });
+
+  it('two tags of one image share one SBOM file', async () => {
+    const alias = 'dforge-test/postgres:15-sbom-alias';
+    await docker.getImage(POSTGRES).tag({repo: 'dforge-test/postgres', tag: '15-sbom-alias'});
+    try {
+      const out = path.join(work, 'alias.bundle');
+      await createBundle(docker, {release: '9.9.9', images: [POSTGRES, alias], key: undefined, executable: exe, force: false, dforgeVersion: 'test', progress: () => {}, out});
+      const json = parseBundleManifest(execFileSync('tar', ['-xOf', out, 'bundle.json']), 'bundle.json');
+      expect(json.images.map((i) => i.ref)).toEqual([POSTGRES, alias]);
+      expect(json.images[0]!.sbom).toBeDefined();
+      expect(json.images[1]!.sbom).toBe(json.images[0]!.sbom);
+      expect(json.entries.filter((e) => e.kind === 'sbom').map((e) => e.path)).toEqual([json.images[0]!.sbom]);
+      await fs.rm(out);
+    } finally {
+      await docker.getImage(alias).remove({noprune: true});
+    }
+  }, 300_000);
 
   it('refuses to run without --key unless --unsigned is explicit, and never replaces a bundle', async () => {
     const noKey = await runCli(['bundle', 'create', '--release', '9.9.9', '--images', path.join(work, 'images.txt'), '--executable', exe, '--out', path.join(work, 'nokey.bundle')]);

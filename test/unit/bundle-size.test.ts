@@ -5,7 +5,8 @@ import path from 'node:path';
 import {describe, expect, it} from 'vitest';
 
 
-import {cycloneDxBytes, debPurl, imageStatus, parseDpkgStatus} from '../../src/bundle/sbom.js';
+import {cycloneDxBytes, debPurl, imageStatus, parseDpkgStatus, sbomFileName} from '../../src/bundle/sbom.js';
+import {encodeEntryHeader} from '../../src/bundle/tar-blocks.js';
 import {PartWriter} from '../../src/bundle/part-writer.js';
 import {DVD_PART_BYTES, MAX_PARTS, checkPartCount, parseSplitSize} from '../../src/bundle/size.js';
 
@@ -88,5 +89,24 @@ describe('dpkg status to CycloneDX', () => {
     expect(imageStatus([s, {kind: 'none'}])).toBe(s.bytes);
     expect(imageStatus([s, {kind: 'whiteout'}])).toBeUndefined();
     expect(imageStatus([{kind: 'whiteout'}, {kind: 'status', bytes: Buffer.from('b')}])?.toString()).toBe('b');
+  });
+});
+
+describe('SBOM file names', () => {
+  const c1 = `sha256:${'1'.repeat(12)}${'a'.repeat(52)}`;
+  const c2 = `sha256:${'2'.repeat(12)}${'a'.repeat(52)}`;
+
+  it('references that sanitise or case-fold alike still get distinct names', () => {
+    const names = [sbomFileName('a/b:1', c1), sbomFileName('a_b:1', c2), sbomFileName('x:Tag', c1), sbomFileName('x:tag', c2)];
+    expect(names[0]).toBe('a_b_1-111111111111.cdx.json');
+    expect(new Set(names.map((n) => n.toLowerCase())).size).toBe(4);
+  });
+
+  it('a reference of 255 characters gives a name that fits one ustar header', () => {
+    const ref = `registry.example.com:5000/${'n'.repeat(120)}:${'T'.repeat(128)}`.slice(0, 255);
+    const name = sbomFileName(ref, c1);
+    expect(name.length).toBeLessThanOrEqual(100);
+    expect(name.endsWith('-111111111111.cdx.json')).toBe(true);
+    expect(() => encodeEntryHeader({path: `sbom/${name}`, size: 1, mode: 0o644, mtime: new Date(0)})).not.toThrow();
   });
 });
