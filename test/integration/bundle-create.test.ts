@@ -83,6 +83,7 @@ describe.skipIf(unavailable !== undefined)('bundle create', () => {
     expect(keygen.code, keygen.stderr).toBe(0);
     keyFile = path.join(work, 'keys', 'bundle-signing.key');
     pubFile = path.join(work, 'keys', 'bundle-signing.pub');
+    await fs.writeFile(path.join(work, 'base.txt'), `${BASE}\n`);
     await fs.writeFile(path.join(work, 'images.txt'), `# the base and one image on it\n${BASE}\n- ${POSTGRES}\n`);
     bundle = path.join(work, 'main.bundle');
     const created = await runCli(['bundle', 'create', '--release', '9.9.9', '--images', path.join(work, 'images.txt'), '--key', keyFile, '--executable', exe, '--out', bundle, '--json']);
@@ -249,6 +250,20 @@ describe.skipIf(unavailable !== undefined)('bundle create', () => {
     expect(await ours()).toEqual([...partNames(again.parts.length), 'forced.bundle.parts.json', 'forced.bundle.parts.json.sig']);
   }, 600_000);
 
+  it('refuses a split that would need more than 999 parts before writing anything, naming a size that works', async () => {
+    // A sparse 1 GiB executable makes the estimate exceed 999 parts of 1M.
+    const bigExe = path.join(work, 'big-exe');
+    await fs.writeFile(bigExe, '');
+    await fs.truncate(bigExe, 1024 ** 3);
+    const out = path.join(work, 'capped.bundle');
+    const res = await runCli(['bundle', 'create', '--release', '1', '--images', path.join(work, 'base.txt'), '--unsigned', '--executable', bigExe, '--out', out, '--split', '1M']);
+    await fs.rm(bigExe);
+    expect(res.code).toBe(2);
+    expect(res.stderr).toContain('at most 999');
+    expect(res.stderr).toMatch(/--split [0-9]+M/);
+    expect((await fs.readdir(work)).filter((n) => n.includes('capped'))).toEqual([]);
+  }, 120_000);
+
   it('--since leaves out the blobs the base bundle holds and names them', async () => {
     const delta = path.join(work, 'delta.bundle');
     await fs.writeFile(path.join(work, 'proxy.txt'), `${PROXY}\n`);
@@ -266,7 +281,6 @@ describe.skipIf(unavailable !== undefined)('bundle create', () => {
 
   it('a create killed mid-stream leaves no file under the bundle name, and the next create works', async () => {
     const out = path.join(work, 'killed.bundle');
-    await fs.writeFile(path.join(work, 'base.txt'), `${BASE}\n`);
     const args = ['bundle', 'create', '--release', '1', '--images', path.join(work, 'base.txt'), '--unsigned', '--executable', exe, '--out', out];
     const child = spawn(process.execPath, [cliEntry, ...args], {stdio: 'ignore'});
     // Wait until the stream is well under way, then kill without a chance to clean up.
