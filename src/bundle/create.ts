@@ -34,6 +34,7 @@ import {OCI_LAYOUT_BYTES, imageIndexBytes, imageManifestBytes, type Descriptor} 
 import {PartWriter, checkOutputsFree} from './part-writer.js';
 import {DpkgStatusScanner, cycloneDxBytes, imageStatus, parseDpkgStatus, sbomFileName, type LayerStatus} from './sbom.js';
 import {signBytes, type SigningKey} from './signing.js';
+import {checkPartCount} from './size.js';
 import {END_OF_ARCHIVE, encodeEntryHeader, paddedSize} from './tar-blocks.js';
 
 /**
@@ -208,6 +209,7 @@ export async function createBundle(docker: Docker, options: CreateOptions): Prom
   const inspected = await inspectImages(docker, options.images);
   const templates = await packagedTemplateFiles();
   const estimated = inspected.reduce((n, i) => n + i.size, 0);
+  if (options.splitBytes !== undefined) checkPartCount(estimated + (await fs.stat(options.executable)).size, options.splitBytes);
 
   const writer = await PartWriter.open(options.out, options.splitBytes ?? Infinity);
   try {
@@ -292,6 +294,7 @@ export async function createBundle(docker: Docker, options: CreateOptions): Prom
     const images: BundleImage[] = [];
     const created: CreatedImage[] = [];
     const sboms: Array<{path: string; bytes: Buffer}> = [];
+    const sbomByConfig = new Map<string, string>();
     for (const image of inspected) {
       const entry = saved.find((s) => (s.RepoTags ?? []).includes(image.ref));
       if (!entry) throw new BugError(`the engine's export has no entry for ${image.ref}`, {data: {image: image.ref}});
@@ -309,8 +312,15 @@ export async function createBundle(docker: Docker, options: CreateOptions): Prom
       const status = imageStatus(layerDescs.map((l) => layerStatus.get(l.digest) ?? {kind: 'none'}));
       let sbom: string | undefined;
       if (status) {
-        sbom = `${SBOM_PREFIX}${sbomFileName(image.ref)}`;
-        sboms.push({path: sbom, bytes: cycloneDxBytes({ref: image.ref, configDigest: config.digest}, parseDpkgStatus(status.toString('utf8')), createdAt.toISOString())});
+        // One SBOM per config: images that share a config (two tags of one image) share its file.
+        sbom = sbomByConfig.get(config.digest);
+        if (sbom === undefined) {
+          sbom = `${SBOM_PREFIX}${sbomFileName(image.ref, config.digest)}`;
+          // Distinct configs whose first 12 hex digits agree would collide; no real set of images does that.
+          if (sboms.some((s) => s.path.toLowerCase() === sbom!.toLowerCase())) throw new BugError(`two images map to the SBOM name ${sbom}`, {data: {image: image.ref, sbom}});
+          sbomByConfig.set(config.digest, sbom);
+          sboms.push({path: sbom, bytes: cycloneDxBytes({ref: image.ref, configDigest: config.digest}, parseDpkgStatus(status.toString('utf8')), createdAt.toISOString())});
+        }
       }
       images.push({ref: image.ref, manifest, config, layers: layerDescs, ...(sbom === undefined ? {} : {sbom})});
       created.push({ref: image.ref, manifestDigest: manifest.digest, configDigest: config.digest, layers: layerDescs.length, bytes: config.size + layerDescs.reduce((n, l) => n + l.size, 0)});

@@ -3,9 +3,10 @@ import {constants, promises as fs, rmSync} from 'node:fs';
 import path from 'node:path';
 
 import {UserError} from '../errors.js';
-import {describeWriteError, fsyncDir} from '../state/atomic-file.js';
+import {describeWriteError, fsyncDir, writeFileStreamed} from '../state/atomic-file.js';
 import {onTermination} from '../util/termination.js';
-import {partName} from './manifest.js';
+import {partName, partsIndexFile} from './manifest.js';
+import {MAX_PARTS} from './size.js';
 
 /**
  * The bundle's byte stream on disk, as one file or as parts of `partBytes` each. Everything is
@@ -84,14 +85,15 @@ export class PartWriter {
     return result;
   }
 
-  /** A file in the temp directory, renamed out by publish(). */
+  /** A file in the temp directory, renamed out by publish(); fsynced before it is named, like the parts. */
   async writeSide(name: string, bytes: Buffer): Promise<void> {
-    await fs.writeFile(path.join(this.tempDir, name), bytes, {mode: 0o644, flag: 'wx'});
+    await writeFileStreamed(path.join(this.tempDir, name), (write) => write(bytes), {exclusive: true});
   }
 
   /**
    * Gives each temp file its final name (temp name -> final path), then removes the temp
-   * directory. An existing output is refused unless `force`, which replaces it.
+   * directory. An existing output is refused unless `force`, which replaces it and then removes
+   * what is left of the bundle it replaced (see removeStale).
    */
   async publish(moves: ReadonlyArray<{from: string; to: string}>, force: boolean): Promise<void> {
     try {
@@ -110,11 +112,30 @@ export class PartWriter {
           await fs.rm(temp);
         }
       }
+      if (force) await this.removeStale(new Set(moves.map((m) => path.resolve(m.to))));
       await fsyncDir(path.dirname(this.out));
     } catch (err) {
       throw describeWriteError(err, this.out);
     }
     await this.discard();
+  }
+
+  /**
+   * After --force has put the new outputs in place: removes the files of the replaced bundle that
+   * the new one did not overwrite. A stale F.parts.json.sig beside a new unsigned index would make
+   * it look signed, parts beyond the new count break `cat F.0* > F`, and a stale F beside new
+   * parts (or parts beside a new F) is a second, older bundle under the same name.
+   */
+  private async removeStale(kept: ReadonlySet<string>): Promise<void> {
+    const dir = path.dirname(this.out);
+    const base = path.basename(this.out);
+    const index = path.basename(partsIndexFile(this.out));
+    const ours = (name: string): boolean =>
+      name === base || name === index || name === `${index}.sig` || (name.startsWith(`${base}.`) && /^[0-9]{3}$/.test(name.slice(base.length + 1)));
+    for (const name of await fs.readdir(dir)) {
+      const file = path.resolve(dir, name);
+      if (ours(name) && !kept.has(file)) await fs.rm(file);
+    }
   }
 
   /** Removes every temporary; called on any failure. */
@@ -140,6 +161,14 @@ export class PartWriter {
 
   private async handle(index: number): Promise<fs.FileHandle> {
     while (this.parts.length <= index) {
+      // The estimate checked before writing can be short (it does not know every byte); a part
+      // past MAX_PARTS could never be verified, so the run fails and the caller discards it all.
+      if (this.parts.length >= MAX_PARTS) {
+        throw new UserError(`${this.out} needs more than ${MAX_PARTS} parts of ${this.partBytes} bytes; a split bundle has at most ${MAX_PARTS}, so nothing was written`, {
+          nextSteps: [`Pass a larger --split size (at least ${Math.ceil(((this.length + 1) * 1.1) / MAX_PARTS / 1024 ** 2)}M).`],
+          data: {file: this.out, maxParts: MAX_PARTS, partBytes: this.partBytes},
+        });
+      }
       const file = this.tempPart(this.parts.length);
       this.parts.push(await fs.open(file, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o644));
     }

@@ -181,5 +181,16 @@ export function cycloneDxBytes(image: {ref: string; configDigest: string}, packa
   return Buffer.from(`${JSON.stringify(bom, null, 2)}\n`);
 }
 
-/** sbom/<file> for an image reference: every character outside [A-Za-z0-9._-] becomes '_'. */
-export const sbomFileName = (ref: string): string => `${ref.replace(/[^A-Za-z0-9._-]/g, '_')}.cdx.json`;
+/** Characters of the reference kept in an SBOM file name. */
+const SBOM_REF_CHARS = 64;
+
+/**
+ * The file name of an image's SBOM under sbom/: the reference with every character outside
+ * [A-Za-z0-9._-] replaced by '_', cut to 64 characters, then '-' and the first 12 hex digits of
+ * the config digest. The reference part is for people; the digest part keeps names distinct
+ * where references map to one name (a/b:1 and a_b:1, tags differing only in case, long
+ * references cut alike). At most 86 bytes, so sbom/<name> fits a ustar header (name field 100,
+ * split at the slash) and LIMITS.pathBytes.
+ */
+export const sbomFileName = (ref: string, configDigest: string): string =>
+  `${ref.replace(/[^A-Za-z0-9._-]/g, '_').slice(0, SBOM_REF_CHARS)}-${configDigest.replace(/^sha256:/, '').slice(0, 12)}.cdx.json`;

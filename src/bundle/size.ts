@@ -12,7 +12,13 @@ import {BLOCK} from './tar-blocks.js';
  */
 export const DVD_PART_BYTES = roundDown(4_690_000_000);
 
-/** A part smaller than this is a typo, not a plan (999 parts at most, see partsIndexSchema). */
+/**
+ * The most parts a split bundle has: part names carry three digits (F.001 … F.999) and
+ * partsIndexSchema allows 999 entries, so a 1000th part could be written but never verified.
+ */
+export const MAX_PARTS = 999;
+
+/** A part smaller than this is a typo, not a plan. */
 const MIN_PART_BYTES = 1024 * 1024;
 
 const UNITS: Record<string, number> = {'': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4};
@@ -27,6 +33,21 @@ export function parseSplitSize(text: string): number {
   if (!Number.isSafeInteger(bytes)) throw invalid(text, 'it is too large');
   if (bytes < MIN_PART_BYTES) throw invalid(text, `a part must be at least ${MIN_PART_BYTES} bytes (1M)`);
   return bytes;
+}
+
+/**
+ * Refuses, before anything is written, a split whose estimate needs more than MAX_PARTS parts,
+ * naming a part size that fits (with a margin, since the estimate is approximate).
+ */
+export function checkPartCount(estimatedBytes: number, partBytes: number): void {
+  if (Math.ceil(estimatedBytes / partBytes) <= MAX_PARTS) return;
+  const MiB = 1024 ** 2;
+  const suggested = Math.ceil((estimatedBytes * 1.1) / MAX_PARTS / MiB);
+  const text = suggested % 1024 === 0 ? `${suggested / 1024}G` : `${suggested}M`;
+  throw new UsageError(`parts of ${partBytes} bytes would cut about ${estimatedBytes} bytes into more than ${MAX_PARTS} parts, and a split bundle has at most ${MAX_PARTS}`, {
+    nextSteps: [`Pass a larger part size, e.g. --split ${text} or larger.`],
+    data: {estimatedBytes, partBytes, maxParts: MAX_PARTS},
+  });
 }
 
 function roundDown(bytes: number): number {

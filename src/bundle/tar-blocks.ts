@@ -26,22 +26,39 @@ export const entrySpan = (headerOffset: number, size: number): {contentOffset: n
   next: headerOffset + BLOCK + paddedSize(size),
 });
 
-/** One 512-byte ustar header for a regular file; a path that would need pax is refused. */
+/** The largest size the 11 octal digits of the ustar size field hold: 8 GiB - 1. */
+export const OCTAL_SIZE_MAX = 0o77777777777;
+
+/**
+ * One 512-byte ustar header for a regular file. A size above OCTAL_SIZE_MAX is written in the
+ * GNU base-256 form (0x80, then the size big-endian in the remaining 11 bytes), which GNU tar,
+ * bsdtar and tar's Header read; a path that would need pax is refused.
+ */
 export function encodeEntryHeader(entry: EntryHeader): Buffer {
-  const header = new Header({
-    path: entry.path,
+  const block = Buffer.alloc(BLOCK);
+  // tar's Header writes an oversized number in base-256 (the checksum is computed after) but
+  // reports it as needing pax, like an oversized name; only the name is a refusal here.
+  if (headerFor(entry.path, 0, entry).encode(block, 0)) {
+    throw new Error(`bundle entry ${JSON.stringify(entry.path)} does not fit a ustar header (an ASCII name of at most 255 bytes, split at a slash into at most 155 + 100)`);
+  }
+  if (!Number.isSafeInteger(entry.size) || entry.size < 0) throw new Error(`bundle entry ${JSON.stringify(entry.path)} has an impossible size ${entry.size}`);
+  block.fill(0);
+  headerFor(entry.path, entry.size, entry).encode(block, 0);
+  return block;
+}
+
+function headerFor(entryPath: string, size: number, entry: EntryHeader): Header {
+  return new Header({
+    path: entryPath,
     mode: entry.mode,
     uid: 0,
     gid: 0,
     uname: '',
     gname: '',
-    size: entry.size,
+    size,
     mtime: new Date(Math.floor(entry.mtime.getTime() / 1000) * 1000),
     type: 'File',
   });
-  const block = Buffer.alloc(BLOCK);
-  if (header.encode(block, 0)) throw new Error(`bundle entry ${JSON.stringify(entry.path)} does not fit a ustar header (at most 255 bytes, split at a slash)`);
-  return block;
 }
 
 export interface DecodedHeader {

@@ -83,11 +83,12 @@ describe.skipIf(unavailable !== undefined)('bundle create', () => {
     expect(keygen.code, keygen.stderr).toBe(0);
     keyFile = path.join(work, 'keys', 'bundle-signing.key');
     pubFile = path.join(work, 'keys', 'bundle-signing.pub');
+    await fs.writeFile(path.join(work, 'base.txt'), `${BASE}\n`);
     await fs.writeFile(path.join(work, 'images.txt'), `# the base and one image on it\n${BASE}\n- ${POSTGRES}\n`);
     bundle = path.join(work, 'main.bundle');
     const created = await runCli(['bundle', 'create', '--release', '9.9.9', '--images', path.join(work, 'images.txt'), '--key', keyFile, '--executable', exe, '--out', bundle, '--json']);
     expect(created.code, created.stderr).toBe(0);
-    expect(created.stderr).toMatch(/MB from the engine, [0-9.]+ MB\/s/);
+    expect(created.stderr).toMatch(/from the engine: [0-9.]+ MiB of ~?[0-9.]+ MiB \([0-9]+%\), [0-9.]+ MiB\/s/);
     execFileSync('tar', ['-C', work, '-xf', bundle, 'bundle.json', 'bundle.json.sig']);
     manifest = parseBundleManifest(await fs.readFile(path.join(work, 'bundle.json')), 'bundle.json');
     entries = await readEntries(bundle);
@@ -152,13 +153,30 @@ describe.skipIf(unavailable !== undefined)('bundle create', () => {
 
   it('the SBOM of the postgres image lists postgresql-15 with a Debian purl', async () => {
     const pg = manifest.images.find((i) => i.ref === POSTGRES)!;
-    expect(pg.sbom).toBe('sbom/dforge-test_postgres_15.cdx.json');
+    expect(pg.sbom).toBe(`sbom/dforge-test_postgres_15-${pg.config.digest.slice(7, 19)}.cdx.json`);
     const text = execFileSync('tar', ['-xOf', bundle, pg.sbom!]).toString();
     const bom = JSON.parse(text) as {specVersion: string; components: Array<{name: string; purl: string}>};
     expect(bom.specVersion).toBe('1.5');
     const component = bom.components.find((c) => c.name === 'postgresql-15');
     expect(component?.purl).toMatch(/^pkg:deb\/debian\/postgresql-15@[^?]+\?arch=/);
   });
+
+  it('two tags of one image share one SBOM file', async () => {
+    const alias = 'dforge-test/postgres:15-sbom-alias';
+    await docker.getImage(POSTGRES).tag({repo: 'dforge-test/postgres', tag: '15-sbom-alias'});
+    try {
+      const out = path.join(work, 'alias.bundle');
+      await createBundle(docker, {release: '9.9.9', images: [POSTGRES, alias], key: undefined, executable: exe, force: false, dforgeVersion: 'test', progress: () => {}, out});
+      const json = parseBundleManifest(execFileSync('tar', ['-xOf', out, 'bundle.json']), 'bundle.json');
+      expect(json.images.map((i) => i.ref)).toEqual([POSTGRES, alias]);
+      expect(json.images[0]!.sbom).toBeDefined();
+      expect(json.images[1]!.sbom).toBe(json.images[0]!.sbom);
+      expect(json.entries.filter((e) => e.kind === 'sbom').map((e) => e.path)).toEqual([json.images[0]!.sbom]);
+      await fs.rm(out);
+    } finally {
+      await docker.getImage(alias).remove({noprune: true});
+    }
+  }, 300_000);
 
   it('refuses to run without --key unless --unsigned is explicit, and never replaces a bundle', async () => {
     const noKey = await runCli(['bundle', 'create', '--release', '9.9.9', '--images', path.join(work, 'images.txt'), '--executable', exe, '--out', path.join(work, 'nokey.bundle')]);
@@ -199,6 +217,53 @@ describe.skipIf(unavailable !== undefined)('bundle create', () => {
     await fs.rm(joined);
   }, 300_000);
 
+  it('--force removes what the replaced bundle leaves behind: its signature, extra parts, the other layout', async () => {
+    const key = await readSigningKey(keyFile);
+    const common = {release: '9.9.9', images: [BASE], executable: exe, dforgeVersion: 'test', progress: () => {}};
+    const out = path.join(work, 'forced.bundle');
+    const ours = async (): Promise<string[]> => (await fs.readdir(work)).filter((n) => n.startsWith('forced.bundle')).sort();
+    const partNames = (n: number): string[] => Array.from({length: n}, (_, i) => `forced.bundle.${String(i + 1).padStart(3, '0')}`);
+
+    await createBundle(docker, {...common, key, out, force: false, splitBytes: 8 * 1024 * 1024});
+    const many = parsePartsIndex(await fs.readFile(`${out}.parts.json`), 'parts.json').parts.length;
+    expect(many).toBeGreaterThan(3);
+    expect(await ours()).toContain('forced.bundle.parts.json.sig');
+
+    // Unsigned, fewer parts: the old signature and the parts past the new count must go.
+    await createBundle(docker, {...common, key: undefined, out, force: true, splitBytes: 64 * 1024 * 1024});
+    const few = parsePartsIndex(await fs.readFile(`${out}.parts.json`), 'parts.json');
+    expect(few.signer).toBeNull();
+    expect(few.parts.length).toBeLessThan(many);
+    expect(await ours()).toEqual([...partNames(few.parts.length), 'forced.bundle.parts.json']);
+    const joined = path.join(work, 'forced-joined');
+    execFileSync('sh', ['-c', `cat "${out}".0* > "${joined}"`]);
+    expect(execFileSync('tar', ['-xOf', joined, 'bundle.json']).length).toBeGreaterThan(0);
+    await fs.rm(joined);
+
+    // Unsplit over split: no parts or index stay beside the new file.
+    await createBundle(docker, {...common, key, out, force: true});
+    expect(await ours()).toEqual(['forced.bundle']);
+
+    // Split over unsplit: the old single file goes.
+    await createBundle(docker, {...common, key, out, force: true, splitBytes: 64 * 1024 * 1024});
+    const again = parsePartsIndex(await fs.readFile(`${out}.parts.json`), 'parts.json');
+    expect(await ours()).toEqual([...partNames(again.parts.length), 'forced.bundle.parts.json', 'forced.bundle.parts.json.sig']);
+  }, 600_000);
+
+  it('refuses a split that would need more than 999 parts before writing anything, naming a size that works', async () => {
+    // A sparse 1 GiB executable makes the estimate exceed 999 parts of 1M.
+    const bigExe = path.join(work, 'big-exe');
+    await fs.writeFile(bigExe, '');
+    await fs.truncate(bigExe, 1024 ** 3);
+    const out = path.join(work, 'capped.bundle');
+    const res = await runCli(['bundle', 'create', '--release', '1', '--images', path.join(work, 'base.txt'), '--unsigned', '--executable', bigExe, '--out', out, '--split', '1M']);
+    await fs.rm(bigExe);
+    expect(res.code).toBe(2);
+    expect(res.stderr).toContain('at most 999');
+    expect(res.stderr).toMatch(/--split [0-9]+M/);
+    expect((await fs.readdir(work)).filter((n) => n.includes('capped'))).toEqual([]);
+  }, 120_000);
+
   it('--since leaves out the blobs the base bundle holds and names them', async () => {
     const delta = path.join(work, 'delta.bundle');
     await fs.writeFile(path.join(work, 'proxy.txt'), `${PROXY}\n`);
@@ -216,7 +281,6 @@ describe.skipIf(unavailable !== undefined)('bundle create', () => {
 
   it('a create killed mid-stream leaves no file under the bundle name, and the next create works', async () => {
     const out = path.join(work, 'killed.bundle');
-    await fs.writeFile(path.join(work, 'base.txt'), `${BASE}\n`);
     const args = ['bundle', 'create', '--release', '1', '--images', path.join(work, 'base.txt'), '--unsigned', '--executable', exe, '--out', out];
     const child = spawn(process.execPath, [cliEntry, ...args], {stdio: 'ignore'});
     // Wait until the stream is well under way, then kill without a chance to clean up.
