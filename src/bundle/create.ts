@@ -50,6 +50,8 @@ export const PACKAGED_EXECUTABLE = fileURLToPath(new URL('../../dist-sea/dforge'
 const TEMPLATE_TARGETS = ['compose', 'k8s'] as const;
 const PLACEHOLDER_DIGEST = `sha256:${'0'.repeat(64)}`;
 const PROGRESS_INTERVAL_MS = 2000;
+/** How much of a layer is gathered before one write to the bundle. */
+const WRITE_BATCH_BYTES = 4 * 1024 * 1024;
 
 export interface CreateOptions {
   readonly release: string;
@@ -258,13 +260,30 @@ export async function createBundle(docker: Docker, options: CreateOptions): Prom
         await writer.write(encodeEntryHeader({path: blobPath(PLACEHOLDER_DIGEST), size, mode: 0o644, mtime: createdAt}));
         const hash = createHash('sha256');
         const scanner = new DpkgStatusScanner();
+        // The engine's socket gives small chunks: they are gathered into large writes, and one
+        // write is in flight while the next batch is read, so reading and writing overlap.
+        let batch: Uint8Array[] = [];
+        let batchBytes = 0;
+        let inFlight: Promise<void> = Promise.resolve();
+        const flush = async (): Promise<void> => {
+          const data = Buffer.concat(batch);
+          batch = [];
+          batchBytes = 0;
+          await inFlight;
+          inFlight = writer.write(data);
+          inFlight.catch(() => undefined); // awaited below; this only keeps it from being unhandled meanwhile
+        };
         for await (const chunk of content) {
           hash.update(chunk);
           scanner.write(chunk);
-          await writer.write(chunk);
+          batch.push(chunk);
+          batchBytes += chunk.length;
+          if (batchBytes >= WRITE_BATCH_BYTES) await flush();
           streamed += chunk.length;
           report(false);
         }
+        await flush();
+        await inFlight;
         await writer.write(Buffer.alloc(paddedSize(size) - size));
         const hex = hash.digest('hex');
         const digest = `sha256:${hex}`;
