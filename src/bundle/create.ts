@@ -51,7 +51,7 @@ const TEMPLATE_TARGETS = ['compose', 'k8s'] as const;
 const PLACEHOLDER_DIGEST = `sha256:${'0'.repeat(64)}`;
 const PROGRESS_INTERVAL_MS = 2000;
 /** How much of a layer is gathered before one write to the bundle. */
-const WRITE_BATCH_BYTES = 4 * 1024 * 1024;
+const WRITE_BATCH_BYTES = 1024 * 1024;
 
 export interface CreateOptions {
   readonly release: string;
