@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Builds dforge as one executable (Node single executable application): a copy of the pinned Node
 // binary with a SEA blob injected whose main script is scripts/sea/main.cjs and whose assets are the
-// installed package (dist/, bin/, templates/, bundles/, package.json, oclif.manifest.json, the
+// installed package (dist/, bin/, templates/, package.json, oclif.manifest.json, the
 // production node_modules without native add-ons, type declarations or source maps) as one payload.
 // See scripts/sea/main.cjs for how it is unpacked and trusted at run time.
 // Needs `npm run build` first (npm run build:sea does both).
@@ -51,7 +51,7 @@ function walk(dir, rel, files, {pkg}) {
 }
 
 const files = [];
-for (const top of ['bin', 'dist', 'templates', 'bundles']) {
+for (const top of ['bin', 'dist', 'templates']) {
   if (existsSync(path.join(root, top))) walk(path.join(root, top), top, files, {pkg: false});
 }
 for (const f of ['package.json', 'oclif.manifest.json']) files.push({abs: path.join(root, f), path: f, mode: 0o400});
