@@ -1,3 +1,5 @@
+import {buffer} from 'node:stream/consumers';
+
 import {locateEntries, openVerifiedEntry} from './entries.js';
 import {blobPath} from './manifest.js';
 import type {UnsignedAudit} from './trust.js';
@@ -35,9 +37,7 @@ export async function inspectBundle(verified: VerifiedBundle, unsigned?: Unsigne
     if (entry !== undefined) {
       let components: number | null = null;
       if (entry.size <= SBOM_PARSE_BYTES) {
-        const chunks: Buffer[] = [];
-        for await (const chunk of openVerifiedEntry(verified, entry) as AsyncIterable<Buffer>) chunks.push(chunk);
-        components = componentCount(Buffer.concat(chunks));
+        components = componentCount(await buffer(openVerifiedEntry(verified, entry)));
       }
       sbom = {file: entry.path, components};
     }

@@ -1,4 +1,5 @@
 import {createHash} from 'node:crypto';
+import {buffer} from 'node:stream/consumers';
 
 import {UserError, VerificationError} from '../errors.js';
 import {locateEntries, openVerifiedEntry} from './entries.js';
@@ -67,7 +68,7 @@ export async function pushBundle(
   for (const image of verified.manifest.images) {
     const {repo, tag} = repositoryOf(image.ref);
     const entry = located.get(blobPath(image.manifest.digest));
-    const bytes = entry ? await readWhole(openVerifiedEntry(verified, entry)) : rebuiltManifest(image);
+    const bytes = entry ? await buffer(openVerifiedEntry(verified, entry)) : rebuiltManifest(image);
     if (journal.manifest(repo, tag) !== image.manifest.digest) {
       await client.putManifest(repo, tag, bytes, MEDIA_TYPES.manifest);
       await journal.recordManifest(repo, tag, image.manifest.digest);
@@ -101,12 +102,6 @@ export function repositoryOf(ref: string): {repo: string; tag: string} {
   // A first component with a dot or a port, or "localhost", is a registry host (Docker's rule).
   if (parts.length > 1 && (/[.:]/.test(parts[0]!) || parts[0] === 'localhost')) parts.shift();
   return {repo: parts.join('/'), tag};
-}
-
-async function readWhole(stream: NodeJS.ReadableStream): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream as AsyncIterable<Buffer>) chunks.push(chunk);
-  return Buffer.concat(chunks);
 }
 
 function missingBaseBlob(image: BundleImage, digest: string, verified: VerifiedBundle): UserError {

@@ -4,7 +4,7 @@ import {PassThrough, type Readable} from 'node:stream';
 import {pipeline} from 'node:stream/promises';
 
 import {UserError, VerificationError} from '../errors.js';
-import {LIMITS, parsePartsIndex, partsIndexFile, type PartsIndex} from './manifest.js';
+import {LIMITS, parsePartsIndex, partName, partsIndexFile, type PartsIndex} from './manifest.js';
 
 /**
  * A bundle as bytes on disk: one file, or the parts of a split bundle read as their logical
@@ -44,7 +44,7 @@ export async function openBundleSource(file: string): Promise<BundleSource> {
   const base = path.basename(bundleFile);
   const parts: Array<{path: string; size: number}> = [];
   for (const [i, part] of index.parts.entries()) {
-    const expected = `${base}.${String(i + 1).padStart(3, '0')}`;
+    const expected = partName(base, i);
     if (part.name !== expected) {
       throw new VerificationError(`${path.basename(indexFile)} lists part ${i + 1} as ${part.name}, expected ${expected}`, {nextSteps: ['Do not use this bundle; get it again from whoever built it.'], data: {reason: 'parts', part: part.name}});
     }

@@ -1,6 +1,7 @@
 import {createHash, verify as cryptoVerify, type Hash, type KeyObject} from 'node:crypto';
 import {createReadStream} from 'node:fs';
 import path from 'node:path';
+import {buffer} from 'node:stream/consumers';
 
 import {UserError, VerificationError} from '../errors.js';
 import {publicKeySha256} from '../pki/ed25519.js';
@@ -152,9 +153,7 @@ function compareEntries(read: readonly ReadEntry[], manifest: BundleManifest): v
 
 async function readSmall(verified: VerifiedBundle, entry: LocatedEntry): Promise<unknown> {
   if (entry.size > LIMITS.smallEntryBytes) throw tamper(`bundle entry ${entry.path} is too large to be the JSON it should be (${entry.size} bytes)`, {reason: 'size', entry: entry.path});
-  const chunks: Buffer[] = [];
-  for await (const chunk of readRange(verified.source, entry.contentOffset, entry.size) as AsyncIterable<Buffer>) chunks.push(chunk);
-  const bytes = Buffer.concat(chunks);
+  const bytes = await buffer(readRange(verified.source, entry.contentOffset, entry.size));
   // Read again after the pass: it must still be the bytes that were hashed.
   if (createHash('sha256').update(bytes).digest('hex') !== entry.sha256) throw tamper(`bundle entry ${entry.path} changed during verification`, {reason: 'entry-changed', entry: entry.path});
   try {
