@@ -3,7 +3,8 @@ import {Flags} from '@oclif/core';
 import {BaseCommand} from '../base-command.js';
 import {loadConfigFile} from '../config/load.js';
 import {UsageError} from '../errors.js';
-import {uninstall, withStackLock, type UninstallResult} from '../install/lifecycle.js';
+import {withStackLock} from '../install/lifecycle.js';
+import {uninstall, type UninstallResult} from '../install/uninstall.js';
 import {confirmDestructive} from '../ui/confirm.js';
 
 export default class Uninstall extends BaseCommand<typeof Uninstall> {

@@ -1,7 +1,8 @@
 import {Flags} from '@oclif/core';
 
 import {BaseCommand} from '../base-command.js';
-import {prepareUpgrade, withStackLock, type UpgradePlan} from '../install/lifecycle.js';
+import {withStackLock} from '../install/lifecycle.js';
+import {prepareUpgrade, type UpgradePlan} from '../install/upgrade.js';
 import {commonInstallSteps, installResult, newInstallContext, targetInstallSteps, type InstallResult} from '../install/service.js';
 import {runSteps} from '../ui/tasks.js';
 

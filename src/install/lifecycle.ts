@@ -1,19 +1,16 @@
 import {promises as fs} from 'node:fs';
 import path from 'node:path';
 
-import {withOpsRecord} from '../audit/record.js';
 import {listBackups} from '../backup/manage.js';
-import {backupAll, type BackupAllResult} from '../backup/service.js';
 import {certificatesStatus} from '../certs/service.js';
 import {loadConfigFile} from '../config/load.js';
-import {configSchema, type DforgeConfig} from '../config/schema.js';
-import {openControlPlane, pkiDir, usingControlPlane} from '../control/plane.js';
-import {UsageError, UserError} from '../errors.js';
+import type {DforgeConfig} from '../config/schema.js';
+import {openControlPlane} from '../control/plane.js';
+import {UserError} from '../errors.js';
 import {COMPOSE_FILE} from '../render/compose.js';
 import {resolvedImages} from '../render/values.js';
 import {clusterProblems, embeddedClusterStates, type EmbeddedClusterState} from '../postgres/embedded-ops.js';
 import {ComposeStack, serviceProblems, type ServiceState} from '../runtime/compose-stack.js';
-import {writeFileAtomic} from '../state/atomic-file.js';
 import {acquireLock} from '../state/lock.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {composeDir} from './service.js';
@@ -34,7 +31,7 @@ export async function withStackLock<T>(dir: InstallDir, command: string, fn: () 
 }
 
 /** The compose stack of an install, driven by its rendered compose file. */
-async function composeStack(dir: InstallDir, config: DforgeConfig): Promise<ComposeStack> {
+export async function composeStack(dir: InstallDir, config: DforgeConfig): Promise<ComposeStack> {
   const [{connectDockerEngine}, {detectComposeCli}] = await Promise.all([import('../docker/engine.js'), import('../runtime/compose-cli.js')]);
   const composeFile = path.join(composeDir(dir), COMPOSE_FILE);
   await fs.access(composeFile).catch(() => {
@@ -108,100 +105,4 @@ export async function installStatus(dir: InstallDir, options: {clock?: () => Dat
   } finally {
     await plane?.close();
   }
-}
-
-export interface UninstallResult {
-  readonly project: string;
-  readonly purged: boolean;
-  /** What --purge deleted from the install directory. */
-  readonly removed: string[];
-  /** What stays: the data volumes and secrets without --purge; backups always. */
-  readonly kept: string[];
-}
-
-/**
- * Stops and removes the stack. Volumes (the databases) and the install directory's secrets stay
- * unless `purge`, which the command only passes after --confirm <domain>. Backup destinations are
- * never touched; with the master key gone, their files are unreadable.
- */
-export async function uninstall(dir: InstallDir, options: {purge: boolean}): Promise<UninstallResult> {
-  const config = await loadConfigFile(dir.configFile);
-  if (config.target !== 'compose') {
-    throw new UsageError(`uninstall removes a compose stack; this install's target is ${config.target}`, {
-      nextSteps: config.target === 'k8s' ? ['Delete the Kubernetes objects with: kubectl delete -k <dir>/runtime/k8s (the volume claims of the StatefulSets stay until you delete them).'] : ['Stop the embedded cluster with: dforge db stop'],
-    });
-  }
-  const stack = await composeStack(dir, config);
-  // Written before the stack goes: afterwards there is no control database to write to.
-  await withOpsRecord(dir, {action: options.purge ? 'uninstall.purge' : 'uninstall', target: config.domain, details: () => ({phase: 'requested'})}, async () => undefined);
-  await stack.down({volumes: options.purge});
-  const backups = Object.values(config.regions).flatMap((r) => r.backup?.destinations ?? []).map((d) => (d.kind === 'local' ? path.resolve(d.path) : `${d.kind}:${d.name}`));
-  if (!options.purge) return {project: config.compose.project, purged: false, removed: [], kept: ['data volumes', dir.secretsDir, dir.configFile, ...backups]};
-  // Exactly what dforge put in the install directory; templates/ overrides and anything else an
-  // operator keeps there stay, and so does a backup destination inside one of these paths.
-  const removed: string[] = [];
-  const owned = [dir.configFile, path.join(dir.root, 'dforge.schema.json'), dir.secretsDir, dir.runtimeDir, dir.renderedDir, pkiDir(dir), path.join(dir.root, 'state'), dir.libpqSessionsDir];
-  for (const entry of owned) {
-    if (backups.some((b) => b === entry || b.startsWith(`${entry}${path.sep}`))) continue;
-    if (await fs.stat(entry).then(() => true, () => false)) {
-      await fs.rm(entry, {recursive: true, force: true});
-      removed.push(entry);
-    }
-  }
-  return {project: config.compose.project, purged: true, removed, kept: backups};
-}
-
-export interface UpgradePlan {
-  readonly from: string;
-  readonly to: string;
-  readonly backups: BackupAllResult;
-  readonly images: Record<string, string>;
-  /** Images set to something other than the old release's tag (a digest, another tag): left as they are. */
-  readonly pinned: string[];
-}
-
-/**
- * The first half of `dforge upgrade --to V`: a backup of every tenant (and of dforge_control),
- * then dforge.yaml moved to release V. Images pinned to the old release follow it; images pinned
- * to anything else are the operator's choice and stay. The caller then reconciles like install.
- */
-export async function prepareUpgrade(dir: InstallDir, to: string, options: {report: Parameters<typeof backupAll>[1]['report']; imagePresent: (ref: string) => Promise<boolean>}): Promise<UpgradePlan> {
-  const config = await loadConfigFile(dir.configFile);
-  const parsedTo = configSchema.shape.release.safeParse(to);
-  if (!parsedTo.success) throw new UsageError(`--to ${to}: ${parsedTo.error.issues[0]!.message}`, {nextSteps: ['Give a release version such as 1.4.2.']});
-  const from = config.release;
-  if (from === to) {
-    throw new UsageError(`this install is already at release ${to}`, {nextSteps: ['To finish an interrupted upgrade, or to reconcile, run: dforge install']});
-  }
-  const images = {...config.images};
-  const pinned: string[] = [];
-  // Every image set in dforge.yaml, the backup job's dforge image included.
-  const services = Object.keys(images) as Array<keyof typeof images>;
-  for (const service of services) {
-    const ref = images[service];
-    if (ref?.endsWith(`:${from}`)) images[service] = `${ref.slice(0, -from.length)}${to}`;
-    else if (ref) pinned.push(`${service}=${ref}`);
-  }
-  const next: DforgeConfig = {...config, release: to, images};
-  // Nothing changes unless every image of the new release is there to start. On Kubernetes the
-  // cluster pulls them from its registry, which this host need not reach.
-  const missing: string[] = [];
-  if (config.target === 'compose') for (const ref of new Set(Object.values(resolvedImages(next)))) if (!(await options.imagePresent(ref))) missing.push(ref);
-  if (missing.length > 0) {
-    throw new UserError(`the images of release ${to} are not in the local engine: ${missing.join(', ')}`, {
-      nextSteps: ['Pull them (docker pull <image>) or load their archives (docker load -i <file>), then run the upgrade again. Nothing was changed.'],
-    });
-  }
-  // backupAll throws PartialError (exit 4) naming the tenants that failed: the upgrade stops before changing anything.
-  const backups = await usingControlPlane(dir, (plane) => backupAll(plane, {concurrency: 2, report: options.report}));
-  // The operator's file is edited in place (comments and layout kept), with the previous one beside it.
-  const text = await fs.readFile(dir.configFile, 'utf8');
-  const {parseDocument} = await import('yaml');
-  const doc = parseDocument(text);
-  doc.set('release', to);
-  for (const service of services) if (images[service] !== config.images[service]) doc.setIn(['images', service], images[service]);
-  // One copy per release left, never overwritten: the way back to exactly what ran before.
-  await writeFileAtomic(`${dir.configFile}.pre-upgrade-${from}`, text, {mode: 0o644});
-  await writeFileAtomic(dir.configFile, doc.toString({lineWidth: 0}));
-  return {from, to, backups, images: resolvedImages(next), pinned};
 }

@@ -2,7 +2,7 @@ import type {Client} from 'pg';
 
 import type {OpsLog} from '../audit/ops-log.js';
 import {tenantPasswordContext} from '../control/keys-store.js';
-import {LockedError, UserError} from '../errors.js';
+import {LockedError, UsageError, UserError} from '../errors.js';
 import {randomPassword, scramVerifier} from '../postgres/scram.js';
 import {crashPoint} from '../state/crash-point.js';
 import type {DataKeys} from '../secrets/data-keys.js';
@@ -208,7 +208,7 @@ export class TenantService {
   async delete(slugInput: string, options: {confirm: string; shred?: boolean}): Promise<{slug: string; shredded: number | null}> {
     const slug = validateSlug(slugInput);
     if (options.confirm !== slug) {
-      throw new UserError(`refusing to delete tenant ${slug}: --confirm must repeat the slug exactly`, {nextSteps: [`Run: dforge tenant delete ${slug} --confirm ${slug}`]});
+      throw new UsageError(`refusing to delete tenant ${slug}: --confirm must repeat the slug exactly`, {nextSteps: [`Run: dforge tenant delete ${slug} --confirm ${slug}`]});
     }
     return this.locked(slug, options.shred ? 'tenant.delete+shred' : 'tenant.delete', async () => {
       const tenant = await this.require(slug);

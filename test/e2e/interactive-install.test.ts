@@ -1,4 +1,3 @@
-import {spawn} from 'node:child_process';
 import {promises as fs} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -7,6 +6,7 @@ import {stringify as stringifyYaml} from 'yaml';
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
 import {cliEntry, runCli} from '../helpers/cli.js';
+import {startPty} from '../helpers/pty.js';
 
 /**
  * The interactive install, driven through a real pseudo-terminal (util-linux `script`): the test
@@ -66,38 +66,3 @@ describe('dforge install on a terminal', () => {
 });
 
 /** A command on a pseudo-terminal, with a way to wait for a prompt and type the answer. */
-function startPty(command: string): {answer(prompt: string, keys: string): Promise<void>; exit: Promise<{code: number | null; output: string}>} {
-  // -q quiet, -f flush at once, -e return the command's exit code, -c the command; no typescript file.
-  const child = spawn('script', ['-qfec', command, '/dev/null'], {env: {...process.env, TERM: 'xterm-256color', COLUMNS: '200', LINES: '50'}, stdio: ['pipe', 'pipe', 'pipe']});
-  let output = '';
-  let consumed = 0;
-  const waiters: Array<() => void> = [];
-  const onData = (c: Buffer): void => {
-    output += c.toString();
-    for (const w of waiters.splice(0)) w();
-  };
-  child.stdout.on('data', onData);
-  child.stderr.on('data', onData);
-  const exit = new Promise<{code: number | null; output: string}>((resolve) => child.on('close', (code) => resolve({code, output})));
-  return {
-    async answer(prompt, keys) {
-      const deadline = Date.now() + 60_000;
-      for (;;) {
-        const at = output.indexOf(prompt, consumed);
-        if (at >= 0) {
-          consumed = at + prompt.length;
-          break;
-        }
-        if (Date.now() > deadline) throw new Error(`no prompt "${prompt}" within 60 s; output so far:\n${output}`);
-        await new Promise<void>((resolve) => {
-          waiters.push(resolve);
-          setTimeout(resolve, 500);
-        });
-      }
-      // Let the prompt finish drawing before typing, as a person would.
-      await new Promise((r) => setTimeout(r, 150));
-      child.stdin.write(keys);
-    },
-    exit,
-  };
-}
