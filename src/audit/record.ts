@@ -33,6 +33,7 @@ export type OpsAction =
   | 'posture.waiver'
   | 'audit.export'
   | 'bundle.verify'
+  | 'db.psql'
   | `tenant.${string}`;
 
 export interface OpsRecord {

@@ -37,6 +37,9 @@ export function primaryCluster(config: DforgeConfig): ClusterConfig {
   return config.regions[config.primaryRegion]!.clusters[0]!;
 }
 
+/** The CA file a cluster's server certificate is verified against: its own for an external cluster, else the install CA. */
+export const caFileOf = (dir: InstallDir, cluster: ClusterConfig): string => (cluster.kind === 'external' ? (cluster.caFile ?? caCertFile(dir)) : caCertFile(dir));
+
 /** How dforge reaches a cluster over TLS 1.3, verified against the install CA (or the configured one). */
 export async function endpointOf(dir: InstallDir, config: DforgeConfig, name: string): Promise<ClusterEndpoint> {
   const entry = clustersOf(config).get(name);
@@ -50,7 +53,7 @@ export async function endpointOf(dir: InstallDir, config: DforgeConfig, name: st
     case 'embedded':
       return {name, host: '127.0.0.1', port: c.port, caPem: await readCa(caCertFile(dir)), servername: 'localhost'};
     case 'external':
-      return {name, host: c.host, port: c.port, caPem: await readCa(c.caFile ?? caCertFile(dir)), servername: c.host};
+      return {name, host: c.host, port: c.port, caPem: await readCa(caFileOf(dir, c)), servername: c.host};
     case 'bundled':
       // Compose publishes the postgres service on host loopback only; in Kubernetes dforge runs in
       // the namespace (the backup CronJob) and reaches the Service. Either way the name checked is

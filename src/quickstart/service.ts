@@ -7,6 +7,7 @@ import {UserError} from '../errors.js';
 import {openKeyServices} from '../keys/context.js';
 import {keyAndPkiSteps} from '../install/key-steps.js';
 import {findPostgresBinaries} from '../postgres/binaries.js';
+import {changingTenants} from '../runtime/tenant-catalog.js';
 import {embeddedClusterNames, setUpEmbeddedCluster, type EmbeddedSetUp} from '../postgres/embedded-install.js';
 import type {InstallDir} from '../state/install-dir.js';
 import type {Step} from '../ui/tasks.js';
@@ -83,12 +84,15 @@ export function quickstartSteps(dir: InstallDir, options: QuickstartOptions): Ar
     {
       title: 'Tenants',
       async run(ctx) {
-        await usingControlPlane(dir, async (plane) => {
-          for (const slug of options.tenants) {
-            const {tenant, created} = await plane.tenants.create(slug, {ifNotExists: true});
-            ctx.result.tenants.push({slug: tenant.slug, region: tenant.region, cluster: tenant.cluster, database: tenant.database, status: tenant.status, created});
-          }
-        });
+        // Published on a re-run too: an install made before embedded installs had a catalog gets one.
+        await usingControlPlane(dir, (plane) =>
+          changingTenants(plane, async () => {
+            for (const slug of options.tenants) {
+              const {tenant, created} = await plane.tenants.create(slug, {ifNotExists: true});
+              ctx.result.tenants.push({slug: tenant.slug, region: tenant.region, cluster: tenant.cluster, database: tenant.database, status: tenant.status, created});
+            }
+          }),
+        );
         return ctx.result.tenants.map((t) => `${t.slug}${t.created ? '' : ' (existing)'}`).join(', ');
       },
     },

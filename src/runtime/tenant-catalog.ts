@@ -2,19 +2,21 @@ import {promises as fs} from 'node:fs';
 import path from 'node:path';
 
 import {serviceHost} from '../certs/service-names.js';
-import {clustersOf, type ControlPlane} from '../control/plane.js';
+import type {ClusterConfig, DforgeConfig} from '../config/schema.js';
+import {caFileOf, clustersOf, type ControlPlane} from '../control/plane.js';
 import {byCodePoint} from '../render/rendered-file.js';
 import {APP_UID} from '../render/values.js';
 import {LockedError, UserError} from '../errors.js';
 import {acquireLock, type LockHandle} from '../state/lock.js';
 import type {InstallDir} from '../state/install-dir.js';
-import {ensureRuntimeDir, writeRuntimeFile} from './runtime-files.js';
+import {ensureRuntimeDir, writeRuntimeFile, type Ownership} from './runtime-files.js';
 
 /**
  * How the app learns of tenants, with no shared connection: runtime/tenants/ holds a catalog and
- * one password file per active tenant, owned by the app's user, mounted read-only into the app
- * at /run/dforge/tenants. Nothing goes through environment variables. After a change the app is
- * sent SIGHUP to re-read it.
+ * one password file per active tenant. On compose they are owned by the app's user and mounted
+ * read-only into the app at /run/dforge/tenants, and the app is sent SIGHUP after a change; on an
+ * embedded install the app runs on the host and reads them where they are, owned by the user who
+ * runs dforge. Nothing goes through environment variables.
  */
 export const CATALOG_MOUNT = '/run/dforge/tenants';
 
@@ -27,6 +29,8 @@ export interface CatalogEntry {
   readonly sslmode: 'verify-full';
   /** Absent while the tenant is suspended: a suspended tenant's password is not handed out. */
   readonly passwordFile?: string;
+  /** Embedded installs only: the CA file on the host (in a container the app has its own mount). */
+  readonly sslrootcert?: string;
   readonly status: 'active' | 'suspended';
 }
 
@@ -40,18 +44,35 @@ export interface CatalogPublication {
 
 export const tenantsRuntimeDir = (dir: InstallDir): string => path.join(dir.runtimeDir, 'tenants');
 
-const APP = {uid: APP_UID, gid: APP_UID};
+const APP: Ownership = {uid: APP_UID, gid: APP_UID};
+
+/**
+ * Where the app reaches a cluster, or undefined when it cannot: inside the compose network or the
+ * namespace, the bundled cluster is the postgres service, by the name its certificate carries; an
+ * external cluster is at its own address; on an embedded install the app runs on the host, where
+ * the embedded cluster listens on loopback. A compose or Kubernetes app cannot reach an embedded one.
+ */
+export function appAddress(config: DforgeConfig, cluster: ClusterConfig): {host: string; port: number} | undefined {
+  switch (cluster.kind) {
+    case 'bundled':
+      return {host: serviceHost(config, 'postgres'), port: 5432};
+    case 'external':
+      return {host: cluster.host, port: cluster.port};
+    case 'embedded':
+      return config.target === 'embedded' ? {host: '127.0.0.1', port: cluster.port} : undefined;
+  }
+}
 
 /** The catalog's bytes: what the app reads, in both runtimes. */
 export const catalogText = (entries: readonly CatalogEntry[]): string => `${JSON.stringify({version: 1, tenants: entries}, null, 2)}\n`;
 
 /**
- * Rewrites the app's view of tenants from the registry: runtime/tenants/ plus SIGHUP to the app
- * on compose; the tenant Secrets of the overlay plus `kubectl apply` on Kubernetes.
+ * Rewrites the app's view of tenants from the registry: runtime/tenants/ (plus SIGHUP to the app on
+ * compose), or the tenant Secrets of the overlay plus `kubectl apply` on Kubernetes.
  */
 export async function publishTenantCatalog(plane: ControlPlane): Promise<CatalogPublication> {
-  if (plane.config.target === 'embedded') return {skipped: 'an embedded install has no app runtime', tenants: 0, changed: false, signalled: 0};
   const dir = plane.keys.dir;
+  const embedded = plane.config.target === 'embedded';
   return withTenantCatalogLock(dir, async () => {
     const clusters = clustersOf(plane.config);
     const entries: CatalogEntry[] = [];
@@ -59,14 +80,22 @@ export async function publishTenantCatalog(plane: ControlPlane): Promise<Catalog
     for (const tenant of await plane.tenants.list()) {
       if (tenant.status !== 'active' && tenant.status !== 'suspended') continue;
       const cluster = clusters.get(tenant.cluster)?.cluster;
-      if (!cluster || cluster.kind === 'embedded') continue;
-      // Inside the stack the bundled cluster is the postgres service, by the name its certificate
-      // carries; external clusters by their own name.
-      const [host, port] = cluster.kind === 'bundled' ? [serviceHost(plane.config, 'postgres'), 5432] : [cluster.host, cluster.port];
+      const address = cluster && appAddress(plane.config, cluster);
+      if (!cluster || !address) continue;
       // A suspended tenant stays in the catalog without a password: the app cannot reach it.
       const active = tenant.status === 'active';
       if (active) passwords.set(tenant.slug, await plane.tenants.password(tenant.slug));
-      entries.push({slug: tenant.slug, database: tenant.database, role: tenant.role, host, port, sslmode: 'verify-full', ...(active ? {passwordFile: `${CATALOG_MOUNT}/${tenant.slug}.password`} : {}), status: tenant.status});
+      const passwordFile = embedded ? path.join(tenantsRuntimeDir(dir), `${tenant.slug}.password`) : `${CATALOG_MOUNT}/${tenant.slug}.password`;
+      entries.push({
+        slug: tenant.slug,
+        database: tenant.database,
+        role: tenant.role,
+        ...address,
+        sslmode: 'verify-full',
+        ...(active ? {passwordFile} : {}),
+        ...(embedded ? {sslrootcert: caFileOf(dir, cluster)} : {}),
+        status: tenant.status,
+      });
     }
     entries.sort((a, b) => byCodePoint(a.slug, b.slug));
     if (plane.config.target === 'k8s') {
@@ -74,23 +103,26 @@ export async function publishTenantCatalog(plane: ControlPlane): Promise<Catalog
       const r = await publishKubernetesTenants(dir, plane.config, catalogText(entries), passwords);
       return {tenants: entries.length, changed: r.changed, signalled: 0, ...(r.applied ? {} : {skipped: r.note})};
     }
-    const changed = await writeComposeTenants(dir, catalogText(entries), passwords);
-    const signalled = changed ? await signalApp(plane.config.compose.project) : 0;
+    // An app on the host runs as whoever operates the install; no process is told: it re-reads the
+    // files when it next needs them (a reload, a new connection).
+    const owner: Ownership = embedded ? {uid: process.geteuid?.() ?? 0, gid: process.getegid?.() ?? 0} : APP;
+    const changed = await writeTenantFiles(dir, catalogText(entries), passwords, owner);
+    const signalled = changed && !embedded ? await signalApp(plane.config.compose.project) : 0;
     return {tenants: entries.length, changed, signalled};
   });
 }
 
-/** runtime/tenants/: the catalog and one 0400 password file per active tenant, owned by the app's user. */
-async function writeComposeTenants(dir: InstallDir, catalog: string, passwords: ReadonlyMap<string, string>): Promise<boolean> {
+/** runtime/tenants/ (0700): the catalog and one 0400 password file per active tenant, all owned by `owner`. */
+async function writeTenantFiles(dir: InstallDir, catalog: string, passwords: ReadonlyMap<string, string>, owner: Ownership): Promise<boolean> {
   const target = tenantsRuntimeDir(dir);
-  await ensureRuntimeDir(target, {mode: 0o700, owner: APP});
+  await ensureRuntimeDir(target, {mode: 0o700, owner});
   let changed = false;
   const keep = new Set<string>(['catalog.json']);
   for (const [slug, password] of passwords) {
     keep.add(`${slug}.password`);
-    changed = (await writeRuntimeFile(path.join(target, `${slug}.password`), password, {mode: 0o400, owner: APP})) || changed;
+    changed = (await writeRuntimeFile(path.join(target, `${slug}.password`), password, {mode: 0o400, owner})) || changed;
   }
-  changed = (await writeRuntimeFile(path.join(target, 'catalog.json'), catalog, {mode: 0o400, owner: APP})) || changed;
+  changed = (await writeRuntimeFile(path.join(target, 'catalog.json'), catalog, {mode: 0o400, owner})) || changed;
   // A deleted or suspended tenant's password leaves the app's view too.
   for (const name of await fs.readdir(target)) {
     if (!keep.has(name)) {

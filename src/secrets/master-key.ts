@@ -123,11 +123,18 @@ export function fileKeySource(dir: InstallDir, random: RandomSource = randomByte
   return {
     kind: 'file',
     async material(v) {
-      try {
-        return decodeKey(await dir.readSecret(file(v.version)), dir.secretPath(file(v.version)));
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      const target = dir.secretPath(file(v.version));
+      const handle = await fs.open(target, 'r').catch((err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') return undefined;
         throw err;
+      });
+      if (!handle) return undefined;
+      try {
+        // The mode of the file that was opened, not of whatever the name points to by now.
+        await refuseLooseKeyFile(target, (await handle.stat()).mode, [masterDir(dir), dir.secretsDir]);
+        return decodeKey(await handle.readFile(), target);
+      } finally {
+        await handle.close();
       }
     },
     async mint(version) {
@@ -237,6 +244,35 @@ export function passphraseKeySource(passphrases: {current?: string; next?: strin
       return undefined;
     },
   };
+}
+
+/**
+ * A master key file others can read (or a directory on its path others can enter) is refused, as
+ * ssh refuses such a private key: using it would hide that every secret of the install may
+ * already be copied. dforge writes them 0600 in 0700 directories, so a loose mode came from
+ * outside (a copy, an archive, a chmod); fixing it is the operator's decision, so nothing is
+ * changed here.
+ */
+async function refuseLooseKeyFile(file: string, mode: number, dirs: readonly string[]): Promise<void> {
+  // The Kubernetes backup job reads the key from the operator's Secret, which the kubelet projects
+  // read-only (0440 for the pod's fsGroup, in a directory with its `..data` link): that copy's
+  // modes are the orchestrator's, and refusing them would only stop backups.
+  if (await fs.lstat(path.join(path.dirname(file), '..data')).then((st) => st.isSymbolicLink(), () => false)) return;
+  const loose: Array<[string, number, string]> = [];
+  if ((mode & 0o077) !== 0) loose.push([file, mode, `chmod 600 ${file}`]);
+  for (const d of dirs) {
+    const st = await fs.stat(d);
+    if ((st.mode & 0o077) !== 0) loose.push([d, st.mode, `chmod 700 ${d}`]);
+  }
+  if (loose.length === 0) return;
+  const octal = (m: number): string => (m & 0o777).toString(8).padStart(4, '0');
+  throw new UserError(`refusing to use the master key ${file}: ${loose.map(([p, m]) => `${p} is open to group or others (mode ${octal(m)})`).join('; ')}`, {
+    nextSteps: [
+      `Run: ${loose.map(([, , fix]) => fix).join(' && ')}`,
+      'If anyone else could log in to this host meanwhile, consider the key exposed: after fixing the mode, rotate it with: dforge keys rotate --master',
+    ],
+    data: {file, loose: loose.map(([p, m]) => ({path: p, mode: octal(m)}))},
+  });
 }
 
 function decodeKey(raw: Buffer, where: string): Buffer {

@@ -26,6 +26,7 @@ export default class TenantShow extends BaseCommand<typeof TenantShow> {
         ['created', t.createdAt],
       ];
       for (const [k, v] of rows) this.log(`${k.padEnd(20)} ${v}`);
+      if (t.status === 'active') this.out.progress(`Connect with: dforge tenant credentials ${t.slug} (or dforge db psql --tenant ${t.slug})`);
     }
     return t;
   }
