@@ -33,6 +33,8 @@ export type OpsAction =
   | 'posture.waiver'
   | 'audit.export'
   | 'bundle.verify'
+  | 'upgrade'
+  | 'upgrade.rollback'
   | `tenant.${string}`;
 
 export interface OpsRecord {
