@@ -34,6 +34,8 @@ export type OpsAction =
   | 'audit.export'
   | 'bundle.verify'
   | 'db.psql'
+  | 'upgrade'
+  | 'upgrade.rollback'
   | `tenant.${string}`;
 
 export interface OpsRecord {
