@@ -22,6 +22,7 @@ export type OpsAction =
   | 'keys.rotate-master'
   | 'keys.rotate-jwt'
   | 'keys.release'
+  | 'keys.export-master'
   | 'restore.control'
   | 'backup.rebuild-catalog'
   | 'certs.generate'

@@ -1,19 +1,21 @@
 import {Flags} from '@oclif/core';
 
 import {BaseCommand} from '../base-command.js';
-import {quickstartResult, quickstartSteps, type QuickstartContext, type QuickstartResult} from '../quickstart/service.js';
+import {QUICKSTART_DEFAULTS, quickstartResult, quickstartSteps, type QuickstartContext, type QuickstartResult} from '../quickstart/service.js';
 import {runSteps} from '../ui/tasks.js';
 
 export default class Quickstart extends BaseCommand<typeof Quickstart> {
   static override summary = 'Set up an evaluation install on this host, without Docker: embedded PostgreSQL and two demo tenants.';
   static override description = `Runs preflight, writes dforge.yaml, creates the keys and the PKI, starts PostgreSQL from the host binaries (TLS 1.3 only, scram-sha-256, sameuser pg_hba), bootstraps dforge_control, and creates the tenants acme and globex.
-Safe to run again: existing config, keys, certificates, data and tenants are kept.`;
+Everything that could stop it part-way (the server binaries, a writable install directory the postgres account can traverse, a path without spaces, a free port) is checked before the first file is written.
+Safe to run again: existing config, keys, certificates, data and tenants are kept. A --port that differs from the kept dforge.yaml moves a stopped cluster to it; a different --domain or --region, or a new --port while the cluster runs, is refused.`;
   static override examples = ['<%= config.bin %> quickstart --dir ./demo', '<%= config.bin %> quickstart --dir /opt/dforge --domain erp.example.com --port 5433'];
 
   static override flags = {
-    domain: Flags.string({summary: 'Domain of the install.', default: 'dforge.localhost'}),
-    port: Flags.integer({summary: 'Port of the embedded PostgreSQL (loopback only).', default: 5432, min: 1, max: 65_535}),
-    region: Flags.string({summary: 'Name of the region.', default: 'local'}),
+    // No oclif defaults: an unset flag keeps what dforge.yaml says, so only a typed flag can conflict with it.
+    domain: Flags.string({summary: `Domain of the install. Default: ${QUICKSTART_DEFAULTS.domain}, or the kept dforge.yaml's.`}),
+    port: Flags.integer({summary: `Port of the embedded PostgreSQL (loopback only). Default: ${QUICKSTART_DEFAULTS.port}, or the kept dforge.yaml's.`, min: 1, max: 65_535}),
+    region: Flags.string({summary: `Name of the region. Default: ${QUICKSTART_DEFAULTS.region}, or the kept dforge.yaml's.`}),
   };
 
   async run(): Promise<QuickstartResult> {
@@ -26,6 +28,7 @@ Safe to run again: existing config, keys, certificates, data and tenants are kep
       this.log(`config             ${result.configFile}`);
       this.log(`CA certificate     ${result.caFile}`);
       this.log(`CA fingerprint     ${result.caFingerprint}`);
+      if (result.portChanged) this.log(`port changed       ${result.portChanged.cluster}: ${result.portChanged.from} -> ${result.portChanged.to} (dforge.yaml updated)`);
       for (const c of result.clusters) this.log(`PostgreSQL ${result.postgresMajorVersion}      ${c.cluster} on 127.0.0.1:${c.port}, data in ${c.dataDir}`);
       for (const t of result.tenants) this.log(`tenant             ${t.slug} (${t.status}, database ${t.database})`);
       this.log('\nTry next:');

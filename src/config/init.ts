@@ -56,7 +56,7 @@ export async function layOutWithConfig(dir: InstallDir, configText: string, comm
   }
 }
 
-function starterConfig(dir: InstallDir, options: InitOptions): DforgeConfig {
+export function starterConfig(dir: InstallDir, options: InitOptions): DforgeConfig {
   const candidate = {
     version: 1,
     domain: options.domain,

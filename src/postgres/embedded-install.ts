@@ -22,6 +22,11 @@ export function embeddedClusterNames(config: DforgeConfig): string[] {
   return [...clustersOf(config)].filter(([, e]) => e.cluster.kind === 'embedded').map(([name]) => name);
 }
 
+/** Where cluster `name` keeps its data and its socket and logs, inside the install directory. */
+export function embeddedClusterPaths(dir: InstallDir, name: string): {dataDir: string; runDir: string} {
+  return {dataDir: path.join(dir.root, 'data', 'postgres', name), runDir: path.join(dir.root, 'run', 'postgres', name)};
+}
+
 /** The embedded PostgreSQL of cluster `name`, inside the install directory. */
 export function embeddedCluster(dir: InstallDir, config: DforgeConfig, name: string): EmbeddedPostgres {
   const entry = clustersOf(config).get(name);
@@ -29,8 +34,7 @@ export function embeddedCluster(dir: InstallDir, config: DforgeConfig, name: str
     throw new UserError(`cluster ${name} is not an embedded cluster in ${dir.configFile}`, {nextSteps: [`Embedded clusters: ${embeddedClusterNames(config).join(', ') || 'none'}`]});
   }
   return new EmbeddedPostgres({
-    dataDir: path.join(dir.root, 'data', 'postgres', name),
-    runDir: path.join(dir.root, 'run', 'postgres', name),
+    ...embeddedClusterPaths(dir, name),
     port: entry.cluster.port,
     bins: findPostgresBinaries(),
     account: serverAccount(),

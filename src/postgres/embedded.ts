@@ -425,22 +425,8 @@ export class EmbeddedPostgres {
   /** Names the first directory the server account cannot traverse, tested by the kernel as that account. */
   private async assertReachable(): Promise<void> {
     if (!this.account) return;
-    const dirs = new Set<string>();
-    for (const leaf of [this.dataDir, this.runDir]) {
-      for (let dir = leaf; ; dir = path.dirname(dir)) {
-        dirs.add(dir);
-        if (dir === path.dirname(dir)) break;
-      }
-    }
-    const ordered = [...dirs].sort((a, b) => a.length - b.length);
-    const run = await this.exec('/bin/sh', ['-c', 'for d in "$@"; do [ -x "$d" ] || { printf %s "$d"; exit 1; }; done', 'sh', ...ordered], 30);
-    if (run.code !== 0) {
-      const blocked = run.stdout || ordered[0] || '/';
-      throw new UserError(`the PostgreSQL server account ${this.account.user} cannot reach ${blocked}`, {
-        nextSteps: [`Let it traverse the directory: chmod o+x ${blocked} (or chown it to ${this.account.user}), then re-run.`],
-        data: {blocked, account: this.account.user},
-      });
-    }
+    const blocked = await untraversable(this.account, [this.dataDir, this.runDir]);
+    if (blocked !== undefined) throw unreachableError(this.account, blocked);
   }
 
   private async initdb(superuser: string, password: string): Promise<void> {
@@ -568,6 +554,47 @@ export class EmbeddedPostgres {
       child.on('close', (code, signal) => resolve({code: code ?? (signal ? 128 + (os.constants.signals[signal] ?? 0) : 1), stdout, stderr}));
     });
   }
+}
+
+/**
+ * The first of `leaves` and their ancestors, shortest first, that `account` cannot traverse (x),
+ * tested by the kernel as that account; undefined when it reaches all of them.
+ */
+export async function untraversable(account: ServiceAccount, leaves: readonly string[]): Promise<string | undefined> {
+  const dirs = new Set<string>();
+  for (const leaf of leaves) {
+    for (let dir = path.resolve(leaf); ; dir = path.dirname(dir)) {
+      dirs.add(dir);
+      if (dir === path.dirname(dir)) break;
+    }
+  }
+  const ordered = [...dirs].sort((a, b) => a.length - b.length);
+  const run = await new Promise<{code: number | null; stdout: string}>((resolve, reject) => {
+    const child = spawn('/bin/sh', ['-c', 'for d in "$@"; do [ -x "$d" ] || { printf %s "$d"; exit 1; }; done', 'sh', ...ordered], {
+      cwd: '/',
+      env: CHILD_ENV,
+      stdio: ['ignore', 'pipe', 'ignore'],
+      timeout: 30_000,
+      uid: account.uid,
+      gid: account.gid,
+    });
+    let stdout = '';
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({code, stdout}));
+  });
+  return run.code === 0 ? undefined : run.stdout || ordered[0] || '/';
+}
+
+/** The refusal for a directory the server account cannot traverse, with the two ways out. */
+export function unreachableError(account: ServiceAccount, blocked: string): UserError {
+  return new UserError(`the PostgreSQL server account ${account.user} cannot reach ${blocked}`, {
+    nextSteps: [
+      `Let it traverse the directory: chmod o+x ${blocked} (or chown it to ${account.user}), then re-run;`,
+      `or choose an install directory every parent of which ${account.user} can enter, e.g. --dir /opt/dforge (a mktemp -d directory is 0700 and root's alone).`,
+    ],
+    data: {blocked, account: account.user},
+  });
 }
 
 /**
