@@ -220,15 +220,20 @@ async function checkCounts(db: Client, toc: TableOfContents): Promise<Record<str
   return counts;
 }
 
-/**
- * Ends the tenant's sessions and renames live -> previous and scratch -> live in one transaction
- * (inside the interface). A client connecting in between makes the rename fail; it is retried.
- */
+/** Renames live -> previous and scratch -> live in one transaction (inside the interface), its sessions ended. */
 async function swap(databases: TenantDatabases, tenant: Tenant, previous: string): Promise<string | null> {
+  return (await withoutSessions(databases, tenant, () => databases.roles.swap(tenant.role, previous))) ? previous : null;
+}
+
+/**
+ * Ends the tenant's sessions and runs `rename` (renames of its databases in one transaction). A
+ * client connecting in between makes the rename fail; it is retried.
+ */
+async function withoutSessions<T>(databases: TenantDatabases, tenant: Tenant, rename: () => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     await databases.roles.terminateSessions(tenant.role);
     try {
-      return (await databases.roles.swap(tenant.role, previous)) ? previous : null;
+      return await rename();
     } catch (err) {
       // 55006: the database is being accessed by other users.
       if ((err as {code?: string}).code !== '55006' || attempt >= 10) throw err;
@@ -267,17 +272,7 @@ export async function undoRestore(plane: ControlPlane, options: {tenant: string;
   return plane.tenants.withTenantLock(slug, 'tenant.restore-undo', () =>
     plane.tenants.onTenantCluster(slug, async (databases, tenant) => {
       const step = await undoStep(databases, tenant, now);
-      for (let attempt = 1; ; attempt++) {
-        await databases.roles.terminateSessions(tenant.role);
-        try {
-          await databases.roles.swapBack(tenant.role, step.restoredDatabase, step.previousDatabase);
-          break;
-        } catch (err) {
-          // 55006: a client connected between the termination and the rename; end it again.
-          if ((err as {code?: string}).code !== '55006' || attempt >= 10) throw err;
-          await new Promise((r) => setTimeout(r, 100 * attempt));
-        }
-      }
+      await withoutSessions(databases, tenant, () => databases.roles.swapBack(tenant.role, step.restoredDatabase, step.previousDatabase));
       return {tenant: tenant.slug, ...step};
     }),
   );
