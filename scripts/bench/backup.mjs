@@ -158,7 +158,7 @@ try {
       const [d, r] = await abba(
         i,
         async () => {
-          const res = await dforge('restore', '--tenant', ds.slug, '--from', latest.id, '--json');
+          const res = await dforge('restore', '--tenant', ds.slug, '--from', latest.id, '--confirm', ds.slug, '--json');
           const previous = JSON.parse(res.stdout).previousDatabase;
           if (previous) run(bin('dropdb'), [previous], asAdmin);
           return res;

@@ -17,6 +17,7 @@ export type OpsAction =
   | 'backup.decrypt'
   | 'backup.prune'
   | 'restore.tenant'
+  | 'restore.undo'
   | 'audit.verify'
   | 'preflight.waive'
   | 'keys.rotate-master'

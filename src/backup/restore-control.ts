@@ -9,7 +9,7 @@ import {crashPoint} from '../state/crash-point.js';
 import {CONTROL_OWNER, type BackupHeader} from './format.js';
 import {rebuildCatalog, type RebuildResult} from './manage.js';
 import type {PgToolsMode} from './pg-tool-runner.js';
-import {restoreDump} from './restore.js';
+import {requireConfirmation, restoreDump} from './restore.js';
 import {regionDestinations} from './destination.js';
 import {authenticateBackup, decryptAndList, destinationSource, resolveSource, type AuthenticatedBackup} from './verify.js';
 
@@ -30,8 +30,11 @@ export interface ControlRestoreResult {
  * one in the primary region (by authenticated creation time) is used unless `from` names one. The
  * catalog is then completed from the destinations, adopting only files that authenticate and match
  * their manifest and place, so backups newer than the control backup are restorable too.
+ * It always replaces the dforge_control that exists (a fresh one after db init, or a live one
+ * whose keys and registry it would roll back), so `confirm` must be "dforge_control".
  */
-export async function restoreControl(dir: InstallDir, options: {from?: string; clock?: () => Date; pgTools?: PgToolsMode}): Promise<ControlRestoreResult> {
+export async function restoreControl(dir: InstallDir, options: {from?: string; confirm?: string; clock?: () => Date; pgTools?: PgToolsMode}): Promise<ControlRestoreResult> {
+  requireConfirmation(CONTROL_DATABASE, options.confirm, {replacing: CONTROL_DATABASE, command: `dforge restore --control${options.from ? ` --from ${options.from}` : ''} --confirm ${CONTROL_DATABASE}`});
   const now = (options.clock ?? (() => new Date()))();
   let plane = await openControlPlane(dir, {pgTools: options.pgTools});
   let scratch: string | undefined;

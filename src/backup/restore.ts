@@ -1,10 +1,10 @@
 import type {Client} from 'pg';
 
 import type {ControlPlane} from '../control/plane.js';
-import {UserError, VerificationError} from '../errors.js';
+import {UsageError, UserError, VerificationError} from '../errors.js';
 import {restoreRoleOf} from '../postgres/provisioner.js';
 import {randomPassword, scramVerifier} from '../postgres/scram.js';
-import {previousDatabaseName, scratchDatabaseOf, type TenantDatabases} from '../tenants/databases.js';
+import {keptAsideAt, previousDatabaseName, scratchDatabaseOf, type TenantDatabases} from '../tenants/databases.js';
 import {MODULE_SCHEMAS} from '../tenants/module-sql.js';
 import type {Tenant} from '../tenants/service.js';
 import {validateSlug} from '../tenants/slug.js';
@@ -41,23 +41,33 @@ const CHECKED: ReadonlyArray<{toc: string; sql: string}> = [
  *     restore role (see restoreInto), then adopt it in dforge's shape;
  *  3. check the restored object counts against the dump's table of contents;
  *  4. end the live database's sessions and swap: both renames in one transaction (retried if a
- *     client slips in), keeping the old one as <db>__pre_restore_<ts>.
+ *     client slips in), keeping the old one as <db>__pre_restore_<ts> (undoRestore swaps it back).
  * A failure in steps 1-3 drops the scratch database and leaves the live one as it was. With `as`,
- * the backup becomes a new tenant with new credentials and its own data key.
+ * the backup becomes a new tenant with new credentials and its own data key. A restore in place
+ * replaces a live database, so `confirm` must repeat the slug (see requireConfirmation).
  */
 export async function restoreTenant(
   plane: ControlPlane,
-  options: {tenant: string; from: string; as?: string; dropPrevious?: boolean; clock?: () => Date},
+  options: {tenant: string; from: string; as?: string; dropPrevious?: boolean; confirm?: string; clock?: () => Date},
 ): Promise<RestoreResult> {
   const now = (options.clock ?? (() => new Date()))();
   const sourceTenant = validateSlug(options.tenant);
+  // Checked before anything is read: a restore in place must never start on a wrong answer.
+  if (options.as === undefined) {
+    requireConfirmation(sourceTenant, options.confirm, {replacing: `the database of tenant ${sourceTenant}`, command: restoreCommand(sourceTenant, options.from, options.dropPrevious)});
+  }
+  const existing = options.as === undefined ? await restoreTarget(plane, sourceTenant, options.from) : undefined;
   // Nothing is decided on the header before it is authenticated and bound to catalog and manifest.
   const auth = await authenticateBackup(plane, await resolveSource(plane, options.from));
   const label = auth.source.label;
   if (auth.header.kind !== 'tenant') throw new UserError(`${label} is a control-database backup`, {nextSteps: ['Restore it with: dforge restore --control --from <id|file>']});
+  // The header is authenticated by now: a backup of another tenant is the operator's mix-up, not tampering.
   if (auth.header.tenant !== sourceTenant) {
-    throw new VerificationError(`${label} belongs to tenant ${auth.header.tenant}, not ${sourceTenant}`, {
-      nextSteps: [`To copy ${auth.header.tenant}'s data into a new tenant: dforge restore --tenant ${auth.header.tenant} --from ${options.from} --as <new-slug>`],
+    throw new UserError(`${label} is a backup of tenant ${auth.header.tenant}, not ${sourceTenant}; nothing was changed`, {
+      nextSteps: [
+        `To restore ${auth.header.tenant} from it: ${restoreCommand(auth.header.tenant, options.from)}`,
+        `To copy ${auth.header.tenant}'s data into a new tenant: dforge restore --tenant ${auth.header.tenant} --from ${options.from} --as <new-slug>`,
+      ],
       data: {reason: 'tenant', backupId: auth.header.backupId, tenant: auth.header.tenant},
     });
   }
@@ -68,7 +78,7 @@ export async function restoreTenant(
     target = (await plane.tenants.create(validateSlug(options.as))).tenant;
     crashPoint('restore.as-tenant-created');
   } else {
-    target = await plane.tenants.get(sourceTenant);
+    target = existing!;
     if (await plane.tenants.ensureRole(sourceTenant)) crashPoint('restore.role-recreated');
   }
   try {
@@ -79,6 +89,38 @@ export async function restoreTenant(
     if (options.as) await plane.tenants.delete(target.slug, {confirm: target.slug, shred: true}).catch(() => undefined);
     throw err;
   }
+}
+
+/** The command that restores `slug` in place from `from`, confirmation included. */
+export const restoreCommand = (slug: string, from: string, dropPrevious = false): string => `dforge restore --tenant ${slug} --from ${from}${dropPrevious ? ' --drop-previous' : ''} --confirm ${slug}`;
+
+/** The command that undoes the last restore of `slug`. */
+export const undoCommand = (slug: string): string => `dforge restore --undo ${slug} --confirm ${slug}`;
+
+/**
+ * Replacing a live database (a tenant's by a restore in place or an undo, dforge_control by a
+ * control restore) needs its name repeated: the tenant's slug, or dforge_control. The command asks
+ * for it (src/ui/confirm.ts); this is the check every caller goes through.
+ */
+export function requireConfirmation(expected: string, confirm: string | undefined, o: {replacing: string; command: string}): void {
+  if (confirm === expected) return;
+  throw new UsageError(confirm === undefined ? `replacing ${o.replacing} needs --confirm ${expected}` : `refusing to replace ${o.replacing}: --confirm must be exactly ${expected}`, {
+    nextSteps: [`Run: ${o.command}`],
+  });
+}
+
+/**
+ * The registered tenant a restore in place replaces. A deleted tenant has nothing to restore
+ * over; its backups (kept under its retained data keys) come back as a new tenant of that slug.
+ */
+export async function restoreTarget(plane: ControlPlane, slugInput: string, from: string): Promise<Tenant> {
+  const slug = validateSlug(slugInput);
+  const tenant = (await plane.tenants.list()).find((t) => t.slug === slug);
+  if (tenant) return tenant;
+  throw new UserError(`no tenant ${slug}: it was deleted (or never created), so there is no database to restore over`, {
+    nextSteps: [`Restore the backup as a new tenant with that slug: dforge restore --tenant ${slug} --from ${from} --as ${slug}`, 'List the current tenants with: dforge tenant list'],
+    data: {tenant: slug},
+  });
 }
 
 /** A verified backup and where it goes. */
@@ -178,19 +220,81 @@ async function checkCounts(db: Client, toc: TableOfContents): Promise<Record<str
   return counts;
 }
 
-/**
- * Ends the tenant's sessions and renames live -> previous and scratch -> live in one transaction
- * (inside the interface). A client connecting in between makes the rename fail; it is retried.
- */
+/** Renames live -> previous and scratch -> live in one transaction (inside the interface), its sessions ended. */
 async function swap(databases: TenantDatabases, tenant: Tenant, previous: string): Promise<string | null> {
+  return (await withoutSessions(databases, tenant, () => databases.roles.swap(tenant.role, previous))) ? previous : null;
+}
+
+/**
+ * Ends the tenant's sessions and runs `rename` (renames of its databases in one transaction). A
+ * client connecting in between makes the rename fail; it is retried.
+ */
+async function withoutSessions<T>(databases: TenantDatabases, tenant: Tenant, rename: () => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     await databases.roles.terminateSessions(tenant.role);
     try {
-      return (await databases.roles.swap(tenant.role, previous)) ? previous : null;
+      return await rename();
     } catch (err) {
       // 55006: the database is being accessed by other users.
       if ((err as {code?: string}).code !== '55006' || attempt >= 10) throw err;
       await new Promise((r) => setTimeout(r, 100 * attempt));
     }
   }
+}
+
+export interface UndoResult {
+  readonly tenant: string;
+  readonly database: string;
+  /** The kept database that is live again. */
+  readonly restoredDatabase: string;
+  /** When a restore (or an earlier undo) set it aside, from its name. */
+  readonly keptSince: string;
+  /** Where the database it replaced is kept: undoing again swaps that one back. */
+  readonly previousDatabase: string;
+}
+
+/** What an undo would do, read only: for the confirmation, which must name it before anything changes. */
+export async function planUndo(plane: ControlPlane, options: {tenant: string; clock?: () => Date}): Promise<Omit<UndoResult, 'tenant'> & {tenant: Tenant}> {
+  const now = (options.clock ?? (() => new Date()))();
+  return plane.tenants.onTenantCluster(options.tenant, async (databases, tenant) => ({tenant, ...(await undoStep(databases, tenant, now))}));
+}
+
+/**
+ * Undoes the last restore of a tenant: ends its sessions and swaps the newest database a restore
+ * kept aside back in, both renames in one transaction (as the restore's swap). The database it
+ * replaces is kept under a new <db>__pre_restore_<ts> name, newer than any other, so an undo is
+ * itself undone by running it again; prune drops it like any kept database.
+ */
+export async function undoRestore(plane: ControlPlane, options: {tenant: string; confirm?: string; clock?: () => Date}): Promise<UndoResult> {
+  const now = (options.clock ?? (() => new Date()))();
+  const slug = validateSlug(options.tenant);
+  requireConfirmation(slug, options.confirm, {replacing: `the database of tenant ${slug}`, command: undoCommand(slug)});
+  return plane.tenants.withTenantLock(slug, 'tenant.restore-undo', () =>
+    plane.tenants.onTenantCluster(slug, async (databases, tenant) => {
+      const step = await undoStep(databases, tenant, now);
+      await withoutSessions(databases, tenant, () => databases.roles.swapBack(tenant.role, step.restoredDatabase, step.previousDatabase));
+      return {tenant: tenant.slug, ...step};
+    }),
+  );
+}
+
+/** The newest kept database and the name the live one will be kept under; a refusal naming what exists if none is kept. */
+async function undoStep(databases: TenantDatabases, tenant: Tenant, now: Date): Promise<Omit<UndoResult, 'tenant'>> {
+  const all = await databases.all();
+  const kept = all
+    .flatMap((name) => {
+      const at = keptAsideAt(tenant, name);
+      return at ? [{name, at}] : [];
+    })
+    .sort((a, b) => b.at.getTime() - a.at.getTime());
+  const newest = kept[0];
+  if (!newest) {
+    throw new UserError(`tenant ${tenant.slug} has no earlier database to swap back in: no restore kept one (a restore with --drop-previous, or a prune, removes it)`, {
+      nextSteps: [`Its databases now: ${all.length > 0 ? all.join(', ') : 'none'}`, `Restore an earlier backup instead: dforge backup list --tenant ${tenant.slug}, then dforge restore --tenant ${tenant.slug} --from <id> --confirm ${tenant.slug}`],
+      data: {tenant: tenant.slug, databases: all},
+    });
+  }
+  // Names carry whole seconds: the replaced database's must sort after the one coming back.
+  const keptAt = new Date(Math.max(now.getTime(), newest.at.getTime() + 1000));
+  return {database: tenant.database, restoredDatabase: newest.name, keptSince: newest.at.toISOString(), previousDatabase: previousDatabaseName(tenant, keptAt)};
 }

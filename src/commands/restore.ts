@@ -2,55 +2,112 @@ import {Flags} from '@oclif/core';
 
 import {withOpsRecord} from '../audit/record.js';
 import {BaseCommand} from '../base-command.js';
-import {restoreTenant, type RestoreResult} from '../backup/restore.js';
+import {planUndo, requireConfirmation, restoreCommand, restoreTarget, restoreTenant, undoCommand, undoRestore, type RestoreResult, type UndoResult} from '../backup/restore.js';
 import {throwIfTampered} from '../backup/manage.js';
 import {restoreControl, type ControlRestoreResult} from '../backup/restore-control.js';
 import {pgToolsFlag} from '../cli/pg-tools-flag.js';
+import {CONTROL_DATABASE} from '../control/bootstrap.js';
 import {usingControlPlane} from '../control/plane.js';
 import {changingTenants} from '../runtime/tenant-catalog.js';
+import {confirmDestructive} from '../ui/confirm.js';
 
 export default class Restore extends BaseCommand<typeof Restore> {
-  static override summary = "Restore a tenant from a backup (into a new database, swapped in at the end), or dforge_control itself.";
-  static override description = `Steps: verify the whole backup (a tampered or truncated file exits 6 before any database is created), restore into a scratch database owned by the tenant's role, compare object counts with the dump, then swap it in: both renames in one transaction. The previous database is kept as <db>_pre_restore_<ts> unless --drop-previous.
---as restores into a new tenant with new credentials. --control rebuilds dforge_control on a fresh cluster (after: dforge db init), from the newest control backup (by its authenticated creation time; a control backup that fails authentication stops it with exit 6) unless --from names one; then restore the tenants one by one.
-Nothing is decided on a backup's header before it is authenticated; a header that does not match the catalog entry, the manifest or the file's place exits 6.`;
+  static override summary = "Restore a tenant from a backup (into a new database, swapped in at the end), or dforge_control itself; --undo swaps the previous database back.";
+  static override description = `Steps: verify the whole backup (a tampered or truncated file exits 6 before any database is created), restore into a scratch database owned by the tenant's role, compare object counts with the dump, then swap it in: both renames in one transaction. The tenant's open sessions are ended. The previous database is kept as <db>__pre_restore_<ts> unless --drop-previous.
+A restore in place replaces a live database: it needs --confirm <slug>, or the slug typed on a terminal (--as replaces nothing and needs none). --undo <slug> (with --confirm <slug>) swaps the newest kept database back in and keeps the one it replaces the same way, so running it again redoes the restore.
+--as restores into a new tenant with new credentials; a deleted tenant comes back this way (--as <its slug>). --control rebuilds dforge_control on a fresh cluster (after: dforge db init) and needs --confirm ${CONTROL_DATABASE}, from the newest control backup (by its authenticated creation time; a control backup that fails authentication stops it with exit 6) unless --from names one; then restore the tenants one by one.
+Nothing is decided on a backup's header before it is authenticated; a header that does not match the catalog entry, the manifest or the file's place exits 6. A backup of another tenant than --tenant is refused (exit 1).`;
   static override examples = [
-    '<%= config.bin %> restore --tenant acme --from 20261127T021500Z-acme-1a2b3c',
+    '<%= config.bin %> restore --tenant acme --from 20261127T021500Z-acme-1a2b3c --confirm acme',
+    '<%= config.bin %> restore --undo acme --confirm acme',
     '<%= config.bin %> restore --tenant acme --from /backups/eu/acme/20261127T021500Z-acme-1a2b3c.dfb --as acme-copy',
-    '<%= config.bin %> restore --control',
+    `<%= config.bin %> restore --control --confirm ${CONTROL_DATABASE}`,
   ];
 
   static override flags = {
-    tenant: Flags.string({summary: 'The tenant the backup belongs to.', exactlyOne: ['tenant', 'control']}),
+    tenant: Flags.string({summary: 'The tenant the backup belongs to.', exactlyOne: ['tenant', 'control', 'undo']}),
     from: Flags.string({summary: 'Backup id from the catalog, or a path to a .dfb file.'}),
     as: Flags.string({summary: 'Restore as a new tenant with this slug.', dependsOn: ['tenant']}),
-    'drop-previous': Flags.boolean({summary: 'Drop the replaced database instead of keeping it.', dependsOn: ['tenant']}),
-    control: Flags.boolean({summary: 'Restore dforge_control (disaster recovery).', exactlyOne: ['tenant', 'control']}),
+    'drop-previous': Flags.boolean({summary: 'Drop the replaced database instead of keeping it (no --undo afterwards).', dependsOn: ['tenant']}),
+    confirm: Flags.string({summary: `Repeat the tenant's slug (or ${CONTROL_DATABASE} with --control) to confirm replacing its database.`}),
+    undo: Flags.string({summary: "Swap this tenant's newest kept previous database back in.", exactlyOne: ['tenant', 'control', 'undo']}),
+    control: Flags.boolean({summary: 'Restore dforge_control (disaster recovery).', exactlyOne: ['tenant', 'control', 'undo']}),
     'pg-tools': pgToolsFlag(),
   };
 
-  async run(): Promise<RestoreResult | ControlRestoreResult> {
-    if (this.flags.control) {
-      // Success is recorded by the restore itself, in the restored log, where it re-anchors it.
-      const result = await withOpsRecord(this.installDir(), {action: 'restore.control', target: 'control', changed: () => false}, () =>
-        restoreControl(this.installDir(), {from: this.flags.from, pgTools: this.flags['pg-tools']}),
-      );
-      this.out.progress(`dforge_control restored from ${result.backupId} (${result.createdAt}); ${result.tenants} tenants registered, ${result.catalog.added} backups adopted into the catalog`);
-      throwIfTampered(result.catalog, `dforge_control was restored from ${result.backupId}`);
-      return result;
-    }
-    if (!this.flags.from) this.error('--from is required with --tenant (a backup id or file; see dforge backup list)', {exit: 2});
+  async run(): Promise<RestoreResult | ControlRestoreResult | UndoResult> {
+    if (this.flags.control) return this.restoreControl();
+    if (this.flags.undo !== undefined) return this.undo(this.flags.undo);
+    const slug = this.flags.tenant!;
+    const from = this.flags.from;
+    if (!from) this.error('--from is required with --tenant (a backup id or file; see dforge backup list)', {exit: 2});
+    const dropPrevious = this.flags['drop-previous'];
     const result = await usingControlPlane(
       this.installDir(),
-      (plane) =>
-        withOpsRecord(
+      async (plane) => {
+        let confirm: string | undefined;
+        if (this.flags.as === undefined) {
+          // Asked before anything is created: the answer names the database and where the old one goes.
+          const tenant = await restoreTarget(plane, slug, from);
+          confirm = await confirmDestructive({
+            provided: this.flags.confirm,
+            expected: tenant.slug,
+            flag: '--confirm',
+            question: `Restore ${from} over tenant ${tenant.slug}: its database ${tenant.database} is replaced and its open sessions are ended; the current one is ${dropPrevious ? 'dropped (no undo)' : `kept as ${tenant.database}__pre_restore_<time> (undo: ${undoCommand(tenant.slug)})`}. Type the slug to confirm`,
+          });
+          requireConfirmation(tenant.slug, confirm, {replacing: `the database of tenant ${tenant.slug}`, command: restoreCommand(tenant.slug, from, dropPrevious)});
+        }
+        return withOpsRecord(
           plane,
-          {action: 'restore.tenant', target: `tenant:${this.flags.as ?? this.flags.tenant!}`, details: (r) => ({backupId: r.backupId, from: this.flags.tenant, database: r.database, previousDatabase: r.previousDatabase})},
-          () => changingTenants(plane, () => restoreTenant(plane, {tenant: this.flags.tenant!, from: this.flags.from!, as: this.flags.as, dropPrevious: this.flags['drop-previous']})),
-        ),
+          {action: 'restore.tenant', target: `tenant:${this.flags.as ?? slug}`, details: (r) => ({backupId: r.backupId, from: slug, database: r.database, previousDatabase: r.previousDatabase})},
+          () => changingTenants(plane, () => restoreTenant(plane, {tenant: slug, from, as: this.flags.as, dropPrevious, confirm})),
+        );
+      },
       {pgTools: this.flags['pg-tools']},
     );
-    this.out.progress(`restored ${result.backupId} into ${result.database}${result.previousDatabase ? `; previous kept as ${result.previousDatabase}` : ''}`);
+    this.out.progress(`restored ${result.backupId} into ${result.database}${result.previousDatabase ? `; previous kept as ${result.previousDatabase} (undo: ${undoCommand(result.tenant)})` : ''}`);
+    return result;
+  }
+
+  private async restoreControl(): Promise<ControlRestoreResult> {
+    const confirm = await confirmDestructive({
+      provided: this.flags.confirm,
+      expected: CONTROL_DATABASE,
+      flag: '--confirm',
+      question: `Replace ${CONTROL_DATABASE} (tenant registry, sealed passwords, data keys, backup catalog, ops log) with a control backup? Its open sessions are ended; the current one is kept as ${CONTROL_DATABASE}_pre_restore_<time>. Type ${CONTROL_DATABASE} to confirm`,
+    });
+    // Checked here too, so a wrong answer is a refusal rather than a failed restore in the ops log.
+    requireConfirmation(CONTROL_DATABASE, confirm, {replacing: CONTROL_DATABASE, command: `dforge restore --control --confirm ${CONTROL_DATABASE}`});
+    // Success is recorded by the restore itself, in the restored log, where it re-anchors it.
+    const result = await withOpsRecord(this.installDir(), {action: 'restore.control', target: 'control', changed: () => false}, () =>
+      restoreControl(this.installDir(), {from: this.flags.from, confirm, pgTools: this.flags['pg-tools']}),
+    );
+    this.out.progress(`dforge_control restored from ${result.backupId} (${result.createdAt}); ${result.tenants} tenants registered, ${result.catalog.added} backups adopted into the catalog`);
+    throwIfTampered(result.catalog, `dforge_control was restored from ${result.backupId}`);
+    return result;
+  }
+
+  private async undo(slug: string): Promise<UndoResult> {
+    const result = await usingControlPlane(
+      this.installDir(),
+      async (plane) => {
+        // A tenant with nothing kept is refused here, before the question.
+        const plan = await planUndo(plane, {tenant: slug});
+        const confirm = await confirmDestructive({
+          provided: this.flags.confirm,
+          expected: plan.tenant.slug,
+          flag: '--confirm',
+          question: `Swap ${plan.restoredDatabase} (kept since ${plan.keptSince}) back in as ${plan.database} of tenant ${plan.tenant.slug}? Its open sessions are ended; the current database is kept as ${plan.previousDatabase}. Type the slug to confirm`,
+        });
+        requireConfirmation(plan.tenant.slug, confirm, {replacing: `the database of tenant ${plan.tenant.slug}`, command: undoCommand(plan.tenant.slug)});
+        return withOpsRecord(
+          plane,
+          {action: 'restore.undo', target: `tenant:${plan.tenant.slug}`, details: (r) => ({database: r.database, restoredDatabase: r.restoredDatabase, previousDatabase: r.previousDatabase})},
+          () => undoRestore(plane, {tenant: plan.tenant.slug, confirm}),
+        );
+      },
+    );
+    this.out.progress(`${result.restoredDatabase} is ${result.database} again; the database it replaced is kept as ${result.previousDatabase} (run --undo again to swap it back)`);
     return result;
   }
 }

@@ -247,6 +247,31 @@ BEGIN
 END
 $fn$;
 
+-- Undoing a restore: live -> p_previous and the kept p_source -> live, both renames in this one
+-- transaction. p_source is a copy a restore (or an earlier undo) set aside; p_previous is new.
+CREATE OR REPLACE FUNCTION ${PROVISION_SCHEMA}.swap_back_database(p_login text, p_source text, p_previous text) RETURNS void ${definer} AS $fn$
+DECLARE
+  v_owners oid[];
+BEGIN
+  PERFORM ${PROVISION_SCHEMA}._require(p_login);
+  v_owners := ARRAY(SELECT oid FROM pg_roles WHERE rolname IN (p_login || '__owner', p_login));
+  IF p_source !~ ('^' || p_login || '__(pre_restore|pr)_[0-9a-z]+$')
+     OR p_previous !~ ('^' || p_login || '__(pre_restore|pr)_[0-9a-z]+$')
+     OR NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = p_source AND datdba = ANY (v_owners))
+     OR EXISTS (SELECT 1 FROM pg_database WHERE datname = p_previous) THEN
+    RAISE EXCEPTION USING ERRCODE = '${NOT_A_TENANT_ROLE}', MESSAGE = format('no kept database %I of %I to swap back in (setting the live one aside as %I)', p_source, p_login, p_previous);
+  END IF;
+  IF EXISTS (SELECT 1 FROM pg_database WHERE datname = p_login) THEN
+    IF NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = p_login AND datdba = ANY (v_owners)) THEN
+      RAISE EXCEPTION USING ERRCODE = '${UNSAFE_STATE}', MESSAGE = format('database %I is not owned by tenant %I', p_login, p_login);
+    END IF;
+    EXECUTE format('ALTER DATABASE %I RENAME TO %I', p_login, p_previous);
+  END IF;
+  EXECUTE format('ALTER DATABASE %I RENAME TO %I', p_source, p_login);
+  RAISE LOG 'dforge: kept database % swapped back in for % (the replaced one kept as %)', p_source, p_login, p_previous;
+END
+$fn$;
+
 -- The short-lived role a restore's pg_restore logs in as: named like the scratch database (so
 -- pg_hba's sameuser admits it there only), NOINHERIT, a member of the tenant's login role and of
 -- nothing else, so code the dump carries runs with no more power than the tenant's own.
@@ -342,6 +367,7 @@ GRANT EXECUTE ON FUNCTION
   ${PROVISION_SCHEMA}.hand_over_database(text, text),
   ${PROVISION_SCHEMA}.take_back_database(text, text),
   ${PROVISION_SCHEMA}.swap_databases(text, text),
+  ${PROVISION_SCHEMA}.swap_back_database(text, text, text),
   ${PROVISION_SCHEMA}.create_restore_role(text, text),
   ${PROVISION_SCHEMA}.drop_restore_role(text),
   ${PROVISION_SCHEMA}.drop_tenant_roles(text),
@@ -397,6 +423,11 @@ export class TenantRoles {
   async swap(login: string, previous: string): Promise<boolean> {
     const r = await this.query<{swapped: boolean}>('swap_databases($1, $2) AS swapped', [login, previous]);
     return r[0]?.swapped ?? false;
+  }
+
+  /** Undo of a restore: the kept `source` becomes the live database, the live one is kept as `previous`. */
+  swapBack(login: string, source: string, previous: string): Promise<void> {
+    return this.call('swap_back_database($1, $2, $3)', [login, source, previous]);
   }
 
   createRestoreRole(login: string, verifier: string): Promise<void> {

@@ -35,6 +35,12 @@ export function previousDatabaseName(tenant: TenantIdentity, now: Date): string 
 
 export const PREVIOUS_DATABASE_PATTERN = (tenant: TenantIdentity): string => `^${tenant.database}__(pre_restore|pr)_([0-9a-z]+)$`;
 
+/** When a restore kept `name` aside (the time in its name), or undefined if it is not one of the tenant's kept databases. */
+export function keptAsideAt(tenant: TenantIdentity, name: string): Date | undefined {
+  const ts = new RegExp(PREVIOUS_DATABASE_PATTERN(tenant)).exec(name)?.[2];
+  return ts === undefined ? undefined : new Date(Number.parseInt(ts, 36) * 1000);
+}
+
 export class TenantDatabases {
   readonly roles: TenantRoles;
 

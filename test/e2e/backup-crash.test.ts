@@ -74,12 +74,12 @@ describe.skipIf(!available)('backup and restore killed at every durable step', (
       prepare: async () => {
         await install.asTenant('acme', (c) => c.query("DELETE FROM crm.marker WHERE v = 'live only'; INSERT INTO crm.marker VALUES ('live only')"));
       },
-      run: (env) => runCli(['restore', '--tenant', 'acme', '--from', backupId, '--drop-previous', '--dir', install.dir.root], {env}),
+      run: (env) => runCli(['restore', '--tenant', 'acme', '--from', backupId, '--drop-previous', '--confirm', 'acme', '--dir', install.dir.root], {env}),
       recover: async (step) => {
         // The restore's ops-log record is written once it is done.
         const swapped = step === 'restore.swap-committed' || step === 'restore.previous-dropped' || step.startsWith('ops-log.');
         expect(await marker(), step).toEqual(swapped ? restored : [{v: 'backed up'}, {v: 'live only'}]);
-        const rerun = await install.cli(['restore', '--tenant', 'acme', '--from', backupId, '--drop-previous']);
+        const rerun = await install.cli(['restore', '--tenant', 'acme', '--from', backupId, '--drop-previous', '--confirm', 'acme']);
         expect(rerun.code, `${step}: ${rerun.stderr}`).toBe(0);
         expect(await marker(), step).toEqual(restored);
         // Nothing of the killed run is left but, killed between swap and drop, the previous

@@ -75,7 +75,7 @@ describe.skipIf(!available)('backups are bound to what the catalog says', () => 
       const v = await install.cli(['backup', 'verify', initech.id, '--deep']);
       expect(v.code, v.stderr).toBe(6);
       expect(v.stderr).toMatch(/is not the backup its catalog entry describes/);
-      const r = await install.cli(['restore', '--tenant', 'initech', '--from', initech.id]);
+      const r = await install.cli(['restore', '--tenant', 'initech', '--from', initech.id, '--confirm', 'initech']);
       expect(r.code, r.stderr).toBe(6);
       // The same lie under an id the catalog does not know: rebuild-catalog must not adopt it.
       const fakeId = initech.id.replace(/-[0-9a-f]{6}$/, '-ffffff');
@@ -111,7 +111,7 @@ describe.skipIf(!available)('backups are bound to what the catalog says', () => 
         if (manifest === 'replayed') await fs.copyFile(path.join(root(), manifestLocation(older.location)), `${newerFile}.manifest.json`);
         const v = await install.cli(['backup', 'verify', newer.id, '--deep']);
         expect(v.code, `${manifest}: ${v.stderr}`).toBe(6);
-        const r = await install.cli(['restore', '--tenant', 'acme', '--from', newer.id]);
+        const r = await install.cli(['restore', '--tenant', 'acme', '--from', newer.id, '--confirm', 'acme']);
         expect(r.code, `${manifest}: ${r.stderr}`).toBe(6);
       }
       // With the catalog entry gone (as after restore --control), rebuild must not adopt the replay.
@@ -148,7 +148,7 @@ describe.skipIf(!available)('backups are bound to what the catalog says', () => 
     expect((await install.cli(['backup', 'verify', bad])).code).toBe(6);
     expect((await install.cli(['backup', 'verify', bad, '--deep'])).code).toBe(6);
     const dbs = await databases();
-    expect((await install.cli(['restore', '--tenant', 'acme', '--from', bad])).code).toBe(6);
+    expect((await install.cli(['restore', '--tenant', 'acme', '--from', bad, '--confirm', 'acme'])).code).toBe(6);
     expect(await databases()).toEqual(dbs);
     // Dropped into the destination under another name, with no manifest: not adopted.
     const copyLocation = `acme/${b.id}-copy.dfb`;
@@ -196,8 +196,8 @@ describe.skipIf(!available)('backups are bound to what the catalog says', () => 
         await fs.writeFile(loose, flip(originals.cataloged));
         expectVerification(await rejected(verifyBackup(plane, cataloged.id, {deep: false})), `byte ${i}, verify by id`);
         expectVerification(await rejected(verifyBackup(plane, loose, {deep: false})), `byte ${i}, verify a loose copy`);
-        expectVerification(await rejected(restoreTenant(plane, {tenant: 'acme', from: cataloged.id})), `byte ${i}, restore by id`);
-        expectVerification(await rejected(restoreTenant(plane, {tenant: 'acme', from: loose})), `byte ${i}, restore a loose copy`);
+        expectVerification(await rejected(restoreTenant(plane, {tenant: 'acme', from: cataloged.id, confirm: 'acme'})), `byte ${i}, restore by id`);
+        expectVerification(await rejected(restoreTenant(plane, {tenant: 'acme', from: loose, confirm: 'acme'})), `byte ${i}, restore a loose copy`);
         const rebuilt = await rebuildCatalog(plane);
         const entry = rebuilt.entries.find((e) => e.location === orphan.location);
         if (entry?.status !== 'tampered') escaped.push(`byte ${i}, rebuild-catalog: ${entry?.status ?? 'not looked at'}`);
@@ -217,7 +217,7 @@ describe.skipIf(!available)('backups are bound to what the catalog says', () => 
       await fs.writeFile(loose, t);
       const v = await install.cli(['backup', 'verify', loose]);
       expect(v.code, `byte ${i}: ${v.stderr}`).toBe(6);
-      const r = await install.cli(['restore', '--tenant', 'acme', '--from', loose]);
+      const r = await install.cli(['restore', '--tenant', 'acme', '--from', loose, '--confirm', 'acme']);
       expect(r.code, `byte ${i}: ${r.stderr}`).toBe(6);
     }
     // Untouched, both are accepted: the failures above were the flips.
@@ -241,9 +241,9 @@ describe.skipIf(!available)('backups are bound to what the catalog says', () => 
     ] as const) {
       await fs.writeFile(path.join(controlDir, name), content);
       try {
-        const err = await rejected(restoreControl(install.dir, {}));
+        const err = await rejected(restoreControl(install.dir, {confirm: 'dforge_control'}));
         expect(err, name).toBeInstanceOf(VerificationError);
-        const r = await install.cli(['restore', '--control']);
+        const r = await install.cli(['restore', '--control', '--confirm', 'dforge_control']);
         expect(r.code, r.stderr).toBe(6);
       } finally {
         await fs.rm(path.join(controlDir, name));

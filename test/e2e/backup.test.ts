@@ -107,7 +107,7 @@ describe.skipIf(!available)('encrypted backups and restores on the embedded data
     const file = path.join(scratch, `${label.replace(/\W+/g, '-')}.dfb`);
     await fs.writeFile(file, bytes);
     const before = await databases();
-    const r = await install.cli(['restore', '--tenant', 'acme', '--from', file]);
+    const r = await install.cli(['restore', '--tenant', 'acme', '--from', file, '--confirm', 'acme']);
     expect(r.code, `${label}: ${r.stderr}`).toBe(6);
     expect(r.stderr).toMatch(/What to do:/);
     expect(await databases(), label).toEqual(before);
@@ -141,7 +141,7 @@ describe.skipIf(!available)('encrypted backups and restores on the embedded data
     const wrongKey = path.join(scratch, 'wrong-key.dfb');
     await fs.writeFile(wrongKey, otherKey);
     const before = await databases();
-    const r = await install.cli(['restore', '--tenant', 'gbex', '--from', wrongKey]);
+    const r = await install.cli(['restore', '--tenant', 'gbex', '--from', wrongKey, '--confirm', 'gbex']);
     expect(r.code, r.stderr).toBe(6);
     expect(r.stderr).toMatch(/its file key is wrapped by dek\/acme v1/);
     expect(await databases()).toEqual(before);
@@ -243,7 +243,7 @@ describe.skipIf(!available)('encrypted backups and restores on the embedded data
   });
 
   it('prune keeps the newest verified backup, drops what the policy does not keep and old pre-restore databases', async () => {
-    expect((await install.cli(['restore', '--tenant', 'globex', '--from', (await catalogIds()).find((id) => id.includes('-globex-'))!])).code).toBe(0);
+    expect((await install.cli(['restore', '--tenant', 'globex', '--from', (await catalogIds()).find((id) => id.includes('-globex-'))!, '--confirm', 'globex'])).code).toBe(0);
     expect((await databases()).some((d) => d.startsWith('tenant_globex__pre_restore_'))).toBe(true);
     // The newest deep-verified acme backup is kept although it is not the newest backup.
     const acme = (JSON.parse((await install.cli(['backup', 'list', '--tenant', 'acme', '--json'])).stdout) as {backups: Array<{id: string; verifiedAt: string | null}>}).backups;

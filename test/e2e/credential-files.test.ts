@@ -281,7 +281,7 @@ describe.skipIf(!available)('credential files of pg_dump and pg_restore', () => 
   for (const command of ['backup', 'restore'] as const) {
     it(`SIGTERM during ${command}: the passfile is removed, the tool is stopped, the exit is non-zero`, async () => {
       const hold = command === 'backup' ? await holdBackups() : await holdRestores();
-      const args = command === 'backup' ? ['backup', '--tenant', 'acme'] : ['restore', '--tenant', 'acme', '--from', backupId];
+      const args = command === 'backup' ? ['backup', '--tenant', 'acme'] : ['restore', '--tenant', 'acme', '--from', backupId, '--confirm', 'acme'];
       const run = startCli(install, args);
       try {
         const tool = await heldTool(run, command === 'backup' ? 'pg_dump' : 'pg_restore');
@@ -331,7 +331,7 @@ describe.skipIf(!available)('credential files of pg_dump and pg_restore', () => 
   it('SIGKILL during restore (3 trials): each run sweeps the leftover of the one before, the next backup the last; the live data is intact and restorable', async () => {
     for (let trial = 0; trial < 3; trial++) {
       const hold = await holdRestores();
-      const run = startCli(install, ['restore', '--tenant', 'acme', '--from', backupId]);
+      const run = startCli(install, ['restore', '--tenant', 'acme', '--from', backupId, '--confirm', 'acme']);
       let tool: HeldTool;
       try {
         tool = await heldTool(run, 'pg_restore');
@@ -350,7 +350,7 @@ describe.skipIf(!available)('credential files of pg_dump and pg_restore', () => 
     const next = await install.cli(['backup', '--tenant', 'acme']);
     expect(next.code, next.stderr).toBe(0);
     expect(await leftovers()).toEqual([]);
-    const restore = await install.cli(['restore', '--tenant', 'acme', '--from', backupId, '--drop-previous']);
+    const restore = await install.cli(['restore', '--tenant', 'acme', '--from', backupId, '--drop-previous', '--confirm', 'acme']);
     expect(restore.code, restore.stderr).toBe(0);
     expect(await leftovers()).toEqual([]);
     expect(await checksums()).toEqual(original);

@@ -56,7 +56,7 @@ describe.skipIf(!available)('disaster drill', () => {
     const init = await install.cli(['db', 'init', '--json']);
     expect(init.code, init.stderr).toBe(0);
     expect(JSON.parse(init.stdout)[0]).toMatchObject({initialised: true});
-    const control = await install.cli(['restore', '--control', '--json']);
+    const control = await install.cli(['restore', '--control', '--confirm', 'dforge_control', '--json']);
     expect(control.code, control.stderr).toBe(0);
     const restoredControl = JSON.parse(control.stdout) as {tenants: number; backupId: string; catalog: {entries: Array<{status: string; backupId?: string}>}};
     expect(restoredControl).toMatchObject({tenants: 2});
@@ -74,7 +74,7 @@ describe.skipIf(!available)('disaster drill', () => {
     for (const slug of ['acme', 'globex'] as const) {
       const newest = catalog.backups.find((b) => b.kind === 'tenant' && b.tenant === slug);
       expect(newest, `a backup of ${slug} in the rebuilt catalog`).toBeDefined();
-      const restored = await install.cli(['restore', '--tenant', slug, '--from', newest!.id, '--json']);
+      const restored = await install.cli(['restore', '--tenant', slug, '--from', newest!.id, '--confirm', slug, '--json']);
       expect(restored.code, restored.stderr).toBe(0);
       expect(JSON.parse(restored.stdout)).toMatchObject({previousDatabase: null});
       expect(await fingerprint(slug)).toEqual(before[slug]);
