@@ -3,7 +3,7 @@ import {readFileSync} from 'node:fs';
 import path from 'node:path';
 import {fileURLToPath} from 'node:url';
 
-import {Ajv, type ValidateFunction} from 'ajv';
+import {Ajv, type ErrorObject, type ValidateFunction} from 'ajv';
 import addFormats from 'ajv-formats';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -85,12 +85,28 @@ function checkJsonContract(args: readonly string[], result: CliResult): void {
   const validate = validatorFor(file);
   checkedContracts.add(failed ? `error:${id ?? 'unknown'}` : id!);
   if (validate(parsed)) return;
-  const lines = (validate.errors ?? []).map((e) => {
+  const lines = closestBranch(validate.errors ?? []).map((e) => {
     const at = e.instancePath || '/';
     const got = JSON.stringify(valueAt(parsed, e.instancePath)) ?? 'undefined';
     return `  ${at}: ${e.message ?? e.keyword}${Object.keys(e.params).length > 0 ? ` ${JSON.stringify(e.params)}` : ''}\n      got: ${got.length > 300 ? `${got.slice(0, 300)}…` : got}`;
   });
   throw new Error(`${shown}: stdout does not match docs/schemas/${file}\n${lines.join('\n')}\nIf the output is right, change the result type and run: npm run build && node scripts/generate-json-schemas.mjs`);
+}
+
+/**
+ * For a result that is one of several shapes (anyOf), ajv reports every branch's mismatches; only
+ * the branch that came closest (fewest errors) says what is actually wrong.
+ */
+function closestBranch(errors: readonly ErrorObject[]): ErrorObject[] {
+  const branches = new Map<string, ErrorObject[]>();
+  const rest: ErrorObject[] = [];
+  for (const e of errors) {
+    const branch = /^#\/anyOf\/\d+/.exec(e.schemaPath)?.[0];
+    if (branch) branches.set(branch, [...(branches.get(branch) ?? []), e]);
+    else if (!(e.keyword === 'anyOf' && e.schemaPath === '#/anyOf')) rest.push(e);
+  }
+  const closest = [...branches.entries()].sort((x, y) => x[1].length - y[1].length)[0];
+  return [...rest, ...(closest ? closest[1].map((e) => ({...e, message: `${e.message ?? e.keyword} (closest shape: ${closest[0]})`})) : [])];
 }
 
 function valueAt(doc: unknown, pointer: string): unknown {
