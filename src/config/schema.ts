@@ -162,7 +162,7 @@ export const configSchema = z
         keys: z
           .strictObject({
             masterMaxAgeDays: z.number().int().positive().max(3650).default(365).describe('Rotation policy: posture WARNs when the active master key is older (dforge keys rotate --master).'),
-            dataKeyMaxAgeDays: z.number().int().positive().max(3650).default(180).describe('Rotation policy for tenant data keys (dforge keys rotate --tenant S).'),
+            dataKeyMaxAgeDays: z.number().int().positive().max(3650).default(180).describe("Rotation policy for tenant data keys: posture WARNs when a tenant's active data key is older (no command rotates one yet)."),
             jwtMaxAgeDays: z.number().int().positive().max(3650).default(90).describe('Rotation policy for the JWT signing key (dforge keys rotate --jwt).'),
           })
           .default({masterMaxAgeDays: 365, dataKeyMaxAgeDays: 180, jwtMaxAgeDays: 90}),
