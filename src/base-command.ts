@@ -1,11 +1,20 @@
 import {Command, Flags, type Interfaces} from '@oclif/core';
 
-import {DforgeError, ExitCode, UsageError, toDforgeError} from './errors.js';
+import {DforgeError, ExitCode, UsageError, errorEnvelope, toDforgeError} from './errors.js';
 import {InstallDir} from './state/install-dir.js';
 import {formatError} from './ui/error-text.js';
 import {createOutput, type Output} from './ui/output.js';
 
 export const DEFAULT_INSTALL_DIR = '/opt/dforge';
+
+/**
+ * What a command's run() may return: an object (never an array, so a field can be added later
+ * without breaking consumers), or nothing when it streamed its output itself.
+ */
+export type CommandResult = object & {readonly length?: never};
+
+/** A command's `--json` success output: its result plus the version of the result's shape. */
+export type JsonSuccess<R extends CommandResult> = R & {readonly schemaVersion: number};
 
 /**
  * The one base every dforge command extends: global flags, `--json`, and a single catch()
@@ -14,6 +23,12 @@ export const DEFAULT_INSTALL_DIR = '/opt/dforge';
  */
 export abstract class BaseCommand<T extends typeof Command> extends Command {
   static override enableJsonFlag = true;
+
+  /**
+   * Version of this command's `--json` result shape (docs/schemas/<command>.schema.json). Bump it
+   * when a field is removed, renamed or changes meaning; adding a field does not.
+   */
+  static schemaVersion = 1;
 
   static override baseFlags = {
     dir: Flags.directory({
@@ -51,6 +66,13 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     this.out = createOutput({json: this.jsonEnabled(), quiet: this.flags.quiet});
   }
 
+  abstract override run(): Promise<CommandResult | undefined>;
+
+  /** The one place every `--json` success gets its schemaVersion. */
+  protected override toSuccessJson(result: CommandResult): JsonSuccess<CommandResult> {
+    return {schemaVersion: (this.ctor as unknown as typeof BaseCommand).schemaVersion, ...result};
+  }
+
   /** The install directory named by `--dir` / `DFORGE_HOME`. */
   protected installDir(): InstallDir {
     return new InstallDir(this.flags.dir);
@@ -62,7 +84,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     const typed = isParseError(err) ? new UsageError(err.message, {nextSteps: [`Run: dforge ${this.id?.replaceAll(':', ' ') ?? ''} --help`.trimEnd()]}) : toDforgeError(err, {dir: this.flags?.dir});
     process.exitCode = typed.exitCode;
     if (this.jsonEnabled()) {
-      this.logJson({error: typed.toJSON()});
+      this.logJson(errorEnvelope(typed));
     } else {
       process.stderr.write(formatError(typed, {color: this.out?.color ?? false}));
     }

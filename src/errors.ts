@@ -42,16 +42,46 @@ export abstract class DforgeError extends Error {
     this.data = details.data ?? {};
   }
 
-  toJSON(): Record<string, unknown> {
+  /** Always carries `data` (`{}` when there is none), so `--json` consumers never test for it. */
+  toJSON(): ErrorJson {
     return {
       kind: this.kind,
       code: this.name,
       message: this.message,
       exitCode: this.exitCode,
       nextSteps: this.nextSteps,
-      ...(Object.keys(this.data).length > 0 ? { data: this.data } : {}),
+      data: this.data,
     };
   }
+}
+
+/** The `error` member of a failed command's `--json` output. */
+export interface ErrorJson {
+  /** What sort of failure; it decides the exit code. */
+  readonly kind: ErrorKind;
+  /** The error class name, e.g. UsageError. */
+  readonly code: string;
+  readonly message: string;
+  readonly exitCode: ExitCode;
+  readonly nextSteps: readonly string[];
+  /** Structured context (a report, the offending items); `{}` when there is none. */
+  readonly data: Record<string, unknown>;
+}
+
+/**
+ * Version of the error envelope's shape. Like a success's `schemaVersion` it sits at the top level,
+ * so a consumer reads one field before deciding how to parse either outcome.
+ */
+export const ERROR_SCHEMA_VERSION = 1;
+
+/** What every failed command prints with `--json` (docs/schemas/error.schema.json). */
+export interface ErrorEnvelope {
+  readonly schemaVersion: typeof ERROR_SCHEMA_VERSION;
+  readonly error: ErrorJson;
+}
+
+export function errorEnvelope(err: DforgeError): ErrorEnvelope {
+  return {schemaVersion: ERROR_SCHEMA_VERSION, error: err.toJSON()};
 }
 
 /** Something the operator can fix: bad config, missing binary, wrong flag value. */

@@ -98,7 +98,7 @@ try {
   const tenantPassword = (slug) => plane.tenants.password(slug);
   const superPassword = (await plane.keys.sealed.get('postgres/local-1/superuser')).toString();
   const provisionerPassword = (await plane.keys.sealed.get('postgres/local-1/provisioner')).toString();
-  const version = JSON.parse((await dforge('db', 'status', '--json')).stdout)[0].version;
+  const version = JSON.parse((await dforge('db', 'status', '--json')).stdout).clusters[0].version;
   const bin = (t) => `/usr/lib/postgresql/${version}/bin/${t}`;
   const tls = {PGHOST: '127.0.0.1', PGPORT: String(port), PGSSLMODE: 'verify-full', PGSSLROOTCERT: path.join(dir, 'pki/ca.crt')};
   const asTenant = async (slug) => ({...process.env, ...tls, PGUSER: `tenant_${slug}`, PGPASSWORD: await tenantPassword(slug), PGDATABASE: `tenant_${slug}`});

@@ -205,7 +205,7 @@ try {
     process.stderr.write(`control run ${i + 1}: rotate ${control.rotate.at(-1).toFixed(0)} ms, floor ${control.floor.at(-1).toFixed(0)} ms\n`);
   }
 
-  const version = JSON.parse(cli(controlDir, 'db', 'status', '--json'))[0].version;
+  const version = JSON.parse(cli(controlDir, 'db', 'status', '--json')).clusters[0].version;
   const [r, n, cf] = [median(files.rotate), median(files.node), median(files.crypto)];
   const ctl = pairRatio(control.rotate, control.floor);
   const fmt = (x) => x.toFixed(3);

@@ -74,7 +74,7 @@ try {
     title: 'Posture',
     script: 'scripts/bench/posture.mjs',
     command: `npm run bench:posture -- --tenants ${tenants} --runs ${runs}`,
-    software: `PostgreSQL ${JSON.parse(cli('db', 'status', '--json'))[0].version}`,
+    software: `PostgreSQL ${JSON.parse(cli('db', 'status', '--json')).clusters[0].version}`,
     workload: `a quickstart install with ${all.length} tenants on its one cluster, each with a backup; ${runs} runs of \`dforge posture --json\` each; ${big.report.checks.length} checks per run (${counts.PASS} PASS, ${counts.WARN} WARN, ${counts.FAIL} FAIL, ${counts.ERROR} ERROR, ${counts.SKIP} SKIP, ${counts.MANUAL} MANUAL).`,
     tables: [
       {

@@ -41,7 +41,7 @@ try {
   const installDir = new InstallDir(dir);
   const keys = await (await import(path.join(root, 'dist/keys/context.js'))).openKeyServices(installDir);
   const superPassword = (await keys.sealed.get('postgres/local-1/superuser')).toString();
-  const psqlBin = '/usr/lib/postgresql/' + JSON.parse(cli('db', 'status', '--json'))[0].version + '/bin/psql';
+  const psqlBin = '/usr/lib/postgresql/' + JSON.parse(cli('db', 'status', '--json')).clusters[0].version + '/bin/psql';
   // The baseline connects like dforge's admin path would at its cheapest: the superuser on the unix socket.
   const psqlEnv = {...process.env, PGHOST: path.join(dir, 'run/postgres/local-1'), PGPORT: String(port), PGUSER: 'dforge_admin', PGPASSWORD: superPassword, PGDATABASE: 'postgres'};
   const psql = (sql) => {
@@ -80,7 +80,7 @@ try {
     listJson.push(wall(() => cli('tenant', 'list', '--json')));
     listRaw.push(wall(() => psql(`\\c dforge_control\nSELECT slug, status, region, cluster, database_name, created_at FROM dforge.tenants ORDER BY slug;\n`)));
   }
-  const count = JSON.parse(cli('tenant', 'list', '--json')).length;
+  const count = JSON.parse(cli('tenant', 'list', '--json')).tenants.length;
 
   const first = median(perTenant.slice(0, tenth));
   const last = median(perTenant.slice(-tenth));

@@ -82,11 +82,15 @@ const region = z.strictObject({
     .optional(),
 });
 
+/** Where the data plane runs; a plain type (not z.infer) so result types that name it have a JSON Schema. */
+export const INSTALL_TARGETS = ['embedded', 'compose', 'k8s'] as const;
+export type InstallTarget = (typeof INSTALL_TARGETS)[number];
+
 export const configSchema = z
   .strictObject({
     version: z.literal(1).describe('Schema version of this file.'),
     domain: hostname.describe('Public DNS name of the install; the HTTPS proxy serves it.'),
-    target: z.enum(['embedded', 'compose', 'k8s']).describe('Where the data plane runs.'),
+    target: z.enum(INSTALL_TARGETS).describe('Where the data plane runs.'),
     primaryRegion: name.describe('Region whose first cluster holds dforge_control.'),
     regions: z.record(name, region).refine((r) => Object.keys(r).length > 0, 'declare at least one region'),
     release: z
@@ -158,7 +162,7 @@ export const configSchema = z
         keys: z
           .strictObject({
             masterMaxAgeDays: z.number().int().positive().max(3650).default(365).describe('Rotation policy: posture WARNs when the active master key is older (dforge keys rotate --master).'),
-            dataKeyMaxAgeDays: z.number().int().positive().max(3650).default(180).describe('Rotation policy for tenant data keys (dforge keys rotate --tenant S).'),
+            dataKeyMaxAgeDays: z.number().int().positive().max(3650).default(180).describe("Rotation policy for tenant data keys: posture WARNs when a tenant's active data key is older (no command rotates one yet)."),
             jwtMaxAgeDays: z.number().int().positive().max(3650).default(90).describe('Rotation policy for the JWT signing key (dforge keys rotate --jwt).'),
           })
           .default({masterMaxAgeDays: 365, dataKeyMaxAgeDays: 180, jwtMaxAgeDays: 90}),

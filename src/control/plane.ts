@@ -95,7 +95,7 @@ export async function openControlPlane(dir: InstallDir, options: ControlPlaneOpt
   const provisionerPassword = async (cluster: string): Promise<string> => {
     if (!(await keys.sealed.has(provisionerSecret(cluster)))) {
       throw new UserError(`cluster ${cluster} is not bootstrapped: no provisioner credentials in ${dir.secretsDir}`, {
-        nextSteps: ['Bootstrap it with: dforge db bootstrap (or run dforge quickstart for an evaluation install).'],
+        nextSteps: ['Bootstrap it: dforge db init for an embedded cluster, dforge install for compose or k8s (or dforge quickstart for an evaluation install).'],
       });
     }
     return (await keys.sealed.get(provisionerSecret(cluster))).toString('utf8');

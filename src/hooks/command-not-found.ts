@@ -1,6 +1,6 @@
 import type {Hook} from '@oclif/core';
 
-import {UsageError} from '../errors.js';
+import {UsageError, errorEnvelope} from '../errors.js';
 import {closest} from '../util/closest.js';
 import {formatError} from '../ui/error-text.js';
 
@@ -18,7 +18,7 @@ const hook: Hook.CommandNotFound = async function (opts) {
     nextSteps: [...(suggestion ? [`Did you mean: dforge ${suggestion.replaceAll(':', ' ')}`] : []), `List the commands: ${listing}`],
     data: {command: typed, ...(suggestion ? {suggestion: suggestion.replaceAll(':', ' ')} : {})},
   });
-  if (opts.argv?.includes('--json')) process.stdout.write(`${JSON.stringify({error: err.toJSON()}, null, 2)}\n`);
+  if (opts.argv?.includes('--json')) process.stdout.write(`${JSON.stringify(errorEnvelope(err), null, 2)}\n`);
   else process.stderr.write(formatError(err, {color: false}));
   this.exit(err.exitCode);
 };

@@ -4,7 +4,7 @@ import path from 'node:path';
 import {listBackups} from '../backup/manage.js';
 import {certificatesStatus} from '../certs/service.js';
 import {loadConfigFile} from '../config/load.js';
-import type {DforgeConfig} from '../config/schema.js';
+import type {DforgeConfig, InstallTarget} from '../config/schema.js';
 import {openControlPlane} from '../control/plane.js';
 import {UserError} from '../errors.js';
 import {COMPOSE_FILE} from '../render/compose.js';
@@ -41,7 +41,7 @@ export async function composeStack(dir: InstallDir, config: DforgeConfig): Promi
 }
 
 export interface StatusReport {
-  readonly target: DforgeConfig['target'];
+  readonly target: InstallTarget;
   readonly domain: string;
   readonly release: string;
   readonly images: Record<string, string>;

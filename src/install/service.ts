@@ -7,7 +7,7 @@ import {serviceHost} from '../certs/service-names.js';
 import {backupSchedule} from '../backup/manage.js';
 import type {VerifiedBundle} from '../bundle/verify.js';
 import {configText, layOutWithConfig} from '../config/init.js';
-import type {DforgeConfig} from '../config/schema.js';
+import type {DforgeConfig, InstallTarget} from '../config/schema.js';
 import {CONTROL_DATABASE, PROVISIONER_ROLE, bootstrapCluster} from '../control/bootstrap.js';
 import {caCertFile, endpointOf, usingControlPlane} from '../control/plane.js';
 import {CheckFailedError, UsageError, UserError} from '../errors.js';
@@ -46,7 +46,7 @@ export interface InstallOptions {
 }
 
 export interface InstallResult {
-  readonly target: DforgeConfig['target'];
+  readonly target: InstallTarget;
   readonly dir: string;
   readonly configFile: string;
   readonly createdConfig: boolean;

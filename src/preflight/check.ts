@@ -1,10 +1,10 @@
-import type {DforgeConfig} from '../config/schema.js';
+import type {DforgeConfig, InstallTarget} from '../config/schema.js';
 import type {VerifiedBundle} from '../bundle/verify.js';
 import type {KeyServices} from '../keys/context.js';
 import type {InstallDir} from '../state/install-dir.js';
 import type {DockerEngine} from './docker.js';
 
-export type PreflightTarget = DforgeConfig['target'];
+export type PreflightTarget = InstallTarget;
 
 /** `waived` is never found by a check: only the operator turns a fail or warn into it (--ignore). */
 export type CheckStatus = 'pass' | 'warn' | 'fail' | 'waived';

@@ -109,7 +109,7 @@ describe.skipIf(!available)('backup decrypt', () => {
     }
 
     // What an auditor reads: which backup went where, and the plain dump's digest.
-    const tail = JSON.parse((await install.cli(['audit', 'tail', '--limit', '20', '--json'])).stdout) as Array<{action: string; target: string; outcome: string; details: Record<string, unknown>}>;
+    const tail = (JSON.parse((await install.cli(['audit', 'tail', '--limit', '20', '--json'])).stdout) as {entries: Array<{action: string; target: string; outcome: string; details: Record<string, unknown>}>}).entries;
     expect(tail.find((e) => e.action === 'backup.decrypt' && e.outcome === 'ok')).toMatchObject({target: `backup:${backupId}`, outcome: 'ok', details: {backupId, tenant: 'acme', out, sha256: onlineSha}});
 
     // The file exists: refused, and left as it was.
@@ -131,7 +131,7 @@ describe.skipIf(!available)('backup decrypt', () => {
     const r = await install.cli(['backup', 'decrypt', bad, '--out', out, '--confirm', 'acme']);
     expect(r.code, r.stderr).toBe(6);
     expect(await fs.readdir(outDir)).toEqual([]);
-    const log = JSON.parse((await install.cli(['audit', 'tail', '--limit', '20', '--json'])).stdout) as Array<{action: string; target: string; outcome: string; details: Record<string, unknown>}>;
+    const log = (JSON.parse((await install.cli(['audit', 'tail', '--limit', '20', '--json'])).stdout) as {entries: Array<{action: string; target: string; outcome: string; details: Record<string, unknown>}>}).entries;
     expect(log.find((e) => e.action === 'backup.decrypt' && e.target === `backup:${bad}`)).toMatchObject({outcome: 'failed', details: {kind: 'verification'}});
 
     // Undone, the same file decrypts to the same dump: the failure was the flip.

@@ -125,7 +125,7 @@ describe('config validate', () => {
     const file = await write('good.yaml', good);
     const result = await runCli(['config', 'validate', '--file', file, '--json']);
     expect(result.code).toBe(0);
-    expect(JSON.parse(result.stdout)).toEqual({file, valid: true, target: 'embedded', regions: ['eu'], clusters: 1});
+    expect(JSON.parse(result.stdout)).toEqual({schemaVersion: 1, file, valid: true, target: 'embedded', regions: ['eu'], clusters: 1});
   });
 
   it.each([

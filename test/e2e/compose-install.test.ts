@@ -181,7 +181,7 @@ describe.skipIf(!available)('dforge install on Docker Compose', () => {
   it('creates two tenants inside the containerised PostgreSQL, and the app sees them through its catalog', async () => {
     ok(await cli('tenant', 'create', 'acme'));
     ok(await cli('tenant', 'create', 'globex'));
-    const tenants = JSON.parse(ok(await cli('tenant', 'list', '--json')).stdout) as Array<{slug: string; cluster: string; status: string}>;
+    const tenants = (JSON.parse(ok(await cli('tenant', 'list', '--json')).stdout) as {tenants: Array<{slug: string; cluster: string; status: string}>}).tenants;
     expect(tenants.map((t) => `${t.slug}@${t.cluster}:${t.status}`).sort()).toEqual(['acme@eu-1:active', 'globex@eu-1:active']);
 
     // The catalog and one 0400 password file per tenant, owned by the app's user, no secret in the catalog.

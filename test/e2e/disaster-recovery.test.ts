@@ -55,7 +55,7 @@ describe.skipIf(!available)('disaster drill', () => {
     // A fresh cluster, then the control database, then each tenant.
     const init = await install.cli(['db', 'init', '--json']);
     expect(init.code, init.stderr).toBe(0);
-    expect(JSON.parse(init.stdout)[0]).toMatchObject({initialised: true});
+    expect(JSON.parse(init.stdout).clusters[0]).toMatchObject({initialised: true});
     const control = await install.cli(['restore', '--control', '--confirm', 'dforge_control', '--json']);
     expect(control.code, control.stderr).toBe(0);
     const restoredControl = JSON.parse(control.stdout) as {tenants: number; backupId: string; catalog: {entries: Array<{status: string; backupId?: string}>}};
@@ -98,7 +98,7 @@ describe.skipIf(!available)('disaster drill', () => {
 
     // What an auditor reads: the restore of dforge_control, each tenant's restore, the backups
     // and the verifies; a dry-run prune changed nothing, so it adds nothing.
-    const tail = async (): Promise<Array<{action: string; target: string; outcome: string}>> => JSON.parse((await install.cli(['audit', 'tail', '--limit', '200', '--json'])).stdout);
+    const tail = async (): Promise<Array<{action: string; target: string; outcome: string}>> => JSON.parse((await install.cli(['audit', 'tail', '--limit', '200', '--json'])).stdout).entries;
     const log = await tail();
     const actions = log.map((e) => `${e.action} ${e.target} ${e.outcome}`);
     expect(actions).toEqual(

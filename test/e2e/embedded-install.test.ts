@@ -50,7 +50,7 @@ describe.skipIf(!available)('an embedded install driven through the CLI', () => 
 
   it('tenant commands: list, show, suspend, resume, rotate-credentials, delete; each audited', async () => {
     expect((await install.cli(['tenant', 'create', 'initech', '--json'])).code).toBe(0);
-    const list = JSON.parse((await install.cli(['tenant', 'list', '--json'])).stdout) as Array<{slug: string}>;
+    const list = (JSON.parse((await install.cli(['tenant', 'list', '--json'])).stdout) as {tenants: Array<{slug: string}>}).tenants;
     expect(list.map((t) => t.slug)).toEqual(['acme', 'globex', 'initech']);
     const show = JSON.parse((await install.cli(['tenant', 'show', 'initech', '--json'])).stdout);
     expect(show).toMatchObject({status: 'active', publicCanConnect: false, roleCanLogin: true, activeDataKeyVersion: 1});
@@ -108,7 +108,7 @@ describe.skipIf(!available)('an embedded install driven through the CLI', () => 
   });
 
   it('audit tail shows who did what; audit verify exits 6 once an entry is altered', async () => {
-    const tail = JSON.parse((await install.cli(['audit', 'tail', '--ops', '--tenant', 'initech', '--json'])).stdout) as Array<{actor: string; action: string; outcome: string}>;
+    const tail = (JSON.parse((await install.cli(['audit', 'tail', '--ops', '--tenant', 'initech', '--json'])).stdout) as {entries: Array<{actor: string; action: string; outcome: string}>}).entries;
     expect(tail.map((e) => e.action)).toContain('tenant.delete');
     expect(tail[0]!.actor).toMatch(/^\S+@\S+$/);
     expect((await install.cli(['audit', 'verify'])).code).toBe(0);
@@ -151,9 +151,9 @@ describe.skipIf(!available)('an embedded install driven through the CLI', () => 
 
   it('db status/stop/start and the systemd unit', async () => {
     const status = JSON.parse((await install.cli(['db', 'status', '--json'])).stdout);
-    expect(status[0]).toMatchObject({running: true, port: install.port});
+    expect(status.clusters[0]).toMatchObject({running: true, port: install.port});
     expect((await install.cli(['db', 'stop'])).code).toBe(0);
-    expect(JSON.parse((await install.cli(['db', 'status', '--json'])).stdout)[0]).toMatchObject({running: false, initialised: true});
+    expect(JSON.parse((await install.cli(['db', 'status', '--json'])).stdout).clusters[0]).toMatchObject({running: false, initialised: true});
     const down = await install.cli(['tenant', 'list']);
     expect(down.code).toBe(1);
     expect(down.stderr).toMatch(/cannot reach cluster local-1 .*ECONNREFUSED/);

@@ -224,7 +224,7 @@ describe.skipIf(!available)('dforge posture on a quickstart install', () => {
       expect(waived.report.counts.waived).toBe(failing.length);
       expect(waived.report.checks.filter((c) => c.waiver).every((c) => c.status === 'FAIL' && c.waiver!.approver === 'ciso@example.com')).toBe(true);
       const log = await install.cli(['audit', 'tail', '--limit', '50', '--json']);
-      const entries = JSON.parse(log.stdout) as Array<{action: string; outcome: string; details: Record<string, unknown>}>;
+      const entries = (JSON.parse(log.stdout) as {entries: Array<{action: string; outcome: string; details: Record<string, unknown>}>}).entries;
       expect(entries.filter((e) => e.action === 'posture.waiver' && e.outcome === 'waived' && e.details.waiver === 'W-0').length).toBeGreaterThan(0);
 
       const expired = path.join(work, 'expired.yaml');

@@ -102,7 +102,7 @@ describe.skipIf(!available)('audit export and verify-export', () => {
     const csv = await exportTo('ops.csv', '--ops');
     expect(await verifyCode(file)).toEqual({code: 0});
     expect(await verifyCode(csv.file)).toEqual({code: 0});
-    const tail = JSON.parse((await install.cli(['audit', 'tail', '--limit', '5', '--json'])).stdout) as Array<{action: string; target: string; details: Record<string, unknown>}>;
+    const tail = (JSON.parse((await install.cli(['audit', 'tail', '--limit', '5', '--json'])).stdout) as {entries: Array<{action: string; target: string; details: Record<string, unknown>}>}).entries;
     const recorded = tail.filter((e) => e.action === 'audit.export');
     expect(recorded.map((e) => e.target)).toEqual(expect.arrayContaining(['tenant:acme', 'ops']));
     const details = recorded.find((e) => e.target === 'tenant:acme')!.details;

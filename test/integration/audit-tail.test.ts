@@ -116,13 +116,13 @@ describe.skipIf(!available)('audit tail --tenant: the change log, live', () => {
     expect(lines.at(-2)).toMatch(/^\d\d:\d\d:\d\d {2}alice@acme\.io {2}insert {4}Lead#3214 {2}created: name=Initech, stage=qualified$/);
     expect(lines.at(-1)).toMatch(/^\d\d:\d\d:\d\d {2}alice@acme\.io {2}update {4}Lead#3214 {2}stage: qualified → won$/);
     const json = await install.cli(['audit', 'tail', '--tenant', 'acme', '--limit', '1', '--json']);
-    expect(JSON.parse(json.stdout)).toEqual([
+    expect(JSON.parse(json.stdout).entries).toEqual([
       expect.objectContaining({actor: 'alice@acme.io', dbRole: 'tenant_acme', operation: 'update', schema: 'crm', table: 'leads', entity: 'Lead#3214', changes: [{field: 'stage', before: 'qualified', after: 'won'}]}),
     ]);
     // Without --tenant it is still the ops log: the tenant's creation is there.
-    const ops = JSON.parse((await install.cli(['audit', 'tail', '--json'])).stdout) as Array<{action: string; target: string}>;
+    const ops = (JSON.parse((await install.cli(['audit', 'tail', '--json'])).stdout) as {entries: Array<{action: string; target: string}>}).entries;
     expect(ops).toContainEqual(expect.objectContaining({action: 'tenant.create', target: 'tenant:acme'}));
-    const opsAbout = JSON.parse((await install.cli(['audit', 'tail', '--ops', '--tenant', 'acme', '--json'])).stdout) as Array<{target: string}>;
+    const opsAbout = (JSON.parse((await install.cli(['audit', 'tail', '--ops', '--tenant', 'acme', '--json'])).stdout) as {entries: Array<{target: string}>}).entries;
     expect(opsAbout.length).toBeGreaterThan(0);
     expect(opsAbout.every((e) => e.target === 'tenant:acme')).toBe(true);
   });

@@ -130,7 +130,7 @@ describe.skipIf(!asRoot || !withPostgres)('dforge preflight on a host with a por
 
     const tail = await cli('audit', 'tail', '--limit', '50', '--json');
     expect(tail.code, tail.stderr).toBe(0);
-    const waivers = (JSON.parse(tail.stdout) as Array<{action: string; target: string; outcome: string; details: {was?: string; target?: string}}>).filter((e) => e.action === 'preflight.waive');
+    const waivers = (JSON.parse(tail.stdout) as {entries: Array<{action: string; target: string; outcome: string; details: {was?: string; target?: string}}>}).entries.filter((e) => e.action === 'preflight.waive');
     for (const id of ['host.disk', 'host.ports']) {
       expect(waivers).toContainEqual(expect.objectContaining({target: `check:${id}`, outcome: 'waived', details: expect.objectContaining({was: 'fail', target: 'compose'})}));
     }

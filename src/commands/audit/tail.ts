@@ -12,7 +12,7 @@ export default class AuditTail extends BaseCommand<typeof AuditTail> {
   static override summary = "Show the newest entries of the ops log, or with --tenant of that tenant's change log: who changed which row, when, and which fields.";
   static override description = `Without --tenant: the ops log (operator actions); --ops --tenant S: its entries about tenant S. With --tenant: the tenant's audit.change_log, read as the tenant's own role, one line per row change:
   16:42:08  alice@acme.io  update    Lead#3214  stage: qualified → won
---follow keeps printing changes as they commit (woken by LISTEN/NOTIFY) until Ctrl-C or SIGTERM; with --json it prints one JSON object per line.`;
+--follow keeps printing changes as they commit (woken by LISTEN/NOTIFY) until Ctrl-C or SIGTERM; with --json it prints one JSON object per line: a change entry (an element of entries) with schemaVersion (docs/schemas/audit-tail-follow-line.schema.json).`;
   static override examples = [
     '<%= config.bin %> audit tail',
     '<%= config.bin %> audit tail --ops --tenant acme',
@@ -27,20 +27,20 @@ export default class AuditTail extends BaseCommand<typeof AuditTail> {
     since: Flags.string({summary: 'Only changes at or after this time (ISO 8601; needs --tenant).'}),
   };
 
-  async run(): Promise<StoredOpsEntry[] | ChangeEntry[] | undefined> {
+  async run(): Promise<{entries: StoredOpsEntry[]} | {entries: ChangeEntry[]} | undefined> {
     const {tenant, follow, limit, ops} = this.flags;
     if (!tenant || ops) {
       if (follow || this.flags.since) throw new UsageError("--follow and --since read a tenant's change log: name the tenant with --tenant, without --ops", {nextSteps: ['Run: dforge audit tail --tenant <slug> --follow']});
       const entries = await tailOpsLog(this.installDir(), {limit, tenant});
       // dforge_control is writable by the provisioner role: its text is not trusted with the terminal either.
       if (!this.jsonEnabled()) this.log(renderTable(['seq', 'at', 'actor', 'action', 'target', 'outcome'], entries.map((e) => [String(e.seq), e.at.slice(0, 19).replace('T', ' '), e.actor, e.action, e.target, e.outcome].map(terminalSafe))));
-      return entries;
+      return {entries};
     }
     const since = this.flags.since === undefined ? undefined : parseAuditTime('--since', this.flags.since);
     if (!follow) {
       const entries = await tailChangeLog(this.installDir(), {tenant, since, limit});
       if (!this.jsonEnabled()) for (const e of entries) this.log(changeLine(e));
-      return entries;
+      return {entries};
     }
     const stop = new AbortController();
     const onSignal = (): void => stop.abort();
@@ -53,7 +53,7 @@ export default class AuditTail extends BaseCommand<typeof AuditTail> {
         limit,
         follow: {
           signal: stop.signal,
-          onEntries: (entries) => process.stdout.write(entries.map((e) => `${this.jsonEnabled() ? JSON.stringify(e) : changeLine(e)}\n`).join('')),
+          onEntries: (entries) => process.stdout.write(entries.map((e) => `${this.jsonEnabled() ? JSON.stringify({schemaVersion: AuditTail.schemaVersion, ...e}) : changeLine(e)}\n`).join('')),
           onWarning: (message) => this.out.warn(message),
         },
       });

@@ -14,7 +14,8 @@ Exit 6 when a backup was tampered with, replaced or damaged. --all prints one li
   static override args = {id: Args.string({description: 'Backup id, or a path to a .dfb file.'})};
   static override flags = {
     all: Flags.boolean({summary: 'Verify every backup in the catalog.', exclusive: ['id']}),
-    deep: Flags.boolean({summary: 'Decrypt the whole stream and run pg_restore --list on it.'}),
+    // default false: the result's deep field is a boolean, never absent (docs/schemas/backup-verify.schema.json).
+    deep: Flags.boolean({summary: 'Decrypt the whole stream and run pg_restore --list on it.', default: false}),
   };
 
   async run(): Promise<VerifyResult | VerifyAllResult> {

@@ -11,7 +11,7 @@ export default class DbInit extends BaseCommand<typeof DbInit> {
   static override examples = ['<%= config.bin %> db init'];
   static override flags = {cluster: Flags.string({summary: 'Only this cluster.'})};
 
-  async run(): Promise<EmbeddedSetUp[]> {
+  async run(): Promise<{clusters: EmbeddedSetUp[]}> {
     const dir = this.installDir();
     const config = await loadConfigFile(dir.configFile);
     const keys = await openKeyServices(dir);
@@ -21,6 +21,6 @@ export default class DbInit extends BaseCommand<typeof DbInit> {
       this.out.progress(`${name}: ${r.initialised ? 'initialised' : 'existing data kept'}, listening on 127.0.0.1:${r.port}`);
       results.push(r);
     }
-    return results;
+    return {clusters: results};
   }
 }

@@ -20,7 +20,7 @@ Without --tenant the session is the provisioner's on dforge_control (the role df
 
   static override flags = {tenant: Flags.string({summary: "Connect as this tenant's role to its database."})};
 
-  async run(): Promise<void> {
+  async run(): Promise<undefined> {
     const dir = this.installDir();
     const psql = pgToolPath(findPostgresBinaries(), 'psql');
     const target = await usingControlPlane(dir, (plane) => psqlTarget(plane, this.flags.tenant));
@@ -34,6 +34,7 @@ Without --tenant the session is the provisioner's on dforge_control (the role df
     } finally {
       await session.close();
     }
+    return undefined;
   }
 }
 

@@ -9,9 +9,9 @@ export default class DbStart extends BaseCommand<typeof DbStart> {
   static override examples = ['<%= config.bin %> db start'];
   static override flags = {cluster: Flags.string({summary: 'Only this cluster.'})};
 
-  async run(): Promise<Array<{cluster: string; started: boolean}>> {
+  async run(): Promise<{clusters: Array<{cluster: string; started: boolean}>}> {
     const result = await embeddedStart(this.installDir(), this.flags.cluster);
     for (const r of result) this.out.progress(`${r.cluster}: ${r.started ? 'started' : 'already running'}`);
-    return result;
+    return {clusters: result};
   }
 }

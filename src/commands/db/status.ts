@@ -10,11 +10,11 @@ export default class DbStatus extends BaseCommand<typeof DbStatus> {
   static override examples = ['<%= config.bin %> db status'];
   static override flags = {cluster: Flags.string({summary: 'Only this cluster.'})};
 
-  async run(): Promise<Array<EmbeddedStatus & {cluster: string}>> {
+  async run(): Promise<{clusters: Array<EmbeddedStatus & {cluster: string}>}> {
     const status = await embeddedStatus(this.installDir(), this.flags.cluster);
     if (!this.jsonEnabled()) {
       this.log(renderTable(['cluster', 'running', 'pid', 'port', 'version', 'uptime', 'data'], status.map((s) => [s.cluster, s.running ? 'yes' : s.initialised ? 'no' : 'not initialised', String(s.pid ?? '-'), String(s.port), s.version ?? '-', s.uptimeSeconds === undefined ? '-' : `${s.uptimeSeconds}s`, s.dataDir])));
     }
-    return status;
+    return {clusters: status};
   }
 }

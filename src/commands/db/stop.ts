@@ -11,9 +11,9 @@ export default class DbStop extends BaseCommand<typeof DbStop> {
     immediate: Flags.boolean({summary: 'Immediate shutdown: no checkpoint; crash recovery runs at the next start.'}),
   };
 
-  async run(): Promise<Array<{cluster: string; stopped: boolean}>> {
+  async run(): Promise<{clusters: Array<{cluster: string; stopped: boolean}>}> {
     const result = await embeddedStop(this.installDir(), {cluster: this.flags.cluster, immediate: this.flags.immediate});
     for (const r of result) this.out.progress(`${r.cluster}: ${r.stopped ? 'stopped' : 'was not running'}`);
-    return result;
+    return {clusters: result};
   }
 }

@@ -9,9 +9,9 @@ export default class DbUnit extends BaseCommand<typeof DbUnit> {
   static override examples = ['<%= config.bin %> db unit --cluster local-1'];
   static override flags = {cluster: Flags.string({summary: 'Only this cluster.'})};
 
-  async run(): Promise<Array<{cluster: string; unitName: string; unit: string}>> {
+  async run(): Promise<{clusters: Array<{cluster: string; unitName: string; unit: string}>}> {
     const units = await embeddedUnit(this.installDir(), this.flags.cluster);
     if (!this.jsonEnabled()) for (const u of units) this.log(units.length > 1 ? `# ${u.unitName}\n${u.unit}` : u.unit);
-    return units;
+    return {clusters: units};
   }
 }

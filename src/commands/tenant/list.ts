@@ -7,11 +7,11 @@ export default class TenantList extends BaseCommand<typeof TenantList> {
   static override summary = 'List tenants with their region, cluster and status.';
   static override examples = ['<%= config.bin %> tenant list', '<%= config.bin %> tenant list --json'];
 
-  async run(): Promise<Tenant[]> {
+  async run(): Promise<{tenants: Tenant[]}> {
     const tenants = await usingControlPlane(this.installDir(), (plane) => plane.tenants.list());
     if (!this.jsonEnabled()) {
       this.log(renderTable(['slug', 'status', 'region', 'cluster', 'database', 'created'], tenants.map((t) => [t.slug, t.status, t.region, t.cluster, t.database, t.createdAt.slice(0, 19).replace('T', ' ')])));
     }
-    return tenants;
+    return {tenants};
   }
 }
