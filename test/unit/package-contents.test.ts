@@ -5,7 +5,7 @@ import path from 'node:path';
 
 import {beforeAll, describe, expect, it} from 'vitest';
 
-import {repoRoot} from '../helpers/cli.js';
+import {repoRoot, runCli} from '../helpers/cli.js';
 
 /**
  * What `npm pack` puts in the tarball an operator installs with `npm install -g`: the built dforge
@@ -89,5 +89,17 @@ describe('the npm tarball', () => {
     }
     for (const plugin of pkg.oclif.plugins) if (!(plugin in pkg.dependencies)) problems.push(`oclif plugin ${plugin} is not a dependency`);
     expect(problems).toEqual([]);
+  });
+
+  it('refuses, with the fix, a Node older than engines allows; npm only warns about it', async () => {
+    const as = (version: string) => ['--import', `data:text/javascript,Object.defineProperty(process.versions,"node",{value:"${version}"})`];
+    const old = await runCli(['--version'], {nodeArgs: as('22.12.0')});
+    expect(old.code).toBe(1);
+    expect(old.stdout).toBe('');
+    expect(old.stderr).toContain('dforge needs Node.js 22.13 or later; this is 22.12.0');
+    expect(old.stderr).toContain('What to do:');
+    const ok = await runCli(['--version'], {nodeArgs: as('22.13.0')});
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toContain('dforge/');
   });
 });
