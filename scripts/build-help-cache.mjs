@@ -1,5 +1,7 @@
 // Captures oclif's own non-interactive help output for the root, every topic and every command,
 // so bin/run.js can answer help without loading oclif (see src/cli/fast-path.ts).
+// Usage: node scripts/build-help-cache.mjs [ROOT]: ROOT is the package root to run and write into
+// (default: the repository; scripts/build.mjs passes its staging root).
 import {execFile} from 'node:child_process';
 import {readFileSync, writeFileSync} from 'node:fs';
 import path from 'node:path';
@@ -7,7 +9,7 @@ import {fileURLToPath} from 'node:url';
 import {promisify} from 'node:util';
 
 const run = promisify(execFile);
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const root = path.resolve(process.argv[2] ?? path.join(path.dirname(fileURLToPath(import.meta.url)), '..'));
 const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8'));
 const manifest = JSON.parse(readFileSync(path.join(root, 'oclif.manifest.json'), 'utf8'));
 
