@@ -76,7 +76,8 @@ function toText({$schema, description: _typeDoc, ...schema}, meta) {
  */
 export async function generateSchemas() {
   const manifest = await readManifest();
-  const ids = Object.keys(manifest.commands).sort();
+  // A command without --json (db psql hands the terminal to psql) has no output contract.
+  const ids = Object.keys(manifest.commands).filter((id) => manifest.commands[id].enableJsonFlag !== false).sort();
   const lines = [];
   ids.forEach((id, i) => {
     const source = path.relative(path.dirname(VIRTUAL), sourceOf(manifest.commands[id].relativePath)).replace(/\.ts$/, '.js');
@@ -107,10 +108,10 @@ export async function generateSchemas() {
   for (const [i, id] of ids.entries()) {
     const command = manifest.commands[id];
     try {
-    const {default: cls} = await import(pathToFileURL(path.join(repoRoot, ...command.relativePath)).href);
-    const words = id.replaceAll(':', ' ');
-    const schema = withSchemaVersion(create(`Result${i}`, `dforge ${words}`), cls.schemaVersion, `dforge ${words}`);
-    out.set(schemaFileFor(id), toText(schema, {$id: `urn:dforge:schema:${id.replaceAll(':', '-')}:v${cls.schemaVersion}`, title: `dforge ${words} --json`, description: `What dforge ${words} prints on stdout with --json when it succeeds (generated from its result type by scripts/generate-json-schemas.mjs). ${command.summary ?? ''}`.trim()}));
+      const {default: cls} = await import(pathToFileURL(path.join(repoRoot, ...command.relativePath)).href);
+      const words = id.replaceAll(':', ' ');
+      const schema = withSchemaVersion(create(`Result${i}`, `dforge ${words}`), cls.schemaVersion, `dforge ${words}`);
+      out.set(schemaFileFor(id), toText(schema, {$id: `urn:dforge:schema:${id.replaceAll(':', '-')}:v${cls.schemaVersion}`, title: `dforge ${words} --json`, description: `What dforge ${words} prints on stdout with --json when it succeeds (generated from its result type by scripts/generate-json-schemas.mjs). ${command.summary ?? ''}`.trim()}));
     } catch (err) {
       failures.push(err.message);
     }
