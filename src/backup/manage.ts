@@ -135,7 +135,7 @@ export function retentionDecisions(backups: readonly BackupRecord[], policy: Ret
   const ordered = [...backups].sort((a, b) => Date.parse(b.createdAt) - Date.parse(a.createdAt));
   const keep = new Set(ordered.slice(0, policy.keepLast).map((b) => b.id));
   const passedOver = new Map<string, string[]>(ordered.slice(policy.keepLast).map((b) => [b.id, [`not among the newest ${policy.keepLast} (keep-last ${policy.keepLast})`]]));
-  const bucket = (rule: string, unit: string, fmt: (d: Date) => string, count: number): void => {
+  const bucket = (rule: string, units: readonly [string, string], fmt: (d: Date) => string, count: number): void => {
     // A rule set to 0 keeps nothing and has nothing to say.
     if (count === 0) return;
     const seen = new Set<string>();
@@ -144,16 +144,16 @@ export function retentionDecisions(backups: readonly BackupRecord[], policy: Ret
       if (seen.has(key)) {
         passedOver.get(b.id)?.push(`a newer backup is kept for ${key} (${rule} ${count})`);
       } else if (seen.size >= count) {
-        passedOver.get(b.id)?.push(`${key} is beyond the ${count} newest ${unit} with a backup (${rule} ${count})`);
+        passedOver.get(b.id)?.push(`${key} is beyond the ${count === 1 ? `newest ${units[0]}` : `${count} newest ${units[1]}`} with a backup (${rule} ${count})`);
       } else {
         seen.add(key);
         keep.add(b.id);
       }
     }
   };
-  bucket('keep-daily', 'days', (d) => d.toISOString().slice(0, 10), policy.keepDaily);
-  bucket('keep-weekly', 'ISO weeks', isoWeek, policy.keepWeekly);
-  bucket('keep-monthly', 'months', (d) => d.toISOString().slice(0, 7), policy.keepMonthly);
+  bucket('keep-daily', ['day', 'days'], (d) => d.toISOString().slice(0, 10), policy.keepDaily);
+  bucket('keep-weekly', ['ISO week', 'ISO weeks'], isoWeek, policy.keepWeekly);
+  bucket('keep-monthly', ['month', 'months'], (d) => d.toISOString().slice(0, 7), policy.keepMonthly);
   const newestVerified = ordered.find((b) => b.verifiedAt !== null);
   if (newestVerified) keep.add(newestVerified.id);
   return new Map(ordered.map((b) => [b.id, keep.has(b.id) ? {keep: true} : {keep: false, why: passedOver.get(b.id)!.join('; ')}]));
