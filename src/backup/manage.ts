@@ -134,7 +134,7 @@ export type RetentionDecision = {readonly keep: true} | {readonly keep: false; r
 export function retentionDecisions(backups: readonly BackupRecord[], policy: RetentionPolicy): Map<string, RetentionDecision> {
   const ordered = [...backups].sort((a, b) => Date.parse(b.createdAt) - Date.parse(a.createdAt));
   const keep = new Set(ordered.slice(0, policy.keepLast).map((b) => b.id));
-  const passedOver = new Map<string, string[]>(ordered.slice(policy.keepLast).map((b) => [b.id, [`not among the newest ${policy.keepLast} (keep-last ${policy.keepLast})`]]));
+  const passedOver = new Map<string, {newer: Array<[string, string]>; beyond: string[]}>(ordered.slice(policy.keepLast).map((b) => [b.id, {newer: [], beyond: []}]));
   const bucket = (rule: string, units: readonly [string, string], fmt: (d: Date) => string, count: number): void => {
     // A rule set to 0 keeps nothing and has nothing to say.
     if (count === 0) return;
@@ -142,9 +142,9 @@ export function retentionDecisions(backups: readonly BackupRecord[], policy: Ret
     for (const b of ordered) {
       const key = fmt(new Date(b.createdAt));
       if (seen.has(key)) {
-        passedOver.get(b.id)?.push(`a newer backup is kept for ${key} (${rule} ${count})`);
+        passedOver.get(b.id)?.newer.push([key, `${rule} ${count}`]);
       } else if (seen.size >= count) {
-        passedOver.get(b.id)?.push(`${key} is beyond the ${count === 1 ? `newest ${units[0]}` : `${count} newest ${units[1]}`} with a backup (${rule} ${count})`);
+        passedOver.get(b.id)?.beyond.push(`${key} is beyond the ${count === 1 ? `newest ${units[0]}` : `${count} newest ${units[1]}`} with a backup (${rule} ${count})`);
       } else {
         seen.add(key);
         keep.add(b.id);
@@ -156,7 +156,12 @@ export function retentionDecisions(backups: readonly BackupRecord[], policy: Ret
   bucket('keep-monthly', ['month', 'months'], (d) => d.toISOString().slice(0, 7), policy.keepMonthly);
   const newestVerified = ordered.find((b) => b.verifiedAt !== null);
   if (newestVerified) keep.add(newestVerified.id);
-  return new Map(ordered.map((b) => [b.id, keep.has(b.id) ? {keep: true} : {keep: false, why: passedOver.get(b.id)!.join('; ')}]));
+  const why = (id: string): string => {
+    const {newer, beyond} = passedOver.get(id)!;
+    const superseded = newer.length > 0 ? [`a newer backup is kept for ${newer.map(([key]) => key).join(', ')} (${newer.map(([, rule]) => rule).join(', ')})`] : [];
+    return [`not among the newest ${policy.keepLast} (keep-last ${policy.keepLast})`, ...superseded, ...beyond].join('; ');
+  };
+  return new Map(ordered.map((b) => [b.id, keep.has(b.id) ? {keep: true} : {keep: false, why: why(b.id)}]));
 }
 
 function isoWeek(d: Date): string {

@@ -10,7 +10,10 @@ export interface MasterVersionStatus {
   readonly state: 'pending' | 'active' | 'retired';
   readonly createdAt: string;
   readonly ageDays: number;
-  /** What is wrapped by this version now, per set (sealedSecrets, dataKeys, control). */
+  /**
+   * What is wrapped by this version now, per set: sealedSecrets; dataKeys, every data key (the
+   * tenants' in dforge_control included); control, the rest of dforge_control (tenant passwords).
+   */
   readonly protects: Record<string, number>;
   /** Control backups in the catalog wrapped under this version: they keep a retired version's material. */
   readonly controlBackups: {readonly count: number; readonly ids: string[]};
@@ -52,10 +55,26 @@ export async function keysStatus(
 
   const sets = await wrappedKeySets(services, options.extraSets);
   const perSet = await Promise.all(sets.map(async (set) => ({id: set.id, counts: await set.countByVersion()})));
-  const protects = (version: number): Record<string, number> => Object.fromEntries(perSet.map(({id, counts}) => [id, counts.get(version) ?? 0]));
   // Tenant data keys live in dforge_control, not in the install's file store: counting only the
   // file store reported "0 data keys" on every install with tenants.
-  const records = [...(options.tenantDataKeys ? await options.tenantDataKeys() : []), ...(await services.dataKeyStore.list())];
+  const tenantKeys = options.tenantDataKeys ? await options.tenantDataKeys() : [];
+  const tenantKeysAt = new Map<number, number>();
+  for (const r of tenantKeys) {
+    const v = keyring.versionOf(r.wrapped, `data key dek/${r.owner} v${r.version}`);
+    tenantKeysAt.set(v, (tenantKeysAt.get(v) ?? 0) + 1);
+  }
+  const protects = (version: number): Record<string, number> => {
+    const counts: Record<string, number> = Object.fromEntries(perSet.map(({id, counts}) => [id, counts.get(version) ?? 0]));
+    // The dforge_control set re-wraps tenant data keys and passwords together (one transaction);
+    // its data keys are reported as data keys, leaving it the passwords.
+    const moved = Math.min(tenantKeysAt.get(version) ?? 0, counts.control ?? 0);
+    if (moved > 0 && counts.dataKeys !== undefined) {
+      counts.dataKeys += moved;
+      counts.control! -= moved;
+    }
+    return counts;
+  };
+  const records = [...tenantKeys, ...(await services.dataKeyStore.list())];
   const sealedSecrets = await services.sealed.list();
   const backupsByVersion = controlBackupsByVersion(options.controlBackups ? await options.controlBackups() : []);
 

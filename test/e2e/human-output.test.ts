@@ -3,6 +3,7 @@ import path from 'node:path';
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
+import {WHOLE_RUN} from '../../src/backup/backup-lock.js';
 import {scramVerifier} from '../../src/postgres/scram.js';
 import {cliEntry} from '../helpers/cli.js';
 import {quickstartInstall, type EmbeddedInstall} from '../helpers/embedded-install.js';
@@ -113,6 +114,22 @@ describe.skipIf(!available)('human output on the embedded install', () => {
     }
   });
 
+  it('backup --all off a terminal while another --all runs: one summary line, status locked, exit 5, nothing backed up', async () => {
+    const plane = await install.plane();
+    try {
+      await plane.control.query("SELECT pg_advisory_lock(hashtext('dforge.backup'), hashtext($1))", [WHOLE_RUN]);
+      const before = await catalog();
+      const r = await install.cli(['backup', '--all']);
+      expect(r.code).toBe(5);
+      const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as JsonLine);
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toMatchObject({event: 'summary', status: 'locked', tenants: 0, control: []});
+      expect(await catalog()).toEqual(before);
+    } finally {
+      await plane.close();
+    }
+  });
+
   it('backup --all --json stays one result object', async () => {
     const r = await install.cli(['backup', '--all', '--json']);
     expect(r.code, r.stderr).toBe(0);
@@ -199,7 +216,14 @@ describe.skipIf(!available)('human output on the embedded install', () => {
     expect(human.code, human.stderr).toBe(0);
     expect(human.stdout).toMatch(/^data keys: 2 tenant data keys \(2 versions\)$/m);
     expect(firstColumn(human.stdout, /^OWNER\s+ACTIVE\s+VERSIONS/).sort()).toEqual(['acme', 'globex']);
-    const json = JSON.parse((await install.cli(['keys', 'status', '--json'])).stdout) as {dataKeys: Array<{owner: string; activeVersion: number; versions: number}>};
+    // Per master version, the two tenant data keys count as data keys, the two passwords apart.
+    expect(human.stdout).toMatch(/^VERSION\s+STATE\s+AGE \(DAYS\)\s+SEALED SECRETS\s+DATA KEYS\s+TENANT PASSWORDS\s+CONTROL BACKUPS\s+MATERIAL$/m);
+    expect(human.stdout).toMatch(/^v1\s+active\s+0\s+\d+\s+2\s+2\s/m);
+    const json = JSON.parse((await install.cli(['keys', 'status', '--json'])).stdout) as {
+      master: {versions: Array<{version: number; protects: Record<string, number>}>};
+      dataKeys: Array<{owner: string; activeVersion: number; versions: number}>;
+    };
+    expect(json.master.versions.find((v) => v.version === 1)!.protects).toMatchObject({dataKeys: 2, control: 2});
     expect(json.dataKeys.map((d) => d.owner).sort()).toEqual(['acme', 'globex']);
     for (const d of json.dataKeys) expect(d).toMatchObject({activeVersion: 1, versions: 1});
   });

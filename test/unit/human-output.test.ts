@@ -54,7 +54,7 @@ describe('retention decisions say why a backup goes', () => {
     expect(decisions.get('yesterday')).toEqual({keep: true});
     expect(decisions.get('today-1')).toEqual({
       keep: false,
-      why: 'not among the newest 1 (keep-last 1); a newer backup is kept for 2026-11-28 (keep-daily 2); a newer backup is kept for 2026-11 (keep-monthly 1)',
+      why: 'not among the newest 1 (keep-last 1); a newer backup is kept for 2026-11-28, 2026-11 (keep-daily 2, keep-monthly 1)',
     });
     expect(decisions.get('october')).toEqual({
       keep: false,

@@ -69,6 +69,7 @@ export default class Backup extends BaseCommand<typeof Backup> {
   private reportAll(mode: AllReport, outcomes: readonly BackupOutcome[], control: ReadonlyArray<BackupRecord | string>, started: number, err?: unknown): void {
     const count = (status: BackupOutcome['status']): number => outcomes.filter((o) => o.status === status).length;
     if (mode === 'lines') {
+      // ok; partial (exit 4) or locked (exit 5); any other error by its kind.
       const status = err === undefined ? 'ok' : err instanceof DforgeError ? err.kind : 'bug';
       this.log(
         JSON.stringify({
@@ -84,7 +85,8 @@ export default class Backup extends BaseCommand<typeof Backup> {
         }),
       );
     }
-    if (mode !== 'table') return;
+    // A run refused before any tenant (another --all holds the run lock) has only its error to say.
+    if (mode !== 'table' || (outcomes.length === 0 && err !== undefined)) return;
     const sorted = [...outcomes].sort((a, b) => a.tenant.localeCompare(b.tenant));
     const rows = sorted.map((o) => [o.tenant, o.status === 'ok' ? 'ok' : o.status === 'locked' ? 'locked (skipped)' : 'FAILED', o.backupId ?? '-', o.bytes === undefined ? '-' : formatBytes(o.bytes), formatDuration(o.seconds)]);
     for (const c of control) rows.push(typeof c === 'string' ? ['dforge_control', 'ok', c, '-', '-'] : [`dforge_control (${c.region})`, 'ok', c.id, formatBytes(c.size), '-']);

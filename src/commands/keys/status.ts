@@ -4,6 +4,9 @@ import {keysStatus, type KeysStatus} from '../../keys/status.js';
 import {renderTable} from '../../ui/table.js';
 import {formatTime} from '../../ui/time.js';
 
+/** What each wrapped-key set holds, as a column header (see MasterVersionStatus.protects). */
+const SET_HEADERS: Record<string, string> = {sealedSecrets: 'sealed secrets', dataKeys: 'data keys', control: 'tenant passwords'};
+
 export default class KeysStatusCommand extends BaseCommand<typeof KeysStatusCommand> {
   static override summary = 'Show the key versions in use, their age, and what each protects.';
   static override examples = ['<%= config.bin %> keys status', '<%= config.bin %> keys status --json'];
@@ -17,7 +20,7 @@ export default class KeysStatusCommand extends BaseCommand<typeof KeysStatusComm
       const sets = Object.keys(m.versions[0]?.protects ?? {});
       this.log(
         renderTable(
-          ['version', 'state', 'age (days)', ...sets, 'control backups', 'material'],
+          ['version', 'state', 'age (days)', ...sets.map((id) => SET_HEADERS[id] ?? id), 'control backups', 'material'],
           m.versions.map((v) => [
             `v${v.version}`,
             v.state,
