@@ -122,30 +122,46 @@ export interface RetentionPolicy {
   readonly keepMonthly: number;
 }
 
+/** What a retention policy does with one backup; a backup it does not keep says why. */
+export type RetentionDecision = {readonly keep: true} | {readonly keep: false; readonly why: string};
+
 /**
  * Which backups a retention policy keeps: the newest `keepLast`, plus the newest backup of each of
  * the last `keepDaily` days, `keepWeekly` ISO weeks and `keepMonthly` months that have one. Ordered
- * by recorded time, never by name. The newest verified backup is always kept.
+ * by recorded time, never by name. The newest verified backup is always kept. A backup no rule keeps
+ * carries, rule by rule, why that rule passed it over: what an operator checks before a prune.
  */
-export function selectRetained(backups: readonly BackupRecord[], policy: RetentionPolicy): Set<string> {
+export function retentionDecisions(backups: readonly BackupRecord[], policy: RetentionPolicy): Map<string, RetentionDecision> {
   const ordered = [...backups].sort((a, b) => Date.parse(b.createdAt) - Date.parse(a.createdAt));
   const keep = new Set(ordered.slice(0, policy.keepLast).map((b) => b.id));
-  const bucket = (fmt: (d: Date) => string, count: number): void => {
+  const passedOver = new Map<string, {newer: Array<[string, string]>; beyond: string[]}>(ordered.slice(policy.keepLast).map((b) => [b.id, {newer: [], beyond: []}]));
+  const bucket = (rule: string, units: readonly [string, string], fmt: (d: Date) => string, count: number): void => {
+    // A rule set to 0 keeps nothing and has nothing to say.
+    if (count === 0) return;
     const seen = new Set<string>();
     for (const b of ordered) {
       const key = fmt(new Date(b.createdAt));
-      if (seen.has(key)) continue;
-      if (seen.size >= count) break;
-      seen.add(key);
-      keep.add(b.id);
+      if (seen.has(key)) {
+        passedOver.get(b.id)?.newer.push([key, `${rule} ${count}`]);
+      } else if (seen.size >= count) {
+        passedOver.get(b.id)?.beyond.push(`${key} is beyond the ${count === 1 ? `newest ${units[0]}` : `${count} newest ${units[1]}`} with a backup (${rule} ${count})`);
+      } else {
+        seen.add(key);
+        keep.add(b.id);
+      }
     }
   };
-  bucket((d) => d.toISOString().slice(0, 10), policy.keepDaily);
-  bucket(isoWeek, policy.keepWeekly);
-  bucket((d) => d.toISOString().slice(0, 7), policy.keepMonthly);
+  bucket('keep-daily', ['day', 'days'], (d) => d.toISOString().slice(0, 10), policy.keepDaily);
+  bucket('keep-weekly', ['ISO week', 'ISO weeks'], isoWeek, policy.keepWeekly);
+  bucket('keep-monthly', ['month', 'months'], (d) => d.toISOString().slice(0, 7), policy.keepMonthly);
   const newestVerified = ordered.find((b) => b.verifiedAt !== null);
   if (newestVerified) keep.add(newestVerified.id);
-  return keep;
+  const why = (id: string): string => {
+    const {newer, beyond} = passedOver.get(id)!;
+    const superseded = newer.length > 0 ? [`a newer backup is kept for ${newer.map(([key]) => key).join(', ')} (${newer.map(([, rule]) => rule).join(', ')})`] : [];
+    return [`not among the newest ${policy.keepLast} (keep-last ${policy.keepLast})`, ...superseded, ...beyond].join('; ');
+  };
+  return new Map(ordered.map((b) => [b.id, keep.has(b.id) ? {keep: true} : {keep: false, why: why(b.id)}]));
 }
 
 function isoWeek(d: Date): string {
@@ -164,6 +180,22 @@ export interface PruneResult {
   readonly keys?: KeyRelease;
 }
 
+/** A backup a prune deleted (or, on a dry run, would delete), and the retention rules that let it go. */
+export interface PrunedBackup {
+  readonly id: string;
+  readonly kind: BackupRecord['kind'];
+  readonly tenant: string;
+  readonly region: string;
+  readonly createdAt: string;
+  readonly size: number;
+  readonly why: string;
+}
+
+/** The prune's result plus, for the operator, each deleted backup with its reason. */
+export interface PruneReport extends PruneResult {
+  readonly removals: PrunedBackup[];
+}
+
 /**
  * Deletes what the policy does not keep, per tenant (and for control backups), and drops the
  * databases a restore kept as <db>_pre_restore_<ts> once they are older than `keepPreRestoreHours`.
@@ -173,28 +205,29 @@ export async function pruneBackups(
   plane: ControlPlane,
   policy: RetentionPolicy,
   options: {tenant?: string; dryRun: boolean; keepPreRestoreHours: number; clock?: () => Date},
-): Promise<PruneResult> {
+): Promise<PruneReport> {
   const catalog = new BackupCatalog(plane.control);
   const all = await catalog.list({tenant: options.tenant});
   const groups = new Map<string, BackupRecord[]>();
   for (const b of all) groups.set(`${b.kind}:${b.tenant}:${b.region}`, [...(groups.get(`${b.kind}:${b.tenant}:${b.region}`) ?? []), b]);
   const kept: string[] = [];
-  const deleted: string[] = [];
+  const removals: PrunedBackup[] = [];
   for (const group of groups.values()) {
-    const keep = selectRetained(group, policy);
+    const decisions = retentionDecisions(group, policy);
     for (const b of group) {
-      if (keep.has(b.id)) {
+      const decision = decisions.get(b.id)!;
+      if (decision.keep) {
         kept.push(b.id);
         continue;
       }
-      deleted.push(b.id);
       if (!options.dryRun) await removeBackup(plane, b);
+      removals.push({id: b.id, kind: b.kind, tenant: b.tenant, region: b.region, createdAt: b.createdAt, size: b.size, why: decision.why});
     }
   }
   const droppedDatabases = await dropOldPreRestoreDatabases(plane, {tenant: options.tenant, olderThanHours: options.keepPreRestoreHours, dryRun: options.dryRun, now: (options.clock ?? (() => new Date()))()});
   // Pruning may have deleted the last control backups that kept a retired master version alive.
   const keys = options.dryRun ? undefined : await releaseRetiredKeys(plane, 'backup prune');
-  return {kept, deleted, droppedDatabases, ...(keys ? {keys} : {})};
+  return {kept, deleted: removals.map((r) => r.id), droppedDatabases, ...(keys ? {keys} : {}), removals};
 }
 
 /** The databases restores kept aside (see tenants/databases.ts for their names). */

@@ -2,6 +2,7 @@ import {BaseCommand} from '../base-command.js';
 import {CheckFailedError} from '../errors.js';
 import {installStatus, type StatusReport} from '../install/lifecycle.js';
 import {renderTable} from '../ui/table.js';
+import {formatTime, formatTimeAgo} from '../ui/time.js';
 
 export default class Status extends BaseCommand<typeof Status> {
   static override summary = 'Services and their health, embedded clusters, versions, tenants with their last backup, and certificate expiry.';
@@ -17,8 +18,8 @@ A service that is down or unhealthy, a cluster that is stopped or does not answe
       if (s.clusters.length > 0) {
         this.log(`${renderTable(['cluster', 'port', 'data directory', 'state', 'version'], s.clusters.map((c) => [c.cluster, String(c.port), c.dataDir, c.running ? (c.unreachable === undefined ? 'running' : 'not answering') : c.initialised ? 'stopped' : 'not initialised', c.serverVersion ?? c.version ?? '?']))}\n`);
       }
-      this.log(`${renderTable(['tenant', 'status', 'region', 'last backup'], s.tenants.map((t) => [t.slug, t.status, t.region, t.lastBackup ? `${t.lastBackup} (${t.staleHours} h ago)` : 'never']))}\n`);
-      this.log(renderTable(['certificate', 'expires', 'days left'], s.certificates.map((c) => [c.name, c.notAfter, String(c.daysLeft)])));
+      this.log(`${renderTable(['tenant', 'status', 'region', 'last backup'], s.tenants.map((t) => [t.slug, t.status, t.region, t.lastBackup && t.staleHours !== null ? formatTimeAgo(t.lastBackup, t.staleHours) : 'never']))}\n`);
+      this.log(renderTable(['certificate', 'expires', 'days left'], s.certificates.map((c) => [c.name, formatTime(c.notAfter), String(c.daysLeft)])));
     }
     if (s.problems.length > 0) {
       throw new CheckFailedError(`${s.problems.length} problem${s.problems.length === 1 ? '' : 's'}: ${s.problems.join('; ')}`, {

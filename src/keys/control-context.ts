@@ -1,6 +1,7 @@
 import {BackupCatalog} from '../backup/catalog.js';
 import {optionalControlConnection} from '../control/plane.js';
-import {ControlWrappedKeys} from '../control/keys-store.js';
+import {ControlDataKeyStore, ControlWrappedKeys} from '../control/keys-store.js';
+import type {DataKeyRecord} from '../secrets/data-keys.js';
 import type {WrappedKeySet} from '../secrets/wrapped-key-set.js';
 import type {InstallDir} from '../state/install-dir.js';
 import type {KeyServices} from './context.js';
@@ -10,6 +11,8 @@ import type {ControlBackupSource} from './retention.js';
 export interface KeyControlContext {
   readonly extraSets: (services: KeyServices) => Promise<WrappedKeySet[]>;
   readonly controlBackups: ControlBackupSource;
+  /** The tenant data keys in dforge_control.data_keys (none before it exists). */
+  readonly tenantDataKeys: () => Promise<DataKeyRecord[]>;
 }
 
 /**
@@ -22,6 +25,7 @@ export async function withKeyControlContext<T>(dir: InstallDir, fn: (context: Ke
     return await fn({
       extraSets: async (services) => (control ? [new ControlWrappedKeys(control, services.keyring)] : []),
       controlBackups: async () => (control ? new BackupCatalog(control).list({kind: 'control'}) : []),
+      tenantDataKeys: async () => (control ? new ControlDataKeyStore(control).list() : []),
     });
   } finally {
     await control?.end().catch(() => undefined);

@@ -181,10 +181,11 @@ describe.skipIf(!available)('encrypted backups and restores on the embedded data
     expect([...seenUsers], `ps samples: ${seenArgs.length}`).toEqual(['tenant_acme']);
   });
 
-  it('--all: one JSON line per tenant, the control database too; a failing tenant makes exit 4 and names it', async () => {
+  it('--all: one JSON line per tenant on stdout off a terminal, the control database too; a failing tenant makes exit 4 and names it', async () => {
     const ok = await install.cli(['backup', '--all', '--concurrency', '3']);
     expect(ok.code, ok.stderr).toBe(0);
-    const lines = ok.stderr.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+    // Off a terminal (cron), stdout is one JSON object per line: a line per tenant, then the summary.
+    const lines = ok.stdout.trim().split('\n').map((l) => JSON.parse(l)).filter((l) => l.event === 'backup');
     expect(lines.map((l) => l.tenant).sort()).toEqual(['acme', 'acme-copy', 'gbex', 'globex']);
     expect(lines.every((l) => l.status === 'ok')).toBe(true);
     // Break one tenant: its role can no longer log in with the sealed password.

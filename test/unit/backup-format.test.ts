@@ -6,7 +6,7 @@ import fc from 'fast-check';
 import {describe, expect, it} from 'vitest';
 
 import {CHUNK_SIZE, createHeader, dataKeyWrapper, DecryptStream, EncryptStream, openHeader, parseHeader} from '../../src/backup/format.js';
-import {selectRetained} from '../../src/backup/manage.js';
+import {retentionDecisions, type RetentionPolicy} from '../../src/backup/manage.js';
 import type {BackupRecord} from '../../src/backup/catalog.js';
 import {VerificationError} from '../../src/errors.js';
 
@@ -158,6 +158,8 @@ describe('retention', () => {
     createdAt: iso,
     verifiedAt: verified ? iso : null,
   });
+
+  const selectRetained = (backups: BackupRecord[], policy: RetentionPolicy): string[] => [...retentionDecisions(backups, policy)].filter(([, d]) => d.keep).map(([id]) => id);
 
   it('orders by recorded time, not by name, and keeps the newest verified backup', () => {
     // Ids sort the opposite way to time, so ordering by name would keep the wrong ones.

@@ -4,6 +4,7 @@ import {BaseCommand} from '../../base-command.js';
 import {decryptBackup, decryptWithControlBackup, type ConfirmDecrypt, type DecryptResult} from '../../backup/decrypt.js';
 import {usingControlPlane} from '../../control/plane.js';
 import {openKeyServices} from '../../keys/context.js';
+import {formatBytes} from '../../ui/bytes.js';
 import {confirmDestructive} from '../../ui/confirm.js';
 
 export default class BackupDecrypt extends BaseCommand<typeof BackupDecrypt> {
@@ -36,7 +37,7 @@ The plain file holds the tenant's data outside its encryption: it needs --confir
     const result = controlBackup
       ? await decryptWithControlBackup({dir: this.installDir(), keyring: (await openKeyServices(this.installDir())).keyring, warn: (t) => this.out.warn(t)}, this.args.backup, controlBackup, options)
       : await usingControlPlane(this.installDir(), (plane) => decryptBackup(plane, this.args.backup, options));
-    this.out.progress(`${result.backupId}: verified; plain dump written to ${result.out} (${result.bytes} bytes, sha256 ${result.sha256}). It is unencrypted: delete it when done.`);
+    this.out.progress(`${result.backupId}: verified; plain dump written to ${result.out} (${formatBytes(result.bytes)}, sha256 ${result.sha256}). It is unencrypted: delete it when done.`);
     return result;
   }
 }

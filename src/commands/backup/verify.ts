@@ -4,6 +4,7 @@ import {withOpsRecord} from '../../audit/record.js';
 import {BaseCommand} from '../../base-command.js';
 import {verifyAll, verifyBackup, type VerifyAllResult, type VerifyResult} from '../../backup/verify.js';
 import {usingControlPlane} from '../../control/plane.js';
+import {formatBytes} from '../../ui/bytes.js';
 
 export default class BackupVerify extends BaseCommand<typeof BackupVerify> {
   static override summary = 'Check backups: authenticate the header, bind it to the catalog, and check every byte; with --deep, also read the dump.';
@@ -25,7 +26,7 @@ Exit 6 when a backup was tampered with, replaced or damaged. --all prints one li
         const result = await withOpsRecord(plane, {action: 'backup.verify', target: `backup:${this.args.id!}`, details: (r) => ({tenant: r.tenant, deep: r.deep, checks: r.checks})}, () =>
           verifyBackup(plane, this.args.id!, {deep: this.flags.deep}),
         );
-        this.out.progress(`${result.id}: ok (${result.size} bytes; ${result.checks.join(', ')}${result.objects ? `; ${Object.entries(result.objects).map(([k, v]) => `${v} ${k.toLowerCase()}`).join(', ')}` : ''})`);
+        this.out.progress(`${result.id}: ok (${formatBytes(result.size)}; ${result.checks.join(', ')}${result.objects ? `; ${Object.entries(result.objects).map(([k, v]) => `${v} ${k.toLowerCase()}`).join(', ')}` : ''})`);
         return result;
       }
       return withOpsRecord(plane, {action: 'backup.verify', target: 'backups', details: (r) => ({deep: this.flags.deep, ok: r.ok, tampered: r.tampered, errors: r.errors})}, () => verifyAll(plane, {

@@ -8,6 +8,7 @@ import {readSigningKey} from '../../bundle/signing.js';
 import {parseSplitSize} from '../../bundle/size.js';
 import {connectDockerEngine} from '../../docker/engine.js';
 import {UsageError} from '../../errors.js';
+import {formatBytes} from '../../ui/bytes.js';
 
 export default class BundleCreate extends BaseCommand<typeof BundleCreate> {
   static override summary = 'Write a signed offline bundle: the images, the templates and dforge itself, in one tar.';
@@ -55,7 +56,7 @@ export default class BundleCreate extends BaseCommand<typeof BundleCreate> {
     });
     if (!this.jsonEnabled()) {
       const where = result.file ?? `${result.parts!.files.length} parts, index ${result.parts!.index}`;
-      this.log(`bundle ${where}: ${result.bytes} bytes, ${result.images.length} images, ${result.sharedBytesSaved} bytes shared between images stored once; ${result.signer ? `signed by ${result.signer}` : 'UNSIGNED'}`);
+      this.log(`bundle ${where}: ${formatBytes(result.bytes)}, ${result.images.length} images, ${formatBytes(result.sharedBytesSaved)} shared between images stored once; ${result.signer ? `signed by ${result.signer}` : 'UNSIGNED'}`);
     }
     return result;
   }

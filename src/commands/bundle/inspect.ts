@@ -5,6 +5,7 @@ import {bundleTrustFlags, checkBundleFromFlags} from '../../cli/bundle-trust-fla
 import {inspectBundle, type BundleInspection} from '../../bundle/inspect.js';
 import {formatBytes} from '../../ui/bytes.js';
 import {renderTable} from '../../ui/table.js';
+import {formatTime} from '../../ui/time.js';
 
 export default class BundleInspect extends BaseCommand<typeof BundleInspect> {
   static override summary = 'Show what an offline bundle holds (release, images, sizes, shared-layer savings, signer, SBOMs), after verifying it.';
@@ -19,7 +20,7 @@ export default class BundleInspect extends BaseCommand<typeof BundleInspect> {
     const {verified, unsigned} = await checkBundleFromFlags(this.args.file, this.flags, {installDir: this.installDir(), out: this.out});
     const result = await inspectBundle(verified, unsigned);
     if (!this.jsonEnabled()) {
-      this.log(`release ${result.release} (dforge ${result.dforgeVersion}, created ${result.createdAt})`);
+      this.log(`release ${result.release} (dforge ${result.dforgeVersion}, created ${formatTime(result.createdAt)})`);
       this.log(`signer: ${result.signer === null ? 'UNSIGNED' : result.signer.publicKeySha256}`);
       this.log(`size: ${formatBytes(result.bytes)}; shared layers save ${formatBytes(result.sharedLayerSavings)}`);
       if (result.base !== null) this.log(`delta against release ${result.base.release} (${result.base.omittedBlobs} blobs left out)`);

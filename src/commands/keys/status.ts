@@ -2,6 +2,10 @@ import {BaseCommand} from '../../base-command.js';
 import {withKeyControlContext} from '../../keys/control-context.js';
 import {keysStatus, type KeysStatus} from '../../keys/status.js';
 import {renderTable} from '../../ui/table.js';
+import {formatTime} from '../../ui/time.js';
+
+/** What each wrapped-key set holds, as a column header (see MasterVersionStatus.protects). */
+const SET_HEADERS: Record<string, string> = {sealedSecrets: 'sealed secrets', dataKeys: 'data keys', control: 'tenant passwords'};
 
 export default class KeysStatusCommand extends BaseCommand<typeof KeysStatusCommand> {
   static override summary = 'Show the key versions in use, their age, and what each protects.';
@@ -9,14 +13,14 @@ export default class KeysStatusCommand extends BaseCommand<typeof KeysStatusComm
 
   async run(): Promise<KeysStatus> {
     const dir = this.installDir();
-    const status = await withKeyControlContext(dir, ({extraSets, controlBackups}) => keysStatus(dir, {extraSets, controlBackups}));
+    const status = await withKeyControlContext(dir, ({extraSets, controlBackups, tenantDataKeys}) => keysStatus(dir, {extraSets, controlBackups, tenantDataKeys}));
     if (!this.jsonEnabled()) {
       const m = status.master;
       this.log(`master key (${m.provider}), active v${m.activeVersion}${m.rotationInProgress ? `, ROTATION IN PROGRESS v${m.rotationInProgress.from} -> v${m.rotationInProgress.to}: re-run dforge keys rotate --master` : ''}`);
       const sets = Object.keys(m.versions[0]?.protects ?? {});
       this.log(
         renderTable(
-          ['version', 'state', 'age (days)', ...sets, 'control backups', 'material'],
+          ['version', 'state', 'age (days)', ...sets.map((id) => SET_HEADERS[id] ?? id), 'control backups', 'material'],
           m.versions.map((v) => [
             `v${v.version}`,
             v.state,
@@ -27,12 +31,13 @@ export default class KeysStatusCommand extends BaseCommand<typeof KeysStatusComm
           ]),
         ),
       );
-      this.log(`\ndata keys: ${status.dataKeys.length} owner${status.dataKeys.length === 1 ? '' : 's'}`);
+      const versions = status.dataKeys.reduce((n, d) => n + d.versions, 0);
+      this.log(`\ndata keys: ${status.dataKeys.length} tenant data key${status.dataKeys.length === 1 ? '' : 's'} (${versions} version${versions === 1 ? '' : 's'})`);
       if (status.dataKeys.length > 0) {
         this.log(renderTable(['owner', 'active', 'versions', 'oldest (days)'], status.dataKeys.map((d) => [d.owner, `v${d.activeVersion}`, String(d.versions), String(d.oldestAgeDays)])));
       }
       this.log(`\nJWT signing keys`);
-      this.log(renderTable(['kid', 'alg', 'state', 'age (days)', 'verifies until'], status.jwt.map((k) => [k.kid, k.alg, k.state, String(k.ageDays), k.verifyUntil ?? '-'])));
+      this.log(renderTable(['kid', 'alg', 'state', 'age (days)', 'verifies until'], status.jwt.map((k) => [k.kid, k.alg, k.state, String(k.ageDays), k.verifyUntil ? formatTime(k.verifyUntil) : '-'])));
     }
     for (const v of status.master.versions) {
       if (v.state === 'retired' && v.materialPresent && v.controlBackups.count === 0) this.out.warn(`retired master v${v.version} still has key material and nothing needs it; destroy it with: dforge keys release`);

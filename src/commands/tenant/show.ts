@@ -3,6 +3,7 @@ import {Args} from '@oclif/core';
 import {BaseCommand} from '../../base-command.js';
 import {usingControlPlane} from '../../control/plane.js';
 import type {TenantService} from '../../tenants/service.js';
+import {formatTime} from '../../ui/time.js';
 
 type TenantDetails = Awaited<ReturnType<TenantService['show']>>;
 
@@ -23,7 +24,7 @@ export default class TenantShow extends BaseCommand<typeof TenantShow> {
         ['role can log in', String(t.roleCanLogin)],
         ['PUBLIC can connect', String(t.publicCanConnect)],
         ['data key', `v${t.activeDataKeyVersion ?? '-'} active (versions: ${t.dataKeyVersions.join(', ') || 'none'})`],
-        ['created', t.createdAt],
+        ['created', formatTime(t.createdAt)],
       ];
       for (const [k, v] of rows) this.log(`${k.padEnd(20)} ${v}`);
       if (t.status === 'active') this.out.progress(`Connect with: dforge tenant credentials ${t.slug} (or dforge db psql --tenant ${t.slug})`);
