@@ -10,6 +10,7 @@ import {CONTROL_DATABASE} from '../control/bootstrap.js';
 import {usingControlPlane} from '../control/plane.js';
 import {changingTenants} from '../runtime/tenant-catalog.js';
 import {confirmDestructive} from '../ui/confirm.js';
+import {formatTime} from '../ui/time.js';
 
 export default class Restore extends BaseCommand<typeof Restore> {
   static override summary = "Restore a tenant from a backup (into a new database, swapped in at the end), or dforge_control itself; --undo swaps the previous database back.";
@@ -82,7 +83,7 @@ Nothing is decided on a backup's header before it is authenticated; a header tha
     const result = await withOpsRecord(this.installDir(), {action: 'restore.control', target: 'control', changed: () => false}, () =>
       restoreControl(this.installDir(), {from: this.flags.from, confirm, pgTools: this.flags['pg-tools']}),
     );
-    this.out.progress(`dforge_control restored from ${result.backupId} (${result.createdAt}); ${result.tenants} tenants registered, ${result.catalog.added} backups adopted into the catalog`);
+    this.out.progress(`dforge_control restored from ${result.backupId} (${formatTime(result.createdAt)}); ${result.tenants} tenants registered, ${result.catalog.added} backups adopted into the catalog`);
     throwIfTampered(result.catalog, `dforge_control was restored from ${result.backupId}`);
     return result;
   }

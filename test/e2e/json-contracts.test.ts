@@ -57,6 +57,8 @@ describe.skipIf(!available)('--json output contracts, against a quickstart insta
     await json(['tenant', 'suspend', 'acme']);
     await json(['tenant', 'resume', 'acme']);
     await json(['tenant', 'rotate-credentials', 'acme']);
+    expect(await json(['tenant', 'credentials', 'acme'])).not.toHaveProperty('password');
+    expect(await json(['tenant', 'credentials', 'acme', '--uri'])).toMatchObject({schemaVersion: 1, uri: expect.stringMatching(/^postgresql:\/\//)});
     await json(['tenant', 'create', 'leaving']);
     await json(['tenant', 'delete', 'leaving', '--confirm', 'leaving']);
 
@@ -83,6 +85,9 @@ describe.skipIf(!available)('--json output contracts, against a quickstart insta
     await json(['backup', 'rebuild-catalog']);
     await json(['backup', 'decrypt', String(backup.id), '--out', path.join(work, 'acme.dump'), '--confirm', 'acme']);
     await json(['restore', '--tenant', 'acme', '--from', String(backup.id), '--as', 'acme-copy']);
+    await json(['restore', '--tenant', 'acme', '--from', String(backup.id), '--confirm', 'acme']);
+    await json(['restore', '--undo', 'acme', '--confirm', 'acme']);
+    await json(['keys', 'release']);
 
     expect(await json(['db', 'status'])).toMatchObject({schemaVersion: 1, clusters: [expect.objectContaining({running: true})]});
     expect(await json(['db', 'start'])).toMatchObject({schemaVersion: 1, clusters: [expect.objectContaining({started: false})]});
@@ -116,7 +121,7 @@ describe.skipIf(!available)('--json output contracts, against a quickstart insta
 
   it('each command above printed output that validated against its schema', () => {
     const expected = [
-      'tenant:create', 'tenant:list', 'tenant:show', 'tenant:suspend', 'tenant:resume', 'tenant:rotate-credentials', 'tenant:delete',
+      'tenant:create', 'tenant:list', 'tenant:show', 'tenant:suspend', 'tenant:resume', 'tenant:rotate-credentials', 'tenant:credentials', 'tenant:delete', 'keys:release',
       'keys:status', 'keys:jwks', 'keys:rotate', 'certs:status', 'certs:export', 'config:validate', 'config:schema', 'config:init',
       'backup', 'backup:list', 'backup:verify', 'backup:prune', 'backup:rebuild-catalog', 'backup:decrypt', 'restore',
       'db:status', 'db:start', 'db:init', 'audit:tail', 'audit:verify', 'audit:export', 'audit:verify-export',

@@ -7,6 +7,7 @@ import {tailOpsLog} from '../../audit/service.js';
 import {UsageError} from '../../errors.js';
 import {renderTable} from '../../ui/table.js';
 import {terminalSafe} from '../../ui/terminal-safe.js';
+import {formatTime} from '../../ui/time.js';
 
 export default class AuditTail extends BaseCommand<typeof AuditTail> {
   static override summary = "Show the newest entries of the ops log, or with --tenant of that tenant's change log: who changed which row, when, and which fields.";
@@ -33,7 +34,7 @@ export default class AuditTail extends BaseCommand<typeof AuditTail> {
       if (follow || this.flags.since) throw new UsageError("--follow and --since read a tenant's change log: name the tenant with --tenant, without --ops", {nextSteps: ['Run: dforge audit tail --tenant <slug> --follow']});
       const entries = await tailOpsLog(this.installDir(), {limit, tenant});
       // dforge_control is writable by the provisioner role: its text is not trusted with the terminal either.
-      if (!this.jsonEnabled()) this.log(renderTable(['seq', 'at', 'actor', 'action', 'target', 'outcome'], entries.map((e) => [String(e.seq), e.at.slice(0, 19).replace('T', ' '), e.actor, e.action, e.target, e.outcome].map(terminalSafe))));
+      if (!this.jsonEnabled()) this.log(renderTable(['seq', 'at', 'actor', 'action', 'target', 'outcome'], entries.map((e) => [String(e.seq), formatTime(e.at), e.actor, e.action, e.target, e.outcome].map(terminalSafe))));
       return {entries};
     }
     const since = this.flags.since === undefined ? undefined : parseAuditTime('--since', this.flags.since);
