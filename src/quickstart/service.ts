@@ -181,7 +181,7 @@ export function quickstartResult(dir: InstallDir, ctx: Ctx): QuickstartResult {
     ...(ctx.result.portChanged ? {portChanged: ctx.result.portChanged} : {}),
     clusters: ctx.result.clusters,
     tenants: ctx.result.tenants,
-    nextSteps: [`dforge tenant list ${flag}`, `dforge tenant create initech ${flag}`, `dforge keys status ${flag}`, `dforge certs status ${flag}`, `dforge db status ${flag}`],
+    nextSteps: [`dforge tenant list ${flag}`, `dforge tenant credentials acme ${flag}`, `dforge tenant create initech ${flag}`, `dforge keys status ${flag}`, `dforge certs status ${flag}`, `dforge db status ${flag}`],
   };
 }
 
