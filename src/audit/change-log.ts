@@ -5,6 +5,7 @@ import {UsageError, UserError, VerificationError} from '../errors.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {connectTenantSession} from '../tenants/tenant-session.js';
 import {terminalSafe} from '../ui/terminal-safe.js';
+import {formatTime} from '../ui/time.js';
 
 /**
  * A tenant's change log (audit.change_log, src/tenants/module-sql.ts) as an operator reads it:
@@ -142,12 +143,12 @@ export function summaryOf(entry: ChangeEntry): string {
 }
 
 /**
- * One terminal line: `16:42:08  alice@acme.io  update  Lead#3214  stage: qualified → won`. Times
- * are UTC, as in the ops log; a change from another day than `now` carries its date.
+ * One terminal line: `16:42:08Z  alice@acme.io  update  Lead#3214  stage: qualified → won`. Times
+ * are UTC, as in the ops log, and say so; a change from another day than `now` carries its date.
  */
 export function changeLine(entry: ChangeEntry, now: Date = new Date()): string {
-  const at = entry.at.slice(0, 19).replace('T', ' ');
-  const time = entry.at.slice(0, 10) === now.toISOString().slice(0, 10) ? at.slice(11) : at;
+  const at = formatTime(entry.at);
+  const time = at.slice(0, 10) === formatTime(now).slice(0, 10) ? at.slice(11) : at;
   return [time, entry.actor, entry.operation.padEnd(8), entry.entity, summaryOf(entry)].map(terminalSafe).join('  ');
 }
 

@@ -198,7 +198,7 @@ export interface PruneReport extends PruneResult {
 
 /**
  * Deletes what the policy does not keep, per tenant (and for control backups), and drops the
- * databases a restore kept as <db>_pre_restore_<ts> once they are older than `keepPreRestoreHours`.
+ * databases a restore kept as <db>__pre_restore_<ts> once they are older than `keepPreRestoreHours`.
  * `dryRun` only reports.
  */
 export async function pruneBackups(

@@ -9,6 +9,7 @@ import {findPostgresBinaries, pgToolPath} from '../postgres/binaries.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {onTermination} from '../util/termination.js';
 import {openCredentialDir} from './credential-dir.js';
+import {pgpassField} from '../postgres/pgpass.js';
 
 /**
  * Runs libpq tools (pg_dump, pg_restore) against a cluster over verified TLS 1.3. The password goes
@@ -22,12 +23,10 @@ export interface LibpqSession {
 
 export async function libpqSession(dir: InstallDir, endpoint: ClusterEndpoint, credentials: {user: string; password: string; database: string}): Promise<LibpqSession> {
   const files = await openCredentialDir(dir);
-  // pgpass fields escape ':' and '\'.
-  const esc = (v: string): string => v.replaceAll('\\', '\\\\').replaceAll(':', '\\:');
   let passfile: string;
   let ca: string;
   try {
-    passfile = await files.write('pgpass', `${esc(endpoint.host)}:${endpoint.port}:*:${esc(credentials.user)}:${esc(credentials.password)}\n`);
+    passfile = await files.write('pgpass', `${pgpassField(endpoint.host)}:${endpoint.port}:*:${pgpassField(credentials.user)}:${pgpassField(credentials.password)}\n`);
     ca = await files.write('ca.pem', endpoint.caPem);
   } catch (err) {
     await files.remove();

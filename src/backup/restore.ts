@@ -265,13 +265,25 @@ export async function planUndo(plane: ControlPlane, options: {tenant: string; cl
  * replaces is kept under a new <db>__pre_restore_<ts> name, newer than any other, so an undo is
  * itself undone by running it again; prune drops it like any kept database.
  */
-export async function undoRestore(plane: ControlPlane, options: {tenant: string; confirm?: string; clock?: () => Date}): Promise<UndoResult> {
+export async function undoRestore(
+  plane: ControlPlane,
+  options: {tenant: string; confirm?: string; clock?: () => Date; planned?: Pick<UndoResult, 'restoredDatabase' | 'previousDatabase'>},
+): Promise<UndoResult> {
   const now = (options.clock ?? (() => new Date()))();
   const slug = validateSlug(options.tenant);
   requireConfirmation(slug, options.confirm, {replacing: `the database of tenant ${slug}`, command: undoCommand(slug)});
   return plane.tenants.withTenantLock(slug, 'tenant.restore-undo', () =>
     plane.tenants.onTenantCluster(slug, async (databases, tenant) => {
-      const step = await undoStep(databases, tenant, now);
+      const chosen = await undoStep(databases, tenant, now);
+      // The operator confirmed one database by name; a restore, undo or prune that finished since
+      // would make this pick another, which nobody confirmed.
+      if (options.planned && chosen.restoredDatabase !== options.planned.restoredDatabase) {
+        throw new UserError(`the database to swap back for tenant ${slug} changed after you confirmed: ${options.planned.restoredDatabase} was confirmed, ${chosen.restoredDatabase} is now the newest kept; nothing was changed`, {
+          nextSteps: [`Check what another run did (dforge audit tail), then run again: ${undoCommand(slug)}`],
+          data: {tenant: slug, confirmed: options.planned.restoredDatabase, now: chosen.restoredDatabase},
+        });
+      }
+      const step = options.planned ? {...chosen, previousDatabase: options.planned.previousDatabase} : chosen;
       await withoutSessions(databases, tenant, () => databases.roles.swapBack(tenant.role, step.restoredDatabase, step.previousDatabase));
       return {tenant: tenant.slug, ...step};
     }),

@@ -7,7 +7,7 @@ import type {DforgeConfig} from '../config/schema.js';
 import {caCertFile, pkiDir} from '../control/plane.js';
 import {UserError} from '../errors.js';
 import {openKeyServices} from '../keys/context.js';
-import type {CertificateReport, KeyAlgorithm, LeafUsage, NameConstraints} from '../pki/index.js';
+import type {CertificateReport, ImportReport, KeyAlgorithm, LeafUsage, NameConstraints} from '../pki/index.js';
 import {writeFileAtomic} from '../state/atomic-file.js';
 import {crashPoint} from '../state/crash-point.js';
 import type {InstallDir} from '../state/install-dir.js';
@@ -240,7 +240,7 @@ export async function certificatesStatus(dir: InstallDir, options: {clock?: () =
 export interface ImportResult {
   readonly name: string;
   readonly report: CertificateReport;
-  readonly chain: ReadonlyArray<{subject: string; issuer: string; notAfter: string}>;
+  readonly chain: ImportReport['chain'];
   readonly anchor: string;
 }
 

@@ -2,7 +2,7 @@ import {Flags} from '@oclif/core';
 
 import {withOpsRecord} from '../audit/record.js';
 import {BaseCommand} from '../base-command.js';
-import {planUndo, requireConfirmation, restoreCommand, restoreTarget, restoreTenant, undoCommand, undoRestore, type RestoreResult, type UndoResult} from '../backup/restore.js';
+import {planUndo, restoreCommand, restoreTarget, restoreTenant, undoCommand, undoRestore, type RestoreResult, type UndoResult} from '../backup/restore.js';
 import {throwIfTampered} from '../backup/manage.js';
 import {restoreControl, type ControlRestoreResult} from '../backup/restore-control.js';
 import {pgToolsFlag} from '../cli/pg-tools-flag.js';
@@ -55,8 +55,8 @@ Nothing is decided on a backup's header before it is authenticated; a header tha
             expected: tenant.slug,
             flag: '--confirm',
             question: `Restore ${from} over tenant ${tenant.slug}: its database ${tenant.database} is replaced and its open sessions are ended; the current one is ${dropPrevious ? 'dropped (no undo)' : `kept as ${tenant.database}__pre_restore_<time> (undo: ${undoCommand(tenant.slug)})`}. Type the slug to confirm`,
+            rerun: restoreCommand(tenant.slug, from, dropPrevious),
           });
-          requireConfirmation(tenant.slug, confirm, {replacing: `the database of tenant ${tenant.slug}`, command: restoreCommand(tenant.slug, from, dropPrevious)});
         }
         return withOpsRecord(
           plane,
@@ -76,9 +76,9 @@ Nothing is decided on a backup's header before it is authenticated; a header tha
       expected: CONTROL_DATABASE,
       flag: '--confirm',
       question: `Replace ${CONTROL_DATABASE} (tenant registry, sealed passwords, data keys, backup catalog, ops log) with a control backup? Its open sessions are ended; the current one is kept as ${CONTROL_DATABASE}_pre_restore_<time>. Type ${CONTROL_DATABASE} to confirm`,
+      // Refused here, before the ops log records a restore that never started.
+      rerun: `dforge restore --control --confirm ${CONTROL_DATABASE}`,
     });
-    // Checked here too, so a wrong answer is a refusal rather than a failed restore in the ops log.
-    requireConfirmation(CONTROL_DATABASE, confirm, {replacing: CONTROL_DATABASE, command: `dforge restore --control --confirm ${CONTROL_DATABASE}`});
     // Success is recorded by the restore itself, in the restored log, where it re-anchors it.
     const result = await withOpsRecord(this.installDir(), {action: 'restore.control', target: 'control', changed: () => false}, () =>
       restoreControl(this.installDir(), {from: this.flags.from, confirm, pgTools: this.flags['pg-tools']}),
@@ -99,12 +99,12 @@ Nothing is decided on a backup's header before it is authenticated; a header tha
           expected: plan.tenant.slug,
           flag: '--confirm',
           question: `Swap ${plan.restoredDatabase} (kept since ${plan.keptSince}) back in as ${plan.database} of tenant ${plan.tenant.slug}? Its open sessions are ended; the current database is kept as ${plan.previousDatabase}. Type the slug to confirm`,
+          rerun: undoCommand(plan.tenant.slug),
         });
-        requireConfirmation(plan.tenant.slug, confirm, {replacing: `the database of tenant ${plan.tenant.slug}`, command: undoCommand(plan.tenant.slug)});
         return withOpsRecord(
           plane,
           {action: 'restore.undo', target: `tenant:${plan.tenant.slug}`, details: (r) => ({database: r.database, restoredDatabase: r.restoredDatabase, previousDatabase: r.previousDatabase})},
-          () => undoRestore(plane, {tenant: plan.tenant.slug, confirm}),
+          () => undoRestore(plane, {tenant: plan.tenant.slug, confirm, planned: plan}),
         );
       },
     );

@@ -2,7 +2,6 @@ import {Flags} from '@oclif/core';
 
 import {BaseCommand} from '../base-command.js';
 import {loadConfigFile} from '../config/load.js';
-import {UsageError} from '../errors.js';
 import {withStackLock} from '../install/lifecycle.js';
 import {backupsNeedingMasterKey, uninstall, type UninstallResult} from '../install/uninstall.js';
 import {exportMasterKey, type MasterKeyExport} from '../keys/export-master.js';
@@ -41,8 +40,7 @@ export default class Uninstall extends BaseCommand<typeof Uninstall> {
       }
       exportTo ??= await offerMasterKeyExport();
       const what = `every ${config.target === 'compose' ? 'database volume' : 'database'} and secret of ${domain}${orphaned.length > 0 && exportTo === undefined ? `, leaving ${orphaned.length} backup(s) unreadable` : ''}`;
-      const answer = await confirmDestructive({provided: this.flags.confirm, expected: domain, flag: '--confirm', question: `Delete ${what}? Type the domain to confirm`});
-      if (answer !== domain) throw new UsageError(`--confirm ${answer} does not match the install domain`, {nextSteps: [`Re-run with --confirm ${domain}`]});
+      await confirmDestructive({provided: this.flags.confirm, expected: domain, flag: '--confirm', question: `Delete ${what}? Type the domain to confirm`, rerun: `dforge uninstall --purge --confirm ${domain}`});
     }
     // Before anything is removed: a failed export (an existing file, no key material) stops the purge.
     const masterKeyExport = exportTo === undefined ? null : await exportMasterKey(dir, exportTo);

@@ -3,7 +3,6 @@ import type Docker from 'dockerode';
 
 import {withOpsRecord} from '../audit/record.js';
 import {BaseCommand} from '../base-command.js';
-import {UsageError} from '../errors.js';
 import {withStackLock} from '../install/lifecycle.js';
 import {applyRollback, planRollback, prepareUpgrade, restorePreUpgradeBackups, type ImageIdOf, type RestoredTenant, type UpgradePlan} from '../install/upgrade.js';
 import {commonInstallSteps, installResult, newInstallContext, targetInstallSteps, type InstallContext, type InstallResult} from '../install/service.js';
@@ -24,7 +23,7 @@ export interface RollbackOutput {
 export default class Upgrade extends BaseCommand<typeof Upgrade> {
   static override summary = 'Upgrade to another release: back up every tenant, switch the images, reconcile; or roll back to the release before.';
   static override description = `Refused before anything changes: a release older than the current one (semantic-version order; --allow-downgrade to mean it), and an upgrade that would run the same images (every image pinned to something other than the old release's tag). If any backup fails the upgrade stops (exit 4) before anything changes. Then dforge.yaml moves to the release (images pinned to the old release follow), the release is recorded in state/releases.json, and the stack is reconciled exactly like dforge install.
---rollback returns to the release recorded before the current one: its saved dforge.yaml and the very images it ran, reconciled like install. With --restore-backups (and --confirm <domain>) each tenant is also restored from the backup taken just before the upgrade; the live databases are kept as <db>_pre_restore_<ts>.`;
+--rollback returns to the release recorded before the current one: its saved dforge.yaml and the very images it ran, reconciled like install. With --restore-backups (and --confirm <domain>) each tenant is also restored from the backup taken just before the upgrade; the live databases are kept as <db>__pre_restore_<ts>.`;
   static override examples = ['<%= config.bin %> upgrade --to 1.5.0', '<%= config.bin %> upgrade --rollback', '<%= config.bin %> upgrade --rollback --restore-backups --confirm dforge.example.com'];
 
   static override flags = {
@@ -74,13 +73,13 @@ export default class Upgrade extends BaseCommand<typeof Upgrade> {
         withStackLock(dir, 'dforge upgrade --rollback', async () => {
           const plan = await planRollback(dir, {restoreBackups, imageId: engineImageId()});
           if (restoreBackups) {
-            const answer = await confirmDestructive({
+            await confirmDestructive({
               provided: this.flags.confirm,
               expected: plan.domain,
               flag: '--confirm',
               question: `This replaces the live databases of ${plan.restore.length} tenant(s) with their backups from before the upgrade to ${plan.from.release}. Type the domain (${plan.domain}) to confirm`,
+              rerun: `dforge upgrade --rollback --restore-backups --confirm ${plan.domain}`,
             });
-            if (answer !== plan.domain) throw new UsageError(`--confirm ${answer} does not match the domain ${plan.domain}; nothing was changed`, {nextSteps: [`Re-run with --confirm ${plan.domain}`]});
           }
           const entry = await applyRollback(dir, plan, {dforgeVersion: this.config.version});
           this.out.progress(`release ${plan.from.release} → ${plan.to.release} (dforge.yaml from ${plan.to.config})`);

@@ -43,7 +43,11 @@ export async function backupsNeedingMasterKey(config: DforgeConfig): Promise<str
   const found: string[] = [];
   for (const [region, r] of Object.entries(config.regions)) {
     for (const d of r.backup?.destinations ?? []) {
-      if (d.kind !== 'local') continue;
+      if (d.kind !== 'local') {
+        // Not listed from here; every backup there is as unreadable, so the destination is named.
+        found.push(`${d.kind}:${d.name} (every backup in it; not listed)`);
+        continue;
+      }
       const destination = destinationFor(region, d);
       for (const location of await destination.list('')) if (location.endsWith('.dfb')) found.push(destination.describe(location));
     }

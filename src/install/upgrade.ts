@@ -258,7 +258,7 @@ export interface RestoredTenant {
 
 /**
  * Restores each tenant from its pre-upgrade backup, through the same restore as `dforge restore`
- * (verified first; the live database kept as <db>_pre_restore_<ts>), each in the ops log. One
+ * (verified first; the live database kept as <db>__pre_restore_<ts>), each in the ops log. One
  * failure never stops the others; failures make a PartialError (exit 4) naming them.
  */
 export async function restorePreUpgradeBackups(dir: InstallDir, backups: ReleaseEntry['backups'], options: {clock?: () => Date} = {}): Promise<RestoredTenant[]> {
@@ -270,7 +270,8 @@ export async function restorePreUpgradeBackups(dir: InstallDir, backups: Release
         const r = await withOpsRecord(
           plane,
           {action: 'restore.tenant', target: `tenant:${tenant}`, details: (x) => ({backupId: x.backupId, from: tenant, database: x.database, previousDatabase: x.previousDatabase, by: 'upgrade --rollback'})},
-          () => changingTenants(plane, () => restoreTenant(plane, {tenant, from: backupId, clock: options.clock})),
+          // The operator confirmed the rollback's restores as a whole (--confirm <domain>).
+          () => changingTenants(plane, () => restoreTenant(plane, {tenant, from: backupId, confirm: tenant, clock: options.clock})),
         );
         restored.push({tenant, backupId, database: r.database, previousDatabase: r.previousDatabase});
       } catch (err) {
@@ -279,7 +280,7 @@ export async function restorePreUpgradeBackups(dir: InstallDir, backups: Release
     }
     if (failed.length > 0) {
       throw new PartialError(`${failed.length} of ${backups.length} tenant restores failed: ${failed.join('; ')}`, {
-        nextSteps: ['The release was rolled back and the other tenants restored. Fix the named ones and run: dforge restore --tenant <slug> --from <id>'],
+        nextSteps: ['The release was rolled back and the other tenants restored. Fix the named ones and run: dforge restore --tenant <slug> --from <id> --confirm <slug>'],
         data: {restored, failed},
       });
     }

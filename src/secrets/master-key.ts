@@ -255,9 +255,13 @@ export function passphraseKeySource(passphrases: {current?: string; next?: strin
  */
 async function refuseLooseKeyFile(file: string, mode: number, dirs: readonly string[]): Promise<void> {
   // The Kubernetes backup job reads the key from the operator's Secret, which the kubelet projects
-  // read-only (0440 for the pod's fsGroup, in a directory with its `..data` link): that copy's
-  // modes are the orchestrator's, and refusing them would only stop backups.
-  if (await fs.lstat(path.join(path.dirname(file), '..data')).then((st) => st.isSymbolicLink(), () => false)) return;
+  // read-only: 0440 for the pod's fsGroup, the key a link into the `..data` link's directory. Only
+  // that exact shape, in a directory nobody else can write, may be group-readable; a copy of a
+  // projection (kubectl cp, tar) with 0644 files, or a `..data` link planted in a loose directory,
+  // is still refused.
+  if (await isKubeletProjection(file)) {
+    if ((mode & 0o037) === 0) return;
+  }
   const loose: Array<[string, number, string]> = [];
   if ((mode & 0o077) !== 0) loose.push([file, mode, `chmod 600 ${file}`]);
   for (const d of dirs) {
@@ -273,6 +277,18 @@ async function refuseLooseKeyFile(file: string, mode: number, dirs: readonly str
     ],
     data: {file, loose: loose.map(([p, m]) => ({path: p, mode: octal(m)}))},
   });
+}
+
+/** `<dir>/vN.key -> ..data/vN.key`, `..data` a link, and `<dir>` writable by its owner only, root's or ours. */
+async function isKubeletProjection(file: string): Promise<boolean> {
+  const dir = path.dirname(file);
+  const [link, data, st] = await Promise.all([
+    fs.readlink(file).catch(() => undefined),
+    fs.lstat(path.join(dir, '..data')).catch(() => undefined),
+    fs.stat(dir),
+  ]);
+  const owner = st.uid === 0 || st.uid === process.getuid?.();
+  return link === path.join('..data', path.basename(file)) && data?.isSymbolicLink() === true && owner && (st.mode & 0o022) === 0;
 }
 
 function decodeKey(raw: Buffer, where: string): Buffer {

@@ -9,6 +9,7 @@ import {UserError} from '../errors.js';
 import {appAddress} from '../runtime/tenant-catalog.js';
 import {writeFileAtomic} from '../state/atomic-file.js';
 import type {Tenant} from './service.js';
+import {pgpassField} from '../postgres/pgpass.js';
 
 /**
  * How an operator or an app on this host connects to a tenant's database. The address is the one
@@ -104,9 +105,6 @@ export function libpqVariables(c: TenantConnection, password: string): Array<[st
 export function shellExports(variables: ReadonlyArray<[string, string]>): string {
   return variables.map(([name, value]) => `export ${name}='${value.replaceAll("'", `'\\''`)}'\n`).join('');
 }
-
-/** pgpass fields escape ':' and '\'. */
-const pgpassField = (v: string): string => v.replaceAll('\\', '\\\\').replaceAll(':', '\\:');
 
 /**
  * Adds the tenant's line to a pgpass file, or replaces the line for the same host, port, database

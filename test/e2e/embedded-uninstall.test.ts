@@ -47,7 +47,7 @@ describe.skipIf(!available)('uninstall on an embedded (quickstart) install', () 
     expect(missing.stderr).toContain(`--confirm ${DOMAIN}`);
     const wrong = await install.cli(['uninstall', '--purge', '--confirm', 'other.example.com']);
     expect(wrong.code).toBe(2);
-    expect(wrong.stderr).toContain(`Re-run with --confirm ${DOMAIN}`);
+    expect(wrong.stderr).toContain(`Re-run: dforge uninstall --purge --confirm ${DOMAIN}`);
     expect(await running(install)).toBe(true);
     for (const kept of ['dforge.yaml', 'secrets/master', 'pki', 'data/postgres/local-1']) expect(await exists(path.join(root(), kept)), kept).toBe(true);
   });

@@ -146,8 +146,10 @@ export type WorldSnapshot = Map<string, string>;
  *  - state/backups/: each tenant's last-success marker, rewritten by every backup;
  *  - state/ops-log-head.json: the ops log's anchor, rewritten by every recorded action;
  *  - .locks/: the install's advisory lock files.
- * Everything else (secrets, PKI, dforge.yaml, the runtime catalog, ...) must be left exactly as it was.
+ * Everything else (secrets, PKI, dforge.yaml, ...) must be left exactly as it was; the runtime
+ * catalog is compared per tenant (catalog:<slug>, catalog-password:<slug>).
  */
+const CATALOG_FILE = 'runtime/tenants/catalog.json';
 const INSTALL_WRITES = [/^data\//, /^run\//, /^backups\//, /^state\/backups\//, /^state\/ops-log-head\.json$/, /^\.locks\//];
 
 /** The cluster's own configuration and key files, compared by content. */
@@ -222,7 +224,16 @@ export async function snapshotWorld(install: EmbeddedInstall, access: ClusterAcc
     snap.set(`server:${f}`, bytes ? `sha:${sha(bytes)}` : 'absent');
   }
   for (const [rel, hash] of await hashTree(install.dir.root)) {
-    if (!INSTALL_WRITES.some((re) => re.test(rel))) snap.set(`file:${rel}`, hash);
+    if (INSTALL_WRITES.some((re) => re.test(rel))) continue;
+    // The app's tenant catalog is shared by every tenant: each entry, and each password file,
+    // belongs to its tenant; the rest of the file (its version, its modes) to nobody.
+    const password = /^runtime\/tenants\/([a-z0-9-]+)\.password$/.exec(rel);
+    if (password) snap.set(`catalog-password:${password[1]}`, hash);
+    else if (rel === CATALOG_FILE) {
+      const {tenants, ...rest} = JSON.parse(await fs.readFile(path.join(install.dir.root, rel), 'utf8')) as {tenants: Array<{slug: string}>};
+      for (const entry of tenants) snap.set(`catalog:${entry.slug}`, `sha:${sha(Buffer.from(JSON.stringify(entry)))}`);
+      snap.set(`file:${rel}`, `${hash.split(' sha:')[0]} rest:${sha(Buffer.from(JSON.stringify(rest)))}`);
+    } else snap.set(`file:${rel}`, hash);
   }
   for (const f of await fs.readdir(options.markerDir).catch(() => [] as string[])) snap.set(`marker:${f}`, 'present');
   return snap;
@@ -307,6 +318,7 @@ export function tenantKeys(slug: string): RegExp[] {
     new RegExp(`^setting:\\*/${r}(__[a-z]+)?$`),
     new RegExp(`^control:(tenants|credentials):${s}$`),
     new RegExp(`^control:datakeys:${s}:`),
+    new RegExp(`^catalog(-password)?:${s}$`),
   ];
 }
 

@@ -113,8 +113,8 @@ describe.skipIf(!available)('audit tail --tenant: the change log, live', () => {
     const text = await install.cli(['audit', 'tail', '--tenant', 'acme']);
     expect(text.code, text.stderr).toBe(0);
     const lines = text.stdout.trim().split('\n');
-    expect(lines.at(-2)).toMatch(/^\d\d:\d\d:\d\d {2}alice@acme\.io {2}insert {4}Lead#3214 {2}created: name=Initech, stage=qualified$/);
-    expect(lines.at(-1)).toMatch(/^\d\d:\d\d:\d\d {2}alice@acme\.io {2}update {4}Lead#3214 {2}stage: qualified → won$/);
+    expect(lines.at(-2)).toMatch(/^\d\d:\d\d:\d\dZ {2}alice@acme\.io {2}insert {4}Lead#3214 {2}created: name=Initech, stage=qualified$/);
+    expect(lines.at(-1)).toMatch(/^\d\d:\d\d:\d\dZ {2}alice@acme\.io {2}update {4}Lead#3214 {2}stage: qualified → won$/);
     const json = await install.cli(['audit', 'tail', '--tenant', 'acme', '--limit', '1', '--json']);
     expect(JSON.parse(json.stdout).entries).toEqual([
       expect.objectContaining({actor: 'alice@acme.io', dbRole: 'tenant_acme', operation: 'update', schema: 'crm', table: 'leads', entity: 'Lead#3214', changes: [{field: 'stage', before: 'qualified', after: 'won'}]}),

@@ -18,6 +18,7 @@ import {InstallDir} from '../../src/state/install-dir.js';
 import {tempInstall} from '../helpers/install-fixture.js';
 import {objectId, parseManifests, podTemplates, schemaProblems, unknownFieldProblems, type K8sObject} from '../helpers/k8s-objects.js';
 import {missingComponent} from '../helpers/requirements.js';
+import {projectSecretVolume} from '../helpers/secret-projection.js';
 
 /**
  * DESIGN §8: no cluster runs here, so the rendered directory is built with the real
@@ -204,7 +205,7 @@ describe.skipIf(kubectls.length === 0)('the master key Secret, created with the 
         const jobDir = (container.command as string[]).at(-1)!;
         const mount = (container.volumeMounts as Array<{name: string; mountPath: string; readOnly?: boolean}>).find((m) => m.name === 'master-key')!;
         expect(mount.readOnly).toBe(true);
-        const volume = pod.volumes!.find((v) => v.name === mount.name)!.secret as {secretName: string; items?: Array<{key: string; path: string}>};
+        const volume = pod.volumes!.find((v) => v.name === mount.name)!.secret as {secretName: string; defaultMode: number; items?: Array<{key: string; path: string}>};
         expect(volume.secretName).toBe(MASTER_KEY_SECRET);
 
         const job = path.join(root, `job-${index}-${provider}`);
@@ -212,10 +213,8 @@ describe.skipIf(kubectls.length === 0)('the master key Secret, created with the 
         await fs.cp(install.configFile, path.join(job, 'dforge.yaml'));
         await fs.rm(masterDir(new InstallDir(job)), {recursive: true});
         const mounted = path.join(job, path.relative(jobDir, mount.mountPath));
-        await fs.mkdir(mounted, {recursive: true});
-        for (const item of volume.items ?? Object.keys(secret.data).map((key) => ({key, path: key}))) {
-          await fs.writeFile(path.join(mounted, item.path), Buffer.from(secret.data[item.key]!, 'base64'));
-        }
+        const items = volume.items ?? Object.keys(secret.data).map((key) => ({key, path: key}));
+        await projectSecretVolume(mounted, new Map(items.map((item) => [item.path, Buffer.from(secret.data[item.key]!, 'base64')])), volume.defaultMode);
         const env = Object.fromEntries(
           ((container.env ?? []) as Array<{name: string; value?: string; valueFrom?: {secretKeyRef: {name: string; key: string}}}>).map((e) => [
             e.name,

@@ -66,4 +66,37 @@ describe.skipIf(!available)('a master key file others can read is refused', () =
     }
     expect((await install.cli(['tenant', 'list'])).code).toBe(0);
   });
+
+  it('a `..data` link does not excuse a copied projection or a planted link in a loose directory', async () => {
+    const dir = masterDir(install.dir);
+    const original = await fs.readFile(keyFile);
+    // What kubectl cp or tar of a projected Secret leaves: the links and 0644 files.
+    const projected = path.join(dir, '..2026_11_28');
+    await fs.mkdir(projected);
+    await fs.writeFile(path.join(projected, 'v1.key'), original, {mode: 0o644});
+    await fs.symlink('..2026_11_28', path.join(dir, '..data'));
+    await fs.rename(keyFile, `${keyFile}.aside`);
+    await fs.symlink(path.join('..data', 'v1.key'), keyFile);
+    try {
+      const copied = await install.cli(['tenant', 'list']);
+      expect(copied.code).toBe(1);
+      expect(copied.stderr).toContain('chmod 600');
+      // The kubelet's own shape (0440, a directory only its owner writes) is accepted...
+      await fs.chmod(path.join(projected, 'v1.key'), 0o440);
+      expect((await install.cli(['tenant', 'list'])).code).toBe(0);
+      // ...but not once others can write the directory and so could have planted the link.
+      await fs.chmod(dir, 0o777);
+      const planted = await install.cli(['tenant', 'list']);
+      expect(planted.code).toBe(1);
+      expect(planted.stderr).toContain(`chmod 700 ${dir}`);
+    } finally {
+      await fs.chmod(dir, 0o700);
+      await fs.rm(keyFile);
+      await fs.rm(path.join(dir, '..data'));
+      await fs.rm(projected, {recursive: true});
+      await fs.rename(`${keyFile}.aside`, keyFile);
+    }
+    expect(await fs.readFile(keyFile)).toEqual(original);
+    expect((await install.cli(['tenant', 'list'])).code).toBe(0);
+  });
 });

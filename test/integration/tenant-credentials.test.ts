@@ -180,7 +180,7 @@ describe.skipIf(!available)("getting to a tenant's data: tenant credentials, db 
     expect(failing.stderr).toContain('nonsense_column');
 
     // Look at the running psql itself: its argv and environment hold no password.
-    const child = spawn(process.execPath, [cliEntry, 'db', 'psql', '--tenant', 'acme', '--dir', install.dir.root, '--', '-c', 'select pg_sleep(3)'], {stdio: 'ignore'});
+    const child = spawn(process.execPath, [cliEntry, 'db', 'psql', '--tenant', 'acme', '--dir', install.dir.root, '--', '-c', 'select pg_sleep(3)'], {stdio: 'ignore', env: {...process.env, DFORGE_CANARY_SECRET: 'canary-3f1e'}});
     let seen: {cmdline: string; environ: string} | undefined;
     const deadline = Date.now() + 20_000;
     while (!seen && Date.now() < deadline) {
@@ -200,6 +200,8 @@ describe.skipIf(!available)("getting to a tenant's data: tenant credentials, db 
     expect(seen!.environ).not.toContain(acmePassword);
     expect(seen!.environ).toContain('PGSSLMODE=verify-full');
     expect(seen!.environ).not.toContain('PGPASSWORD');
+    // dforge's own variables (the master key or its passphrase may be among them) stay with dforge.
+    expect(seen!.environ).not.toContain('canary-3f1e');
     // The passfile went with the session.
     expect(readdirSync(install.dir.libpqSessionsDir)).toEqual([]);
   });

@@ -177,4 +177,24 @@ describe('retention', () => {
     const monthly = ['b30', 'b59']; // 31 October and the newest of November (September has none)
     expect([...keep].sort()).toEqual([...new Set([...daily, ...weekly, ...monthly])].sort());
   });
+
+  it('names each rule that passed a deleted backup over; a kept one carries no reason', () => {
+    const backups = [at('2026-11-28T02:00:00Z', 'today-2'), at('2026-11-28T01:00:00Z', 'today-1'), at('2026-11-27T01:00:00Z', 'yesterday'), at('2026-10-01T01:00:00Z', 'october')];
+    const decisions = retentionDecisions(backups, {keepLast: 1, keepDaily: 2, keepWeekly: 0, keepMonthly: 1});
+    expect(decisions.get('today-2')).toEqual({keep: true});
+    expect(decisions.get('yesterday')).toEqual({keep: true});
+    expect(decisions.get('today-1')).toEqual({
+      keep: false,
+      why: 'not among the newest 1 (keep-last 1); a newer backup is kept for 2026-11-28, 2026-11 (keep-daily 2, keep-monthly 1)',
+    });
+    expect(decisions.get('october')).toEqual({
+      keep: false,
+      why: 'not among the newest 1 (keep-last 1); 2026-10-01 is beyond the 2 newest days with a backup (keep-daily 2); 2026-10 is beyond the newest month with a backup (keep-monthly 1)',
+    });
+  });
+
+  it('keeps the newest verified backup whatever the rules say', () => {
+    const decisions = retentionDecisions([at('2026-11-28T02:00:00Z', 'new'), at('2026-11-01T01:00:00Z', 'old-verified', true)], {keepLast: 1, keepDaily: 0, keepWeekly: 0, keepMonthly: 0});
+    expect(decisions.get('old-verified')).toEqual({keep: true});
+  });
 });

@@ -23,6 +23,7 @@ import {tempInstall} from '../helpers/install-fixture.js';
 import {objectId, parseManifests, podTemplates, schemaProblems, unknownFieldProblems, type Container, type K8sObject} from '../helpers/k8s-objects.js';
 import {allowedFlows, type Endpoint} from '../helpers/network-policy.js';
 import {confSettings, HARDENED_SETTINGS} from '../helpers/postgres-hardening.js';
+import {projectSecretVolume} from '../helpers/secret-projection.js';
 
 const base = {
   version: 1,
@@ -619,18 +620,9 @@ describe('installArchive (the Secret dforge-install)', () => {
     const jobDir = pod.containers[0].command.at(-1) as string;
     const mount = (pod.containers[0].volumeMounts as Array<{name: string; mountPath: string}>).find((m) => m.name === 'master-key')!;
     const mounted = path.join(job, path.relative(jobDir, mount.mountPath));
-    // As the kubelet projects a Secret: the files (defaultMode) in a timestamped directory, a
-    // `..data` link to it, and one link per key; the mount point itself is not private.
     const defaultMode = (pod.volumes as Array<{name: string; secret?: {defaultMode: number}}>).find((v) => v.name === 'master-key')!.secret!.defaultMode;
-    const projected = path.join(mounted, '..2026_11_28_00_00_00.000000001');
-    await fs.mkdir(projected, {recursive: true, mode: 0o755});
-    await fs.chmod(mounted, 0o755);
-    await fs.symlink(path.basename(projected), path.join(mounted, '..data'));
-    for (const name of await fs.readdir(masterDir(install))) {
-      await fs.copyFile(path.join(masterDir(install), name), path.join(projected, name));
-      await fs.chmod(path.join(projected, name), defaultMode);
-      await fs.symlink(path.join('..data', name), path.join(mounted, name));
-    }
+    const files = new Map(await Promise.all((await fs.readdir(masterDir(install))).map(async (name) => [name, await fs.readFile(path.join(masterDir(install), name))] as const)));
+    await projectSecretVolume(mounted, files, defaultMode);
 
     const keys = await openKeyServices(unpacked);
     expect((await keys.sealed.get('postgres/eu-1/provisioner')).toString('utf8')).toBe(provisioner);

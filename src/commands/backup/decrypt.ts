@@ -29,6 +29,7 @@ The plain file holds the tenant's data outside its encryption: it needs --confir
       confirmDestructive({
         provided: this.flags.confirm,
         expected: header.backupId,
+        accepts: [header.tenant],
         flag: '--confirm',
         question: `Write the data of ${header.tenant} (backup ${header.backupId}) unencrypted to ${this.flags.out}? Type the backup id or the tenant to confirm`,
       });

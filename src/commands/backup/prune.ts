@@ -18,7 +18,7 @@ export default class BackupPrune extends BaseCommand<typeof BackupPrune> {
     'keep-weekly': Flags.integer({default: 4, min: 0}),
     'keep-monthly': Flags.integer({default: 6, min: 0}),
     tenant: Flags.string({summary: 'Only this tenant.'}),
-    'keep-pre-restore-hours': Flags.integer({summary: 'Drop databases a restore kept aside (<db>_pre_restore_<ts>) once older than this.', default: 72, min: 0}),
+    'keep-pre-restore-hours': Flags.integer({summary: 'Drop databases a restore kept aside (<db>__pre_restore_<ts>) once older than this.', default: 72, min: 0}),
     'dry-run': Flags.boolean({summary: 'List what would be deleted, and why; delete nothing.'}),
   };
 

@@ -27,8 +27,10 @@ Without --tenant the session is the provisioner's on dforge_control (the role df
     const session = await libpqSession(dir, target.endpoint, target);
     try {
       // The operator's own environment (HOME for ~/.psqlrc, TERM, PAGER, the locale), minus any PG*
-      // variable that would point psql elsewhere, plus the session's.
-      const own = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('PG')));
+      // variable that would point psql elsewhere and every DFORGE_* one (the master key or its
+      // passphrase may be among them, and psql hands its environment to \! shells and pagers),
+      // plus the session's.
+      const own = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('PG') && !name.startsWith('DFORGE_')));
       const {LC_ALL: _c, PATH: _p, ...libpq} = session.env;
       process.exitCode = await runInteractive(psql, this.positionals, {...own, ...libpq});
     } finally {
