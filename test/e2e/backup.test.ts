@@ -48,14 +48,7 @@ describe.skipIf(!available)('encrypted backups and restores on the embedded data
   let original: unknown[];
 
   const checksums = (slug: string): Promise<unknown[]> => install.asTenant(slug, async (c) => (await c.query(CHECKSUM_SQL)).rows);
-  const databases = async (): Promise<string[]> => {
-    const plane = await install.plane();
-    try {
-      return (await plane.control.query<{datname: string}>('SELECT datname FROM pg_database ORDER BY 1')).rows.map((r) => r.datname);
-    } finally {
-      await plane.close();
-    }
-  };
+  const databases = (): Promise<string[]> => install.databases();
   const catalogIds = async (): Promise<string[]> => (JSON.parse((await install.cli(['backup', 'list', '--json'])).stdout) as {backups: Array<{id: string}>}).backups.map((b) => b.id);
 
   beforeAll(async () => {

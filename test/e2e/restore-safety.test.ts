@@ -26,14 +26,7 @@ describe.skipIf(!available)('restores replace a live database only when the oper
   let backupId: string;
   let backupFile: string;
 
-  const databases = async (): Promise<string[]> => {
-    const plane = await install.plane();
-    try {
-      return (await plane.control.query<{datname: string}>('SELECT datname FROM pg_database ORDER BY 1')).rows.map((r) => r.datname);
-    } finally {
-      await plane.close();
-    }
-  };
+  const databases = (): Promise<string[]> => install.databases();
   const kept = async (slug: string): Promise<string[]> => (await databases()).filter((d) => d.startsWith(`tenant_${slug}__pre_restore_`));
   const markers = (slug: string): Promise<string[]> => install.asTenant(slug, async (c) => (await c.query<{v: string}>('SELECT v FROM crm.marker ORDER BY v')).rows.map((r) => r.v));
   /** A refused run: its exit code, and every database and acme's rows exactly as before. */

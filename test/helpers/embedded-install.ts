@@ -23,6 +23,8 @@ export interface EmbeddedInstall {
   cli(args: string[]): Promise<CliResult>;
   plane(): Promise<ControlPlane>;
   tenantPassword(plane: ControlPlane, slug: string): Promise<string>;
+  /** Every database of the cluster, sorted: what a restore, undo or prune left behind. */
+  databases(): Promise<string[]>;
   /** Runs `fn` connected as a tenant's own role to its own database (what the app would do). */
   asTenant<T>(slug: string, fn: (client: pg.Client) => Promise<T>): Promise<T>;
   /** A client config for `user` on `database` over verified TLS 1.3. */
@@ -55,6 +57,14 @@ export async function quickstartInstall(): Promise<EmbeddedInstall> {
     async tenantPassword(plane, slug) {
       const row = await plane.control.query<{sealed_password: Buffer}>('SELECT sealed_password FROM tenant_credentials WHERE slug = $1', [slug]);
       return (await plane.keys.keyring.unwrap(row.rows[0]!.sealed_password, tenantPasswordContext(slug), 'test')).toString();
+    },
+    async databases() {
+      const plane = await openControlPlane(dir);
+      try {
+        return (await plane.control.query<{datname: string}>('SELECT datname FROM pg_database ORDER BY 1')).rows.map((r) => r.datname);
+      } finally {
+        await plane.close();
+      }
     },
     async asTenant(slug, fn) {
       const plane = await openControlPlane(dir);
