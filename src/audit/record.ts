@@ -38,6 +38,8 @@ export type OpsAction =
   | 'db.psql'
   | 'upgrade'
   | 'upgrade.rollback'
+  | 'residency.cross-region'
+  | 'residency.report'
   | `tenant.${string}`;
 
 export interface OpsRecord {

@@ -31,7 +31,14 @@ export interface BackupDestination {
   describe(location: string): string;
   /** The location of a file given as a path, if it lies inside this destination. */
   locate(file: string): string | undefined;
+  /** Where the objects physically live, asked of the live system (residency report --verify). */
+  where(): Promise<DestinationPlacement>;
 }
+
+/** What a destination's storage says about itself: a block device, or a bucket and its location. */
+export type DestinationPlacement =
+  | {readonly kind: 'local'; readonly path: string; readonly device: string; readonly mountPoint: string | null}
+  | {readonly kind: 's3'; readonly endpoint: string; readonly bucket: string; readonly location: string | null};
 
 const PARTIAL = '.partial';
 
@@ -57,6 +64,19 @@ export class LocalDirectoryDestination implements BackupDestination {
     const root = path.resolve(this.root);
     const full = path.resolve(file);
     return full.startsWith(`${root}${path.sep}`) ? path.relative(root, full) : undefined;
+  }
+
+  async where(): Promise<DestinationPlacement> {
+    const root = path.resolve(this.root);
+    // The directory may not exist before the first backup; its nearest existing parent is where it will be.
+    let probe = root;
+    for (;;) {
+      const st = await fs.stat(probe).catch(() => undefined);
+      if (st) return {kind: 'local', path: root, device: deviceId(st.dev), mountPoint: await mountPointOf(st.dev)};
+      const parent = path.dirname(probe);
+      if (parent === probe) throw new UserError(`destination ${this.name}: no part of ${root} exists`);
+      probe = parent;
+    }
   }
 
   async put(location: string, source: Readable): Promise<{size: number}> {
@@ -143,6 +163,26 @@ export class LocalDirectoryDestination implements BackupDestination {
     await walk(this.file(prefix));
     return removed;
   }
+}
+
+/** `major:minor` of a st_dev, as /proc/self/mountinfo writes it (glibc's encoding). */
+export function deviceId(dev: number): string {
+  const major = ((dev >>> 8) & 0xfff) | Math.floor(dev / 2 ** 32) & ~0xfff;
+  const minor = (dev & 0xff) | ((dev >>> 12) & ~0xff);
+  return `${major}:${minor}`;
+}
+
+/** The mount point of a device from /proc/self/mountinfo (Linux), or null where that is unreadable. */
+async function mountPointOf(dev: number): Promise<string | null> {
+  const info = await fs.readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
+  const id = deviceId(dev);
+  const mounts = info
+    .split('\n')
+    .map((line) => line.split(' '))
+    .filter((f) => f[2] === id && f[4] !== undefined)
+    .map((f) => f[4]!.replace(/\\040/g, ' '));
+  // Bind mounts share a device; the shortest path is the file system's own mount.
+  return mounts.sort((a, b) => a.length - b.length)[0] ?? null;
 }
 
 export function destinationFor(region: string, config: DestinationConfig): BackupDestination {

@@ -31,16 +31,21 @@ const imageRef = z
   .string()
   .regex(/^[a-z0-9][a-z0-9._/:-]*(@sha256:[a-f0-9]{64})?$/, 'an image reference such as registry.example.com/dforge/app:1.4.2 or name@sha256:<digest>');
 
+/** How many tenants a cluster takes; placement fills the cluster with the most free capacity. */
+const maxTenants = z.number().int().positive().max(100_000).optional().describe('Capacity: the most tenants placed on this cluster. Unset: no limit.');
+
 const embeddedCluster = z.strictObject({
   name,
   kind: z.literal('embedded').describe('PostgreSQL run by dforge from the host binaries, inside the install directory.'),
   port: port.default(5432),
+  maxTenants,
 });
 
 const bundledCluster = z.strictObject({
   name,
   kind: z.literal('bundled').describe('The postgres service of the compose stack or Kubernetes StatefulSet.'),
   port: port.default(5432).describe('Compose: the host port the postgres service is published on, bound to 127.0.0.1 only, so dforge on the host reaches it.'),
+  maxTenants,
 });
 
 const externalCluster = z.strictObject({
@@ -51,6 +56,7 @@ const externalCluster = z.strictObject({
   database: z.string().min(1).default('postgres'),
   admin: secretRef.describe('Credentials of the role dforge bootstraps the provisioner with.'),
   caFile: z.string().min(1).optional().describe('CA bundle that signs the server certificate; default: the dforge CA.'),
+  maxTenants,
 });
 
 const cluster = z.discriminatedUnion('kind', [embeddedCluster, bundledCluster, externalCluster]);
@@ -74,6 +80,11 @@ const s3Destination = z.strictObject({
 const destination = z.discriminatedUnion('kind', [localDestination, s3Destination]);
 
 const region = z.strictObject({
+  jurisdiction: z
+    .string()
+    .regex(/^[A-Z][A-Z0-9-]{1,15}$/, 'an uppercase jurisdiction label such as EU, US or UK')
+    .optional()
+    .describe('The legal jurisdiction the region\'s data stays in (e.g. EU, US). Required once more than one region is declared; residency report prints it.'),
   clusters: z.array(cluster).min(1, 'a region needs at least one PostgreSQL cluster'),
   backup: z
     .strictObject({
@@ -190,9 +201,25 @@ export const configSchema = z
     if (config.policy.backups.failAfterHours <= config.policy.backups.warnAfterHours) {
       ctx.addIssue({code: 'custom', path: ['policy', 'backups', 'failAfterHours'], message: `failAfterHours (${config.policy.backups.failAfterHours}) must be above warnAfterHours (${config.policy.backups.warnAfterHours})`});
     }
+    const regionNames = Object.keys(config.regions);
+    if (regionNames.length > 1) {
+      for (const regionName of regionNames) {
+        if (config.regions[regionName]!.jurisdiction === undefined) {
+          ctx.addIssue({code: 'custom', path: ['regions', regionName, 'jurisdiction'], message: `region ${regionName} needs a jurisdiction (e.g. EU, US) once more than one region is declared: residency report names it for every tenant`});
+        }
+      }
+    }
     const clusterNames = new Map<string, string>();
     let bundledCount = 0;
+    const destinationNames = new Map<string, string>();
     for (const [regionName, r] of Object.entries(config.regions)) {
+      (r.backup?.destinations ?? []).forEach((d, i) => {
+        const other = destinationNames.get(d.name);
+        if (other !== undefined) {
+          ctx.addIssue({code: 'custom', path: ['regions', regionName, 'backup', 'destinations', i, 'name'], message: `destination name "${d.name}" is already used in region ${other}; destination names are unique across the install, so a backup names exactly one region`});
+        }
+        destinationNames.set(d.name, regionName);
+      });
       r.clusters.forEach((c, i) => {
         const other = clusterNames.get(c.name);
         if (other !== undefined) {
@@ -215,6 +242,7 @@ export const configSchema = z
 export type DforgeConfig = z.infer<typeof configSchema>;
 export type ClusterConfig = z.infer<typeof cluster>;
 export type DestinationConfig = z.infer<typeof destination>;
+export type RegionConfig = z.infer<typeof region>;
 
 /** JSON Schema of `dforge.yaml` for editors (yaml-language-server) and CI linting. */
 export function configJsonSchema(): Record<string, unknown> {

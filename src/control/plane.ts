@@ -111,7 +111,6 @@ export async function openControlPlane(dir: InstallDir, options: ControlPlaneOpt
   const tenants = new TenantService({
     control,
     regions,
-    primaryRegion: config.primaryRegion,
     provisionerOn,
     kek: keys.keyring,
     dataKeys,

@@ -30,7 +30,6 @@ export interface TenantDeps {
   readonly control: Client;
   /** Region name → its cluster names, in the order dforge.yaml declares them. */
   readonly regions: Readonly<Record<string, readonly string[]>>;
-  readonly primaryRegion: string;
   /** A provisioner connection to a database of a cluster (`postgres` unless named). */
   provisionerOn(cluster: string, database?: string): Promise<Client>;
   readonly kek: KeyEncryptionService;
@@ -74,7 +73,7 @@ export class TenantService {
         });
       }
       if (!tenant) {
-        tenant = await this.register(slug, options.region ?? this.deps.primaryRegion);
+        tenant = await this.register(slug, options.region ?? this.defaultRegion(slug));
         crashPoint('tenant.create.registered');
       }
       const password = await this.sealedPassword(slug, true);
@@ -228,6 +227,18 @@ export class TenantService {
   }
 
   // -------------------------------------------------------------------------------------------
+
+  /**
+   * With one region, it is where tenants go. With more, there is no default: where a tenant's data
+   * lives is a decision the operator makes for each tenant (DESIGN §10).
+   */
+  private defaultRegion(slug: string): string {
+    const regions = Object.keys(this.deps.regions);
+    if (regions.length === 1) return regions[0]!;
+    throw new UsageError(`tenant create ${slug} needs --region: this install has ${regions.length} regions (${regions.join(', ')}) and none is a default`, {
+      nextSteps: regions.map((r) => `dforge tenant create ${slug} --region ${r}`),
+    });
+  }
 
   private async register(slug: string, region: string): Promise<Tenant> {
     const clusters = this.deps.regions[region];

@@ -65,7 +65,6 @@ export async function controlPlaneOver(clusters: Record<string, {cluster: PgClus
   const deps: TenantDeps = {
     control,
     regions,
-    primaryRegion: clusters[names[0]!]!.region,
     provisionerOn: (cluster, database = 'postgres') => connect(cluster, PROVISIONER_ROLE, provisionerPassword, database),
     kek: keys.keyring,
     dataKeys: new DataKeys(new ControlDataKeyStore(control), keys.keyring),

@@ -32,7 +32,7 @@ export interface EmbeddedInstall {
   cleanup(): Promise<void>;
 }
 
-export async function quickstartInstall(): Promise<EmbeddedInstall> {
+export async function quickstartInstall(options: {region?: string} = {}): Promise<EmbeddedInstall> {
   const root = await fs.mkdtemp(path.join(os.tmpdir(), 'dforge-qs-'));
   // The server account must traverse the install directory.
   await fs.chmod(root, 0o755);
@@ -44,7 +44,7 @@ export async function quickstartInstall(): Promise<EmbeddedInstall> {
     outputs.push(r.stdout, r.stderr);
     return r;
   };
-  const result = await cli(['quickstart', '--port', String(port), '--json']);
+  const result = await cli(['quickstart', '--port', String(port), ...(options.region ? ['--region', options.region] : []), '--json']);
   if (result.code !== 0) throw new Error(`quickstart failed (${result.code}): ${result.stderr}`);
   const caPem = await fs.readFile(caCertFile(dir), 'utf8');
   const install: EmbeddedInstall = {

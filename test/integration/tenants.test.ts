@@ -5,7 +5,7 @@ import pg from 'pg';
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
 import {tenantPasswordContext} from '../../src/control/keys-store.js';
-import {LockedError, UserError} from '../../src/errors.js';
+import {LockedError, UsageError, UserError} from '../../src/errors.js';
 import {scramVerifier} from '../../src/postgres/scram.js';
 import {controlPlaneOver, type ControlPlane} from '../helpers/control-plane.js';
 import {findPgBinaries, startPgCluster, type PgCluster} from '../helpers/pg-cluster.js';
@@ -56,7 +56,7 @@ describe.skipIf(!available)('tenant lifecycle on real PostgreSQL', () => {
   });
 
   it('creates a tenant: own role and database, PUBLIC cannot connect, module schemas, data key v1', async () => {
-    const {tenant, created} = await plane.service.create('acme');
+    const {tenant, created} = await plane.service.create('acme', {region: 'eu'});
     expect(created).toBe(true);
     expect(tenant).toMatchObject({slug: 'acme', region: 'eu', cluster: 'eu-1', role: 'tenant_acme', database: 'tenant_acme', status: 'active', connectionLimit: 20});
     const [role] = await admin<Record<string, unknown>>(eu, "SELECT rolsuper, rolcreatedb, rolcreaterole, rolcanlogin, rolconnlimit, rolpassword LIKE 'SCRAM-SHA-256$%' AS scram FROM pg_authid WHERE rolname = 'tenant_acme'");
@@ -109,6 +109,14 @@ describe.skipIf(!available)('tenant lifecycle on real PostgreSQL', () => {
     expect(await admin(us, "SELECT 1 FROM pg_database WHERE datname = 'tenant_globex'")).toHaveLength(1);
     expect(await admin(eu, "SELECT 1 FROM pg_database WHERE datname = 'tenant_globex'")).toHaveLength(0);
     await expect(plane.service.create('initech', {region: 'ap'})).rejects.toThrow(/region ap is not declared/);
+  });
+
+  it('has no default region once there are two: create without one is a usage error and registers nothing', async () => {
+    const err = await plane.service.create('nowhere').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UsageError);
+    expect((err as UsageError).message).toBe('tenant create nowhere needs --region: this install has 2 regions (eu, us) and none is a default');
+    expect((err as UsageError).nextSteps).toEqual(['dforge tenant create nowhere --region eu', 'dforge tenant create nowhere --region us']);
+    expect((await plane.control.query("SELECT 1 FROM tenants WHERE slug = 'nowhere'")).rowCount).toBe(0);
   });
 
   it.each([
@@ -183,7 +191,7 @@ describe.skipIf(!available)('tenant lifecycle on real PostgreSQL', () => {
   });
 
   it('a tenant role removed outside dforge is a user error that says so, not a bug', async () => {
-    await plane.service.create('vanish');
+    await plane.service.create('vanish', {region: 'eu'});
     // What an operator's superuser session would do: drop the role and every grant it held.
     await admin(eu, 'DROP OWNED BY tenant_vanish', [], 'tenant_vanish');
     await admin(eu, 'DROP OWNED BY tenant_vanish');
