@@ -106,11 +106,13 @@ export async function openControlPlane(dir: InstallDir, options: ControlPlaneOpt
   const primary = primaryCluster(config).name;
   const control = await provisionerOn(primary, CONTROL_DATABASE);
   const regions = Object.fromEntries(Object.entries(config.regions).map(([r, def]) => [r, def.clusters.map((c) => c.name)]));
+  const maxTenants = Object.fromEntries(Object.values(config.regions).flatMap((def) => def.clusters.flatMap((c) => (c.maxTenants === undefined ? [] : [[c.name, c.maxTenants] as const]))));
   const dataKeys = new DataKeys(new ControlDataKeyStore(control), keys.keyring, options.clock);
   const opsLog = new OpsLog(keys);
   const tenants = new TenantService({
     control,
     regions,
+    maxTenants,
     provisionerOn,
     kek: keys.keyring,
     dataKeys,

@@ -4,6 +4,7 @@ import type {OpsLog} from '../audit/ops-log.js';
 import {tenantPasswordContext} from '../control/keys-store.js';
 import {LockedError, UsageError, UserError} from '../errors.js';
 import {randomPassword, scramVerifier} from '../postgres/scram.js';
+import {CrossRegionError} from '../residency/policy.js';
 import {crashPoint} from '../state/crash-point.js';
 import type {DataKeys} from '../secrets/data-keys.js';
 import type {KeyEncryptionService} from '../secrets/master-key.js';
@@ -30,6 +31,8 @@ export interface TenantDeps {
   readonly control: Client;
   /** Region name → its cluster names, in the order dforge.yaml declares them. */
   readonly regions: Readonly<Record<string, readonly string[]>>;
+  /** Cluster name → its capacity (dforge.yaml `maxTenants`); a cluster not listed has no limit. */
+  readonly maxTenants?: Readonly<Record<string, number>>;
   /** A provisioner connection to a database of a cluster (`postgres` unless named). */
   provisionerOn(cluster: string, database?: string): Promise<Client>;
   readonly kek: KeyEncryptionService;
@@ -41,6 +44,46 @@ export interface TenantDeps {
 }
 
 const DEFAULT_CONNECTION_LIMIT = 20;
+
+/** Where a tenant's database went and why: part of `tenant create`'s output. */
+export interface Placement {
+  readonly region: string;
+  readonly cluster: string;
+  /** In words: "most free capacity in region eu (3/10 used)", "requested with --cluster (3/10 used)". */
+  readonly reason: string;
+  /** Tenants registered on the cluster when it was chosen, whatever their status (an existing tenant counts itself). */
+  readonly used: number;
+  /** The cluster's `maxTenants`; null: no limit. */
+  readonly capacity: number | null;
+}
+
+/** One cluster as placement sees it. */
+export interface ClusterLoad {
+  readonly name: string;
+  /** Registry rows on it, provisioning and deleting ones included: they hold a database. */
+  readonly used: number;
+  readonly capacity: number | null;
+}
+
+/** Free slots of a cluster; a cluster without `maxTenants` always has room. */
+const freeOf = (c: ClusterLoad): number => (c.capacity === null ? Number.POSITIVE_INFINITY : c.capacity - c.used);
+
+const usage = (c: ClusterLoad): string => (c.capacity === null ? `${c.used} tenants, no limit` : `${c.used}/${c.capacity} used`);
+
+/**
+ * The placement rule: the cluster with the most free slots; ties go to the one with fewer tenants,
+ * then to the one dforge.yaml declares first, so the same registry always gives the same answer.
+ * An unlimited cluster counts as infinitely free: it is preferred over every limited one, and
+ * unlimited clusters share tenants evenly among themselves. Undefined when every cluster is full.
+ */
+export function pickCluster(clusters: readonly ClusterLoad[]): ClusterLoad | undefined {
+  let best: ClusterLoad | undefined;
+  for (const c of clusters) {
+    if (freeOf(c) <= 0) continue;
+    if (!best || freeOf(c) > freeOf(best) || (freeOf(c) === freeOf(best) && c.used < best.used)) best = c;
+  }
+  return best;
+}
 
 /**
  * Tenant lifecycle on real PostgreSQL: one database and one login role per tenant, isolation
@@ -57,23 +100,32 @@ export class TenantService {
     return (this.deps.clock ?? (() => new Date()))();
   }
 
-  async create(slugInput: string, options: {region?: string; ifNotExists?: boolean} = {}): Promise<{tenant: Tenant; created: boolean}> {
+  /**
+   * Creates (or finishes creating) a tenant. Without `cluster`, placement picks the cluster of the
+   * region with the most free capacity; `cluster` alone implies its region. `placement` says where
+   * the database is and why.
+   */
+  async create(slugInput: string, options: {region?: string; cluster?: string; ifNotExists?: boolean} = {}): Promise<{tenant: Tenant; created: boolean; placement: Placement}> {
     const slug = validateSlug(slugInput);
+    const region = this.requestedRegion(slug, options);
     return this.locked(slug, 'tenant.create', async () => {
       let tenant = await this.find(slug);
+      let placement: Placement | undefined;
       if (tenant && tenant.status !== 'provisioning') {
-        if (options.ifNotExists && tenant.status !== 'deleting') return {tenant, created: false};
+        if (options.ifNotExists && tenant.status !== 'deleting') return {tenant, created: false, placement: await this.placementOf(tenant, 'already exists')};
         throw new UserError(`tenant ${slug} already exists (${tenant.status})`, {
           nextSteps: tenant.status === 'deleting' ? [`Finish its deletion first: dforge tenant delete ${slug} --confirm ${slug}`] : [`See it with: dforge tenant show ${slug}`],
         });
       }
-      if (tenant && options.region && tenant.region !== options.region) {
-        throw new UserError(`tenant ${slug} is half-provisioned in region ${tenant.region}, not ${options.region}`, {
-          nextSteps: [`Finish it with: dforge tenant create ${slug} --region ${tenant.region}`, `Or remove it with: dforge tenant delete ${slug} --confirm ${slug}`],
+      if (tenant && ((region !== undefined && tenant.region !== region) || (options.cluster !== undefined && tenant.cluster !== options.cluster))) {
+        throw new UserError(`tenant ${slug} is half-provisioned on cluster ${tenant.cluster} in region ${tenant.region}, not ${options.cluster ? `cluster ${options.cluster}` : `region ${region}`}`, {
+          nextSteps: [`Finish it with: dforge tenant create ${slug} --cluster ${tenant.cluster}`, `Or remove it with: dforge tenant delete ${slug} --confirm ${slug}`],
         });
       }
-      if (!tenant) {
-        tenant = await this.register(slug, options.region ?? this.defaultRegion(slug));
+      if (tenant) {
+        placement = await this.placementOf(tenant, 'registered by an earlier run that did not finish');
+      } else {
+        ({tenant, placement} = await this.register(slug, region ?? this.defaultRegion(slug), options.cluster));
         crashPoint('tenant.create.registered');
       }
       const password = await this.sealedPassword(slug, true);
@@ -82,7 +134,7 @@ export class TenantService {
       crashPoint('tenant.create.data-key');
       await this.deps.control.query("UPDATE tenants SET status = 'active', updated_at = now() WHERE slug = $1", [slug]);
       crashPoint('tenant.create.active');
-      return {tenant: {...tenant, status: 'active'}, created: true};
+      return {tenant: {...tenant, status: 'active'}, created: true, placement};
     });
   }
 
@@ -240,24 +292,86 @@ export class TenantService {
     });
   }
 
-  private async register(slug: string, region: string): Promise<Tenant> {
+  /**
+   * The region a create asks for: `--region`, or the region of `--cluster`. A cluster outside the
+   * requested region is refused with no override: a tenant's database is always in its own region
+   * (cross-region approvals cover copies of data, never where the tenant lives).
+   */
+  private requestedRegion(slug: string, options: {region?: string; cluster?: string}): string | undefined {
+    if (options.cluster === undefined) return options.region;
+    const region = Object.entries(this.deps.regions).find(([, clusters]) => clusters.includes(options.cluster!))?.[0];
+    if (region === undefined) {
+      throw new UserError(`no cluster ${options.cluster} in dforge.yaml; nothing was changed`, {
+        nextSteps: [`Use one of: ${Object.entries(this.deps.regions).map(([r, clusters]) => `${clusters.join(', ')} (region ${r})`).join('; ')}`, 'Or declare the cluster in dforge.yaml and run: dforge db init'],
+        data: {tenant: slug, cluster: options.cluster},
+      });
+    }
+    if (options.region !== undefined && options.region !== region) {
+      throw new CrossRegionError(`refusing to place tenant ${slug} on cluster ${options.cluster}: cluster ${options.cluster} is in region ${region}, not ${options.region}; a tenant's database is always in its own region (no flag overrides this); nothing was changed`, {
+        nextSteps: [`Pin it to region ${region}: dforge tenant create ${slug} --region ${region} --cluster ${options.cluster}`, `Or keep region ${options.region}: dforge tenant create ${slug} --region ${options.region}`],
+        data: {tenant: slug, cluster: options.cluster, clusterRegion: region, requestedRegion: options.region, operation: 'placement'},
+      });
+    }
+    return region;
+  }
+
+  /**
+   * Registers the tenant as provisioning on its cluster. Choosing and inserting happen in one
+   * transaction under an advisory lock on the region, so two creates racing for a region's last
+   * free slot are serialised: the second counts the first's row and is refused.
+   */
+  private async register(slug: string, region: string, requested?: string): Promise<{tenant: Tenant; placement: Placement}> {
     const clusters = this.deps.regions[region];
     if (!clusters || clusters.length === 0) {
       throw new UserError(`region ${region} is not declared in dforge.yaml`, {
         nextSteps: [`Use one of: ${Object.keys(this.deps.regions).join(', ')}`, 'Or declare the region and its clusters in dforge.yaml.'],
       });
     }
-    // The least-loaded cluster of the region: how an install grows past one database server.
-    const load = await this.deps.control.query<{cluster: string; n: string}>('SELECT cluster, count(*) AS n FROM tenants WHERE region = $1 GROUP BY cluster', [region]);
-    const counts = new Map(load.rows.map((r) => [r.cluster, Number(r.n)]));
-    const cluster = [...clusters].sort((a, b) => (counts.get(a) ?? 0) - (counts.get(b) ?? 0))[0]!;
-    const name = tenantDbName(slug);
-    const limit = this.deps.connectionLimit ?? DEFAULT_CONNECTION_LIMIT;
-    const row = await this.deps.control.query<TenantRow>(
-      "INSERT INTO tenants (slug, region, cluster, role_name, database_name, status, connection_limit) VALUES ($1, $2, $3, $4, $4, 'provisioning', $5) RETURNING *",
-      [slug, region, cluster, name, limit],
-    );
-    return toTenant(row.rows[0]!);
+    const control = this.deps.control;
+    await control.query('BEGIN');
+    try {
+      await control.query("SELECT pg_advisory_xact_lock(hashtext('dforge.placement'), hashtext($1))", [region]);
+      const loads = await this.loadsOf(clusters);
+      const chosen = requested === undefined ? pickCluster(loads) : loads.find((c) => c.name === requested && freeOf(c) > 0);
+      if (!chosen) throw this.fullError(slug, region, requested === undefined ? loads : loads.filter((c) => c.name === requested));
+      const name = tenantDbName(slug);
+      const limit = this.deps.connectionLimit ?? DEFAULT_CONNECTION_LIMIT;
+      const row = await control.query<TenantRow>(
+        "INSERT INTO tenants (slug, region, cluster, role_name, database_name, status, connection_limit) VALUES ($1, $2, $3, $4, $4, 'provisioning', $5) RETURNING *",
+        [slug, region, chosen.name, name, limit],
+      );
+      await control.query('COMMIT');
+      const reason = requested === undefined ? `most free capacity in region ${region} (${usage(chosen)})` : `requested with --cluster (${usage(chosen)})`;
+      return {tenant: toTenant(row.rows[0]!), placement: {region, cluster: chosen.name, reason, used: chosen.used, capacity: chosen.capacity}};
+    } catch (err) {
+      await control.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Each cluster's registry rows, whatever their status, and its capacity; in declaration order. */
+  private async loadsOf(clusters: readonly string[]): Promise<ClusterLoad[]> {
+    const rows = await this.deps.control.query<{cluster: string; n: string}>('SELECT cluster, count(*) AS n FROM tenants WHERE cluster = ANY($1) GROUP BY cluster', [clusters]);
+    const counts = new Map(rows.rows.map((r) => [r.cluster, Number(r.n)]));
+    return clusters.map((name) => ({name, used: counts.get(name) ?? 0, capacity: this.deps.maxTenants?.[name] ?? null}));
+  }
+
+  private fullError(slug: string, region: string, full: readonly ClusterLoad[]): UserError {
+    const which = full.length === 1 ? `cluster ${full[0]!.name} is full` : `every cluster of region ${region} is full`;
+    return new UserError(`cannot place tenant ${slug}: ${which} (${full.map((c) => `${c.name} ${usage(c)}`).join(', ')}); nothing was changed`, {
+      nextSteps: [
+        `Raise maxTenants of ${full.map((c) => c.name).join(' or ')} in dforge.yaml (regions.${region}.clusters), if the server has room`,
+        `Or add a cluster to region ${region} in dforge.yaml and run: dforge db init`,
+        full.length === 1 ? `Or let placement choose: dforge tenant create ${slug} --region ${region}` : `Or pin the tenant to another region: dforge tenant create ${slug} --region <region>`,
+      ],
+      data: {tenant: slug, region, clusters: full.map((c) => ({cluster: c.name, used: c.used, capacity: c.capacity}))},
+    });
+  }
+
+  /** The placement of a tenant already registered, with its cluster's current load. */
+  private async placementOf(tenant: Tenant, reason: string): Promise<Placement> {
+    const [load] = await this.loadsOf([tenant.cluster]);
+    return {region: tenant.region, cluster: tenant.cluster, reason, used: load!.used, capacity: load!.capacity};
   }
 
   /** The tenant's password: sealed in dforge_control before any role uses it, reused on a rerun. */

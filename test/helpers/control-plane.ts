@@ -26,7 +26,7 @@ export interface ControlPlane {
  * dforge's control plane over real test clusters: a temp install with keys, every cluster
  * bootstrapped (the first one holds dforge_control), and a TenantService wired to them.
  */
-export async function controlPlaneOver(clusters: Record<string, {cluster: PgCluster; region: string}>, options: {connectionLimit?: number} = {}): Promise<ControlPlane> {
+export async function controlPlaneOver(clusters: Record<string, {cluster: PgCluster; region: string; maxTenants?: number}>, options: {connectionLimit?: number} = {}): Promise<ControlPlane> {
   const install = await tempInstall();
   await initKeys(install, {command: 'test'});
   const keys = await openKeyServices(install);
@@ -61,10 +61,15 @@ export async function controlPlaneOver(clusters: Record<string, {cluster: PgClus
   }
   const control = await connect(names[0]!, PROVISIONER_ROLE, provisionerPassword, CONTROL_DATABASE);
   const regions: Record<string, string[]> = {};
-  for (const [name, {region}] of Object.entries(clusters)) (regions[region] ??= []).push(name);
+  const maxTenants: Record<string, number> = {};
+  for (const [name, {region, maxTenants: capacity}] of Object.entries(clusters)) {
+    (regions[region] ??= []).push(name);
+    if (capacity !== undefined) maxTenants[name] = capacity;
+  }
   const deps: TenantDeps = {
     control,
     regions,
+    maxTenants,
     provisionerOn: (cluster, database = 'postgres') => connect(cluster, PROVISIONER_ROLE, provisionerPassword, database),
     kek: keys.keyring,
     dataKeys: new DataKeys(new ControlDataKeyStore(control), keys.keyring),
