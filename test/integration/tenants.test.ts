@@ -7,11 +7,33 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 import {tenantPasswordContext} from '../../src/control/keys-store.js';
 import {LockedError, UsageError, UserError} from '../../src/errors.js';
 import {scramVerifier} from '../../src/postgres/scram.js';
+import {pickCluster, type ClusterLoad} from '../../src/tenants/service.js';
 import {controlPlaneOver, type ControlPlane} from '../helpers/control-plane.js';
 import {findPgBinaries, startPgCluster, type PgCluster} from '../helpers/pg-cluster.js';
 import {missingComponent} from '../helpers/requirements.js';
 
 const available = findPgBinaries() !== undefined || missingComponent('PostgreSQL', 'no binaries under /usr/lib/postgresql');
+
+describe('placement rule (pickCluster)', () => {
+  const c = (name: string, used: number, capacity: number | null): ClusterLoad => ({name, used, capacity});
+  it('picks the most free slots, not the fewest tenants', () => {
+    expect(pickCluster([c('a', 3, 4), c('b', 5, 10)])?.name).toBe('b');
+  });
+  it('breaks a tie in free slots by fewer tenants, then by declaration order', () => {
+    expect(pickCluster([c('a', 6, 10), c('b', 0, 4)])?.name).toBe('b');
+    expect(pickCluster([c('a', 2, 6), c('b', 2, 6)])?.name).toBe('a');
+    expect(pickCluster([c('a', 0, null), c('b', 0, null)])?.name).toBe('a');
+  });
+  it('prefers an unlimited cluster over any limited one; unlimited ones share by count', () => {
+    expect(pickCluster([c('a', 0, 1000), c('b', 500, null)])?.name).toBe('b');
+    expect(pickCluster([c('a', 7, null), c('b', 6, null)])?.name).toBe('b');
+  });
+  it('skips full and over-full clusters (capacity lowered below the count) and finds none when all are', () => {
+    expect(pickCluster([c('a', 5, 5), c('b', 9, 3), c('c', 1, 2)])?.name).toBe('c');
+    expect(pickCluster([c('a', 5, 5), c('b', 9, 3)])).toBeUndefined();
+    expect(pickCluster([])).toBeUndefined();
+  });
+});
 
 describe.skipIf(!available)('tenant lifecycle on real PostgreSQL', () => {
   let eu: PgCluster;
@@ -145,7 +167,18 @@ describe.skipIf(!available)('tenant lifecycle on real PostgreSQL', () => {
 
   it('refuses to create an existing tenant, unless asked to skip it', async () => {
     await expect(plane.service.create('acme')).rejects.toThrow('tenant acme already exists (active)');
-    expect((await plane.service.create('acme', {ifNotExists: true})).created).toBe(false);
+    const skipped = await plane.service.create('acme', {ifNotExists: true});
+    expect(skipped.created).toBe(false);
+    expect(skipped.placement).toMatchObject({region: 'eu', cluster: 'eu-1', reason: 'already exists', capacity: null});
+  });
+
+  it('finishes a half-provisioned tenant only where it was placed', async () => {
+    await plane.control.query("INSERT INTO tenants (slug, region, cluster, role_name, database_name, status, connection_limit) VALUES ('halfway', 'eu', 'eu-1', 'tenant_halfway', 'tenant_halfway', 'provisioning', 20)");
+    await expect(plane.service.create('halfway', {cluster: 'us-1'})).rejects.toThrow('tenant halfway is half-provisioned on cluster eu-1 in region eu, not cluster us-1');
+    expect((await plane.control.query("SELECT cluster, status FROM tenants WHERE slug = 'halfway'")).rows).toEqual([{cluster: 'eu-1', status: 'provisioning'}]);
+    const finished = await plane.service.create('halfway', {cluster: 'eu-1'});
+    expect(finished).toMatchObject({created: true, tenant: {cluster: 'eu-1', status: 'active'}, placement: {reason: 'registered by an earlier run that did not finish'}});
+    await plane.service.delete('halfway', {confirm: 'halfway'});
   });
 
   it('suspend blocks logins and ends sessions; resume restores them', async () => {
