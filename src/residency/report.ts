@@ -292,6 +292,8 @@ export async function buildResidencyReport(plane: Pick<ControlPlane, 'config' | 
   }
   const config = plane.config;
   const clock = options.clock ?? (() => new Date());
+  // The record is as of its start: the live checks come after it.
+  const generatedAt = clock().toISOString();
   const tenants = await plane.tenants.list();
   const backups = await new BackupCatalog(plane.control).list();
   const {crossings, moves} = await residencyEvents(plane.control, config);
@@ -310,7 +312,7 @@ export async function buildResidencyReport(plane: Pick<ControlPlane, 'config' | 
     : null;
   return {
     format: 'dforge-residency-report/1',
-    generatedAt: clock().toISOString(),
+    generatedAt,
     domain: config.domain,
     primaryRegion: config.primaryRegion,
     scope: RESIDENCY_SCOPE,
@@ -357,15 +359,18 @@ export async function residencyReport(
   if (out !== null && !options.force && (await fs.lstat(out).then(() => true, () => false))) {
     throw new UserError(`${out} already exists; the residency report does not overwrite a record`, {nextSteps: ['Write to a new file (the report carries its generation time), or add --force to replace it.']});
   }
-  const report = await buildResidencyReport(plane, options);
-  const document = options.format === 'json' ? `${JSON.stringify(report, null, 2)}\n` : residencyMarkdown(report);
-  if (out !== null) {
-    try {
-      await writeFileStreamed(out, (write) => write(Buffer.from(document, 'utf8')), {mode: 0o600, exclusive: !options.force});
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new UserError(`${out} appeared while the report was being built; it was not overwritten`, {nextSteps: ['Write to a new file, or add --force.']});
-      throw describeWriteError(err, out);
+  let report: ResidencyReport;
+  let document: string;
+  try {
+    report = await buildResidencyReport(plane, options);
+    document = options.format === 'json' ? `${JSON.stringify(report, null, 2)}\n` : residencyMarkdown(report);
+    if (out !== null) await writeReport(out, document, options.force === true);
+  } catch (err) {
+    // A run that was asked for and broke is on the record too; a mistyped command line is not a run.
+    if (!(err instanceof UsageError)) {
+      await recordOps(plane, {action: 'residency.report', target: 'install', outcome: 'failed', details: {error: err instanceof Error ? err.message : String(err), out}}, options.clock?.());
     }
+    throw err;
   }
   const v = report.verification;
   const entry = await recordOps(
@@ -388,6 +393,15 @@ export async function residencyReport(
     options.clock?.(),
   );
   return {report, format: options.format, out, opsLogSeq: entry?.seq ?? null, document};
+}
+
+async function writeReport(out: string, document: string, force: boolean): Promise<void> {
+  try {
+    await writeFileStreamed(out, (write) => write(Buffer.from(document, 'utf8')), {mode: 0o600, exclusive: !force});
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new UserError(`${out} appeared while the report was being built; it was not overwritten`, {nextSteps: ['Write to a new file, or add --force.']});
+    throw describeWriteError(err, out);
+  }
 }
 
 /** A table cell or list item: operator text (reasons) cannot break the table or drive a terminal. */
@@ -478,7 +492,7 @@ export function residencyMarkdown(r: ResidencyReport): string {
   const v = r.verification;
   if (!v) lines.push('Not run: this record is built from dforge_control and dforge.yaml. Run dforge residency report --verify to check it against the live clusters and destinations.');
   else {
-    lines.push(`Verified ${v.verifiedAt}: ${v.clusters.length} clusters, ${v.destinations.length} destinations, ${v.objectsScanned} objects opened.${v.baselineRecorded ? ' A baseline was recorded on this run for what had none.' : ''}`, '');
+    lines.push(`Verified ${v.verifiedAt}: ${v.clusters.length} cluster(s), ${v.destinations.length} destination(s), ${v.objectsScanned} object(s) opened.${v.baselineRecorded ? ' A baseline was recorded on this run for what had none.' : ''}`, '');
     lines.push(...mdTable(['cluster', 'region', 'system identifier', 'server address', 'status'], v.clusters.map((c) => [c.name, c.region, c.systemIdentifier ?? '-', c.serverAddress ?? '-', c.status])), '');
     lines.push(...mdTable(['destination', 'region', 'storage', 'objects', 'status'], v.destinations.map((d) => [d.name, d.region, d.fingerprint ?? '-', String(d.objects), d.status])), '');
     for (const a of v.accepted) lines.push(`- Accepted by the operator on this run: ${a.kind} ${a.name} changed from "${a.from}" to "${a.to}".`);

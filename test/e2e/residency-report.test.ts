@@ -214,6 +214,10 @@ describe.skipIf(!available)('residency report', () => {
     const before = json<ResidencyReportRun>(await install.cli(['residency', 'report', '--verify', '--json'])).report.verification!.clusters.find((c) => c.name === 'us-1')!.systemIdentifier!;
     // The operator wipes us-1 and runs db init again: same name, same port, same credentials, another server.
     expect((await install.cli(['db', 'stop', '--cluster', 'us-1', '--immediate'])).code).toBe(0);
+    // A cluster that cannot be asked is not a pass.
+    const down = await install.cli(['residency', 'report', '--verify', '--json']);
+    expect(down.code).toBe(3);
+    expect(json<ResidencyReportRun>(down).report.verification!.findings).toEqual([expect.objectContaining({kind: 'unverifiable', subject: 'cluster:us-1'})]);
     await fs.rm(embeddedClusterPaths(install.dir, 'us-1').dataDir, {recursive: true, force: true});
     const init = await install.cli(['db', 'init', '--cluster', 'us-1']);
     expect(init.code, init.stderr).toBe(0);
