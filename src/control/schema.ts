@@ -87,6 +87,22 @@ CREATE INDEX backups_tenant_created ON backups (tenant, created_at DESC);
 ALTER TABLE ops_log ADD COLUMN key_id text, ADD COLUMN chain_break jsonb;
 `,
   },
+  {
+    version: 5,
+    sql: `
+-- What residency report --verify found each cluster and destination to be (src/residency/verify.ts):
+-- a cluster's system identifier, a destination's device and mount or bucket and location. The first
+-- verify records it; a later one that finds another value reports drift until the operator accepts it.
+CREATE TABLE residency_fingerprints (
+  kind       text NOT NULL CHECK (kind IN ('cluster', 'destination')),
+  name       text NOT NULL,
+  value      text NOT NULL,
+  first_seen timestamptz NOT NULL,
+  last_seen  timestamptz NOT NULL,
+  PRIMARY KEY (kind, name)
+);
+`,
+  },
 ];
 
 export const CONTROL_SCHEMA_VERSION = MIGRATIONS.at(-1)!.version;

@@ -5,6 +5,7 @@ import path from 'node:path';
 import {parse as parseYaml, stringify as stringifyYaml} from 'yaml';
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
+import {BackupCatalog} from '../../src/backup/catalog.js';
 import {openControlPlane, superuserSecret} from '../../src/control/plane.js';
 import {connectOverSocket} from '../../src/postgres/connect.js';
 import {EMBEDDED_SUPERUSER, embeddedCluster} from '../../src/postgres/embedded-install.js';
@@ -15,6 +16,7 @@ import {BACKUPS_CHECKS, backupsProbe} from '../../src/posture/probes/backups.js'
 import {KEYS_CHECKS, keysProbe} from '../../src/posture/probes/keys.js';
 import {RESIDENCY_CHECKS, residencyProbe} from '../../src/posture/probes/residency.js';
 import {TRANSIT_CHECKS, transitProbe} from '../../src/posture/probes/transit.js';
+import {checkRegion, recordCrossing} from '../../src/residency/policy.js';
 import {InstallDir} from '../../src/state/install-dir.js';
 import {runCli, type CliResult} from '../helpers/cli.js';
 import {findPgBinaries, freePort} from '../helpers/pg-cluster.js';
@@ -81,8 +83,11 @@ describe.skipIf(!available)('posture: data in transit, at rest, backups, keys an
     dir = new InstallDir(path.join(root, 'install'));
     const [euPort, usPort] = [await freePort(), await freePort()];
     await cli(['quickstart', '--port', String(euPort), '--region', 'eu', '--json']);
-    const config = parseYaml(await fs.readFile(dir.configFile, 'utf8')) as {regions: Record<string, unknown>};
+    const config = parseYaml(await fs.readFile(dir.configFile, 'utf8')) as {regions: Record<string, Record<string, unknown>>};
+    // Two regions need a jurisdiction each (config/schema.ts).
+    config.regions.eu!.jurisdiction = 'EU';
     config.regions.us = {
+      jurisdiction: 'US',
       clusters: [{name: 'us-1', kind: 'embedded', port: usPort}],
       backup: {destinations: [{name: 'us-local', kind: 'local', path: path.join(dir.root, 'backups', 'us')}]},
     };
@@ -105,7 +110,7 @@ describe.skipIf(!available)('posture: data in transit, at rest, backups, keys an
       for (const r of results) {
         expect(ids.has(r.id), `${r.id} is not among its probe's definitions`).toBe(true);
         const expected =
-          r.id === 'at-rest.data-volume' ? ['PASS', 'WARN'] : r.scope === 'proxy' || r.id === 'residency.cross-region-exceptions' ? ['SKIP'] : ['PASS'];
+          r.id === 'at-rest.data-volume' ? ['PASS', 'WARN'] : r.scope === 'proxy' ? ['SKIP'] : ['PASS'];
         expect(expected, `${r.id}@${r.scope}: ${r.status} ${r.observed} ${r.reason ?? ''}`).toContain(r.status);
         if (r.status === 'SKIP') expect(r.reason).toBeTruthy();
       }
@@ -118,7 +123,7 @@ describe.skipIf(!available)('posture: data in transit, at rest, backups, keys an
         .sort(),
     );
     expect(find(transit, 'in-transit.certificate', 'cluster:eu-1').observed).toMatch(/days left/);
-    expect(find(await run(residencyProbe), 'residency.cross-region-exceptions', 'install').reason).toBe('cross-region exceptions arrive with the residency feature');
+    expect(find(await run(residencyProbe), 'residency.cross-region-exceptions', 'install').observed).toBe('0 catalogued backup(s) outside their region; 0 approved exception(s)');
     const placement = find(await run(residencyProbe), 'residency.backup-placement', 'destination:us-local');
     expect(placement.observed).toContain('2 backup file(s) in us-local (region us), 1 of them control backups');
   });
@@ -171,6 +176,29 @@ describe.skipIf(!available)('posture: data in transit, at rest, backups, keys an
       await fs.rm(copy);
     }
     expect(find(await run(residencyProbe), 'residency.backup-placement', 'destination:us-local').status).toBe('PASS');
+  });
+
+  it("a catalogued backup in another region's destination FAILs residency.cross-region-exceptions; an approved exception for it PASSes, listed with its reason", async () => {
+    const plane = await openControlPlane(dir);
+    try {
+      const [acme] = await new BackupCatalog(plane.control).list({tenant: 'acme'});
+      // The catalog says an eu tenant's backup sits in us-local: what a careless copy plus rebuild-catalog leaves.
+      await plane.control.query("INSERT INTO backups SELECT 'moved-' || id, kind, tenant, region, cluster, 'us-local', location, size, sha256, pg_version, key_id, key_version, created_at, verified_at FROM backups WHERE id = $1", [acme!.id]);
+      try {
+        const unapproved = find(await run(residencyProbe), 'residency.cross-region-exceptions', 'install');
+        expect(unapproved.status).toBe('FAIL');
+        expect(unapproved.observed).toContain(`backup moved-${acme!.id} of tenant acme (region eu) is in destination us-local of region us`);
+        const approval = checkRegion(plane.config, {tenant: 'acme', from: 'eu', to: 'us', operation: 'backup', what: 'backup to destination us-local', rerun: 'dforge backup --tenant acme'}, {reason: 'DPA-2026-14 test restore in US'});
+        await recordCrossing(plane, plane.config, approval!, new Date(Date.parse(acme!.createdAt) - 1000));
+        const approved = find(await run(residencyProbe), 'residency.cross-region-exceptions', 'install');
+        expect(approved.status).toBe('PASS');
+        expect(approved.observed).toMatch(/^1 catalogued backup\(s\) outside their region; 1 approved exception\(s\): #\d+ acme backup eu->us \(DPA-2026-14 test restore in US\)$/);
+      } finally {
+        await plane.control.query('DELETE FROM backups WHERE id = $1', [`moved-${acme!.id}`]);
+      }
+    } finally {
+      await plane.close();
+    }
   });
 
   it('a tampered newest backup FAILs at-rest.backup-encrypted and residency; the original bytes PASS again', async () => {

@@ -1,12 +1,14 @@
 import {promises as fs} from 'node:fs';
 
+import {BackupCatalog} from '../../backup/catalog.js';
 import {destinationFor} from '../../backup/destination.js';
 import {openHeader} from '../../backup/format.js';
 import {destinationSource, readBackupHeader, wrapperFor} from '../../backup/verify.js';
-import {clustersOf} from '../../control/plane.js';
+import {clustersOf, type ControlPlane} from '../../control/plane.js';
 import {VerificationError} from '../../errors.js';
+import {placeBackups, residencyEvents} from '../../residency/report.js';
 import type {Tenant} from '../../tenants/service.js';
-import {defineCheck, fail, pass, runCheck, skip, warn, type CheckDefinition, type CheckResult, type Finding} from '../check.js';
+import {defineCheck, fail, pass, runCheck, warn, type CheckDefinition, type CheckResult, type Finding} from '../check.js';
 import {requirePlane, usingClient, type PostureContext, type Probe} from '../context.js';
 import {onControl} from '../context.js';
 
@@ -44,11 +46,11 @@ const CROSS_REGION_EXCEPTIONS = defineCheck({
   id: 'residency.cross-region-exceptions',
   title: 'No unapproved cross-region transfer',
   area: 'residency',
-  controls: ['GDPR Art. 44'],
+  controls: ['GDPR Art. 30(1)(e)', 'GDPR Art. 44'],
   severity: 'high',
-  expected: 'every cross-region transfer approved with an exception and recorded in the ops log',
-  method: 'ops-log entries of cross-region exceptions',
-  fix: 'none yet: dforge refuses cross-region backups and restores outright (docs/security.md#posture-what-is-measured)',
+  expected: "every catalogued tenant backup is in a destination of the tenant's region, or covered by an approved exception (--allow-cross-region --reason, in the ops log)",
+  method: "the backup catalog in dforge_control against dforge.yaml's destinations and the tenants' regions, and the ops log's residency.cross-region entries",
+  fix: "move or delete the named backups (dforge backup prune), or, if the transfer was approved, take it again with --allow-cross-region --reason so the approval is on the record; dforge residency report lists both (docs/security.md#posture-what-is-measured)",
 });
 
 export const RESIDENCY_CHECKS: readonly CheckDefinition[] = [TENANT_PINNED, BACKUP_PLACEMENT, CROSS_REGION_EXCEPTIONS];
@@ -112,6 +114,23 @@ async function backupPlacement(ctx: PostureContext, region: string, config: Para
   return pass(observed);
 }
 
+/** Approved exceptions are listed; a catalogued backup outside its tenant's region without one FAILs. */
+async function crossRegionExceptions(ctx: PostureContext, plane: ControlPlane): Promise<Finding> {
+  const {crossings} = await residencyEvents(plane.control, ctx.config);
+  const placed = placeBackups(ctx.config, ctx.allTenants, await new BackupCatalog(plane.control).list({kind: 'tenant'}), crossings);
+  const outside = placed.tenants.flatMap((t) => t.backups.filter((b) => b.outsideRegion).map((b) => ({tenant: t, backup: b})));
+  const unapproved = outside.filter((o) => o.backup.approvedBy === null);
+  const approved = crossings.map((c) => `#${c.seq} ${c.tenant} ${c.operation} ${c.fromRegion}->${c.toRegion} (${c.reason})`);
+  const observed = `${outside.length} catalogued backup(s) outside their region; ${crossings.length} approved exception(s)${approved.length > 0 ? `: ${approved.join('; ')}` : ''}`;
+  if (unapproved.length > 0) {
+    return fail(
+      [observed, ...unapproved.map((o) => `backup ${o.backup.id} of tenant ${o.tenant.slug} (region ${o.tenant.region}) is in destination ${o.backup.destination} of region ${o.backup.destinationRegion ?? 'undeclared'}`)].join('; '),
+      "tenant data sits outside its region and no approved exception is on the record",
+    );
+  }
+  return pass(observed);
+}
+
 export const residencyProbe: Probe = async (ctx) => {
   // Each cluster's database list is read once, however many tenants live there.
   const perCluster = new Map<string, Promise<Set<string>>>();
@@ -136,7 +155,7 @@ export const residencyProbe: Probe = async (ctx) => {
     (r.backup?.destinations ?? []).map((d) => runCheck(BACKUP_PLACEMENT, `destination:${d.name}`, () => backupPlacement(ctx, region, d, regionOf))),
   );
 
-  const exceptions = runCheck(CROSS_REGION_EXCEPTIONS, 'install', async () => skip('cross-region exceptions arrive with the residency feature'));
+  const exceptions = runCheck(CROSS_REGION_EXCEPTIONS, 'install', () => onControl(ctx, (plane) => crossRegionExceptions(ctx, plane)));
   const results: CheckResult[] = await Promise.all([...tenants, ...destinations, exceptions]);
   return results;
 };
