@@ -10,6 +10,7 @@ target: compose
 primaryRegion: eu
 regions:
   eu:
+    jurisdiction: EU
     clusters:
       - name: eu-1
         kind: bundled
@@ -19,6 +20,7 @@ regions:
           kind: local
           path: /var/backups/dforge/eu
   us:
+    jurisdiction: US
     clusters:
       - name: us-1
         kind: external
@@ -63,13 +65,25 @@ describe('parseConfig', () => {
 
   it('reports a wrong type inside a list with the path, the line and the fix', () => {
     const issues = issuesOf(valid.replace('host: pg.us.example.com', 'host: pg.us.example.com\n        port: "5432"'));
-    expect(issues).toEqual([expect.objectContaining({path: 'regions.us.clusters[0].port', line: 20, column: 15, fix: 'use a number here, without quotes'})]);
+    expect(issues).toEqual([expect.objectContaining({path: 'regions.us.clusters[0].port', line: 22, column: 15, fix: 'use a number here, without quotes'})]);
   });
 
   it('lists every problem, not only the first, in file order', () => {
     const issues = issuesOf(valid.replace('target: compose', 'target: swarm').replace('kind: bundled', 'kind: bundled\n        sslmode: require'));
     expect(issues.map((i) => i.path)).toEqual(['target', 'regions.eu.clusters[0].sslmode']);
     expect(issues[0]!.fix).toBe('use one of: "embedded", "compose", "k8s"');
+  });
+
+  it('needs a jurisdiction for every region once there are two, and destination names unique across regions', () => {
+    const duplicated = valid
+      .replace('    jurisdiction: US\n', '')
+      .replace('          path: /var/backups/dforge/eu\n', '          path: /var/backups/dforge/eu\n        - name: eu-local\n          kind: local\n          path: /srv/other\n');
+    const issues = issuesOf(duplicated);
+    expect(issues.map((i) => i.path).sort()).toEqual(['regions.eu.backup.destinations[1].name', 'regions.us.jurisdiction']);
+    expect(issues.find((i) => i.path === 'regions.us.jurisdiction')!.message).toContain('region us needs a jurisdiction (e.g. EU, US) once more than one region is declared');
+    // One region needs no label: there is nowhere else for data to go.
+    const single = valid.slice(0, valid.indexOf('  us:\n')) + valid.slice(valid.indexOf('images:'));
+    expect(Object.keys(parseConfig(single.replace('    jurisdiction: EU\n', ''), 'dforge.yaml').regions)).toEqual(['eu']);
   });
 
   it('names a missing required key', () => {

@@ -26,8 +26,8 @@ const fixed = (): DforgeConfig =>
     primaryRegion: 'eu',
     release: '1.4.2',
     regions: {
-      eu: {clusters: [{name: 'eu-1', kind: 'bundled', port: 15432}]},
-      us: {clusters: [{name: 'us-1', kind: 'external', host: 'pg.us.example.com', admin: {secret: 'postgres/us-1-admin'}}]},
+      eu: {jurisdiction: 'EU', clusters: [{name: 'eu-1', kind: 'bundled', port: 15432}]},
+      us: {jurisdiction: 'US', clusters: [{name: 'us-1', kind: 'external', host: 'pg.us.example.com', admin: {secret: 'postgres/us-1-admin'}}]},
     },
     images: {app: 'registry.example.com/dforge/app:1.4.2'},
     compose: {project: 'dforge', bindAddress: '0.0.0.0', httpPort: 8080, httpsPort: 8443},

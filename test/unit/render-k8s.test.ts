@@ -33,10 +33,12 @@ const base = {
   release: '1.4.2',
   regions: {
     eu: {
+      jurisdiction: 'EU',
       clusters: [{name: 'eu-1', kind: 'bundled'}],
       backup: {destinations: [{name: 'eu-local', kind: 'local', path: '/var/backups/dforge/eu'}]},
     },
     us: {
+      jurisdiction: 'US',
       clusters: [{name: 'us-1', kind: 'external', host: '192.0.2.10', admin: {secret: 'postgres/us-1-admin'}}],
       backup: {destinations: [{name: 'us-local', kind: 'local', path: '/var/backups/dforge/us'}]},
     },
