@@ -262,7 +262,9 @@ async function takeTenantBackup(plane: ControlPlane, target: BackupTarget, optio
       wrapper: dataKeyWrapper(dek),
       kind: 'tenant',
       tenant: slug,
-      region: tenant.region,
+      // Where the file lives, as for control backups: an approved cross-region backup is of the
+      // destination's region, so restore, verify and prune find it there and its place binds.
+      region: destination.region,
       cluster: tenant.cluster,
       credentials: {user: tenant.role, password: await plane.tenants.password(slug), database: tenant.database},
       now,

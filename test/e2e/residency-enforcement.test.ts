@@ -26,6 +26,8 @@ describe.skipIf(!available)('residency enforcement', () => {
   let install: MultiRegionInstall;
   let scratch: string;
   let backupId: string;
+  /** ustenant's backup taken, with the approval, to eu-local. */
+  let euBackupId: string;
 
   /** What a refused crossing must leave as it was. */
   const snapshot = async (): Promise<unknown> => {
@@ -55,7 +57,7 @@ describe.skipIf(!available)('residency enforcement', () => {
   };
 
   /** Runs the command without approval (refused, nothing changed), then with it (one recorded crossing). */
-  const refusedThenApproved = async (args: string[], operation: string): Promise<{stdout: string}> => {
+  const refusedThenApproved = async (args: string[], operation: string, direction = {fromRegion: 'us', fromJurisdiction: 'US', toRegion: 'eu', toJurisdiction: 'EU'}): Promise<{stdout: string}> => {
     const before = await snapshot();
     const refused = await install.cli(args);
     expect(refused.code, refused.stderr).toBe(1);
@@ -71,7 +73,7 @@ describe.skipIf(!available)('residency enforcement', () => {
     const entries = (await crossings()).slice(earlier);
     expect(entries).toHaveLength(1);
     expect(entries[0]!.target).toBe('tenant:ustenant');
-    expect(entries[0]!.details).toMatchObject({operation, fromRegion: 'us', fromJurisdiction: 'US', toRegion: 'eu', toJurisdiction: 'EU', reason});
+    expect(entries[0]!.details).toMatchObject({operation, ...direction, reason});
     return allowed;
   };
 
@@ -107,8 +109,12 @@ describe.skipIf(!available)('residency enforcement', () => {
 
   it('a backup to another region is refused, then taken with the approval, recorded before the dump', async () => {
     const {stdout} = await refusedThenApproved(['backup', '--tenant', 'ustenant', '--destination', 'eu-local', '--json'], 'backup');
-    const record = JSON.parse(stdout) as {destination: string; region: string; location: string};
-    expect(record).toMatchObject({destination: 'eu-local', region: 'us'});
+    const record = JSON.parse(stdout) as {id: string; destination: string; region: string; location: string};
+    // The file is of the region it lives in, so verify, restore and prune find it there.
+    expect(record).toMatchObject({destination: 'eu-local', region: 'eu'});
+    euBackupId = record.id;
+    const verified = await install.cli(['backup', 'verify', record.id]);
+    expect(verified.code, verified.stderr).toBe(0);
     expect(await filesUnder(install.destinationDirs['eu-local']!)).toContain(record.location);
     // The tenant's own region needs no approval and records nothing.
     const earlier = (await crossings()).length;
@@ -147,6 +153,11 @@ describe.skipIf(!available)('residency enforcement', () => {
     }
     expect(await snapshot()).toEqual(before);
   }, 120_000);
+
+  it('a restore in place from a backup stored in another region is a crossing back: refused, then taken with the approval', async () => {
+    await refusedThenApproved(['restore', '--tenant', 'ustenant', '--from', euBackupId, '--confirm', 'ustenant', '--json'], 'restore', {fromRegion: 'eu', fromJurisdiction: 'EU', toRegion: 'us', toJurisdiction: 'US'});
+    expect(await install.asTenant('ustenant', async (c) => (await c.query('SELECT body FROM crm.notes')).rows)).toEqual([{body: 'stays in us'}]);
+  }, 240_000);
 
   it("audit export of a tenant of another region than the operator's is refused, then written with the approval; the ops log exports freely", async () => {
     const out = path.join(scratch, 'ustenant-changes.jsonl');
