@@ -159,6 +159,24 @@ describe.skipIf(!available)('residency enforcement', () => {
     expect(await install.asTenant('ustenant', async (c) => (await c.query('SELECT body FROM crm.notes')).rows)).toEqual([{body: 'stays in us'}]);
   }, 240_000);
 
+  it('a us backup file copied by hand into eu-local is not the backup its header describes: exit 6, approval or not, nothing created', async () => {
+    const location = path.join('ustenant', `${backupId}.dfb`);
+    const planted = path.join(install.destinationDirs['eu-local']!, location);
+    await fs.copyFile(path.join(install.destinationDirs['us-local']!, location), planted);
+    try {
+      const before = await snapshot();
+      const approval = ['--allow-cross-region', '--reason', 'DPA-2026-14 planted copy'];
+      const inPlace = await install.cli(['restore', '--tenant', 'ustenant', '--from', planted, '--confirm', 'ustenant', ...approval]);
+      expect(inPlace.code, inPlace.stderr).toBe(6);
+      expect(inPlace.stderr).toContain('region eu (the file is of region us)');
+      const asCopy = await install.cli(['restore', '--tenant', 'ustenant', '--from', planted, '--as', 'planted', '--to-region', 'eu', ...approval]);
+      expect(asCopy.code, asCopy.stderr).toBe(6);
+      expect(await snapshot()).toEqual(before);
+    } finally {
+      await fs.rm(planted);
+    }
+  }, 120_000);
+
   it("audit export of a tenant of another region than the operator's is refused, then written with the approval; the ops log exports freely", async () => {
     const out = path.join(scratch, 'ustenant-changes.jsonl');
     await refusedThenApproved(['audit', 'export', '--tenant', 'ustenant', '--format', 'jsonl', '--out', out], 'export');
