@@ -53,7 +53,7 @@ export async function restoreTenant(
 ): Promise<RestoreResult> {
   const now = (options.clock ?? (() => new Date()))();
   const sourceTenant = validateSlug(options.tenant);
-  if (options.toRegion !== undefined) declaredRegion(plane, options.toRegion);
+  if (options.as !== undefined && options.toRegion !== undefined) declaredRegion(plane, options.toRegion);
   // Checked before anything is read: a restore in place must never start on a wrong answer.
   if (options.as === undefined) {
     requireConfirmation(sourceTenant, options.confirm, {replacing: `the database of tenant ${sourceTenant}`, command: restoreCommand(sourceTenant, options.from, options.dropPrevious)});
@@ -130,6 +130,7 @@ export function requireConfirmation(expected: string, confirm: string | undefine
  */
 export async function restoreTarget(plane: ControlPlane, slugInput: string, from: string, toRegion?: string): Promise<Tenant> {
   const slug = validateSlug(slugInput);
+  if (toRegion !== undefined) declaredRegion(plane, toRegion);
   const tenant = (await plane.tenants.list()).find((t) => t.slug === slug);
   if (!tenant) {
     throw new UserError(`no tenant ${slug}: it was deleted (or never created), so there is no database to restore over`, {

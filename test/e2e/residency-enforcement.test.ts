@@ -151,6 +151,9 @@ describe.skipIf(!available)('residency enforcement', () => {
       expect(refused.code).toBe(1);
       expect(refused.stderr).toContain('dforge tenant move ustenant --to-region eu');
     }
+    const undeclared = await install.cli(['restore', '--tenant', 'ustenant', '--from', backupId, '--to-region', 'mars', '--confirm', 'ustenant']);
+    expect(undeclared.code).toBe(2);
+    expect(undeclared.stderr).toContain('region mars is not declared');
     expect(await snapshot()).toEqual(before);
   }, 120_000);
 

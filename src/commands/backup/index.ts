@@ -29,7 +29,7 @@ export default class Backup extends BaseCommand<typeof Backup> {
     tenant: Flags.string({summary: 'Back up this tenant.', exactlyOne: ['tenant', 'all']}),
     all: Flags.boolean({summary: 'Back up every tenant, and dforge_control to each region.', exactlyOne: ['tenant', 'all']}),
     concurrency: Flags.integer({summary: 'With --all: tenants backed up at once.', default: 2, min: 1, max: 32}),
-    destination: Flags.string({summary: "With --tenant: a destination of the tenant's region (default: its first)."}),
+    destination: Flags.string({summary: "With --tenant: a destination of the tenant's region (default: its first); another region's needs --allow-cross-region."}),
     'pg-tools': pgToolsFlag(),
     ...crossRegionFlags,
   };
