@@ -4,9 +4,11 @@ import path from 'node:path';
 
 import type {Client} from 'pg';
 
-import {pkiDir} from '../control/plane.js';
+import {operatorRegionOf} from '../config/schema.js';
+import {pkiDir, usingControlPlane} from '../control/plane.js';
 import {UserError, VerificationError} from '../errors.js';
 import {openKeyServices, type KeyServices} from '../keys/context.js';
+import {enforceRegion, type CrossRegionApproval} from '../residency/policy.js';
 import {publicKeySha256, readEd25519PublicKey} from '../pki/ed25519.js';
 import {writeFileAtomic, writeFileStreamed} from '../state/atomic-file.js';
 import type {InstallDir} from '../state/install-dir.js';
@@ -135,6 +137,8 @@ export interface ExportOptions {
   readonly since?: Date;
   readonly until?: Date;
   readonly dforgeVersion: string;
+  /** --allow-cross-region --reason: a tenant's export may land outside its region (see operatorRegionOf). */
+  readonly approval?: CrossRegionApproval;
   readonly now?: () => Date;
 }
 
@@ -145,6 +149,16 @@ export interface ExportOptions {
  */
 export async function exportAudit(dir: InstallDir, options: ExportOptions): Promise<ExportResult> {
   const target = options.source === 'ops' ? 'ops' : `tenant:${options.source.tenant}`;
+  // The ops log is global (dforge_control); a tenant's change log is its data, and the file lands
+  // in the operator's region: a crossing is refused, or recorded, before the file exists.
+  if (options.source !== 'ops') {
+    const slug = options.source.tenant;
+    await usingControlPlane(dir, async (plane) => {
+      const tenant = await plane.tenants.get(slug);
+      const rerun = `dforge audit export --tenant ${slug} --format ${options.format} --out ${options.out}`;
+      await enforceRegion(plane, plane.config, {tenant: slug, from: tenant.region, to: operatorRegionOf(plane.config), operation: 'export', what: `export of tenant ${slug}'s change log to ${path.resolve(options.out)}`, rerun}, options.approval);
+    });
+  }
   return withOpsRecord(
     dir,
     {

@@ -3,7 +3,10 @@ import path from 'node:path';
 import {buffer} from 'node:stream/consumers';
 
 import {recordOps, withOpsRecord} from '../audit/record.js';
+import {loadConfigFile} from '../config/load.js';
+import {operatorRegionOf, type DforgeConfig} from '../config/schema.js';
 import type {ControlPlane} from '../control/plane.js';
+import {checkRegion, recordCrossing, type CrossRegionApproval, type RegionCrossing} from '../residency/policy.js';
 import {UsageError, UserError, VerificationError} from '../errors.js';
 import {DataKeys, type DataKeyRecord, type DataKeyStore} from '../secrets/data-keys.js';
 import type {KeyEncryptionService} from '../secrets/master-key.js';
@@ -37,6 +40,8 @@ export type ConfirmDecrypt = (header: BackupHeader) => Promise<string>;
 export interface DecryptOptions {
   readonly out: string;
   readonly confirm: ConfirmDecrypt;
+  /** --allow-cross-region --reason: the plain dump may land outside the backup's region (see operatorRegionOf). */
+  readonly approval?: CrossRegionApproval;
   readonly clock?: () => Date;
 }
 
@@ -49,7 +54,10 @@ export async function decryptBackup(plane: ControlPlane, from: string, options: 
   const out = await checkOut(options.out);
   const written = await withOpsRecord(plane, {action: 'backup.decrypt', target: `backup:${from}`, details: (r) => auditDetails(r)}, async () => {
     const auth = await authenticateBackup(plane, await resolveSource(plane, from));
+    // Refused before the question; an approved crossing is recorded before the plain file exists.
+    const crossing = checkRegion(plane.config, exportCrossing(plane.config, auth.header, from, options.out), options.approval);
     await requireConfirmation(auth.header, options.confirm);
+    if (crossing) await recordCrossing(plane, plane.config, crossing);
     return writePlainDump(auth, out, (digest) => checkDigest(auth, digest));
   });
   return {...written, opsLogWritten: true};
@@ -86,11 +94,25 @@ export async function decryptWithControlBackup(
       });
     }
   });
+  // As with a live dforge_control, except that an approved crossing needs it reachable: an
+  // exception that cannot be written to the ops log is not taken (recordCrossing fails closed).
+  const config = await loadConfigFile(deps.dir.configFile);
+  const crossing = checkRegion(config, exportCrossing(config, auth.header, file, options.out), options.approval);
   await requireConfirmation(auth.header, options.confirm);
+  if (crossing) await recordCrossing(deps.dir, config, crossing);
   const written = await writePlainDump(auth, out, () => undefined);
   const entry = await recordOps(deps.dir, {action: 'backup.decrypt', target: `backup:${auth.header.backupId}`, outcome: 'ok', details: {...auditDetails(written), controlBackup: control.header.backupId}}, (options.clock ?? (() => new Date()))());
   if (!entry) deps.warn(`the ops-log entry for this decrypt could not be written: dforge_control is not reachable. Record by hand that ${written.out} (sha256 ${written.sha256}) was written from backup ${written.backupId}.`);
   return {...written, controlBackup: control.header.backupId, opsLogWritten: entry !== undefined};
+}
+
+/**
+ * The plain dump is written on this host, in the operator's region; the backup's data is of the
+ * region its authenticated header names. A control backup holds only global data: no crossing.
+ */
+function exportCrossing(config: DforgeConfig, header: BackupHeader, from: string, out: string): RegionCrossing {
+  const to = header.kind === 'control' ? header.region : operatorRegionOf(config);
+  return {tenant: header.tenant, from: header.region, to, operation: 'export', what: `decrypt of backup ${header.backupId} to ${path.resolve(out)}`, rerun: `dforge backup decrypt ${from} --out ${out} --confirm ${header.backupId}`};
 }
 
 /** What the ops log keeps of a decrypt: where the plaintext went and what it was, never data. */

@@ -8,6 +8,7 @@ import {keptAsideAt, previousDatabaseName, scratchDatabaseOf, type TenantDatabas
 import {MODULE_SCHEMAS} from '../tenants/module-sql.js';
 import type {Tenant} from '../tenants/service.js';
 import {validateSlug} from '../tenants/slug.js';
+import {checkRegion, recordCrossing, type CrossRegionApproval} from '../residency/policy.js';
 import {crashPoint} from '../state/crash-point.js';
 import {startPgTool} from './pg-tool-runner.js';
 import {restorableEntries} from './pg-tools.js';
@@ -48,15 +49,16 @@ const CHECKED: ReadonlyArray<{toc: string; sql: string}> = [
  */
 export async function restoreTenant(
   plane: ControlPlane,
-  options: {tenant: string; from: string; as?: string; dropPrevious?: boolean; confirm?: string; clock?: () => Date},
+  options: {tenant: string; from: string; as?: string; toRegion?: string; approval?: CrossRegionApproval; dropPrevious?: boolean; confirm?: string; clock?: () => Date},
 ): Promise<RestoreResult> {
   const now = (options.clock ?? (() => new Date()))();
   const sourceTenant = validateSlug(options.tenant);
+  if (options.as !== undefined && options.toRegion !== undefined) declaredRegion(plane, options.toRegion);
   // Checked before anything is read: a restore in place must never start on a wrong answer.
   if (options.as === undefined) {
     requireConfirmation(sourceTenant, options.confirm, {replacing: `the database of tenant ${sourceTenant}`, command: restoreCommand(sourceTenant, options.from, options.dropPrevious)});
   }
-  const existing = options.as === undefined ? await restoreTarget(plane, sourceTenant, options.from) : undefined;
+  const existing = options.as === undefined ? await restoreTarget(plane, sourceTenant, options.from, options.toRegion) : undefined;
   // Nothing is decided on the header before it is authenticated and bound to catalog and manifest.
   const auth = await authenticateBackup(plane, await resolveSource(plane, options.from));
   const label = auth.source.label;
@@ -71,11 +73,22 @@ export async function restoreTenant(
       data: {reason: 'tenant', backupId: auth.header.backupId, tenant: auth.header.tenant},
     });
   }
+  // The backup's data is of the region its (authenticated) header names; where it lands is checked
+  // before any database or tenant exists, and an approved crossing is recorded before either does.
+  const region = existing?.region ?? options.toRegion ?? auth.header.region;
+  const crossing = checkRegion(
+    plane.config,
+    options.as === undefined
+      ? {tenant: sourceTenant, from: auth.header.region, to: region, operation: 'restore', what: `restore of ${label} (of region ${auth.header.region}) over tenant ${sourceTenant}`, rerun: restoreCommand(sourceTenant, options.from, options.dropPrevious)}
+      : {tenant: sourceTenant, from: auth.header.region, to: region, operation: 'restore-as', what: `restore of ${label} as new tenant ${options.as} in region ${region}`, rerun: `dforge restore --tenant ${sourceTenant} --from ${options.from} --as ${options.as} --to-region ${region}`},
+    options.approval,
+  );
   const toc = await decryptAndList(plane, auth);
+  if (crossing) await recordCrossing(plane, plane.config, crossing);
 
   let target: Tenant;
   if (options.as) {
-    target = (await plane.tenants.create(validateSlug(options.as))).tenant;
+    target = (await plane.tenants.create(validateSlug(options.as), {region})).tenant;
     crashPoint('restore.as-tenant-created');
   } else {
     target = existing!;
@@ -112,15 +125,32 @@ export function requireConfirmation(expected: string, confirm: string | undefine
 /**
  * The registered tenant a restore in place replaces. A deleted tenant has nothing to restore
  * over; its backups (kept under its retained data keys) come back as a new tenant of that slug.
+ * A restore in place never changes the tenant's region (`toRegion` other than its own is
+ * refused): a pin changes only by a move.
  */
-export async function restoreTarget(plane: ControlPlane, slugInput: string, from: string): Promise<Tenant> {
+export async function restoreTarget(plane: ControlPlane, slugInput: string, from: string, toRegion?: string): Promise<Tenant> {
   const slug = validateSlug(slugInput);
+  if (toRegion !== undefined) declaredRegion(plane, toRegion);
   const tenant = (await plane.tenants.list()).find((t) => t.slug === slug);
-  if (tenant) return tenant;
-  throw new UserError(`no tenant ${slug}: it was deleted (or never created), so there is no database to restore over`, {
-    nextSteps: [`Restore the backup as a new tenant with that slug: dforge restore --tenant ${slug} --from ${from} --as ${slug}`, 'List the current tenants with: dforge tenant list'],
-    data: {tenant: slug},
-  });
+  if (!tenant) {
+    throw new UserError(`no tenant ${slug}: it was deleted (or never created), so there is no database to restore over`, {
+      nextSteps: [`Restore the backup as a new tenant with that slug: dforge restore --tenant ${slug} --from ${from} --as ${slug}`, 'List the current tenants with: dforge tenant list'],
+      data: {tenant: slug},
+    });
+  }
+  if (toRegion !== undefined && toRegion !== tenant.region) {
+    throw new UserError(`refusing to restore tenant ${slug} in place into region ${toRegion}: it is pinned to region ${tenant.region}, and a restore in place keeps it there; nothing was changed`, {
+      nextSteps: [`Move the tenant first: dforge tenant move ${slug} --to-region ${toRegion}`, `Or restore a copy there: dforge restore --tenant ${slug} --from ${from} --as <new-slug> --to-region ${toRegion}`],
+      data: {tenant: slug, region: tenant.region, toRegion},
+    });
+  }
+  return tenant;
+}
+
+/** A region named on the command line must be declared in dforge.yaml. */
+function declaredRegion(plane: ControlPlane, region: string): void {
+  if (plane.config.regions[region]) return;
+  throw new UsageError(`region ${region} is not declared in dforge.yaml`, {nextSteps: [`Use one of: ${Object.keys(plane.config.regions).join(', ')}`]});
 }
 
 /** A verified backup and where it goes. */

@@ -5,6 +5,8 @@ import {pipeline} from 'node:stream';
 
 import {opsLogHead as currentOpsLogHead, type OpsLogHead} from '../audit/ops-log.js';
 import {recordOps} from '../audit/record.js';
+import {checkRegion, recordCrossing, type CrossRegionApproval} from '../residency/policy.js';
+import type {Tenant} from '../tenants/service.js';
 import {CONTROL_DATABASE, PROVISIONER_ROLE} from '../control/bootstrap.js';
 import {endpointOf, primaryCluster, provisionerSecret, type ControlPlane} from '../control/plane.js';
 import {LockedError, PartialError, UserError} from '../errors.js';
@@ -38,27 +40,42 @@ export interface BackupOutcome {
 }
 
 /**
- * The destination for a tenant's backup: one of its own region. Naming a destination of another
- * region is refused: a tenant's data never leaves its region through a backup.
+ * The destination for a tenant's backup: its region's first, or the one named. A destination of
+ * another region is a region crossing (operation 'backup'): refused without the operator's
+ * approval (checkRegion throws, naming tenant, both regions and --allow-cross-region); with it,
+ * the crossing to record before the dump starts is returned alongside.
  */
-export function destinationForTenant(plane: ControlPlane, tenant: {slug: string; region: string}, requested?: string): BackupDestination {
+export function destinationForTenant(
+  plane: ControlPlane,
+  tenant: {slug: string; region: string},
+  requested?: string,
+  approval?: CrossRegionApproval,
+): {destination: BackupDestination; crossing?: ApprovedCrossing} {
   const own = regionDestinations(plane, tenant.region);
   if (requested) {
     const match = own.find((d) => d.name === requested);
-    if (match) return match;
-    const elsewhere = Object.keys(plane.config.regions).find((r) => regionDestinations(plane, r).some((d) => d.name === requested));
-    throw new UserError(
-      elsewhere
-        ? `destination ${requested} is in region ${elsewhere}, but tenant ${tenant.slug} is pinned to region ${tenant.region}: refusing to move its data across regions`
-        : `no backup destination ${requested} in dforge.yaml`,
-      {nextSteps: [`Use a destination of region ${tenant.region}: ${own.map((d) => d.name).join(', ') || '(none declared)'}`]},
+    if (match) return {destination: match};
+    const region = Object.keys(plane.config.regions).find((r) => regionDestinations(plane, r).some((d) => d.name === requested));
+    if (region === undefined) {
+      throw new UserError(`no backup destination ${requested} in dforge.yaml`, {
+        nextSteps: [`Use a destination of region ${tenant.region}: ${own.map((d) => d.name).join(', ') || '(none declared)'}`],
+      });
+    }
+    const crossing = checkRegion(
+      plane.config,
+      {tenant: tenant.slug, from: tenant.region, to: region, operation: 'backup', what: `backup to destination ${requested}`, rerun: `dforge backup --tenant ${tenant.slug} --destination ${requested}`},
+      approval,
     );
+    return {destination: regionDestinations(plane, region).find((d) => d.name === requested)!, ...(crossing ? {crossing} : {})};
   }
   if (own.length === 0) {
     throw new UserError(`region ${tenant.region} has no backup destination`, {nextSteps: [`Declare one under regions.${tenant.region}.backup.destinations in dforge.yaml.`]});
   }
-  return own[0]!;
+  return {destination: own[0]!};
 }
+
+/** An approved crossing, to record before the data moves. */
+type ApprovedCrossing = NonNullable<ReturnType<typeof checkRegion>>;
 
 const timestampId = (now: Date): string => now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
 
@@ -177,10 +194,12 @@ export async function lastBackupState(dir: InstallDir, tenant: string, now: Date
 }
 
 /** `backup --tenant`: one tenant's backup, with its outcome in the ops log. */
-export async function backupTenant(plane: ControlPlane, slug: string, options: {destination?: string; clock?: () => Date} = {}): Promise<BackupRecord> {
+export async function backupTenant(plane: ControlPlane, slug: string, options: {destination?: string; approval?: CrossRegionApproval; clock?: () => Date} = {}): Promise<BackupRecord> {
   const started = Date.now();
+  // A refused crossing is decided before the try: it is a refusal that changed nothing, not a failed backup.
+  const target = await backupTarget(plane, slug, options.destination, options.approval);
   try {
-    const record = await takeTenantBackup(plane, slug, options);
+    const record = await takeTenantBackup(plane, target, options);
     await recordBackupOutcome(plane, {tenant: slug, status: 'ok', backupId: record.id, bytes: record.size, seconds: (Date.now() - started) / 1000}, options.clock);
     return record;
   } catch (err) {
@@ -212,14 +231,28 @@ async function recordBackupOutcome(plane: ControlPlane, outcome: BackupOutcome, 
   }
 }
 
-async function takeTenantBackup(plane: ControlPlane, slug: string, options: {destination?: string; clock?: () => Date; command?: string} = {}): Promise<BackupRecord> {
-  const now = (options.clock ?? (() => new Date()))();
+/** The tenant and the destination its backup goes to, every refusal decided before any lock is taken or byte written. */
+interface BackupTarget {
+  readonly tenant: Tenant;
+  readonly destination: BackupDestination;
+  readonly crossing?: ApprovedCrossing;
+}
+
+async function backupTarget(plane: ControlPlane, slug: string, requested?: string, approval?: CrossRegionApproval): Promise<BackupTarget> {
   const tenant = await plane.tenants.get(slug);
   if (tenant.status !== 'active' && tenant.status !== 'suspended') {
     throw new UserError(`tenant ${slug} is ${tenant.status} and cannot be backed up`, {nextSteps: [`Finish the interrupted operation first (dforge tenant show ${slug}).`]});
   }
-  const destination = destinationForTenant(plane, tenant, options.destination);
+  return {tenant, ...destinationForTenant(plane, tenant, requested, approval)};
+}
+
+async function takeTenantBackup(plane: ControlPlane, target: BackupTarget, options: {clock?: () => Date; command?: string} = {}): Promise<BackupRecord> {
+  const now = (options.clock ?? (() => new Date()))();
+  const {tenant, destination} = target;
+  const slug = tenant.slug;
   return withBackupLock(plane, slug, options.command ?? `backup --tenant ${slug}`, async () => {
+    // Under the lock (a locked run takes nothing) and before the dump: no crossing happens unrecorded.
+    if (target.crossing) await recordCrossing(plane, plane.config, target.crossing);
     // Encryption fails closed: no data key, no file.
     const dek = await plane.dataKeys.current(slug);
     await destination.removeIncomplete(slug, STALE_PARTIAL_MS);
@@ -229,7 +262,9 @@ async function takeTenantBackup(plane: ControlPlane, slug: string, options: {des
       wrapper: dataKeyWrapper(dek),
       kind: 'tenant',
       tenant: slug,
-      region: tenant.region,
+      // Where the file lives, as for control backups: an approved cross-region backup is of the
+      // destination's region, so restore, verify and prune find it there and its place binds.
+      region: destination.region,
       cluster: tenant.cluster,
       credentials: {user: tenant.role, password: await plane.tenants.password(slug), database: tenant.database},
       now,
@@ -243,7 +278,8 @@ async function takeTenantBackup(plane: ControlPlane, slug: string, options: {des
 
 /**
  * dforge_control itself, encrypted under the master key, to every region's first destination:
- * losing the control database must not make every tenant backup unreadable.
+ * losing the control database must not make every tenant backup unreadable. No region check: it
+ * holds only global data (names, region pins, wrapped keys, the catalog, the ops log), no tenant's.
  */
 export async function backupControl(plane: ControlPlane, options: {clock?: () => Date; command?: string} = {}): Promise<BackupRecord[]> {
   const now = (options.clock ?? (() => new Date()))();
@@ -313,7 +349,7 @@ export async function backupAll(plane: ControlPlane, options: {concurrency: numb
           const started = Date.now();
           let outcome: BackupOutcome;
           try {
-            const record = await takeTenantBackup(plane, t.slug, {clock: options.clock, command: 'backup --all'});
+            const record = await takeTenantBackup(plane, await backupTarget(plane, t.slug), {clock: options.clock, command: 'backup --all'});
             outcome = {tenant: t.slug, status: 'ok', backupId: record.id, bytes: record.size, seconds: (Date.now() - started) / 1000};
           } catch (err) {
             const seconds = (Date.now() - started) / 1000;

@@ -5,9 +5,11 @@ import {BaseCommand} from '../base-command.js';
 import {planUndo, restoreCommand, restoreTarget, restoreTenant, undoCommand, undoRestore, type RestoreResult, type UndoResult} from '../backup/restore.js';
 import {throwIfTampered} from '../backup/manage.js';
 import {restoreControl, type ControlRestoreResult} from '../backup/restore-control.js';
+import {crossRegionFlags} from '../cli/cross-region-flags.js';
 import {pgToolsFlag} from '../cli/pg-tools-flag.js';
 import {CONTROL_DATABASE} from '../control/bootstrap.js';
 import {usingControlPlane} from '../control/plane.js';
+import {approvalFromFlags} from '../residency/policy.js';
 import {changingTenants} from '../runtime/tenant-catalog.js';
 import {confirmDestructive} from '../ui/confirm.js';
 import {formatTime} from '../ui/time.js';
@@ -17,7 +19,8 @@ export default class Restore extends BaseCommand<typeof Restore> {
   static override description = `Steps: verify the whole backup (a tampered or truncated file exits 6 before any database is created), restore into a scratch database owned by the tenant's role, compare object counts with the dump, then swap it in: both renames in one transaction. The tenant's open sessions are ended. The previous database is kept as <db>__pre_restore_<ts> unless --drop-previous.
 A restore in place replaces a live database: it needs --confirm <slug>, or the slug typed on a terminal (--as replaces nothing and needs none). --undo <slug> (with --confirm <slug>) swaps the newest kept database back in and keeps the one it replaces the same way, so running it again redoes the restore.
 --as restores into a new tenant with new credentials; a deleted tenant comes back this way (--as <its slug>). --control rebuilds dforge_control on a fresh cluster (after: dforge db init) and needs --confirm ${CONTROL_DATABASE}, from the newest control backup (by its authenticated creation time; a control backup that fails authentication stops it with exit 6) unless --from names one; then restore the tenants one by one.
-Nothing is decided on a backup's header before it is authenticated; a header that does not match the catalog entry, the manifest or the file's place exits 6. A backup of another tenant than --tenant is refused (exit 1).`;
+Nothing is decided on a backup's header before it is authenticated; a header that does not match the catalog entry, the manifest or the file's place exits 6. A backup of another tenant than --tenant is refused (exit 1).
+Residency: --as puts the new tenant in the backup's region, or --to-region R. A restore that would put the data in another region than the backup's (--as --to-region elsewhere, or in place from a file of another region) is refused (exit 1) unless --allow-cross-region --reason is given, which is written to the ops log before any database is created. A restore in place never changes a tenant's region: move it with dforge tenant move.`;
   static override examples = [
     '<%= config.bin %> restore --tenant acme --from 20261127T021500Z-acme-1a2b3c --confirm acme',
     '<%= config.bin %> restore --undo acme --confirm acme',
@@ -29,11 +32,13 @@ Nothing is decided on a backup's header before it is authenticated; a header tha
     tenant: Flags.string({summary: 'The tenant the backup belongs to.', exactlyOne: ['tenant', 'control', 'undo']}),
     from: Flags.string({summary: 'Backup id from the catalog, or a path to a .dfb file.'}),
     as: Flags.string({summary: 'Restore as a new tenant with this slug.', dependsOn: ['tenant']}),
+    'to-region': Flags.string({summary: "With --as: the new tenant's region (default: the backup's). In place: must be the tenant's own region (a pin changes only by dforge tenant move).", dependsOn: ['tenant']}),
     'drop-previous': Flags.boolean({summary: 'Drop the replaced database instead of keeping it (no --undo afterwards).', dependsOn: ['tenant']}),
     confirm: Flags.string({summary: `Repeat the tenant's slug (or ${CONTROL_DATABASE} with --control) to confirm replacing its database.`}),
     undo: Flags.string({summary: "Swap this tenant's newest kept previous database back in.", exactlyOne: ['tenant', 'control', 'undo']}),
     control: Flags.boolean({summary: 'Restore dforge_control (disaster recovery).', exactlyOne: ['tenant', 'control', 'undo']}),
     'pg-tools': pgToolsFlag(),
+    ...crossRegionFlags,
   };
 
   async run(): Promise<RestoreResult | ControlRestoreResult | UndoResult> {
@@ -43,13 +48,15 @@ Nothing is decided on a backup's header before it is authenticated; a header tha
     const from = this.flags.from;
     if (!from) this.error('--from is required with --tenant (a backup id or file; see dforge backup list)', {exit: 2});
     const dropPrevious = this.flags['drop-previous'];
+    const approval = approvalFromFlags(this.flags);
+    const toRegion = this.flags['to-region'];
     const result = await usingControlPlane(
       this.installDir(),
       async (plane) => {
         let confirm: string | undefined;
         if (this.flags.as === undefined) {
           // Asked before anything is created: the answer names the database and where the old one goes.
-          const tenant = await restoreTarget(plane, slug, from);
+          const tenant = await restoreTarget(plane, slug, from, toRegion);
           confirm = await confirmDestructive({
             provided: this.flags.confirm,
             expected: tenant.slug,
@@ -61,7 +68,7 @@ Nothing is decided on a backup's header before it is authenticated; a header tha
         return withOpsRecord(
           plane,
           {action: 'restore.tenant', target: `tenant:${this.flags.as ?? slug}`, details: (r) => ({backupId: r.backupId, from: slug, database: r.database, previousDatabase: r.previousDatabase})},
-          () => changingTenants(plane, () => restoreTenant(plane, {tenant: slug, from, as: this.flags.as, dropPrevious, confirm})),
+          () => changingTenants(plane, () => restoreTenant(plane, {tenant: slug, from, as: this.flags.as, toRegion, approval, dropPrevious, confirm})),
         );
       },
       {pgTools: this.flags['pg-tools']},

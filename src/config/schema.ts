@@ -103,6 +103,9 @@ export const configSchema = z
     domain: hostname.describe('Public DNS name of the install; the HTTPS proxy serves it.'),
     target: z.enum(INSTALL_TARGETS).describe('Where the data plane runs.'),
     primaryRegion: name.describe('Region whose first cluster holds dforge_control.'),
+    operatorRegion: name
+      .optional()
+      .describe('The region of the host dforge runs on; files it writes locally, such as audit exports and decrypted backups, count as being in this region. Default: primaryRegion.'),
     regions: z.record(name, region).refine((r) => Object.keys(r).length > 0, 'declare at least one region'),
     release: z
       .string()
@@ -198,6 +201,13 @@ export const configSchema = z
         message: `primaryRegion "${config.primaryRegion}" is not declared under regions (declared: ${Object.keys(config.regions).join(', ')})`,
       });
     }
+    if (config.operatorRegion !== undefined && !(config.operatorRegion in config.regions)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['operatorRegion'],
+        message: `operatorRegion "${config.operatorRegion}" is not declared under regions (declared: ${Object.keys(config.regions).join(', ')})`,
+      });
+    }
     if (config.policy.backups.failAfterHours <= config.policy.backups.warnAfterHours) {
       ctx.addIssue({code: 'custom', path: ['policy', 'backups', 'failAfterHours'], message: `failAfterHours (${config.policy.backups.failAfterHours}) must be above warnAfterHours (${config.policy.backups.warnAfterHours})`});
     }
@@ -251,4 +261,9 @@ export function configJsonSchema(): Record<string, unknown> {
     $id: 'urn:dforge:schema:dforge.yaml:v1',
     title: 'dforge.yaml',
   };
+}
+
+/** The region files dforge writes on its own host are in (audit exports, decrypted backups): operatorRegion, else primaryRegion. */
+export function operatorRegionOf(config: DforgeConfig): string {
+  return config.operatorRegion ?? config.primaryRegion;
 }

@@ -220,8 +220,11 @@ describe.skipIf(!available)('encrypted backups and restores on the embedded data
 
   it('a destination of another region is refused: data does not leave its region', async () => {
     const original = await fs.readFile(install.dir.configFile, 'utf8');
-    const config = parseYaml(original) as {regions: Record<string, unknown>};
+    const config = parseYaml(original) as {regions: Record<string, Record<string, unknown>>};
+    // Two regions need jurisdiction labels; the refusal names both.
+    config.regions.local!.jurisdiction = 'EU';
     config.regions.us = {
+      jurisdiction: 'US',
       clusters: [{name: 'us-1', kind: 'external', host: 'pg.us.example.test', admin: {secret: 'postgres/us-1-admin'}}],
       backup: {destinations: [{name: 'us-local', kind: 'local', path: path.join(install.dir.root, 'backups', 'us')}]},
     };
@@ -229,7 +232,8 @@ describe.skipIf(!available)('encrypted backups and restores on the embedded data
     try {
       const r = await install.cli(['backup', '--tenant', 'acme', '--destination', 'us-local']);
       expect(r.code).toBe(1);
-      expect(r.stderr).toContain('destination us-local is in region us, but tenant acme is pinned to region local: refusing to move its data across regions');
+      expect(r.stderr).toContain('refusing backup to destination us-local: tenant acme is pinned to region local (EU), and this would put its data in region us (US); nothing was changed');
+      expect(r.stderr).toContain('--allow-cross-region --reason');
       await expect(fs.stat(path.join(install.dir.root, 'backups', 'us'))).rejects.toThrow();
     } finally {
       await fs.writeFile(install.dir.configFile, original);

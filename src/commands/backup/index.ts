@@ -3,9 +3,11 @@ import {Flags} from '@oclif/core';
 import {BaseCommand} from '../../base-command.js';
 import type {BackupRecord} from '../../backup/catalog.js';
 import {backupAll, backupTenant, type BackupAllResult, type BackupOutcome} from '../../backup/service.js';
+import {crossRegionFlags} from '../../cli/cross-region-flags.js';
 import {pgToolsFlag} from '../../cli/pg-tools-flag.js';
 import {usingControlPlane} from '../../control/plane.js';
-import {DforgeError} from '../../errors.js';
+import {DforgeError, UsageError} from '../../errors.js';
+import {approvalFromFlags} from '../../residency/policy.js';
 import {formatBytes} from '../../ui/bytes.js';
 import {renderTable} from '../../ui/table.js';
 import {formatDuration} from '../../ui/time.js';
@@ -19,7 +21,7 @@ type AllReport = 'table' | 'lines' | 'json';
 
 export default class Backup extends BaseCommand<typeof Backup> {
   static override summary = 'Take encrypted backups: one tenant, or every tenant plus dforge_control.';
-  static override description = `pg_dump -Fc runs as the tenant's own role and streams through AES-256-GCM (STREAM) into <destination>/<tenant>/<id>.dfb, with a sidecar manifest (size, SHA-256). The file appears only when complete and on disk; then the catalog in dforge_control records it.
+  static override description = `pg_dump -Fc runs as the tenant's own role and streams through AES-256-GCM (STREAM) into <destination>/<tenant>/<id>.dfb, with a sidecar manifest (size, SHA-256). The file appears only when complete and on disk; then the catalog in dforge_control records it. --destination of another region is a cross-region transfer: refused (exit 1) unless --allow-cross-region --reason is given, which is written to the ops log before the dump starts; not with --all.
 --all backs tenants up in parallel. On a terminal it shows progress on stderr and a table at the end. Off a terminal (cron) it prints one JSON object per line on stdout: {"event":"backup",...} per tenant as it finishes, then {"event":"summary",...}. With --json it prints the one result object. If some fail, the others still run, and the command exits 4 naming them. --all holds a run-wide lock: an overlapping --all exits 5 at once, naming the holder (pid, host, command, since when). A tenant that a concurrent backup --tenant is backing up is reported as locked and skipped, not failed; a run that finds every tenant locked exits 5.`;
   static override examples = ['<%= config.bin %> backup --tenant acme', '<%= config.bin %> backup --all --concurrency 4'];
 
@@ -27,14 +29,22 @@ export default class Backup extends BaseCommand<typeof Backup> {
     tenant: Flags.string({summary: 'Back up this tenant.', exactlyOne: ['tenant', 'all']}),
     all: Flags.boolean({summary: 'Back up every tenant, and dforge_control to each region.', exactlyOne: ['tenant', 'all']}),
     concurrency: Flags.integer({summary: 'With --all: tenants backed up at once.', default: 2, min: 1, max: 32}),
-    destination: Flags.string({summary: "With --tenant: a destination of the tenant's region (default: its first)."}),
+    destination: Flags.string({summary: "With --tenant: a destination of the tenant's region (default: its first); another region's needs --allow-cross-region."}),
     'pg-tools': pgToolsFlag(),
+    ...crossRegionFlags,
   };
 
   async run(): Promise<BackupRecord | BackupAllResult> {
+    const approval = approvalFromFlags(this.flags);
+    // An approval names one transfer of one tenant; --all never sends a tenant outside its region anyway.
+    if (approval && this.flags.all) {
+      throw new UsageError('--allow-cross-region applies to one tenant: it cannot be combined with --all', {
+        nextSteps: ['Drop --allow-cross-region and --reason (--all writes each tenant to its own region), or run: dforge backup --tenant <slug> --destination <name> --allow-cross-region --reason "<why>"'],
+      });
+    }
     return usingControlPlane(this.installDir(), async (plane) => {
       if (this.flags.tenant) {
-        const record = await backupTenant(plane, this.flags.tenant, {destination: this.flags.destination});
+        const record = await backupTenant(plane, this.flags.tenant, {destination: this.flags.destination, approval});
         this.out.progress(`backed up ${record.tenant}: ${record.id} (${formatBytes(record.size)}) to ${record.destination}`);
         return record;
       }
