@@ -65,7 +65,7 @@ export function checkRegion(config: DforgeConfig, crossing: RegionCrossing, appr
   if (crossing.from === crossing.to) return undefined;
   if (!approval) {
     throw new CrossRegionError(
-      `refusing ${crossing.what}: tenant ${crossing.tenant} is pinned to region ${label(config, crossing.from)}, and this would put its data in region ${label(config, crossing.to)}; nothing was changed`,
+      `refusing ${crossing.what}: it would take data of tenant ${crossing.tenant} out of region ${label(config, crossing.from)} into region ${label(config, crossing.to)}; nothing was changed`,
       {
         nextSteps: [
           `Keep the data in region ${crossing.from}, or, if this transfer is approved, re-run with --allow-cross-region --reason "<why>": ${crossing.rerun} --allow-cross-region --reason "<why>"`,
