@@ -111,5 +111,24 @@ describe('S3 destination against a real S3-protocol server', () => {
     expect(await d.list('')).toEqual([]);
     const size = await d.size('acme/broken.dfb').catch((e: unknown) => e);
     expect(size).toBeInstanceOf(UserError);
+    // Parts were uploaded before the failure; the upload was aborted, so none is left stored.
+    expect(await s3.openUploads()).toEqual([]);
+  });
+
+  it('removeIncomplete aborts stale uploads under the prefix and leaves newer ones and others alone', async () => {
+    const {S3Client, CreateMultipartUploadCommand} = await import('@aws-sdk/client-s3');
+    const client = new S3Client({endpoint: s3.endpoint, region: 'us-east-1', credentials: s3.credentials, forcePathStyle: true});
+    // What a killed backup leaves: uploads started and never completed nor aborted.
+    await client.send(new CreateMultipartUploadCommand({Bucket: s3.bucket, Key: 'dforge/acme/killed.dfb'}));
+    await client.send(new CreateMultipartUploadCommand({Bucket: s3.bucket, Key: 'dforge/globex/killed.dfb'}));
+    await client.send(new CreateMultipartUploadCommand({Bucket: s3.bucket, Key: 'other/acme/theirs.dfb'}));
+    client.destroy();
+    const d = destination();
+    expect(await d.removeIncomplete('acme/', 60 * 60 * 1000)).toEqual([]);
+    expect(await s3.openUploads()).toHaveLength(3);
+    expect(await d.removeIncomplete('acme/', 0)).toEqual(['acme/killed.dfb']);
+    expect(await s3.openUploads()).toHaveLength(2);
+    expect(await d.removeIncomplete('', 0)).toEqual(['globex/killed.dfb']);
+    expect(await s3.openUploads()).toHaveLength(1);
   });
 });
