@@ -6,6 +6,7 @@ import {S3Destination} from '../../src/backup/s3-destination.js';
 import {cliEntry, repoRoot, type CliResult} from '../helpers/cli.js';
 import {findPgBinaries} from '../helpers/pg-cluster.js';
 import {multiRegionInstall, type MultiRegionInstall} from '../helpers/multi-region.js';
+import {startPty} from '../helpers/pty.js';
 import {missingComponent} from '../helpers/requirements.js';
 import {startS3Server, type S3TestServer} from '../helpers/s3-server.js';
 
@@ -44,6 +45,11 @@ describe.skipIf(!available)('backups of a US tenant to an S3-compatible destinat
     const empty = await install.cli(['backup', 'credentials', 'us-s3', '--json']);
     expect(empty.code).toBe(2);
     expect(empty.stdout).toContain('no credentials on standard input');
+
+    // On a terminal it refuses at once instead of waiting for typing the operator may not expect.
+    const tty = await startPty(`${process.execPath} ${cliEntry} backup credentials us-s3 --dir ${install.dir.root}`).exit;
+    expect(tty.code, tty.output).toBe(2);
+    expect(tty.output).toContain('standard input is a terminal');
 
     const malformed = await withStdin(['backup', 'credentials', 'us-s3'], '{"accessKeyId": "S3RVER", "secretAccessKey": ""}');
     expect(malformed.code).toBe(2);
