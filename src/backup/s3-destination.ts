@@ -134,7 +134,8 @@ export class S3Destination implements BackupDestination {
     if (err instanceof UserError) return err;
     const e = err as {name?: string; code?: string; $metadata?: {httpStatusCode?: number}};
     const status = e.$metadata?.httpStatusCode;
-    const code = e.code && !e.$metadata ? e.code : (e.name ?? 'Error');
+    // An S3 answer carries its error code as the name; a failed connection only its errno code.
+    const code = (status === undefined ? e.code : undefined) ?? e.name ?? 'Error';
     const where = `${this.config.endpoint} bucket ${this.config.bucket}`;
     const step: Record<string, string> = {
       InvalidAccessKeyId: `Seal the right access key again: dforge backup credentials ${this.name} < credentials.json`,
@@ -153,7 +154,11 @@ export class S3Destination implements BackupDestination {
 
   async put(location: string, source: Readable): Promise<{size: number}> {
     const key = this.key(location);
-    const client = await this.s3();
+    // The caller's producer (pg_dump, the encryptor) stops only when its stream is consumed or destroyed.
+    const client = await this.s3().catch((err: unknown) => {
+      source.destroy();
+      throw err;
+    });
     const {Upload} = await import('@aws-sdk/lib-storage');
     let size = 0;
     const counted = new PassThrough({highWaterMark: PART_SIZE});

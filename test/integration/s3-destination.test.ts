@@ -63,6 +63,14 @@ describe('S3 destination against a real S3-protocol server', () => {
     expect((err as UserError).nextSteps.join(' ')).toContain('https://');
   });
 
+  it('names the destination and the connection error when the endpoint does not answer', async () => {
+    const err = await destination({endpoint: 'http://127.0.0.1:9'}).list('').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(UserError);
+    expect((err as UserError).message).toContain('us-s3');
+    expect((err as UserError).message).toContain('ECONNREFUSED');
+    expect((err as UserError).nextSteps.join(' ')).toContain('reachable');
+  });
+
   it('refuses unreadable sealed credentials without echoing them', async () => {
     const err = await new S3Destination('us', config(), {get: async () => Buffer.from('{"accessKeyId":"AKIA-leak"}')}).list('').catch((e: unknown) => e);
     expect((err as UserError).message).toContain('not S3 credentials');
