@@ -16,6 +16,7 @@ export type OpsAction =
   | 'backup.verify'
   | 'backup.decrypt'
   | 'backup.prune'
+  | 'backup.credentials'
   | 'restore.tenant'
   | 'restore.undo'
   | 'audit.verify'

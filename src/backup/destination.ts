@@ -7,10 +7,11 @@ import type {DestinationConfig, DforgeConfig} from '../config/schema.js';
 import {UserError} from '../errors.js';
 import {fsyncDir, writeFileAtomic} from '../state/atomic-file.js';
 import {crashPoint} from '../state/crash-point.js';
+import {S3Destination, type SecretReader} from './s3-destination.js';
 
 /**
- * Where backups go. Today a local directory; the interface is what an S3-compatible store needs
- * too (a streamed upload that becomes visible only when complete, listing, ranged-free reads).
+ * Where backups go: a local directory, or an S3-compatible bucket (s3-destination.ts). Both give a
+ * streamed write that becomes visible only when complete, listing, and whole-object reads.
  */
 export interface BackupDestination {
   readonly name: string;
@@ -185,15 +186,17 @@ async function mountPointOf(dev: number): Promise<string | null> {
   return mounts.sort((a, b) => a.length - b.length)[0] ?? null;
 }
 
-export function destinationFor(region: string, config: DestinationConfig): BackupDestination {
+/**
+ * The destination a config entry describes. An S3 destination reads its sealed credentials from
+ * `secrets` when first used; callers that only handle local destinations may leave it out.
+ */
+export function destinationFor(region: string, config: DestinationConfig, secrets?: SecretReader): BackupDestination {
   if (config.kind === 'local') return new LocalDirectoryDestination(config.name, region, config.path);
-  throw new UserError(`backup destination ${config.name} is of kind s3, which this dforge build cannot write yet`, {
-    nextSteps: ['Use a local destination (kind: local) for now; mount object storage there if you need it off-host.'],
-  });
+  return new S3Destination(region, config, secrets);
 }
 
 /** The destinations of a region, from dforge.yaml. */
-export function regionDestinations(plane: {readonly config: DforgeConfig}, region: string): BackupDestination[] {
+export function regionDestinations(plane: {readonly config: DforgeConfig; readonly keys: {readonly sealed: SecretReader}}, region: string): BackupDestination[] {
   const configured = plane.config.regions[region]?.backup?.destinations ?? [];
-  return configured.map((d) => destinationFor(region, d));
+  return configured.map((d) => destinationFor(region, d, plane.keys.sealed));
 }

@@ -95,22 +95,37 @@ function masterKeyAccess(config: DforgeConfig): {volume: unknown; mount: unknown
 function databaseEgress(config: DforgeConfig): unknown[] {
   const rules: unknown[] = [];
   if (findBundledCluster(config)) rules.push({to: [{podSelector: {matchLabels: selector('postgres')}}], ports: [{protocol: 'TCP', port: 5432}]});
+  // Embedded clusters live on a dforge host, not in Kubernetes: nothing in the namespace reaches them.
+  const external = Object.values(config.regions).flatMap((r) => r.clusters.flatMap((c) => (c.kind === 'external' ? [{host: c.host, port: c.port}] : [])));
+  return [...rules, ...egressByPort(external)];
+}
+
+/**
+ * The backup job's egress: the tenant clusters, and each S3 destination's endpoint on its port.
+ * As for clusters, an endpoint named by DNS opens its port to any address; an IP address narrows it.
+ */
+function backupEgress(config: DforgeConfig, databases: unknown[]): unknown[] {
+  const endpoints = Object.values(config.regions).flatMap((r) =>
+    (r.backup?.destinations ?? []).flatMap((d) => {
+      if (d.kind !== 's3') return [];
+      const url = new URL(d.endpoint);
+      return [{host: url.hostname.replace(/^\[|\]$/g, ''), port: url.port ? Number(url.port) : url.protocol === 'https:' ? 443 : 80}];
+    }),
+  );
+  return [...databases, ...egressByPort(endpoints)];
+}
+
+/** One rule per port: the /32 or /128 of each host given as an address, every address for a name. */
+function egressByPort(targets: ReadonlyArray<{host: string; port: number}>): unknown[] {
   const byPort = new Map<number, Set<string>>();
-  for (const region of Object.values(config.regions)) {
-    for (const cluster of region.clusters) {
-      // Embedded clusters live on a dforge host, not in Kubernetes: nothing in the namespace reaches them.
-      if (cluster.kind !== 'external') continue;
-      const family = isIP(cluster.host);
-      const cidrs = family === 4 ? [`${cluster.host}/32`] : family === 6 ? [`${cluster.host}/128`] : ['0.0.0.0/0', '::/0'];
-      const set = byPort.get(cluster.port) ?? new Set<string>();
-      for (const cidr of cidrs) set.add(cidr);
-      byPort.set(cluster.port, set);
-    }
+  for (const {host, port} of targets) {
+    const family = isIP(host);
+    const cidrs = family === 4 ? [`${host}/32`] : family === 6 ? [`${host}/128`] : ['0.0.0.0/0', '::/0'];
+    const set = byPort.get(port) ?? new Set<string>();
+    for (const cidr of cidrs) set.add(cidr);
+    byPort.set(port, set);
   }
-  for (const [port, cidrs] of [...byPort].sort(([a], [b]) => a - b)) {
-    rules.push({to: [...cidrs].sort(byCodePoint).map((cidr) => ({ipBlock: {cidr}})), ports: [{protocol: 'TCP', port}]});
-  }
-  return rules;
+  return [...byPort].sort(([a], [b]) => a - b).map(([port, cidrs]) => ({to: [...cidrs].sort(byCodePoint).map((cidr) => ({ipBlock: {cidr}})), ports: [{protocol: 'TCP', port}]}));
 }
 
 /** The backup job's mounts: the unpacked install, its master key, /tmp, and each local destination on the backups claim. */
@@ -217,6 +232,7 @@ export async function renderKubernetes(config: DforgeConfig, overridesDir: strin
     hashes: {...(postgres ? {postgres: hash(postgres)} : {}), authDb: hash(authDb), proxy: hash(proxy)},
     network: {
       databaseEgress: databases,
+      backupEgress: backupEgress(config, databases),
       appEgress: [{to: [{podSelector: {matchLabels: selector('auth')}}], ports: [{protocol: 'TCP', port: 8080}]}, ...databases],
     },
     backup: {

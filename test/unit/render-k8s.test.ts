@@ -471,6 +471,7 @@ describe('NetworkPolicies', () => {
     {port: 443, protocol: 'TCP'},
     {port: 5432, protocol: 'TCP'},
     {port: 8080, protocol: 'TCP'},
+    {port: 9000, protocol: 'TCP'},
   ] as const;
 
   /** The rendered pods as endpoints, one per workload, named by app.kubernetes.io/name. */
@@ -527,6 +528,24 @@ describe('NetworkPolicies', () => {
     );
     expect(flows).not.toContain('app -> auth-db:5432/TCP');
     expect(flows).not.toContain('auth -> postgres:5432/TCP');
+  });
+
+  it('let the backup job, and only it, reach each S3 destination on its port: its address, or any address for a name', async () => {
+    const withS3 = (endpoint: string): DforgeConfig =>
+      config({
+        regions: {
+          ...base.regions,
+          us: {...base.regions.us, backup: {destinations: [{name: 'us-s3', kind: 's3', endpoint, bucket: 'dforge-us', credentials: {secret: 'backup/us-s3'}}]}},
+        },
+      });
+    const byAddress = await flowsOf(withS3('https://203.0.113.7'));
+    const baseline = await flowsOf(config());
+    expect(byAddress.filter((f) => !baseline.includes(f))).toEqual(['backup -> internet:443/TCP']);
+    expect(baseline.filter((f) => !byAddress.includes(f))).toEqual([]);
+
+    // A DNS name cannot be a NetworkPolicy peer: the port opens to every address, for the backup job only.
+    const byName = await flowsOf(withS3('https://s3.us.example.com:9000'));
+    expect(byName.filter((f) => !baseline.includes(f))).toEqual(['external-db', 'ingress-controller', 'internet', 'kube-dns'].map((to) => `backup -> ${to}:9000/TCP`).sort());
   });
 
   it('admit the Ingress controller of kubernetes.ingressNamespace to the proxy, and one elsewhere not', async () => {

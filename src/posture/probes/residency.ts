@@ -66,7 +66,7 @@ async function tenantPinned(ctx: PostureContext, tenant: Tenant, databases: (clu
 
 /** One destination scanned: what is out of place, and what could not be attributed. */
 async function backupPlacement(ctx: PostureContext, region: string, config: Parameters<typeof destinationFor>[1], regionOf: ReadonlyMap<string, string>): Promise<Finding> {
-  const destination = destinationFor(region, config);
+  const destination = destinationFor(region, config, ctx.plane?.keys.sealed);
   // list() skips what it can't read; here an unreadable destination is "could not look", not "empty".
   if (config.kind === 'local') {
     await fs.readdir(config.path).catch((err: NodeJS.ErrnoException) => {
