@@ -4,6 +4,7 @@ import type {OpsLog} from '../audit/ops-log.js';
 import {tenantPasswordContext} from '../control/keys-store.js';
 import {LockedError, UsageError, UserError} from '../errors.js';
 import {randomPassword, scramVerifier} from '../postgres/scram.js';
+import {requirePlacedInRegion} from '../residency/misplaced.js';
 import {CrossRegionError} from '../residency/policy.js';
 import {crashPoint} from '../state/crash-point.js';
 import type {DataKeys} from '../secrets/data-keys.js';
@@ -425,6 +426,8 @@ export class TenantService {
   private async require(slug: string): Promise<Tenant> {
     const tenant = await this.find(slug);
     if (!tenant) throw new UserError(`no tenant ${slug}`, {nextSteps: ['List tenants with: dforge tenant list']});
+    // Every path to a tenant's data resolves it here: a row whose cluster left its region fails closed.
+    requirePlacedInRegion(this.deps.regions, tenant);
     return tenant;
   }
 

@@ -232,7 +232,7 @@ describe.skipIf(!available)('encrypted backups and restores on the embedded data
     try {
       const r = await install.cli(['backup', '--tenant', 'acme', '--destination', 'us-local']);
       expect(r.code).toBe(1);
-      expect(r.stderr).toContain('refusing backup to destination us-local: tenant acme is pinned to region local (EU), and this would put its data in region us (US); nothing was changed');
+      expect(r.stderr).toContain('refusing backup to destination us-local: it would take data of tenant acme out of region local (EU) into region us (US); nothing was changed');
       expect(r.stderr).toContain('--allow-cross-region --reason');
       await expect(fs.stat(path.join(install.dir.root, 'backups', 'us'))).rejects.toThrow();
     } finally {

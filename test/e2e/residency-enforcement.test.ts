@@ -211,4 +211,52 @@ describe.skipIf(!available)('residency enforcement', () => {
       });
     }
   }, 60_000);
+
+  it('a tenant whose cluster dforge.yaml now declares in another region fails closed on every data path, until the file is put back', async () => {
+    const created = await install.cli(['tenant', 'create', 'hooli', '--region', 'eu', '--cluster', 'eu-2', '--json']);
+    expect(created.code, created.stderr).toBe(0);
+    const query = async (sql: string): Promise<unknown[]> => {
+      const plane = await install.plane();
+      try {
+        return (await plane.control.query(sql)).rows;
+      } finally {
+        await plane.close();
+      }
+    };
+    const cluster = (JSON.parse(created.stdout) as {cluster: string}).cluster;
+    // eu-1 holds dforge_control and stays; hooli is on the other eu cluster, the one an edit can move.
+    expect(cluster).toBe('eu-2');
+    // The careless edit: eu-2 (and hooli's database with it) declared in region us.
+    await install.editConfig((c) => {
+      c.regions.eu.clusters = c.regions.eu.clusters.filter((x: {name: string}) => x.name !== 'eu-2');
+      c.regions.us.clusters.push({name: 'eu-2', kind: 'embedded', port: install.ports['eu-2']});
+    });
+    try {
+      const out = path.join(scratch, 'hooli.jsonl');
+      for (const args of [
+        ['backup', '--tenant', 'hooli'],
+        ['backup', '--tenant', 'hooli', '--destination', 'us-local', '--allow-cross-region', '--reason', 'it is in us now anyway'],
+        ['audit', 'export', '--tenant', 'hooli', '--format', 'jsonl', '--out', out],
+        ['tenant', 'show', 'hooli'],
+        ['tenant', 'rotate-credentials', 'hooli'],
+      ]) {
+        const r = await install.cli(args);
+        expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(1);
+        expect(r.stderr).toContain('tenant hooli is pinned to region eu on cluster eu-2, but dforge.yaml declares cluster eu-2 in region us');
+      }
+      const all = await install.cli(['backup', '--all', '--json']);
+      expect(all.code).toBe(4);
+      expect(all.stderr).toContain('tenant hooli is pinned to region eu on cluster eu-2');
+      // The other tenants were backed up; nothing of hooli's was written anywhere.
+      expect(await query("SELECT id FROM backups WHERE tenant = 'hooli'")).toEqual([]);
+      expect([...(await filesUnder(install.destinationDirs['eu-local']!)), ...(await filesUnder(install.destinationDirs['us-local']!))].filter((f) => f.startsWith('hooli/') && f.endsWith('.dfb'))).toEqual([]);
+      await expect(fs.stat(out)).rejects.toThrow();
+    } finally {
+      await install.editConfig((c) => {
+        c.regions.us.clusters = c.regions.us.clusters.filter((x: {name: string}) => x.name !== 'eu-2');
+        c.regions.eu.clusters.push({name: 'eu-2', kind: 'embedded', port: install.ports['eu-2']});
+      });
+    }
+    expect((await install.cli(['backup', '--tenant', 'hooli'])).code).toBe(0);
+  });
 });
