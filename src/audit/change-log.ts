@@ -1,6 +1,8 @@
 import type {Client, Notification} from 'pg';
 
 import {usingControlPlane} from '../control/plane.js';
+import {operatorRegionOf} from '../config/schema.js';
+import {enforceRegion, type CrossRegionApproval} from '../residency/policy.js';
 import {UsageError, UserError, VerificationError} from '../errors.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {connectTenantSession} from '../tenants/tenant-session.js';
@@ -333,6 +335,8 @@ export async function followChanges(
 
 export interface ChangeTailOptions {
   readonly tenant: string;
+  /** --allow-cross-region --reason: the tenant's changes may be read on a host of another region. */
+  readonly approval?: CrossRegionApproval;
   readonly since?: Date;
   readonly limit: number;
   /** Keep reading new changes as they commit, until the signal aborts. */
@@ -354,7 +358,14 @@ export async function openTenantChangeLog(dir: InstallDir, slug: string): Promis
  * `follow` every change from there on, handed over as they commit (then nothing is returned).
  */
 export async function tailChangeLog(dir: InstallDir, options: ChangeTailOptions): Promise<ChangeEntry[]> {
-  const c = await openTenantChangeLog(dir, options.tenant);
+  // The change log is the tenant's data (before and after values): shown on this host, it is as
+  // much a copy in operatorRegion as an export is, and redirecting stdout makes it a file.
+  const c = await usingControlPlane(dir, async (plane) => {
+    const tenant = await plane.tenants.get(options.tenant);
+    const rerun = `dforge audit tail --tenant ${tenant.slug}${options.follow ? ' --follow' : ''}`;
+    await enforceRegion(plane, plane.config, {tenant: tenant.slug, from: tenant.region, to: operatorRegionOf(plane.config), operation: 'export', what: `reading tenant ${tenant.slug}'s change log on this host`, rerun}, options.approval);
+    return connectTenantSession(dir, plane.config, plane.tenants, tenant);
+  });
   try {
     const {follow} = options;
     if (!follow) return (await readRecentChanges(c, options)).map(toChangeEntry);

@@ -1,5 +1,5 @@
 import {createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject} from 'node:crypto';
-import {createReadStream, promises as fs} from 'node:fs';
+import {constants as fsConstants, createReadStream, promises as fs} from 'node:fs';
 import path from 'node:path';
 
 import type {Client} from 'pg';
@@ -153,9 +153,17 @@ export async function exportAudit(dir: InstallDir, options: ExportOptions): Prom
   // in the operator's region: a crossing is refused, or recorded, before the file exists.
   if (options.source !== 'ops') {
     const slug = options.source.tenant;
+    // A file that can't be written is refused before the crossing is recorded, not after.
+    const parent = path.dirname(path.resolve(options.out));
+    await fs.access(parent, fsConstants.W_OK).catch(() => {
+      throw new UserError(`cannot write the export to ${path.resolve(options.out)}: ${parent} does not exist or is not writable; nothing was exported`, {
+        nextSteps: [`Create the directory, or pass --out in a directory you can write.`],
+      });
+    });
     await usingControlPlane(dir, async (plane) => {
       const tenant = await plane.tenants.get(slug);
-      const rerun = `dforge audit export --tenant ${slug} --format ${options.format} --out ${options.out}`;
+      const range = `${options.since ? ` --since ${options.since.toISOString()}` : ''}${options.until ? ` --until ${options.until.toISOString()}` : ''}`;
+      const rerun = `dforge audit export --tenant ${slug} --format ${options.format}${range} --out '${options.out.replaceAll("'", "'\\''")}'`;
       await enforceRegion(plane, plane.config, {tenant: slug, from: tenant.region, to: operatorRegionOf(plane.config), operation: 'export', what: `export of tenant ${slug}'s change log to ${path.resolve(options.out)}`, rerun}, options.approval);
     });
   }

@@ -75,7 +75,10 @@ export async function restoreTenant(
   }
   // The backup's data is of the region its (authenticated) header names; where it lands is checked
   // before any database or tenant exists, and an approved crossing is recorded before either does.
-  const region = existing?.region ?? options.toRegion ?? auth.header.region;
+  // --as defaults to the source tenant's pin, not the backup's region: an approval that sent a
+  // backup abroad covered a copy there, never a live tenant there. A deleted tenant has no pin left.
+  const pinned = options.as === undefined ? undefined : (await plane.tenants.list()).find((t) => t.slug === sourceTenant)?.region;
+  const region = existing?.region ?? options.toRegion ?? pinned ?? auth.header.region;
   const crossing = checkRegion(
     plane.config,
     options.as === undefined
@@ -83,6 +86,14 @@ export async function restoreTenant(
       : {tenant: sourceTenant, from: auth.header.region, to: region, operation: 'restore-as', what: `restore of ${label} as new tenant ${options.as} in region ${region}`, rerun: `dforge restore --tenant ${sourceTenant} --from ${options.from} --as ${options.as} --to-region ${region}`},
     options.approval,
   );
+  // Every refusal comes before the crossing is recorded, so the ops log never shows a transfer
+  // that did not happen: a slug in use for --as is refused here, not by create afterwards.
+  if (options.as !== undefined && (await plane.tenants.list()).some((t) => t.slug === options.as)) {
+    throw new UserError(`tenant ${options.as} already exists: restore --as makes a new tenant; nothing was changed`, {
+      nextSteps: [`Pick another slug, or restore over it in place: ${restoreCommand(options.as, options.from)}`],
+      data: {tenant: options.as},
+    });
+  }
   const toc = await decryptAndList(plane, auth);
   if (crossing) await recordCrossing(plane, plane.config, crossing);
 
@@ -131,7 +142,9 @@ export function requireConfirmation(expected: string, confirm: string | undefine
 export async function restoreTarget(plane: ControlPlane, slugInput: string, from: string, toRegion?: string): Promise<Tenant> {
   const slug = validateSlug(slugInput);
   if (toRegion !== undefined) declaredRegion(plane, toRegion);
-  const tenant = (await plane.tenants.list()).find((t) => t.slug === slug);
+  const registered = (await plane.tenants.list()).find((t) => t.slug === slug);
+  // Resolved through the service, so a tenant whose cluster left its region is refused here, before the backup is read.
+  const tenant = registered ? await plane.tenants.get(slug) : undefined;
   if (!tenant) {
     throw new UserError(`no tenant ${slug}: it was deleted (or never created), so there is no database to restore over`, {
       nextSteps: [`Restore the backup as a new tenant with that slug: dforge restore --tenant ${slug} --from ${from} --as ${slug}`, 'List the current tenants with: dforge tenant list'],

@@ -32,8 +32,15 @@ export async function sealDestinationCredentials(dir: InstallDir, name: string, 
     throw new UsageError((err as Error).message, {nextSteps: (err as UsageError).nextSteps});
   }
   const secret = s3.credentials.secret;
+  // This command writes whatever secret name dforge.yaml gives; confined to backup/, it can never
+  // overwrite a cluster password, a certificate key or the export signing key.
+  if (!secret.startsWith('backup/')) {
+    throw new UsageError(`backup destination ${name} names secret ${secret}, outside backup/: dforge backup credentials writes only under backup/`, {
+      nextSteps: [`Set regions.${found.region}.backup.destinations[${name}].credentials.secret to backup/${name} in ${dir.configFile}, then run this again.`],
+    });
+  }
   return withOpsRecord(dir, {action: 'backup.credentials', target: name, details: (r: SealedCredentials) => ({region: r.region, secret: r.secret, verified: r.verified})}, async () => {
-    if (options.verify) await new S3Destination(found.region, s3, {get: () => Promise.resolve(Buffer.from(JSON.stringify(credentials)))}).list('');
+    if (options.verify) await new S3Destination(found.region, s3, {get: () => Promise.resolve(Buffer.from(JSON.stringify(credentials)))}).where();
     const keys = await openKeyServices(dir);
     await keys.keyring.withWrites(`dforge backup credentials: seal ${secret}`, () => keys.sealed.put(secret, JSON.stringify(credentials)));
     return {destination: name, region: found.region, secret, verified: options.verify};

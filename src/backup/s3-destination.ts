@@ -1,3 +1,4 @@
+import {isIP} from 'node:net';
 import {PassThrough, Readable, Transform} from 'node:stream';
 import {pipeline} from 'node:stream/promises';
 
@@ -51,7 +52,9 @@ export function checkS3Endpoint(name: string, endpoint: string): URL {
   const url = new URL(endpoint);
   if (url.protocol === 'https:') return url;
   const host = url.hostname.replace(/^\[|\]$/g, '');
-  if (url.protocol === 'http:' && (host === 'localhost' || host === '::1' || /^127\./.test(host))) return url;
+  // An address, not a name that merely starts with 127. (127.0.0.1.nip.io resolves anywhere).
+  const loopback = host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
+  if (url.protocol === 'http:' && loopback && url.username === '' && url.password === '') return url;
   throw new UserError(`backup destination ${name}: endpoint ${url.origin} is not https`, {
     nextSteps: [`Use an https:// endpoint for ${name} in dforge.yaml: over plain http the signed requests, object names and sizes travel in clear (plain http is allowed only on loopback).`],
   });
@@ -168,10 +171,14 @@ export class S3Destination implements BackupDestination {
         done(null, chunk);
       },
     });
+    // Only the source's own failure counts as one: when the store fails, the SDK destroys `counted`,
+    // the pipeline rejects with an abort, and the store's error is the one the operator needs.
     let sourceError: unknown;
+    source.once('error', (err: unknown) => {
+      sourceError = err;
+    });
     const feeding = pipeline(source, counter, counted).catch((err: unknown) => {
       // A source that fails must fail the upload too: the SDK would otherwise wait for more bytes.
-      sourceError = err;
       counted.destroy(err instanceof Error ? err : new Error(String(err)));
     });
     const upload = new Upload({client, params: {Bucket: this.config.bucket, Key: key, Body: counted}, partSize: PART_SIZE, queueSize: QUEUE_SIZE, leavePartsOnError: false});

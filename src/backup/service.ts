@@ -252,10 +252,12 @@ async function takeTenantBackup(plane: ControlPlane, target: BackupTarget, optio
   const slug = tenant.slug;
   return withBackupLock(plane, slug, options.command ?? `backup --tenant ${slug}`, async () => {
     // Under the lock (a locked run takes nothing) and before the dump: no crossing happens unrecorded.
-    if (target.crossing) await recordCrossing(plane, plane.config, target.crossing);
+    // Recorded at the backup's own time, which is what the residency report matches the approval by.
+    if (target.crossing) await recordCrossing(plane, plane.config, target.crossing, now);
     // Encryption fails closed: no data key, no file.
     const dek = await plane.dataKeys.current(slug);
-    await destination.removeIncomplete(slug, STALE_PARTIAL_MS);
+    // With the separator: an S3 prefix `acme` would also match `acme-corp/`, whose upload may be running.
+    await destination.removeIncomplete(`${slug}/`, STALE_PARTIAL_MS);
     const record = await dumpEncrypted({
       plane,
       destination,
@@ -298,7 +300,7 @@ export async function backupControl(plane: ControlPlane, options: {clock?: () =>
       for (const region of Object.keys(plane.config.regions)) {
         const destination = regionDestinations(plane, region)[0];
         if (!destination) continue;
-        await destination.removeIncomplete(CONTROL_OWNER, STALE_PARTIAL_MS);
+        await destination.removeIncomplete(`${CONTROL_OWNER}/`, STALE_PARTIAL_MS);
         records.push(
           await dumpEncrypted({
             plane,

@@ -217,7 +217,7 @@ export async function verifyResidency(
       let placement: DestinationPlacement;
       let objects: string[];
       try {
-        destination = destinationFor(region, d);
+        destination = destinationFor(region, d, plane.keys.sealed);
         placement = await destination.where();
         objects = (await destination.list('')).filter((l) => !l.endsWith(MANIFEST_SUFFIX));
       } catch (err) {

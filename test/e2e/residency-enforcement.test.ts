@@ -191,6 +191,19 @@ describe.skipIf(!available)('residency enforcement', () => {
     expect(await crossings()).toHaveLength(earlier);
   }, 120_000);
 
+  it("audit tail of a tenant of another region shows nothing without the approval (redirected, it would be a file), then shows its changes with it", async () => {
+    const shown = await refusedThenApproved(['audit', 'tail', '--tenant', 'ustenant', '--json'], 'export');
+    expect(shown.stdout).toContain('stays in us');
+  }, 120_000);
+
+  it('an export to a directory that does not exist is refused before any crossing is recorded', async () => {
+    const earlier = (await crossings()).length;
+    const r = await install.cli(['audit', 'export', '--tenant', 'ustenant', '--format', 'jsonl', '--out', path.join(scratch, 'missing', 'x.jsonl'), '--allow-cross-region', '--reason', 'never happens']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('does not exist or is not writable; nothing was exported');
+    expect(await crossings()).toHaveLength(earlier);
+  }, 60_000);
+
   it('backup decrypt of another region’s backup is refused before the question, then written with the approval', async () => {
     const out = path.join(scratch, 'ustenant.dump');
     await refusedThenApproved(['backup', 'decrypt', backupId, '--out', out, '--confirm', backupId], 'export');

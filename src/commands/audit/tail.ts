@@ -1,5 +1,7 @@
 import {Flags} from '@oclif/core';
 
+import {crossRegionFlags} from '../../cli/cross-region-flags.js';
+import {approvalFromFlags} from '../../residency/policy.js';
 import {BaseCommand} from '../../base-command.js';
 import {changeLine, parseAuditTime, tailChangeLog, type ChangeEntry} from '../../audit/change-log.js';
 import type {StoredOpsEntry} from '../../audit/ops-log.js';
@@ -26,6 +28,7 @@ export default class AuditTail extends BaseCommand<typeof AuditTail> {
     ops: Flags.boolean({summary: 'The ops log, also with --tenant.'}),
     follow: Flags.boolean({char: 'f', summary: 'Keep printing changes as they commit (needs --tenant).'}),
     since: Flags.string({summary: 'Only changes at or after this time (ISO 8601; needs --tenant).'}),
+    ...crossRegionFlags,
   };
 
   async run(): Promise<{entries: StoredOpsEntry[]} | {entries: ChangeEntry[]} | undefined> {
@@ -38,8 +41,9 @@ export default class AuditTail extends BaseCommand<typeof AuditTail> {
       return {entries};
     }
     const since = this.flags.since === undefined ? undefined : parseAuditTime('--since', this.flags.since);
+    const approval = approvalFromFlags(this.flags);
     if (!follow) {
-      const entries = await tailChangeLog(this.installDir(), {tenant, since, limit});
+      const entries = await tailChangeLog(this.installDir(), {tenant, since, limit, approval});
       if (!this.jsonEnabled()) for (const e of entries) this.log(changeLine(e));
       return {entries};
     }
@@ -52,6 +56,7 @@ export default class AuditTail extends BaseCommand<typeof AuditTail> {
         tenant,
         since,
         limit,
+        approval,
         follow: {
           signal: stop.signal,
           onEntries: (entries) => process.stdout.write(entries.map((e) => `${this.jsonEnabled() ? JSON.stringify({schemaVersion: AuditTail.schemaVersion, ...e}) : changeLine(e)}\n`).join('')),
