@@ -1,0 +1,159 @@
+import {afterAll, beforeAll, describe, expect, it} from 'vitest';
+
+import {openControlPlane} from '../../src/control/plane.js';
+import {runCli, type CliResult} from '../helpers/cli.js';
+import {crashAtEveryStep} from '../helpers/crash-points.js';
+import {findPgBinaries} from '../helpers/pg-cluster.js';
+import {multiRegionInstall, type MultiRegionInstall} from '../helpers/multi-region.js';
+import {missingComponent} from '../helpers/requirements.js';
+
+const available = findPgBinaries() !== undefined || missingComponent('PostgreSQL', 'no binaries under /usr/lib/postgresql');
+const CLUSTERS = ['eu-1', 'eu-2', 'us-1'];
+
+/**
+ * Tenant moves on one real two-region install (eu: eu-1, eu-2; us: us-1). Each case uses its own
+ * cheap tenant, so the cases do not depend on each other's order.
+ */
+describe.skipIf(!available)('tenant move (e2e)', () => {
+  let install: MultiRegionInstall;
+  beforeAll(async () => {
+    install = await multiRegionInstall();
+  }, 180_000);
+  afterAll(async () => {
+    await install?.cleanup();
+  });
+
+  const cli = (args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> => runCli([...args, '--dir', install.dir.root], {env});
+  const failure = (stdout: string): {message: string; nextSteps: string[]; data: Record<string, unknown>} => (JSON.parse(stdout) as {error: {message: string; nextSteps: string[]; data: Record<string, unknown>}}).error;
+  const dbOf = (slug: string): string => `tenant_${slug.replaceAll('-', '_')}`;
+
+  /** Every cluster's databases of the tenant, and whether its role there may log in. */
+  const presence = async (slug: string): Promise<Record<string, {database: boolean; role: boolean | null}>> => {
+    const plane = await openControlPlane(install.dir);
+    try {
+      const out: Record<string, {database: boolean; role: boolean | null}> = {};
+      for (const cluster of CLUSTERS) {
+        const c = await plane.provisionerOn(cluster);
+        try {
+          const db = await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [dbOf(slug)]);
+          const role = await c.query<{rolcanlogin: boolean}>('SELECT rolcanlogin FROM pg_roles WHERE rolname = $1', [dbOf(slug)]);
+          out[cluster] = {database: db.rowCount === 1, role: role.rowCount === 1 ? role.rows[0]!.rolcanlogin : null};
+        } finally {
+          await c.end();
+        }
+      }
+      return out;
+    } finally {
+      await plane.close();
+    }
+  };
+  /** Clusters where the tenant's database exists and its role may log in: exactly one, always. */
+  const live = async (slug: string): Promise<string[]> => Object.entries(await presence(slug)).filter(([, p]) => p.database && p.role === true).map(([c]) => c);
+  /** Any database or role of the tenant (restore scratch and roles included) on a cluster. */
+  const leftovers = async (slug: string, cluster: string): Promise<string[]> => {
+    const plane = await openControlPlane(install.dir);
+    try {
+      const c = await plane.provisionerOn(cluster);
+      try {
+        const r = await c.query<{name: string}>("SELECT datname AS name FROM pg_database WHERE datname LIKE $1 || '%' UNION ALL SELECT rolname FROM pg_roles WHERE rolname LIKE $1 || '%'", [dbOf(slug)]);
+        return r.rows.map((x) => x.name).sort();
+      } finally {
+        await c.end();
+      }
+    } finally {
+      await plane.close();
+    }
+  };
+  const registry = async (slug: string): Promise<{region: string; cluster: string}> => {
+    const r = await cli(['tenant', 'show', slug, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const t = JSON.parse(r.stdout) as {region: string; cluster: string};
+    return {region: t.region, cluster: t.cluster};
+  };
+  /** A tenant on eu-1 with rows in two module tables and the change log. */
+  const tenantWithRows = async (slug: string): Promise<void> => {
+    const r = await cli(['tenant', 'create', slug, '--cluster', 'eu-1', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    await install.asTenant(slug, async (c) => {
+      await c.query('CREATE TABLE crm.contacts (id serial PRIMARY KEY, name text NOT NULL, note jsonb)');
+      await c.query("INSERT INTO crm.contacts (name, note) SELECT 'contact ' || g, jsonb_build_object('n', g) FROM generate_series(1, 300) g");
+      await c.query('CREATE TABLE hr.staff (id bigint PRIMARY KEY, salary numeric(12,2))');
+      await c.query('INSERT INTO hr.staff SELECT g, g * 1000.5 FROM generate_series(1, 50) g');
+    });
+  };
+  const checksum = (slug: string): Promise<string[]> =>
+    install.asTenant(slug, async (c) => {
+      const out: string[] = [];
+      for (const t of ['crm.contacts', 'hr.staff']) out.push((await c.query<{m: string}>(`SELECT count(*) || ':' || md5(string_agg(t::text, ',' ORDER BY t::text)) AS m FROM ${t} AS t`)).rows[0]!.m);
+      return out;
+    });
+
+  it('refuses a move to another region without --allow-cross-region (exit 1), naming tenant, regions and flag; nothing changes on any cluster', async () => {
+    await tenantWithRows('hostile-eu');
+    const before = await Promise.all(CLUSTERS.map((c) => install.databasesOn(c)));
+    const r = await cli(['tenant', 'move', 'hostile-eu', '--to-region', 'us', '--json']);
+    expect(r.code).toBe(1);
+    const err = failure(r.stdout);
+    expect(err.message).toMatch(/tenant hostile-eu is pinned to region eu .*region us/);
+    expect(err.nextSteps.join('\n')).toContain('--allow-cross-region --reason');
+    expect(await Promise.all(CLUSTERS.map((c) => install.databasesOn(c)))).toEqual(before);
+    expect(await registry('hostile-eu')).toEqual({region: 'eu', cluster: 'eu-1'});
+    expect(await live('hostile-eu')).toEqual(['eu-1']);
+    const status = await cli(['tenant', 'move', 'hostile-eu', '--status', '--json']);
+    expect(JSON.parse(status.stdout).move).toBeNull();
+  }, 120_000);
+
+  it('refuses a target that already holds the tenant database, naming it; and a purge without --confirm (exit 2)', async () => {
+    await tenantWithRows('squatted');
+    const plane = await openControlPlane(install.dir);
+    try {
+      const c = await plane.provisionerOn('eu-2');
+      await c.query(`CREATE DATABASE ${dbOf('squatted')}`);
+      await c.end();
+    } finally {
+      await plane.close();
+    }
+    const r = await cli(['tenant', 'move', 'squatted', '--to-cluster', 'eu-2', '--json']);
+    expect(r.code).toBe(1);
+    expect(failure(r.stdout).message).toContain(`cluster eu-2 already holds database ${dbOf('squatted')}`);
+    expect(await registry('squatted')).toEqual({region: 'eu', cluster: 'eu-1'});
+    expect(await live('squatted')).toEqual(['eu-1']);
+    const purge = await cli(['tenant', 'move', 'squatted', '--purge-source', '--json']);
+    expect(purge.code).toBe(2);
+  }, 120_000);
+
+  it('moves eu-1 -> eu-2 with the same rows and checksums; the tenant logs in on eu-2 with its own credentials; the source stays NOLOGIN until --purge-source', async () => {
+    await tenantWithRows('mover');
+    const before = await checksum('mover');
+    const r = await cli(['tenant', 'move', 'mover', '--to-cluster', 'eu-2', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as {move: {state: string; toCluster: string}; checksums: {table: string; rows: number}[]};
+    expect(out.move.state).toBe('done');
+    expect(out.checksums.find((t) => t.table === 'crm.contacts')?.rows).toBe(300);
+    expect(await registry('mover')).toEqual({region: 'eu', cluster: 'eu-2'});
+    expect(await checksum('mover')).toEqual(before);
+    expect(await live('mover')).toEqual(['eu-2']);
+    expect((await presence('mover'))['eu-1']).toEqual({database: true, role: false});
+    const purge = await cli(['tenant', 'move', 'mover', '--purge-source', '--confirm', 'mover', '--json']);
+    expect(purge.code, purge.stderr).toBe(0);
+    expect(await leftovers('mover', 'eu-1')).toEqual([]);
+    expect(await checksum('mover')).toEqual(before);
+  }, 180_000);
+
+  it('moves eu -> us with --allow-cross-region --reason, leaving one residency.cross-region ops-log entry', async () => {
+    await tenantWithRows('emigrant');
+    const before = await checksum('emigrant');
+    const r = await cli(['tenant', 'move', 'emigrant', '--to-region', 'us', '--allow-cross-region', '--reason', 'DPA-2026-14 customer request', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(await registry('emigrant')).toEqual({region: 'us', cluster: 'us-1'});
+    expect(await checksum('emigrant')).toEqual(before);
+    expect(await live('emigrant')).toEqual(['us-1']);
+    const plane = await openControlPlane(install.dir);
+    try {
+      const rows = await plane.control.query<{details: {reason: string; operation: string}}>("SELECT details FROM ops_log WHERE action = 'residency.cross-region' AND target LIKE '%emigrant%'");
+      expect(rows.rows.map((x) => [x.details.operation, x.details.reason])).toEqual([['move', 'DPA-2026-14 customer request']]);
+    } finally {
+      await plane.close();
+    }
+  }, 180_000);
+});
