@@ -156,4 +156,69 @@ describe.skipIf(!available)('tenant move (e2e)', () => {
       await plane.close();
     }
   }, 180_000);
+  /** The state the journal shows for the tenant's open or last move. */
+  const journalState = async (slug: string): Promise<string | null> => {
+    const r = await cli(['tenant', 'move', slug, '--status', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    return (JSON.parse(r.stdout) as {move: {state: string} | null}).move?.state ?? null;
+  };
+
+  it('a kill at every journal step, then --resume, ends with exactly one live database, on the target, with the same rows', async () => {
+    let n = 0;
+    let slug = '';
+    let before: string[] = [];
+    await crashAtEveryStep({
+      name: 'tenant move, then --resume',
+      prepare: async () => {
+        slug = `kr-${++n}`;
+        await tenantWithRows(slug);
+        before = await checksum(slug);
+      },
+      run: (env) => cli(['tenant', 'move', slug, '--to-cluster', 'eu-2', '--json'], env),
+      recover: async (step) => {
+        if ((await journalState(slug)) !== 'done') {
+          const r = await cli(['tenant', 'move', slug, '--resume', '--json']);
+          expect(r.code, `${step}: ${r.stderr}`).toBe(0);
+        }
+        expect(await journalState(slug), step).toBe('done');
+        expect(await live(slug), step).toEqual(['eu-2']);
+        expect(await registry(slug), step).toEqual({region: 'eu', cluster: 'eu-2'});
+        expect(await checksum(slug), step).toEqual(before);
+        expect((await presence(slug))['eu-1'], step).toEqual({database: true, role: false});
+      },
+    });
+  }, 600_000);
+
+  it('a kill at every journal step, then --rollback, ends with exactly one live database and nothing of the tenant left on the target; past cutover the rollback is refused and --resume finishes', async () => {
+    let n = 0;
+    let slug = '';
+    let before: string[] = [];
+    await crashAtEveryStep({
+      name: 'tenant move, then --rollback',
+      prepare: async () => {
+        slug = `kb-${++n}`;
+        await tenantWithRows(slug);
+        before = await checksum(slug);
+      },
+      run: (env) => cli(['tenant', 'move', slug, '--to-cluster', 'eu-2', '--json'], env),
+      recover: async (step) => {
+        const state = await journalState(slug);
+        const r = await cli(['tenant', 'move', slug, '--rollback', '--json']);
+        if (state === 'cutover' || state === 'done') {
+          expect(r.code, step).toBe(1);
+          expect(failure(r.stdout).message, step).toMatch(state === 'done' ? /no open move/ : /past cutover/);
+          if (state === 'cutover') expect(failure(r.stdout).nextSteps.join('\n'), step).toContain(`dforge tenant move ${slug} --to-cluster eu-1`);
+          if (state === 'cutover') expect((await cli(['tenant', 'move', slug, '--resume', '--json'])).code, step).toBe(0);
+          expect(await live(slug), step).toEqual(['eu-2']);
+        } else {
+          expect(r.code, `${step}: ${r.stderr}`).toBe(0);
+          expect(await journalState(slug), step).toBe('rolled-back');
+          expect(await live(slug), step).toEqual(['eu-1']);
+          expect(await registry(slug), step).toEqual({region: 'eu', cluster: 'eu-1'});
+          expect(await leftovers(slug, 'eu-2'), step).toEqual([]);
+        }
+        expect(await checksum(slug), step).toEqual(before);
+      },
+    });
+  }, 600_000);
 });
