@@ -250,6 +250,7 @@ async function copy(plane: ControlPlane, tenant: Tenant, move: MoveRecord): Prom
     await databases.drop(move.database);
     await databases.roles.dropRestoreRole(tenant.role);
     await databases.roles.ensure(tenant.role, scramVerifier(password), tenant.connectionLimit, false);
+    crashPoint('tenant.move.copy.target-roles');
     await databases.clone(scratch);
     const restorePassword = randomPassword();
     await databases.roles.createRestoreRole(tenant.role, scramVerifier(restorePassword));
@@ -258,11 +259,13 @@ async function copy(plane: ControlPlane, tenant: Tenant, move: MoveRecord): Prom
       const serverMajor = Math.floor(Number(await serverVersion(plane, move.fromCluster, source)) / 10_000);
       const useList = restorableEntries(await dumpList(plane, move.fromCluster, source, serverMajor), MODULE_SCHEMAS);
       await pipeDump(plane, {from: move.fromCluster, source, to: move.toCluster, target: {user: restoreRoleOf(tenant.role), password: restorePassword, database: scratch}, role: tenant.role, serverMajor, useList});
+      crashPoint('tenant.move.copy.loaded');
     });
     await databases.shape(scratch, {connect: [tenant.role], revoke: [restoreRoleOf(tenant.role)]});
     await databases.roles.dropRestoreRole(tenant.role);
     // Nothing lives under the tenant's name on the target (dropped above), so nothing is kept aside.
     await databases.roles.swap(tenant.role, previousDatabaseName(tenant, new Date()));
+    crashPoint('tenant.move.copy.renamed');
   });
 }
 
