@@ -88,6 +88,29 @@ describe.skipIf(!available)('tenant move (e2e)', () => {
       return out;
     });
 
+  it('hostile tenant: code its dump carries (a CHECK constraint calling its own function) runs during the load as its restore role, never as anything more powerful', async () => {
+    await tenantWithRows('hostile-fn');
+    const role = dbOf('hostile-fn');
+    await install.asTenant('hostile-fn', async (c) => {
+      // Raises (failing the load) if evaluated in any session but the tenant's own or its restore role's.
+      await c.query(`CREATE FUNCTION crm.who_runs_me(i int) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
+        BEGIN
+          IF session_user::text NOT IN ('${role}', '${role}__restore') OR current_user::text NOT IN ('${role}', '${role}__restore') THEN
+            RAISE EXCEPTION 'tenant code ran as session % / current %', session_user, current_user;
+          END IF;
+          RETURN true;
+        END $$`);
+      await c.query('CREATE TABLE crm.guarded (id int PRIMARY KEY CHECK (crm.who_runs_me(id)))');
+      await c.query('INSERT INTO crm.guarded SELECT generate_series(1, 20)');
+    });
+    const r = await cli(['tenant', 'move', 'hostile-fn', '--to-cluster', 'eu-2', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(await live('hostile-fn')).toEqual(['eu-2']);
+    expect(await install.asTenant('hostile-fn', async (c) => (await c.query<{n: number}>('SELECT count(*)::int AS n FROM crm.guarded')).rows[0]!.n)).toBe(20);
+    // The database and the login role share the name; the restore role and its scratch database are gone.
+    expect(await leftovers('hostile-fn', 'eu-2')).toEqual([role, role, `${role}__owner`]);
+  }, 120_000);
+
   it('refuses a move to another region without --allow-cross-region (exit 1), naming tenant, regions and flag; nothing changes on any cluster', async () => {
     await tenantWithRows('hostile-eu');
     const before = await Promise.all(CLUSTERS.map((c) => install.databasesOn(c)));
