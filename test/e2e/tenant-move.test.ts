@@ -1,6 +1,10 @@
+import {promises as fs} from 'node:fs';
+import path from 'node:path';
+
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
 import {openControlPlane} from '../../src/control/plane.js';
+import {tenantsRuntimeDir} from '../../src/runtime/tenant-catalog.js';
 import {runCli, type CliResult} from '../helpers/cli.js';
 import {crashAtEveryStep} from '../helpers/crash-points.js';
 import {findPgBinaries} from '../helpers/pg-cluster.js';
@@ -157,6 +161,9 @@ describe.skipIf(!available)('tenant move (e2e)', () => {
     expect(await checksum('mover')).toEqual(before);
     expect(await live('mover')).toEqual(['eu-2']);
     expect((await presence('mover'))['eu-1']).toEqual({database: true, role: false});
+    // The app catalog was republished: it names eu-2's port.
+    const catalog = JSON.parse(await fs.readFile(path.join(tenantsRuntimeDir(install.dir), 'catalog.json'), 'utf8')) as {tenants: {slug: string; port: number}[]};
+    expect(catalog.tenants.find((t) => t.slug === 'mover')?.port).toBe(install.ports['eu-2']);
     const purge = await cli(['tenant', 'move', 'mover', '--purge-source', '--confirm', 'mover', '--json']);
     expect(purge.code, purge.stderr).toBe(0);
     expect(await leftovers('mover', 'eu-1')).toEqual([]);
