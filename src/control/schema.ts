@@ -88,6 +88,32 @@ ALTER TABLE ops_log ADD COLUMN key_id text, ADD COLUMN chain_break jsonb;
 `,
   },
   {
+    version: 4,
+    sql: `
+-- The tenant-move journal (src/tenants/move-journal.ts). A row is written, naming the target
+-- cluster and database, BEFORE anything is created on the target: the row is the recorded cleanup,
+-- so a move killed at any step can be resumed or rolled back from what it says.
+CREATE TABLE tenant_moves (
+  id              bigserial PRIMARY KEY,
+  slug            text NOT NULL,
+  from_region     text NOT NULL,
+  from_cluster    text NOT NULL,
+  to_region       text NOT NULL,
+  to_cluster      text NOT NULL,
+  database        text NOT NULL,
+  state           text NOT NULL CHECK (state IN ('planned', 'frozen', 'copied', 'verified', 'cutover', 'done', 'rolled-back')),
+  reason          text,
+  approval_reason text,
+  error           text,
+  started_at      timestamptz NOT NULL DEFAULT now(),
+  updated_at      timestamptz NOT NULL DEFAULT now(),
+  finished_at     timestamptz
+);
+-- One open move per tenant: a second move waits for the first to finish or be rolled back.
+CREATE UNIQUE INDEX tenant_moves_one_open ON tenant_moves (slug) WHERE state NOT IN ('done', 'rolled-back');
+`,
+  },
+  {
     version: 5,
     sql: `
 -- What residency report --verify found each cluster and destination to be (src/residency/verify.ts):

@@ -1,0 +1,421 @@
+/**
+ * `dforge tenant move`: a tenant's database goes to another cluster (of its region, or, with an
+ * approved crossing, of another region) through the journaled steps of src/tenants/move-journal.ts:
+ *
+ *  plan     the journal row names the target cluster and database before anything exists there;
+ *  frozen   the source role is NOLOGIN and its sessions are ended: nothing writes any more;
+ *  copied   on the target: the tenant's roles from the same sealed password (NOLOGIN), a database
+ *           cloned from the tenant template and shaped, loaded by pg_dump (as the tenant) piped
+ *           into pg_restore (as the short-lived restore role), both over verified TLS;
+ *  verified per-table row counts and checksums, read as the tenant on both sides, and object counts;
+ *  cutover  one control transaction points the registry at the target;
+ *  done     the target role may log in again. The source database and roles stay, NOLOGIN, until
+ *           --purge-source.
+ *
+ * Every step checks what exists first, so --resume repeats at most the step a crash interrupted.
+ * The source must stay readable as the tenant while frozen, so the copy and the checks reach it
+ * through a one-run password (see asFrozenTenant): the application's credentials stay locked out.
+ */
+import type {Client} from 'pg';
+
+import {clustersOf, endpointOf, type ControlPlane} from '../control/plane.js';
+import {inTransaction} from '../control/keys-store.js';
+import {UsageError, UserError, VerificationError} from '../errors.js';
+import {startPgRestoreList, startPgTool} from '../backup/pg-tool-runner.js';
+import {restorableEntries} from '../backup/pg-tools.js';
+import {restoreRoleOf} from '../postgres/provisioner.js';
+import {withConnection} from '../postgres/connect.js';
+import {randomPassword, scramVerifier} from '../postgres/scram.js';
+import {checkRegion, recordCrossing, type CrossRegionApproval} from '../residency/policy.js';
+import {crashPoint} from '../state/crash-point.js';
+import {previousDatabaseName, scratchDatabaseOf, TenantDatabases} from './databases.js';
+import {MODULE_SCHEMAS} from './module-sql.js';
+import {MoveJournal, canRollBack, type MoveRecord} from './move-journal.js';
+import {pickCluster, type Tenant} from './service.js';
+import {validateSlug} from './slug.js';
+
+/** One ordinary table's rows as the tenant reads them: count and md5 of the rows' text in text order. */
+export interface TableChecksum {
+  readonly table: string;
+  readonly rows: number;
+  readonly md5: string;
+}
+
+export interface MoveResult {
+  readonly tenant: string;
+  readonly move: MoveRecord;
+  /** The per-table checksums both sides agreed on; empty when this run did not verify (a resume past verified, a rollback). */
+  readonly checksums: readonly TableChecksum[];
+}
+
+const moveCommand = (slug: string, rest: string): string => `dforge tenant move ${slug} ${rest}`;
+
+/**
+ * Plans and runs a move. The target is `toCluster` (its region follows) or the cluster of
+ * `toRegion` with the most free capacity. A region change needs `approval`, recorded in the ops
+ * log before anything happens.
+ */
+export async function moveTenant(plane: ControlPlane, o: {tenant: string; toCluster?: string; toRegion?: string; approval?: CrossRegionApproval}): Promise<MoveResult> {
+  const slug = validateSlug(o.tenant);
+  return plane.tenants.withTenantLock(slug, 'tenant.move', async () => {
+    const tenant = await plane.tenants.get(slug);
+    if (tenant.status !== 'active') throw new UserError(`tenant ${slug} is ${tenant.status}; only an active tenant is moved`, {nextSteps: [`Check it with: dforge tenant show ${slug}`]});
+    const journal = new MoveJournal(plane.control);
+    const open = await journal.open(slug);
+    if (open) {
+      throw new UserError(`tenant ${slug} already has an open move (#${open.id}, ${open.fromCluster} -> ${open.toCluster}, state ${open.state}); nothing was changed`, {
+        nextSteps: [`Finish it with: ${moveCommand(slug, '--resume')}`, `Or undo it with: ${moveCommand(slug, '--rollback')}`],
+        data: {tenant: slug, moveId: open.id, state: open.state},
+      });
+    }
+    const target = await targetOf(plane, tenant, o);
+    const rerun = moveCommand(slug, o.toCluster ? `--to-cluster ${o.toCluster}` : `--to-region ${o.toRegion}`);
+    const approved = checkRegion(plane.config, {tenant: slug, from: tenant.region, to: target.region, operation: 'move', what: `moving tenant ${slug} to cluster ${target.cluster}`, rerun}, o.approval);
+    // The target must not hold the tenant's database already: that is someone's data, not ours to overwrite or drop.
+    await onCluster(plane, target.cluster, tenant, async (databases) => {
+      const there = (await databases.all()).filter((name) => name === tenant.database || name === scratchDatabaseOf(tenant));
+      if (there.length > 0) {
+        throw new UserError(`cluster ${target.cluster} already holds database ${there.join(', ')} of tenant ${slug}; nothing was changed`, {
+          nextSteps: [`Inspect it on ${target.cluster}; if it is a leftover, drop it there before moving, or move ${slug} to another cluster`],
+          data: {tenant: slug, cluster: target.cluster, databases: there},
+        });
+      }
+    });
+    if (approved) await recordCrossing(plane, plane.config, approved);
+    const move = await journal.plan({
+      slug,
+      fromRegion: tenant.region,
+      fromCluster: tenant.cluster,
+      toRegion: target.region,
+      toCluster: target.cluster,
+      database: tenant.database,
+      reason: target.reason,
+      approvalReason: approved?.approval.reason,
+    });
+    return run(plane, journal, tenant, move);
+  });
+}
+
+/** Continues the tenant's open move from the state its journal row records. */
+export async function resumeMove(plane: ControlPlane, slugInput: string): Promise<MoveResult> {
+  const slug = validateSlug(slugInput);
+  return plane.tenants.withTenantLock(slug, 'tenant.move', async () => {
+    const journal = new MoveJournal(plane.control);
+    const move = await requireOpen(journal, slug);
+    return run(plane, journal, await plane.tenants.get(slug), move);
+  });
+}
+
+/**
+ * Undoes an open move before cutover: drops on the target exactly what the journal names (the
+ * tenant's database, the restore scratch database, its roles), lets the source role log in again.
+ */
+export async function rollbackMove(plane: ControlPlane, slugInput: string): Promise<MoveResult> {
+  const slug = validateSlug(slugInput);
+  return plane.tenants.withTenantLock(slug, 'tenant.move.rollback', async () => {
+    const journal = new MoveJournal(plane.control);
+    const move = await requireOpen(journal, slug);
+    if (!canRollBack(move.state)) {
+      throw new UserError(`move #${move.id} of tenant ${slug} is past cutover (${move.state}): the registry already names ${move.toCluster}; nothing was changed`, {
+        nextSteps: [`Finish it with: ${moveCommand(slug, '--resume')}`, `Then, to go back, move it again: ${moveCommand(slug, `--to-cluster ${move.fromCluster}`)}`],
+        data: {tenant: slug, moveId: move.id, state: move.state},
+      });
+    }
+    const tenant = await plane.tenants.get(slug);
+    await onCluster(plane, move.toCluster, tenant, async (databases) => {
+      await databases.drop(scratchDatabaseOf(tenant));
+      await databases.drop(move.database);
+      await databases.roles.dropRestoreRole(tenant.role);
+      await databases.roles.dropRoles(tenant.role);
+    });
+    await unfreezeSource(plane, tenant, move);
+    return {tenant: slug, move: await journal.advance(move, 'rolled-back', {error: 'rolled back by the operator'}), checksums: []};
+  });
+}
+
+/** The tenant's open move, else its last one. */
+export async function moveStatus(plane: ControlPlane, slugInput: string): Promise<MoveRecord | null> {
+  return (await new MoveJournal(plane.control).latest(validateSlug(slugInput))) ?? null;
+}
+
+/** Drops the source database and roles a finished move left behind, NOLOGIN. `confirm` must repeat the slug. */
+export async function purgeSource(plane: ControlPlane, slugInput: string, confirm: string): Promise<{tenant: string; cluster: string; dropped: string[]}> {
+  const slug = validateSlug(slugInput);
+  if (confirm !== slug) throw new UsageError(`--purge-source drops the source database of ${slug}: --confirm must be exactly ${slug}`, {nextSteps: [`Run: ${moveCommand(slug, `--purge-source --confirm ${slug}`)}`]});
+  return plane.tenants.withTenantLock(slug, 'tenant.move.purge-source', async () => {
+    const journal = new MoveJournal(plane.control);
+    const last = await journal.latest(slug);
+    if (!last || last.state !== 'done') {
+      throw new UserError(`tenant ${slug} has no finished move${last ? ` (move #${last.id} is ${last.state})` : ''}: there is no source to purge; nothing was changed`, {nextSteps: [`See it with: ${moveCommand(slug, '--status')}`]});
+    }
+    const tenant = await plane.tenants.get(slug);
+    // The registry must name another cluster: a purge never drops the live database.
+    if (tenant.cluster === last.fromCluster) throw new UserError(`tenant ${slug} lives on ${tenant.cluster} again; its database there is live, not a move's source`, {nextSteps: ['Nothing to purge']});
+    return onCluster(plane, last.fromCluster, tenant, async (databases) => {
+      const dropped = await databases.all();
+      for (const name of dropped) await databases.drop(name);
+      await databases.roles.dropRestoreRole(tenant.role);
+      await databases.roles.dropRoles(tenant.role);
+      return {tenant: slug, cluster: last.fromCluster, dropped};
+    });
+  });
+}
+
+async function requireOpen(journal: MoveJournal, slug: string): Promise<MoveRecord> {
+  const move = await journal.open(slug);
+  if (move) return move;
+  const last = await journal.latest(slug);
+  throw new UserError(`tenant ${slug} has no open move${last ? ` (the last one, #${last.id}, is ${last.state})` : ''}; nothing was changed`, {
+    nextSteps: [`Start one with: ${moveCommand(slug, '--to-cluster <cluster>')}`],
+  });
+}
+
+/** Where --to-cluster or --to-region sends the tenant, and why, in words. */
+async function targetOf(plane: ControlPlane, tenant: Tenant, o: {toCluster?: string; toRegion?: string}): Promise<{region: string; cluster: string; reason: string}> {
+  const clusters = clustersOf(plane.config);
+  if (o.toCluster !== undefined) {
+    const entry = clusters.get(o.toCluster);
+    if (!entry) throw new UsageError(`no cluster ${o.toCluster}`, {nextSteps: [`Declared clusters: ${[...clusters.keys()].join(', ')}`]});
+    if (o.toRegion !== undefined && o.toRegion !== entry.region) throw new UsageError(`cluster ${o.toCluster} is in region ${entry.region}, not ${o.toRegion}`, {nextSteps: ['Give --to-cluster alone: its region follows']});
+    if (o.toCluster === tenant.cluster) throw new UsageError(`tenant ${tenant.slug} already lives on ${o.toCluster}`, {nextSteps: [`See it with: dforge tenant show ${tenant.slug}`]});
+    return {region: entry.region, cluster: o.toCluster, reason: 'requested with --to-cluster'};
+  }
+  const region = o.toRegion!;
+  const def = plane.config.regions[region];
+  if (!def) throw new UsageError(`no region ${region}`, {nextSteps: [`Declared regions: ${Object.keys(plane.config.regions).join(', ')}`]});
+  const candidates = def.clusters.map((c) => c.name).filter((name) => name !== tenant.cluster);
+  const counts = await plane.control.query<{cluster: string; n: string}>('SELECT cluster, count(*) AS n FROM tenants WHERE cluster = ANY($1) GROUP BY cluster', [candidates]);
+  const used = new Map(counts.rows.map((r) => [r.cluster, Number(r.n)]));
+  const loads = candidates.map((name) => ({name, used: used.get(name) ?? 0, capacity: def.clusters.find((c) => c.name === name)!.maxTenants ?? null}));
+  const chosen = pickCluster(loads);
+  if (!chosen) {
+    throw new UserError(`region ${region} has no cluster with room for tenant ${tenant.slug} (other than its own)`, {
+      nextSteps: ['Raise maxTenants of a cluster of the region in dforge.yaml, or add a cluster', `Or name one: ${moveCommand(tenant.slug, '--to-cluster <cluster>')}`],
+    });
+  }
+  return {region, cluster: chosen.name, reason: `most free capacity in region ${region} (${chosen.used}/${chosen.capacity ?? 'unlimited'} used)`};
+}
+
+/** Runs the move's remaining steps from its journal state. */
+async function run(plane: ControlPlane, journal: MoveJournal, tenant: Tenant, start: MoveRecord): Promise<MoveResult> {
+  let move = start;
+  let checksums: TableChecksum[] = [];
+  try {
+    if (move.state === 'planned') {
+      await onCluster(plane, move.fromCluster, tenant, async (databases) => {
+        await databases.roles.setLogin(tenant.role, false);
+        await databases.roles.terminateSessions(tenant.role);
+      });
+      move = await journal.advance(move, 'frozen');
+    }
+    if (move.state === 'frozen') {
+      await copy(plane, tenant, move);
+      move = await journal.advance(move, 'copied');
+    }
+    if (move.state === 'copied') {
+      checksums = await verify(plane, tenant, move);
+      move = await journal.advance(move, 'verified');
+    }
+    if (move.state === 'verified') {
+      const verified = move;
+      move = await inTransaction(plane.control, async () => {
+        await plane.control.query('UPDATE tenants SET region = $2, cluster = $3, updated_at = now() WHERE slug = $1', [tenant.slug, verified.toRegion, verified.toCluster]);
+        return journal.advance(verified, 'cutover', {c: plane.control});
+      });
+      crashPoint('tenant.move.cutover');
+    }
+    if (move.state === 'cutover') {
+      await onCluster(plane, move.toCluster, tenant, (databases) => databases.roles.setLogin(tenant.role, true));
+      move = await journal.advance(move, 'done');
+    }
+  } catch (err) {
+    await journal.noteError(move, err instanceof Error ? err.message : String(err)).catch(() => undefined);
+    throw err;
+  }
+  return {tenant: tenant.slug, move, checksums};
+}
+
+/**
+ * The target side of the copy, from scratch each time (a rerun after a crash drops what an earlier
+ * attempt left: the journal names it, and plan refused a target that held the tenant's database).
+ * As restore does (src/backup/restore.ts restoreInto): a scratch database shaped by the owner role,
+ * loaded by the restore role (a NOINHERIT member of the tenant's login role and of nothing else) so
+ * code in the dump runs with the tenant's power only, then renamed to the tenant's database.
+ */
+async function copy(plane: ControlPlane, tenant: Tenant, move: MoveRecord): Promise<void> {
+  const password = await plane.tenants.password(tenant.slug);
+  await onCluster(plane, move.toCluster, tenant, async (databases) => {
+    const scratch = scratchDatabaseOf(tenant);
+    await databases.drop(scratch);
+    await databases.drop(move.database);
+    await databases.roles.dropRestoreRole(tenant.role);
+    await databases.roles.ensure(tenant.role, scramVerifier(password), tenant.connectionLimit, false);
+    crashPoint('tenant.move.copy.target-roles');
+    await databases.clone(scratch);
+    const restorePassword = randomPassword();
+    await databases.roles.createRestoreRole(tenant.role, scramVerifier(restorePassword));
+    await databases.shape(scratch, {connect: [restoreRoleOf(tenant.role)]});
+    await asFrozenTenant(plane, tenant, move.fromCluster, async (source) => {
+      const serverMajor = Math.floor(Number(await serverVersion(plane, move.fromCluster, source)) / 10_000);
+      const useList = restorableEntries(await dumpList(plane, move.fromCluster, source, serverMajor), MODULE_SCHEMAS);
+      await pipeDump(plane, {from: move.fromCluster, source, to: move.toCluster, target: {user: restoreRoleOf(tenant.role), password: restorePassword, database: scratch}, role: tenant.role, serverMajor, useList});
+      crashPoint('tenant.move.copy.loaded');
+    });
+    await databases.shape(scratch, {connect: [tenant.role], revoke: [restoreRoleOf(tenant.role)]});
+    await databases.roles.dropRestoreRole(tenant.role);
+    // Nothing lives under the tenant's name on the target (dropped above), so nothing is kept aside.
+    await databases.roles.swap(tenant.role, previousDatabaseName(tenant, new Date()));
+    crashPoint('tenant.move.copy.renamed');
+  });
+}
+
+/** pg_dump's options for a tenant, as backups take them (src/backup/service.ts). */
+const DUMP_ARGS = ['--format=custom', '--no-password', '--exclude-schema=dforge_guard'];
+
+/**
+ * The dump's table of contents, for restore's entry filter (restorableEntries): a pure pipe
+ * cannot filter, and pg_restore reads its -L list before the dump. A custom-format archive written
+ * to a pipe starts with its table of contents, so pg_restore --list reads that head and exits; the
+ * pg_dump behind it is stopped there, before it has sent much data. The source is frozen, so the
+ * second pg_dump, the one loaded, numbers the same catalog the same way.
+ */
+async function dumpList(plane: ControlPlane, cluster: string, source: {user: string; password: string; database: string}, serverMajor: number): Promise<string> {
+  const pgDump = await startPgTool(plane, {tool: 'pg_dump', args: DUMP_ARGS, cluster, credentials: source, serverMajor});
+  const list = await startPgRestoreList(plane, serverMajor);
+  try {
+    pgDump.stdin.end();
+    // It fails with a broken pipe once pg_restore --list has what it needs: expected, not an error.
+    pgDump.done.catch(() => undefined);
+    list.stdin.on('error', () => undefined);
+    pgDump.stdout.pipe(list.stdin);
+    const chunks: Buffer[] = [];
+    list.stdout.on('data', (b: Buffer) => chunks.push(b));
+    await list.done;
+    return Buffer.concat(chunks).toString('utf8');
+  } finally {
+    pgDump.kill();
+    await Promise.all([pgDump.close(), list.close()]);
+  }
+}
+
+async function pipeDump(
+  plane: ControlPlane,
+  o: {from: string; source: {user: string; password: string; database: string}; to: string; target: {user: string; password: string; database: string}; role: string; serverMajor: number; useList: string},
+): Promise<void> {
+  const pgRestore = await startPgTool(plane, {
+    tool: 'pg_restore',
+    args: ['--dbname', o.target.database, `--role=${o.role}`, '--no-owner', '--no-privileges', '--exit-on-error'],
+    cluster: o.to,
+    credentials: o.target,
+    serverMajor: o.serverMajor,
+    useList: o.useList,
+  });
+  const pgDump = await startPgTool(plane, {tool: 'pg_dump', args: DUMP_ARGS, cluster: o.from, credentials: o.source, serverMajor: o.serverMajor});
+  try {
+    pgDump.stdin.end();
+    pgDump.stdout.pipe(pgRestore.stdin);
+    // Either failing stops the other: a half-loaded scratch database is dropped by the rerun.
+    pgDump.done.catch(() => pgRestore.kill());
+    pgRestore.done.catch(() => pgDump.kill());
+    await Promise.all([pgDump.done, pgRestore.done]);
+  } finally {
+    await Promise.all([pgDump.close(), pgRestore.close()]);
+  }
+}
+
+/**
+ * Row counts and checksums of every ordinary table (relkind 'r': a view or a type's output
+ * function could run tenant code, a plain heap read of row text cannot run anything the tenant
+ * didn't already run as itself) of the module schemas and audit.change_log, read as the tenant on
+ * both sides, never as the provisioner; plus per-schema object counts from pg_class.
+ */
+async function verify(plane: ControlPlane, tenant: Tenant, move: MoveRecord): Promise<TableChecksum[]> {
+  const source = await asFrozenTenant(plane, tenant, move.fromCluster, (credentials) => withEndpoint(plane, move.fromCluster, credentials, fingerprint));
+  const target = await asFrozenTenant(plane, tenant, move.toCluster, (credentials) => withEndpoint(plane, move.toCluster, credentials, fingerprint));
+  const a = JSON.stringify(source);
+  const b = JSON.stringify(target);
+  if (a !== b) {
+    const differing = source.tables.filter((t) => JSON.stringify(t) !== JSON.stringify(target.tables.find((u) => u.table === t.table))).map((t) => t.table);
+    throw new VerificationError(`the copy of tenant ${tenant.slug} on ${move.toCluster} differs from its source on ${move.fromCluster}${differing.length ? ` (tables: ${differing.join(', ')})` : ' (object counts)'}; the registry still names ${move.fromCluster}`, {
+      nextSteps: [`Copy again with: ${moveCommand(tenant.slug, '--resume')}`, `Or undo the move with: ${moveCommand(tenant.slug, '--rollback')}`],
+      data: {tenant: tenant.slug, source, target},
+    });
+  }
+  return source.tables;
+}
+
+const SCHEMAS = [...MODULE_SCHEMAS, 'audit'];
+
+async function fingerprint(c: Client): Promise<{tables: TableChecksum[]; objects: Record<string, number>}> {
+  await c.query('SET search_path = pg_catalog, pg_temp');
+  const tables = await c.query<{schema: string; name: string}>(
+    `SELECT n.nspname AS schema, c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind = 'r' AND (n.nspname = ANY($1) OR (n.nspname = 'audit' AND c.relname = 'change_log')) ORDER BY 1, 2`,
+    [MODULE_SCHEMAS],
+  );
+  const checksums: TableChecksum[] = [];
+  for (const t of tables.rows) {
+    const q = `${escape(t.schema)}.${escape(t.name)}`;
+    const r = await c.query<{n: string; md5: string | null}>(`SELECT count(*) AS n, md5(coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '')) AS md5 FROM ${q} AS x`);
+    checksums.push({table: `${t.schema}.${t.name}`, rows: Number(r.rows[0]!.n), md5: r.rows[0]!.md5 ?? ''});
+  }
+  const objects = await c.query<{schema: string; n: string}>(
+    'SELECT n.nspname AS schema, count(*) AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY($1) GROUP BY 1 ORDER BY 1',
+    [SCHEMAS],
+  );
+  return {tables: checksums, objects: Object.fromEntries(objects.rows.map((r) => [r.schema, Number(r.n)]))};
+}
+
+const escape = (name: string): string => `"${name.replaceAll('"', '""')}"`;
+
+/**
+ * Runs `fn` with credentials of the tenant's own role on `cluster` while the move keeps it frozen:
+ * the role logs in for this run with a one-run password, so the application (which holds the
+ * sealed one) stays out; afterwards the sealed password is back and the role NOLOGIN again. A
+ * crash in between leaves the role LOGIN under a password nobody holds; the rerun or rollback
+ * sets both again.
+ */
+async function asFrozenTenant<T>(plane: ControlPlane, tenant: Tenant, cluster: string, fn: (credentials: {user: string; password: string; database: string}) => Promise<T>): Promise<T> {
+  const once = randomPassword();
+  const sealed = await plane.tenants.password(tenant.slug);
+  await onCluster(plane, cluster, tenant, async (databases) => {
+    await databases.roles.setPassword(tenant.role, scramVerifier(once));
+    await databases.roles.setLogin(tenant.role, true);
+  });
+  try {
+    return await fn({user: tenant.role, password: once, database: tenant.database});
+  } finally {
+    await onCluster(plane, cluster, tenant, async (databases) => {
+      await databases.roles.setLogin(tenant.role, false);
+      await databases.roles.terminateSessions(tenant.role);
+      await databases.roles.setPassword(tenant.role, scramVerifier(sealed));
+    });
+  }
+}
+
+/** Rollback: the source role gets its sealed password back and may log in; the tenant is live there again. */
+async function unfreezeSource(plane: ControlPlane, tenant: Tenant, move: MoveRecord): Promise<void> {
+  const sealed = await plane.tenants.password(tenant.slug);
+  await onCluster(plane, move.fromCluster, tenant, async (databases) => {
+    await databases.roles.setPassword(tenant.role, scramVerifier(sealed));
+    await databases.roles.setLogin(tenant.role, true);
+  });
+}
+
+async function serverVersion(plane: ControlPlane, cluster: string, credentials: {user: string; password: string; database: string}): Promise<string> {
+  return withEndpoint(plane, cluster, credentials, async (c) => (await c.query<{v: string}>("SELECT current_setting('server_version_num') AS v")).rows[0]!.v);
+}
+
+async function withEndpoint<T>(plane: ControlPlane, cluster: string, credentials: {user: string; password: string; database: string}, fn: (c: Client) => Promise<T>): Promise<T> {
+  return withConnection(await endpointOf(plane.keys.dir, plane.config, cluster), credentials, fn);
+}
+
+/** The tenant's databases and roles on `cluster`, through a provisioner session there. */
+async function onCluster<T>(plane: ControlPlane, cluster: string, tenant: Tenant, fn: (databases: TenantDatabases) => Promise<T>): Promise<T> {
+  const c = await plane.provisionerOn(cluster);
+  try {
+    return await fn(new TenantDatabases(c, tenant, (database) => plane.provisionerOn(cluster, database)));
+  } finally {
+    await c.end().catch(() => undefined);
+  }
+}

@@ -1,0 +1,254 @@
+import {promises as fs} from 'node:fs';
+import path from 'node:path';
+
+import {afterAll, beforeAll, describe, expect, it} from 'vitest';
+
+import {openControlPlane} from '../../src/control/plane.js';
+import {tenantsRuntimeDir} from '../../src/runtime/tenant-catalog.js';
+import {runCli, type CliResult} from '../helpers/cli.js';
+import {crashAtEveryStep} from '../helpers/crash-points.js';
+import {findPgBinaries} from '../helpers/pg-cluster.js';
+import {multiRegionInstall, type MultiRegionInstall} from '../helpers/multi-region.js';
+import {missingComponent} from '../helpers/requirements.js';
+
+const available = findPgBinaries() !== undefined || missingComponent('PostgreSQL', 'no binaries under /usr/lib/postgresql');
+const CLUSTERS = ['eu-1', 'eu-2', 'us-1'];
+
+/**
+ * Tenant moves on one real two-region install (eu: eu-1, eu-2; us: us-1). Each case uses its own
+ * cheap tenant, so the cases do not depend on each other's order.
+ */
+describe.skipIf(!available)('tenant move (e2e)', () => {
+  let install: MultiRegionInstall;
+  beforeAll(async () => {
+    install = await multiRegionInstall();
+  }, 180_000);
+  afterAll(async () => {
+    await install?.cleanup();
+  });
+
+  const cli = (args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> => runCli([...args, '--dir', install.dir.root], {env});
+  const failure = (stdout: string): {message: string; nextSteps: string[]; data: Record<string, unknown>} => (JSON.parse(stdout) as {error: {message: string; nextSteps: string[]; data: Record<string, unknown>}}).error;
+  const dbOf = (slug: string): string => `tenant_${slug.replaceAll('-', '_')}`;
+
+  /** Every cluster's databases of the tenant, and whether its role there may log in. */
+  const presence = async (slug: string): Promise<Record<string, {database: boolean; role: boolean | null}>> => {
+    const plane = await openControlPlane(install.dir);
+    try {
+      const out: Record<string, {database: boolean; role: boolean | null}> = {};
+      for (const cluster of CLUSTERS) {
+        const c = await plane.provisionerOn(cluster);
+        try {
+          const db = await c.query('SELECT 1 FROM pg_database WHERE datname = $1', [dbOf(slug)]);
+          const role = await c.query<{rolcanlogin: boolean}>('SELECT rolcanlogin FROM pg_roles WHERE rolname = $1', [dbOf(slug)]);
+          out[cluster] = {database: db.rowCount === 1, role: role.rowCount === 1 ? role.rows[0]!.rolcanlogin : null};
+        } finally {
+          await c.end();
+        }
+      }
+      return out;
+    } finally {
+      await plane.close();
+    }
+  };
+  /** Clusters where the tenant's database exists and its role may log in: exactly one, always. */
+  const live = async (slug: string): Promise<string[]> => Object.entries(await presence(slug)).filter(([, p]) => p.database && p.role === true).map(([c]) => c);
+  /** Any database or role of the tenant (restore scratch and roles included) on a cluster. */
+  const leftovers = async (slug: string, cluster: string): Promise<string[]> => {
+    const plane = await openControlPlane(install.dir);
+    try {
+      const c = await plane.provisionerOn(cluster);
+      try {
+        const r = await c.query<{name: string}>("SELECT datname AS name FROM pg_database WHERE datname LIKE $1 || '%' UNION ALL SELECT rolname FROM pg_roles WHERE rolname LIKE $1 || '%'", [dbOf(slug)]);
+        return r.rows.map((x) => x.name).sort();
+      } finally {
+        await c.end();
+      }
+    } finally {
+      await plane.close();
+    }
+  };
+  const registry = async (slug: string): Promise<{region: string; cluster: string}> => {
+    const r = await cli(['tenant', 'show', slug, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const t = JSON.parse(r.stdout) as {region: string; cluster: string};
+    return {region: t.region, cluster: t.cluster};
+  };
+  /** A tenant on eu-1 with rows in two module tables and the change log. */
+  const tenantWithRows = async (slug: string): Promise<void> => {
+    const r = await cli(['tenant', 'create', slug, '--cluster', 'eu-1', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    await install.asTenant(slug, async (c) => {
+      await c.query('CREATE TABLE crm.contacts (id serial PRIMARY KEY, name text NOT NULL, note jsonb)');
+      await c.query("INSERT INTO crm.contacts (name, note) SELECT 'contact ' || g, jsonb_build_object('n', g) FROM generate_series(1, 300) g");
+      await c.query('CREATE TABLE hr.staff (id bigint PRIMARY KEY, salary numeric(12,2))');
+      await c.query('INSERT INTO hr.staff SELECT g, g * 1000.5 FROM generate_series(1, 50) g');
+    });
+  };
+  const checksum = (slug: string): Promise<string[]> =>
+    install.asTenant(slug, async (c) => {
+      const out: string[] = [];
+      for (const t of ['crm.contacts', 'hr.staff']) out.push((await c.query<{m: string}>(`SELECT count(*) || ':' || md5(string_agg(t::text, ',' ORDER BY t::text)) AS m FROM ${t} AS t`)).rows[0]!.m);
+      return out;
+    });
+
+  it('hostile tenant: code its dump carries (a CHECK constraint calling its own function) runs during the load as its restore role, never as anything more powerful', async () => {
+    await tenantWithRows('hostile-fn');
+    const role = dbOf('hostile-fn');
+    await install.asTenant('hostile-fn', async (c) => {
+      // Raises (failing the load) if evaluated in any session but the tenant's own or its restore role's.
+      await c.query(`CREATE FUNCTION crm.who_runs_me(i int) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
+        BEGIN
+          IF session_user::text NOT IN ('${role}', '${role}__restore') OR current_user::text NOT IN ('${role}', '${role}__restore') THEN
+            RAISE EXCEPTION 'tenant code ran as session % / current %', session_user, current_user;
+          END IF;
+          RETURN true;
+        END $$`);
+      await c.query('CREATE TABLE crm.guarded (id int PRIMARY KEY CHECK (crm.who_runs_me(id)))');
+      await c.query('INSERT INTO crm.guarded SELECT generate_series(1, 20)');
+    });
+    const r = await cli(['tenant', 'move', 'hostile-fn', '--to-cluster', 'eu-2', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(await live('hostile-fn')).toEqual(['eu-2']);
+    expect(await install.asTenant('hostile-fn', async (c) => (await c.query<{n: number}>('SELECT count(*)::int AS n FROM crm.guarded')).rows[0]!.n)).toBe(20);
+    // The database and the login role share the name; the restore role and its scratch database are gone.
+    expect(await leftovers('hostile-fn', 'eu-2')).toEqual([role, role, `${role}__owner`]);
+  }, 120_000);
+
+  it('refuses a move to another region without --allow-cross-region (exit 1), naming tenant, regions and flag; nothing changes on any cluster', async () => {
+    await tenantWithRows('hostile-eu');
+    const before = await Promise.all(CLUSTERS.map((c) => install.databasesOn(c)));
+    const r = await cli(['tenant', 'move', 'hostile-eu', '--to-region', 'us', '--json']);
+    expect(r.code).toBe(1);
+    const err = failure(r.stdout);
+    expect(err.message).toMatch(/tenant hostile-eu is pinned to region eu .*region us/);
+    expect(err.nextSteps.join('\n')).toContain('--allow-cross-region --reason');
+    expect(await Promise.all(CLUSTERS.map((c) => install.databasesOn(c)))).toEqual(before);
+    expect(await registry('hostile-eu')).toEqual({region: 'eu', cluster: 'eu-1'});
+    expect(await live('hostile-eu')).toEqual(['eu-1']);
+    const status = await cli(['tenant', 'move', 'hostile-eu', '--status', '--json']);
+    expect(JSON.parse(status.stdout).move).toBeNull();
+  }, 120_000);
+
+  it('refuses a target that already holds the tenant database, naming it; and a purge without --confirm (exit 2)', async () => {
+    await tenantWithRows('squatted');
+    const plane = await openControlPlane(install.dir);
+    try {
+      const c = await plane.provisionerOn('eu-2');
+      await c.query(`CREATE DATABASE ${dbOf('squatted')}`);
+      await c.end();
+    } finally {
+      await plane.close();
+    }
+    const r = await cli(['tenant', 'move', 'squatted', '--to-cluster', 'eu-2', '--json']);
+    expect(r.code).toBe(1);
+    expect(failure(r.stdout).message).toContain(`cluster eu-2 already holds database ${dbOf('squatted')}`);
+    expect(await registry('squatted')).toEqual({region: 'eu', cluster: 'eu-1'});
+    expect(await live('squatted')).toEqual(['eu-1']);
+    const purge = await cli(['tenant', 'move', 'squatted', '--purge-source', '--json']);
+    expect(purge.code).toBe(2);
+  }, 120_000);
+
+  it('moves eu-1 -> eu-2 with the same rows and checksums; the tenant logs in on eu-2 with its own credentials; the source stays NOLOGIN until --purge-source', async () => {
+    await tenantWithRows('mover');
+    const before = await checksum('mover');
+    const r = await cli(['tenant', 'move', 'mover', '--to-cluster', 'eu-2', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as {move: {state: string; toCluster: string}; checksums: {table: string; rows: number}[]};
+    expect(out.move.state).toBe('done');
+    expect(out.checksums.find((t) => t.table === 'crm.contacts')?.rows).toBe(300);
+    expect(await registry('mover')).toEqual({region: 'eu', cluster: 'eu-2'});
+    expect(await checksum('mover')).toEqual(before);
+    expect(await live('mover')).toEqual(['eu-2']);
+    expect((await presence('mover'))['eu-1']).toEqual({database: true, role: false});
+    // The app catalog was republished: it names eu-2's port.
+    const catalog = JSON.parse(await fs.readFile(path.join(tenantsRuntimeDir(install.dir), 'catalog.json'), 'utf8')) as {tenants: {slug: string; port: number}[]};
+    expect(catalog.tenants.find((t) => t.slug === 'mover')?.port).toBe(install.ports['eu-2']);
+    const purge = await cli(['tenant', 'move', 'mover', '--purge-source', '--confirm', 'mover', '--json']);
+    expect(purge.code, purge.stderr).toBe(0);
+    expect(await leftovers('mover', 'eu-1')).toEqual([]);
+    expect(await checksum('mover')).toEqual(before);
+  }, 180_000);
+
+  it('moves eu -> us with --allow-cross-region --reason, leaving one residency.cross-region ops-log entry', async () => {
+    await tenantWithRows('emigrant');
+    const before = await checksum('emigrant');
+    const r = await cli(['tenant', 'move', 'emigrant', '--to-region', 'us', '--allow-cross-region', '--reason', 'DPA-2026-14 customer request', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(await registry('emigrant')).toEqual({region: 'us', cluster: 'us-1'});
+    expect(await checksum('emigrant')).toEqual(before);
+    expect(await live('emigrant')).toEqual(['us-1']);
+    const plane = await openControlPlane(install.dir);
+    try {
+      const rows = await plane.control.query<{details: {reason: string; operation: string}}>("SELECT details FROM ops_log WHERE action = 'residency.cross-region' AND target LIKE '%emigrant%'");
+      expect(rows.rows.map((x) => [x.details.operation, x.details.reason])).toEqual([['move', 'DPA-2026-14 customer request']]);
+    } finally {
+      await plane.close();
+    }
+  }, 180_000);
+  /** The state the journal shows for the tenant's open or last move. */
+  const journalState = async (slug: string): Promise<string | null> => {
+    const r = await cli(['tenant', 'move', slug, '--status', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    return (JSON.parse(r.stdout) as {move: {state: string} | null}).move?.state ?? null;
+  };
+
+  it('a kill at every journal step, then --resume, ends with exactly one live database, on the target, with the same rows', async () => {
+    let n = 0;
+    let slug = '';
+    let before: string[] = [];
+    await crashAtEveryStep({
+      name: 'tenant move, then --resume',
+      prepare: async () => {
+        slug = `kr-${++n}`;
+        await tenantWithRows(slug);
+        before = await checksum(slug);
+      },
+      run: (env) => cli(['tenant', 'move', slug, '--to-cluster', 'eu-2', '--json'], env),
+      recover: async (step) => {
+        if ((await journalState(slug)) !== 'done') {
+          const r = await cli(['tenant', 'move', slug, '--resume', '--json']);
+          expect(r.code, `${step}: ${r.stderr}`).toBe(0);
+        }
+        expect(await journalState(slug), step).toBe('done');
+        expect(await live(slug), step).toEqual(['eu-2']);
+        expect(await registry(slug), step).toEqual({region: 'eu', cluster: 'eu-2'});
+        expect(await checksum(slug), step).toEqual(before);
+        expect((await presence(slug))['eu-1'], step).toEqual({database: true, role: false});
+      },
+    });
+  }, 600_000);
+
+  it('a kill at every journal step, then --rollback, ends with exactly one live database and nothing of the tenant left on the target; past cutover the rollback is refused and --resume finishes', async () => {
+    let n = 0;
+    let slug = '';
+    let before: string[] = [];
+    await crashAtEveryStep({
+      name: 'tenant move, then --rollback',
+      prepare: async () => {
+        slug = `kb-${++n}`;
+        await tenantWithRows(slug);
+        before = await checksum(slug);
+      },
+      run: (env) => cli(['tenant', 'move', slug, '--to-cluster', 'eu-2', '--json'], env),
+      recover: async (step) => {
+        const state = await journalState(slug);
+        const r = await cli(['tenant', 'move', slug, '--rollback', '--json']);
+        if (state === 'cutover' || state === 'done') {
+          expect(r.code, step).toBe(1);
+          expect(failure(r.stdout).message, step).toMatch(state === 'done' ? /no open move/ : /past cutover/);
+          if (state === 'cutover') expect(failure(r.stdout).nextSteps.join('\n'), step).toContain(`dforge tenant move ${slug} --to-cluster eu-1`);
+          if (state === 'cutover') expect((await cli(['tenant', 'move', slug, '--resume', '--json'])).code, step).toBe(0);
+          expect(await live(slug), step).toEqual(['eu-2']);
+        } else {
+          expect(r.code, `${step}: ${r.stderr}`).toBe(0);
+          expect(await journalState(slug), step).toBe('rolled-back');
+          expect(await live(slug), step).toEqual(['eu-1']);
+          expect(await registry(slug), step).toEqual({region: 'eu', cluster: 'eu-1'});
+          expect(await leftovers(slug, 'eu-2'), step).toEqual([]);
+        }
+        expect(await checksum(slug), step).toEqual(before);
+      },
+    });
+  }, 600_000);
+});
