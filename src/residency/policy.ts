@@ -5,14 +5,16 @@ import {recordOps} from '../audit/record.js';
 
 /**
  * The one rule of data residency (DESIGN §10): a tenant's data stays in the region it is pinned to.
- * Every path that could put it elsewhere (its database's cluster, backups, restores, exports,
- * moves, the app catalog) asks `checkRegion` first. Crossing needs an approval the operator gives
- * for one run (`--allow-cross-region --reason`), and the approval is written to the ops log
- * before any data moves, so an auditor sees every transfer and why it was allowed.
+ * Every path that copies it (backups, restores, audit exports and decrypts on this host, tenant
+ * moves) asks `checkRegion` first. Crossing needs an approval the operator gives for one run
+ * (`--allow-cross-region --reason`), written to the ops log before any data moves, so an auditor
+ * sees every transfer and why it was allowed. Where a tenant lives has no approval at all:
+ * placement refuses another region's cluster, and TenantService refuses a tenant whose cluster
+ * dforge.yaml no longer puts in its region (src/residency/misplaced.ts).
  */
 
 /** What crossing a region does, in the words the refusal and the ops log use. */
-export type CrossRegionOperation = 'backup' | 'restore' | 'restore-as' | 'export' | 'move' | 'catalog' | 'placement';
+export type CrossRegionOperation = 'backup' | 'restore' | 'restore-as' | 'export' | 'move';
 
 /** The operator's one-run approval: `--allow-cross-region --reason TEXT`. */
 export interface CrossRegionApproval {
