@@ -70,7 +70,7 @@ export async function moveTenant(plane: ControlPlane, o: {tenant: string; toClus
     }
     const target = await targetOf(plane, tenant, o);
     const rerun = moveCommand(slug, o.toCluster ? `--to-cluster ${o.toCluster}` : `--to-region ${o.toRegion}`);
-    const approved = checkRegion(plane.config, {tenant: slug, from: tenant.region, to: target.region, operation: 'move', what: `moving tenant ${slug} to cluster ${target.cluster}`, rerun}, o.approval);
+    const approved = checkRegion(plane.config, {tenant: slug, from: tenant.region, to: target.region, operation: 'move', what: `move of tenant ${slug} to cluster ${target.cluster}`, rerun}, o.approval);
     // The target must not hold the tenant's database already: that is someone's data, not ours to overwrite or drop.
     await onCluster(plane, target.cluster, tenant, async (databases) => {
       const there = (await databases.all()).filter((name) => name === tenant.database || name === scratchDatabaseOf(tenant));

@@ -121,7 +121,7 @@ describe.skipIf(!available)('tenant move (e2e)', () => {
     const r = await cli(['tenant', 'move', 'hostile-eu', '--to-region', 'us', '--json']);
     expect(r.code).toBe(1);
     const err = failure(r.stdout);
-    expect(err.message).toMatch(/tenant hostile-eu is pinned to region eu .*region us/);
+    expect(err.message).toMatch(/data of tenant hostile-eu out of region eu \(EU\) into region us \(US\)/);
     expect(err.nextSteps.join('\n')).toContain('--allow-cross-region --reason');
     expect(await Promise.all(CLUSTERS.map((c) => install.databasesOn(c)))).toEqual(before);
     expect(await registry('hostile-eu')).toEqual({region: 'eu', cluster: 'eu-1'});
