@@ -54,8 +54,8 @@ const config = (patch: Record<string, unknown> = {}): DforgeConfig =>
     primaryRegion: 'eu',
     release: '1.4.2',
     regions: {
-      eu: {clusters: [{name: 'eu-1', kind: 'bundled'}], backup: {destinations: [{name: 'eu-local', kind: 'local', path: '/var/backups/dforge/eu'}]}},
-      us: {clusters: [{name: 'us-1', kind: 'external', host: 'pg.us.example.com', admin: {secret: 'postgres/us-1-admin'}}]},
+      eu: {jurisdiction: 'EU', clusters: [{name: 'eu-1', kind: 'bundled'}], backup: {destinations: [{name: 'eu-local', kind: 'local', path: '/var/backups/dforge/eu'}]}},
+      us: {jurisdiction: 'US', clusters: [{name: 'us-1', kind: 'external', host: 'pg.us.example.com', admin: {secret: 'postgres/us-1-admin'}}]},
     },
     kubernetes: {namespace: 'dforge-prod', ingressClassName: 'nginx'},
     ...patch,
