@@ -1,9 +1,8 @@
-import {spawn} from 'node:child_process';
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
 import {S3Destination} from '../../src/backup/s3-destination.js';
-import {cliEntry, repoRoot, type CliResult} from '../helpers/cli.js';
+import {cliEntry, runCli, type CliResult} from '../helpers/cli.js';
 import {findPgBinaries} from '../helpers/pg-cluster.js';
 import {multiRegionInstall, type MultiRegionInstall} from '../helpers/multi-region.js';
 import {startPty} from '../helpers/pty.js';
@@ -17,18 +16,8 @@ describe.skipIf(!available)('backups of a US tenant to an S3-compatible destinat
   let install: MultiRegionInstall;
   let backupId: string;
 
-  /** The CLI with `input` on stdin (runCli closes stdin, as a scheduler would). */
-  const withStdin = (args: string[], input: string): Promise<CliResult> =>
-    new Promise((resolve, reject) => {
-      const child = spawn(process.execPath, [cliEntry, ...args, '--dir', install.dir.root], {cwd: repoRoot, env: {...process.env, NO_COLOR: '1'}, stdio: ['pipe', 'pipe', 'pipe']});
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-      child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-      child.on('error', reject);
-      child.on('close', (code, signal) => resolve({code, signal, stdout, stderr}));
-      child.stdin.end(input);
-    });
+  /** The CLI with `input` on stdin, its --json output checked against the schemas as every run is. */
+  const withStdin = (args: string[], input: string): Promise<CliResult> => runCli([...args, '--dir', install.dir.root], {input});
   const bucketObjects = (): Promise<string[]> =>
     new S3Destination('us', {name: 'probe', kind: 's3', endpoint: s3.endpoint, bucket: s3.bucket, prefix: '', credentials: {secret: 'unused'}}, {get: async () => Buffer.from(JSON.stringify(s3.credentials))}).list('');
 

@@ -20,6 +20,8 @@ export interface CliOptions {
   readonly env?: NodeJS.ProcessEnv;
   readonly cwd?: string;
   readonly nodeArgs?: readonly string[];
+  /** Written to stdin, which is then closed; without it stdin is closed from the start. */
+  readonly input?: string;
 }
 
 /**
@@ -123,7 +125,7 @@ function spawnCli(args: readonly string[], options: CliOptions = {}): Promise<Cl
     const child = spawn(process.execPath, [...(options.nodeArgs ?? []), cliEntry, ...args], {
       cwd: options.cwd ?? repoRoot,
       env: {...process.env, NO_COLOR: '1', ...options.env},
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
     });
     let stdout = '';
     let stderr = '';
@@ -131,5 +133,6 @@ function spawnCli(args: readonly string[], options: CliOptions = {}): Promise<Cl
     child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
     child.on('error', reject);
     child.on('close', (code, signal) => resolve({code, signal, stdout, stderr}));
+    if (options.input !== undefined) child.stdin!.end(options.input);
   });
 }
