@@ -129,8 +129,8 @@ function spawnCli(args: readonly string[], options: CliOptions = {}): Promise<Cl
     });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    child.stdout!.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
     child.on('error', reject);
     child.on('close', (code, signal) => resolve({code, signal, stdout, stderr}));
     if (options.input !== undefined) child.stdin!.end(options.input);
