@@ -195,6 +195,13 @@ export function destinationFor(region: string, config: DestinationConfig, secret
   return new S3Destination(region, config, secrets);
 }
 
+/** Destination name → its region and config, across the install (names are unique, see config/schema.ts). */
+export function destinationsOf(config: DforgeConfig): Map<string, {region: string; config: DestinationConfig}> {
+  const map = new Map<string, {region: string; config: DestinationConfig}>();
+  for (const [region, r] of Object.entries(config.regions)) for (const d of r.backup?.destinations ?? []) map.set(d.name, {region, config: d});
+  return map;
+}
+
 /** The destinations of a region, from dforge.yaml. */
 export function regionDestinations(plane: {readonly config: DforgeConfig; readonly keys: {readonly sealed: SecretReader}}, region: string): BackupDestination[] {
   const configured = plane.config.regions[region]?.backup?.destinations ?? [];

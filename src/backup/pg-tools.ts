@@ -113,6 +113,16 @@ export function tocCounts(list: string): Map<string, number> {
 }
 
 /**
+ * pg_dump's arguments for a backup or a tenant move: the custom format, never a password prompt.
+ * A tenant dump leaves out the template's change-log guard functions (schema dforge_guard): they
+ * are dforge's, and every database cloned from the template has them already. Its event triggers
+ * can't be left out by pg_dump; restore skips them (see restorableEntries).
+ */
+export function pgDumpArgs(kind: 'tenant' | 'control'): string[] {
+  return ['--format=custom', '--no-password', ...(kind === 'tenant' ? ['--exclude-schema=dforge_guard'] : [])];
+}
+
+/**
  * The entries of a tenant dump that its restore role loads. Left out, because the scratch database
  * has them already, owned by the tenant's owner role (so code the dump carries never holds the
  * audit trail while it runs): the module and audit schemas, every object of the audit schema but

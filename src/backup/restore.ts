@@ -77,7 +77,8 @@ export async function restoreTenant(
   // before any database or tenant exists, and an approved crossing is recorded before either does.
   // --as defaults to the source tenant's pin, not the backup's region: an approval that sent a
   // backup abroad covered a copy there, never a live tenant there. A deleted tenant has no pin left.
-  const pinned = options.as === undefined ? undefined : (await plane.tenants.list()).find((t) => t.slug === sourceTenant)?.region;
+  const registry = options.as === undefined ? [] : await plane.tenants.list();
+  const pinned = registry.find((t) => t.slug === sourceTenant)?.region;
   const region = existing?.region ?? options.toRegion ?? pinned ?? auth.header.region;
   const crossing = checkRegion(
     plane.config,
@@ -88,7 +89,7 @@ export async function restoreTenant(
   );
   // Every refusal comes before the crossing is recorded, so the ops log never shows a transfer
   // that did not happen: a slug in use for --as is refused here, not by create afterwards.
-  if (options.as !== undefined && (await plane.tenants.list()).some((t) => t.slug === options.as)) {
+  if (options.as !== undefined && registry.some((t) => t.slug === options.as)) {
     throw new UserError(`tenant ${options.as} already exists: restore --as makes a new tenant; nothing was changed`, {
       nextSteps: [`Pick another slug, or restore over it in place: ${restoreCommand(options.as, options.from)}`],
       data: {tenant: options.as},

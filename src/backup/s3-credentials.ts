@@ -3,6 +3,7 @@ import {loadConfigFile} from '../config/load.js';
 import {UsageError} from '../errors.js';
 import {openKeyServices} from '../keys/context.js';
 import type {InstallDir} from '../state/install-dir.js';
+import {destinationsOf} from './destination.js';
 import {parseS3Credentials, S3Destination, type S3DestinationConfig} from './s3-destination.js';
 
 export interface SealedCredentials {
@@ -21,10 +22,10 @@ export interface SealedCredentials {
  */
 export async function sealDestinationCredentials(dir: InstallDir, name: string, input: string, options: {verify: boolean}): Promise<SealedCredentials> {
   const config = await loadConfigFile(dir.configFile);
-  const found = Object.entries(config.regions).flatMap(([region, r]) => (r.backup?.destinations ?? []).map((d) => ({region, d}))).find((x) => x.d.name === name);
+  const found = destinationsOf(config).get(name);
   if (!found) throw new UsageError(`no backup destination ${name} in ${dir.configFile}`, {nextSteps: ['Name a destination declared under regions.<region>.backup.destinations.']});
-  if (found.d.kind !== 's3') throw new UsageError(`backup destination ${name} is a local directory: it has no credentials`, {nextSteps: ['Only kind: s3 destinations take credentials.']});
-  const s3: S3DestinationConfig = found.d;
+  if (found.config.kind !== 's3') throw new UsageError(`backup destination ${name} is a local directory: it has no credentials`, {nextSteps: ['Only kind: s3 destinations take credentials.']});
+  const s3: S3DestinationConfig = found.config;
   let credentials;
   try {
     credentials = parseS3Credentials(input, 'standard input');

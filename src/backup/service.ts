@@ -16,9 +16,10 @@ import {writeFileAtomic} from '../state/atomic-file.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {withBackupLock, WHOLE_RUN, type BackupLockHolder} from './backup-lock.js';
 import {BackupCatalog, backupLocation, manifestLocation, type BackupManifest, type BackupRecord} from './catalog.js';
-import {regionDestinations, type BackupDestination} from './destination.js';
+import {destinationFor, destinationsOf, regionDestinations, type BackupDestination} from './destination.js';
 import {CHUNK_SIZE, CONTROL_OWNER, createHeader, dataKeyWrapper, EncryptStream, type FileKeyWrapper} from './format.js';
 import {startPgTool} from './pg-tool-runner.js';
+import {pgDumpArgs} from './pg-tools.js';
 import {releaseRetiredKeys, type KeyRelease} from './removal.js';
 
 /**
@@ -51,23 +52,23 @@ export function destinationForTenant(
   requested?: string,
   approval?: CrossRegionApproval,
 ): {destination: BackupDestination; crossing?: ApprovedCrossing} {
-  const own = regionDestinations(plane, tenant.region);
   if (requested) {
-    const match = own.find((d) => d.name === requested);
-    if (match) return {destination: match};
-    const region = Object.keys(plane.config.regions).find((r) => regionDestinations(plane, r).some((d) => d.name === requested));
-    if (region === undefined) {
+    const declared = destinationsOf(plane.config).get(requested);
+    if (declared === undefined) {
+      const own = regionDestinations(plane, tenant.region);
       throw new UserError(`no backup destination ${requested} in dforge.yaml`, {
         nextSteps: [`Use a destination of region ${tenant.region}: ${own.map((d) => d.name).join(', ') || '(none declared)'}`],
       });
     }
+    // Undefined for a destination of the tenant's own region: nothing crosses.
     const crossing = checkRegion(
       plane.config,
-      {tenant: tenant.slug, from: tenant.region, to: region, operation: 'backup', what: `backup to destination ${requested}`, rerun: `dforge backup --tenant ${tenant.slug} --destination ${requested}`},
+      {tenant: tenant.slug, from: tenant.region, to: declared.region, operation: 'backup', what: `backup to destination ${requested}`, rerun: `dforge backup --tenant ${tenant.slug} --destination ${requested}`},
       approval,
     );
-    return {destination: regionDestinations(plane, region).find((d) => d.name === requested)!, ...(crossing ? {crossing} : {})};
+    return {destination: destinationFor(declared.region, declared.config, plane.keys.sealed), ...(crossing ? {crossing} : {})};
   }
+  const own = regionDestinations(plane, tenant.region);
   if (own.length === 0) {
     throw new UserError(`region ${tenant.region} has no backup destination`, {nextSteps: [`Declare one under regions.${tenant.region}.backup.destinations in dforge.yaml.`]});
   }
@@ -78,15 +79,6 @@ export function destinationForTenant(
 type ApprovedCrossing = NonNullable<ReturnType<typeof checkRegion>>;
 
 const timestampId = (now: Date): string => now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
-
-/**
- * A tenant dump leaves out the template's change-log guard functions (schema dforge_guard): they
- * are dforge's, and every database cloned from the template has them already. Its event triggers
- * can't be left out by pg_dump; restore skips them (see restorableEntries).
- */
-function dumpScope(kind: 'tenant' | 'control'): string[] {
-  return kind === 'tenant' ? ['--exclude-schema=dforge_guard'] : [];
-}
 
 /**
  * Streams `pg_dump -Fc`, run as `user`, through the backup encryption into the destination, then
@@ -126,7 +118,7 @@ async function dumpEncrypted(options: {
     ...(options.opsLogHead ? {opsLogHead: options.opsLogHead} : {}),
   };
   const header = await createHeader(described, options.wrapper);
-  const pgDump = await startPgTool(plane, {tool: 'pg_dump', args: ['--format=custom', '--no-password', ...dumpScope(options.kind)], cluster: options.cluster, credentials: options.credentials, serverMajor: Math.floor(Number(serverVersion) / 10_000)});
+  const pgDump = await startPgTool(plane, {tool: 'pg_dump', args: pgDumpArgs(options.kind), cluster: options.cluster, credentials: options.credentials, serverMajor: Math.floor(Number(serverVersion) / 10_000)});
   try {
     pgDump.stdin.end();
     // Awaited by the encoder before the final chunk; marked handled now, in case the tool fails before the stream reaches it.

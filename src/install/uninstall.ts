@@ -2,7 +2,7 @@ import {promises as fs} from 'node:fs';
 import path from 'node:path';
 
 import {withOpsRecord} from '../audit/record.js';
-import {destinationFor} from '../backup/destination.js';
+import {destinationFor, destinationsOf} from '../backup/destination.js';
 import {loadConfigFile} from '../config/load.js';
 import type {DforgeConfig} from '../config/schema.js';
 import {pkiDir} from '../control/plane.js';
@@ -28,10 +28,8 @@ export interface UninstallResult {
 }
 
 /** The install's backup destinations, as paths (local) or kind:name. */
-function destinationsOf(config: DforgeConfig): string[] {
-  return Object.values(config.regions)
-    .flatMap((r) => r.backup?.destinations ?? [])
-    .map((d) => (d.kind === 'local' ? path.resolve(d.path) : `${d.kind}:${d.name}`));
+function destinationLabels(config: DforgeConfig): string[] {
+  return [...destinationsOf(config).values()].map(({config: d}) => (d.kind === 'local' ? path.resolve(d.path) : `${d.kind}:${d.name}`));
 }
 
 /**
@@ -68,7 +66,7 @@ export async function uninstall(dir: InstallDir, options: {purge: boolean}): Pro
       nextSteps: ['Delete the Kubernetes objects with: kubectl delete -k <dir>/runtime/k8s (the volume claims of the StatefulSets stay until you delete them).'],
     });
   }
-  const backups = destinationsOf(config);
+  const backups = destinationLabels(config);
   const orphanedBackups = options.purge ? await backupsNeedingMasterKey(config) : [];
   // Written before the stack goes: afterwards there is no control database to write to.
   await withOpsRecord(dir, {action: options.purge ? 'uninstall.purge' : 'uninstall', target: config.domain, details: () => ({phase: 'requested', target: config.target, orphanedBackups: orphanedBackups.length})}, async () => undefined);

@@ -5,6 +5,7 @@ import type {Client} from 'pg';
 
 import {recordOps} from '../audit/record.js';
 import {BackupCatalog, type BackupRecord} from '../backup/catalog.js';
+import {destinationsOf} from '../backup/destination.js';
 import type {DforgeConfig} from '../config/schema.js';
 import type {ControlPlane} from '../control/plane.js';
 import {UsageError, UserError} from '../errors.js';
@@ -150,13 +151,6 @@ export interface ResidencyReport {
   };
   /** The live checks of --verify; null when the report was built from the records alone. */
   readonly verification: ResidencyVerification | null;
-}
-
-/** Destination name → its region and config, across the install (names are unique, see config/schema.ts). */
-export function destinationsOf(config: DforgeConfig): Map<string, {region: string; config: NonNullable<DforgeConfig['regions'][string]['backup']>['destinations'][number]}> {
-  const map = new Map<string, {region: string; config: NonNullable<DforgeConfig['regions'][string]['backup']>['destinations'][number]}>();
-  for (const [region, r] of Object.entries(config.regions)) for (const d of r.backup?.destinations ?? []) map.set(d.name, {region, config: d});
-  return map;
 }
 
 function clusterAddress(config: DforgeConfig, c: DforgeConfig['regions'][string]['clusters'][number]): string {

@@ -22,7 +22,7 @@ import {clustersOf, endpointOf, type ControlPlane} from '../control/plane.js';
 import {inTransaction} from '../control/keys-store.js';
 import {UsageError, UserError, VerificationError} from '../errors.js';
 import {startPgRestoreList, startPgTool} from '../backup/pg-tool-runner.js';
-import {restorableEntries} from '../backup/pg-tools.js';
+import {pgDumpArgs, restorableEntries} from '../backup/pg-tools.js';
 import {restoreRoleOf} from '../postgres/provisioner.js';
 import {withConnection} from '../postgres/connect.js';
 import {randomPassword, scramVerifier} from '../postgres/scram.js';
@@ -269,9 +269,6 @@ async function copy(plane: ControlPlane, tenant: Tenant, move: MoveRecord): Prom
   });
 }
 
-/** pg_dump's options for a tenant, as backups take them (src/backup/service.ts). */
-const DUMP_ARGS = ['--format=custom', '--no-password', '--exclude-schema=dforge_guard'];
-
 /**
  * The dump's table of contents, for restore's entry filter (restorableEntries): a pure pipe
  * cannot filter, and pg_restore reads its -L list before the dump. A custom-format archive written
@@ -280,7 +277,7 @@ const DUMP_ARGS = ['--format=custom', '--no-password', '--exclude-schema=dforge_
  * second pg_dump, the one loaded, numbers the same catalog the same way.
  */
 async function dumpList(plane: ControlPlane, cluster: string, source: {user: string; password: string; database: string}, serverMajor: number): Promise<string> {
-  const pgDump = await startPgTool(plane, {tool: 'pg_dump', args: DUMP_ARGS, cluster, credentials: source, serverMajor});
+  const pgDump = await startPgTool(plane, {tool: 'pg_dump', args: pgDumpArgs('tenant'), cluster, credentials: source, serverMajor});
   const list = await startPgRestoreList(plane, serverMajor);
   try {
     pgDump.stdin.end();
@@ -310,7 +307,7 @@ async function pipeDump(
     serverMajor: o.serverMajor,
     useList: o.useList,
   });
-  const pgDump = await startPgTool(plane, {tool: 'pg_dump', args: DUMP_ARGS, cluster: o.from, credentials: o.source, serverMajor: o.serverMajor});
+  const pgDump = await startPgTool(plane, {tool: 'pg_dump', args: pgDumpArgs('tenant'), cluster: o.from, credentials: o.source, serverMajor: o.serverMajor});
   try {
     pgDump.stdin.end();
     pgDump.stdout.pipe(pgRestore.stdin);
