@@ -98,6 +98,33 @@ export async function readBackupHeader(source: BackupSource): Promise<ParsedHead
   return parseHeader(buffered, source.label);
 }
 
+/** Whose backup an object is, read from its authenticated header, never from its name or location. */
+export type AttributedObject =
+  | {readonly kind: 'control'}
+  | {readonly kind: 'tenant'; readonly tenant: string; readonly region: string}
+  /** A shredded tenant's backup: its key is gone by design, so it can't be attributed (not forged). */
+  | {readonly kind: 'unattributable'; readonly reason: string}
+  /** It doesn't authenticate as a dforge backup: its owner and region are unknown. */
+  | {readonly kind: 'unauthentic'; readonly reason: string};
+
+/**
+ * Opens an object's header with the key it names (`wrapperOf`, so a caller can serialise the
+ * control-database reads) and says whose backup it is. Any failure other than verification
+ * (an unreadable destination) is thrown.
+ */
+export async function attributeObject(destination: BackupDestination, location: string, wrapperOf: (parsed: ParsedHeader, label: string) => Promise<FileKeyWrapper>): Promise<AttributedObject> {
+  const source = destinationSource(destination, location);
+  try {
+    const parsed = await readBackupHeader(source);
+    await openHeader(parsed, await wrapperOf(parsed, source.label), source.label);
+    const h = parsed.header;
+    return h.kind === 'control' ? {kind: 'control'} : {kind: 'tenant', tenant: h.tenant, region: h.region};
+  } catch (err) {
+    if (!(err instanceof VerificationError)) throw err;
+    return err.data.reason === 'key-missing' ? {kind: 'unattributable', reason: err.message} : {kind: 'unauthentic', reason: err.message};
+  }
+}
+
 /**
  * The key that opens a backup: the tenant's data key of the header's version, or the master key.
  * parseHeader has already required the key id to agree with kind and tenant, and with the wrapped

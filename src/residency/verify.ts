@@ -3,10 +3,9 @@ import type {Client} from 'pg';
 import type {BackupRecord} from '../backup/catalog.js';
 import {MANIFEST_SUFFIX} from '../backup/catalog.js';
 import {destinationFor, type BackupDestination, type DestinationPlacement} from '../backup/destination.js';
-import {openHeader} from '../backup/format.js';
-import {destinationSource, readBackupHeader, wrapperFor} from '../backup/verify.js';
+import {attributeObject, wrapperFor} from '../backup/verify.js';
 import type {ControlPlane} from '../control/plane.js';
-import {UsageError, UserError, VerificationError} from '../errors.js';
+import {UsageError, UserError} from '../errors.js';
 import {jurisdictionOf} from './policy.js';
 
 /**
@@ -242,28 +241,26 @@ export async function verifyResidency(
     for (const location of objects) {
       objectsScanned++;
       const where = destination.describe(location);
-      const source = destinationSource(destination, location);
-      try {
-        const parsed = await readBackupHeader(source);
-        await openHeader(parsed, await wrapperFor(plane as ControlPlane, parsed, source.label), source.label);
-        const h = parsed.header;
-        // Control backups carry only global data and go to every region by design.
-        if (h.kind === 'control') continue;
-        if (h.region === here || options.approvedObjects.has(`${destination.name}:${location}`)) continue;
-        findings.push(
-          finding(
-            'object-outside-region',
-            `destination:${destination.name}`,
-            `${where} is a backup of tenant ${h.tenant} of region ${h.region} (${jurisdictionOf(config, h.region)}), found in destination ${destination.name} of region ${here} (${jurisdictionOf(config, here)}), and no approved exception covers it`,
-            {location: where, tenant: h.tenant, tenantRegion: options.regionOfTenant.get(h.tenant) ?? h.region, foundInRegion: here},
-          ),
-        );
-      } catch (err) {
-        if (!(err instanceof VerificationError)) throw err;
-        // A shredded tenant's backups can no longer be opened, by design: unattributable, not forged.
-        if (err.data.reason === 'key-missing') notes.push(`${where} cannot be attributed: ${err.message}`);
-        else findings.push(finding('object-unreadable', `destination:${destination.name}`, `${where} does not authenticate as a dforge backup, so whose data it is and which region it belongs to are unknown: ${err.message}`, {location: where, foundInRegion: here}));
+      const object = await attributeObject(destination, location, (parsed, label) => wrapperFor(plane as ControlPlane, parsed, label));
+      // Control backups carry only global data and go to every region by design.
+      if (object.kind === 'control') continue;
+      if (object.kind === 'unattributable') {
+        notes.push(`${where} cannot be attributed: ${object.reason}`);
+        continue;
       }
+      if (object.kind === 'unauthentic') {
+        findings.push(finding('object-unreadable', `destination:${destination.name}`, `${where} does not authenticate as a dforge backup, so whose data it is and which region it belongs to are unknown: ${object.reason}`, {location: where, foundInRegion: here}));
+        continue;
+      }
+      if (object.region === here || options.approvedObjects.has(`${destination.name}:${location}`)) continue;
+      findings.push(
+        finding(
+          'object-outside-region',
+          `destination:${destination.name}`,
+          `${where} is a backup of tenant ${object.tenant} of region ${object.region} (${jurisdictionOf(config, object.region)}), found in destination ${destination.name} of region ${here} (${jurisdictionOf(config, here)}), and no approved exception covers it`,
+          {location: where, tenant: object.tenant, tenantRegion: options.regionOfTenant.get(object.tenant) ?? object.region, foundInRegion: here},
+        ),
+      );
     }
   }
 

@@ -2,10 +2,8 @@ import {promises as fs} from 'node:fs';
 
 import {BackupCatalog} from '../../backup/catalog.js';
 import {destinationFor} from '../../backup/destination.js';
-import {openHeader} from '../../backup/format.js';
-import {destinationSource, readBackupHeader, wrapperFor} from '../../backup/verify.js';
+import {attributeObject, wrapperFor} from '../../backup/verify.js';
 import {clustersOf, type ControlPlane} from '../../control/plane.js';
-import {VerificationError} from '../../errors.js';
 import {placeBackups, residencyEvents} from '../../residency/report.js';
 import type {Tenant} from '../../tenants/service.js';
 import {defineCheck, fail, pass, runCheck, warn, type CheckDefinition, type CheckResult, type Finding} from '../check.js';
@@ -81,24 +79,16 @@ async function backupPlacement(ctx: PostureContext, region: string, config: Para
   await Promise.all(
     files.map((location) =>
       ctx.limit(async () => {
-        const source = destinationSource(destination, location);
         const where = destination.describe(location);
-        try {
-          const parsed = await readBackupHeader(source);
-          await onControl(ctx, async (plane) => openHeader(parsed, await wrapperFor(plane, parsed, source.label), source.label));
-          const h = parsed.header;
-          if (h.kind === 'control') {
-            controls++;
-            return;
-          }
-          const live = regionOf.get(h.tenant);
-          if (h.region !== region) misplaced.push(`${where} is a backup of tenant ${h.tenant} of region ${h.region}, in destination ${destination.name} of region ${region}`);
-          else if (live !== undefined && live !== region) misplaced.push(`${where} is a backup of tenant ${h.tenant}, now pinned to region ${live}, in destination ${destination.name} of region ${region}`);
-        } catch (err) {
-          if (!(err instanceof VerificationError)) throw err;
-          // A shredded tenant's backups can no longer be opened, by design: unattributable, not forged.
-          if (err.data.reason === 'key-missing') unattributed.push(`${where} (${err.message})`);
-          else forged.push(`${where} (${err.message})`);
+        const object = await attributeObject(destination, location, (parsed, label) => onControl(ctx, (plane) => wrapperFor(plane, parsed, label)));
+        if (object.kind === 'control') controls++;
+        // A shredded tenant's backups can no longer be opened, by design: unattributable, not forged.
+        else if (object.kind === 'unattributable') unattributed.push(`${where} (${object.reason})`);
+        else if (object.kind === 'unauthentic') forged.push(`${where} (${object.reason})`);
+        else {
+          const live = regionOf.get(object.tenant);
+          if (object.region !== region) misplaced.push(`${where} is a backup of tenant ${object.tenant} of region ${object.region}, in destination ${destination.name} of region ${region}`);
+          else if (live !== undefined && live !== region) misplaced.push(`${where} is a backup of tenant ${object.tenant}, now pinned to region ${live}, in destination ${destination.name} of region ${region}`);
         }
       }),
     ),
