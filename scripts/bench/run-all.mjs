@@ -18,7 +18,7 @@ const flag = (name) => {
   return i > 0 ? process.argv[i + 1] : undefined;
 };
 const {scale} = benchOptions();
-const all = ['startup', 'pki', 'keys-rotate', 'tenants', 'tenant-placement', 'residency-report', 'backup', 'posture', 'bundle'];
+const all = ['startup', 'pki', 'keys-rotate', 'tenants', 'tenant-placement', 'residency-report', 'tenant-move', 'backup', 'posture', 'bundle'];
 const only = flag('only')?.split(',') ?? all;
 for (const name of only) if (!all.includes(name)) throw new Error(`--only: no benchmark ${name}; there are ${all.join(', ')}`);
 const doc = path.resolve(root, flag('doc') ?? 'docs/benchmarks.md');

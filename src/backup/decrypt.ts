@@ -97,7 +97,7 @@ export async function decryptWithControlBackup(
   // As with a live dforge_control, except that an approved crossing needs it reachable: an
   // exception that cannot be written to the ops log is not taken (recordCrossing fails closed).
   const config = await loadConfigFile(deps.dir.configFile);
-  const crossing = checkRegion(config, exportCrossing(config, auth.header, file, options.out), options.approval);
+  const crossing = checkRegion(config, exportCrossing(config, auth.header, `${file} --from-control-backup ${controlBackup}`, options.out), options.approval);
   await requireConfirmation(auth.header, options.confirm);
   if (crossing) await recordCrossing(deps.dir, config, crossing);
   const written = await writePlainDump(auth, out, () => undefined);
@@ -109,10 +109,11 @@ export async function decryptWithControlBackup(
 /**
  * The plain dump is written on this host, in the operator's region; the backup's data is of the
  * region its authenticated header names. A control backup holds only global data: no crossing.
+ * `source` is the command's arguments naming the backup (and the control backup the key came from).
  */
-function exportCrossing(config: DforgeConfig, header: BackupHeader, from: string, out: string): RegionCrossing {
+function exportCrossing(config: DforgeConfig, header: BackupHeader, source: string, out: string): RegionCrossing {
   const to = header.kind === 'control' ? header.region : operatorRegionOf(config);
-  return {tenant: header.tenant, from: header.region, to, operation: 'export', what: `decrypt of backup ${header.backupId} to ${path.resolve(out)}`, rerun: `dforge backup decrypt ${from} --out ${out} --confirm ${header.backupId}`};
+  return {tenant: header.tenant, from: header.region, to, operation: 'export', what: `decrypt of backup ${header.backupId} to ${path.resolve(out)}`, rerun: `dforge backup decrypt ${source} --out ${out} --confirm ${header.backupId}`};
 }
 
 /** What the ops log keeps of a decrypt: where the plaintext went and what it was, never data. */
@@ -212,6 +213,8 @@ function copyText(field: string): string | undefined {
   });
 }
 
+const readOnly = (): UserError => new UserError('the data keys of a control backup are read-only', {nextSteps: ['Change keys on a live install.']});
+
 /** The data keys a control backup recorded, as a read-only DataKeyStore for DataKeys.get. */
 class RecordedDataKeys implements DataKeyStore {
   constructor(private readonly records: readonly DataKeyRecord[]) {}
@@ -221,10 +224,14 @@ class RecordedDataKeys implements DataKeyStore {
   }
 
   async replace(): Promise<void> {
-    throw new UserError('the data keys of a control backup are read-only', {nextSteps: ['Change keys on a live install.']});
+    throw readOnly();
   }
 
   async removeOwner(): Promise<number> {
-    throw new UserError('the data keys of a control backup are read-only', {nextSteps: ['Change keys on a live install.']});
+    throw readOnly();
+  }
+
+  async removeVersions(): Promise<number[]> {
+    throw readOnly();
   }
 }

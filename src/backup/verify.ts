@@ -61,6 +61,16 @@ export async function resolveSource(plane: ControlPlane, from: string): Promise<
     }
     return destinationSource(destination, record.location, record);
   }
+  // An object URL (s3://bucket/key) is a place in a declared destination, never a path here.
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(from)) {
+    for (const region of Object.keys(plane.config.regions)) {
+      for (const destination of regionDestinations(plane, region)) {
+        const location = destination.locate(from);
+        if (location !== undefined) return destinationSource(destination, location);
+      }
+    }
+    throw new UserError(`no declared backup destination holds ${from}`, {nextSteps: ['List backups with: dforge backup list (give its id), or declare the destination in dforge.yaml']});
+  }
   const file = path.resolve(from);
   if (!(await fs.stat(file).then((s) => s.isFile(), () => false))) {
     throw new UserError(`no backup with id ${from} in the catalog, and no file at ${file}`, {nextSteps: ['List backups with: dforge backup list']});

@@ -9,6 +9,7 @@ import {crossRegionFlags} from '../cli/cross-region-flags.js';
 import {pgToolsFlag} from '../cli/pg-tools-flag.js';
 import {CONTROL_DATABASE} from '../control/bootstrap.js';
 import {usingControlPlane} from '../control/plane.js';
+import {UsageError} from '../errors.js';
 import {approvalFromFlags} from '../residency/policy.js';
 import {changingTenants} from '../runtime/tenant-catalog.js';
 import {confirmDestructive} from '../ui/confirm.js';
@@ -42,6 +43,11 @@ Residency: --as puts the new tenant in the backup's region, or --to-region R. A 
   };
 
   async run(): Promise<RestoreResult | ControlRestoreResult | UndoResult> {
+    // dforge_control holds only global data, and an undo swaps back a database the tenant had in its
+    // own region: there is no crossing to approve, so an approval given here would mean nothing.
+    if ((this.flags.control || this.flags.undo !== undefined) && (this.flags['allow-cross-region'] || this.flags.reason !== undefined)) {
+      throw new UsageError(`--allow-cross-region and --reason apply to restore --tenant only; ${this.flags.control ? '--control' : '--undo'} never moves a tenant's data out of its region`, {nextSteps: ['Re-run without --allow-cross-region and --reason']});
+    }
     if (this.flags.control) return this.restoreControl();
     if (this.flags.undo !== undefined) return this.undo(this.flags.undo);
     const slug = this.flags.tenant!;

@@ -34,6 +34,12 @@ export class ControlDataKeyStore implements DataKeyStore {
   async removeOwner(owner: string): Promise<number> {
     return (await this.client.query('DELETE FROM data_keys WHERE owner = $1', [owner])).rowCount ?? 0;
   }
+
+  async removeVersions(owner: string, versions: readonly number[]): Promise<number[]> {
+    // The state condition is the store's own guard: an active version survives even a wrong caller.
+    const rows = await this.client.query<{version: number}>("DELETE FROM data_keys WHERE owner = $1 AND version = ANY($2::integer[]) AND state = 'decrypt-only' RETURNING version", [owner, [...versions]]);
+    return rows.rows.map((r) => r.version).sort((a, b) => a - b);
+  }
 }
 
 /**

@@ -129,6 +129,15 @@ CREATE TABLE residency_fingerprints (
 );
 `,
   },
+  {
+    version: 6,
+    sql: `
+-- A cross-region move rotates the tenant's data key before cutover (src/tenants/move.ts): the
+-- version it made separates backups made in the old region from those made in the new one, so
+-- --purge-source can crypto-shred the old ones it cannot delete. And when the purge finished.
+ALTER TABLE tenant_moves ADD COLUMN key_rotated_to integer, ADD COLUMN source_purged_at timestamptz;
+`,
+  },
 ];
 
 export const CONTROL_SCHEMA_VERSION = MIGRATIONS.at(-1)!.version;

@@ -10,6 +10,7 @@ import type {DforgeConfig} from '../config/schema.js';
 import type {ControlPlane} from '../control/plane.js';
 import {UsageError, UserError} from '../errors.js';
 import {describeWriteError, writeFileStreamed} from '../state/atomic-file.js';
+import {MoveJournal, type MoveRecord} from '../tenants/move-journal.js';
 import type {Tenant} from '../tenants/service.js';
 import {formatBytes} from '../ui/bytes.js';
 import {terminalSafe} from '../ui/terminal-safe.js';
@@ -115,17 +116,6 @@ export interface CrossRegionEvent {
   readonly reason: string;
 }
 
-/** A tenant move from the ops log (`tenant.move*`), within a region or across one. */
-export interface MoveEvent {
-  readonly seq: number;
-  readonly at: string;
-  readonly actor: string;
-  readonly action: string;
-  readonly target: string;
-  readonly outcome: string;
-  readonly fromRegion: string | null;
-  readonly toRegion: string | null;
-}
 
 export interface ResidencyReport {
   readonly format: 'dforge-residency-report/1';
@@ -138,7 +128,8 @@ export interface ResidencyReport {
   /** Control backups (global data only), where each one lives. */
   readonly controlBackups: Array<{id: string; destination: string; destinationRegion: string | null; location: string; size: number; createdAt: string}>;
   readonly crossRegionEvents: CrossRegionEvent[];
-  readonly moves: MoveEvent[];
+  /** Every tenant move from its journal (control table tenant_moves), within a region or across one. */
+  readonly moves: MoveRecord[];
   readonly summary: {
     readonly tenants: number;
     readonly tenantsByRegion: Record<string, number>;
@@ -197,22 +188,17 @@ interface LogRow {
  * The ops-log entries the record of transfers is made of. Only these rows are read: an install's
  * log grows without bound, the exceptions and moves stay few.
  */
-export async function residencyEvents(control: Client, config: DforgeConfig): Promise<{crossings: CrossRegionEvent[]; moves: MoveEvent[]}> {
-  const rows = await control.query<LogRow>(
-    `SELECT seq, at, actor, action, target, outcome, details FROM ops_log
-      WHERE action = 'residency.cross-region' OR action = 'tenant.move' OR action LIKE 'tenant.move.%' ORDER BY seq`,
-  );
+export async function residencyEvents(control: Client, config: DforgeConfig): Promise<CrossRegionEvent[]> {
+  const rows = await control.query<LogRow>(`SELECT seq, at, actor, action, target, outcome, details FROM ops_log WHERE action = 'residency.cross-region' ORDER BY seq`);
   const text = (v: unknown): string => (typeof v === 'string' ? v : '');
-  const crossings: CrossRegionEvent[] = [];
-  const moves: MoveEvent[] = [];
-  for (const r of rows.rows) {
+  return rows.rows.map((r) => {
     const d = r.details ?? {};
-    const base = {seq: Number(r.seq), at: r.at.toISOString(), actor: r.actor};
-    if (r.action === 'residency.cross-region') {
-      const fromRegion = text(d.fromRegion);
-      const toRegion = text(d.toRegion);
-      crossings.push({
-        ...base,
+    const fromRegion = text(d.fromRegion);
+    const toRegion = text(d.toRegion);
+    return {
+        seq: Number(r.seq),
+        at: r.at.toISOString(),
+        actor: r.actor,
         tenant: r.target.replace(/^tenant:/, ''),
         operation: text(d.operation),
         what: text(d.what),
@@ -221,12 +207,8 @@ export async function residencyEvents(control: Client, config: DforgeConfig): Pr
         toRegion,
         toJurisdiction: text(d.toJurisdiction) || jurisdictionOf(config, toRegion),
         reason: text(d.reason),
-      });
-    } else {
-      moves.push({...base, action: r.action, target: r.target, outcome: r.outcome, fromRegion: text(d.fromRegion) || null, toRegion: text(d.toRegion) || null});
-    }
-  }
-  return {crossings, moves};
+    };
+  });
 }
 
 /**
@@ -290,7 +272,8 @@ export async function buildResidencyReport(plane: Pick<ControlPlane, 'config' | 
   const generatedAt = clock().toISOString();
   const tenants = await plane.tenants.list();
   const backups = await new BackupCatalog(plane.control).list();
-  const {crossings, moves} = await residencyEvents(plane.control, config);
+  const crossings = await residencyEvents(plane.control, config);
+  const moves = await new MoveJournal(plane.control).all();
   const placed = placeBackups(config, tenants, backups, crossings);
   const outside = placed.tenants.flatMap((t) => t.backups.filter((b) => b.outsideRegion));
   const tenantsByRegion: Record<string, number> = Object.fromEntries(Object.keys(config.regions).map((r) => [r, 0]));
@@ -461,7 +444,14 @@ export function residencyMarkdown(r: ResidencyReport): string {
   lines.push('');
   if (r.moves.length > 0) {
     lines.push('## Tenant moves', '');
-    lines.push(...mdTable(['ops-log seq', 'at', 'actor', 'action', 'target', 'outcome', 'from', 'to'], r.moves.map((m) => [String(m.seq), m.at, m.actor, m.action, m.target, m.outcome, m.fromRegion ?? '-', m.toRegion ?? '-'])), '');
+    const where = (region: string, cluster: string): string => `${region} (${r.regions.find((x) => x.name === region)?.jurisdiction ?? 'no longer declared'}) / ${cluster}`;
+    lines.push(
+      ...mdTable(
+        ['move', 'tenant', 'from', 'to', 'state', 'approval reason', 'started', 'finished', 'source purged'],
+        r.moves.map((m) => [`#${m.id}`, m.slug, where(m.fromRegion, m.fromCluster), where(m.toRegion, m.toCluster), m.state, m.approvalReason ?? '-', m.startedAt, m.finishedAt ?? '-', m.sourcePurgedAt ?? '-']),
+      ),
+      '',
+    );
   }
   lines.push('## Tenants', '');
   const summary = Object.entries(r.summary.tenantsByRegion).map(([region, n]) => `${region}: ${n}`).join(', ');

@@ -1,7 +1,7 @@
 import type {Client} from 'pg';
 
 import type {BackupRecord} from '../backup/catalog.js';
-import {MANIFEST_SUFFIX} from '../backup/catalog.js';
+import {MANIFEST_SUFFIX, type BackupManifest} from '../backup/catalog.js';
 import {destinationFor, type BackupDestination, type DestinationPlacement} from '../backup/destination.js';
 import {attributeObject, wrapperFor} from '../backup/verify.js';
 import type {ControlPlane} from '../control/plane.js';
@@ -64,7 +64,7 @@ export interface DestinationCheck {
   readonly fingerprint: string | null;
   readonly recorded: string | null;
   readonly status: FingerprintStatus;
-  /** Objects listed in it (manifests not counted). */
+  /** Objects listed in it, manifests included. */
   readonly objects: number;
 }
 
@@ -218,7 +218,7 @@ export async function verifyResidency(
       try {
         destination = destinationFor(region, d, plane.keys.sealed);
         placement = await destination.where();
-        objects = (await destination.list('')).filter((l) => !l.endsWith(MANIFEST_SUFFIX));
+        objects = await destination.list('');
       } catch (err) {
         findings.push(finding('unverifiable', `destination:${d.name}`, `destination ${d.name} (region ${region}) could not be asked where it is or listed: ${errorText(err)}`));
         destinations.push({name: d.name, region, placement: null, fingerprint: null, recorded: recorded.get(`destination:${d.name}`) ?? null, status: 'unverifiable', objects: 0});
@@ -236,12 +236,26 @@ export async function verifyResidency(
 
   // (c) Every object, attributed by its authenticated header, never by its name or location.
   let objectsScanned = 0;
-  for (const {destination, objects} of listed.values()) {
+  for (const {destination, objects, present} of listed.values()) {
     const here = destination.region;
     for (const location of objects) {
       objectsScanned++;
       const where = destination.describe(location);
-      const object = await attributeObject(destination, location, (parsed, label) => wrapperFor(plane as ControlPlane, parsed, label));
+      // A manifest carries no data; it is skipped only when it is one, for a backup beside it
+      // (which is attributed by its own header). Anything else named like one is looked at.
+      if (location.endsWith(MANIFEST_SUFFIX)) {
+        const problem = await manifestProblem(destination, location, present);
+        if (problem) findings.push(finding('object-unreadable', `destination:${destination.name}`, `${where} is named like a backup manifest but ${problem}, so what it holds is unknown`, {location: where, foundInRegion: here}));
+        continue;
+      }
+      let object: Awaited<ReturnType<typeof attributeObject>>;
+      try {
+        object = await attributeObject(destination, location, (parsed, label) => wrapperFor(plane as ControlPlane, parsed, label));
+      } catch (err) {
+        // One unreadable object (permissions, a vanished file, a network error) is a finding; the scan goes on.
+        findings.push(finding('unverifiable', `destination:${destination.name}`, `${where} could not be read: ${errorText(err)}`, {location: where, foundInRegion: here}));
+        continue;
+      }
       // Control backups carry only global data and go to every region by design.
       if (object.kind === 'control') continue;
       if (object.kind === 'unattributable') {
@@ -282,4 +296,17 @@ export async function verifyResidency(
   }
 
   return {verifiedAt: now.toISOString(), baselineRecorded, clusters, destinations, objectsScanned, findings, accepted: acceptedDrift, notes, drift: findings.length > 0};
+}
+
+/** Why an object named like a manifest is not the manifest of a backup listed beside it; null when it is. */
+async function manifestProblem(destination: BackupDestination, location: string, present: ReadonlySet<string>): Promise<string | null> {
+  let manifest: Partial<BackupManifest>;
+  try {
+    manifest = JSON.parse(await destination.readSmall(location)) as Partial<BackupManifest>;
+  } catch (err) {
+    return `is not one (${errorText(err)})`;
+  }
+  const backup = location.slice(0, -MANIFEST_SUFFIX.length);
+  if (manifest.format !== 'dforge-backup-manifest/1' || manifest.location !== backup) return 'is not one';
+  return present.has(backup) ? null : `the backup it describes (${backup}) is not there`;
 }

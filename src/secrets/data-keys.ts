@@ -31,6 +31,8 @@ export interface DataKeyStore {
   replace(records: readonly DataKeyRecord[]): Promise<void>;
   /** Removes every version of an owner's key; returns how many were removed. */
   removeOwner(owner: string): Promise<number>;
+  /** Removes the given decrypt-only versions of an owner's key (never the active one); returns the versions removed. */
+  removeVersions(owner: string, versions: readonly number[]): Promise<number[]>;
 }
 
 export const dataKeyId = (owner: string): string => `dek/${owner}`;
@@ -80,6 +82,16 @@ export class DataKeys {
   /** Crypto-shredding: destroys every version. Data encrypted under them is unreadable from now on. */
   async shred(owner: string): Promise<number> {
     return this.store.removeOwner(owner);
+  }
+
+  /**
+   * Crypto-shredding of part of a key's history: destroys the given versions, which must all be
+   * decrypt-only. Data encrypted under them is unreadable from now on; the active version stays.
+   */
+  async destroyVersions(owner: string, versions: readonly number[]): Promise<number[]> {
+    const active = (await this.store.list(owner)).find((r) => r.state === 'active');
+    if (active && versions.includes(active.version)) throw new UserError(`data key ${dataKeyId(owner)} v${active.version} is the active version: it is never destroyed on its own`, {nextSteps: ['Rotate the key first, or shred the whole key.']});
+    return this.store.removeVersions(owner, versions);
   }
 
   private async addVersion(owner: string, version: number, others: DataKeyRecord[]): Promise<WrappingKey> {
@@ -176,6 +188,13 @@ export class FileDataKeyStore implements DataKeyStore {
     const kept = all.filter((r) => r.owner !== owner);
     await this.writeAll(kept);
     return all.length - kept.length;
+  }
+
+  async removeVersions(owner: string, versions: readonly number[]): Promise<number[]> {
+    const all = await this.readAll();
+    const gone = (r: DataKeyRecord): boolean => r.owner === owner && r.state === 'decrypt-only' && versions.includes(r.version);
+    await this.writeAll(all.filter((r) => !gone(r)));
+    return all.filter(gone).map((r) => r.version).sort((a, b) => a - b);
   }
 
   private async readAll(): Promise<DataKeyRecord[]> {

@@ -36,6 +36,15 @@ export interface MoveRecord {
   readonly startedAt: string;
   readonly updatedAt: string;
   readonly finishedAt: string | null;
+  /**
+   * A cross-region move rotates the tenant's data key before cutover: this is the version that
+   * rotation made. Backups the tenant makes from then on (in the new region) use it or a later one,
+   * so the versions below it protect only what was made before the move: what --purge-source may
+   * destroy to crypto-shred source-region backups it cannot delete.
+   */
+  readonly keyRotatedTo: number | null;
+  /** When --purge-source finished removing what the move left at the source. */
+  readonly sourcePurgedAt: string | null;
 }
 
 interface Row {
@@ -53,9 +62,11 @@ interface Row {
   started_at: Date;
   updated_at: Date;
   finished_at: Date | null;
+  key_rotated_to: number | null;
+  source_purged_at: Date | null;
 }
 
-const COLUMNS = 'id, slug, from_region, from_cluster, to_region, to_cluster, database, state, reason, approval_reason, error, started_at, updated_at, finished_at';
+const COLUMNS = 'id, slug, from_region, from_cluster, to_region, to_cluster, database, state, reason, approval_reason, error, started_at, updated_at, finished_at, key_rotated_to, source_purged_at';
 
 function toRecord(r: Row): MoveRecord {
   return {
@@ -73,6 +84,8 @@ function toRecord(r: Row): MoveRecord {
     startedAt: r.started_at.toISOString(),
     updatedAt: r.updated_at.toISOString(),
     finishedAt: r.finished_at?.toISOString() ?? null,
+    keyRotatedTo: r.key_rotated_to,
+    sourcePurgedAt: r.source_purged_at?.toISOString() ?? null,
   };
 }
 
@@ -123,6 +136,21 @@ export class MoveJournal {
     return toRecord(row.rows[0]!);
   }
 
+  /** Records the data-key version the pre-cutover rotation made (once: a rerun finds it set and does not rotate again). */
+  async recordKeyRotation(move: MoveRecord, version: number): Promise<MoveRecord> {
+    const row = await this.c.query<Row>(`UPDATE tenant_moves SET key_rotated_to = $2, updated_at = now() WHERE id = $1 AND key_rotated_to IS NULL RETURNING ${COLUMNS}`, [move.id, version]);
+    if (row.rowCount !== 1) throw new Error(`tenant move #${move.id} already recorded a key rotation`);
+    crashPoint('tenant.move.key-rotated');
+    return toRecord(row.rows[0]!);
+  }
+
+  /** Marks the finished move's source as purged. */
+  async markSourcePurged(move: MoveRecord): Promise<MoveRecord> {
+    const row = await this.c.query<Row>(`UPDATE tenant_moves SET source_purged_at = now(), updated_at = now() WHERE id = $1 AND state = 'done' RETURNING ${COLUMNS}`, [move.id]);
+    if (row.rowCount !== 1) throw new Error(`tenant move #${move.id} is not done`);
+    return toRecord(row.rows[0]!);
+  }
+
   /** Notes why the last attempt stopped, without changing the state: --status shows it. */
   async noteError(move: MoveRecord, error: string): Promise<void> {
     await this.c.query('UPDATE tenant_moves SET error = $2, updated_at = now() WHERE id = $1', [move.id, error]);
@@ -132,6 +160,11 @@ export class MoveJournal {
   async open(slug: string): Promise<MoveRecord | undefined> {
     const row = await this.c.query<Row>(`SELECT ${COLUMNS} FROM tenant_moves WHERE slug = $1 AND state NOT IN ('done', 'rolled-back')`, [slug]);
     return row.rowCount === 1 ? toRecord(row.rows[0]!) : undefined;
+  }
+
+  /** Every move of every tenant, oldest first: the residency report's record of moves. */
+  async all(): Promise<MoveRecord[]> {
+    return (await this.c.query<Row>(`SELECT ${COLUMNS} FROM tenant_moves ORDER BY id`)).rows.map(toRecord);
   }
 
   /** The tenant's open move, else its most recent one. */

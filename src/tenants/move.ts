@@ -10,7 +10,8 @@
  *  verified per-table row counts and checksums, read as the tenant on both sides, and object counts;
  *  cutover  one control transaction points the registry at the target;
  *  done     the target role may log in again. The source database and roles stay, NOLOGIN, until
- *           --purge-source.
+ *           --purge-source; so do the tenant's backups in the source region, which the purge
+ *           deletes or crypto-shreds (a move across regions rotates the data key before cutover).
  *
  * Every step checks what exists first, so --resume repeats at most the step a crash interrupted.
  * The source must stay readable as the tenant while frozen, so the copy and the checks reach it
@@ -20,8 +21,11 @@ import type {Client} from 'pg';
 
 import {clustersOf, endpointOf, type ControlPlane} from '../control/plane.js';
 import {inTransaction} from '../control/keys-store.js';
-import {UsageError, UserError, VerificationError} from '../errors.js';
+import {PartialError, UsageError, UserError, VerificationError} from '../errors.js';
+import {BackupCatalog, type BackupRecord} from '../backup/catalog.js';
+import {regionDestinations} from '../backup/destination.js';
 import {startPgRestoreList, startPgTool} from '../backup/pg-tool-runner.js';
+import {removeBackup} from '../backup/removal.js';
 import {pgDumpArgs, restorableEntries} from '../backup/pg-tools.js';
 import {restoreRoleOf} from '../postgres/provisioner.js';
 import {withConnection} from '../postgres/connect.js';
@@ -34,11 +38,15 @@ import {MoveJournal, canRollBack, type MoveRecord} from './move-journal.js';
 import {pickCluster, type Tenant} from './service.js';
 import {validateSlug} from './slug.js';
 
-/** One ordinary table's rows as the tenant reads them: count and md5 of the rows' text in text order. */
+/**
+ * One ordinary table's rows as the tenant reads them: their count and the sum of a 64-bit hash of
+ * each row's text. A sum needs no sort, so a table is read once, at scan speed; it detects lost,
+ * extra and changed rows of a copy (it is not meant to resist a forger: the tenant owns the data).
+ */
 export interface TableChecksum {
   readonly table: string;
   readonly rows: number;
-  readonly md5: string;
+  readonly checksum: string;
 }
 
 export interface MoveResult {
@@ -138,8 +146,31 @@ export async function moveStatus(plane: ControlPlane, slugInput: string): Promis
   return (await new MoveJournal(plane.control).latest(validateSlug(slugInput))) ?? null;
 }
 
-/** Drops the source database and roles a finished move left behind, NOLOGIN. `confirm` must repeat the slug. */
-export async function purgeSource(plane: ControlPlane, slugInput: string, confirm: string): Promise<{tenant: string; cluster: string; dropped: string[]}> {
+/** What --purge-source removed at the source of a finished move. */
+export interface PurgeResult {
+  readonly tenant: string;
+  readonly cluster: string;
+  /** Databases dropped on the source cluster. */
+  readonly dropped: string[];
+  /** Source-region backups deleted (catalog entry, manifest and file). */
+  readonly backupsDeleted: string[];
+  /** Source-region backups that could not be deleted and are now unreadable: their key versions were destroyed. */
+  readonly backupsShredded: string[];
+  readonly keyVersionsDestroyed: number[];
+  /** Source-region backups neither deleted nor shredded, and why: the purge is partial (exit 4). */
+  readonly retained: ReadonlyArray<{readonly id: string; readonly reason: string}>;
+  readonly move: MoveRecord;
+}
+
+/**
+ * Removes what a finished move left at its source: the database and roles on the source cluster
+ * and, after a move out of a region, the tenant's backups in that region. A backup that can't be
+ * deleted (its destination is unreachable or no longer declared) is crypto-shredded instead: the
+ * key versions older than the move's pre-cutover rotation are destroyed, unless a backup outside
+ * the source region still needs one. `confirm` must repeat the slug. A rerun finishes what a
+ * crash interrupted.
+ */
+export async function purgeSource(plane: ControlPlane, slugInput: string, confirm: string, progress?: (line: string) => void): Promise<PurgeResult> {
   const slug = validateSlug(slugInput);
   if (confirm !== slug) throw new UsageError(`--purge-source drops the source database of ${slug}: --confirm must be exactly ${slug}`, {nextSteps: [`Run: ${moveCommand(slug, `--purge-source --confirm ${slug}`)}`]});
   return plane.tenants.withTenantLock(slug, 'tenant.move.purge-source', async () => {
@@ -151,14 +182,64 @@ export async function purgeSource(plane: ControlPlane, slugInput: string, confir
     const tenant = await plane.tenants.get(slug);
     // The registry must name another cluster: a purge never drops the live database.
     if (tenant.cluster === last.fromCluster) throw new UserError(`tenant ${slug} lives on ${tenant.cluster} again; its database there is live, not a move's source`, {nextSteps: ['Nothing to purge']});
-    return onCluster(plane, last.fromCluster, tenant, async (databases) => {
-      const dropped = await databases.all();
-      for (const name of dropped) await databases.drop(name);
+    const dropped = await onCluster(plane, last.fromCluster, tenant, async (databases) => {
+      const names = await databases.all();
+      for (const name of names) await databases.drop(name);
       await databases.roles.dropRestoreRole(tenant.role);
       await databases.roles.dropRoles(tenant.role);
-      return {tenant: slug, cluster: last.fromCluster, dropped};
+      return names;
     });
+    const backups = last.fromRegion === last.toRegion ? {deleted: [], shredded: [], versions: [], retained: []} : await purgeSourceBackups(plane, last, progress);
+    const move = await journal.markSourcePurged(last);
+    const result: PurgeResult = {tenant: slug, cluster: last.fromCluster, dropped, backupsDeleted: backups.deleted, backupsShredded: backups.shredded, keyVersionsDestroyed: backups.versions, retained: backups.retained, move};
+    if (result.retained.length > 0) {
+      throw new PartialError(`the source of ${slug}'s move was purged except ${result.retained.length} backup(s) in region ${last.fromRegion} that could be neither deleted nor shredded: ${result.retained.map((r) => `${r.id} (${r.reason})`).join('; ')}`, {
+        nextSteps: ['Delete them by hand from their destination (see dforge backup list), then run this again', `Run again: ${moveCommand(slug, `--purge-source --confirm ${slug}`)}`],
+        data: {...result},
+      });
+    }
+    return result;
   });
+}
+
+/**
+ * The source-region part of a purge: each of the tenant's backups recorded in the move's source
+ * region is deleted; the ones that can't be are shredded through their key version, when that
+ * version predates the move's rotation and no backup outside the source region uses it.
+ */
+async function purgeSourceBackups(plane: ControlPlane, move: MoveRecord, progress?: (line: string) => void): Promise<{deleted: string[]; shredded: string[]; versions: number[]; retained: Array<{id: string; reason: string}>}> {
+  const catalog = new BackupCatalog(plane.control);
+  const all = await catalog.list({tenant: move.slug, kind: 'tenant'});
+  const declared = new Set(regionDestinations(plane, move.fromRegion).map((d) => d.name));
+  const deleted: string[] = [];
+  const kept: Array<{record: BackupRecord; why: string}> = [];
+  for (const record of all.filter((r) => r.region === move.fromRegion)) {
+    if (!declared.has(record.destination)) {
+      kept.push({record, why: `destination ${record.destination} is no longer declared in region ${move.fromRegion}`});
+      continue;
+    }
+    try {
+      await removeBackup(plane, record);
+      deleted.push(record.id);
+    } catch (err) {
+      kept.push({record, why: `deleting it from ${record.destination} failed: ${(err as Error).message}`});
+    }
+  }
+  for (const k of kept) progress?.(`backup ${k.record.id}: ${k.why}; destroying its key version instead`);
+  const usedElsewhere = new Set(all.filter((r) => r.region !== move.fromRegion).map((r) => r.keyVersion));
+  const shreddable = (r: BackupRecord): boolean => move.keyRotatedTo !== null && r.keyVersion < move.keyRotatedTo && !usedElsewhere.has(r.keyVersion);
+  const versions = [...new Set(kept.filter((k) => shreddable(k.record)).map((k) => k.record.keyVersion))];
+  const destroyed = new Set(versions.length > 0 ? await plane.dataKeys.destroyVersions(move.slug, versions) : []);
+  // A shredded backup's catalog entry would only point at ciphertext nobody can open.
+  const shredded: string[] = [];
+  for (const k of kept.filter((x) => destroyed.has(x.record.keyVersion))) {
+    await catalog.remove(k.record.id);
+    shredded.push(k.record.id);
+  }
+  const retained = kept
+    .filter((k) => !destroyed.has(k.record.keyVersion))
+    .map((k) => ({id: k.record.id, reason: `${k.why}; its key version v${k.record.keyVersion} ${usedElsewhere.has(k.record.keyVersion) ? 'also opens a backup outside the region' : 'was made after the move rotated the key'}`}));
+  return {deleted, shredded, versions: [...destroyed].sort((a, b) => a - b), retained};
 }
 
 async function requireOpen(journal: MoveJournal, slug: string): Promise<MoveRecord> {
@@ -217,6 +298,10 @@ async function run(plane: ControlPlane, journal: MoveJournal, tenant: Tenant, st
       move = await journal.advance(move, 'verified');
     }
     if (move.state === 'verified') {
+      // Across regions, the tenant's data key is rotated first: every backup made in the new
+      // region uses the new version, so --purge-source can later destroy the versions that only
+      // old-region backups use. A crash before the journal records it rotates once more: harmless.
+      if (move.fromRegion !== move.toRegion && move.keyRotatedTo === null) move = await journal.recordKeyRotation(move, (await plane.dataKeys.rotate(tenant.slug)).version);
       const verified = move;
       move = await inTransaction(plane.control, async () => {
         await plane.control.query('UPDATE tenants SET region = $2, cluster = $3, updated_at = now() WHERE slug = $1', [tenant.slug, verified.toRegion, verified.toCluster]);
@@ -327,8 +412,9 @@ async function pipeDump(
  * both sides, never as the provisioner; plus per-schema object counts from pg_class.
  */
 async function verify(plane: ControlPlane, tenant: Tenant, move: MoveRecord): Promise<TableChecksum[]> {
-  const source = await asFrozenTenant(plane, tenant, move.fromCluster, (credentials) => withEndpoint(plane, move.fromCluster, credentials, fingerprint));
-  const target = await asFrozenTenant(plane, tenant, move.toCluster, (credentials) => withEndpoint(plane, move.toCluster, credentials, fingerprint));
+  // Both clusters at once: each side is one scan of every table.
+  const read = (cluster: string) => asFrozenTenant(plane, tenant, cluster, (credentials) => withEndpoint(plane, cluster, credentials, fingerprint));
+  const [source, target] = await Promise.all([read(move.fromCluster), read(move.toCluster)]);
   const a = JSON.stringify(source);
   const b = JSON.stringify(target);
   if (a !== b) {
@@ -353,8 +439,8 @@ async function fingerprint(c: Client): Promise<{tables: TableChecksum[]; objects
   const checksums: TableChecksum[] = [];
   for (const t of tables.rows) {
     const q = `${escape(t.schema)}.${escape(t.name)}`;
-    const r = await c.query<{n: string; md5: string | null}>(`SELECT count(*) AS n, md5(coalesce(string_agg(x::text, E'\\n' ORDER BY x::text), '')) AS md5 FROM ${q} AS x`);
-    checksums.push({table: `${t.schema}.${t.name}`, rows: Number(r.rows[0]!.n), md5: r.rows[0]!.md5 ?? ''});
+    const r = await c.query<{n: string; sum: string}>(`SELECT count(*) AS n, coalesce(sum(hashtextextended(x::text, 0)), 0)::text AS sum FROM ${q} AS x`);
+    checksums.push({table: `${t.schema}.${t.name}`, rows: Number(r.rows[0]!.n), checksum: r.rows[0]!.sum});
   }
   const objects = await c.query<{schema: string; n: string}>(
     'SELECT n.nspname AS schema, count(*) AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY($1) GROUP BY 1 ORDER BY 1',

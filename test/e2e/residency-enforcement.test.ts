@@ -93,7 +93,7 @@ describe.skipIf(!available)('residency enforcement', () => {
     if (scratch) await fs.rm(scratch, {recursive: true, force: true});
   });
 
-  it('approval flags are all or nothing: --reason alone, the flag alone, and with backup --all are usage errors', async () => {
+  it('approval flags are all or nothing: --reason alone, the flag alone, and with backup --all, restore --control or --undo are usage errors', async () => {
     const before = await snapshot();
     const reasonOnly = await install.cli(['backup', '--tenant', 'ustenant', '--destination', 'eu-local', '--reason', 'because we can']);
     expect(reasonOnly.code).toBe(2);
@@ -104,6 +104,11 @@ describe.skipIf(!available)('residency enforcement', () => {
     const all = await install.cli(['backup', '--all', '--allow-cross-region', '--reason', 'DPA-2026-14']);
     expect(all.code).toBe(2);
     expect(all.stderr).toContain('--all');
+    for (const mode of [['--control', '--confirm', 'dforge_control'], ['--undo', 'ustenant', '--confirm', 'ustenant']]) {
+      const r = await install.cli(['restore', ...mode, '--allow-cross-region', '--reason', 'DPA-2026-14']);
+      expect(r.code, mode.join(' ')).toBe(2);
+      expect(r.stderr).toContain('apply to restore --tenant only');
+    }
     expect(await snapshot()).toEqual(before);
   }, 120_000);
 
@@ -209,6 +214,22 @@ describe.skipIf(!available)('residency enforcement', () => {
     await refusedThenApproved(['backup', 'decrypt', backupId, '--out', out, '--confirm', backupId], 'export');
     expect((await fs.stat(out)).size).toBeGreaterThan(0);
   }, 120_000);
+
+  it('backup decrypt --from-control-backup of another region’s backup is refused, and the re-run it suggests keeps --from-control-backup', async () => {
+    const all = await install.cli(['backup', '--all', '--json']);
+    expect(all.code, all.stderr).toBe(0);
+    const control = (JSON.parse(all.stdout) as {control: {location: string; region: string}[]}).control.find((c) => c.region === 'us')!;
+    const tenant = (JSON.parse((await install.cli(['backup', 'list', '--tenant', 'ustenant', '--json'])).stdout) as {backups: {id: string; location: string}[]}).backups.find((b) => b.id === backupId)!;
+    const controlFile = path.join(install.destinationDirs['us-local']!, control.location);
+    const file = path.join(install.destinationDirs['us-local']!, tenant.location);
+    const out = path.join(scratch, 'ustenant-offline.dump');
+    const r = await install.cli(['backup', 'decrypt', file, '--from-control-backup', controlFile, '--out', out, '--confirm', backupId, '--json']);
+    expect(r.code).toBe(1);
+    const error = (JSON.parse(r.stdout) as {error: {message: string; nextSteps: string[]}}).error;
+    expect(error.message).toContain('out of region us (US) into region eu (EU)');
+    expect(error.nextSteps.join('\n')).toContain(`dforge backup decrypt ${file} --from-control-backup ${controlFile} --out ${out} --confirm ${backupId} --allow-cross-region --reason`);
+    await expect(fs.stat(out)).rejects.toThrow(/ENOENT/);
+  }, 180_000);
 
   it('operatorRegion must be a declared region', async () => {
     await install.editConfig((config) => {

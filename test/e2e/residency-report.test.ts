@@ -184,8 +184,18 @@ describe.skipIf(!available)('residency report', () => {
       const junk = await install.cli(['residency', 'report', '--verify', '--json']);
       expect(junk.code).toBe(3);
       expect(json<ResidencyReportRun>(junk).report.verification!.findings).toEqual([expect.objectContaining({kind: 'object-unreadable', location: planted, foundInRegion: 'eu'})]);
-    } finally {
       await fs.rm(planted);
+
+      // Named like a manifest, it is not skipped: only a real manifest of a backup beside it is.
+      await fs.copyFile(path.join(install.destinationDirs['us-local']!, location), `${planted}.manifest.json`);
+      const disguised = await install.cli(['residency', 'report', '--verify', '--json']);
+      expect(disguised.code).toBe(3);
+      expect(json<ResidencyReportRun>(disguised).report.verification!.findings).toEqual([
+        expect.objectContaining({kind: 'object-unreadable', location: `${planted}.manifest.json`, foundInRegion: 'eu'}),
+      ]);
+    } finally {
+      await fs.rm(planted, {force: true});
+      await fs.rm(`${planted}.manifest.json`, {force: true});
     }
     expect((await install.cli(['residency', 'report', '--verify'])).code).toBe(0);
   });

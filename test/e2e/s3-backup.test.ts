@@ -88,6 +88,15 @@ describe.skipIf(!available)('backups of a US tenant to an S3-compatible destinat
     expect(r.code, r.stderr).toBe(0);
     expect(await install.asTenant('initech', async (c) => (await c.query<{n: string}>('SELECT count(*) AS n FROM crm.t')).rows[0]!.n)).toBe('2000');
 
+    // The object's URL names it as well as its id; an unknown bucket is no destination of the install.
+    const url = `s3://${s3.bucket}/dforge/initech/${backupId}.dfb`;
+    const copy = await install.cli(['restore', '--tenant', 'initech', '--from', url, '--as', 'initech-copy', '--json']);
+    expect(copy.code, copy.stdout).toBe(0);
+    expect(await install.asTenant('initech-copy', async (c) => (await c.query<{n: string}>('SELECT count(*) AS n FROM crm.t')).rows[0]!.n)).toBe('2000');
+    const stray = await install.cli(['restore', '--tenant', 'initech', '--from', `s3://elsewhere/dforge/initech/${backupId}.dfb`, '--as', 'initech-stray', '--json']);
+    expect(stray.code).toBe(1);
+    expect(stray.stdout).toContain('no declared backup destination holds s3://elsewhere/');
+
     const second = await install.cli(['backup', '--tenant', 'initech', '--json']);
     expect(second.code, second.stderr).toBe(0);
     // Prune always keeps the newest verified backup: verify the second so the first is the one to go.

@@ -92,6 +92,22 @@ describe('master key providers', () => {
   });
 });
 
+describe('data key versions', () => {
+  it('destroyVersions removes decrypt-only versions only: the active one is refused, and the others still open', async () => {
+    const dir = await install('file');
+    await initKeys(dir, {command: 'test'});
+    const {dataKeys} = await openKeyServices(dir);
+    await dataKeys.create('acme');
+    await dataKeys.rotate('acme');
+    const v3 = await dataKeys.rotate('acme');
+    await expect(dataKeys.destroyVersions('acme', [1, 3])).rejects.toThrow(/v3 is the active version/);
+    expect(await dataKeys.destroyVersions('acme', [1])).toEqual([1]);
+    await expect(dataKeys.get('acme', 1)).rejects.toThrow(/v1 does not exist/);
+    expect((await dataKeys.get('acme', 2)).version).toBe(2);
+    expect((await dataKeys.current('acme')).material).toEqual(v3.material);
+  });
+});
+
 describe('failure modes, through the CLI', () => {
   it('tampering with a sealed secret exits 6 before the rotation changes anything', async () => {
     const dir = await install();

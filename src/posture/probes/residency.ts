@@ -106,7 +106,7 @@ async function backupPlacement(ctx: PostureContext, region: string, config: Para
 
 /** Approved exceptions are listed; a catalogued backup outside its tenant's region without one FAILs. */
 async function crossRegionExceptions(ctx: PostureContext, plane: ControlPlane): Promise<Finding> {
-  const {crossings} = await residencyEvents(plane.control, ctx.config);
+  const crossings = await residencyEvents(plane.control, ctx.config);
   const placed = placeBackups(ctx.config, ctx.allTenants, await new BackupCatalog(plane.control).list({kind: 'tenant'}), crossings);
   const outside = placed.tenants.flatMap((t) => t.backups.filter((b) => b.outsideRegion).map((b) => ({tenant: t, backup: b})));
   const unapproved = outside.filter((o) => o.backup.approvedBy === null);
