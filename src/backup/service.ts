@@ -11,7 +11,7 @@ import {CONTROL_DATABASE, PROVISIONER_ROLE} from '../control/bootstrap.js';
 import {endpointOf, primaryCluster, provisionerSecret, type ControlPlane} from '../control/plane.js';
 import {LockedError, PartialError, UserError} from '../errors.js';
 import {crashPoint} from '../state/crash-point.js';
-import {withConnection} from '../postgres/connect.js';
+import {serverVersionNum, withConnection} from '../postgres/connect.js';
 import {writeFileAtomic} from '../state/atomic-file.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {withBackupLock, WHOLE_RUN, type BackupLockHolder} from './backup-lock.js';
@@ -100,11 +100,7 @@ async function dumpEncrypted(options: {
   const {plane, destination} = options;
   const endpoint = await endpointOf(plane.keys.dir, plane.config, options.cluster);
   // The control session already talks to the primary cluster; another cluster costs one connection.
-  const versionQuery = "SELECT current_setting('server_version_num') AS v";
-  const serverVersion =
-    options.cluster === primaryCluster(plane.config).name
-      ? (await plane.control.query<{v: string}>(versionQuery)).rows[0]!.v
-      : await withConnection(endpoint, options.credentials, async (c) => (await c.query<{v: string}>(versionQuery)).rows[0]!.v);
+  const serverVersion = options.cluster === primaryCluster(plane.config).name ? await serverVersionNum(plane.control) : await withConnection(endpoint, options.credentials, serverVersionNum);
   const backupId = `${timestampId(options.now)}-${options.tenant}-${randomBytes(3).toString('hex')}`;
   const location = backupLocation({kind: options.kind, tenant: options.tenant, backupId});
   const described = {

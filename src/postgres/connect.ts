@@ -98,3 +98,8 @@ function describeConnectError(err: unknown, endpoint: ClusterEndpoint, credentia
   }
   return new UserError(`cannot connect to ${where} as ${credentials.user}: ${e.message}`, {cause: err});
 }
+
+/** The server's version number as PostgreSQL reports it ('150004' for 15.4): what pg_dump and pg_restore are chosen by. */
+export async function serverVersionNum(c: Pick<Client, 'query'>): Promise<string> {
+  return (await c.query<{v: string}>("SELECT current_setting('server_version_num') AS v")).rows[0]!.v;
+}

@@ -244,8 +244,10 @@ export async function verifyResidency(
       // A manifest carries no data; it is skipped only when it is one, for a backup beside it
       // (which is attributed by its own header). Anything else named like one is looked at.
       if (location.endsWith(MANIFEST_SUFFIX)) {
-        const problem = await manifestProblem(destination, location, present);
+        const problem = await manifestProblem(destination, location);
         if (problem) findings.push(finding('object-unreadable', `destination:${destination.name}`, `${where} is named like a backup manifest but ${problem}, so what it holds is unknown`, {location: where, foundInRegion: here}));
+        // A real manifest left without its backup holds names only; the catalog check below reports a missing backup.
+        else if (!present.has(location.slice(0, -MANIFEST_SUFFIX.length))) notes.push(`${where} is the manifest of a backup that is not there`);
         continue;
       }
       let object: Awaited<ReturnType<typeof attributeObject>>;
@@ -298,15 +300,13 @@ export async function verifyResidency(
   return {verifiedAt: now.toISOString(), baselineRecorded, clusters, destinations, objectsScanned, findings, accepted: acceptedDrift, notes, drift: findings.length > 0};
 }
 
-/** Why an object named like a manifest is not the manifest of a backup listed beside it; null when it is. */
-async function manifestProblem(destination: BackupDestination, location: string, present: ReadonlySet<string>): Promise<string | null> {
+/** Why an object named like a manifest is not the manifest of the backup its name says; null when it is. */
+async function manifestProblem(destination: BackupDestination, location: string): Promise<string | null> {
   let manifest: Partial<BackupManifest>;
   try {
     manifest = JSON.parse(await destination.readSmall(location)) as Partial<BackupManifest>;
   } catch (err) {
     return `is not one (${errorText(err)})`;
   }
-  const backup = location.slice(0, -MANIFEST_SUFFIX.length);
-  if (manifest.format !== 'dforge-backup-manifest/1' || manifest.location !== backup) return 'is not one';
-  return present.has(backup) ? null : `the backup it describes (${backup}) is not there`;
+  return manifest.format === 'dforge-backup-manifest/1' && manifest.location === location.slice(0, -MANIFEST_SUFFIX.length) ? null : 'is not one';
 }

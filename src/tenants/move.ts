@@ -28,7 +28,7 @@ import {startPgRestoreList, startPgTool} from '../backup/pg-tool-runner.js';
 import {removeBackup} from '../backup/removal.js';
 import {pgDumpArgs, restorableEntries} from '../backup/pg-tools.js';
 import {restoreRoleOf} from '../postgres/provisioner.js';
-import {withConnection} from '../postgres/connect.js';
+import {serverVersionNum, withConnection} from '../postgres/connect.js';
 import {randomPassword, scramVerifier} from '../postgres/scram.js';
 import {checkRegion, recordCrossing, type CrossRegionApproval} from '../residency/policy.js';
 import {crashPoint} from '../state/crash-point.js';
@@ -341,7 +341,7 @@ async function copy(plane: ControlPlane, tenant: Tenant, move: MoveRecord): Prom
     await databases.roles.createRestoreRole(tenant.role, scramVerifier(restorePassword));
     await databases.shape(scratch, {connect: [restoreRoleOf(tenant.role)]});
     await asFrozenTenant(plane, tenant, move.fromCluster, async (source) => {
-      const serverMajor = Math.floor(Number(await serverVersion(plane, move.fromCluster, source)) / 10_000);
+      const serverMajor = Math.floor(Number(await withEndpoint(plane, move.fromCluster, source, serverVersionNum)) / 10_000);
       const useList = restorableEntries(await dumpList(plane, move.fromCluster, source, serverMajor), MODULE_SCHEMAS);
       await pipeDump(plane, {from: move.fromCluster, source, to: move.toCluster, target: {user: restoreRoleOf(tenant.role), password: restorePassword, database: scratch}, role: tenant.role, serverMajor, useList});
       crashPoint('tenant.move.copy.loaded');
@@ -483,10 +483,6 @@ async function unfreezeSource(plane: ControlPlane, tenant: Tenant, move: MoveRec
     await databases.roles.setPassword(tenant.role, scramVerifier(sealed));
     await databases.roles.setLogin(tenant.role, true);
   });
-}
-
-async function serverVersion(plane: ControlPlane, cluster: string, credentials: {user: string; password: string; database: string}): Promise<string> {
-  return withEndpoint(plane, cluster, credentials, async (c) => (await c.query<{v: string}>("SELECT current_setting('server_version_num') AS v")).rows[0]!.v);
 }
 
 async function withEndpoint<T>(plane: ControlPlane, cluster: string, credentials: {user: string; password: string; database: string}, fn: (c: Client) => Promise<T>): Promise<T> {
