@@ -18,12 +18,9 @@ import {spawn, spawnSync} from 'node:child_process';
 import {chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import {fileURLToPath} from 'node:url';
 
-import {benchOptions, freePort, median, pairRatio, report, seconds, wall} from './common.mjs';
+import {abba, benchOptions, checkedRun as run, cliPath, freePort, log, median, pairRatio, repoRoot as root, report, seconds, wall} from './common.mjs';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const cliPath = path.join(root, 'bin/run.js');
 const options = benchOptions();
 const pgbenchScale = options.count('pgbench-scale', 70, 1);
 const randomMiB = options.count('random-mb', 300, 8);
@@ -64,21 +61,6 @@ const dforge = async (...args) => {
   const ms = Number(process.hrtime.bigint() - start) / 1e6;
   if (code !== 0) throw new Error(`dforge ${args.join(' ')} exited ${code}: ${stderr}`);
   return {ms, rssKiB, stdout};
-};
-const run = (cmd, args, env, opts = {}) => {
-  const r = spawnSync(cmd, args, {env, encoding: 'utf8', maxBuffer: 1 << 26, ...opts});
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
-  return r;
-};
-const log = (line) => process.stderr.write(`${line}\n`);
-/** Runs `a` and `b` as one pair, `b` first on odd pairs: over pairs that is ABBA, which cancels linear drift. */
-const abba = async (i, a, b) => {
-  if (i % 2 === 1) {
-    const y = await b();
-    return [await a(), y];
-  }
-  const x = await a();
-  return [x, await b()];
 };
 const fmt = (x) => x.toFixed(3);
 const ratioCells = (xs, ys) => {

@@ -1,7 +1,49 @@
-// Helpers the benchmarks share: a free loopback port, wall-clock timing, medians and their confidence intervals.
+// Helpers the benchmarks share: running dforge and tools, a free loopback port, wall-clock timing,
+// ABBA pairs, medians and their confidence intervals.
+import {spawnSync} from 'node:child_process';
 import {writeFileSync} from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
+import path from 'node:path';
+import {fileURLToPath} from 'node:url';
+
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+/** The built CLI (run `npm run build` first), as `npx dforge` runs it. */
+export const cliPath = path.join(repoRoot, 'bin/run.js');
+
+/** Progress goes to stderr: a benchmark's stdout is its report. */
+export const log = (line) => process.stderr.write(`${line}\n`);
+
+/**
+ * dforge against the install in `dir`, synchronously: returns its stdout, throws with its output
+ * on a non-zero exit. `.stop()` stops the install's embedded clusters (a benchmark's last step).
+ */
+export function dforgeAt(dir) {
+  const cli = (...args) => {
+    const r = spawnSync(process.execPath, [cliPath, ...args, '--dir', dir, '--quiet'], {encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 256 * 1024 * 1024});
+    if (r.status !== 0) throw new Error(`dforge ${args.join(' ')} exited ${r.status}: ${r.stderr}\n${r.stdout.slice(0, 4000)}`);
+    return r.stdout;
+  };
+  cli.stop = () => spawnSync(process.execPath, [cliPath, 'db', 'stop', '--immediate', '--dir', dir, '--quiet']);
+  return cli;
+}
+
+/** Runs a tool and returns its result; a non-zero exit throws with its stderr. */
+export function checkedRun(cmd, args, env, opts = {}) {
+  const r = spawnSync(cmd, args, {env, encoding: 'utf8', maxBuffer: 1 << 26, ...opts});
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
+  return r;
+}
+
+/** Runs `a` and `b` as pair `i`, `b` first on odd pairs: over pairs that is ABBA, which cancels linear drift. */
+export async function abba(i, a, b) {
+  if (i % 2 === 1) {
+    const y = await b();
+    return [await a(), y];
+  }
+  const x = await a();
+  return [x, await b()];
+}
 
 export function freePort() {
   return new Promise((resolve, reject) => {

@@ -11,12 +11,9 @@ import {spawnSync} from 'node:child_process';
 import {chmodSync, mkdtempSync, rmSync} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import {fileURLToPath} from 'node:url';
 
-import {benchOptions, freePort, median, report, wall} from './common.mjs';
+import {benchOptions, dforgeAt, freePort, median, repoRoot as root, report, wall} from './common.mjs';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const cliPath = path.join(root, 'bin/run.js');
 const options = benchOptions();
 const tenants = options.count('tenants', 100, 10);
 const runs = options.count('runs', 5, 3);
@@ -25,12 +22,7 @@ const scratch = mkdtempSync(path.join(os.tmpdir(), 'dforge-bench-posture-'));
 chmodSync(scratch, 0o755);
 const dir = path.join(scratch, 'install');
 const port = await freePort();
-const cli = (...args) => {
-  const r = spawnSync(process.execPath, [cliPath, ...args, '--dir', dir, '--quiet'], {encoding: 'utf8', maxBuffer: 256 * 1024 * 1024});
-  // posture exits 3 when something fails (a WARN never does): the benchmark wants a clean bill.
-  if (r.status !== 0) throw new Error(`dforge ${args.join(' ')} exited ${r.status}: ${r.stderr}\n${r.stdout.slice(0, 4000)}`);
-  return r.stdout;
-};
+const cli = dforgeAt(dir);
 const timePosture = (...extra) => {
   const times = [];
   let last;
@@ -92,6 +84,6 @@ try {
     ],
   });
 } finally {
-  spawnSync(process.execPath, [cliPath, 'db', 'stop', '--immediate', '--dir', dir, '--quiet']);
+  cli.stop();
   rmSync(scratch, {recursive: true, force: true});
 }

@@ -12,12 +12,9 @@ import {spawnSync} from 'node:child_process';
 import {chmodSync, mkdtempSync, rmSync} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import {fileURLToPath} from 'node:url';
 
-import {benchOptions, freePort, median, pairRatio, report, wall} from './common.mjs';
+import {benchOptions, dforgeAt, freePort, median, pairRatio, repoRoot as root, report, wall} from './common.mjs';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const cliPath = path.join(root, 'bin/run.js');
 const options = benchOptions();
 const runs = options.count('runs', 7, 3);
 const TENANTS = options.count('tenants', 1000, 20);
@@ -29,11 +26,7 @@ const {openControlPlane, primaryCluster} = await import(path.join(root, 'dist/co
 const scratch = mkdtempSync(path.join(os.tmpdir(), 'dforge-bench-residency-'));
 chmodSync(scratch, 0o755);
 const dir = path.join(scratch, 'install');
-const cli = (...args) => {
-  const r = spawnSync(process.execPath, [cliPath, ...args, '--dir', dir, '--quiet'], {encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 256 * 1024 * 1024});
-  if (r.status !== 0) throw new Error(`dforge ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-};
+const cli = dforgeAt(dir);
 
 const floorScript = `
 import {readFileSync} from 'node:fs';
@@ -131,6 +124,6 @@ try {
     notes: ['The dforge figure includes process start and module loading, opening the key services and the control plane, placing every backup against its region, rendering, and the ops-log record of the run; the floor only connects, selects and prints.'],
   });
 } finally {
-  if (port) spawnSync(process.execPath, [cliPath, 'db', 'stop', '--immediate', '--dir', dir, '--quiet']);
+  if (port) cli.stop();
   rmSync(scratch, {recursive: true, force: true});
 }

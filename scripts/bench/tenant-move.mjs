@@ -11,14 +11,11 @@ import {spawn, spawnSync} from 'node:child_process';
 import {chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import {fileURLToPath} from 'node:url';
 
 import YAML from 'yaml';
 
-import {benchOptions, freePort, median, pairRatio, report, seconds} from './common.mjs';
+import {abba, benchOptions, checkedRun as run, cliPath, freePort, log, median, pairRatio, repoRoot as root, report, seconds} from './common.mjs';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const cliPath = path.join(root, 'bin/run.js');
 const options = benchOptions();
 const pgbenchScale = options.count('pgbench-scale', 70, 1);
 const runs = options.count('runs', 5, 2);
@@ -27,7 +24,6 @@ const scratch = mkdtempSync(path.join(os.tmpdir(), 'dforge-bench-move-'));
 chmodSync(scratch, 0o755);
 const dir = path.join(scratch, 'install');
 const ports = {'local-1': await freePort(), 'local-2': await freePort()};
-const log = (line) => process.stderr.write(`${line}\n`);
 
 const dforge = async (...args) => {
   const start = process.hrtime.bigint();
@@ -41,24 +37,10 @@ const dforge = async (...args) => {
   if (code !== 0) throw new Error(`dforge ${args.join(' ')} exited ${code}: ${stderr}${stdout}`);
   return {ms, stdout};
 };
-const run = (cmd, args, env, opts = {}) => {
-  const r = spawnSync(cmd, args, {env, encoding: 'utf8', maxBuffer: 1 << 26, ...opts});
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
-  return r;
-};
 const timed = (fn) => {
   const start = process.hrtime.bigint();
   fn();
   return Number(process.hrtime.bigint() - start) / 1e6;
-};
-/** Runs `a` and `b` as one pair, `b` first on odd pairs: over pairs that is ABBA, which cancels linear drift. */
-const abba = async (i, a, b) => {
-  if (i % 2 === 1) {
-    const y = await b();
-    return [await a(), y];
-  }
-  const x = await a();
-  return [x, await b()];
 };
 const fmt = (x) => x.toFixed(3);
 

@@ -14,14 +14,11 @@ import {spawnSync} from 'node:child_process';
 import {chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import {fileURLToPath} from 'node:url';
 
 import YAML from 'yaml';
 
-import {benchOptions, freePort, median, medianInterval, report, wall} from './common.mjs';
+import {benchOptions, dforgeAt, freePort, median, medianInterval, repoRoot as root, report, wall} from './common.mjs';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const cliPath = path.join(root, 'bin/run.js');
 const options = benchOptions();
 const tenants = options.count('tenants', 1000, 30);
 const tenth = Math.max(3, Math.round(tenants / 10));
@@ -29,11 +26,7 @@ const tenth = Math.max(3, Math.round(tenants / 10));
 const scratch = mkdtempSync(path.join(os.tmpdir(), 'dforge-bench-placement-'));
 chmodSync(scratch, 0o755);
 const dir = path.join(scratch, 'install');
-const cli = (...args) => {
-  const r = spawnSync(process.execPath, [cliPath, ...args, '--dir', dir, '--quiet'], {encoding: 'utf8'});
-  if (r.status !== 0) throw new Error(`dforge ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-};
+const cli = dforgeAt(dir);
 
 try {
   cli('quickstart', '--port', String(await freePort()));
@@ -114,6 +107,6 @@ try {
     ],
   });
 } finally {
-  spawnSync(process.execPath, [cliPath, 'db', 'stop', '--immediate', '--dir', dir, '--quiet']);
+  cli.stop();
   rmSync(scratch, {recursive: true, force: true});
 }

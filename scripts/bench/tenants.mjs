@@ -11,12 +11,9 @@ import {spawnSync} from 'node:child_process';
 import {chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import {fileURLToPath} from 'node:url';
 
-import {benchOptions, freePort, median, report, wall} from './common.mjs';
+import {benchOptions, dforgeAt, freePort, median, repoRoot as root, report, wall} from './common.mjs';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const cliPath = path.join(root, 'bin/run.js');
 const options = benchOptions();
 const runs = options.count('runs', 15, 3);
 // The creep check compares the first and last tenth of this many creates.
@@ -28,11 +25,7 @@ const scratch = mkdtempSync(path.join(os.tmpdir(), 'dforge-bench-tenants-'));
 chmodSync(scratch, 0o755);
 const dir = path.join(scratch, 'install');
 const port = await freePort();
-const cli = (...args) => {
-  const r = spawnSync(process.execPath, [cliPath, ...args, '--dir', dir, '--quiet'], {encoding: 'utf8'});
-  if (r.status !== 0) throw new Error(`dforge ${args.join(' ')}: ${r.stderr}`);
-  return r.stdout;
-};
+const cli = dforgeAt(dir);
 
 try {
   cli('quickstart', '--port', String(port));
@@ -110,6 +103,6 @@ try {
     notes: ['CREATE DATABASE\'s cost follows the disk and the checkpointer, so the create ratio moves a lot between runs; the difference, dforge minus the baseline in the same run, is the steadier figure.'],
   });
 } finally {
-  spawnSync(process.execPath, [cliPath, 'db', 'stop', '--immediate', '--dir', dir, '--quiet']);
+  cli.stop();
   rmSync(scratch, {recursive: true, force: true});
 }
