@@ -4,6 +4,8 @@ import path from 'node:path';
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
 import {openControlPlane} from '../../src/control/plane.js';
+import {connectOverSocket} from '../../src/postgres/connect.js';
+import {EMBEDDED_SUPERUSER} from '../../src/postgres/embedded-install.js';
 import {tenantsRuntimeDir} from '../../src/runtime/tenant-catalog.js';
 import {runCli, type CliResult} from '../helpers/cli.js';
 import {crashAtEveryStep} from '../helpers/crash-points.js';
@@ -83,6 +85,8 @@ describe.skipIf(!available)('tenant move (e2e)', () => {
       await c.query("INSERT INTO crm.contacts (name, note) SELECT 'contact ' || g, jsonb_build_object('n', g) FROM generate_series(1, 300) g");
       await c.query('CREATE TABLE hr.staff (id bigint PRIMARY KEY, salary numeric(12,2))');
       await c.query('INSERT INTO hr.staff SELECT g, g * 1000.5 FROM generate_series(1, 50) g');
+      // json and point have no hash function: this table is summed by row text, the others by their columns' hashes.
+      await c.query("CREATE TABLE crm.shapes (id int PRIMARY KEY, doc json, at point); INSERT INTO crm.shapes SELECT g, json_build_object('g', g), point(g, -g) FROM generate_series(1, 20) g");
     });
   };
   const checksum = (slug: string): Promise<string[]> =>
@@ -231,6 +235,36 @@ describe.skipIf(!available)('tenant move (e2e)', () => {
     expect(row).toMatch(/eu \(EU\) \/ eu-1 \| us \(US\) \/ us-1 \| done \| contract moved to the US entity \|/);
     expect(row).not.toMatch(/\| - \|$/);
   }, 240_000);
+
+  it('a copy changed on the target before verification is caught (exit 6, naming the table); the registry stays on the source and --rollback brings it back', async () => {
+    // Where the move makes its copy durable, counted from a full run of the same shape.
+    await tenantWithRows('traced');
+    const trace = path.join(install.dir.root, 'move-trace.txt');
+    expect((await cli(['tenant', 'move', 'traced', '--to-cluster', 'eu-2', '--json'], {DFORGE_CRASH_TRACE: trace})).code).toBe(0);
+    const copied = (await fs.readFile(trace, 'utf8')).split('\n').find((l) => l.endsWith('\ttenant.move.copied'))!.split('\t')[0]!;
+
+    await tenantWithRows('forged');
+    const before = await checksum('forged');
+    expect((await cli(['tenant', 'move', 'forged', '--to-cluster', 'eu-2', '--json'], {DFORGE_CRASH_AT: copied})).code).not.toBe(0);
+    expect(await journalState('forged')).toBe('copied');
+    // Someone with the target's superuser changes one row of the copy.
+    const plane = await openControlPlane(install.dir);
+    const password = (await plane.keys.sealed.get('postgres/eu-2/superuser')).toString('utf8');
+    await plane.close();
+    const c = await connectOverSocket(path.join(install.dir.root, 'run/postgres/eu-2'), install.ports['eu-2']!, {user: EMBEDDED_SUPERUSER, password, database: dbOf('forged')});
+    try {
+      await c.query("UPDATE crm.contacts SET name = 'forged' WHERE id = 7");
+    } finally {
+      await c.end();
+    }
+    const r = await cli(['tenant', 'move', 'forged', '--resume', '--json']);
+    expect(r.code).toBe(6);
+    expect(failure(r.stdout).message).toMatch(/differs from its source on eu-1 \(tables: [^)]*crm\.contacts\); the registry still names eu-1/);
+    expect(await registry('forged')).toEqual({region: 'eu', cluster: 'eu-1'});
+    expect((await cli(['tenant', 'move', 'forged', '--rollback', '--json'])).code).toBe(0);
+    expect(await live('forged')).toEqual(['eu-1']);
+    expect(await checksum('forged')).toEqual(before);
+  }, 180_000);
 
   /** The state the journal shows for the tenant's open or last move. */
   const journalState = async (slug: string): Promise<string | null> => {
