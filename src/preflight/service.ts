@@ -4,7 +4,7 @@ import {OpsLog} from '../audit/ops-log.js';
 import {loadConfigFile} from '../config/load.js';
 import type {VerifiedBundle} from '../bundle/verify.js';
 import type {DforgeConfig} from '../config/schema.js';
-import {optionalControlConnection} from '../control/plane.js';
+import {optionalControlConnection} from '../control/optional-connection.js';
 import {UsageError} from '../errors.js';
 import {openKeyServices, type KeyServices} from '../keys/context.js';
 import type {InstallDir} from '../state/install-dir.js';

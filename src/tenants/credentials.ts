@@ -3,7 +3,8 @@ import path from 'node:path';
 
 import {recordOps} from '../audit/record.js';
 import {CONTROL_DATABASE, PROVISIONER_ROLE} from '../control/bootstrap.js';
-import {caFileOf, clustersOf, endpointOf, primaryCluster, provisionerSecret, type ControlPlane} from '../control/plane.js';
+import {caFileOf, clustersOf, endpointOf, primaryCluster, provisionerSecret} from '../control/clusters.js';
+import type {ControlPlane} from '../control/plane.js';
 import type {ClusterEndpoint} from '../postgres/connect.js';
 import {UserError} from '../errors.js';
 import {appAddress} from '../runtime/tenant-catalog.js';

@@ -18,7 +18,8 @@
  */
 import type {Client} from 'pg';
 
-import {clustersOf, endpointOf, type ControlPlane} from '../control/plane.js';
+import {clustersOf, endpointOf} from '../control/clusters.js';
+import type {ControlPlane} from '../control/plane.js';
 import {inTransaction} from '../control/keys-store.js';
 import {UsageError, UserError, VerificationError} from '../errors.js';
 import {startPgRestoreList, startPgTool} from '../backup/pg-tool-runner.js';

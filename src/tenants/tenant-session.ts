@@ -1,7 +1,7 @@
 import type {Client} from 'pg';
 
 import type {DforgeConfig} from '../config/schema.js';
-import {endpointOf} from '../control/plane.js';
+import {endpointOf} from '../control/clusters.js';
 import {connect} from '../postgres/connect.js';
 import type {InstallDir} from '../state/install-dir.js';
 import type {Tenant, TenantService} from './service.js';

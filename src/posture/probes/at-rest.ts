@@ -3,7 +3,7 @@ import path from 'node:path';
 
 import {BackupCatalog, type BackupRecord} from '../../backup/catalog.js';
 import {authenticateBackup, resolveSource} from '../../backup/verify.js';
-import {clustersOf} from '../../control/plane.js';
+import {clustersOf} from '../../control/clusters.js';
 import {VerificationError} from '../../errors.js';
 import {embeddedCluster} from '../../postgres/embedded-install.js';
 import {backingOf} from '../../preflight/disk-encryption.js';

@@ -4,7 +4,7 @@ import path from 'node:path';
 import type {Client} from 'pg';
 
 import {PROVISIONER_ROLE} from '../../control/bootstrap.js';
-import {clustersOf} from '../../control/plane.js';
+import {clustersOf} from '../../control/clusters.js';
 import {UserError} from '../../errors.js';
 import {EMBEDDED_SUPERUSER, embeddedCluster} from '../../postgres/embedded-install.js';
 import {renderHba} from '../../postgres/embedded.js';

@@ -1,7 +1,7 @@
 import type {Client} from 'pg';
 
 import {CONTROL_DATABASE, PROVISIONER_ROLE} from '../../control/bootstrap.js';
-import {clustersOf, endpointOf, primaryCluster} from '../../control/plane.js';
+import {clustersOf, endpointOf, primaryCluster} from '../../control/clusters.js';
 import {connect} from '../../postgres/connect.js';
 import {ownerRoleOf, restoreRoleOf} from '../../postgres/provisioner.js';
 import type {Tenant} from '../../tenants/service.js';
