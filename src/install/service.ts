@@ -5,7 +5,7 @@ import type Docker from 'dockerode';
 
 import {serviceHost} from '../certs/service-names.js';
 import {backupSchedule} from '../backup/manage.js';
-import type {VerifiedBundle} from '../bundle/verify.js';
+import type {VerifiedBundle} from '../bundle/verified-bundle.js';
 import {configText, layOutWithConfig} from '../config/init.js';
 import type {DforgeConfig, InstallTarget} from '../config/schema.js';
 import {CONTROL_DATABASE, PROVISIONER_ROLE, bootstrapCluster} from '../control/bootstrap.js';
