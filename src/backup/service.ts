@@ -6,7 +6,7 @@ import {pipeline} from 'node:stream';
 import {opsLogHead as currentOpsLogHead, type OpsLogHead} from '../audit/ops-log.js';
 import {recordOps} from '../audit/record.js';
 import {checkRegion, recordCrossing, type CrossRegionApproval} from '../residency/policy.js';
-import type {Tenant} from '../tenants/service.js';
+import type {Tenant} from '../tenants/registry.js';
 import {CONTROL_DATABASE, PROVISIONER_ROLE} from '../control/bootstrap.js';
 import {endpointOf, primaryCluster, provisionerSecret} from '../control/clusters.js';
 import type {ControlPlane} from '../control/plane.js';

@@ -19,7 +19,7 @@ import {writeFileAtomic} from '../state/atomic-file.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {formatBytes} from '../ui/bytes.js';
 import type {Step} from '../ui/tasks.js';
-import type {Tenant} from '../tenants/service.js';
+import type {Tenant} from '../tenants/registry.js';
 
 /** Flags the operator passed; unset ones come from the kept dforge.yaml, else QUICKSTART_DEFAULTS. */
 export interface QuickstartOptions {

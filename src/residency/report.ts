@@ -10,7 +10,7 @@ import type {DforgeConfig} from '../config/schema.js';
 import type {ControlPlane} from '../control/plane.js';
 import {UsageError, UserError} from '../errors.js';
 import {describeWriteError, writeFileStreamed} from '../state/atomic-file.js';
-import type {Tenant} from '../tenants/service.js';
+import type {Tenant} from '../tenants/registry.js';
 import {formatBytes} from '../ui/bytes.js';
 import {terminalSafe} from '../ui/terminal-safe.js';
 import {jurisdictionOf, type CrossRegionOperation} from './policy.js';

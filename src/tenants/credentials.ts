@@ -9,7 +9,7 @@ import type {ClusterEndpoint} from '../postgres/connect.js';
 import {UserError} from '../errors.js';
 import {appAddress} from '../runtime/tenant-catalog.js';
 import {writeFileAtomic} from '../state/atomic-file.js';
-import type {Tenant} from './service.js';
+import type {Tenant} from './registry.js';
 import {pgpassField} from '../postgres/pgpass.js';
 
 /**

@@ -32,7 +32,8 @@ import {crashPoint} from '../state/crash-point.js';
 import {previousDatabaseName, scratchDatabaseOf, TenantDatabases} from './databases.js';
 import {MODULE_SCHEMAS} from './module-sql.js';
 import {MoveJournal, canRollBack, type MoveRecord} from './move-journal.js';
-import {pickCluster, type Tenant} from './service.js';
+import {pickCluster} from './placement.js';
+import type {Tenant} from './registry.js';
 import {validateSlug} from './slug.js';
 
 /** One ordinary table's rows as the tenant reads them: count and md5 of the rows' text in text order. */

@@ -12,7 +12,7 @@ import {dataKeyId} from '../../secrets/data-keys.js';
 import {readHeader} from '../../secrets/envelope.js';
 import {MASTER_KEY_ID} from '../../secrets/master-key.js';
 import {SECRET_DIR_MODE, SECRET_FILE_MODE} from '../../state/install-dir.js';
-import type {Tenant} from '../../tenants/service.js';
+import type {Tenant} from '../../tenants/registry.js';
 import {defineCheck, fail, manual, pass, runCheck, skip, warn, type CheckDefinition, type CheckResult, type Finding} from '../check.js';
 import {onControl, type PostureContext, type Probe} from '../context.js';
 

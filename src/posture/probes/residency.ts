@@ -6,7 +6,7 @@ import {attributeObject, wrapperFor} from '../../backup/verify.js';
 import {clustersOf} from '../../control/clusters.js';
 import type {ControlPlane} from '../../control/plane.js';
 import {placeBackups, residencyEvents} from '../../residency/report.js';
-import type {Tenant} from '../../tenants/service.js';
+import type {Tenant} from '../../tenants/registry.js';
 import {defineCheck, fail, pass, runCheck, warn, type CheckDefinition, type CheckResult, type Finding} from '../check.js';
 import {requirePlane, usingClient, type PostureContext, type Probe} from '../context.js';
 import {onControl} from '../context.js';
