@@ -5,12 +5,6 @@ import {requirePlacedInRegion} from '../residency/misplaced.js';
 import {fullError, freeOf, pickCluster, usage, type ClusterLoad, type Placement, type Regions} from './placement.js';
 import {tenantDbName} from './slug.js';
 
-/**
- * The tenant registry: the `tenants` table in dforge_control, one row per tenant with its region,
- * cluster, role, database and lifecycle status. Every operation records its state here before it
- * touches the tenant's cluster, so a rerun after a crash knows where it stopped.
- */
-
 export type TenantStatus = 'provisioning' | 'active' | 'suspended' | 'deleting';
 
 export interface Tenant {
@@ -27,6 +21,11 @@ export interface Tenant {
 
 const DEFAULT_CONNECTION_LIMIT = 20;
 
+/**
+ * The tenant registry: the `tenants` table in dforge_control, one row per tenant with its region,
+ * cluster, role, database and lifecycle status. Every operation records its state here before it
+ * touches the tenant's cluster, so a rerun after a crash knows where it stopped.
+ */
 export class TenantRegistry {
   constructor(
     /** The provisioner's connection to dforge_control. */

@@ -7,7 +7,7 @@ import type {KeyEncryptionService} from '../secrets/master-key.js';
 import {crashPoint} from '../state/crash-point.js';
 import type {TenantDatabases} from './databases.js';
 import {defaultRegion, requestedRegion, type Placement, type Regions} from './placement.js';
-import {TenantProvisioning, type TenantClusterState} from './provisioning.js';
+import {TenantProvisioning} from './provisioning.js';
 import {TenantRegistry, type Tenant} from './registry.js';
 import {SealedTenantPasswords} from './sealed-passwords.js';
 import {validateSlug} from './slug.js';
@@ -130,7 +130,7 @@ export class TenantService {
     return this.registry.list();
   }
 
-  async show(slugInput: string): Promise<Tenant & {dataKeyVersions: number[]; activeDataKeyVersion: number | null} & TenantClusterState> {
+  async show(slugInput: string): Promise<Tenant & {dataKeyVersions: number[]; activeDataKeyVersion: number | null; roleCanLogin: boolean | null; databaseExists: boolean; publicCanConnect: boolean | null}> {
     const tenant = await this.registry.require(validateSlug(slugInput));
     const keys = await this.deps.control.query<{version: number; state: string}>('SELECT version, state FROM data_keys WHERE owner = $1 ORDER BY version', [tenant.slug]);
     const live = await this.provisioning.state(tenant);
