@@ -5,7 +5,8 @@ import path from 'node:path';
 import type {Client} from 'pg';
 
 import {operatorRegionOf} from '../config/schema.js';
-import {pkiDir, usingControlPlane} from '../control/plane.js';
+import {pkiDir} from '../certs/pki-paths.js';
+import {usingControlPlane} from '../control/plane.js';
 import {UserError, VerificationError} from '../errors.js';
 import {openKeyServices, type KeyServices} from '../keys/context.js';
 import {enforceRegion, type CrossRegionApproval} from '../residency/policy.js';

@@ -1,6 +1,6 @@
 import type {Client} from 'pg';
 
-import {optionalControlConnection} from '../control/plane.js';
+import {optionalControlConnection} from '../control/optional-connection.js';
 import {UserError, VerificationError} from '../errors.js';
 import {openKeyServices} from '../keys/context.js';
 import type {InstallDir} from '../state/install-dir.js';

@@ -8,7 +8,7 @@ import {VerificationError} from '../errors.js';
 import {PREVIOUS_DATABASE_PATTERN} from '../tenants/databases.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {BackupCatalog, MANIFEST_SUFFIX, manifestLocation, recordFromManifest, type BackupManifest, type BackupRecord} from './catalog.js';
-import type {BackupDestination} from './destination.js';
+import type {BackupDestination} from './backup-destination.js';
 import {regionDestinations} from './destination.js';
 import {releaseRetiredKeys, removeBackup, type KeyRelease} from './removal.js';
 import {lastBackupState, type TenantBackupState} from './service.js';

@@ -1,15 +1,11 @@
 import {existsSync} from 'node:fs';
 
 import type {ControlPlane} from '../control/plane.js';
-import {clustersOf, endpointOf} from '../control/plane.js';
+import {clustersOf, endpointOf} from '../control/clusters.js';
 import {UserError} from '../errors.js';
 import {findPostgresBinaries} from '../postgres/binaries.js';
 import {findBundledCluster} from '../render/values.js';
 import {hostTool, libpqSession, spawnTool, type ToolProcess} from './pg-tools.js';
-
-/** Where pg_dump and pg_restore run: the host's binaries, the postgres container, or whichever fits. */
-export const PG_TOOLS_MODES = ['auto', 'host', 'container'] as const;
-export type PgToolsMode = (typeof PG_TOOLS_MODES)[number];
 
 export interface PgToolRequest {
   readonly tool: 'pg_dump' | 'pg_restore';

@@ -1,5 +1,6 @@
 import {CONTROL_DATABASE, PROVISIONER_ROLE} from '../control/bootstrap.js';
-import {endpointOf, openControlPlane, primaryCluster, provisionerSecret, type ControlPlane} from '../control/plane.js';
+import {endpointOf, primaryCluster, provisionerSecret} from '../control/clusters.js';
+import {openControlPlane, type ControlPlane} from '../control/plane.js';
 import {UserError, VerificationError} from '../errors.js';
 import {connect, withConnection} from '../postgres/connect.js';
 import {terminateSessions} from '../postgres/sessions.js';
@@ -8,7 +9,7 @@ import type {InstallDir} from '../state/install-dir.js';
 import {crashPoint} from '../state/crash-point.js';
 import {CONTROL_OWNER, type BackupHeader} from './format.js';
 import {rebuildCatalog, type RebuildResult} from './manage.js';
-import type {PgToolsMode} from './pg-tool-runner.js';
+import type {PgToolsMode} from './pg-tools-mode.js';
 import {requireConfirmation, restoreDump} from './restore.js';
 import {regionDestinations} from './destination.js';
 import {authenticateBackup, decryptAndList, destinationSource, resolveSource, type AuthenticatedBackup} from './verify.js';

@@ -6,7 +6,7 @@ import {restoreRoleOf} from '../postgres/provisioner.js';
 import {randomPassword, scramVerifier} from '../postgres/scram.js';
 import {keptAsideAt, previousDatabaseName, scratchDatabaseOf, type TenantDatabases} from '../tenants/databases.js';
 import {MODULE_SCHEMAS} from '../tenants/module-sql.js';
-import type {Tenant} from '../tenants/service.js';
+import type {Tenant} from '../tenants/registry.js';
 import {validateSlug} from '../tenants/slug.js';
 import {checkRegion, recordCrossing, type CrossRegionApproval} from '../residency/policy.js';
 import {crashPoint} from '../state/crash-point.js';

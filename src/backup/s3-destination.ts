@@ -6,7 +6,7 @@ import type {S3Client} from '@aws-sdk/client-s3';
 
 import type {DestinationConfig} from '../config/schema.js';
 import {UserError} from '../errors.js';
-import type {BackupDestination, DestinationPlacement} from './destination.js';
+import type {BackupDestination, DestinationPlacement} from './backup-destination.js';
 
 export type S3DestinationConfig = Extract<DestinationConfig, {kind: 's3'}>;
 

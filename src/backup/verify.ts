@@ -9,7 +9,7 @@ import type {KeyEncryptionService} from '../secrets/master-key.js';
 import {PartialError, UserError, VerificationError} from '../errors.js';
 import {dataKeyWrapper, parseHeader, openHeader, DecryptStream, type BackupHeader, type FileKeyWrapper, type ParsedHeader} from './format.js';
 import {BackupCatalog, backupLocation, manifestLocation, type BackupManifest, type BackupRecord} from './catalog.js';
-import type {BackupDestination} from './destination.js';
+import type {BackupDestination} from './backup-destination.js';
 import {regionDestinations} from './destination.js';
 import {startPgRestoreList} from './pg-tool-runner.js';
 import {tocCounts, type ToolProcess} from './pg-tools.js';

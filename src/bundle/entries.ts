@@ -5,7 +5,7 @@ import {VerificationError} from '../errors.js';
 import {BLOBS_PREFIX, BUNDLE_JSON, BUNDLE_SIGNATURE, EXECUTABLE, LIMITS, OCI_INDEX, OCI_LAYOUT, SBOM_PREFIX, TEMPLATES_PREFIX, type BundleEntry, type BundleManifest} from './manifest.js';
 import {readRange} from './source.js';
 import {entrySpan} from './tar-blocks.js';
-import type {VerifiedBundle} from './verify.js';
+import type {VerifiedBundle} from './verified-bundle.js';
 
 /** An entry with where its header and content sit in the logical bundle, computed from bundle.json alone. */
 export interface LocatedEntry extends BundleEntry {

@@ -6,7 +6,7 @@ import {pipeline} from 'node:stream/promises';
 import {UserError, VerificationError} from '../errors.js';
 import {collisionKey, entryNameProblem, locateEntries, openVerifiedEntry} from './entries.js';
 import {LIMITS, TEMPLATES_PREFIX, type BundleEntry} from './manifest.js';
-import type {VerifiedBundle} from './verify.js';
+import type {VerifiedBundle} from './verified-bundle.js';
 
 /** The most one extraction writes: templates are small and the executable is one binary. */
 export const EXTRACT_MAX_BYTES = 1024 * 1024 * 1024;

@@ -3,7 +3,7 @@ import {buffer} from 'node:stream/consumers';
 import {locateEntries, openVerifiedEntry} from './entries.js';
 import {blobPath} from './manifest.js';
 import type {UnsignedAudit} from './trust.js';
-import type {VerifiedBundle} from './verify.js';
+import type {VerifiedBundle} from './verified-bundle.js';
 
 /**
  * What a bundle holds, read only from a verified bundle: inspect runs the same verification as

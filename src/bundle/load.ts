@@ -7,7 +7,7 @@ import {UserError, VerificationError} from '../errors.js';
 import {openVerifiedEntry, locateEntries, type LocatedEntry} from './entries.js';
 import {blobPath, type BundleImage} from './manifest.js';
 import {END_OF_ARCHIVE, encodeEntryHeader, paddedSize} from './tar-blocks.js';
-import type {VerifiedBundle} from './verify.js';
+import type {VerifiedBundle} from './verified-bundle.js';
 
 /**
  * `bundle load`: streams a verified bundle's images into the Docker engine, then checks that the

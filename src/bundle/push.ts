@@ -7,7 +7,7 @@ import {blobPath, MEDIA_TYPES, type BundleImage} from './manifest.js';
 import {imageManifestBytes} from './oci.js';
 import {openPushJournal, pushBlobJournaled} from './push-journal.js';
 import type {BlobOutcome, RegistryClient} from './registry-client.js';
-import type {VerifiedBundle} from './verify.js';
+import type {VerifiedBundle} from './verified-bundle.js';
 
 /**
  * `bundle push`: a verified bundle's images into a private registry. Every blob goes through the

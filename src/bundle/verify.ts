@@ -12,15 +12,7 @@ import {BLOBS_PREFIX, BUNDLE_JSON, BUNDLE_SIGNATURE, EXECUTABLE, LIMITS, MEDIA_T
 import {openBundleSource, readRange, type BundleSource} from './source.js';
 import {BLOCK, decodeEntryHeader, paddedSize} from './tar-blocks.js';
 import {bundleTrustFrom, configuredTrustedKeyFiles, recordUnsignedAllowed, type BundleTrust, type UnsignedAudit} from './trust.js';
-
-/** A bundle every byte of which was checked against a bundle.json signed by a trusted key (or explicitly allowed unsigned). */
-export interface VerifiedBundle {
-  source: BundleSource;
-  manifest: BundleManifest;
-  manifestSha256: string;
-  signer: {publicKeySha256: string} | null;
-  bytes: number;
-}
+import type {VerifiedBundle} from './verified-bundle.js';
 
 const GET_AGAIN = 'Do not use this bundle. Get it again from whoever built it, and check it with: dforge bundle verify FILE --trusted-key PUB';
 const SIGNATURE_BYTES = 64;

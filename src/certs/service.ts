@@ -4,7 +4,7 @@ import {rootCertificates} from 'node:tls';
 
 import {loadConfigFile} from '../config/load.js';
 import type {DforgeConfig} from '../config/schema.js';
-import {caCertFile, pkiDir} from '../control/plane.js';
+import {caCertFile, pkiDir} from './pki-paths.js';
 import {UserError} from '../errors.js';
 import {openKeyServices} from '../keys/context.js';
 import type {CertificateReport, ImportReport, KeyAlgorithm, LeafUsage, NameConstraints} from '../pki/index.js';

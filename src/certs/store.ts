@@ -1,7 +1,7 @@
 import {promises as fs} from 'node:fs';
 import path from 'node:path';
 
-import {pkiDir} from '../control/plane.js';
+import {pkiDir} from './pki-paths.js';
 import {UserError} from '../errors.js';
 import type {SealedStore} from '../secrets/sealed-store.js';
 import {writeFileAtomic} from '../state/atomic-file.js';

@@ -1,6 +1,6 @@
 import {Flags} from '@oclif/core';
 
-import {PG_TOOLS_MODES, type PgToolsMode} from '../backup/pg-tool-runner.js';
+import {PG_TOOLS_MODES, type PgToolsMode} from '../backup/pg-tools-mode.js';
 
 /** --pg-tools, shared by the commands that run pg_dump or pg_restore against a cluster. */
 export const pgToolsFlag = Flags.custom<PgToolsMode>({

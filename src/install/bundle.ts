@@ -2,7 +2,7 @@ import type Docker from 'dockerode';
 
 import {loadBundle} from '../bundle/load.js';
 import {repositoryOf} from '../bundle/push.js';
-import type {VerifiedBundle} from '../bundle/verify.js';
+import type {VerifiedBundle} from '../bundle/verified-bundle.js';
 import {UsageError, UserError} from '../errors.js';
 import {IMAGE_SERVICES, resolvedImages} from '../render/values.js';
 import type {PartialAnswers} from './answers.js';

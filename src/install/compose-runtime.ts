@@ -3,7 +3,8 @@ import path from 'node:path';
 
 import {loadCertificateWithKey} from '../certs/store.js';
 import type {DforgeConfig} from '../config/schema.js';
-import {caCertFile, provisionerSecret, superuserSecret} from '../control/plane.js';
+import {caCertFile} from '../certs/pki-paths.js';
+import {provisionerSecret, superuserSecret} from '../control/clusters.js';
 import type {KeyServices} from '../keys/context.js';
 import {jwksFile, jwtPrivateKeyName, readJwtKeys} from '../keys/jwt.js';
 import {ensureSealedPassword} from '../keys/sealed-password.js';

@@ -4,7 +4,8 @@ import path from 'node:path';
 
 import {loadCertificateWithKey} from '../certs/store.js';
 import type {DforgeConfig} from '../config/schema.js';
-import {caCertFile, superuserSecret} from '../control/plane.js';
+import {caCertFile} from '../certs/pki-paths.js';
+import {superuserSecret} from '../control/clusters.js';
 import {UserError} from '../errors.js';
 import {openKeyServices, type KeyServices} from '../keys/context.js';
 import {jwksFile, jwtPrivateKeyName, readJwtKeys} from '../keys/jwt.js';

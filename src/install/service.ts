@@ -5,11 +5,13 @@ import type Docker from 'dockerode';
 
 import {serviceHost} from '../certs/service-names.js';
 import {backupSchedule} from '../backup/manage.js';
-import type {VerifiedBundle} from '../bundle/verify.js';
+import type {VerifiedBundle} from '../bundle/verified-bundle.js';
 import {configText, layOutWithConfig} from '../config/init.js';
 import type {DforgeConfig, InstallTarget} from '../config/schema.js';
 import {CONTROL_DATABASE, PROVISIONER_ROLE, bootstrapCluster} from '../control/bootstrap.js';
-import {caCertFile, endpointOf, usingControlPlane} from '../control/plane.js';
+import {caCertFile} from '../certs/pki-paths.js';
+import {endpointOf} from '../control/clusters.js';
+import {usingControlPlane} from '../control/plane.js';
 import {CheckFailedError, UsageError, UserError} from '../errors.js';
 import {openKeyServices} from '../keys/context.js';
 import {connect, connectOverSocket} from '../postgres/connect.js';

@@ -5,7 +5,7 @@ import {withOpsRecord} from '../audit/record.js';
 import {destinationFor, destinationsOf} from '../backup/destination.js';
 import {loadConfigFile} from '../config/load.js';
 import type {DforgeConfig} from '../config/schema.js';
-import {pkiDir} from '../control/plane.js';
+import {pkiDir} from '../certs/pki-paths.js';
 import {UsageError} from '../errors.js';
 import {embeddedClusterNames, embeddedClusterPaths} from '../postgres/embedded-install.js';
 import {embeddedStop} from '../postgres/embedded-ops.js';

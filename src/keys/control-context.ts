@@ -1,5 +1,5 @@
 import {BackupCatalog} from '../backup/catalog.js';
-import {optionalControlConnection} from '../control/plane.js';
+import {optionalControlConnection} from '../control/optional-connection.js';
 import {ControlDataKeyStore, ControlWrappedKeys} from '../control/keys-store.js';
 import type {DataKeyRecord} from '../secrets/data-keys.js';
 import type {WrappedKeySet} from '../secrets/wrapped-key-set.js';

@@ -3,7 +3,8 @@ import path from 'node:path';
 
 import {loadCertificateWithKey} from '../certs/store.js';
 import {bootstrapCluster, PROVISIONER_ROLE, type BootstrapResult} from '../control/bootstrap.js';
-import {caCertFile, clustersOf, primaryCluster, provisionerSecret, superuserSecret} from '../control/plane.js';
+import {caCertFile} from '../certs/pki-paths.js';
+import {clustersOf, primaryCluster, provisionerSecret, superuserSecret} from '../control/clusters.js';
 import type {DforgeConfig} from '../config/schema.js';
 import {UserError} from '../errors.js';
 import type {KeyServices} from '../keys/context.js';

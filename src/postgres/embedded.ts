@@ -1,14 +1,11 @@
 /**
  * The embedded data plane: a PostgreSQL cluster run from the host's own binaries inside the
- * install directory, for installs without Docker or Kubernetes.
- *
- * Its configuration is the security architecture of DESIGN §1 made concrete: scram-sha-256
- * everywhere, TLS 1.3 only on TCP, the superuser only on a private unix socket, and a pg_hba
- * that lets each tenant role reach nothing but the database of its own name.
+ * install directory, for installs without Docker or Kubernetes. This module is its lifecycle
+ * (init, start, stop, status, reload, the systemd unit); what it writes into the data directory is
+ * embedded-config.ts, how it runs the tools is embedded-process.ts, its logs embedded-logs.ts.
  */
 
-import {spawn} from 'node:child_process';
-import {X509Certificate, createPrivateKey, randomBytes} from 'node:crypto';
+import {randomBytes} from 'node:crypto';
 import {constants, promises as fs} from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -17,6 +14,10 @@ import path from 'node:path';
 import {UserError} from '../errors.js';
 import {writeFileAtomic} from '../state/atomic-file.js';
 import {pgToolPath, supportsSystemdNotify, type PostgresBinaries, type PostgresTool} from './binaries.js';
+import {dataDirFiles, INITDB_ARGS, INITDB_LOCALE, MAIN_CONF, validateRoles, validateTls, withDforgeInclude, type EmbeddedTls} from './embedded-config.js';
+import {serverLogTail, STARTUP_LOG} from './embedded-logs.js';
+import {firstLine, lastLines, runAsServerAccount, unreachableError, untraversable, type ToolRun} from './embedded-process.js';
+import {readNoFollow} from './read-no-follow.js';
 import type {ServiceAccount} from './service-account.js';
 import {renderPostgresUnit} from './systemd-unit.js';
 
@@ -32,14 +33,6 @@ export interface EmbeddedPostgresOptions {
   /** TCP addresses to listen on. Default: IPv4 loopback only. */
   readonly listenAddresses?: readonly string[];
   readonly clock?: () => Date;
-}
-
-export interface EmbeddedTls {
-  /** The server certificate, optionally followed by its intermediates. */
-  readonly certPem: string;
-  readonly keyPem: string;
-  /** The install CA. */
-  readonly caPem: string;
 }
 
 export interface EmbeddedInitOptions {
@@ -78,49 +71,14 @@ export interface SystemdUnitOptions {
   readonly execGroup?: string;
 }
 
-/**
- * How every cluster dforge creates is initialised, whoever runs initdb: this data plane, or the
- * image's entrypoint through POSTGRES_INITDB_ARGS in compose and Kubernetes. With checksums,
- * PostgreSQL detects a page damaged on disk when it reads it, instead of serving it.
- */
-export const INITDB_ARGS = ['--auth-local=scram-sha-256', '--auth-host=scram-sha-256', '--encoding=UTF8', '--data-checksums'] as const;
-/** Byte-order collation under a UTF-8 character set; the embedded plane falls back to --no-locale without it. */
-export const INITDB_LOCALE = '--locale=C.UTF-8';
-
-// Files dforge owns inside the data directory, relative to it.
-const CONF_FILE = 'dforge.conf';
-const HBA_FILE = 'pg_hba.conf';
-const CERT_FILE = 'server.crt';
-const KEY_FILE = 'server.key';
-const CA_FILE = 'root.crt';
-const MAIN_CONF = 'postgresql.conf';
-const INCLUDE_LINE = `include = '${CONF_FILE}'`;
-
-/** What pg_ctl captures before the logging collector takes over: the reason a start failed, mostly. */
-const STARTUP_LOG = 'startup.log';
-const SERVER_LOG = /^postgresql-.*\.log$/;
-
 const START_TIMEOUT_SECONDS = 300;
 const STOP_TIMEOUT_SECONDS = 300;
-const LOG_TAIL_LINES = 30;
-const CHILD_ENV = {PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LC_ALL: 'C', TZ: 'UTC'} as const;
 
 // Paths end up unquoted in a systemd unit and quoted in postgresql.conf: keep them plain.
 const PLAIN_PATH = /^\/[A-Za-z0-9._/+@:,=-]*$/;
-// Role names are written unquoted into pg_hba.conf; these words mean something else there.
-const ROLE_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
-const HBA_KEYWORDS = new Set(['all', 'sameuser', 'samerole', 'samegroup', 'replication']);
-// A superuser with a database of its own name would match the sameuser lines over TCP.
-const DATABASE_NAMES = new Set(['postgres', 'template0', 'template1', 'dforge_control']);
 const TEMP_TREES = ['/tmp', '/var/tmp'];
 // sun_path is 108 bytes on Linux, including the terminating NUL.
 const MAX_SOCKET_PATH = 107;
-
-interface ToolRun {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
 
 export class EmbeddedPostgres {
   readonly dataDir: string;
@@ -189,13 +147,7 @@ export class EmbeddedPostgres {
     }
 
     const changedFiles: string[] = [];
-    const desired: Array<[string, string]> = [
-      [CERT_FILE, options.tls.certPem],
-      [KEY_FILE, options.tls.keyPem],
-      [CA_FILE, options.tls.caPem],
-      [CONF_FILE, this.renderConf()],
-      [HBA_FILE, renderHba(options.superuser, options.provisionerRole, this.runDir)],
-    ];
+    const desired = dataDirFiles(this, options);
     for (const [name, content] of desired) {
       if (await this.ensureFile(name, content)) changedFiles.push(name);
     }
@@ -223,7 +175,7 @@ export class EmbeddedPostgres {
     const startedAt = this.clock().getTime();
     const run = await this.pgCtl(['start', '-D', this.dataDir, '-l', startupLog, '-w', '-t', String(START_TIMEOUT_SECONDS), '-s'], START_TIMEOUT_SECONDS + 30);
     if (run.code === 0) return {started: true};
-    const tail = await this.logTail(startedAt);
+    const tail = await serverLogTail(this.runDir, startedAt);
     throw new UserError(`PostgreSQL did not start (pg_ctl exit ${run.code}): ${firstLine(run.stderr) || 'see the server log below'}${tail ? `\n--- server log (last lines) ---\n${tail}` : ''}`, {
       nextSteps: [
         `Read the full server log in ${this.runDir} (${STARTUP_LOG} and postgresql-<day>.log).`,
@@ -305,67 +257,6 @@ export class EmbeddedPostgres {
       runDir: this.runDir,
       listenAddresses: this.listenAddresses,
     });
-  }
-
-  private renderConf(): string {
-    const lines = [
-      '# Written by dforge on every install run; edits here are replaced.',
-      '# Local overrides belong in ALTER SYSTEM (postgresql.auto.conf), which PostgreSQL reads after this file.',
-      '# Durability settings (fsync, synchronous_commit, full_page_writes) are deliberately absent:',
-      "# PostgreSQL's defaults are the durable ones.",
-      '',
-      '# Loopback TCP for the provisioner and the tenants; a private unix socket for the superuser.',
-      `listen_addresses = '${this.listenAddresses.join(',')}'`,
-      `port = ${this.port}`,
-      `unix_socket_directories = '${this.runDir}'`,
-      "cluster_name = 'dforge'",
-      '',
-      '# TLS 1.3 only; the certificates come from the install CA. Paths are relative to the data directory.',
-      'ssl = on',
-      "ssl_min_protocol_version = 'TLSv1.3'",
-      '# ssl_ciphers governs TLS 1.2 and older only, which the line above refuses: should the minimum ever',
-      '# be lowered, only forward-secret AEAD suites remain.',
-      "ssl_ciphers = 'ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256'",
-      'ssl_prefer_server_ciphers = on',
-      `ssl_cert_file = '${CERT_FILE}'`,
-      `ssl_key_file = '${KEY_FILE}'`,
-      `ssl_ca_file = '${CA_FILE}'`,
-      "password_encryption = 'scram-sha-256'",
-      '# The socket is the superuser\'s way in: the server account alone may connect (root passes anyway).',
-      'unix_socket_permissions = 0700',
-      '',
-      '# Who connected from where, and when. One file per weekday, truncated a week later, so disk use stays bounded.',
-      'logging_collector = on',
-      `log_directory = '${this.runDir}'`,
-      "log_filename = 'postgresql-%a.log'",
-      'log_truncate_on_rotation = on',
-      "log_rotation_age = '1d'",
-      'log_rotation_size = 0',
-      'log_file_mode = 0600',
-      'log_connections = on',
-      'log_disconnections = on',
-      '# The client\'s port is on its connection line, to which [%p] ties every later line of the session.',
-      "log_line_prefix = '%m [%p] %q%u@%d %h app=%a '",
-      'log_hostname = off',
-      "log_timezone = 'UTC'",
-      '# Errors with their SQLSTATE; checkpoints, lock waits past deadlock_timeout, every temporary file and',
-      '# every replication command (a base backup copies every tenant).',
-      'log_error_verbosity = verbose',
-      'log_checkpoints = on',
-      'log_lock_waits = on',
-      'log_temp_files = 0',
-      'log_replication_commands = on',
-      '',
-      '# A statement\'s text is logged when it fails (log_min_error_statement) or raises a LOG line (a lock',
-      '# wait, a temporary file, RAISE LOG); with the log_parameter_* lines below, its bind parameters never',
-      '# are. So a password verifier travels as a bind parameter only. log_statement stays none while dforge',
-      '# still sends ALTER ROLE ... PASSWORD as SQL text, which ddl would log.',
-      "log_statement = 'none'",
-      'log_parameter_max_length = 0',
-      'log_parameter_max_length_on_error = 0',
-      '',
-    ];
-    return lines.join('\n');
   }
 
   private async dataVersion(): Promise<string | undefined> {
@@ -478,10 +369,9 @@ export class EmbeddedPostgres {
         nextSteps: [`Restore ${MAIN_CONF} (a copy from initdb of the same major version works), then re-run.`],
       });
     }
-    if (current.split('\n').some((line) => line.trim() === INCLUDE_LINE)) return false;
-    const separator = current.endsWith('\n') || current === '' ? '' : '\n';
-    const addition = `\n# dforge: its settings, rewritten on every install run. Settings below this line override them.\n${INCLUDE_LINE}\n`;
-    await this.writeOwned(file, `${current}${separator}${addition}`);
+    const included = withDforgeInclude(current);
+    if (included === undefined) return false;
+    await this.writeOwned(file, included);
     return true;
   }
 
@@ -509,196 +399,12 @@ export class EmbeddedPostgres {
     });
   }
 
-  /** The startup log, then the collector log written since `sinceMs`, with any password literal masked. */
-  private async logTail(sinceMs: number): Promise<string> {
-    const sections: string[] = [];
-    const startup = await readNoFollow(path.join(this.runDir, STARTUP_LOG));
-    if (startup?.trim()) sections.push(lastLines(startup, LOG_TAIL_LINES));
-    const logs = await Promise.all(
-      (await fs.readdir(this.runDir).catch(() => [] as string[]))
-        .filter((name) => SERVER_LOG.test(name))
-        .map(async (name) => ({file: path.join(this.runDir, name), mtime: (await fs.lstat(path.join(this.runDir, name))).mtimeMs})),
-    );
-    const newest = logs.filter((l) => l.mtime >= sinceMs - 1000).sort((a, b) => b.mtime - a.mtime)[0];
-    const collected = newest ? await readNoFollow(newest.file) : undefined;
-    if (collected?.trim()) sections.push(lastLines(collected, LOG_TAIL_LINES));
-    return redactPasswords(sections.join('\n'));
-  }
-
   private pgCtl(args: string[], timeoutSeconds: number): Promise<ToolRun> {
     return this.tool('pg_ctl', args, timeoutSeconds);
   }
 
   private tool(tool: PostgresTool, args: string[], timeoutSeconds: number): Promise<ToolRun> {
-    return this.exec(pgToolPath(this.bins, tool), args, timeoutSeconds);
-  }
-
-  /** Runs a child as the server account with a minimal environment; no secret is ever in `args`. */
-  private exec(file: string, args: string[], timeoutSeconds: number): Promise<ToolRun> {
-    return new Promise((resolve, reject) => {
-      const child = spawn(file, args, {
-        // The caller's working directory may be one the server account cannot enter.
-        cwd: '/',
-        env: CHILD_ENV,
-        stdio: ['ignore', 'pipe', 'pipe'],
-        timeout: timeoutSeconds * 1000,
-        ...(this.account ? {uid: this.account.uid, gid: this.account.gid} : {}),
-      });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-      child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-      child.on('error', (err) =>
-        reject(new UserError(`cannot run ${file}: ${err.message}`, {nextSteps: [`Check that ${file} exists and is executable by ${this.account?.user ?? 'the current user'}.`], cause: err})),
-      );
-      child.on('close', (code, signal) => resolve({code: code ?? (signal ? 128 + (os.constants.signals[signal] ?? 0) : 1), stdout, stderr}));
-    });
+    return runAsServerAccount(this.account, pgToolPath(this.bins, tool), args, timeoutSeconds);
   }
 }
 
-/**
- * The first of `leaves` and their ancestors, shortest first, that `account` cannot traverse (x),
- * tested by the kernel as that account; undefined when it reaches all of them.
- */
-export async function untraversable(account: ServiceAccount, leaves: readonly string[]): Promise<string | undefined> {
-  const dirs = new Set<string>();
-  for (const leaf of leaves) {
-    for (let dir = path.resolve(leaf); ; dir = path.dirname(dir)) {
-      dirs.add(dir);
-      if (dir === path.dirname(dir)) break;
-    }
-  }
-  const ordered = [...dirs].sort((a, b) => a.length - b.length);
-  const run = await new Promise<{code: number | null; stdout: string}>((resolve, reject) => {
-    const child = spawn('/bin/sh', ['-c', 'for d in "$@"; do [ -x "$d" ] || { printf %s "$d"; exit 1; }; done', 'sh', ...ordered], {
-      cwd: '/',
-      env: CHILD_ENV,
-      stdio: ['ignore', 'pipe', 'ignore'],
-      timeout: 30_000,
-      uid: account.uid,
-      gid: account.gid,
-    });
-    let stdout = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({code, stdout}));
-  });
-  return run.code === 0 ? undefined : run.stdout || ordered[0] || '/';
-}
-
-/** The refusal for a directory the server account cannot traverse, with the two ways out. */
-export function unreachableError(account: ServiceAccount, blocked: string): UserError {
-  return new UserError(`the PostgreSQL server account ${account.user} cannot reach ${blocked}`, {
-    nextSteps: [
-      `Let it traverse the directory: chmod o+x ${blocked} (or chown it to ${account.user}), then re-run;`,
-      `or choose an install directory every parent of which ${account.user} can enter, e.g. --dir /opt/dforge (a mktemp -d directory is 0700 and root's alone).`,
-    ],
-    data: {blocked, account: account.user},
-  });
-}
-
-/**
- * pg_hba.conf, replaced whole: the order matters (first match wins) and anything not listed is refused.
- * Posture compares the server's live rules with these lines (src/posture/probes/hba.ts).
- */
-export function renderHba(superuser: string, provisioner: string, runDir: string): string {
-  const widths = [10, 10, 24, 16];
-  const row = (...cols: string[]): string => cols.map((c, i) => (i === cols.length - 1 ? c : `${c} `.padEnd(widths[i] ?? 0))).join('');
-  return [
-    '# pg_hba.conf: written by dforge; any edit here is replaced on the next install run.',
-    '#',
-    '# Every line requires scram-sha-256. Every TCP line is hostssl, and the server accepts TLS 1.3 only,',
-    '# so a client that does not negotiate TLS matches no line and is refused.',
-    '#',
-    `# local/${superuser}: the superuser logs in only through the unix socket in ${runDir},`,
-    '#   a directory only the server account and root can enter: administration never crosses a network.',
-    `# hostssl all ${provisioner}: the provisioner reaches every database (tenant databases and`,
-    '#   dforge_control) over TLS on loopback. It is not a superuser; CONNECT grants still apply.',
-    '# hostssl sameuser all: every other role reaches only the database with the same name as the role,',
-    '#   so tenant_acme opens tenant_acme and nothing else. REVOKE CONNECT FROM PUBLIC and a per-role',
-    '#   CONNECTION LIMIT are the other two layers of tenant isolation.',
-    '#',
-    row('# TYPE', 'DATABASE', 'USER', 'ADDRESS', 'METHOD'),
-    row('local', 'all', superuser, '', 'scram-sha-256'),
-    row('hostssl', 'all', provisioner, '127.0.0.1/32', 'scram-sha-256'),
-    row('hostssl', 'all', provisioner, '::1/128', 'scram-sha-256'),
-    row('hostssl', 'sameuser', 'all', '127.0.0.1/32', 'scram-sha-256'),
-    row('hostssl', 'sameuser', 'all', '::1/128', 'scram-sha-256'),
-    '',
-  ].join('\n');
-}
-
-function validateRoles(superuser: string, provisioner: string): void {
-  for (const [what, name] of [['superuser', superuser], ['provisioner role', provisioner]] as const) {
-    if (!ROLE_NAME.test(name) || HBA_KEYWORDS.has(name)) {
-      throw new UserError(`invalid PostgreSQL ${what} name ${JSON.stringify(name)}`, {
-        nextSteps: ['Role names use lowercase letters, digits and _, start with a letter or _, are at most 63 characters and are not a pg_hba keyword (all, sameuser, samerole, replication).'],
-      });
-    }
-  }
-  if (superuser === provisioner) {
-    throw new UserError('the superuser and the provisioner role must be different roles', {
-      nextSteps: ['The provisioner is deliberately not a superuser: give it its own name.'],
-    });
-  }
-  if (DATABASE_NAMES.has(superuser)) {
-    throw new UserError(`the superuser may not be named ${superuser}: a database of that name exists, and the sameuser rule would let the superuser reach it over TCP`, {
-      nextSteps: ['Choose another superuser name, e.g. dforge_admin.'],
-    });
-  }
-}
-
-function validateTls(tls: EmbeddedTls): void {
-  let matches: boolean;
-  try {
-    const cert = new X509Certificate(tls.certPem);
-    new X509Certificate(tls.caPem);
-    matches = cert.checkPrivateKey(createPrivateKey(tls.keyPem));
-  } catch (err) {
-    // The message never quotes the input: it holds a private key.
-    throw new UserError('the PostgreSQL TLS material is not a PEM certificate, private key and CA certificate', {
-      nextSteps: ['Regenerate it with: dforge certs generate'],
-      cause: err,
-    });
-  }
-  if (!matches) {
-    throw new UserError('the PostgreSQL server certificate does not belong to the given private key', {
-      nextSteps: ['Regenerate the pair with: dforge certs generate'],
-    });
-  }
-}
-
-/**
- * Reads a file the server account may control without following a symlink it planted, so root
- * never reads (or shows in an error) a file that account points it at. Undefined when absent or
- * not a regular file.
- */
-async function readNoFollow(file: string): Promise<string | undefined> {
-  let handle: fs.FileHandle;
-  try {
-    // O_NONBLOCK: a FIFO in place of the file must not hang the read.
-    handle = await fs.open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'ELOOP') return undefined;
-    throw err;
-  }
-  try {
-    if (!(await handle.stat()).isFile()) return undefined;
-    return await handle.readFile('utf8');
-  } finally {
-    await handle.close();
-  }
-}
-
-function redactPasswords(text: string): string {
-  return text.replace(/(PASSWORD\s+)'(?:[^']|'')*'/gi, "$1'[redacted]'");
-}
-
-function lastLines(text: string, count: number): string {
-  return text.trimEnd().split('\n').slice(-count).join('\n');
-}
-
-function firstLine(text: string): string {
-  return text.trim().split('\n')[0] ?? '';
-}

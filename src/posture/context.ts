@@ -3,7 +3,7 @@ import type {Client} from 'pg';
 import type {DforgeConfig} from '../config/schema.js';
 import type {ControlPlane} from '../control/plane.js';
 import type {InstallDir} from '../state/install-dir.js';
-import type {Tenant} from '../tenants/service.js';
+import type {Tenant} from '../tenants/registry.js';
 import {connectTenantSession} from '../tenants/tenant-session.js';
 import type {CheckResult} from './check.js';
 

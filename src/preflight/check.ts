@@ -1,5 +1,5 @@
 import type {DforgeConfig, InstallTarget} from '../config/schema.js';
-import type {VerifiedBundle} from '../bundle/verify.js';
+import type {VerifiedBundle} from '../bundle/verified-bundle.js';
 import type {KeyServices} from '../keys/context.js';
 import type {InstallDir} from '../state/install-dir.js';
 import type {DockerEngine} from './docker.js';

@@ -5,7 +5,7 @@ import path from 'node:path';
 import type {DforgeConfig} from '../config/schema.js';
 import {DforgeError, UserError} from '../errors.js';
 import {findPostgresBinaries, type PostgresBinaries} from '../postgres/binaries.js';
-import {untraversable, unreachableError} from '../postgres/embedded.js';
+import {untraversable, unreachableError} from '../postgres/embedded-process.js';
 import {embeddedCluster, embeddedClusterNames} from '../postgres/embedded-install.js';
 import {serverAccount} from '../postgres/service-account.js';
 import type {InstallDir} from '../state/install-dir.js';

@@ -1,4 +1,4 @@
-import {clustersOf} from '../control/plane.js';
+import {clustersOf} from '../control/clusters.js';
 import type {PreflightCheck, PreflightContext} from './check.js';
 import {bundleSpaceCheck, bundleVerifiedCheck} from './checks/bundle.js';
 import {certificatesCheck} from './checks/certs.js';

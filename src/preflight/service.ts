@@ -2,9 +2,9 @@ import {promises as fs} from 'node:fs';
 
 import {OpsLog} from '../audit/ops-log.js';
 import {loadConfigFile} from '../config/load.js';
-import type {VerifiedBundle} from '../bundle/verify.js';
+import type {VerifiedBundle} from '../bundle/verified-bundle.js';
 import type {DforgeConfig} from '../config/schema.js';
-import {optionalControlConnection} from '../control/plane.js';
+import {optionalControlConnection} from '../control/optional-connection.js';
 import {UsageError} from '../errors.js';
 import {openKeyServices, type KeyServices} from '../keys/context.js';
 import type {InstallDir} from '../state/install-dir.js';

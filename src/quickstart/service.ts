@@ -5,7 +5,9 @@ import {parseDocument} from 'yaml';
 import {initInstallDir, starterConfig} from '../config/init.js';
 import {loadConfigFile} from '../config/load.js';
 import type {DforgeConfig} from '../config/schema.js';
-import {caCertFile, primaryCluster, usingControlPlane} from '../control/plane.js';
+import {caCertFile} from '../certs/pki-paths.js';
+import {primaryCluster} from '../control/clusters.js';
+import {usingControlPlane} from '../control/plane.js';
 import {UserError} from '../errors.js';
 import {openKeyServices} from '../keys/context.js';
 import {keyAndPkiSteps} from '../install/key-steps.js';
@@ -17,7 +19,7 @@ import {writeFileAtomic} from '../state/atomic-file.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {formatBytes} from '../ui/bytes.js';
 import type {Step} from '../ui/tasks.js';
-import type {Tenant} from '../tenants/service.js';
+import type {Tenant} from '../tenants/registry.js';
 
 /** Flags the operator passed; unset ones come from the kept dforge.yaml, else QUICKSTART_DEFAULTS. */
 export interface QuickstartOptions {

@@ -2,7 +2,7 @@ import {serviceHost} from '../certs/service-names.js';
 import {PROVISIONER_ROLE} from '../control/bootstrap.js';
 import type {ClusterConfig, DforgeConfig} from '../config/schema.js';
 import {UserError} from '../errors.js';
-import {INITDB_ARGS, INITDB_LOCALE} from '../postgres/embedded.js';
+import {INITDB_ARGS, INITDB_LOCALE} from '../postgres/embedded-config.js';
 import {EMBEDDED_SUPERUSER} from '../postgres/embedded-install.js';
 
 /**

@@ -11,7 +11,7 @@ import type {ControlPlane} from '../control/plane.js';
 import {UsageError, UserError} from '../errors.js';
 import {describeWriteError, writeFileStreamed} from '../state/atomic-file.js';
 import {MoveJournal, type MoveRecord} from '../tenants/move-journal.js';
-import type {Tenant} from '../tenants/service.js';
+import type {Tenant} from '../tenants/registry.js';
 import {formatBytes} from '../ui/bytes.js';
 import {terminalSafe} from '../ui/terminal-safe.js';
 import {jurisdictionOf, type CrossRegionOperation} from './policy.js';

@@ -2,7 +2,8 @@ import type {Client} from 'pg';
 
 import type {BackupRecord} from '../backup/catalog.js';
 import {MANIFEST_SUFFIX, type BackupManifest} from '../backup/catalog.js';
-import {destinationFor, type BackupDestination, type DestinationPlacement} from '../backup/destination.js';
+import type {BackupDestination, DestinationPlacement} from '../backup/backup-destination.js';
+import {destinationFor} from '../backup/destination.js';
 import {attributeObject, wrapperFor} from '../backup/verify.js';
 import type {ControlPlane} from '../control/plane.js';
 import {UsageError, UserError} from '../errors.js';

@@ -3,7 +3,8 @@ import path from 'node:path';
 
 import {serviceHost} from '../certs/service-names.js';
 import type {ClusterConfig, DforgeConfig} from '../config/schema.js';
-import {caFileOf, clustersOf, type ControlPlane} from '../control/plane.js';
+import {caFileOf, clustersOf} from '../control/clusters.js';
+import type {ControlPlane} from '../control/plane.js';
 import {byCodePoint} from '../render/rendered-file.js';
 import {APP_UID} from '../render/values.js';
 import {LockedError, UserError} from '../errors.js';

@@ -3,12 +3,13 @@ import path from 'node:path';
 
 import {recordOps} from '../audit/record.js';
 import {CONTROL_DATABASE, PROVISIONER_ROLE} from '../control/bootstrap.js';
-import {caFileOf, clustersOf, endpointOf, primaryCluster, provisionerSecret, type ControlPlane} from '../control/plane.js';
+import {caFileOf, clustersOf, endpointOf, primaryCluster, provisionerSecret} from '../control/clusters.js';
+import type {ControlPlane} from '../control/plane.js';
 import type {ClusterEndpoint} from '../postgres/connect.js';
 import {UserError} from '../errors.js';
 import {appAddress} from '../runtime/tenant-catalog.js';
 import {writeFileAtomic} from '../state/atomic-file.js';
-import type {Tenant} from './service.js';
+import type {Tenant} from './registry.js';
 import {pgpassField} from '../postgres/pgpass.js';
 
 /**

@@ -19,7 +19,8 @@
  */
 import type {Client} from 'pg';
 
-import {clustersOf, endpointOf, type ControlPlane} from '../control/plane.js';
+import {clustersOf, endpointOf} from '../control/clusters.js';
+import type {ControlPlane} from '../control/plane.js';
 import {inTransaction} from '../control/keys-store.js';
 import {PartialError, UsageError, UserError, VerificationError} from '../errors.js';
 import {BackupCatalog, type BackupRecord} from '../backup/catalog.js';
@@ -35,7 +36,8 @@ import {crashPoint} from '../state/crash-point.js';
 import {previousDatabaseName, scratchDatabaseOf, TenantDatabases} from './databases.js';
 import {MODULE_SCHEMAS} from './module-sql.js';
 import {MoveJournal, canRollBack, type MoveRecord} from './move-journal.js';
-import {pickCluster, type Tenant} from './service.js';
+import {pickCluster} from './placement.js';
+import type {Tenant} from './registry.js';
 import {validateSlug} from './slug.js';
 
 /**

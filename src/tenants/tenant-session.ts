@@ -1,10 +1,11 @@
 import type {Client} from 'pg';
 
 import type {DforgeConfig} from '../config/schema.js';
-import {endpointOf} from '../control/plane.js';
+import {endpointOf} from '../control/clusters.js';
 import {connect} from '../postgres/connect.js';
 import type {InstallDir} from '../state/install-dir.js';
-import type {Tenant, TenantService} from './service.js';
+import type {Tenant} from './registry.js';
+import type {TenantService} from './service.js';
 
 /**
  * A session as the tenant's own login role (its sealed password), on its database unless another

@@ -5,7 +5,8 @@ import path from 'node:path';
 import pg from 'pg';
 
 import {tenantPasswordContext} from '../../src/control/keys-store.js';
-import {caCertFile, openControlPlane, type ControlPlane} from '../../src/control/plane.js';
+import {caCertFile} from '../../src/certs/pki-paths.js';
+import {openControlPlane, type ControlPlane} from '../../src/control/plane.js';
 import {InstallDir} from '../../src/state/install-dir.js';
 import {runCli, type CliResult} from './cli.js';
 import {freePort} from './pg-cluster.js';

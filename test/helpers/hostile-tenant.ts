@@ -13,7 +13,7 @@ import path from 'node:path';
 import pg from 'pg';
 
 import {loadConfigFile} from '../../src/config/load.js';
-import {primaryCluster, provisionerSecret, superuserSecret} from '../../src/control/plane.js';
+import {primaryCluster, provisionerSecret, superuserSecret} from '../../src/control/clusters.js';
 import {openKeyServices} from '../../src/keys/context.js';
 import {connectOverSocket} from '../../src/postgres/connect.js';
 import {EMBEDDED_SUPERUSER} from '../../src/postgres/embedded-install.js';

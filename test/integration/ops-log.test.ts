@@ -9,7 +9,7 @@ import {anchorFile} from '../../src/audit/ops-log-anchor.js';
 import {opsLogKeySecret} from '../../src/audit/ops-log-key.js';
 import {OpsLog, opsLogHead, type ChainVerification} from '../../src/audit/ops-log.js';
 import {recordOps, withOpsRecord} from '../../src/audit/record.js';
-import {provisionerSecret} from '../../src/control/plane.js';
+import {provisionerSecret} from '../../src/control/clusters.js';
 import {VerificationError} from '../../src/errors.js';
 import {openKeyServices} from '../../src/keys/context.js';
 import {initKeys} from '../../src/keys/init.js';

@@ -6,7 +6,8 @@ import {parse as parseYaml, stringify as stringifyYaml} from 'yaml';
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
 import {BackupCatalog} from '../../src/backup/catalog.js';
-import {openControlPlane, superuserSecret} from '../../src/control/plane.js';
+import {superuserSecret} from '../../src/control/clusters.js';
+import {openControlPlane} from '../../src/control/plane.js';
 import {connectOverSocket} from '../../src/postgres/connect.js';
 import {EMBEDDED_SUPERUSER, embeddedCluster} from '../../src/postgres/embedded-install.js';
 import type {CheckResult} from '../../src/posture/check.js';

@@ -6,7 +6,7 @@ import path from 'node:path';
 import pg from 'pg';
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
-import {caCertFile} from '../../src/control/plane.js';
+import {caCertFile} from '../../src/certs/pki-paths.js';
 import {cliEntry, runCli, type CliResult} from '../helpers/cli.js';
 import {quickstartInstall, type EmbeddedInstall} from '../helpers/embedded-install.js';
 import {findPgBinaries} from '../helpers/pg-cluster.js';

@@ -7,7 +7,7 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 import {tenantPasswordContext} from '../../src/control/keys-store.js';
 import {LockedError, UsageError, UserError} from '../../src/errors.js';
 import {scramVerifier} from '../../src/postgres/scram.js';
-import {pickCluster, type ClusterLoad} from '../../src/tenants/service.js';
+import {pickCluster, type ClusterLoad} from '../../src/tenants/placement.js';
 import {controlPlaneOver, type ControlPlane} from '../helpers/control-plane.js';
 import {findPgBinaries, startPgCluster, type PgCluster} from '../helpers/pg-cluster.js';
 import {missingComponent} from '../helpers/requirements.js';

@@ -7,7 +7,7 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 import {internalSubtrees, serviceHost} from '../../src/certs/service-names.js';
 import {generateCertificates} from '../../src/certs/service.js';
 import {configSchema, type DforgeConfig} from '../../src/config/schema.js';
-import {caCertFile} from '../../src/control/plane.js';
+import {caCertFile} from '../../src/certs/pki-paths.js';
 import {UserError} from '../../src/errors.js';
 import {installArchive} from '../../src/install/k8s.js';
 import {openKeyServices} from '../../src/keys/context.js';

@@ -3,7 +3,8 @@ import {Args, Flags} from '@oclif/core';
 import {BaseCommand} from '../../base-command.js';
 import {usingControlPlane} from '../../control/plane.js';
 import {changingTenants} from '../../runtime/tenant-catalog.js';
-import type {Placement, Tenant} from '../../tenants/service.js';
+import type {Placement} from '../../tenants/placement.js';
+import type {Tenant} from '../../tenants/registry.js';
 
 export default class TenantCreate extends BaseCommand<typeof TenantCreate> {
   static override summary = 'Create a tenant: its own PostgreSQL database, login role and data key.';

@@ -1,6 +1,6 @@
 import {BaseCommand} from '../../base-command.js';
 import {usingControlPlane} from '../../control/plane.js';
-import type {Tenant} from '../../tenants/service.js';
+import type {Tenant} from '../../tenants/registry.js';
 import {renderTable} from '../../ui/table.js';
 import {formatTime} from '../../ui/time.js';
 

@@ -3,7 +3,7 @@ import {Args} from '@oclif/core';
 import {BaseCommand} from '../../base-command.js';
 import {usingControlPlane} from '../../control/plane.js';
 import {changingTenants} from '../../runtime/tenant-catalog.js';
-import type {Tenant} from '../../tenants/service.js';
+import type {Tenant} from '../../tenants/registry.js';
 
 export default class TenantSuspend extends BaseCommand<typeof TenantSuspend> {
   static override summary = 'Suspend a tenant: its role can no longer log in, and its sessions are ended.';

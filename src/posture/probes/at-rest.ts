@@ -3,7 +3,7 @@ import path from 'node:path';
 
 import {BackupCatalog, type BackupRecord} from '../../backup/catalog.js';
 import {authenticateBackup, resolveSource} from '../../backup/verify.js';
-import {clustersOf} from '../../control/plane.js';
+import {clustersOf} from '../../control/clusters.js';
 import {VerificationError} from '../../errors.js';
 import {embeddedCluster} from '../../postgres/embedded-install.js';
 import {backingOf} from '../../preflight/disk-encryption.js';
@@ -12,7 +12,7 @@ import {dataKeyId} from '../../secrets/data-keys.js';
 import {readHeader} from '../../secrets/envelope.js';
 import {MASTER_KEY_ID} from '../../secrets/master-key.js';
 import {SECRET_DIR_MODE, SECRET_FILE_MODE} from '../../state/install-dir.js';
-import type {Tenant} from '../../tenants/service.js';
+import type {Tenant} from '../../tenants/registry.js';
 import {defineCheck, fail, manual, pass, runCheck, skip, warn, type CheckDefinition, type CheckResult, type Finding} from '../check.js';
 import {onControl, type PostureContext, type Probe} from '../context.js';
 

@@ -3,7 +3,7 @@ import type {Client} from 'pg';
 import {terminalSafe} from '../../ui/terminal-safe.js';
 import {ownerRoleOf} from '../../postgres/provisioner.js';
 import {MODULE_SCHEMAS} from '../../tenants/module-sql.js';
-import type {Tenant} from '../../tenants/service.js';
+import type {Tenant} from '../../tenants/registry.js';
 import {defineCheck, fail, pass, runCheck, skip, warn, type CheckDefinition, type CheckResult, type Finding} from '../check.js';
 import {connectAsTenant, onControl, usingClient, type PostureContext, type Probe} from '../context.js';
 

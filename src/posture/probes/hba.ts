@@ -4,10 +4,10 @@ import path from 'node:path';
 import type {Client} from 'pg';
 
 import {PROVISIONER_ROLE} from '../../control/bootstrap.js';
-import {clustersOf} from '../../control/plane.js';
+import {clustersOf} from '../../control/clusters.js';
 import {UserError} from '../../errors.js';
 import {EMBEDDED_SUPERUSER, embeddedCluster} from '../../postgres/embedded-install.js';
-import {renderHba} from '../../postgres/embedded.js';
+import {renderHba} from '../../postgres/embedded-config.js';
 import {PROVISION_SCHEMA} from '../../postgres/provisioner.js';
 import {readTemplate} from '../../render/sources.js';
 import {renderTextTemplate} from '../../render/template.js';

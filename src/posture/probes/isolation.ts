@@ -1,10 +1,10 @@
 import type {Client} from 'pg';
 
 import {CONTROL_DATABASE, PROVISIONER_ROLE} from '../../control/bootstrap.js';
-import {clustersOf, endpointOf, primaryCluster} from '../../control/plane.js';
+import {clustersOf, endpointOf, primaryCluster} from '../../control/clusters.js';
 import {connect} from '../../postgres/connect.js';
 import {ownerRoleOf, restoreRoleOf} from '../../postgres/provisioner.js';
-import type {Tenant} from '../../tenants/service.js';
+import type {Tenant} from '../../tenants/registry.js';
 import {defineCheck, fail, pass, runCheck, skip, warn, type CheckDefinition, type CheckResult, type Finding} from '../check.js';
 import {onControl, requirePlane, usingClient, type PostureContext, type Probe} from '../context.js';
 import {describeRule, expectedHbaRules, hbaDrift, hbaFileState, liveHbaRules, policyViolation, type HbaFileState, type HbaRule} from './hba.js';

@@ -1,7 +1,7 @@
 import type {Client} from 'pg';
 
 import {PROVISIONER_ROLE} from '../../control/bootstrap.js';
-import {clustersOf} from '../../control/plane.js';
+import {clustersOf} from '../../control/clusters.js';
 import {defineCheck, fail, pass, runCheck, type CheckDefinition, type CheckResult, type Finding} from '../check.js';
 import {requirePlane, usingClient, type PostureContext, type Probe} from '../context.js';
 

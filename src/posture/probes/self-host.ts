@@ -1,4 +1,4 @@
-import {clustersOf} from '../../control/plane.js';
+import {clustersOf} from '../../control/clusters.js';
 import {defineCheck, manual, pass, runCheck, type CheckDefinition} from '../check.js';
 import type {Probe} from '../context.js';
 

@@ -1,7 +1,8 @@
 import {promises as fs} from 'node:fs';
 import tls from 'node:tls';
 
-import {caCertFile, clustersOf, endpointOf} from '../../control/plane.js';
+import {caCertFile} from '../../certs/pki-paths.js';
+import {clustersOf, endpointOf} from '../../control/clusters.js';
 import {inspectCertificate} from '../../pki/inspect.js';
 import {probeTls, type ProbeTarget, type TlsProbe} from '../../runtime/tls-probe.js';
 import {defineCheck, fail, manual, pass, runCheck, skip, warn, type CheckDefinition, type CheckResult, type Finding} from '../check.js';

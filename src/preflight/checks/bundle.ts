@@ -1,7 +1,7 @@
 import {promises as fs} from 'node:fs';
 
 import {engineLayerChains, planLoad} from '../../bundle/load.js';
-import type {VerifiedBundle} from '../../bundle/verify.js';
+import type {VerifiedBundle} from '../../bundle/verified-bundle.js';
 import {formatBytes} from '../../ui/bytes.js';
 import type {CheckOutcome, PreflightCheck} from '../check.js';
 

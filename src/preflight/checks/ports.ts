@@ -1,7 +1,7 @@
 import net from 'node:net';
 
 import {configSchema, type DforgeConfig} from '../../config/schema.js';
-import {clustersOf} from '../../control/plane.js';
+import {clustersOf} from '../../control/clusters.js';
 import {embeddedCluster} from '../../postgres/embedded-install.js';
 import {projectContainers} from '../../runtime/compose-project.js';
 import {combine, type CheckOutcome, type PreflightCheck, type PreflightContext} from '../check.js';

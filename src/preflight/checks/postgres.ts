@@ -1,5 +1,5 @@
 import type {DforgeConfig} from '../../config/schema.js';
-import {endpointOf} from '../../control/plane.js';
+import {endpointOf} from '../../control/clusters.js';
 import {UserError} from '../../errors.js';
 import {DEFAULT_MIN_MAJOR} from '../../postgres/binaries.js';
 import {connect} from '../../postgres/connect.js';
