@@ -33,25 +33,30 @@ export function primaryCluster(config: DforgeConfig): ClusterConfig {
 export const caFileOf = (dir: InstallDir, cluster: ClusterConfig): string => (cluster.kind === 'external' ? (cluster.caFile ?? caCertFile(dir)) : caCertFile(dir));
 
 /** How dforge reaches a cluster over TLS 1.3, verified against the install CA (or the configured one). */
+/**
+ * Where dforge reaches a cluster and the name its certificate must carry. Compose publishes the
+ * bundled postgres service on host loopback only; in Kubernetes dforge runs in the namespace (the
+ * backup CronJob) and reaches the Service. Either way the name checked is the one its certificate
+ * carries (src/certs/service-names.ts).
+ */
+export function clusterAddress(config: DforgeConfig, c: ClusterConfig): {host: string; port: number; servername: string} {
+  switch (c.kind) {
+    case 'embedded':
+      return {host: '127.0.0.1', port: c.port, servername: 'localhost'};
+    case 'external':
+      return {host: c.host, port: c.port, servername: c.host};
+    case 'bundled':
+      return config.target === 'k8s' ? {host: serviceHost(config, 'postgres'), port: 5432, servername: serviceHost(config, 'postgres')} : {host: '127.0.0.1', port: c.port, servername: serviceHost(config, 'postgres')};
+  }
+}
+
 export async function endpointOf(dir: InstallDir, config: DforgeConfig, name: string): Promise<ClusterEndpoint> {
   const entry = clustersOf(config).get(name);
   if (!entry) throw new UserError(`no cluster ${name} in ${dir.configFile}`, {nextSteps: [`Declared clusters: ${[...clustersOf(config).keys()].join(', ')}`]});
   const c = entry.cluster;
-  const readCa = async (file: string): Promise<string> =>
-    fs.readFile(file, 'utf8').catch(() => {
-      throw new UserError(`no CA certificate at ${file}`, {nextSteps: ['Generate the install PKI with: dforge certs generate']});
-    });
-  switch (c.kind) {
-    case 'embedded':
-      return {name, host: '127.0.0.1', port: c.port, caPem: await readCa(caCertFile(dir)), servername: 'localhost'};
-    case 'external':
-      return {name, host: c.host, port: c.port, caPem: await readCa(caFileOf(dir, c)), servername: c.host};
-    case 'bundled':
-      // Compose publishes the postgres service on host loopback only; in Kubernetes dforge runs in
-      // the namespace (the backup CronJob) and reaches the Service. Either way the name checked is
-      // the one its certificate carries (src/certs/service-names.ts).
-      return config.target === 'k8s'
-        ? {name, host: serviceHost(config, 'postgres'), port: 5432, caPem: await readCa(caCertFile(dir)), servername: serviceHost(config, 'postgres')}
-        : {name, host: '127.0.0.1', port: c.port, caPem: await readCa(caCertFile(dir)), servername: serviceHost(config, 'postgres')};
-  }
+  const caFile = c.kind === 'external' ? caFileOf(dir, c) : caCertFile(dir);
+  const caPem = await fs.readFile(caFile, 'utf8').catch(() => {
+    throw new UserError(`no CA certificate at ${caFile}`, {nextSteps: ['Generate the install PKI with: dforge certs generate']});
+  });
+  return {name, ...clusterAddress(config, c), caPem};
 }

@@ -7,6 +7,7 @@ import {recordOps} from '../audit/record.js';
 import {BackupCatalog, type BackupRecord} from '../backup/catalog.js';
 import {destinationsOf} from '../backup/destination.js';
 import type {DforgeConfig} from '../config/schema.js';
+import {clusterAddress} from '../control/clusters.js';
 import type {ControlPlane} from '../control/plane.js';
 import {UsageError, UserError} from '../errors.js';
 import {describeWriteError, writeFileStreamed} from '../state/atomic-file.js';
@@ -144,11 +145,8 @@ export interface ResidencyReport {
   readonly verification: ResidencyVerification | null;
 }
 
-function clusterAddress(config: DforgeConfig, c: DforgeConfig['regions'][string]['clusters'][number]): string {
-  if (c.kind === 'external') return `${c.host}:${c.port}`;
-  if (c.kind === 'bundled' && config.target === 'k8s') return 'postgres service:5432';
-  return `127.0.0.1:${c.port}`;
-}
+
+const hostPort = (a: {host: string; port: number}): string => `${a.host}:${a.port}`;
 
 function regionsView(config: DforgeConfig, tenants: readonly Tenant[]): RegionView[] {
   const perCluster = new Map<string, number>();
@@ -157,7 +155,7 @@ function regionsView(config: DforgeConfig, tenants: readonly Tenant[]): RegionVi
     name,
     jurisdiction: jurisdictionOf(config, name),
     primary: name === config.primaryRegion,
-    clusters: r.clusters.map((c) => ({name: c.name, kind: c.kind, address: clusterAddress(config, c), capacity: c.maxTenants ?? null, tenants: perCluster.get(c.name) ?? 0})),
+    clusters: r.clusters.map((c) => ({name: c.name, kind: c.kind, address: hostPort(clusterAddress(config, c)), capacity: c.maxTenants ?? null, tenants: perCluster.get(c.name) ?? 0})),
     destinations: (r.backup?.destinations ?? []).map((d) => ({
       name: d.name,
       kind: d.kind,

@@ -71,7 +71,8 @@ export function requestedRegion(regions: Regions, slug: string, options: {region
   if (options.cluster === undefined) return options.region;
   const region = Object.entries(regions).find(([, clusters]) => clusters.includes(options.cluster!))?.[0];
   if (region === undefined) {
-    throw new UserError(`no cluster ${options.cluster} in dforge.yaml; nothing was changed`, {
+    // A name that names nothing is a usage error, as for tenant move --to-cluster.
+    throw new UsageError(`no cluster ${options.cluster} in dforge.yaml; nothing was changed`, {
       nextSteps: [`Use one of: ${Object.entries(regions).map(([r, clusters]) => `${clusters.join(', ')} (region ${r})`).join('; ')}`, 'Or declare the cluster in dforge.yaml and run: dforge db init'],
       data: {tenant: slug, cluster: options.cluster},
     });

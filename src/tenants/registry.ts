@@ -1,6 +1,6 @@
 import type {Client} from 'pg';
 
-import {UserError} from '../errors.js';
+import {UsageError, UserError} from '../errors.js';
 import {requirePlacedInRegion} from '../residency/misplaced.js';
 import {fullError, freeOf, pickCluster, usage, type ClusterLoad, type Placement, type Regions} from './placement.js';
 import {tenantDbName} from './slug.js';
@@ -81,7 +81,7 @@ export class TenantRegistry {
   async register(slug: string, region: string, requested?: string): Promise<{tenant: Tenant; placement: Placement}> {
     const clusters = this.regions[region];
     if (!clusters || clusters.length === 0) {
-      throw new UserError(`region ${region} is not declared in dforge.yaml`, {
+      throw new UsageError(`region ${region} is not declared in dforge.yaml; nothing was changed`, {
         nextSteps: [`Use one of: ${Object.keys(this.regions).join(', ')}`, 'Or declare the region and its clusters in dforge.yaml.'],
       });
     }

@@ -49,13 +49,16 @@ describe.skipIf(!available)('tenant placement by capacity (e2e)', () => {
     expect(await snapshot()).toEqual(before);
   });
 
-  it('refuses an unknown cluster, naming the declared ones, and changes nothing', async () => {
+  it('refuses an unknown cluster or region (exit 2, as tenant move does), naming the declared ones, and changes nothing', async () => {
     const before = await snapshot();
     const r = await install.cli(['tenant', 'create', 'ghost', '--cluster', 'eu-9', '--json']);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(2);
     const error = failure(r.stdout);
     expect(error.message).toMatch(/no cluster eu-9/);
     expect(error.nextSteps.join('\n')).toMatch(/eu-1, eu-2 \(region eu\); us-1 \(region us\)/);
+    const region = await install.cli(['tenant', 'create', 'ghost', '--region', 'ap', '--json']);
+    expect(region.code).toBe(2);
+    expect(failure(region.stdout).message).toMatch(/region ap is not declared/);
     expect(await snapshot()).toEqual(before);
   });
 
