@@ -1,4 +1,5 @@
 import type {DforgeConfig} from '../config/schema.js';
+import {composeLimits} from './compose-limits.js';
 import {byCodePoint, hashFiles, type RenderedFile} from './rendered-file.js';
 import {readTemplate} from './sources.js';
 import {assertFilled, renderTextTemplate, renderYamlTemplate} from './template.js';
@@ -22,13 +23,23 @@ const SERVICE_FILES: Record<string, Array<{template: string; out: string; values
 
 export const COMPOSE_FILE = 'compose.yaml';
 
+/** The uid and gid the compose proxy runs as, unprivileged (nginx's customary 101). */
+export const PROXY_UID = 101;
+
 /**
  * Renders the compose stack: each service's configuration files, then compose.yaml, whose
  * per-service config-hash labels make `docker compose up -d` recreate exactly the services whose
  * rendered configuration changed.
  */
 export async function renderCompose(config: DforgeConfig, overridesDir: string | undefined): Promise<RenderedFile[]> {
-  const values = templateValues(config);
+  const base = templateValues(config);
+  const limits = composeLimits(config);
+  // Template names are dotted paths of identifiers: auth-db's limits go under authDb, as its image does.
+  const values: Record<string, unknown> = {
+    ...base,
+    uids: {...(base.uids as object), proxy: `${PROXY_UID}:${PROXY_UID}`},
+    limits: {postgres: limits.postgres, authDb: limits['auth-db'], auth: limits.auth, app: limits.app, proxy: limits.proxy},
+  };
   const files: RenderedFile[] = [];
   const hashes: Record<string, string> = {};
   for (const [service, specs] of Object.entries(SERVICE_FILES)) {
