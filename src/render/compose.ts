@@ -42,6 +42,7 @@ export async function renderCompose(config: DforgeConfig, overridesDir: string |
     images: pinned ?? base.images,
     imageTags: base.images,
     uids: {...(base.uids as object), proxy: `${PROXY_UID}:${PROXY_UID}`},
+    ids: {proxy: PROXY_UID},
     limits: {postgres: limits.postgres, authDb: limits['auth-db'], auth: limits.auth, app: limits.app, proxy: limits.proxy},
   };
   const files: RenderedFile[] = [];
