@@ -8,8 +8,6 @@ export interface ServiceLimits {
   readonly memory: number;
   /** CPUs the container may use (NanoCpus). */
   readonly cpus: number;
-  /** Relative CPU weight under contention (1024 is the engine's default for "unset"). */
-  readonly cpuShares: number;
   /** Most processes and threads (PidsLimit). */
   readonly pids: number;
 }
@@ -37,8 +35,7 @@ function bytesOf(size: string): number {
 
 /**
  * The limits of every service: the default part of the minimum host, with what dforge.yaml sets
- * under compose.limits.<service> taking its place. The CPU weight follows the CPU limit, so under
- * contention the services share the host in the same proportions their limits give them.
+ * under compose.limits.<service> taking its place.
  */
 export function composeLimits(config: Pick<DforgeConfig, 'compose'>): Record<StackService, ServiceLimits> {
   const host = HOST_THRESHOLDS.compose;
@@ -47,7 +44,7 @@ export function composeLimits(config: Pick<DforgeConfig, 'compose'>): Record<Sta
     const set = config.compose.limits?.[service];
     const memory = set?.memory ? bytesOf(set.memory) : Math.floor((host.memoryBytes.minimum * part.memory) / MiB) * MiB;
     const cpus = set?.cpus ?? host.cpus.minimum * part.cpus;
-    return [service, {memory, cpus, cpuShares: Math.max(2, Math.round(cpus * 512)), pids: set?.pids ?? part.pids}] as const;
+    return [service, {memory, cpus, pids: set?.pids ?? part.pids}] as const;
   });
   return Object.fromEntries(entries) as Record<StackService, ServiceLimits>;
 }

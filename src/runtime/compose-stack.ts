@@ -83,9 +83,19 @@ export class ComposeStack {
     return this.options.project;
   }
 
-  /** Creates or recreates what changed (config-hash labels, images), removes services no longer rendered. */
+  /**
+   * Creates or recreates what changed (config-hash labels, images), removes services no longer
+   * rendered. Compose refuses to change a network in place (one that became internal, say); then
+   * the containers and networks go and come back, and the volumes stay.
+   */
   async up(): Promise<void> {
-    await this.compose(['up', '-d', '--remove-orphans']);
+    try {
+      await this.compose(['up', '-d', '--remove-orphans']);
+    } catch (error) {
+      if (!(error instanceof UserError) || !/needs to be recreated/i.test(error.message)) throw error;
+      await this.down({volumes: false});
+      await this.compose(['up', '-d', '--remove-orphans']);
+    }
   }
 
   async restart(services: readonly string[]): Promise<void> {
