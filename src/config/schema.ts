@@ -147,6 +147,21 @@ export const configSchema = z
         bindAddress: z.ipv4().default('0.0.0.0').describe('Host address the HTTPS proxy listens on.'),
         httpPort: port.default(80).describe('Host port that redirects to HTTPS.'),
         httpsPort: port.default(443),
+        limits: z
+          .partialRecord(
+            z.enum(['postgres', 'auth-db', 'auth', 'app', 'proxy']),
+            z.strictObject({
+              memory: z
+                .string()
+                .regex(/^[1-9][0-9]*[mg]$/, 'a size in mebibytes or gibibytes, e.g. 512m or 2g')
+                .optional()
+                .describe('Memory limit of the container, e.g. 512m or 2g.'),
+              cpus: z.number().positive().max(1024).optional().describe('CPUs the container may use, e.g. 0.5.'),
+              pids: z.number().int().min(32).max(1_000_000).optional().describe('Most processes and threads the container may run.'),
+            }),
+          )
+          .optional()
+          .describe('Per-service resource limits of the compose stack; what is not set here takes the default sized for the minimum host preflight accepts.'),
       })
       .default({project: 'dforge', bindAddress: '0.0.0.0', httpPort: 80, httpsPort: 443}),
     kubernetes: z

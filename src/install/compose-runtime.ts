@@ -8,6 +8,7 @@ import {provisionerSecret, superuserSecret} from '../control/clusters.js';
 import type {KeyServices} from '../keys/context.js';
 import {jwksFile, jwtPrivateKeyName, readJwtKeys} from '../keys/jwt.js';
 import {ensureSealedPassword} from '../keys/sealed-password.js';
+import {PROXY_UID} from '../render/compose.js';
 import {APP_UID, bundledCluster, POSTGRES_UID} from '../render/values.js';
 import type {StackService} from '../runtime/compose-stack.js';
 import {ensureRuntimeDir, ROOT, writeRuntimeFile, type Ownership} from '../runtime/runtime-files.js';
@@ -17,6 +18,7 @@ import {AUTH_DB_PASSWORD_SECRET, AUTH_DB_SUPERUSER_SECRET} from './secrets.js';
 
 const POSTGRES: Ownership = {uid: POSTGRES_UID, gid: POSTGRES_UID};
 const APP: Ownership = {uid: APP_UID, gid: APP_UID};
+const PROXY: Ownership = {uid: PROXY_UID, gid: PROXY_UID};
 
 /**
  * Services whose mounted files changed and that have not been restarted since: kept on disk, so a
@@ -108,6 +110,6 @@ export async function writeComposeRuntime(dir: InstallDir, keys: KeyServices, cr
   await ensureRuntimeDir(path.join(dir.runtimeDir, 'proxy'), {mode: 0o700, owner: ROOT});
   // The proxy serves its leaf with the CA after it, so clients that trust the CA can build the chain.
   await put(['proxy'], 'proxy/tls.crt', `${proxyTls.certPem.trimEnd()}\n${caPem.trimEnd()}\n`, 0o644, ROOT);
-  await put(['proxy'], 'proxy/tls.key', proxyTls.keyPem, 0o600, ROOT);
+  await put(['proxy'], 'proxy/tls.key', proxyTls.keyPem, 0o600, PROXY);
   return changed;
 }

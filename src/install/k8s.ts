@@ -19,7 +19,7 @@ import {masterDir} from '../secrets/master-key.js';
 import type {InstallDir} from '../state/install-dir.js';
 import type {Step} from '../ui/tasks.js';
 import {AUTH_DB_PASSWORD_SECRET, AUTH_DB_SUPERUSER_SECRET} from './secrets.js';
-import type {InstallContext} from './service.js';
+import type {InstallContext} from './context.js';
 
 export const k8sRenderedDir = (dir: InstallDir): string => path.join(dir.renderedDir, 'k8s');
 /** The overlay with the Secret files: under runtime/ (0700), never under rendered/. */

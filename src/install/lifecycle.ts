@@ -13,7 +13,7 @@ import {clusterProblems, embeddedClusterStates, type EmbeddedClusterState} from 
 import {ComposeStack, serviceProblems, type ServiceState} from '../runtime/compose-stack.js';
 import {acquireLock} from '../state/lock.js';
 import type {InstallDir} from '../state/install-dir.js';
-import {composeDir} from './service.js';
+import {composeDir} from './compose-steps.js';
 
 /**
  * One install, upgrade or uninstall at a time per install directory: two first installs racing

@@ -1,8 +1,9 @@
 import type {DforgeConfig} from '../config/schema.js';
+import {composeLimits} from './compose-limits.js';
 import {byCodePoint, hashFiles, type RenderedFile} from './rendered-file.js';
 import {readTemplate} from './sources.js';
 import {assertFilled, renderTextTemplate, renderYamlTemplate} from './template.js';
-import {templateValues} from './values.js';
+import {templateValues, type ImageService} from './values.js';
 
 /** The compose services whose configuration dforge renders, and the files each one mounts. */
 const SERVICE_FILES: Record<string, Array<{template: string; out: string; values?: Record<string, unknown>}>> = {
@@ -22,13 +23,28 @@ const SERVICE_FILES: Record<string, Array<{template: string; out: string; values
 
 export const COMPOSE_FILE = 'compose.yaml';
 
+/** The uid and gid the compose proxy runs as, unprivileged (nginx's customary 101). */
+export const PROXY_UID = 101;
+
 /**
  * Renders the compose stack: each service's configuration files, then compose.yaml, whose
  * per-service config-hash labels make `docker compose up -d` recreate exactly the services whose
- * rendered configuration changed.
+ * rendered configuration changed. With `pinned` (install, which reads the engine), each image goes
+ * by its digest or image id; without it (dforge render, no engine asked), by its tag.
  */
-export async function renderCompose(config: DforgeConfig, overridesDir: string | undefined): Promise<RenderedFile[]> {
-  const values = templateValues(config);
+export async function renderCompose(config: DforgeConfig, overridesDir: string | undefined, pinned?: Record<ImageService, string>): Promise<RenderedFile[]> {
+  const base = templateValues(config);
+  const limits = composeLimits(config);
+  // Template names are dotted paths of identifiers: auth-db's limits go under authDb, as its image does.
+  const values: Record<string, unknown> = {
+    ...base,
+    // Install knows each image's immutable reference from the engine; the tag stays on the dev.dforge.image label.
+    images: pinned ?? base.images,
+    imageTags: base.images,
+    uids: {...(base.uids as object), proxy: `${PROXY_UID}:${PROXY_UID}`},
+    ids: {proxy: PROXY_UID},
+    limits: {postgres: limits.postgres, authDb: limits['auth-db'], auth: limits.auth, app: limits.app, proxy: limits.proxy},
+  };
   const files: RenderedFile[] = [];
   const hashes: Record<string, string> = {};
   for (const [service, specs] of Object.entries(SERVICE_FILES)) {

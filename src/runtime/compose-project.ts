@@ -5,6 +5,8 @@ import {UserError} from '../errors.js';
 /** The labels docker compose (v1 and v2) puts on every container it creates. */
 export const PROJECT_LABEL = 'com.docker.compose.project';
 export const SERVICE_LABEL = 'com.docker.compose.service';
+/** The tag of a service's image, beside the digest compose.yaml runs it by (templates/compose/compose.yaml). */
+export const IMAGE_LABEL = 'dev.dforge.image';
 
 /** The containers of a compose project, optionally of one service, running or not. */
 export async function projectContainers(docker: Docker, project: string, service?: string): Promise<Docker.ContainerInfo[]> {

@@ -6,7 +6,7 @@ import type Docker from 'dockerode';
 import {UserError} from '../errors.js';
 import {byCodePoint} from '../render/rendered-file.js';
 import type {ComposeCli} from './compose-cli.js';
-import {projectContainers, SERVICE_LABEL} from './compose-project.js';
+import {IMAGE_LABEL, projectContainers, SERVICE_LABEL} from './compose-project.js';
 import {splitFrames} from './docker-frames.js';
 
 /** The services of the rendered stack, by their compose names. */
@@ -56,7 +56,8 @@ export async function inspectServices(docker: Docker, project: string): Promise<
   for (const c of await projectContainers(docker, project)) {
     const info = await docker.getContainer(c.Id).inspect();
     out.push({
-      state: {service: c.Labels[SERVICE_LABEL] ?? '?', containerId: c.Id, image: info.Config.Image, state: info.State.Status, health: info.State.Health?.Status ?? 'none'},
+      // The image by the tag it was installed as: compose.yaml pins it by digest and keeps the tag on a label.
+      state: {service: c.Labels[SERVICE_LABEL] ?? '?', containerId: c.Id, image: info.Config.Labels?.[IMAGE_LABEL] ?? info.Config.Image, state: info.State.Status, health: info.State.Health?.Status ?? 'none'},
       info,
     });
   }
@@ -82,9 +83,19 @@ export class ComposeStack {
     return this.options.project;
   }
 
-  /** Creates or recreates what changed (config-hash labels, images), removes services no longer rendered. */
+  /**
+   * Creates or recreates what changed (config-hash labels, images), removes services no longer
+   * rendered. Compose refuses to change a network in place (one that became internal, say); then
+   * the containers and networks go and come back, and the volumes stay.
+   */
   async up(): Promise<void> {
-    await this.compose(['up', '-d', '--remove-orphans']);
+    try {
+      await this.compose(['up', '-d', '--remove-orphans']);
+    } catch (error) {
+      if (!(error instanceof UserError) || !/needs to be recreated/i.test(error.message)) throw error;
+      await this.down({volumes: false});
+      await this.compose(['up', '-d', '--remove-orphans']);
+    }
   }
 
   async restart(services: readonly string[]): Promise<void> {

@@ -83,7 +83,7 @@ describe('renderCompose', () => {
     expect(text('proxy/nginx.conf')).toContain('return 301 https://dforge.example.com:8443$request_uri;');
     const compose = composeOf(files);
     expect(compose.services.postgres.ports).toEqual(['127.0.0.1:15432:5432']);
-    expect(compose.services.proxy.ports).toEqual(['0.0.0.0:8080:80', '0.0.0.0:8443:443']);
+    expect(compose.services.proxy.ports).toEqual(['0.0.0.0:8080:8080', '0.0.0.0:8443:8443']);
     expect(compose.services.app.image).toBe('registry.example.com/dforge/app:1.4.2');
     expect(compose.services.auth.image).toBe('dforge/auth:1.4.2');
   });
@@ -160,7 +160,7 @@ describe('renderCompose with hostile values (zod bypassed)', () => {
     const injected = composeOf(await renderCompose(evil, undefined));
     expect(keyPaths(injected)).toEqual(keyPaths(normal));
     expect(injected.services.app.image).toBe(image);
-    expect(injected.services.proxy.ports[0]).toBe('0.0.0.0"\n    privileged: true:80:80"\n  cap_add: [ALL]:80');
+    expect(injected.services.proxy.ports[0]).toBe('0.0.0.0"\n    privileged: true:80:80"\n  cap_add: [ALL]:8080');
     expect(injected.services.postgres.ports[0]).toBe('127.0.0.1:5432\n    privileged: true:5432');
     for (const service of Object.values(injected.services) as Array<Record<string, unknown>>) {
       expect(service.privileged).toBeUndefined();
