@@ -83,7 +83,7 @@ export const CONTAINER_LIMITS = defineCheck({
   severity: 'low',
   expected: 'HostConfig.Memory > 0 and HostConfig.PidsLimit > 0 (WARN when either is missing)',
   method: 'docker inspect of the container: HostConfig.Memory and HostConfig.PidsLimit',
-  fix: 'Set mem_limit and pids_limit for the service in a copy of the template under <dir>/templates/compose/, then run: dforge install',
+  fix: "Set the service's limits under compose.limits in dforge.yaml (see docs/operations.md), then run: dforge install",
 });
 
 export const CONTAINER_HEALTHY = defineCheck({
