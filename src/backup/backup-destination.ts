@@ -14,8 +14,11 @@ export interface BackupDestination {
   get(location: string): Promise<Readable>;
   readSmall(location: string): Promise<string>;
   size(location: string): Promise<number>;
-  /** Locations under `prefix`, sorted. */
-  list(prefix: string): Promise<string[]>;
+  /**
+   * Locations under `prefix`, sorted: complete backups and manifests. With `everything`, also what
+   * dforge itself never lists (an upload in progress, a hidden file): whatever the place holds.
+   */
+  list(prefix: string, options?: {everything?: boolean}): Promise<string[]>;
   remove(location: string): Promise<void>;
   /** Removes in-progress uploads older than `olderThanMs` under `prefix` (left by a killed run). */
   removeIncomplete(prefix: string, olderThanMs: number): Promise<string[]>;

@@ -97,14 +97,14 @@ export class LocalDirectoryDestination implements BackupDestination {
     return (await fs.stat(this.file(location))).size;
   }
 
-  async list(prefix: string): Promise<string[]> {
+  async list(prefix: string, options: {everything?: boolean} = {}): Promise<string[]> {
     const base = this.file(prefix);
     const out: string[] = [];
     const walk = async (dir: string): Promise<void> => {
       for (const entry of await fs.readdir(dir, {withFileTypes: true}).catch(() => [])) {
         const full = path.join(dir, entry.name);
         if (entry.isDirectory()) await walk(full);
-        else if (!entry.name.endsWith(PARTIAL) && !entry.name.startsWith('.')) out.push(path.relative(this.root, full));
+        else if (options.everything || (!entry.name.endsWith(PARTIAL) && !entry.name.startsWith('.'))) out.push(path.relative(this.root, full));
       }
     };
     await walk(base);

@@ -219,7 +219,8 @@ export async function verifyResidency(
       try {
         destination = destinationFor(region, d, plane.keys.sealed);
         placement = await destination.where();
-        objects = await destination.list('');
+        // Everything the place holds, hidden files and unfinished uploads too: a name proves nothing.
+        objects = await destination.list('', {everything: true});
       } catch (err) {
         findings.push(finding('unverifiable', `destination:${d.name}`, `destination ${d.name} (region ${region}) could not be asked where it is or listed: ${errorText(err)}`));
         destinations.push({name: d.name, region, placement: null, fingerprint: null, recorded: recorded.get(`destination:${d.name}`) ?? null, status: 'unverifiable', objects: 0});

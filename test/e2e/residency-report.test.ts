@@ -193,6 +193,20 @@ describe.skipIf(!available)('residency report', () => {
       expect(json<ResidencyReportRun>(disguised).report.verification!.findings).toEqual([
         expect.objectContaining({kind: 'object-unreadable', location: `${planted}.manifest.json`, foundInRegion: 'eu'}),
       ]);
+      await fs.rm(`${planted}.manifest.json`);
+
+      // Hidden, or named like an unfinished upload: still looked at, and still attributed by its header.
+      for (const name of ['.hidden.dfb', 'upload.dfb.partial']) {
+        const hidden = path.join(path.dirname(planted), name);
+        await fs.copyFile(path.join(install.destinationDirs['us-local']!, location), hidden);
+        try {
+          const found = await install.cli(['residency', 'report', '--verify', '--json']);
+          expect(found.code, name).toBe(3);
+          expect(json<ResidencyReportRun>(found).report.verification!.findings, name).toEqual([expect.objectContaining({kind: 'object-outside-region', location: hidden, tenant: 'initech'})]);
+        } finally {
+          await fs.rm(hidden);
+        }
+      }
     } finally {
       await fs.rm(planted, {force: true});
       await fs.rm(`${planted}.manifest.json`, {force: true});
