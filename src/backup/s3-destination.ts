@@ -142,7 +142,7 @@ export class S3Destination implements BackupDestination {
     const where = `${this.config.endpoint} bucket ${this.config.bucket}`;
     const step: Record<string, string> = {
       InvalidAccessKeyId: `Seal the right access key again: dforge backup credentials ${this.name} < credentials.json`,
-      SignatureDoesNotMatch: `Seal the right secret key again: dforge backup credentials ${this.name} < credentials.json`,
+      SignatureDoesNotMatch: `Seal the secret key that belongs to the access key id again: dforge backup credentials ${this.name} < credentials.json`,
       AccessDenied: `Grant the key of ${this.name} s3:PutObject, GetObject, ListBucket, DeleteObject and the multipart actions on ${this.config.bucket}.`,
       NoSuchBucket: `Create bucket ${this.config.bucket} at ${this.config.endpoint}, or fix the bucket of ${this.name} in dforge.yaml.`,
       NoSuchKey: 'List backups with: dforge backup list',
@@ -150,7 +150,12 @@ export class S3Destination implements BackupDestination {
       ECONNREFUSED: `Check that ${this.config.endpoint} is up and reachable from this host.`,
       ENOTFOUND: `Check the endpoint host name of ${this.name} in dforge.yaml.`,
     };
-    return new UserError(`backup destination ${this.name} (${where}): ${what} failed: ${code}${status ? ` (HTTP ${status})` : ''}`, {
+    // The code alone does not tell an operator that the store refused the credentials, nor which half is wrong.
+    const refused: Record<string, string> = {
+      InvalidAccessKeyId: 'the store refused its credentials: it knows no such access key id',
+      SignatureDoesNotMatch: 'the store refused its credentials: the secret key is not the one of the access key id',
+    };
+    return new UserError(`backup destination ${this.name} (${where}): ${what} failed: ${code}${status ? ` (HTTP ${status})` : ''}${refused[code] ? `; ${refused[code]}` : ''}`, {
       nextSteps: [step[code] ?? `Check ${this.name}'s endpoint, bucket and credentials; retry once the store answers.`],
     });
   }

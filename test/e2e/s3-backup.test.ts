@@ -53,6 +53,15 @@ describe.skipIf(!available)('backups of a US tenant to an S3-compatible destinat
     expect(wrong.stderr).toContain('InvalidAccessKeyId');
     expect(wrong.stderr).not.toContain('wrong-secret-77e1');
 
+    // The right access key id with a wrong secret: the store checks the signature, not only the id.
+    const wrongSecret = await withStdin(['backup', 'credentials', 'us-s3'], JSON.stringify({...s3.credentials, secretAccessKey: 'wrong-secret-5b02'}));
+    expect(wrongSecret.code, wrongSecret.stderr).toBe(1);
+    expect(wrongSecret.stderr).toContain('SignatureDoesNotMatch');
+    expect(wrongSecret.stderr).toContain('refused its credentials');
+    expect(wrongSecret.stderr).toContain('dforge backup credentials us-s3');
+    expect(wrongSecret.stderr).not.toContain('wrong-secret-5b02');
+    expect(wrongSecret.stderr).not.toContain(s3.credentials.secretAccessKey);
+
     // Without sealed credentials a backup to the S3 destination fails and says how to seal them.
     expect((await install.cli(['tenant', 'create', 'initech', '--region', 'us'])).code).toBe(0);
     const unsealed = await install.cli(['backup', '--tenant', 'initech']);

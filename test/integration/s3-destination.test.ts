@@ -43,7 +43,7 @@ describe('S3 destination against a real S3-protocol server', () => {
   });
 
   it('refuses wrong credentials with the destination, the S3 code and what to do, and no secret', async () => {
-    // s3rver 3.7.1 checks the access key id but not the SigV4 signature, so the wrong key is the id.
+    // A key id the store does not know (the wrong secret for the right id is the next test).
     const wrong = {accessKeyId: 'NOBODY', secretAccessKey: 'not-the-secret-9f3a', region: 'us-east-1'};
     const err = await destination({}, wrong).putSmall('acme/x.json', '{}').catch((e: unknown) => e);
     expect(err).toBeInstanceOf(UserError);
@@ -54,6 +54,30 @@ describe('S3 destination against a real S3-protocol server', () => {
     expect(`${e.message} ${e.nextSteps.join(' ')}`).not.toContain('not-the-secret-9f3a');
     // Nothing was written.
     expect(await destination().list('')).toEqual([]);
+  });
+
+  it('refuses the right access key id with a wrong secret: says the credentials were refused and how to fix them, writes nothing', async () => {
+    const wrong = {...s3.credentials, secretAccessKey: 'not-the-secret-4c1d'};
+    const refused = (err: unknown, what: string): void => {
+      expect(err, what).toBeInstanceOf(UserError);
+      const e = err as UserError;
+      expect(e.message, what).toContain('us-s3');
+      expect(e.message, what).toContain('SignatureDoesNotMatch (HTTP 403)');
+      expect(e.message, what).toContain('refused its credentials');
+      expect(e.message, what).toContain('secret key');
+      expect(e.nextSteps.join(' '), what).toContain('dforge backup credentials us-s3 < credentials.json');
+      expect(`${e.message} ${e.nextSteps.join(' ')}`, what).not.toContain('not-the-secret-4c1d');
+      expect(`${e.message} ${e.nextSteps.join(' ')}`, what).not.toContain(s3.credentials.secretAccessKey);
+    };
+    const d = destination({}, wrong);
+    refused(await d.putSmall('acme/x.json', '{}').catch((e: unknown) => e), 'putSmall');
+    refused(await d.put('acme/x.dfb', generated(7 * MiB)).catch((e: unknown) => e), 'put');
+    refused(await d.list('').catch((e: unknown) => e), 'list');
+    refused(await d.removeIncomplete('', 0).catch((e: unknown) => e), 'removeIncomplete');
+    // Nothing was written, not even an open multipart upload.
+    expect(await destination().list('')).toEqual([]);
+    expect(await destination({prefix: ''}).list('')).toEqual([]);
+    expect(await s3.openUploads()).toEqual([]);
   });
 
   it('refuses a plain-http endpoint off loopback before any request is made', async () => {
