@@ -162,6 +162,7 @@ function manifestNames(config: DforgeConfig): string[] {
     'proxy.yaml',
     'ingress.yaml',
     'backup-cronjob.yaml',
+    'bootstrap-job.yaml',
   ];
 }
 
@@ -233,6 +234,8 @@ export async function renderKubernetes(config: DforgeConfig, overridesDir: strin
     network: {
       databaseEgress: databases,
       backupEgress: backupEgress(config, databases),
+      // The bootstrap Job reaches the bundled postgres and auth-db, nothing else.
+      bootstrapEgress: [{to: [...(findBundledCluster(config) ? [{podSelector: {matchLabels: selector('postgres')}}] : []), {podSelector: {matchLabels: selector('auth-db')}}], ports: [{protocol: 'TCP', port: 5432}]}],
       appEgress: [{to: [{podSelector: {matchLabels: selector('auth')}}], ports: [{protocol: 'TCP', port: 8080}]}, ...databases],
     },
     backup: {
@@ -242,6 +245,8 @@ export async function renderKubernetes(config: DforgeConfig, overridesDir: strin
       volumeMounts: backupMounts(config, masterKey.mount),
       masterKeyVolume: masterKey.volume,
     },
+    // The bootstrap Job: the backup job's install and master key, without the backup destinations.
+    bootstrap: {volumeMounts: [{name: 'install', mountPath: JOB_INSTALL_DIR}, masterKey.mount, {name: 'tmp', mountPath: '/tmp'}]},
     resources: manifests,
   };
 

@@ -82,6 +82,7 @@ describe('renderKubernetes', () => {
       'auth-db.yaml',
       'auth.yaml',
       'backup-cronjob.yaml',
+      'bootstrap-job.yaml',
       'ingress.yaml',
       'kustomization.yaml',
       'namespace.yaml',
@@ -90,7 +91,7 @@ describe('renderKubernetes', () => {
       'proxy.yaml',
     ]);
     const kustomization = parseManifests(first.find((f) => f.path === 'kustomization.yaml')!.content)[0]!;
-    expect(kustomization.resources).toEqual(['namespace.yaml', 'networkpolicies.yaml', 'postgres.yaml', 'auth-db.yaml', 'auth.yaml', 'app.yaml', 'proxy.yaml', 'ingress.yaml', 'backup-cronjob.yaml']);
+    expect(kustomization.resources).toEqual(['namespace.yaml', 'networkpolicies.yaml', 'postgres.yaml', 'auth-db.yaml', 'auth.yaml', 'app.yaml', 'proxy.yaml', 'ingress.yaml', 'backup-cronjob.yaml', 'bootstrap-job.yaml']);
     expect(objectsOf(first).map(objectId)).toEqual([
       'Service/app',
       'Deployment/app',
@@ -101,6 +102,7 @@ describe('renderKubernetes', () => {
       'Deployment/auth',
       'PersistentVolumeClaim/dforge-backups',
       'CronJob/dforge-backup',
+      'Job/dforge-bootstrap',
       'Ingress/dforge',
       'Namespace/dforge',
       'NetworkPolicy/default-deny',
@@ -110,6 +112,7 @@ describe('renderKubernetes', () => {
       'NetworkPolicy/auth',
       'NetworkPolicy/auth-db',
       'NetworkPolicy/backup',
+      'NetworkPolicy/bootstrap',
       'ConfigMap/postgres-config',
       'Service/postgres',
       'StatefulSet/postgres',
@@ -185,8 +188,8 @@ describe('renderKubernetes', () => {
       const templates = podTemplates(objects);
       expect(templates.map((t) => t.owner).sort()).toEqual(
         make === config
-          ? ['CronJob/dforge-backup', 'Deployment/app', 'Deployment/auth', 'Deployment/proxy', 'StatefulSet/auth-db', 'StatefulSet/postgres']
-          : ['CronJob/dforge-backup', 'Deployment/app', 'Deployment/auth', 'Deployment/proxy', 'StatefulSet/auth-db'],
+          ? ['CronJob/dforge-backup', 'Deployment/app', 'Deployment/auth', 'Deployment/proxy', 'Job/dforge-bootstrap', 'StatefulSet/auth-db', 'StatefulSet/postgres']
+          : ['CronJob/dforge-backup', 'Deployment/app', 'Deployment/auth', 'Deployment/proxy', 'Job/dforge-bootstrap', 'StatefulSet/auth-db'],
       );
       for (const {owner, spec} of templates) {
         expect(spec.automountServiceAccountToken, owner).toBe(false);
@@ -212,7 +215,7 @@ describe('renderKubernetes', () => {
           if (!spec.initContainers?.includes(c)) expect(mounts.map((m) => m.mountPath), where).toContain('/tmp');
         }
         // Long-running containers are probed; a batch job's run is bounded by activeDeadlineSeconds instead.
-        if (!owner.startsWith('CronJob/')) {
+        if (!owner.startsWith('CronJob/') && !owner.startsWith('Job/')) {
           for (const c of spec.containers) {
             expect(c.readinessProbe, `${owner} ${c.name} readiness`).toBeDefined();
             expect(c.livenessProbe, `${owner} ${c.name} liveness`).toBeDefined();
@@ -270,12 +273,14 @@ describe('renderKubernetes', () => {
     expect(postgres['postgresql.conf']).toContain("cluster_name = 'eu-1'");
     expect(authDb['postgresql.conf']).toContain("cluster_name = 'auth-db'");
     const rules = (hba: string): string[] => hba.split('\n').filter((l) => l.trim() && !l.startsWith('#')).map((l) => l.split(/\s+/).join(' '));
+    // The superuser over TLS: the bootstrap Job's way in, which the NetworkPolicy limits to app, backup and bootstrap pods.
     expect(rules(postgres['pg_hba.conf']!)).toEqual([
       'local all dforge_admin scram-sha-256',
+      'hostssl all dforge_admin all scram-sha-256',
       'hostssl all dforge_provisioner all scram-sha-256',
       'hostssl sameuser all all scram-sha-256',
     ]);
-    expect(rules(authDb['pg_hba.conf']!)).toEqual(['local all dforge_admin scram-sha-256', 'hostssl sameuser dforge_auth all scram-sha-256']);
+    expect(rules(authDb['pg_hba.conf']!)).toEqual(['local all dforge_admin scram-sha-256', 'hostssl all dforge_admin all scram-sha-256', 'hostssl sameuser dforge_auth all scram-sha-256']);
     const nginx = (find(objects, 'ConfigMap', 'proxy-config') as {data?: Record<string, string>}).data!['nginx.conf']!;
     expect(nginx).toMatch(/listen 8080 default_server;/);
     expect(nginx).toMatch(/server_name dforge\.example\.com;/);
@@ -506,7 +511,9 @@ describe('NetworkPolicies', () => {
         'auth -> auth-db:5432/TCP',
         'backup -> postgres:5432/TCP',
         'backup -> external-db:5432/TCP',
-        ...dns(['app', 'auth', 'auth-db', 'backup', 'postgres', 'proxy']),
+        'bootstrap -> postgres:5432/TCP',
+        'bootstrap -> auth-db:5432/TCP',
+        ...dns(['app', 'auth', 'auth-db', 'backup', 'bootstrap', 'postgres', 'proxy']),
       ].sort(),
     );
   });
@@ -523,7 +530,8 @@ describe('NetworkPolicies', () => {
         // pods of other namespaces included; the pods of this namespace still refuse.
         ...['external-db', 'ingress-controller', 'internet', 'kube-dns'].flatMap((to) => [`app -> ${to}:5432/TCP`, `backup -> ${to}:5432/TCP`]),
         'auth -> auth-db:5432/TCP',
-        ...dns(['app', 'auth', 'auth-db', 'backup', 'proxy']),
+        'bootstrap -> auth-db:5432/TCP',
+        ...dns(['app', 'auth', 'auth-db', 'backup', 'bootstrap', 'proxy']),
       ].sort(),
     );
     expect(flows).not.toContain('app -> auth-db:5432/TCP');
