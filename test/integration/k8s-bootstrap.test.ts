@@ -1,4 +1,5 @@
 import {execFile as execFileCb} from 'node:child_process';
+import {createHash} from 'node:crypto';
 import {promises as fs} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -97,6 +98,18 @@ describe.runIf(hasPg)('the Kubernetes bootstrap Job, against real PostgreSQL', (
     await fs.access(path.join(install.renderedDir, 'k8s', 'bootstrap-job.yaml'));
     await fs.access(path.join(k8sOverlayDir(install), 'kustomization.yaml'));
   });
+
+  it('a second identical install writes a byte-identical overlay: the archive is packed after every secret is sealed', async () => {
+    const snapshot = async (): Promise<Map<string, string>> => {
+      const files = (await fs.readdir(k8sOverlayDir(install), {recursive: true, withFileTypes: true})).filter((e) => e.isFile());
+      return new Map(await Promise.all(files.map(async (e) => [path.relative(k8sOverlayDir(install), path.join(e.parentPath, e.name)), createHash('sha256').update(await fs.readFile(path.join(e.parentPath, e.name))).digest('hex')] as const)));
+    };
+    const before = await snapshot();
+    expect(before.has(overlaySecretFile('dforge-install', 'install.tar'))).toBe(true);
+    const again = await runCli(['install', '--dir', install.root, '--yes']);
+    expect(again.code, again.stderr).toBe(4);
+    expect(await snapshot()).toEqual(before);
+  }, 120_000);
 
   it('creates the provisioner, dforge_control and the auth database from the pod inputs alone, and a rerun changes nothing', async () => {
     const first = await bootstrapKubernetes(pod, targets);
