@@ -3,18 +3,17 @@ import path from 'node:path';
 
 import {loadCertificateWithKey} from '../certs/store.js';
 import type {DforgeConfig} from '../config/schema.js';
-import {caCertFile, provisionerSecret, superuserSecret} from '../control/plane.js';
+import {caCertFile, clustersOf, provisionerSecret, superuserSecret} from '../control/plane.js';
 import {PartialError, UserError} from '../errors.js';
 import {openKeyServices, type KeyServices} from '../keys/context.js';
 import {jwksFile, jwtPrivateKeyName, readJwtKeys} from '../keys/jwt.js';
 import {ensureSealedPassword} from '../keys/sealed-password.js';
 import {clusterReachable, k8sOverlayDir, k8sRenderedDir, kubectl, publishedTenants, writeOverlayKustomization} from '../k8s/overlay.js';
-import {CATALOG_SECRET, kubernetesSecrets, MASTER_KEY_SECRET, masterKeySecretCommand, overlaySecretFile, renderKubernetes} from '../render/k8s.js';
+import {ARCHIVE_SECRETS, CATALOG_SECRET, kubernetesSecrets, MASTER_KEY_SECRET, masterKeySecretCommand, overlaySecretFile, renderKubernetes} from '../render/k8s.js';
 import {byCodePoint, writeRendered} from '../render/rendered-file.js';
 import {findBundledCluster} from '../render/values.js';
 import {ensureRuntimeDir, ROOT, writeRuntimeFile} from '../runtime/runtime-files.js';
 import {catalogText, withTenantCatalogLock} from '../runtime/tenant-catalog.js';
-import {masterDir} from '../secrets/master-key.js';
 import type {InstallDir} from '../state/install-dir.js';
 import type {Step} from '../ui/tasks.js';
 import {AUTH_DB_PASSWORD_SECRET, AUTH_DB_SUPERUSER_SECRET} from './secrets.js';
@@ -147,7 +146,8 @@ async function writeOverlay(dir: InstallDir, keys: KeyServices, config: DforgeCo
     'dforge-jwt-signing-key': {'jwt-signing-key.pem': (await keys.sealed.get(jwtPrivateKeyName(signing.kid))).toString('utf8')},
     'dforge-jwks': {'jwks.json': await fs.readFile(jwksFile(dir), 'utf8')},
     'dforge-proxy-tls': {'tls.crt': `${proxyTls.certPem.trimEnd()}\n${caPem.trimEnd()}\n`, 'tls.key': proxyTls.keyPem},
-    'dforge-install': {'install.tar': await installArchive(dir)},
+    [ARCHIVE_SECRETS.backup]: {'install.tar': await installArchive(dir, archiveSecrets(config, 'backup'))},
+    [ARCHIVE_SECRETS.bootstrap]: {'install.tar': await installArchive(dir, archiveSecrets(config, 'bootstrap'))},
     ...(passwords.superuser !== undefined ? {'dforge-postgres-superuser': {password: passwords.superuser}} : {}),
   };
   // The catalog is what the last tenant change published (publishKubernetesTenants), an empty one
@@ -172,34 +172,45 @@ async function writeOverlay(dir: InstallDir, keys: KeyServices, config: DforgeCo
 }
 
 /**
- * What the backup CronJob gets of the install, as one tar for the Secret dforge-install, named
- * file by file: dforge.yaml, the CA certificate its TLS connections verify against, and secrets/
- * without secrets/master/. The rest of secrets/ is sealed under the master key or public; the
- * master key itself reaches the job only from the operator's dforge-master-key, so no Secret
- * dforge generates can open the others. Fixed mtimes and sorted entries: the same install gives
- * the same bytes, and the Secret's hash changes only when its content does.
+ * The sealed secrets each job's archive carries, by name, and nothing else of secrets/ (no CA or
+ * service key, no JWT key): the backup job logs in as the provisioner of each cluster and writes
+ * to its destinations; the bootstrap Job sets up the bundled cluster and auth-db as their
+ * superusers. Only the bootstrap Job's Secret carries a superuser.
  */
-export async function installArchive(dir: InstallDir): Promise<Buffer> {
+export function archiveSecrets(config: DforgeConfig, workload: 'backup' | 'bootstrap'): string[] {
+  if (workload === 'backup') {
+    const provisioners = [...clustersOf(config).keys()].map(provisionerSecret);
+    const destinations = Object.values(config.regions).flatMap((r) => (r.backup?.destinations ?? []).flatMap((d) => (d.kind === 's3' ? [d.credentials.secret] : [])));
+    return [...new Set([...provisioners, ...destinations])].sort(byCodePoint);
+  }
+  const bundled = findBundledCluster(config);
+  return [...(bundled ? [superuserSecret(bundled.name), provisionerSecret(bundled.name)] : []), AUTH_DB_SUPERUSER_SECRET, AUTH_DB_PASSWORD_SECRET].sort(byCodePoint);
+}
+
+/**
+ * What a job gets of the install, as one tar for its Secret (ARCHIVE_SECRETS), named file by
+ * file: dforge.yaml, the CA certificate its TLS connections verify against, and the sealed
+ * secrets `names` (those that exist), each under its 0700 directories. All of them are sealed
+ * under the master key or public; the master key reaches the job only from the operator's
+ * dforge-master-key, so no Secret dforge generates can open the others. Fixed mtimes and sorted
+ * entries: the same install gives the same bytes, and the Secret's hash changes only when its
+ * content does.
+ */
+export async function installArchive(dir: InstallDir, names: readonly string[]): Promise<Buffer> {
   const tar = await import('tar');
   const rel = (file: string): string => path.relative(dir.root, file);
   const ca = rel(caCertFile(dir));
-  const entries = [rel(dir.configFile), path.dirname(ca), ca, ...(await listTree(dir.root, rel(dir.secretsDir), new Set([rel(masterDir(dir))])))];
+  const files: string[] = [];
+  for (const name of names) {
+    const file = dir.secretPath(`${name}.sealed`);
+    if (await fs.stat(file).then((st) => st.isFile(), () => false)) files.push(rel(file));
+  }
+  const dirs = new Set<string>();
+  for (const file of files) for (let d = path.dirname(file); d !== '.'; d = path.dirname(d)) dirs.add(d);
+  const entries = [rel(dir.configFile), path.dirname(ca), ca, ...[...dirs, ...files].sort(byCodePoint)];
   const chunks: Buffer[] = [];
   const stream = tar.c({cwd: dir.root, portable: true, mtime: new Date(0), noDirRecurse: true}, entries);
   for await (const chunk of stream) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
-}
-
-/** The directories and regular files of `rel` under `root`, sorted, leaving out the `excluded` subtrees (paths relative to root). */
-async function listTree(root: string, rel: string, excluded: ReadonlySet<string>): Promise<string[]> {
-  const out = [rel];
-  const entries = (await fs.readdir(path.join(root, rel), {withFileTypes: true})).sort((a, b) => byCodePoint(a.name, b.name));
-  for (const e of entries) {
-    const child = `${rel}/${e.name}`;
-    if (excluded.has(child)) continue;
-    if (e.isDirectory()) out.push(...(await listTree(root, child, excluded)));
-    else if (e.isFile()) out.push(child);
-  }
-  return out;
 }
 

@@ -47,6 +47,14 @@ describe.runIf(hasPg)('the Kubernetes bootstrap Job, against real PostgreSQL', (
     const endpoint = (c: PgCluster, name: string) => ({name, host: c.host, port: c.port, caPem: c.ca.caCertPem, servername: 'localhost'});
     return {postgres: endpoint(postgres, cluster), authDb: endpoint(authDb, 'auth-db')};
   };
+  /** A job's pod: its archive Secret's install.tar unpacked by the real tar into an empty directory, the master key mounted beside. */
+  const unpackPod = async (archiveSecret: string, name: string): Promise<InstallDir> => {
+    const dir = new InstallDir(path.join(root, name));
+    await fs.mkdir(dir.root, {mode: 0o700});
+    await execFile('tar', ['-x', '-f', path.join(k8sOverlayDir(install), overlaySecretFile(archiveSecret, 'install.tar')), '-C', dir.root]);
+    await fs.cp(masterDir(install), masterDir(dir), {recursive: true});
+    return dir;
+  };
   const overlaySecret = (secret: string, key: string): Promise<string> => fs.readFile(path.join(k8sOverlayDir(install), overlaySecretFile(secret, key)), 'utf8');
 
   beforeAll(async () => {
@@ -57,11 +65,7 @@ describe.runIf(hasPg)('the Kubernetes bootstrap Job, against real PostgreSQL', (
     const config = parseYaml(await fs.readFile(install.configFile, 'utf8')) as {regions: {eu: {clusters: Array<{name: string; kind: string}>}}};
     cluster = config.regions.eu.clusters.find((c) => c.kind === 'bundled')!.name;
 
-    // The pod: install.tar unpacked by the real tar into an empty directory, the master key mounted beside.
-    pod = new InstallDir(path.join(root, 'pod'));
-    await fs.mkdir(pod.root, {mode: 0o700});
-    await execFile('tar', ['-x', '-f', path.join(k8sOverlayDir(install), overlaySecretFile('dforge-install', 'install.tar')), '-C', pod.root]);
-    await fs.cp(masterDir(install), masterDir(pod), {recursive: true});
+    pod = await unpackPod('dforge-bootstrap-install', 'bootstrap-pod');
 
     [postgres, authDb] = await Promise.all([startPgCluster('k8s-postgres'), startPgCluster('k8s-auth-db')]);
     for (const [c, secret] of [
@@ -105,7 +109,7 @@ describe.runIf(hasPg)('the Kubernetes bootstrap Job, against real PostgreSQL', (
       return new Map(await Promise.all(files.map(async (e) => [path.relative(k8sOverlayDir(install), path.join(e.parentPath, e.name)), createHash('sha256').update(await fs.readFile(path.join(e.parentPath, e.name))).digest('hex')] as const)));
     };
     const before = await snapshot();
-    expect(before.has(overlaySecretFile('dforge-install', 'install.tar'))).toBe(true);
+    expect(before.has(overlaySecretFile('dforge-bootstrap-install', 'install.tar'))).toBe(true);
     const again = await runCli(['install', '--dir', install.root, '--yes']);
     expect(again.code, again.stderr).toBe(4);
     expect(await snapshot()).toEqual(before);
@@ -132,16 +136,19 @@ describe.runIf(hasPg)('the Kubernetes bootstrap Job, against real PostgreSQL', (
     }
   }, 120_000);
 
-  it('a backup through the bootstrapped cluster works, run by dforge on the pod directory', async () => {
+  it('a backup through the bootstrapped cluster works, run by dforge in the backup pod', async () => {
+    const backupPod = await unpackPod('dforge-backup-install', 'backup-pod');
+    // The backup pod gets no superuser, no key of the PKI, no JWT key: only the provisioner's password.
+    expect((await fs.readdir(backupPod.secretsDir, {recursive: true})).sort()).toEqual(['master', 'master/keyring.json', 'master/v1.key', 'postgres', `postgres/${cluster}`, `postgres/${cluster}/provisioner.sealed`]);
     // Where the backup CronJob reaches postgres by its Service name, this host reaches the stand-in
     // by address: the cluster becomes an external one of the same name (its secrets are named by it).
-    const config = parseYaml(await fs.readFile(pod.configFile, 'utf8')) as {regions: {eu: {clusters: Array<Record<string, unknown>>; backup?: unknown}}};
+    const config = parseYaml(await fs.readFile(backupPod.configFile, 'utf8')) as {regions: {eu: {clusters: Array<Record<string, unknown>>; backup?: unknown}}};
     config.regions.eu.clusters = [{name: cluster, kind: 'external', host: 'localhost', port: postgres.port, caFile: postgres.ca.caCertFile, admin: {secret: `postgres/${cluster}-admin`}}];
     const backups = path.join(root, 'backups');
     config.regions.eu.backup = {destinations: [{name: 'local', kind: 'local', path: backups}]};
-    await fs.writeFile(pod.configFile, stringifyYaml(config));
+    await fs.writeFile(backupPod.configFile, stringifyYaml(config));
 
-    const r = await runCli(['backup', '--all', '--dir', pod.root, '--json']);
+    const r = await runCli(['backup', '--all', '--dir', backupPod.root, '--json']);
     expect(r.code, r.stderr).toBe(0);
     const result = JSON.parse(r.stdout) as {control: unknown};
     expect(result.control).toBeDefined();

@@ -9,7 +9,8 @@ import {generateCertificates} from '../../src/certs/service.js';
 import {configSchema, type DforgeConfig} from '../../src/config/schema.js';
 import {caCertFile} from '../../src/control/plane.js';
 import {UserError} from '../../src/errors.js';
-import {installArchive} from '../../src/install/k8s.js';
+import {archiveSecrets, installArchive} from '../../src/install/k8s.js';
+import {AUTH_DB_PASSWORD_SECRET, AUTH_DB_SUPERUSER_SECRET} from '../../src/install/secrets.js';
 import {openKeyServices} from '../../src/keys/context.js';
 import {initKeys} from '../../src/keys/init.js';
 import {ensureSealedPassword} from '../../src/keys/sealed-password.js';
@@ -337,7 +338,7 @@ describe('renderKubernetes', () => {
       {name: 'backups', mountPath: '/var/backups/dforge/eu', subPath: 'eu/eu-local'},
       {name: 'backups', mountPath: '/var/backups/dforge/us', subPath: 'us/us-local'},
     ]);
-    expect(pod.volumes).toContainEqual({name: 'install-archive', secret: {secretName: 'dforge-install', defaultMode: 0o440}});
+    expect(pod.volumes).toContainEqual({name: 'install-archive', secret: {secretName: 'dforge-backup-install', defaultMode: 0o440}});
     expect(pod.volumes).toContainEqual({name: 'master-key', secret: {secretName: MASTER_KEY_SECRET, defaultMode: 0o440}});
     // The unpacked install (keys included) lives in memory, never on the node's disk.
     expect(pod.volumes).toContainEqual({name: 'install', emptyDir: {medium: 'Memory', sizeLimit: '64Mi'}});
@@ -587,7 +588,7 @@ describe('renderKubernetesOverlay', () => {
   });
 });
 
-describe('installArchive (the Secret dforge-install)', () => {
+describe('installArchive (the Secrets dforge-backup-install and dforge-bootstrap-install)', () => {
   let install: InstallDir & {cleanup(): Promise<void>};
   let job: string;
   let provisioner: string;
@@ -618,28 +619,33 @@ describe('installArchive (the Secret dforge-install)', () => {
   const filesUnder = async (root: string, dir: string): Promise<string[]> =>
     (await fs.readdir(path.join(root, dir), {recursive: true, withFileTypes: true})).filter((e) => e.isFile()).map((e) => path.relative(root, path.join(e.parentPath, e.name)));
 
-  it('holds dforge.yaml, the CA certificate and every file of secrets/ but those of secrets/master/, byte-identical each time', async () => {
-    const archive = await installArchive(install);
-    expect(await installArchive(install)).toEqual(archive);
-    const entries = await entriesOf(archive);
-    const master = path.relative(install.root, masterDir(install));
-    const masterFiles = await filesUnder(install.root, master);
-    expect(masterFiles.sort()).toEqual(['secrets/master/keyring.json', 'secrets/master/v1.key']);
-    expect(entries.filter((e) => e.startsWith(master))).toEqual([]);
-    const secretFiles = (await filesUnder(install.root, 'secrets')).filter((f) => !masterFiles.includes(f));
-    expect(secretFiles).toContain('secrets/pki/ca.key.sealed');
-    expect(entries.filter((e) => !e.endsWith('/')).sort()).toEqual(['dforge.yaml', path.relative(install.root, caCertFile(install)), ...secretFiles].sort());
-    // Not in any encoding: the key file's base64, nor the key's bytes.
-    const key = (await fs.readFile(path.join(masterDir(install), 'v1.key'), 'utf8')).trim();
-    expect(archive.includes(key)).toBe(false);
-    expect(archive.includes(Buffer.from(key, 'base64'))).toBe(false);
+  it('gives each job dforge.yaml, the CA certificate and only the sealed secrets it needs, byte-identical each time', async () => {
+    const keys = await openKeyServices(install);
+    for (const name of ['postgres/eu-1/superuser', AUTH_DB_SUPERUSER_SECRET, AUTH_DB_PASSWORD_SECRET]) await ensureSealedPassword(keys, name);
+    const ca = path.relative(install.root, caCertFile(install));
+    const expected = {
+      backup: ['dforge.yaml', ca, 'secrets/postgres/eu-1/provisioner.sealed'],
+      bootstrap: ['dforge.yaml', ca, 'secrets/auth/db-password.sealed', 'secrets/postgres/auth-db/superuser.sealed', 'secrets/postgres/eu-1/provisioner.sealed', 'secrets/postgres/eu-1/superuser.sealed'],
+    };
+    // What neither job may reach, though the install holds it: the keys of the PKI, the JWT signing key, the master key.
+    expect(await filesUnder(install.root, 'secrets')).toEqual(expect.arrayContaining(['secrets/pki/ca.key.sealed', 'secrets/master/v1.key']));
+    for (const workload of ['backup', 'bootstrap'] as const) {
+      const archive = await installArchive(install, archiveSecrets(config(), workload));
+      expect(await installArchive(install, archiveSecrets(config(), workload))).toEqual(archive);
+      const entries = await entriesOf(archive);
+      expect(entries.filter((e) => !e.endsWith('/')).sort(), workload).toEqual(expected[workload].sort());
+      // Not in any encoding: the key file's base64, nor the key's bytes.
+      const key = (await fs.readFile(path.join(masterDir(install), 'v1.key'), 'utf8')).trim();
+      expect(archive.includes(key)).toBe(false);
+      expect(archive.includes(Buffer.from(key, 'base64'))).toBe(false);
+    }
   });
 
   it('opens in the backup job only once the master key Secret is mounted where the rendered CronJob mounts it', async () => {
     const tar = await import('tar');
     const extract = tar.x({cwd: job});
     const done = new Promise((resolve, reject) => extract.on('close', resolve).on('error', reject));
-    extract.end(await installArchive(install));
+    extract.end(await installArchive(install, archiveSecrets(config(), 'backup')));
     await done;
     const unpacked = new InstallDir(job);
     await expect(openKeyServices(unpacked)).rejects.toThrow(/no master key/);
