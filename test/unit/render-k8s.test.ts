@@ -208,7 +208,7 @@ describe('renderKubernetes', () => {
           expect(c.securityContext, where).toEqual({runAsNonRoot: true, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: ['ALL']}});
           const resources = c.resources as {requests: Record<string, string>; limits: Record<string, string>};
           for (const kind of ['requests', 'limits'] as const) {
-            expect(Object.keys(resources?.[kind] ?? {}).sort(), `${where} ${kind}`).toEqual(['cpu', 'memory']);
+            expect(Object.keys(resources?.[kind] ?? {}).sort(), `${where} ${kind}`).toEqual(['cpu', 'ephemeral-storage', 'memory']);
           }
           // With a read-only root, everything writable is an emptyDir or a volume claim, and /tmp is one of them.
           const mounts = (c.volumeMounts ?? []) as Array<{name: string; mountPath: string; readOnly?: boolean}>;
