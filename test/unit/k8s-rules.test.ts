@@ -8,9 +8,9 @@ import {objectId, parseManifests, podTemplates, type Container, type K8sObject, 
  * Outside judges, as data: the kube-score and Polaris rules dforge adopts, each written as a check
  * over every rendered object, failing with the rule's name. Neither tool is packaged for Debian or
  * npm, so their rules are re-implemented here from their documentation; where a rule is adapted,
- * the note says how. Not adopted yet: kube-score deployment-has-poddisruptionbudget,
- * deployment-has-host-podantiaffinity, and the part of pod-probes that wants readiness and
- * liveness on different handlers (the app and auth images serve one /healthz).
+ * the note says how. Not adopted yet: kube-score deployment-has-host-podantiaffinity (topology
+ * spread instead), and the part of pod-probes that wants readiness and liveness on different
+ * handlers (the app and auth images serve one /healthz).
  */
 const config = (): DforgeConfig =>
   configSchema.parse({
@@ -69,6 +69,18 @@ const RULES: Rule[] = [
     if (o.kind !== 'NetworkPolicy') return undefined;
     const selector = (o.spec as any).podSelector.matchLabels as Record<string, string> | undefined;
     return podTemplates(objects).some((t) => matches(selector, t.metadata.labels ?? {})) ? undefined : 'selects no pod';
+  }},
+  {tool: 'kube-score', rule: 'deployment-has-poddisruptionbudget', object: (objects, o) => {
+    if (o.kind !== 'Deployment' || ((o.spec as any).replicas ?? 1) < 2) return undefined;
+    const labels = (o.spec as any).template.metadata.labels as Record<string, string>;
+    return objects.some((b) => b.kind === 'PodDisruptionBudget' && matches((b.spec as any).selector.matchLabels, labels)) ? undefined : 'no PodDisruptionBudget selects its pods';
+  }},
+  {tool: 'Polaris', rule: 'topologySpreadConstraint', object: (_objects, o) => (o.kind === 'Deployment' && ((o.spec as any).replicas ?? 1) >= 2 && !((o.spec as any).template.spec.topologySpreadConstraints?.length > 0) ? 'replicas without topologySpreadConstraints' : undefined)},
+  {tool: 'Polaris', rule: 'missingServiceAccount', note: 'adapted: every pod names its own ServiceAccount, which exists and mounts no token', pod: (objects, t) => {
+    const name = t.spec.serviceAccountName as string | undefined;
+    const account = objects.find((o) => o.kind === 'ServiceAccount' && o.metadata.name === name) as (K8sObject & {automountServiceAccountToken?: boolean}) | undefined;
+    const shared = podTemplates(objects).filter((x) => x.spec.serviceAccountName === name).length > 1;
+    return !account || account.automountServiceAccountToken !== false || shared ? `serviceAccountName ${name}: missing, shared or mounting a token` : undefined;
   }},
   {tool: 'kube-score', rule: 'statefulset-has-servicename', object: (objects, o) => (o.kind === 'StatefulSet' && !objects.some((s) => s.kind === 'Service' && s.metadata.name === (o.spec as any).serviceName) ? 'serviceName names no Service' : undefined)},
   {tool: 'Polaris', rule: 'runAsRootAllowed', container: ({template: t, container: c}) => ((sc(c).runAsNonRoot ?? podSc(t).runAsNonRoot) === true ? undefined : 'runAsNonRoot not true')},
