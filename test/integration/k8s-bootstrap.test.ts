@@ -115,6 +115,12 @@ describe.runIf(hasPg)('the Kubernetes bootstrap Job, against real PostgreSQL', (
     expect(await snapshot()).toEqual(before);
   }, 120_000);
 
+  it('opens nothing without the operator\'s master key Secret: the archive alone is sealed', async () => {
+    const bare = await unpackPod('dforge-bootstrap-install', 'bootstrap-pod-no-master');
+    await fs.rm(masterDir(bare), {recursive: true, force: true});
+    await expect(bootstrapKubernetes(bare, targets)).rejects.toThrow(/no master key/);
+  });
+
   it('creates the provisioner, dforge_control and the auth database from the pod inputs alone, and a rerun changes nothing', async () => {
     const first = await bootstrapKubernetes(pod, targets);
     expect(first).toMatchObject({cluster: {name: cluster, provisionerCreated: true, controlDatabaseCreated: true}, authDatabaseCreated: true});
