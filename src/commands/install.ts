@@ -66,12 +66,8 @@ Running it again changes only what differs: no secret is regenerated, changed fi
       await runSteps(await targetInstallSteps(dir, options, ctx.config!.target), ctx, this.out);
     });
     const result = await installResult(dir, ctx);
-    if (!this.jsonEnabled() && result.applied === false) {
-      this.log(`Rendered for Kubernetes, not applied: no cluster is reachable with the current kubeconfig.`);
-      this.log(`manifests           ${dir.renderedDir}/k8s (kustomize base)`);
-      this.log(`apply with          kubectl apply -k ${dir.runtimeDir}/k8s`);
-      this.log(`CA fingerprint      ${result.caFingerprint}`);
-    } else if (!this.jsonEnabled()) {
+    // A k8s install that could not apply or bootstrap has stopped with exit 4 and its next commands.
+    if (!this.jsonEnabled()) {
       this.log(`dForge is up at     ${result.url}`);
       this.log(`CA fingerprint      ${result.caFingerprint}  (trust ${dir.root}/pki/ca.crt)`);
       for (const s of result.services) this.log(`service             ${s.service.padEnd(8)} ${s.state}, ${s.health}`);

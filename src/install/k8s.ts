@@ -1,36 +1,32 @@
-import {execFile} from 'node:child_process';
 import {promises as fs} from 'node:fs';
 import path from 'node:path';
 
 import {loadCertificateWithKey} from '../certs/store.js';
 import type {DforgeConfig} from '../config/schema.js';
 import {caCertFile} from '../certs/pki-paths.js';
-import {superuserSecret} from '../control/clusters.js';
-import {UserError} from '../errors.js';
+import {clustersOf, provisionerSecret, superuserSecret} from '../control/clusters.js';
+import {PartialError, UserError} from '../errors.js';
 import {openKeyServices, type KeyServices} from '../keys/context.js';
 import {jwksFile, jwtPrivateKeyName, readJwtKeys} from '../keys/jwt.js';
 import {ensureSealedPassword} from '../keys/sealed-password.js';
-import {CATALOG_SECRET, kubernetesSecrets, MASTER_KEY_SECRET, masterKeySecretCommand, overlaySecretFile, renderKubernetes, renderKubernetesOverlay, TENANT_PASSWORD_KEY, TENANT_SECRET_PREFIX, tenantSecretName} from '../render/k8s.js';
+import {clusterReachable, k8sOverlayDir, k8sRenderedDir, kubectl, publishedTenants, writeOverlayKustomization} from '../k8s/overlay.js';
+import {ARCHIVE_SECRETS, CATALOG_SECRET, kubernetesSecrets, MASTER_KEY_SECRET, masterKeySecretCommand, overlaySecretFile, renderKubernetes} from '../render/k8s.js';
 import {byCodePoint, writeRendered} from '../render/rendered-file.js';
 import {findBundledCluster} from '../render/values.js';
 import {ensureRuntimeDir, ROOT, writeRuntimeFile} from '../runtime/runtime-files.js';
 import {catalogText, withTenantCatalogLock} from '../runtime/tenant-catalog.js';
-import {masterDir} from '../secrets/master-key.js';
 import type {InstallDir} from '../state/install-dir.js';
 import type {Step} from '../ui/tasks.js';
 import {AUTH_DB_PASSWORD_SECRET, AUTH_DB_SUPERUSER_SECRET} from './secrets.js';
 import type {InstallContext} from './context.js';
 
-export const k8sRenderedDir = (dir: InstallDir): string => path.join(dir.renderedDir, 'k8s');
-/** The overlay with the Secret files: under runtime/ (0700), never under rendered/. */
-export const k8sOverlayDir = (dir: InstallDir): string => path.join(dir.runtimeDir, 'k8s');
-
-const KUBECTL_TIMEOUT_MS = 15_000;
 
 /**
  * The k8s target after the common steps: render the kustomize base, write the overlay with one
- * file per Secret key, then apply it with kubectl. Without a reachable cluster it stops after
- * writing, and says how to apply later (from this host or another one).
+ * file per Secret key, apply it with kubectl, then wait for the bootstrap Job (the databases:
+ * dforge_control, the provisioner, auth-db). Without a reachable cluster, or without the
+ * operator's master key Secret, it stops with exit 4 (incomplete) after writing, naming the
+ * commands that finish it.
  */
 export function k8sInstallSteps(dir: InstallDir): Array<Step<InstallContext>> {
   return [
@@ -52,23 +48,70 @@ export function k8sInstallSteps(dir: InstallDir): Array<Step<InstallContext>> {
     {
       title: 'Apply',
       async run(ctx) {
-        const reachable = await clusterReachable();
-        const masterKey = `the backup CronJob needs the Secret ${MASTER_KEY_SECRET}, which dforge never creates: ${masterKeySecretCommand(ctx.config!, dir)}`;
-        if (!reachable) {
+        const config = ctx.config!;
+        const next = nextCommands(dir, config);
+        if (!(await clusterReachable())) {
           ctx.applied = false;
-          return `no Kubernetes cluster reachable with the current kubeconfig: stopped after rendering. Apply with: kubectl apply -k ${k8sOverlayDir(dir)}; ${masterKey}`;
+          throw new PartialError(`the install is incomplete: rendered ${k8sRenderedDir(dir)} and wrote the overlay ${k8sOverlayDir(dir)}, but no Kubernetes cluster is reachable with the current kubeconfig, so nothing was applied and the databases are not bootstrapped`, {
+            nextSteps: [
+              'Point kubectl at the cluster and run dforge install --target k8s again, or run these from this host:',
+              `${next.masterKey}   (once: the master key Secret, if the namespace has none yet)`,
+              next.deleteJob,
+              next.apply,
+              next.wait,
+            ],
+            data: {rendered: k8sRenderedDir(dir), overlay: k8sOverlayDir(dir), commands: [next.masterKey, next.deleteJob, next.apply, next.wait]},
+          });
         }
+        await kubectl(['-n', config.kubernetes.namespace, 'delete', 'job', BOOTSTRAP_JOB, '--ignore-not-found', '--wait=true']);
         await kubectl(['apply', '-k', k8sOverlayDir(dir)]);
         ctx.applied = true;
+        return `applied ${k8sOverlayDir(dir)}`;
+      },
+    },
+    {
+      title: 'Bootstrap',
+      async run(ctx) {
+        const config = ctx.config!;
+        const {masterKey, deleteJob, apply, wait} = nextCommands(dir, config);
         // -o name prints the name only: nothing of the Secret's data leaves the cluster.
-        const present = await kubectl(['-n', ctx.config!.kubernetes.namespace, 'get', 'secret', MASTER_KEY_SECRET, '-o', 'name']).then(
+        const present = await kubectl(['-n', config.kubernetes.namespace, 'get', 'secret', MASTER_KEY_SECRET, '-o', 'name']).then(
           () => true,
           () => false,
         );
-        return present ? `applied ${k8sOverlayDir(dir)}` : `applied ${k8sOverlayDir(dir)}; ${masterKey}`;
+        if (!present) {
+          throw new PartialError(`the install is incomplete: the overlay is applied, but the Job ${BOOTSTRAP_JOB} cannot open the install's secrets until the Secret ${MASTER_KEY_SECRET} exists, which dforge never creates`, {
+            nextSteps: ['Create it from this host, then wait for the bootstrap:', masterKey, wait],
+            data: {commands: [masterKey, wait]},
+          });
+        }
+        await kubectl(waitArgs(config)).catch((err: unknown) => {
+          throw new PartialError(`the install is incomplete: the overlay is applied, but the Job ${BOOTSTRAP_JOB} did not complete within ${BOOTSTRAP_TIMEOUT_S}s`, {
+            nextSteps: [`See why: kubectl -n ${config.kubernetes.namespace} logs job/${BOOTSTRAP_JOB}`, 'Fix it, then run again:', deleteJob, apply, wait],
+            cause: err,
+          });
+        });
+        return `${BOOTSTRAP_JOB} complete: dforge_control and the auth database are ready`;
       },
     },
   ];
+}
+
+/** The Job that bootstraps the databases in the cluster (templates/k8s/bootstrap-job.yaml), and how long install waits for it. */
+const BOOTSTRAP_JOB = 'dforge-bootstrap';
+const BOOTSTRAP_TIMEOUT_S = 600;
+
+const waitArgs = (config: DforgeConfig): string[] => ['-n', config.kubernetes.namespace, 'wait', '--for=condition=complete', `job/${BOOTSTRAP_JOB}`, `--timeout=${BOOTSTRAP_TIMEOUT_S}s`];
+
+/** The commands that finish a k8s install by hand, run where the install directory is, with kubectl pointed at the cluster. */
+function nextCommands(dir: InstallDir, config: DforgeConfig): {masterKey: string; deleteJob: string; apply: string; wait: string} {
+  return {
+    masterKey: masterKeySecretCommand(config, dir),
+    // A Job's pod template cannot change: the previous run goes before the apply creates this one.
+    deleteJob: `kubectl -n ${config.kubernetes.namespace} delete job ${BOOTSTRAP_JOB} --ignore-not-found`,
+    apply: `kubectl apply -k ${k8sOverlayDir(dir)}`,
+    wait: `kubectl ${waitArgs(config).join(' ')}`,
+  };
 }
 
 /** The overlay kustomization and every Secret's key as a 0600 file; returns how many files changed. */
@@ -87,16 +130,26 @@ async function writeOverlay(dir: InstallDir, keys: KeyServices, config: DforgeCo
   const signing = (await readJwtKeys(dir)).find((k) => k.state === 'signing');
   if (!signing) throw new UserError('no JWT signing key', {nextSteps: ['Create the keys with: dforge keys init']});
   const bundled = findBundledCluster(config);
+  // Every credential is sealed before the archive is packed: the archive carries the sealed store,
+  // and one sealed after it would change the next run's archive (and roll the pods) for nothing.
+  // The provisioner's is not in any Secret of its own: the bootstrap Job sets it on the cluster
+  // and the backup job logs in with it, both from the archive.
+  const passwords = {
+    authDbSuperuser: await sealed(AUTH_DB_SUPERUSER_SECRET),
+    authDb: await sealed(AUTH_DB_PASSWORD_SECRET),
+    ...(bundled ? {superuser: await sealed(superuserSecret(bundled.name)), provisioner: await sealed(provisionerSecret(bundled.name))} : {}),
+  };
   const values: Record<string, Record<string, string | Buffer>> = {
     'dforge-ca': {'ca.crt': caPem},
     'dforge-postgres-tls': {'tls.crt': postgresTls.certPem, 'tls.key': postgresTls.keyPem},
-    'dforge-auth-db-superuser': {password: await sealed(AUTH_DB_SUPERUSER_SECRET)},
-    'dforge-auth-db-password': {password: await sealed(AUTH_DB_PASSWORD_SECRET)},
+    'dforge-auth-db-superuser': {password: passwords.authDbSuperuser},
+    'dforge-auth-db-password': {password: passwords.authDb},
     'dforge-jwt-signing-key': {'jwt-signing-key.pem': (await keys.sealed.get(jwtPrivateKeyName(signing.kid))).toString('utf8')},
     'dforge-jwks': {'jwks.json': await fs.readFile(jwksFile(dir), 'utf8')},
     'dforge-proxy-tls': {'tls.crt': `${proxyTls.certPem.trimEnd()}\n${caPem.trimEnd()}\n`, 'tls.key': proxyTls.keyPem},
-    'dforge-install': {'install.tar': await installArchive(dir)},
-    ...(bundled ? {'dforge-postgres-superuser': {password: await sealed(superuserSecret(bundled.name))}} : {}),
+    [ARCHIVE_SECRETS.backup]: {'install.tar': await installArchive(dir, archiveSecrets(config, 'backup'))},
+    [ARCHIVE_SECRETS.bootstrap]: {'install.tar': await installArchive(dir, archiveSecrets(config, 'bootstrap'))},
+    ...(passwords.superuser !== undefined ? {'dforge-postgres-superuser': {password: passwords.superuser}} : {}),
   };
   // The catalog is what the last tenant change published (publishKubernetesTenants), an empty one
   // at first. It is read and the overlay written under the catalog lock, so a concurrent tenant
@@ -119,98 +172,46 @@ async function writeOverlay(dir: InstallDir, keys: KeyServices, config: DforgeCo
   });
 }
 
-/** The tenants whose password Secret the overlay holds: what tenant changes last published. */
-async function publishedTenants(overlay: string): Promise<string[]> {
-  const names = await fs.readdir(path.join(overlay, 'secrets')).catch(() => [] as string[]);
-  return names.filter((n) => n.startsWith(TENANT_SECRET_PREFIX)).map((n) => n.slice(TENANT_SECRET_PREFIX.length));
-}
-
-async function writeOverlayKustomization(dir: InstallDir, config: DforgeConfig, tenants: readonly string[]): Promise<boolean> {
-  const overlay = k8sOverlayDir(dir);
-  let changed = false;
-  for (const f of renderKubernetesOverlay(config, {base: path.relative(overlay, k8sRenderedDir(dir)), tenants})) {
-    changed = (await writeRuntimeFile(path.join(overlay, f.path), f.content, {mode: 0o600, owner: ROOT})) || changed;
+/**
+ * The sealed secrets each job's archive carries, by name, and nothing else of secrets/ (no CA or
+ * service key, no JWT key): the backup job logs in as the provisioner of each cluster and writes
+ * to its destinations; the bootstrap Job sets up the bundled cluster and auth-db as their
+ * superusers. Only the bootstrap Job's Secret carries a superuser.
+ */
+export function archiveSecrets(config: DforgeConfig, workload: 'backup' | 'bootstrap'): string[] {
+  if (workload === 'backup') {
+    const provisioners = [...clustersOf(config).keys()].map(provisionerSecret);
+    const destinations = Object.values(config.regions).flatMap((r) => (r.backup?.destinations ?? []).flatMap((d) => (d.kind === 's3' ? [d.credentials.secret] : [])));
+    return [...new Set([...provisioners, ...destinations])].sort(byCodePoint);
   }
-  return changed;
+  const bundled = findBundledCluster(config);
+  return [...(bundled ? [superuserSecret(bundled.name), provisionerSecret(bundled.name)] : []), AUTH_DB_SUPERUSER_SECRET, AUTH_DB_PASSWORD_SECRET].sort(byCodePoint);
 }
 
 /**
- * The Kubernetes side of a tenant change: the catalog Secret and one password Secret per active
- * tenant in the overlay, then `kubectl apply`, which rolls the app pods onto the new set. Without
- * a reachable cluster the files are written and the note says how to apply them.
+ * What a job gets of the install, as one tar for its Secret (ARCHIVE_SECRETS), named file by
+ * file: dforge.yaml, the CA certificate its TLS connections verify against, and the sealed
+ * secrets `names` (those that exist), each under its 0700 directories. All of them are sealed
+ * under the master key or public; the master key reaches the job only from the operator's
+ * dforge-master-key, so no Secret dforge generates can open the others. Fixed mtimes and sorted
+ * entries: the same install gives the same bytes, and the Secret's hash changes only when its
+ * content does.
  */
-export async function publishKubernetesTenants(dir: InstallDir, config: DforgeConfig, catalog: string, passwords: ReadonlyMap<string, string>): Promise<{changed: boolean; applied: boolean; note: string}> {
-  const overlay = k8sOverlayDir(dir);
-  await fs.access(path.join(overlay, 'kustomization.yaml')).catch(() => {
-    throw new UserError(`no Kubernetes overlay in ${overlay}`, {nextSteps: ['Run dforge install --target k8s first.']});
-  });
-  const put = async (secret: string, key: string, value: string): Promise<boolean> => {
-    const file = path.join(overlay, overlaySecretFile(secret, key));
-    await ensureRuntimeDir(path.dirname(file), {mode: 0o700, owner: ROOT});
-    return writeRuntimeFile(file, value, {mode: 0o600, owner: ROOT});
-  };
-  let changed = await put(CATALOG_SECRET, 'catalog.json', catalog);
-  for (const [slug, password] of passwords) changed = (await put(tenantSecretName(slug), TENANT_PASSWORD_KEY, password)) || changed;
-  for (const slug of await publishedTenants(overlay)) {
-    if (!passwords.has(slug)) {
-      await fs.rm(path.join(overlay, 'secrets', tenantSecretName(slug)), {recursive: true, force: true});
-      changed = true;
-    }
-  }
-  changed = (await writeOverlayKustomization(dir, config, [...passwords.keys()])) || changed;
-  // Applied whenever a cluster answers, changed or not: an earlier publication that could not be
-  // applied then is applied now (apply is idempotent).
-  if (!(await clusterReachable())) return {changed, applied: false, note: `no Kubernetes cluster reachable: apply the tenant change with kubectl apply -k ${overlay}`};
-  await kubectl(['apply', '-k', overlay]).catch((err: unknown) => {
-    throw new UserError(`the tenant change is done, but applying it to the cluster failed: ${(err as Error).message}`, {nextSteps: [`Apply it again with: kubectl apply -k ${overlay}`], cause: err});
-  });
-  return {changed, applied: true, note: `applied ${overlay}`};
-}
-
-async function clusterReachable(): Promise<boolean> {
-  return kubectl(['version', `--request-timeout=${KUBECTL_TIMEOUT_MS / 1000}s`, '-o', 'json']).then(
-    (out) => (JSON.parse(out) as {serverVersion?: unknown}).serverVersion !== undefined,
-    () => false,
-  );
-}
-
-/**
- * What the backup CronJob gets of the install, as one tar for the Secret dforge-install, named
- * file by file: dforge.yaml, the CA certificate its TLS connections verify against, and secrets/
- * without secrets/master/. The rest of secrets/ is sealed under the master key or public; the
- * master key itself reaches the job only from the operator's dforge-master-key, so no Secret
- * dforge generates can open the others. Fixed mtimes and sorted entries: the same install gives
- * the same bytes, and the Secret's hash changes only when its content does.
- */
-export async function installArchive(dir: InstallDir): Promise<Buffer> {
+export async function installArchive(dir: InstallDir, names: readonly string[]): Promise<Buffer> {
   const tar = await import('tar');
   const rel = (file: string): string => path.relative(dir.root, file);
   const ca = rel(caCertFile(dir));
-  const entries = [rel(dir.configFile), path.dirname(ca), ca, ...(await listTree(dir.root, rel(dir.secretsDir), new Set([rel(masterDir(dir))])))];
+  const files: string[] = [];
+  for (const name of names) {
+    const file = dir.secretPath(`${name}.sealed`);
+    if (await fs.stat(file).then((st) => st.isFile(), () => false)) files.push(rel(file));
+  }
+  const dirs = new Set<string>();
+  for (const file of files) for (let d = path.dirname(file); d !== '.'; d = path.dirname(d)) dirs.add(d);
+  const entries = [rel(dir.configFile), path.dirname(ca), ca, ...[...dirs, ...files].sort(byCodePoint)];
   const chunks: Buffer[] = [];
   const stream = tar.c({cwd: dir.root, portable: true, mtime: new Date(0), noDirRecurse: true}, entries);
   for await (const chunk of stream) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
 }
 
-/** The directories and regular files of `rel` under `root`, sorted, leaving out the `excluded` subtrees (paths relative to root). */
-async function listTree(root: string, rel: string, excluded: ReadonlySet<string>): Promise<string[]> {
-  const out = [rel];
-  const entries = (await fs.readdir(path.join(root, rel), {withFileTypes: true})).sort((a, b) => byCodePoint(a.name, b.name));
-  for (const e of entries) {
-    const child = `${rel}/${e.name}`;
-    if (excluded.has(child)) continue;
-    if (e.isDirectory()) out.push(...(await listTree(root, child, excluded)));
-    else if (e.isFile()) out.push(child);
-  }
-  return out;
-}
-
-function kubectl(args: string[]): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile('kubectl', args, {timeout: 5 * 60_000, maxBuffer: 16 * 1024 * 1024, encoding: 'utf8'}, (err, stdout, stderr) => {
-      if (!err) return resolve(stdout);
-      reject(new UserError(`kubectl ${args[0]} failed: ${stderr.trim().split('\n').slice(-3).join(' / ') || err.message}`, {nextSteps: ['Check the kubeconfig context (kubectl config current-context) and your access to the namespace.']}));
-    });
-  });
-}

@@ -36,13 +36,13 @@ const selector = (name: string): Record<string, string> => ({'app.kubernetes.io/
 /** Label values: at most 63 characters, alphanumeric at both ends (the config allows longer releases). */
 const LABEL_VALUE = /^(?=.{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
 
-/** The backup job's install directory: where it unpacks dforge-install, and its --dir. */
+/** The jobs' install directory: where they unpack their archive Secret, and their --dir. */
 const JOB_INSTALL_DIR = '/var/lib/dforge';
 const jobInstall = new InstallDir(JOB_INSTALL_DIR);
 
 /**
  * The master key (KEK) reaches the backup job from this Secret, which the operator creates and
- * dforge never writes: dforge-install carries everything else of secrets/, all of it sealed under
+ * dforge never writes: the jobs' archive Secrets carry what they need of secrets/, all of it sealed under
  * that key or public, so the Secrets dforge generates are worthless without it. It is mounted
  * read-only where the keyring lives in the unpacked install (secrets/master/: keyring.json, and
  * v<N>.key for the file provider). See kustomization.yaml for how it is created.
@@ -162,6 +162,7 @@ function manifestNames(config: DforgeConfig): string[] {
     'proxy.yaml',
     'ingress.yaml',
     'backup-cronjob.yaml',
+    'bootstrap-job.yaml',
   ];
 }
 
@@ -233,6 +234,8 @@ export async function renderKubernetes(config: DforgeConfig, overridesDir: strin
     network: {
       databaseEgress: databases,
       backupEgress: backupEgress(config, databases),
+      // The bootstrap Job reaches the bundled postgres and auth-db, nothing else.
+      bootstrapEgress: [{to: [...(findBundledCluster(config) ? [{podSelector: {matchLabels: selector('postgres')}}] : []), {podSelector: {matchLabels: selector('auth-db')}}], ports: [{protocol: 'TCP', port: 5432}]}],
       appEgress: [{to: [{podSelector: {matchLabels: selector('auth')}}], ports: [{protocol: 'TCP', port: 8080}]}, ...databases],
     },
     backup: {
@@ -242,6 +245,8 @@ export async function renderKubernetes(config: DforgeConfig, overridesDir: strin
       volumeMounts: backupMounts(config, masterKey.mount),
       masterKeyVolume: masterKey.volume,
     },
+    // The bootstrap Job: the backup job's install and master key, without the backup destinations.
+    bootstrap: {volumeMounts: [{name: 'install', mountPath: JOB_INSTALL_DIR}, masterKey.mount, {name: 'tmp', mountPath: '/tmp'}]},
     resources: manifests,
   };
 
@@ -254,6 +259,9 @@ export async function renderKubernetes(config: DforgeConfig, overridesDir: strin
   }
   return files.sort((a, b) => byCodePoint(a.path, b.path));
 }
+
+/** The Secrets that carry a job's archive of the install, one per job so that each reaches only its own credentials. */
+export const ARCHIVE_SECRETS = {backup: 'dforge-backup-install', bootstrap: 'dforge-bootstrap-install'} as const;
 
 /** A Secret the rendered workloads reference by name, with the keys they read from it. */
 export interface KubernetesSecret {
@@ -287,7 +295,9 @@ export function kubernetesSecrets(config: DforgeConfig): KubernetesSecret[] {
     {name: 'dforge-jwks', keys: ['jwks.json']},
     {name: 'dforge-proxy-tls', type: 'kubernetes.io/tls', keys: ['tls.crt', 'tls.key']},
     {name: CATALOG_SECRET, keys: ['catalog.json']},
-    {name: 'dforge-install', keys: ['install.tar']},
+    // Each job's share of the install's sealed store (install/k8s.ts: archiveSecrets).
+    {name: ARCHIVE_SECRETS.backup, keys: ['install.tar']},
+    {name: ARCHIVE_SECRETS.bootstrap, keys: ['install.tar']},
     ...(findBundledCluster(config) ? [{name: 'dforge-postgres-superuser', keys: ['password']}] : []),
   ];
   return secrets.sort((a, b) => byCodePoint(a.name, b.name));

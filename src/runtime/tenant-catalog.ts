@@ -100,7 +100,7 @@ export async function publishTenantCatalog(plane: ControlPlane): Promise<Catalog
     }
     entries.sort((a, b) => byCodePoint(a.slug, b.slug));
     if (plane.config.target === 'k8s') {
-      const {publishKubernetesTenants} = await import('../install/k8s.js');
+      const {publishKubernetesTenants} = await import('../k8s/overlay.js');
       const r = await publishKubernetesTenants(dir, plane.config, catalogText(entries), passwords);
       return {tenants: entries.length, changed: r.changed, signalled: 0, ...(r.applied ? {} : {skipped: r.note})};
     }

@@ -12,7 +12,7 @@ import {startPty} from '../helpers/pty.js';
  * The interactive install, driven through a real pseudo-terminal (util-linux `script`): the test
  * answers inquirer's prompts as an operator would type them, and the dforge.yaml it produces is
  * byte-identical to the one an answers-file install writes. The k8s target is used because it
- * needs no engine: with no cluster reachable, install stops after rendering.
+ * needs no engine: with no cluster reachable, install stops after rendering (exit 4, incomplete).
  */
 const DOMAIN = 'dforge.localhost';
 const DOWN = '\u001B[B';
@@ -39,16 +39,16 @@ describe('dforge install on a terminal', () => {
     await session.answer('Where the master key lives', '\r');
     await session.answer('dForge release', '\r');
     const {code, output} = await session.exit;
-    expect(code, output).toBe(0);
-    // Compose-only questions were not asked for k8s; the run went on to render and stopped there.
+    // Compose-only questions were not asked for k8s; the run went on to render and stopped there, incomplete (exit 4).
+    expect(code, output).toBe(4);
     expect(output).not.toContain('HTTPS port');
-    expect(output).toContain('not applied');
+    expect(output).toContain('the install is incomplete');
 
     const fileDir = path.join(root, 'from-file');
     const answers = path.join(root, 'answers.yaml');
     await fs.writeFile(answers, stringifyYaml({target: 'k8s', domain: DOMAIN, region: 'eu', backupDir}));
     const r = await runCli(['install', '--dir', fileDir, '--config', answers, '--yes']);
-    expect(r.code, r.stderr).toBe(0);
+    expect(r.code, r.stderr).toBe(4);
 
     const interactiveYaml = await fs.readFile(path.join(interactiveDir, 'dforge.yaml'), 'utf8');
     expect(interactiveYaml).toBe(await fs.readFile(path.join(fileDir, 'dforge.yaml'), 'utf8'));

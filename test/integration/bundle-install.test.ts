@@ -135,7 +135,8 @@ describe.skipIf(unavailable !== undefined)('install and preflight from a bundle'
   it('install --target k8s --bundle --registry pins the bundle images at registry/repo@manifest digest', async () => {
     const dir = path.join(work, 'k8s');
     const r = await runCli(['install', '--dir', dir, '--target', 'k8s', '--bundle', bundle, '--trusted-key', pub, '--registry', 'reg.example:5000', '--image', `app=${APP}`, '--domain', 'dforge.localhost', '--region', 'eu', '--yes']);
-    expect(r.code, r.stderr + r.stdout).toBe(0);
+    // No cluster here: rendered, then incomplete (exit 4).
+    expect(r.code, r.stderr + r.stdout).toBe(4);
     const pinned = `reg.example:5000/dforge-test/${id}-app@${manifest.images[0]!.manifest.digest}`;
     expect(await fs.readFile(path.join(dir, 'dforge.yaml'), 'utf8')).toContain(pinned);
     const rendered = execFileSync('grep', ['-rh', 'image:', path.join(dir, 'rendered', 'k8s')], {encoding: 'utf8'});

@@ -9,7 +9,8 @@ import {generateCertificates} from '../../src/certs/service.js';
 import {configSchema, type DforgeConfig} from '../../src/config/schema.js';
 import {caCertFile} from '../../src/certs/pki-paths.js';
 import {UserError} from '../../src/errors.js';
-import {installArchive} from '../../src/install/k8s.js';
+import {archiveSecrets, installArchive} from '../../src/install/k8s.js';
+import {AUTH_DB_PASSWORD_SECRET, AUTH_DB_SUPERUSER_SECRET} from '../../src/install/secrets.js';
 import {openKeyServices} from '../../src/keys/context.js';
 import {initKeys} from '../../src/keys/init.js';
 import {ensureSealedPassword} from '../../src/keys/sealed-password.js';
@@ -82,6 +83,7 @@ describe('renderKubernetes', () => {
       'auth-db.yaml',
       'auth.yaml',
       'backup-cronjob.yaml',
+      'bootstrap-job.yaml',
       'ingress.yaml',
       'kustomization.yaml',
       'namespace.yaml',
@@ -90,17 +92,25 @@ describe('renderKubernetes', () => {
       'proxy.yaml',
     ]);
     const kustomization = parseManifests(first.find((f) => f.path === 'kustomization.yaml')!.content)[0]!;
-    expect(kustomization.resources).toEqual(['namespace.yaml', 'networkpolicies.yaml', 'postgres.yaml', 'auth-db.yaml', 'auth.yaml', 'app.yaml', 'proxy.yaml', 'ingress.yaml', 'backup-cronjob.yaml']);
+    expect(kustomization.resources).toEqual(['namespace.yaml', 'networkpolicies.yaml', 'postgres.yaml', 'auth-db.yaml', 'auth.yaml', 'app.yaml', 'proxy.yaml', 'ingress.yaml', 'backup-cronjob.yaml', 'bootstrap-job.yaml']);
     expect(objectsOf(first).map(objectId)).toEqual([
       'Service/app',
       'Deployment/app',
+      'ServiceAccount/dforge-app',
+      'PodDisruptionBudget/dforge-app',
       'ConfigMap/auth-db-config',
       'Service/auth-db',
       'StatefulSet/auth-db',
+      'ServiceAccount/dforge-auth-db',
       'Service/auth',
       'Deployment/auth',
+      'ServiceAccount/dforge-auth',
+      'PodDisruptionBudget/dforge-auth',
       'PersistentVolumeClaim/dforge-backups',
       'CronJob/dforge-backup',
+      'ServiceAccount/dforge-backup',
+      'Job/dforge-bootstrap',
+      'ServiceAccount/dforge-bootstrap',
       'Ingress/dforge',
       'Namespace/dforge',
       'NetworkPolicy/default-deny',
@@ -110,13 +120,17 @@ describe('renderKubernetes', () => {
       'NetworkPolicy/auth',
       'NetworkPolicy/auth-db',
       'NetworkPolicy/backup',
+      'NetworkPolicy/bootstrap',
       'ConfigMap/postgres-config',
       'Service/postgres',
       'StatefulSet/postgres',
       'NetworkPolicy/postgres',
+      'ServiceAccount/dforge-postgres',
       'ConfigMap/proxy-config',
       'Service/proxy',
       'Deployment/proxy',
+      'ServiceAccount/dforge-proxy',
+      'PodDisruptionBudget/dforge-proxy',
     ]);
   });
 
@@ -185,8 +199,8 @@ describe('renderKubernetes', () => {
       const templates = podTemplates(objects);
       expect(templates.map((t) => t.owner).sort()).toEqual(
         make === config
-          ? ['CronJob/dforge-backup', 'Deployment/app', 'Deployment/auth', 'Deployment/proxy', 'StatefulSet/auth-db', 'StatefulSet/postgres']
-          : ['CronJob/dforge-backup', 'Deployment/app', 'Deployment/auth', 'Deployment/proxy', 'StatefulSet/auth-db'],
+          ? ['CronJob/dforge-backup', 'Deployment/app', 'Deployment/auth', 'Deployment/proxy', 'Job/dforge-bootstrap', 'StatefulSet/auth-db', 'StatefulSet/postgres']
+          : ['CronJob/dforge-backup', 'Deployment/app', 'Deployment/auth', 'Deployment/proxy', 'Job/dforge-bootstrap', 'StatefulSet/auth-db'],
       );
       for (const {owner, spec} of templates) {
         expect(spec.automountServiceAccountToken, owner).toBe(false);
@@ -204,7 +218,7 @@ describe('renderKubernetes', () => {
           expect(c.securityContext, where).toEqual({runAsNonRoot: true, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: ['ALL']}});
           const resources = c.resources as {requests: Record<string, string>; limits: Record<string, string>};
           for (const kind of ['requests', 'limits'] as const) {
-            expect(Object.keys(resources?.[kind] ?? {}).sort(), `${where} ${kind}`).toEqual(['cpu', 'memory']);
+            expect(Object.keys(resources?.[kind] ?? {}).sort(), `${where} ${kind}`).toEqual(['cpu', 'ephemeral-storage', 'memory']);
           }
           // With a read-only root, everything writable is an emptyDir or a volume claim, and /tmp is one of them.
           const mounts = (c.volumeMounts ?? []) as Array<{name: string; mountPath: string; readOnly?: boolean}>;
@@ -212,7 +226,7 @@ describe('renderKubernetes', () => {
           if (!spec.initContainers?.includes(c)) expect(mounts.map((m) => m.mountPath), where).toContain('/tmp');
         }
         // Long-running containers are probed; a batch job's run is bounded by activeDeadlineSeconds instead.
-        if (!owner.startsWith('CronJob/')) {
+        if (!owner.startsWith('CronJob/') && !owner.startsWith('Job/')) {
           for (const c of spec.containers) {
             expect(c.readinessProbe, `${owner} ${c.name} readiness`).toBeDefined();
             expect(c.livenessProbe, `${owner} ${c.name} liveness`).toBeDefined();
@@ -270,12 +284,14 @@ describe('renderKubernetes', () => {
     expect(postgres['postgresql.conf']).toContain("cluster_name = 'eu-1'");
     expect(authDb['postgresql.conf']).toContain("cluster_name = 'auth-db'");
     const rules = (hba: string): string[] => hba.split('\n').filter((l) => l.trim() && !l.startsWith('#')).map((l) => l.split(/\s+/).join(' '));
+    // The superuser over TLS: the bootstrap Job's way in, which the NetworkPolicy limits to app, backup and bootstrap pods.
     expect(rules(postgres['pg_hba.conf']!)).toEqual([
       'local all dforge_admin scram-sha-256',
+      'hostssl all dforge_admin all scram-sha-256',
       'hostssl all dforge_provisioner all scram-sha-256',
       'hostssl sameuser all all scram-sha-256',
     ]);
-    expect(rules(authDb['pg_hba.conf']!)).toEqual(['local all dforge_admin scram-sha-256', 'hostssl sameuser dforge_auth all scram-sha-256']);
+    expect(rules(authDb['pg_hba.conf']!)).toEqual(['local all dforge_admin scram-sha-256', 'hostssl all dforge_admin all scram-sha-256', 'hostssl sameuser dforge_auth all scram-sha-256']);
     const nginx = (find(objects, 'ConfigMap', 'proxy-config') as {data?: Record<string, string>}).data!['nginx.conf']!;
     expect(nginx).toMatch(/listen 8080 default_server;/);
     expect(nginx).toMatch(/server_name dforge\.example\.com;/);
@@ -332,7 +348,7 @@ describe('renderKubernetes', () => {
       {name: 'backups', mountPath: '/var/backups/dforge/eu', subPath: 'eu/eu-local'},
       {name: 'backups', mountPath: '/var/backups/dforge/us', subPath: 'us/us-local'},
     ]);
-    expect(pod.volumes).toContainEqual({name: 'install-archive', secret: {secretName: 'dforge-install', defaultMode: 0o440}});
+    expect(pod.volumes).toContainEqual({name: 'install-archive', secret: {secretName: 'dforge-backup-install', defaultMode: 0o440}});
     expect(pod.volumes).toContainEqual({name: 'master-key', secret: {secretName: MASTER_KEY_SECRET, defaultMode: 0o440}});
     // The unpacked install (keys included) lives in memory, never on the node's disk.
     expect(pod.volumes).toContainEqual({name: 'install', emptyDir: {medium: 'Memory', sizeLimit: '64Mi'}});
@@ -506,7 +522,9 @@ describe('NetworkPolicies', () => {
         'auth -> auth-db:5432/TCP',
         'backup -> postgres:5432/TCP',
         'backup -> external-db:5432/TCP',
-        ...dns(['app', 'auth', 'auth-db', 'backup', 'postgres', 'proxy']),
+        'bootstrap -> postgres:5432/TCP',
+        'bootstrap -> auth-db:5432/TCP',
+        ...dns(['app', 'auth', 'auth-db', 'backup', 'bootstrap', 'postgres', 'proxy']),
       ].sort(),
     );
   });
@@ -523,7 +541,8 @@ describe('NetworkPolicies', () => {
         // pods of other namespaces included; the pods of this namespace still refuse.
         ...['external-db', 'ingress-controller', 'internet', 'kube-dns'].flatMap((to) => [`app -> ${to}:5432/TCP`, `backup -> ${to}:5432/TCP`]),
         'auth -> auth-db:5432/TCP',
-        ...dns(['app', 'auth', 'auth-db', 'backup', 'proxy']),
+        'bootstrap -> auth-db:5432/TCP',
+        ...dns(['app', 'auth', 'auth-db', 'backup', 'bootstrap', 'proxy']),
       ].sort(),
     );
     expect(flows).not.toContain('app -> auth-db:5432/TCP');
@@ -579,7 +598,7 @@ describe('renderKubernetesOverlay', () => {
   });
 });
 
-describe('installArchive (the Secret dforge-install)', () => {
+describe('installArchive (the Secrets dforge-backup-install and dforge-bootstrap-install)', () => {
   let install: InstallDir & {cleanup(): Promise<void>};
   let job: string;
   let provisioner: string;
@@ -610,28 +629,33 @@ describe('installArchive (the Secret dforge-install)', () => {
   const filesUnder = async (root: string, dir: string): Promise<string[]> =>
     (await fs.readdir(path.join(root, dir), {recursive: true, withFileTypes: true})).filter((e) => e.isFile()).map((e) => path.relative(root, path.join(e.parentPath, e.name)));
 
-  it('holds dforge.yaml, the CA certificate and every file of secrets/ but those of secrets/master/, byte-identical each time', async () => {
-    const archive = await installArchive(install);
-    expect(await installArchive(install)).toEqual(archive);
-    const entries = await entriesOf(archive);
-    const master = path.relative(install.root, masterDir(install));
-    const masterFiles = await filesUnder(install.root, master);
-    expect(masterFiles.sort()).toEqual(['secrets/master/keyring.json', 'secrets/master/v1.key']);
-    expect(entries.filter((e) => e.startsWith(master))).toEqual([]);
-    const secretFiles = (await filesUnder(install.root, 'secrets')).filter((f) => !masterFiles.includes(f));
-    expect(secretFiles).toContain('secrets/pki/ca.key.sealed');
-    expect(entries.filter((e) => !e.endsWith('/')).sort()).toEqual(['dforge.yaml', path.relative(install.root, caCertFile(install)), ...secretFiles].sort());
-    // Not in any encoding: the key file's base64, nor the key's bytes.
-    const key = (await fs.readFile(path.join(masterDir(install), 'v1.key'), 'utf8')).trim();
-    expect(archive.includes(key)).toBe(false);
-    expect(archive.includes(Buffer.from(key, 'base64'))).toBe(false);
+  it('gives each job dforge.yaml, the CA certificate and only the sealed secrets it needs, byte-identical each time', async () => {
+    const keys = await openKeyServices(install);
+    for (const name of ['postgres/eu-1/superuser', AUTH_DB_SUPERUSER_SECRET, AUTH_DB_PASSWORD_SECRET]) await ensureSealedPassword(keys, name);
+    const ca = path.relative(install.root, caCertFile(install));
+    const expected = {
+      backup: ['dforge.yaml', ca, 'secrets/postgres/eu-1/provisioner.sealed'],
+      bootstrap: ['dforge.yaml', ca, 'secrets/auth/db-password.sealed', 'secrets/postgres/auth-db/superuser.sealed', 'secrets/postgres/eu-1/provisioner.sealed', 'secrets/postgres/eu-1/superuser.sealed'],
+    };
+    // What neither job may reach, though the install holds it: the keys of the PKI, the JWT signing key, the master key.
+    expect(await filesUnder(install.root, 'secrets')).toEqual(expect.arrayContaining(['secrets/pki/ca.key.sealed', 'secrets/master/v1.key']));
+    for (const workload of ['backup', 'bootstrap'] as const) {
+      const archive = await installArchive(install, archiveSecrets(config(), workload));
+      expect(await installArchive(install, archiveSecrets(config(), workload))).toEqual(archive);
+      const entries = await entriesOf(archive);
+      expect(entries.filter((e) => !e.endsWith('/')).sort(), workload).toEqual(expected[workload].sort());
+      // Not in any encoding: the key file's base64, nor the key's bytes.
+      const key = (await fs.readFile(path.join(masterDir(install), 'v1.key'), 'utf8')).trim();
+      expect(archive.includes(key)).toBe(false);
+      expect(archive.includes(Buffer.from(key, 'base64'))).toBe(false);
+    }
   });
 
   it('opens in the backup job only once the master key Secret is mounted where the rendered CronJob mounts it', async () => {
     const tar = await import('tar');
     const extract = tar.x({cwd: job});
     const done = new Promise((resolve, reject) => extract.on('close', resolve).on('error', reject));
-    extract.end(await installArchive(install));
+    extract.end(await installArchive(install, archiveSecrets(config(), 'backup')));
     await done;
     const unpacked = new InstallDir(job);
     await expect(openKeyServices(unpacked)).rejects.toThrow(/no master key/);
