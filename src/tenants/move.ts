@@ -42,8 +42,9 @@ import {validateSlug} from './slug.js';
 
 /**
  * One ordinary table's rows as the tenant reads them: their count and the sum of a 64-bit hash of
- * each row (of its columns' values, or of its text when a column type has no hash function). A sum needs no sort, so a table is read once, at scan speed; it detects
- * lost, extra and changed rows of a copy (it is not meant to resist a forger: the tenant owns the data).
+ * each row (of its columns' values, or of its text when a column type has no hash function). A
+ * sum needs no sort, so a table is read once, at scan speed; it detects lost, extra and changed
+ * rows of a copy (it is not meant to resist a forger: the tenant owns the data).
  */
 export interface TableChecksum {
   readonly table: string;
