@@ -10,6 +10,7 @@ import {APP_UID} from '../render/values.js';
 import {LockedError, UserError} from '../errors.js';
 import {acquireLock, type LockHandle} from '../state/lock.js';
 import type {InstallDir} from '../state/install-dir.js';
+import {MoveJournal} from '../tenants/move-journal.js';
 import {ensureRuntimeDir, writeRuntimeFile, type Ownership} from './runtime-files.js';
 
 /**
@@ -33,6 +34,12 @@ export interface CatalogEntry {
   /** Embedded installs only: the CA file on the host (in a container the app has its own mount). */
   readonly sslrootcert?: string;
   readonly status: 'active' | 'suspended';
+  /**
+   * Present while a tenant move holds the tenant frozen (src/tenants/move.ts): its role can't log
+   * in until the move finishes, so the app should answer read-only (or "try later") instead of
+   * failing on a refused connection.
+   */
+  readonly readOnly?: true;
 }
 
 export interface CatalogPublication {
@@ -41,6 +48,11 @@ export interface CatalogPublication {
   readonly changed: boolean;
   /** App containers sent SIGHUP. */
   readonly signalled: number;
+  /**
+   * Tenants left out because dforge.yaml now puts their cluster in another region than their pin:
+   * the app is never pointed at a tenant's data outside its region.
+   */
+  readonly misplaced?: string[];
 }
 
 export const tenantsRuntimeDir = (dir: InstallDir): string => path.join(dir.runtimeDir, 'tenants');
@@ -78,9 +90,16 @@ export async function publishTenantCatalog(plane: ControlPlane): Promise<Catalog
     const clusters = clustersOf(plane.config);
     const entries: CatalogEntry[] = [];
     const passwords = new Map<string, string>();
+    const misplaced: string[] = [];
+    const moving = await new MoveJournal(plane.control).openSlugs();
     for (const tenant of await plane.tenants.list()) {
       if (tenant.status !== 'active' && tenant.status !== 'suspended') continue;
-      const cluster = clusters.get(tenant.cluster)?.cluster;
+      const placed = clusters.get(tenant.cluster);
+      if (placed && placed.region !== tenant.region) {
+        misplaced.push(tenant.slug);
+        continue;
+      }
+      const cluster = placed?.cluster;
       const address = cluster && appAddress(plane.config, cluster);
       if (!cluster || !address) continue;
       // A suspended tenant stays in the catalog without a password: the app cannot reach it.
@@ -96,20 +115,22 @@ export async function publishTenantCatalog(plane: ControlPlane): Promise<Catalog
         ...(active ? {passwordFile} : {}),
         ...(embedded ? {sslrootcert: caFileOf(dir, cluster)} : {}),
         status: tenant.status,
+        ...(moving.has(tenant.slug) ? {readOnly: true as const} : {}),
       });
     }
     entries.sort((a, b) => byCodePoint(a.slug, b.slug));
+    const refused = misplaced.length > 0 ? {misplaced} : {};
     if (plane.config.target === 'k8s') {
       const {publishKubernetesTenants} = await import('../k8s/overlay.js');
       const r = await publishKubernetesTenants(dir, plane.config, catalogText(entries), passwords);
-      return {tenants: entries.length, changed: r.changed, signalled: 0, ...(r.applied ? {} : {skipped: r.note})};
+      return {tenants: entries.length, changed: r.changed, signalled: 0, ...(r.applied ? {} : {skipped: r.note}), ...refused};
     }
     // An app on the host runs as whoever operates the install; no process is told: it re-reads the
     // files when it next needs them (a reload, a new connection).
     const owner: Ownership = embedded ? {uid: process.geteuid?.() ?? 0, gid: process.getegid?.() ?? 0} : APP;
     const changed = await writeTenantFiles(dir, catalogText(entries), passwords, owner);
     const signalled = changed && !embedded ? await signalApp(plane.config.compose.project) : 0;
-    return {tenants: entries.length, changed, signalled};
+    return {tenants: entries.length, changed, signalled, ...refused};
   });
 }
 

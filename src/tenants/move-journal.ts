@@ -162,6 +162,11 @@ export class MoveJournal {
     return row.rowCount === 1 ? toRecord(row.rows[0]!) : undefined;
   }
 
+  /** The tenants with an open move: what the app catalog marks read-only. */
+  async openSlugs(): Promise<Set<string>> {
+    return new Set((await this.c.query<{slug: string}>("SELECT slug FROM tenant_moves WHERE state NOT IN ('done', 'rolled-back')")).rows.map((r) => r.slug));
+  }
+
   /** Every move of every tenant, oldest first: the residency report's record of moves. */
   async all(): Promise<MoveRecord[]> {
     return (await this.c.query<Row>(`SELECT ${COLUMNS} FROM tenant_moves ORDER BY id`)).rows.map(toRecord);

@@ -32,6 +32,7 @@ import {restoreRoleOf} from '../postgres/provisioner.js';
 import {serverVersionNum, withConnection} from '../postgres/connect.js';
 import {randomPassword, scramVerifier} from '../postgres/scram.js';
 import {checkRegion, recordCrossing, type CrossRegionApproval} from '../residency/policy.js';
+import {publishTenantCatalog} from '../runtime/tenant-catalog.js';
 import {crashPoint} from '../state/crash-point.js';
 import {previousDatabaseName, scratchDatabaseOf, TenantDatabases} from './databases.js';
 import {MODULE_SCHEMAS} from './module-sql.js';
@@ -292,6 +293,9 @@ async function run(plane: ControlPlane, journal: MoveJournal, tenant: Tenant, st
       });
       move = await journal.advance(move, 'frozen');
     }
+    // Every run before cutover (a resume too) tells the app the tenant is read-only until the move
+    // ends: its connections are refused until then. Republishing an unchanged catalog changes nothing.
+    if (canRollBack(move.state)) await publishTenantCatalog(plane);
     // The source's fingerprint, when this run read it during the copy; a resume reads it again.
     let source: Fingerprint | undefined;
     if (move.state === 'frozen') {

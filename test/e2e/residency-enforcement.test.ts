@@ -4,6 +4,7 @@ import path from 'node:path';
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
+import {tenantsRuntimeDir} from '../../src/runtime/tenant-catalog.js';
 import {multiRegionInstall, type MultiRegionInstall} from '../helpers/multi-region.js';
 import {findPgBinaries} from '../helpers/pg-cluster.js';
 import {missingComponent} from '../helpers/requirements.js';
@@ -285,6 +286,11 @@ describe.skipIf(!available)('residency enforcement', () => {
       expect(await query("SELECT id FROM backups WHERE tenant = 'hooli'")).toEqual([]);
       expect([...(await filesUnder(install.destinationDirs['eu-local']!)), ...(await filesUnder(install.destinationDirs['us-local']!))].filter((f) => f.startsWith('hooli/') && f.endsWith('.dfb'))).toEqual([]);
       await expect(fs.stat(out)).rejects.toThrow();
+      // The app is never pointed at it either: the next catalog leaves it out.
+      expect((await install.cli(['tenant', 'create', 'pied-piper', '--region', 'eu'])).code).toBe(0);
+      const catalog = JSON.parse(await fs.readFile(path.join(tenantsRuntimeDir(install.dir), 'catalog.json'), 'utf8')) as {tenants: {slug: string}[]};
+      expect(catalog.tenants.map((t) => t.slug)).toContain('pied-piper');
+      expect(catalog.tenants.map((t) => t.slug)).not.toContain('hooli');
     } finally {
       await install.editConfig((c) => {
         c.regions.us.clusters = c.regions.us.clusters.filter((x: {name: string}) => x.name !== 'eu-2');
