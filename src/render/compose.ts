@@ -3,7 +3,7 @@ import {composeLimits} from './compose-limits.js';
 import {byCodePoint, hashFiles, type RenderedFile} from './rendered-file.js';
 import {readTemplate} from './sources.js';
 import {assertFilled, renderTextTemplate, renderYamlTemplate} from './template.js';
-import {templateValues, type ImageService} from './values.js';
+import {PROXY_UID, templateValues, type ImageService} from './values.js';
 
 /** The compose services whose configuration dforge renders, and the files each one mounts. */
 const SERVICE_FILES: Record<string, Array<{template: string; out: string; values?: Record<string, unknown>}>> = {
@@ -22,9 +22,6 @@ const SERVICE_FILES: Record<string, Array<{template: string; out: string; values
 };
 
 export const COMPOSE_FILE = 'compose.yaml';
-
-/** The uid and gid the compose proxy runs as, unprivileged (nginx's customary 101). */
-export const PROXY_UID = 101;
 
 /**
  * Renders the compose stack: each service's configuration files, then compose.yaml, whose

@@ -13,7 +13,7 @@ import {validateSlug} from '../tenants/slug.js';
 import {byCodePoint, hashFiles, type RenderedFile} from './rendered-file.js';
 import {readTemplate} from './sources.js';
 import {assertFilled, renderTextTemplate, renderYamlDocuments, type TemplateValues} from './template.js';
-import {APP_UID, AUTH_DB_ROLE, findBundledCluster, POSTGRES_INITDB_ARGS, POSTGRES_UID, resolvedImages, serviceHosts} from './values.js';
+import {APP_UID, AUTH_DB_ROLE, findBundledCluster, POSTGRES_INITDB_ARGS, POSTGRES_UID, PROXY_UID, resolvedImages, serviceHosts} from './values.js';
 
 /**
  * The Kubernetes target (DESIGN §6): a kustomize directory rendered from templates/k8s/, and the
@@ -24,8 +24,6 @@ import {APP_UID, AUTH_DB_ROLE, findBundledCluster, POSTGRES_INITDB_ARGS, POSTGRE
  * the tenant Secrets in the app's projected volume, so adding a tenant never re-renders.
  */
 
-/** nginx's conventional unprivileged uid (the nginx-unprivileged images); any non-root uid works. */
-const PROXY_UID = 101;
 
 /** Not one of the compose stack's images (IMAGE_SERVICES): only the backup job runs it. */
 const dforgeImage = (config: DforgeConfig): string => config.images.dforge ?? `dforge/dforge:${config.release}`;

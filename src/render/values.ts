@@ -17,6 +17,8 @@ export type ImageService = (typeof IMAGE_SERVICES)[number];
 /** Numeric ids the images run as (the official postgres image's 999; an unprivileged id for the dForge services). */
 export const POSTGRES_UID = 999;
 export const APP_UID = 10_001;
+/** The proxy's: nginx's customary unprivileged uid (the nginx-unprivileged images); it listens on 8080 and 8443. */
+export const PROXY_UID = 101;
 
 /** POSTGRES_INITDB_ARGS for the images' entrypoints, which split it on spaces. */
 export const POSTGRES_INITDB_ARGS = [...INITDB_ARGS, INITDB_LOCALE].join(' ');
