@@ -67,7 +67,9 @@ const localDestination = z.strictObject({
   path: z.string().regex(/^\//, 'must be an absolute path'),
 });
 
-/** Declared now so configs written today stay valid when S3 support lands. */
+const cidr = z.string().regex(/^(\d{1,3}(\.\d{1,3}){3}\/\d{1,2}|[0-9a-fA-F:]+\/\d{1,3})$/, 'an IPv4 or IPv6 CIDR such as 203.0.113.0/24');
+
+/** An S3-compatible object store (src/backup/s3-destination.ts). */
 const s3Destination = z.strictObject({
   name,
   kind: z.literal('s3'),
@@ -75,6 +77,11 @@ const s3Destination = z.strictObject({
   bucket: z.string().min(3).max(63),
   prefix: z.string().default(''),
   credentials: secretRef,
+  egressCidrs: z
+    .array(cidr)
+    .min(1)
+    .optional()
+    .describe("Kubernetes: the address ranges of the store, when its endpoint is a DNS name. NetworkPolicy can't follow a name, and the backup job, which holds the master key, is never opened to every address."),
 });
 
 const destination = z.discriminatedUnion('kind', [localDestination, s3Destination]);

@@ -5,7 +5,7 @@ import {isScalar, parseAllDocuments, stringify, visit} from 'yaml';
 
 import type {DforgeConfig} from '../config/schema.js';
 import {PROVISIONER_ROLE} from '../control/bootstrap.js';
-import {BugError, UserError} from '../errors.js';
+import {BugError, UsageError, UserError} from '../errors.js';
 import {EMBEDDED_SUPERUSER} from '../postgres/embedded-install.js';
 import {masterDir} from '../secrets/master-key.js';
 import {InstallDir} from '../state/install-dir.js';
@@ -95,30 +95,41 @@ function databaseEgress(config: DforgeConfig): unknown[] {
   if (findBundledCluster(config)) rules.push({to: [{podSelector: {matchLabels: selector('postgres')}}], ports: [{protocol: 'TCP', port: 5432}]});
   // Embedded clusters live on a dforge host, not in Kubernetes: nothing in the namespace reaches them.
   const external = Object.values(config.regions).flatMap((r) => r.clusters.flatMap((c) => (c.kind === 'external' ? [{host: c.host, port: c.port}] : [])));
-  return [...rules, ...egressByPort(external)];
+  return [...rules, ...egressByPort(external.map(({host, port}) => ({cidrs: hostCidrs(host), port})))];
 }
 
 /**
- * The backup job's egress: the tenant clusters, and each S3 destination's endpoint on its port.
- * As for clusters, an endpoint named by DNS opens its port to any address; an IP address narrows it.
+ * The backup job's egress: the tenant clusters, and each S3 destination's endpoint on its port:
+ * its address, or the `egressCidrs` given for an endpoint named by DNS. The job holds the master
+ * key, so unlike an external cluster a store is never opened to every address.
  */
 function backupEgress(config: DforgeConfig, databases: unknown[]): unknown[] {
-  const endpoints = Object.values(config.regions).flatMap((r) =>
+  const stores = Object.values(config.regions).flatMap((r) =>
     (r.backup?.destinations ?? []).flatMap((d) => {
       if (d.kind !== 's3') return [];
       const url = new URL(d.endpoint);
-      return [{host: url.hostname.replace(/^\[|\]$/g, ''), port: url.port ? Number(url.port) : url.protocol === 'https:' ? 443 : 80}];
+      const host = url.hostname.replace(/^\[|\]$/g, '');
+      const port = url.port ? Number(url.port) : url.protocol === 'https:' ? 443 : 80;
+      if (isIP(host)) return [{cidrs: hostCidrs(host), port}];
+      if (d.egressCidrs === undefined) {
+        throw new UsageError(`backup destination ${d.name}: its endpoint ${url.host} is a DNS name, and a Kubernetes NetworkPolicy cannot follow a name; the backup job holds the master key, so it is not opened to every address`, {
+          nextSteps: [`List the store's address ranges in dforge.yaml under the destination: egressCidrs: [<cidr>, ...]`, 'Or give the endpoint as an IP address'],
+          data: {destination: d.name, endpoint: d.endpoint},
+        });
+      }
+      return [{cidrs: d.egressCidrs, port}];
     }),
   );
-  return [...databases, ...egressByPort(endpoints)];
+  return [...databases, ...egressByPort(stores)];
 }
 
-/** One rule per port: the /32 or /128 of each host given as an address, every address for a name. */
-function egressByPort(targets: ReadonlyArray<{host: string; port: number}>): unknown[] {
+/** What NetworkPolicy can name for a host: its own address, or every address for a DNS name. */
+const hostCidrs = (host: string): string[] => (isIP(host) === 4 ? [`${host}/32`] : isIP(host) === 6 ? [`${host}/128`] : ['0.0.0.0/0', '::/0']);
+
+/** One egress rule per port, to the given address ranges. */
+function egressByPort(targets: ReadonlyArray<{cidrs: readonly string[]; port: number}>): unknown[] {
   const byPort = new Map<number, Set<string>>();
-  for (const {host, port} of targets) {
-    const family = isIP(host);
-    const cidrs = family === 4 ? [`${host}/32`] : family === 6 ? [`${host}/128`] : ['0.0.0.0/0', '::/0'];
+  for (const {cidrs, port} of targets) {
     const set = byPort.get(port) ?? new Set<string>();
     for (const cidr of cidrs) set.add(cidr);
     byPort.set(port, set);

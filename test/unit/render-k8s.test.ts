@@ -549,12 +549,12 @@ describe('NetworkPolicies', () => {
     expect(flows).not.toContain('auth -> postgres:5432/TCP');
   });
 
-  it('let the backup job, and only it, reach each S3 destination on its port: its address, or any address for a name', async () => {
-    const withS3 = (endpoint: string): DforgeConfig =>
+  it('let the backup job, and only it, reach each S3 destination on its port: its address, or the ranges given for a name, never every address', async () => {
+    const withS3 = (endpoint: string, egressCidrs?: string[]): DforgeConfig =>
       config({
         regions: {
           ...base.regions,
-          us: {...base.regions.us, backup: {destinations: [{name: 'us-s3', kind: 's3', endpoint, bucket: 'dforge-us', credentials: {secret: 'backup/us-s3'}}]}},
+          us: {...base.regions.us, backup: {destinations: [{name: 'us-s3', kind: 's3', endpoint, bucket: 'dforge-us', credentials: {secret: 'backup/us-s3'}, ...(egressCidrs ? {egressCidrs} : {})}]}},
         },
       });
     const byAddress = await flowsOf(withS3('https://203.0.113.7'));
@@ -562,9 +562,11 @@ describe('NetworkPolicies', () => {
     expect(byAddress.filter((f) => !baseline.includes(f))).toEqual(['backup -> internet:443/TCP']);
     expect(baseline.filter((f) => !byAddress.includes(f))).toEqual([]);
 
-    // A DNS name cannot be a NetworkPolicy peer: the port opens to every address, for the backup job only.
-    const byName = await flowsOf(withS3('https://s3.us.example.com:9000'));
-    expect(byName.filter((f) => !baseline.includes(f))).toEqual(['external-db', 'ingress-controller', 'internet', 'kube-dns'].map((to) => `backup -> ${to}:9000/TCP`).sort());
+    // A DNS name cannot be a NetworkPolicy peer, and the backup job holds the master key: without
+    // the store's ranges the render is refused rather than opened to every address.
+    await expect(renderKubernetes(withS3('https://s3.us.example.com:9000'), undefined)).rejects.toThrow(/us-s3: its endpoint s3\.us\.example\.com:9000 is a DNS name[\s\S]*not opened to every address/);
+    const byName = await flowsOf(withS3('https://s3.us.example.com:9000', ['203.0.113.0/24']));
+    expect(byName.filter((f) => !baseline.includes(f))).toEqual(['backup -> internet:9000/TCP']);
   });
 
   it('admit the Ingress controller of kubernetes.ingressNamespace to the proxy, and one elsewhere not', async () => {
