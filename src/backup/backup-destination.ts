@@ -15,8 +15,10 @@ export interface BackupDestination {
   readSmall(location: string): Promise<string>;
   size(location: string): Promise<number>;
   /**
-   * Locations under `prefix`, sorted: complete backups and manifests. With `everything`, also what
-   * dforge itself never lists (an upload in progress, a hidden file): whatever the place holds.
+   * Locations under `prefix`, sorted: complete backups and manifests. With `everything`, a local
+   * directory also lists what dforge itself never lists (a `.partial` upload, a hidden file). An S3
+   * store lists its objects either way; an unfinished multipart upload is not an object, and
+   * removeIncomplete is what clears those.
    */
   list(prefix: string, options?: {everything?: boolean}): Promise<string[]>;
   remove(location: string): Promise<void>;

@@ -25,7 +25,7 @@ import type {InstallDir} from '../state/install-dir.js';
  * from inside the namespace, because only there are the Services reachable.
  *
  * Every credential comes from the install's sealed store as `install --target k8s` packed it
- * (dforge-install) and opens with the master key the pod mounts: the Job creates no secret, so a
+ * (dforge-bootstrap-install) and opens with the master key the pod mounts: the Job creates no secret, so a
  * rerun sets the same passwords and changes nothing else (every step is idempotent).
  */
 
@@ -54,7 +54,7 @@ export async function kubernetesBootstrapTargets(dir: InstallDir, config: Dforge
 
 async function sealedValue(dir: InstallDir, keys: KeyServices, name: string): Promise<string> {
   if (!(await keys.sealed.has(name))) {
-    throw new UserError(`the install has no sealed secret ${name}: the Secret dforge-install predates it`, {
+    throw new UserError(`the install has no sealed secret ${name}: the Secret dforge-bootstrap-install predates it`, {
       nextSteps: [`Run dforge install --target k8s on the dforge host (it seals every credential the Job reads into ${dir.secretsDir}), then apply the overlay again.`],
     });
   }

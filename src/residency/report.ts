@@ -119,7 +119,8 @@ export interface CrossRegionEvent {
 
 
 export interface ResidencyReport {
-  readonly format: 'dforge-residency-report/1';
+  /** /2: `moves` are the journal's records (with both clusters and the purge), no longer ops-log events. */
+  readonly format: 'dforge-residency-report/2';
   readonly generatedAt: string;
   readonly domain: string;
   readonly primaryRegion: string;
@@ -286,7 +287,7 @@ export async function buildResidencyReport(plane: Pick<ControlPlane, 'config' | 
       })
     : null;
   return {
-    format: 'dforge-residency-report/1',
+    format: 'dforge-residency-report/2',
     generatedAt,
     domain: config.domain,
     primaryRegion: config.primaryRegion,

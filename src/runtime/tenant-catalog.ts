@@ -36,10 +36,10 @@ export interface CatalogEntry {
   readonly status: 'active' | 'suspended';
   /**
    * Present while a tenant move holds the tenant frozen (src/tenants/move.ts): its role can't log
-   * in until the move finishes, so the app should answer read-only (or "try later") instead of
-   * failing on a refused connection.
+   * in until the move finishes, so the app should answer "moving, try later" instead of failing
+   * on a refused connection.
    */
-  readonly readOnly?: true;
+  readonly moving?: true;
 }
 
 export interface CatalogPublication {
@@ -115,7 +115,7 @@ export async function publishTenantCatalog(plane: ControlPlane): Promise<Catalog
         ...(active ? {passwordFile} : {}),
         ...(embedded ? {sslrootcert: caFileOf(dir, cluster)} : {}),
         status: tenant.status,
-        ...(moving.has(tenant.slug) ? {readOnly: true as const} : {}),
+        ...(moving.has(tenant.slug) ? {moving: true as const} : {}),
       });
     }
     entries.sort((a, b) => byCodePoint(a.slug, b.slug));
@@ -203,8 +203,11 @@ async function signalApp(project: string): Promise<number> {
 }
 
 /** Runs a tenant change, then republishes the catalog, so the app's view follows every change. */
-export async function changingTenants<T>(plane: ControlPlane, change: () => Promise<T>): Promise<T> {
+export async function changingTenants<T>(plane: ControlPlane, change: () => Promise<T>, warn?: (text: string) => void): Promise<T> {
   const result = await change();
-  await publishTenantCatalog(plane);
+  const published = await publishTenantCatalog(plane);
+  if (published.misplaced && warn) {
+    warn(`the app catalog leaves out ${published.misplaced.join(', ')}: dforge.yaml now declares their cluster in another region than their pin; put the cluster back under its region in dforge.yaml, or move the tenant (dforge tenant move)`);
+  }
   return result;
 }

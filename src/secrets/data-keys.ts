@@ -84,6 +84,11 @@ export class DataKeys {
     return this.store.removeOwner(owner);
   }
 
+  /** The versions of an owner's key that exist, ascending. */
+  async versions(owner: string): Promise<number[]> {
+    return (await this.store.list(owner)).map((r) => r.version).sort((a, b) => a - b);
+  }
+
   /**
    * Crypto-shredding of part of a key's history: destroys the given versions, which must all be
    * decrypt-only. Data encrypted under them is unreadable from now on; the active version stays.

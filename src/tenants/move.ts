@@ -23,10 +23,9 @@ import {clustersOf, endpointOf} from '../control/clusters.js';
 import type {ControlPlane} from '../control/plane.js';
 import {inTransaction} from '../control/keys-store.js';
 import {PartialError, UsageError, UserError, VerificationError} from '../errors.js';
-import {BackupCatalog, type BackupRecord} from '../backup/catalog.js';
+import {BackupCatalog, manifestLocation, type BackupRecord} from '../backup/catalog.js';
 import {regionDestinations} from '../backup/destination.js';
 import {startPgRestoreList, startPgTool} from '../backup/pg-tool-runner.js';
-import {removeBackup} from '../backup/removal.js';
 import {pgDumpArgs, restorableEntries} from '../backup/pg-tools.js';
 import {restoreRoleOf} from '../postgres/provisioner.js';
 import {serverVersionNum, withConnection} from '../postgres/connect.js';
@@ -163,6 +162,11 @@ export interface PurgeResult {
   readonly keyVersionsDestroyed: number[];
   /** Source-region backups neither deleted nor shredded, and why: the purge is partial (exit 4). */
   readonly retained: ReadonlyArray<{readonly id: string; readonly reason: string}>;
+  /**
+   * Set when key versions were destroyed: control backups taken before the purge still hold them,
+   * wrapped under the master key, so the shred is complete only after these commands.
+   */
+  readonly completeTheShred?: readonly string[];
   readonly move: MoveRecord;
 }
 
@@ -194,17 +198,35 @@ export async function purgeSource(plane: ControlPlane, slugInput: string, confir
       return names;
     });
     const backups = last.fromRegion === last.toRegion ? {deleted: [], shredded: [], versions: [], retained: []} : await purgeSourceBackups(plane, last, progress);
-    const move = await journal.markSourcePurged(last);
-    const result: PurgeResult = {tenant: slug, cluster: last.fromCluster, dropped, backupsDeleted: backups.deleted, backupsShredded: backups.shredded, keyVersionsDestroyed: backups.versions, retained: backups.retained, move};
+    // Purged only once nothing is left at the source: the residency report reads this.
+    const move = backups.retained.length === 0 ? await journal.markSourcePurged(last) : last;
+    const result: PurgeResult = {
+      tenant: slug,
+      cluster: last.fromCluster,
+      dropped,
+      backupsDeleted: backups.deleted,
+      backupsShredded: backups.shredded,
+      keyVersionsDestroyed: backups.versions,
+      retained: backups.retained,
+      move,
+      ...(backups.shredded.length > 0 ? {completeTheShred: COMPLETE_THE_SHRED} : {}),
+    };
     if (result.retained.length > 0) {
       throw new PartialError(`the source of ${slug}'s move was purged except ${result.retained.length} backup(s) in region ${last.fromRegion} that could be neither deleted nor shredded: ${result.retained.map((r) => `${r.id} (${r.reason})`).join('; ')}`, {
-        nextSteps: ['Delete them by hand from their destination (see dforge backup list), then run this again', `Run again: ${moveCommand(slug, `--purge-source --confirm ${slug}`)}`],
+        nextSteps: [
+          'Delete them by hand from their destination (see dforge backup list), then run this again',
+          `Run again: ${moveCommand(slug, `--purge-source --confirm ${slug}`)}`,
+          ...(result.completeTheShred ? [`Control backups taken before this purge still hold the destroyed key versions: ${result.completeTheShred.join(', then ')}`] : []),
+        ],
         data: {...result},
       });
     }
     return result;
   });
 }
+
+/** What makes a shred complete: control backups taken before it hold the destroyed key versions (docs/operations.md). */
+const COMPLETE_THE_SHRED = ['dforge keys rotate --master', 'dforge backup --all'];
 
 /**
  * The source-region part of a purge: each of the tenant's backups recorded in the move's source
@@ -223,7 +245,12 @@ async function purgeSourceBackups(plane: ControlPlane, move: MoveRecord, progres
       continue;
     }
     try {
-      await removeBackup(plane, record);
+      // The file first, the catalog entry last (unlike a prune): a destination that fails midway
+      // leaves the entry, so the backup stays listed and the purge's rerun finds it again.
+      const destination = regionDestinations(plane, record.region).find((d) => d.name === record.destination)!;
+      await destination.remove(record.location);
+      await destination.remove(manifestLocation(record.location));
+      await catalog.remove(record.id);
       deleted.push(record.id);
     } catch (err) {
       kept.push({record, why: `deleting it from ${record.destination} failed: ${(err as Error).message}`});
@@ -233,17 +260,19 @@ async function purgeSourceBackups(plane: ControlPlane, move: MoveRecord, progres
   const usedElsewhere = new Set(all.filter((r) => r.region !== move.fromRegion).map((r) => r.keyVersion));
   const shreddable = (r: BackupRecord): boolean => move.keyRotatedTo !== null && r.keyVersion < move.keyRotatedTo && !usedElsewhere.has(r.keyVersion);
   const versions = [...new Set(kept.filter((k) => shreddable(k.record)).map((k) => k.record.keyVersion))];
-  const destroyed = new Set(versions.length > 0 ? await plane.dataKeys.destroyVersions(move.slug, versions) : []);
-  // A shredded backup's catalog entry would only point at ciphertext nobody can open.
+  const destroyed = versions.length > 0 ? await plane.dataKeys.destroyVersions(move.slug, versions) : [];
+  // A version gone from the store opens nothing, whether this run destroyed it or a run a crash cut short did.
+  const remaining = new Set(await plane.dataKeys.versions(move.slug));
   const shredded: string[] = [];
-  for (const k of kept.filter((x) => destroyed.has(x.record.keyVersion))) {
+  for (const k of kept.filter((x) => !remaining.has(x.record.keyVersion))) {
+    // A shredded backup's catalog entry would only point at ciphertext nobody can open.
     await catalog.remove(k.record.id);
     shredded.push(k.record.id);
   }
-  const retained = kept
-    .filter((k) => !destroyed.has(k.record.keyVersion))
-    .map((k) => ({id: k.record.id, reason: `${k.why}; its key version v${k.record.keyVersion} ${usedElsewhere.has(k.record.keyVersion) ? 'also opens a backup outside the region' : 'was made after the move rotated the key'}`}));
-  return {deleted, shredded, versions: [...destroyed].sort((a, b) => a - b), retained};
+  const why = (v: number): string =>
+    usedElsewhere.has(v) ? 'also opens a backup outside the region' : move.keyRotatedTo === null ? 'stays: the move recorded no key rotation to separate the regions' : 'was made after the move rotated the key';
+  const retained = kept.filter((k) => remaining.has(k.record.keyVersion)).map((k) => ({id: k.record.id, reason: `${k.why}; its key version v${k.record.keyVersion} ${why(k.record.keyVersion)}`}));
+  return {deleted, shredded, versions: destroyed, retained};
 }
 
 async function requireOpen(journal: MoveJournal, slug: string): Promise<MoveRecord> {
@@ -353,10 +382,14 @@ async function copy(plane: ControlPlane, tenant: Tenant, move: MoveRecord): Prom
       const serverMajor = Math.floor(Number(await withEndpoint(plane, move.fromCluster, source, serverVersionNum)) / 10_000);
       const useList = restorableEntries(await dumpList(plane, move.fromCluster, source, serverMajor), MODULE_SCHEMAS);
       // The source is frozen, so its fingerprint is read while the copy runs instead of after it.
-      const [, sums] = await Promise.all([
+      // Both settle before the frozen source's one-run password is taken back (asFrozenTenant's finally).
+      const [piped, summed] = await Promise.allSettled([
         pipeDump(plane, {from: move.fromCluster, source, to: move.toCluster, target: {user: restoreRoleOf(tenant.role), password: restorePassword, database: scratch}, role: tenant.role, serverMajor, useList}),
         withEndpoint(plane, move.fromCluster, source, fingerprint),
       ]);
+      if (piped.status === 'rejected') throw piped.reason;
+      if (summed.status === 'rejected') throw summed.reason;
+      const sums = summed.value;
       crashPoint('tenant.move.copy.loaded');
       return sums;
     });

@@ -53,6 +53,7 @@ A move to another region needs --allow-cross-region --reason, written to the ops
       const confirm = await confirmDestructive({provided: f.confirm, expected: slug, flag: '--confirm', question: `Drop the source database and roles of ${slug} left by its move, and its backups in the source region? Type the slug to confirm`});
       const purged = await usingControlPlane(this.installDir(), (plane) => purgeSource(plane, slug, confirm, (line) => this.out.progress(line)));
       this.out.progress(`dropped ${purged.dropped.join(', ') || 'nothing'} of ${slug} on ${purged.cluster}; source-region backups: ${purged.backupsDeleted.length} deleted, ${purged.backupsShredded.length} crypto-shredded`);
+      if (purged.completeTheShred) this.out.warn(`control backups taken before this purge still hold the destroyed key versions; complete the shred with: ${purged.completeTheShred.join(', then ')}`);
       return {action: 'purge-source', ...purged};
     }
     const approval = approvalFromFlags(f);
@@ -61,6 +62,7 @@ A move to another region needs --allow-cross-region --reason, written to the ops
       // The app catalog follows the registry: republished after every run, a rollback included.
       changingTenants(plane, () =>
         action === 'resume' ? resumeMove(plane, slug) : action === 'rollback' ? rollbackMove(plane, slug) : moveTenant(plane, {tenant: slug, toCluster: f['to-cluster'], toRegion: f['to-region'], approval}),
+        (text) => this.out.warn(text),
       ),
     );
     this.out.progress(`move #${result.move.id} of ${slug}: ${result.move.fromCluster} -> ${result.move.toCluster}, ${result.move.state}${result.checksums.length ? ` (${result.checksums.length} tables verified)` : ''}`);
