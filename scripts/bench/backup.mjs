@@ -14,12 +14,11 @@
 // Needs about 8 GB of disk at scale 1.
 // Usage: npm run build && node scripts/bench/backup.mjs [--scale 1] [--pgbench-scale 70] [--random-mb 300]
 //   [--backup-runs 15] [--runs 5] [--tenants 100] [--concurrency 2] [--json out.json]
-import {spawn, spawnSync} from 'node:child_process';
-import {chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync} from 'node:fs';
+import {chmodSync, mkdtempSync, rmSync, statSync, writeFileSync} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import {abba, benchOptions, checkedRun as run, cliPath, freePort, log, median, pairRatio, repoRoot as root, report, seconds, wall} from './common.mjs';
+import {abba, benchOptions, checkedRun as run, dforgeAt, freePort, log, median, pairRatio, repoRoot as root, report, seconds, timedDforgeAt, wall} from './common.mjs';
 
 const options = benchOptions();
 const pgbenchScale = options.count('pgbench-scale', 70, 1);
@@ -36,32 +35,7 @@ const scratch = mkdtempSync(path.join(os.tmpdir(), 'dforge-bench-backup-'));
 chmodSync(scratch, 0o755);
 const dir = path.join(scratch, 'install');
 const port = await freePort();
-/**
- * Runs dforge, returning wall ms and the peak RSS (KiB) of the dforge process itself, read from
- * its /proc VmHWM while it runs (GNU time would report the largest child: pg_dump or pg_restore).
- */
-const dforge = async (...args) => {
-  const start = process.hrtime.bigint();
-  const child = spawn(process.execPath, [cliPath, ...args, '--dir', dir, '--quiet'], {stdio: ['ignore', 'pipe', 'pipe']});
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (c) => (stdout += c));
-  child.stderr.on('data', (c) => (stderr += c));
-  let rssKiB = 0;
-  const poll = setInterval(() => {
-    try {
-      const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'));
-      if (m) rssKiB = Math.max(rssKiB, Number(m[1]));
-    } catch {
-      // exited between polls
-    }
-  }, 20);
-  const code = await new Promise((resolve) => child.on('close', resolve));
-  clearInterval(poll);
-  const ms = Number(process.hrtime.bigint() - start) / 1e6;
-  if (code !== 0) throw new Error(`dforge ${args.join(' ')} exited ${code}: ${stderr}`);
-  return {ms, rssKiB, stdout};
-};
+const dforge = timedDforgeAt(dir);
 const fmt = (x) => x.toFixed(3);
 const ratioCells = (xs, ys) => {
   const r = pairRatio(xs, ys);
@@ -236,6 +210,6 @@ try {
     ],
   });
 } finally {
-  spawnSync(process.execPath, [cliPath, 'db', 'stop', '--immediate', '--dir', dir, '--quiet']);
+  dforgeAt(dir).stop();
   rmSync(scratch, {recursive: true, force: true});
 }

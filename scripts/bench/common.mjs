@@ -1,7 +1,7 @@
 // Helpers the benchmarks share: running dforge and tools, a free loopback port, wall-clock timing,
 // ABBA pairs, medians and their confidence intervals.
-import {spawnSync} from 'node:child_process';
-import {writeFileSync} from 'node:fs';
+import {spawn, spawnSync} from 'node:child_process';
+import {readFileSync, writeFileSync} from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -26,6 +26,36 @@ export function dforgeAt(dir) {
   };
   cli.stop = () => spawnSync(process.execPath, [cliPath, 'db', 'stop', '--immediate', '--dir', dir, '--quiet']);
   return cli;
+}
+
+/**
+ * dforge against the install in `dir`, asynchronously and timed: `{ms, rssKiB, stdout}`, where
+ * rssKiB is the peak RSS of the dforge process itself, read from its /proc VmHWM while it runs
+ * (GNU time would report the largest child: pg_dump or pg_restore).
+ */
+export function timedDforgeAt(dir) {
+  return async (...args) => {
+    const start = process.hrtime.bigint();
+    const child = spawn(process.execPath, [cliPath, ...args, '--dir', dir, '--quiet'], {stdio: ['ignore', 'pipe', 'pipe']});
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c) => (stdout += c));
+    child.stderr.on('data', (c) => (stderr += c));
+    let rssKiB = 0;
+    const poll = setInterval(() => {
+      try {
+        const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'));
+        if (m) rssKiB = Math.max(rssKiB, Number(m[1]));
+      } catch {
+        // exited between polls
+      }
+    }, 20);
+    const code = await new Promise((resolve) => child.on('close', resolve));
+    clearInterval(poll);
+    const ms = Number(process.hrtime.bigint() - start) / 1e6;
+    if (code !== 0) throw new Error(`dforge ${args.join(' ')} exited ${code}: ${stderr}${stdout.slice(0, 4000)}`);
+    return {ms, rssKiB, stdout};
+  };
 }
 
 /** Runs a tool and returns its result; a non-zero exit throws with its stderr. */

@@ -7,14 +7,13 @@
 // The tenant holds pgbench data, about 1 GB at scale 1 (pgbench scale 70).
 // Between pairs, untimed: the move's kept source is purged (--purge-source), the baseline's copy dropped.
 // Usage: npm run build && node scripts/bench/tenant-move.mjs [--scale 1] [--pgbench-scale 70] [--runs 5] [--json out.json]
-import {spawn, spawnSync} from 'node:child_process';
 import {chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
 import YAML from 'yaml';
 
-import {abba, benchOptions, checkedRun as run, cliPath, freePort, log, median, pairRatio, repoRoot as root, report, seconds} from './common.mjs';
+import {abba, benchOptions, checkedRun as run, dforgeAt, freePort, log, median, pairRatio, repoRoot as root, report, seconds, timedDforgeAt, wall} from './common.mjs';
 
 const options = benchOptions();
 const pgbenchScale = options.count('pgbench-scale', 70, 1);
@@ -25,23 +24,7 @@ chmodSync(scratch, 0o755);
 const dir = path.join(scratch, 'install');
 const ports = {'local-1': await freePort(), 'local-2': await freePort()};
 
-const dforge = async (...args) => {
-  const start = process.hrtime.bigint();
-  const child = spawn(process.execPath, [cliPath, ...args, '--dir', dir, '--quiet'], {stdio: ['ignore', 'pipe', 'pipe']});
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (c) => (stdout += c));
-  child.stderr.on('data', (c) => (stderr += c));
-  const code = await new Promise((resolve) => child.on('close', resolve));
-  const ms = Number(process.hrtime.bigint() - start) / 1e6;
-  if (code !== 0) throw new Error(`dforge ${args.join(' ')} exited ${code}: ${stderr}${stdout}`);
-  return {ms, stdout};
-};
-const timed = (fn) => {
-  const start = process.hrtime.bigint();
-  fn();
-  return Number(process.hrtime.bigint() - start) / 1e6;
-};
+const dforge = timedDforgeAt(dir);
 const fmt = (x) => x.toFixed(3);
 
 try {
@@ -95,7 +78,7 @@ try {
         const from = live;
         const to = other(from);
         run(bin('psql'), ['-XAtc', 'DROP DATABASE IF EXISTS raw_copy'], asAdmin(to));
-        const ms = timed(() => {
+        const ms = wall(() => {
           run(bin('createdb'), ['raw_copy'], asAdmin(to));
           run('/bin/sh', ['-c', `"${bin('pg_dump')}" -Fc | PGHOST="$T_HOST" PGPORT="$T_PORT" PGUSER=dforge_admin PGPASSWORD="$T_PASSWORD" PGDATABASE=raw_copy PGSSLMODE=disable "${bin('pg_restore')}" -d raw_copy --no-owner --no-privileges --exit-on-error`], {
             ...asTenant(from),
@@ -132,6 +115,6 @@ try {
     ],
   });
 } finally {
-  spawnSync(process.execPath, [cliPath, 'db', 'stop', '--immediate', '--dir', dir, '--quiet']);
+  dforgeAt(dir).stop();
   rmSync(scratch, {recursive: true, force: true});
 }

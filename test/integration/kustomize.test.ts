@@ -7,7 +7,7 @@ import {promisify} from 'node:util';
 
 import {afterAll, beforeAll, describe, expect, it} from 'vitest';
 
-import {configSchema, type DforgeConfig} from '../../src/config/schema.js';
+import type {DforgeConfig} from '../../src/config/schema.js';
 import {openKeyServices} from '../../src/keys/context.js';
 import {initKeys} from '../../src/keys/init.js';
 import {ensureSealedPassword} from '../../src/keys/sealed-password.js';
@@ -16,6 +16,7 @@ import {writeRendered} from '../../src/render/rendered-file.js';
 import {masterDir} from '../../src/secrets/master-key.js';
 import {InstallDir} from '../../src/state/install-dir.js';
 import {tempInstall} from '../helpers/install-fixture.js';
+import {K8S_EU, k8sConfig} from '../helpers/k8s-config.js';
 import {objectId, parseManifests, podTemplates, schemaProblems, unknownFieldProblems, type K8sObject} from '../helpers/k8s-objects.js';
 import {missingComponent} from '../helpers/requirements.js';
 import {projectSecretVolume} from '../helpers/secret-projection.js';
@@ -47,16 +48,8 @@ for (const binary of candidates) {
 }
 
 const config = (patch: Record<string, unknown> = {}): DforgeConfig =>
-  configSchema.parse({
-    version: 1,
-    domain: 'dforge.example.com',
-    target: 'k8s',
-    primaryRegion: 'eu',
-    release: '1.4.2',
-    regions: {
-      eu: {jurisdiction: 'EU', clusters: [{name: 'eu-1', kind: 'bundled'}], backup: {destinations: [{name: 'eu-local', kind: 'local', path: '/var/backups/dforge/eu'}]}},
-      us: {jurisdiction: 'US', clusters: [{name: 'us-1', kind: 'external', host: 'pg.us.example.com', admin: {secret: 'postgres/us-1-admin'}}]},
-    },
+  k8sConfig({
+    regions: {eu: K8S_EU, us: {jurisdiction: 'US', clusters: [{name: 'us-1', kind: 'external', host: 'pg.us.example.com', admin: {secret: 'postgres/us-1-admin'}}]}},
     kubernetes: {namespace: 'dforge-prod', ingressClassName: 'nginx'},
     ...patch,
   });

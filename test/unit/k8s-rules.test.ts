@@ -1,7 +1,8 @@
 import {describe, expect, it} from 'vitest';
 
-import {configSchema, type DforgeConfig} from '../../src/config/schema.js';
+import type {DforgeConfig} from '../../src/config/schema.js';
 import {renderKubernetes} from '../../src/render/k8s.js';
+import {K8S_EU, k8sConfig} from '../helpers/k8s-config.js';
 import {objectId, parseManifests, podTemplates, type Container, type K8sObject, type PodTemplate} from '../helpers/k8s-objects.js';
 
 /**
@@ -13,17 +14,11 @@ import {objectId, parseManifests, podTemplates, type Container, type K8sObject, 
  * handlers (the app and auth images serve one /healthz).
  */
 const config = (): DforgeConfig =>
-  configSchema.parse({
-    version: 1,
-    domain: 'dforge.example.com',
-    target: 'k8s',
-    primaryRegion: 'eu',
-    release: '1.4.2',
+  k8sConfig({
     regions: {
-      eu: {jurisdiction: 'EU', clusters: [{name: 'eu-1', kind: 'bundled'}], backup: {destinations: [{name: 'eu-local', kind: 'local', path: '/var/backups/dforge/eu'}]}},
+      eu: K8S_EU,
       us: {jurisdiction: 'US', clusters: [{name: 'us-1', kind: 'external', host: '192.0.2.10', admin: {secret: 'postgres/us-1-admin'}}], backup: {destinations: [{name: 'us-local', kind: 'local', path: '/var/backups/dforge/us'}]}},
     },
-    kubernetes: {namespace: 'dforge'},
   });
 
 type Ctx = {objects: K8sObject[]; template: PodTemplate; container: Container; init: boolean};

@@ -1,7 +1,8 @@
 import {describe, expect, it} from 'vitest';
 
-import {configSchema, type DforgeConfig} from '../../src/config/schema.js';
+import type {DforgeConfig} from '../../src/config/schema.js';
 import {kubernetesSecrets, MASTER_KEY_SECRET, renderKubernetes, renderKubernetesOverlay} from '../../src/render/k8s.js';
+import {k8sConfig} from '../helpers/k8s-config.js';
 import {parseManifests, podTemplates, type K8sObject, type PodTemplate} from '../helpers/k8s-objects.js';
 
 /**
@@ -11,16 +12,7 @@ import {parseManifests, podTemplates, type K8sObject, type PodTemplate} from '..
  * never reach a superuser, the CA or JWT private key, or a job's archive; only the bootstrap Job
  * reaches the superusers; no workload reaches the install's CA key (no Secret carries it).
  */
-const config = (): DforgeConfig =>
-  configSchema.parse({
-    version: 1,
-    domain: 'dforge.example.com',
-    target: 'k8s',
-    primaryRegion: 'eu',
-    release: '1.4.2',
-    regions: {eu: {jurisdiction: 'EU', clusters: [{name: 'eu-1', kind: 'bundled'}], backup: {destinations: [{name: 'eu-local', kind: 'local', path: '/var/backups/dforge/eu'}]}}},
-    kubernetes: {namespace: 'dforge'},
-  });
+const config = (): DforgeConfig => k8sConfig();
 
 /** Every key of every Secret, as the overlay generates them; the master key's keys are the operator's (file provider: keyring and key files). */
 const keysOf = (c: DforgeConfig): Map<string, readonly string[]> => new Map([...kubernetesSecrets(c).map((s) => [s.name, s.keys] as const), [MASTER_KEY_SECRET, ['*']]]);
