@@ -22,8 +22,9 @@ afterEach(async () => {
   for (const r of roots.splice(0)) await fs.rm(r, {recursive: true, force: true});
 });
 
-async function mountedInstall(): Promise<{dir: InstallDir; keyDir: string; addKey(version: number, mode?: number): Promise<string>}> {
-  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'dforge-mounted-'));
+/** `base`: where the test's directories go; the Kubernetes jobs keep /tmp for themselves, so a key directory there is refused on k8s. */
+async function mountedInstall(base = os.tmpdir()): Promise<{dir: InstallDir; keyDir: string; addKey(version: number, mode?: number): Promise<string>}> {
+  const root = await fs.mkdtemp(path.join(base, 'dforge-mounted-'));
   roots.push(root);
   const keyDir = path.join(root, 'kms');
   await fs.mkdir(keyDir, {mode: 0o700});
@@ -147,4 +148,37 @@ describe('the mounted master key provider', () => {
     expect(result.code).toBe(1);
     expect(result.stderr).toContain('keys.mountedKeyDir: the mounted master key provider needs keys.mountedKeyDir');
   });
+
+  it('install --target k8s neither needs nor prints the Secret dforge-master-key: it names the key files the volume must hold', async () => {
+    const {dir, keyDir, addKey} = await mountedInstall('/var/tmp');
+    await addKey(1);
+    await fs.writeFile(
+      dir.configFile,
+      `version: 1
+domain: dforge.localhost
+target: k8s
+primaryRegion: eu
+regions:
+  eu:
+    clusters:
+      - name: eu-1
+        kind: bundled
+keys:
+  masterKeyProvider: mounted
+  mountedKeyDir: ${keyDir}
+kubernetes:
+  masterKeyVolume:
+    csi: {driver: secrets-store.csi.k8s.io, readOnly: true, volumeAttributes: {secretProviderClass: dforge-master}}
+`,
+    );
+    // No cluster is reachable here: install writes everything and stops at Apply with exit 4.
+    const result = await runCli(['install', '--dir', dir.root, '--yes', '--json']);
+    expect(result.code, result.stderr).toBe(4);
+    const error = JSON.parse(result.stdout).error as {message: string; nextSteps: string[]; data: {commands: string[]}};
+    expect(error.message).toContain('the install is incomplete');
+    expect(error.nextSteps).toContain(`(nothing to create for the master key: the volume kubernetes.masterKeyVolume must provide ${keyDir}/v1.key (the files dforge reads on this host), read-only)`);
+    expect(error.data.commands.some((c) => c.includes('dforge-bootstrap'))).toBe(true);
+    expect(result.stdout + result.stderr).not.toContain('create secret');
+    expect(result.stdout + result.stderr).not.toContain('dforge-master-key');
+  }, 180_000);
 });
