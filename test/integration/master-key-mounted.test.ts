@@ -5,7 +5,9 @@ import path from 'node:path';
 
 import {afterEach, describe, expect, it} from 'vitest';
 
+import {UserError} from '../../src/errors.js';
 import {openKeyServices} from '../../src/keys/context.js';
+import {exportMasterKey} from '../../src/keys/export-master.js';
 import {initKeys} from '../../src/keys/init.js';
 import {rotateMasterKey} from '../../src/keys/rotate-master.js';
 import {masterDir, readKeyringState} from '../../src/secrets/master-key.js';
@@ -139,6 +141,20 @@ describe('the mounted master key provider', () => {
     const notDir = await runCli(['keys', 'rotate', '--master', '--dir', dir.root]);
     expect(notDir.code).toBe(1);
     expect(notDir.stderr).toContain(`cannot read the mounted master key directory ${keyDir}: ENOTDIR`);
+  });
+
+  it('the master key export reads the mounted versions, and names the file to restore when none is there', async () => {
+    const {dir, keyDir, addKey} = await mountedInstall();
+    const key = await addKey(1);
+    await initKeys(dir, {command: 'test'});
+    const file = path.join(path.dirname(dir.root), 'export.json');
+    expect(await exportMasterKey(dir, file)).toEqual({file, versions: [1]});
+    expect((JSON.parse(await fs.readFile(file, 'utf8')) as {DFORGE_MASTER_KEY: string}).DFORGE_MASTER_KEY).toBe(`1:${key}`);
+
+    await fs.rm(path.join(keyDir, 'v1.key'));
+    const none = await exportMasterKey(dir, `${file}.2`).catch((e: unknown) => e as UserError);
+    expect((none as UserError).message).toBe('no master key material could be read, so there is nothing to export');
+    expect((none as UserError).nextSteps[0]).toContain(`Add ${keyDir}/v1.key`);
   });
 
   it('dforge.yaml without keys.mountedKeyDir is refused with the key to set', async () => {
