@@ -289,7 +289,8 @@ export function mountedKeySource(keyDir: string): KeyMaterialSource {
     });
     if (!handle) return undefined;
     try {
-      await refuseLooseKeyFile(target, (await handle.stat()).mode, [keyDir]);
+      // The operator's store writes these files, and a read-only volume takes no chmod: the mode is set where the store is.
+      await refuseLooseKeyFile(target, (await handle.stat()).mode, [keyDir], `If the key store rewrites ${keyDir}, set the mode there: 0400 files (0440 on a Kubernetes volume, for the pod's fsGroup: a secret volume's defaultMode, or the CSI provider's file permission) in a directory only dforge's user can open.`);
       return decodeKey(await handle.readFile(), target);
     } finally {
       await handle.close();
@@ -325,7 +326,7 @@ export function mountedKeySource(keyDir: string): KeyMaterialSource {
  * outside (a copy, an archive, a chmod); fixing it is the operator's decision, so nothing is
  * changed here.
  */
-async function refuseLooseKeyFile(file: string, mode: number, dirs: readonly string[]): Promise<void> {
+async function refuseLooseKeyFile(file: string, mode: number, dirs: readonly string[], sourceFix?: string): Promise<void> {
   // The Kubernetes backup job reads the key from the operator's Secret, which the kubelet projects
   // read-only: 0440 for the pod's fsGroup, the key a link into the `..data` link's directory. Only
   // that exact shape, in a directory nobody else can write, may be group-readable; a copy of a
@@ -345,6 +346,7 @@ async function refuseLooseKeyFile(file: string, mode: number, dirs: readonly str
   throw new UserError(`refusing to use the master key ${file}: ${loose.map(([p, m]) => `${p} is open to group or others (mode ${octal(m)})`).join('; ')}`, {
     nextSteps: [
       `Run: ${loose.map(([, , fix]) => fix).join(' && ')}`,
+      ...(sourceFix ? [sourceFix] : []),
       'If anyone else could log in to this host meanwhile, consider the key exposed: after fixing the mode, rotate it with: dforge keys rotate --master',
     ],
     data: {file, loose: loose.map(([p, m]) => ({path: p, mode: octal(m)}))},

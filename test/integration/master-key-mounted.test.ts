@@ -65,6 +65,7 @@ describe('the mounted master key provider', () => {
     expect(result.code).toBe(1);
     expect(result.stderr).toContain(`refusing to use the master key ${keyDir}/v1.key`);
     expect(result.stderr).toContain(`chmod 600 ${keyDir}/v1.key`);
+    expect(result.stderr).toContain(`If the key store rewrites ${keyDir}, set the mode there: 0400 files`);
     expect(await readKeyringState(dir)).toBeUndefined();
   });
 
