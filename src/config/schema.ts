@@ -245,6 +245,11 @@ export const configSchema = z
     if (config.keys.masterKeyProvider === 'mounted' && config.keys.mountedKeyDir === undefined) {
       ctx.addIssue({code: 'custom', path: ['keys', 'mountedKeyDir'], message: 'the mounted master key provider needs keys.mountedKeyDir: the absolute path where the key store is mounted, e.g. /var/run/dforge-kms'});
     }
+    // Set for another provider they would do nothing, silently: refused like a misspelt key.
+    if (config.keys.masterKeyProvider !== 'mounted') {
+      if (config.keys.mountedKeyDir !== undefined) ctx.addIssue({code: 'custom', path: ['keys', 'mountedKeyDir'], message: `keys.mountedKeyDir is read by the mounted provider only, and keys.masterKeyProvider is "${config.keys.masterKeyProvider}"`});
+      if (config.kubernetes.masterKeyVolume !== undefined) ctx.addIssue({code: 'custom', path: ['kubernetes', 'masterKeyVolume'], message: `kubernetes.masterKeyVolume is mounted for the mounted provider only, and keys.masterKeyProvider is "${config.keys.masterKeyProvider}": the jobs read the Secret dforge-master-key`});
+    }
     if (config.keys.masterKeyProvider === 'mounted' && config.target === 'k8s' && config.kubernetes.masterKeyVolume === undefined) {
       ctx.addIssue({
         code: 'custom',

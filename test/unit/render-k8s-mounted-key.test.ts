@@ -56,6 +56,14 @@ describe('config: the mounted master key provider', () => {
     expect(paths({kubernetes: {masterKeyVolume: {...CSI, secret: {secretName: 'kms'}}}})).toEqual(['kubernetes.masterKeyVolume']);
   });
 
+  it('refuses the mounted provider\'s settings with another provider, where they would do nothing', () => {
+    const result = configSchema.safeParse({...base, keys: {masterKeyProvider: 'file', mountedKeyDir: KEY_DIR}});
+    expect(result.error?.issues.map((i) => [i.path.join('.'), i.message])).toEqual([
+      ['keys.mountedKeyDir', 'keys.mountedKeyDir is read by the mounted provider only, and keys.masterKeyProvider is "file"'],
+      ['kubernetes.masterKeyVolume', 'kubernetes.masterKeyVolume is mounted for the mounted provider only, and keys.masterKeyProvider is "file": the jobs read the Secret dforge-master-key'],
+    ]);
+  });
+
   it('needs no volume off Kubernetes', () => {
     const embedded = configSchema.safeParse({...base, target: 'embedded', regions: {eu: {clusters: [{name: 'eu-1', kind: 'embedded'}]}}, kubernetes: {}});
     expect(embedded.success, JSON.stringify(embedded.error?.issues)).toBe(true);
