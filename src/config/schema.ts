@@ -1,3 +1,5 @@
+import path from 'node:path';
+
 import {z} from 'zod';
 
 /**
@@ -132,9 +134,14 @@ export const configSchema = z
     keys: z
       .strictObject({
         masterKeyProvider: z
-          .enum(['file', 'env', 'passphrase'])
+          .enum(['file', 'env', 'passphrase', 'mounted'])
           .default('file')
-          .describe('file: secrets/master/v<N>.key; env: DFORGE_MASTER_KEY; passphrase: DFORGE_MASTER_PASSPHRASE stretched with scrypt.'),
+          .describe('file: secrets/master/v<N>.key; env: DFORGE_MASTER_KEY; passphrase: DFORGE_MASTER_PASSPHRASE stretched with scrypt; mounted: v<N>.key files in keys.mountedKeyDir, which a key store outside dforge mounts.'),
+        mountedKeyDir: z
+          .string()
+          .refine((p) => path.posix.isAbsolute(p) && path.posix.normalize(p) === p && p !== '/', 'an absolute, normalized path such as /var/run/dforge-kms')
+          .optional()
+          .describe('The mounted provider: the directory a CSI secrets-store driver, a Vault agent or a Secret volume (External Secrets) fills with v<N>.key files, each a base64 32-byte key, 0400. Read-only to dforge. On Kubernetes the jobs mount kubernetes.masterKeyVolume here.'),
         jwt: z
           .strictObject({
             algorithm: z.enum(['EdDSA', 'ES256']).default('EdDSA').describe('EdDSA is Ed25519.'),
@@ -184,6 +191,11 @@ export const configSchema = z
           .regex(/^[1-9][0-9]{0,5}(Mi|Gi|Ti)$/, 'a size such as 20Gi')
           .default('20Gi')
           .describe('Size of the PostgreSQL volume claim.'),
+        masterKeyVolume: z
+          .record(z.string(), z.unknown())
+          .refine((v) => Object.keys(v).length === 1 && !('name' in v), 'one volume source without a name, e.g. {csi: {driver: secrets-store.csi.k8s.io, readOnly: true, volumeAttributes: {secretProviderClass: dforge-master}}}')
+          .optional()
+          .describe('With keys.masterKeyProvider mounted: the volume source (csi, secret, ...) the backup and bootstrap jobs mount read-only at keys.mountedKeyDir, in place of the Secret dforge-master-key.'),
       })
       .default({namespace: 'dforge', ingressNamespace: 'ingress-nginx', postgresStorage: '20Gi'}),
     policy: z
@@ -228,6 +240,21 @@ export const configSchema = z
         code: 'custom',
         path: ['operatorRegion'],
         message: `operatorRegion "${config.operatorRegion}" is not declared under regions (declared: ${Object.keys(config.regions).join(', ')})`,
+      });
+    }
+    if (config.keys.masterKeyProvider === 'mounted' && config.keys.mountedKeyDir === undefined) {
+      ctx.addIssue({code: 'custom', path: ['keys', 'mountedKeyDir'], message: 'the mounted master key provider needs keys.mountedKeyDir: the absolute path where the key store is mounted, e.g. /var/run/dforge-kms'});
+    }
+    // Set for another provider they would do nothing, silently: refused like a misspelt key.
+    if (config.keys.masterKeyProvider !== 'mounted') {
+      if (config.keys.mountedKeyDir !== undefined) ctx.addIssue({code: 'custom', path: ['keys', 'mountedKeyDir'], message: `keys.mountedKeyDir is read by the mounted provider only, and keys.masterKeyProvider is "${config.keys.masterKeyProvider}"`});
+      if (config.kubernetes.masterKeyVolume !== undefined) ctx.addIssue({code: 'custom', path: ['kubernetes', 'masterKeyVolume'], message: `kubernetes.masterKeyVolume is mounted for the mounted provider only, and keys.masterKeyProvider is "${config.keys.masterKeyProvider}": the jobs read the Secret dforge-master-key`});
+    }
+    if (config.keys.masterKeyProvider === 'mounted' && config.target === 'k8s' && config.kubernetes.masterKeyVolume === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['kubernetes', 'masterKeyVolume'],
+        message: 'with the mounted master key provider and target k8s, set kubernetes.masterKeyVolume: the volume source the jobs mount at keys.mountedKeyDir, e.g. {csi: {driver: secrets-store.csi.k8s.io, readOnly: true, volumeAttributes: {secretProviderClass: dforge-master}}}',
       });
     }
     if (config.policy.backups.failAfterHours <= config.policy.backups.warnAfterHours) {

@@ -21,7 +21,8 @@ export interface Answers {
   httpPort: number;
   postgresPort: number;
   backupDir: string;
-  masterKeyProvider: 'file' | 'env' | 'passphrase';
+  /** mounted is never asked (it needs keys.mountedKeyDir): it comes from a dforge.yaml the operator wrote. */
+  masterKeyProvider: DforgeConfig['keys']['masterKeyProvider'];
   release: string;
   project: string;
   images: Partial<Record<'postgres' | 'authDb' | 'auth' | 'app' | 'proxy', string>>;

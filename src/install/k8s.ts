@@ -10,11 +10,12 @@ import {openKeyServices, type KeyServices} from '../keys/context.js';
 import {jwksFile, jwtPrivateKeyName, readJwtKeys} from '../keys/jwt.js';
 import {ensureSealedPassword} from '../keys/sealed-password.js';
 import {clusterReachable, k8sOverlayDir, k8sRenderedDir, kubectl, publishedTenants, writeOverlayKustomization} from '../k8s/overlay.js';
-import {ARCHIVE_SECRETS, CATALOG_SECRET, kubernetesSecrets, MASTER_KEY_SECRET, masterKeySecretCommand, overlaySecretFile, renderKubernetes} from '../render/k8s.js';
+import {ARCHIVE_SECRETS, archiveCarriesKeyring, CATALOG_SECRET, kubernetesSecrets, masterKeySetup, overlaySecretFile, renderKubernetes, type MasterKeySetup} from '../render/k8s.js';
 import {byCodePoint, writeRendered} from '../render/rendered-file.js';
 import {findBundledCluster} from '../render/values.js';
 import {ensureRuntimeDir, ROOT, writeRuntimeFile} from '../runtime/runtime-files.js';
 import {catalogText, withTenantCatalogLock} from '../runtime/tenant-catalog.js';
+import {keyringFile, readKeyringState} from '../secrets/master-key.js';
 import type {InstallDir} from '../state/install-dir.js';
 import type {Step} from '../ui/tasks.js';
 import {AUTH_DB_PASSWORD_SECRET, AUTH_DB_SUPERUSER_SECRET} from './secrets.js';
@@ -26,7 +27,8 @@ import type {InstallContext} from './context.js';
  * file per Secret key, apply it with kubectl, then wait for the bootstrap Job (the databases:
  * dforge_control, the provisioner, auth-db). Without a reachable cluster, or without the
  * operator's master key Secret, it stops with exit 4 (incomplete) after writing, naming the
- * commands that finish it.
+ * commands that finish it. The mounted provider has no Secret to check: its volume is the
+ * operator's, and install names the key files it must hold.
  */
 export function k8sInstallSteps(dir: InstallDir): Array<Step<InstallContext>> {
   return [
@@ -49,18 +51,19 @@ export function k8sInstallSteps(dir: InstallDir): Array<Step<InstallContext>> {
       title: 'Apply',
       async run(ctx) {
         const config = ctx.config!;
-        const next = nextCommands(dir, config);
+        const next = await nextCommands(dir, config);
         if (!(await clusterReachable())) {
           ctx.applied = false;
+          const masterKey = next.masterKey.kind === 'secret' ? [next.masterKey.command] : [];
           throw new PartialError(`the install is incomplete: rendered ${k8sRenderedDir(dir)} and wrote the overlay ${k8sOverlayDir(dir)}, but no Kubernetes cluster is reachable with the current kubeconfig, so nothing was applied and the databases are not bootstrapped`, {
             nextSteps: [
               'Point kubectl at the cluster and run dforge install --target k8s again, or run these from this host:',
-              `${next.masterKey}   (once: the master key Secret, if the namespace has none yet)`,
+              next.masterKey.kind === 'secret' ? `${next.masterKey.command}   (once: the master key Secret, if the namespace has none yet)` : `(nothing to create for the master key: ${next.masterKey.requirement})`,
               next.deleteJob,
               next.apply,
               next.wait,
             ],
-            data: {rendered: k8sRenderedDir(dir), overlay: k8sOverlayDir(dir), commands: [next.masterKey, next.deleteJob, next.apply, next.wait]},
+            data: {rendered: k8sRenderedDir(dir), overlay: k8sOverlayDir(dir), commands: [...masterKey, next.deleteJob, next.apply, next.wait]},
           });
         }
         await kubectl(['-n', config.kubernetes.namespace, 'delete', 'job', BOOTSTRAP_JOB, '--ignore-not-found', '--wait=true']);
@@ -73,21 +76,30 @@ export function k8sInstallSteps(dir: InstallDir): Array<Step<InstallContext>> {
       title: 'Bootstrap',
       async run(ctx) {
         const config = ctx.config!;
-        const {masterKey, deleteJob, apply, wait} = nextCommands(dir, config);
-        // -o name prints the name only: nothing of the Secret's data leaves the cluster.
-        const present = await kubectl(['-n', config.kubernetes.namespace, 'get', 'secret', MASTER_KEY_SECRET, '-o', 'name']).then(
-          () => true,
-          () => false,
-        );
-        if (!present) {
-          throw new PartialError(`the install is incomplete: the overlay is applied, but the Job ${BOOTSTRAP_JOB} cannot open the install's secrets until the Secret ${MASTER_KEY_SECRET} exists, which dforge never creates`, {
-            nextSteps: ['Create it from this host, then wait for the bootstrap:', masterKey, wait],
-            data: {commands: [masterKey, wait]},
-          });
+        const {masterKey, deleteJob, apply, wait} = await nextCommands(dir, config);
+        if (masterKey.kind === 'secret') {
+          // -o name prints the name only: nothing of the Secret's data leaves the cluster.
+          const present = await kubectl(['-n', config.kubernetes.namespace, 'get', 'secret', masterKey.secret, '-o', 'name']).then(
+            () => true,
+            () => false,
+          );
+          if (!present) {
+            throw new PartialError(`the install is incomplete: the overlay is applied, but the Job ${BOOTSTRAP_JOB} cannot open the install's secrets until the Secret ${masterKey.secret} exists, which dforge never creates`, {
+              nextSteps: ['Create it from this host, then wait for the bootstrap:', masterKey.command, wait],
+              data: {commands: [masterKey.command, wait]},
+            });
+          }
         }
         await kubectl(waitArgs(config)).catch((err: unknown) => {
           throw new PartialError(`the install is incomplete: the overlay is applied, but the Job ${BOOTSTRAP_JOB} did not complete within ${BOOTSTRAP_TIMEOUT_S}s`, {
-            nextSteps: [`See why: kubectl -n ${config.kubernetes.namespace} logs job/${BOOTSTRAP_JOB}`, 'Fix it, then run again:', deleteJob, apply, wait],
+            nextSteps: [
+              `See why: kubectl -n ${config.kubernetes.namespace} logs job/${BOOTSTRAP_JOB}`,
+              ...(masterKey.kind === 'volume' ? [`A pod that cannot start, or cannot open the install's secrets, may lack its master key: ${masterKey.requirement}.`] : []),
+              'Fix it, then run again:',
+              deleteJob,
+              apply,
+              wait,
+            ],
             cause: err,
           });
         });
@@ -104,9 +116,10 @@ const BOOTSTRAP_TIMEOUT_S = 600;
 const waitArgs = (config: DforgeConfig): string[] => ['-n', config.kubernetes.namespace, 'wait', '--for=condition=complete', `job/${BOOTSTRAP_JOB}`, `--timeout=${BOOTSTRAP_TIMEOUT_S}s`];
 
 /** The commands that finish a k8s install by hand, run where the install directory is, with kubectl pointed at the cluster. */
-function nextCommands(dir: InstallDir, config: DforgeConfig): {masterKey: string; deleteJob: string; apply: string; wait: string} {
+async function nextCommands(dir: InstallDir, config: DforgeConfig): Promise<{masterKey: MasterKeySetup; deleteJob: string; apply: string; wait: string}> {
+  const live = ((await readKeyringState(dir))?.versions ?? []).filter((v) => v.destroyedAt === undefined).map((v) => v.version);
   return {
-    masterKey: masterKeySecretCommand(config, dir),
+    masterKey: masterKeySetup(config, dir, live),
     // A Job's pod template cannot change: the previous run goes before the apply creates this one.
     deleteJob: `kubectl -n ${config.kubernetes.namespace} delete job ${BOOTSTRAP_JOB} --ignore-not-found`,
     apply: `kubectl apply -k ${k8sOverlayDir(dir)}`,
@@ -147,8 +160,8 @@ async function writeOverlay(dir: InstallDir, keys: KeyServices, config: DforgeCo
     'dforge-jwt-signing-key': {'jwt-signing-key.pem': (await keys.sealed.get(jwtPrivateKeyName(signing.kid))).toString('utf8')},
     'dforge-jwks': {'jwks.json': await fs.readFile(jwksFile(dir), 'utf8')},
     'dforge-proxy-tls': {'tls.crt': `${proxyTls.certPem.trimEnd()}\n${caPem.trimEnd()}\n`, 'tls.key': proxyTls.keyPem},
-    [ARCHIVE_SECRETS.backup]: {'install.tar': await installArchive(dir, archiveSecrets(config, 'backup'))},
-    [ARCHIVE_SECRETS.bootstrap]: {'install.tar': await installArchive(dir, archiveSecrets(config, 'bootstrap'))},
+    [ARCHIVE_SECRETS.backup]: {'install.tar': await installArchive(dir, archiveSecrets(config, 'backup'), archiveCarriesKeyring(config))},
+    [ARCHIVE_SECRETS.bootstrap]: {'install.tar': await installArchive(dir, archiveSecrets(config, 'bootstrap'), archiveCarriesKeyring(config))},
     ...(passwords.superuser !== undefined ? {'dforge-postgres-superuser': {password: passwords.superuser}} : {}),
   };
   // The catalog is what the last tenant change published (publishKubernetesTenants), an empty one
@@ -193,15 +206,16 @@ export function archiveSecrets(config: DforgeConfig, workload: 'backup' | 'boots
  * file: dforge.yaml, the CA certificate its TLS connections verify against, and the sealed
  * secrets `names` (those that exist), each under its 0700 directories. All of them are sealed
  * under the master key or public; the master key reaches the job only from the operator's
- * dforge-master-key, so no Secret dforge generates can open the others. Fixed mtimes and sorted
+ * dforge-master-key or key volume, so no Secret dforge generates can open the others. With
+ * `keyring`, secrets/master/keyring.json too (no key material: see archiveCarriesKeyring). Fixed mtimes and sorted
  * entries: the same install gives the same bytes, and the Secret's hash changes only when its
  * content does.
  */
-export async function installArchive(dir: InstallDir, names: readonly string[]): Promise<Buffer> {
+export async function installArchive(dir: InstallDir, names: readonly string[], keyring = false): Promise<Buffer> {
   const tar = await import('tar');
   const rel = (file: string): string => path.relative(dir.root, file);
   const ca = rel(caCertFile(dir));
-  const files: string[] = [];
+  const files: string[] = keyring ? [rel(keyringFile(dir))] : [];
   for (const name of names) {
     const file = dir.secretPath(`${name}.sealed`);
     if (await fs.stat(file).then((st) => st.isFile(), () => false)) files.push(rel(file));

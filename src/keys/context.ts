@@ -33,7 +33,7 @@ export interface KeyServices {
 
 export async function openKeyServices(dir: InstallDir, options: {env?: NodeJS.ProcessEnv; clock?: () => Date} = {}): Promise<KeyServices> {
   const settings = await keySettings(dir);
-  const keyring = await LocalMasterKeyring.open(dir, keySourceFor(settings.masterKeyProvider, dir, options.env));
+  const keyring = await LocalMasterKeyring.open(dir, keySourceFor(settings, dir, options.env));
   return servicesOver(dir, settings, keyring, options.clock);
 }
 

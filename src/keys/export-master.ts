@@ -7,6 +7,7 @@ import {UserError} from '../errors.js';
 import {keyCheckValue} from '../secrets/envelope.js';
 import {keySourceFor, readKeyringState, type KeyringState} from '../secrets/master-key.js';
 import type {InstallDir} from '../state/install-dir.js';
+import {keySettings} from './context.js';
 
 export interface MasterKeyExport {
   readonly file: string;
@@ -34,7 +35,8 @@ export async function exportMasterKey(dir: InstallDir, file: string, options: {e
   const target = path.resolve(file);
   const state = await readKeyringState(dir);
   if (!state) throw new UserError(`${dir.root} has no master keyring (secrets/master/keyring.json)`, {nextSteps: ['There is no master key to export: the install was never initialised, or its secrets are already gone.']});
-  const source = keySourceFor(state.provider, dir, options.env);
+  // The keyring names the provider that made it; dforge.yaml says where a mounted one's keys are.
+  const source = keySourceFor({...(await keySettings(dir)), masterKeyProvider: state.provider}, dir, options.env);
   const entries: string[] = [];
   const versions: number[] = [];
   for (const v of state.versions) {
@@ -51,7 +53,7 @@ export async function exportMasterKey(dir: InstallDir, file: string, options: {e
   }
   if (versions.length === 0) {
     throw new UserError('no master key material could be read, so there is nothing to export', {
-      nextSteps: [state.provider === 'file' ? `Restore ${path.join(dir.secretsDir, 'master')} from a backup of the install directory.` : `Set ${state.provider === 'env' ? 'DFORGE_MASTER_KEY' : 'DFORGE_MASTER_PASSPHRASE'} as dforge normally runs with it, then re-run.`],
+      nextSteps: [...state.versions.filter((v) => v.destroyedAt === undefined).map((v) => source.missingStep(v.version)), 'Then re-run.'],
     });
   }
   const body: ExportFile = {

@@ -18,7 +18,7 @@ export async function initKeys(dir: InstallDir, options: {env?: NodeJS.ProcessEn
   const lock = await acquireLock(dir.locksDir, 'keys', {command: options.command, queue: true});
   try {
     const settings = await keySettings(dir);
-    const {keyring, created} = await LocalMasterKeyring.init(dir, keySourceFor(settings.masterKeyProvider, dir, options.env), now);
+    const {keyring, created} = await LocalMasterKeyring.init(dir, keySourceFor(settings, dir, options.env), now);
     const services = servicesOver(dir, settings, keyring, options.clock);
     const jwt = await ensureJwtSigningKey(dir, services.sealed, settings.jwt.algorithm, now);
     return {

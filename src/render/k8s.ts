@@ -43,27 +43,53 @@ const jobInstall = new InstallDir(JOB_INSTALL_DIR);
  * dforge never writes: the jobs' archive Secrets carry what they need of secrets/, all of it sealed under
  * that key or public, so the Secrets dforge generates are worthless without it. It is mounted
  * read-only where the keyring lives in the unpacked install (secrets/master/: keyring.json, and
- * v<N>.key for the file provider). See kustomization.yaml for how it is created.
+ * v<N>.key for the file provider). See kustomization.yaml for how it is created. The mounted
+ * provider uses no such Secret: the jobs mount the operator's kubernetes.masterKeyVolume instead.
  */
 export const MASTER_KEY_SECRET = 'dforge-master-key';
 
-/** The variable the env and passphrase providers read their key from (src/secrets/master-key.ts); the file provider has none. */
+/** The variable the env and passphrase providers read their key from (src/secrets/master-key.ts); the file and mounted providers have none. */
 function masterKeyVariable(config: DforgeConfig): string | undefined {
   const provider = config.keys.masterKeyProvider;
   return provider === 'env' ? 'DFORGE_MASTER_KEY' : provider === 'passphrase' ? 'DFORGE_MASTER_PASSPHRASE' : undefined;
 }
 
 /**
- * The command that creates MASTER_KEY_SECRET from the install directory `dir` (run where it
- * lives). The key never appears in argv: files, or the variable piped from the environment by the
- * shell's printf builtin.
+ * What the operator provides, once, before the jobs can open the install's secrets: the Secret
+ * MASTER_KEY_SECRET and the command that creates it from the install directory `dir` (run where it
+ * lives; the key never appears in argv: files, or the variable piped from the environment by the
+ * shell's printf builtin), or for the mounted provider the key files of kubernetes.masterKeyVolume.
  */
-export function masterKeySecretCommand(config: DforgeConfig, dir: InstallDir): string {
+export type MasterKeySetup =
+  | {readonly kind: 'secret'; readonly secret: string; readonly command: string}
+  | {readonly kind: 'volume'; readonly mountPath: string; readonly requirement: string};
+
+/** `versions`: the master key versions whose material the install still uses, which the volume must hold. */
+export function masterKeySetup(config: DforgeConfig, dir: InstallDir, versions: readonly number[]): MasterKeySetup {
+  const keyDir = mountedKeyDirOf(config);
+  if (keyDir !== undefined) {
+    const files = versions.map((v) => `${keyDir}/v${v}.key`).join(', ');
+    return {kind: 'volume', mountPath: keyDir, requirement: `the volume kubernetes.masterKeyVolume must provide ${files || `${keyDir}/v<N>.key`} (the files dforge reads on this host), read-only`};
+  }
   const create = `kubectl -n ${config.kubernetes.namespace} create secret generic ${MASTER_KEY_SECRET}`;
   const master = shellWord(masterDir(dir));
   const variable = masterKeyVariable(config);
-  if (!variable) return `${create} --from-file=${master}/`;
-  return `printf %s "$${variable}" | ${create} --from-file=${master}/keyring.json --from-file=${variable}=/dev/stdin`;
+  const command = variable ? `printf %s "$${variable}" | ${create} --from-file=${master}/keyring.json --from-file=${variable}=/dev/stdin` : `${create} --from-file=${master}/`;
+  return {kind: 'secret', secret: MASTER_KEY_SECRET, command};
+}
+
+/** The mounted provider's key directory; undefined for the providers that read MASTER_KEY_SECRET. */
+function mountedKeyDirOf(config: DforgeConfig): string | undefined {
+  return config.keys.masterKeyProvider === 'mounted' ? config.keys.mountedKeyDir : undefined;
+}
+
+/**
+ * Whether the jobs' archives carry secrets/master/keyring.json. It holds no key material, and with
+ * the Secret providers it comes in MASTER_KEY_SECRET next to the key; the mounted provider's
+ * volume holds only key files, so the keyring travels with the rest of the install.
+ */
+export function archiveCarriesKeyring(config: DforgeConfig): boolean {
+  return mountedKeyDirOf(config) !== undefined;
 }
 
 /** A path as one sh word, quoted only when it has to be. */
@@ -72,9 +98,17 @@ const shellWord = (word: string): string => (/^[A-Za-z0-9_./-]+$/.test(word) ? w
 /**
  * The backup container's master key: the keyring directory from MASTER_KEY_SECRET, and for the env
  * and passphrase providers the variable from the same Secret. Those project keyring.json alone,
- * so the key is not also a file in the keyring directory.
+ * so the key is not also a file in the keyring directory. The mounted provider mounts the
+ * operator's volume read-only at keys.mountedKeyDir, where it reads the keys on any host.
  */
 function masterKeyAccess(config: DforgeConfig): {volume: unknown; mount: unknown; env: unknown[]} {
+  const keyDir = mountedKeyDirOf(config);
+  if (keyDir !== undefined) {
+    const source = config.kubernetes.masterKeyVolume;
+    if (source === undefined) throw new BugError('the config schema lets the mounted provider through on k8s without kubernetes.masterKeyVolume');
+    refuseKeyDirOverlap(config, keyDir);
+    return {volume: {name: 'master-key', ...source}, mount: {name: 'master-key', mountPath: keyDir, readOnly: true}, env: []};
+  }
   const variable = masterKeyVariable(config);
   const secret = {secretName: MASTER_KEY_SECRET, ...(variable ? {items: [{key: 'keyring.json', path: 'keyring.json'}]} : {}), defaultMode: 0o440};
   return {
@@ -82,6 +116,21 @@ function masterKeyAccess(config: DforgeConfig): {volume: unknown; mount: unknown
     mount: {name: 'master-key', mountPath: masterDir(jobInstall), readOnly: true},
     env: variable ? [{name: variable, valueFrom: {secretKeyRef: {name: MASTER_KEY_SECRET, key: variable}}}] : [],
   };
+}
+
+/**
+ * The key volume mounted over, or under, another mount of the jobs would hide one from the other:
+ * the unpacked install (with the keyring), /tmp, or a local backup destination.
+ */
+function refuseKeyDirOverlap(config: DforgeConfig, keyDir: string): void {
+  const overlaps = (a: string, b: string): boolean => a === b || a.startsWith(`${b}/`) || b.startsWith(`${a}/`);
+  const local = Object.values(config.regions).flatMap((r) => (r.backup?.destinations ?? []).flatMap((d) => (d.kind === 'local' ? [path.posix.normalize(d.path).replace(/\/+$/, '')] : [])));
+  const taken = [JOB_INSTALL_DIR, '/tmp', ...local].find((other) => overlaps(keyDir, other));
+  if (taken !== undefined) {
+    throw new UsageError(`keys.mountedKeyDir ${keyDir} overlaps ${taken}, which the backup and bootstrap jobs mount for something else`, {
+      nextSteps: ['Set keys.mountedKeyDir to a directory of its own, e.g. /var/run/dforge-kms, and mount the key store there on this host too.'],
+    });
+  }
 }
 
 /**

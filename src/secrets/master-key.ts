@@ -3,7 +3,7 @@ import {randomBytes, scrypt as scryptCb, timingSafeEqual, type ScryptOptions} fr
 import {promises as fs} from 'node:fs';
 import path from 'node:path';
 
-import {UserError} from '../errors.js';
+import {UsageError, UserError} from '../errors.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {acquireLock} from '../state/lock.js';
 import {KEY_BYTES, keyCheckValue, readHeader, unwrap, wrap, type RandomSource, type WrappingKey} from './envelope.js';
@@ -14,14 +14,15 @@ import {KEY_BYTES, keyCheckValue, readHeader, unwrap, wrap, type RandomSource, t
  * Callers use {@link KeyEncryptionService} (wrap, unwrap, rewrap) and never see key material, so
  * a remote provider (Vault transit, a cloud KMS) can implement it later without touching them.
  * Today's providers are local: a key file per version in secrets/master/ (the default), keys
- * handed in through DFORGE_MASTER_KEY, or keys derived from a passphrase with scrypt.
+ * handed in through DFORGE_MASTER_KEY, keys derived from a passphrase with scrypt, or key files in
+ * a directory something outside dforge mounts (a CSI secrets-store driver, a Vault agent).
  *
  * The keyring state (versions, their check values, an in-flight rotation) lives in
  * secrets/master/keyring.json. It holds no key material.
  */
 
 export const MASTER_KEY_ID = 'master';
-export type MasterKeyProviderKind = 'file' | 'env' | 'passphrase';
+export type MasterKeyProviderKind = 'file' | 'env' | 'passphrase' | 'mounted';
 
 export interface KekVersion {
   readonly version: number;
@@ -89,13 +90,16 @@ export interface KeyMaterialSource {
   mint(version: number): Promise<{material: Buffer; salt?: string}>;
   /** Destroys a retired version where dforge owns the material; otherwise says what the operator must remove. */
   destroy(version: number): Promise<string | undefined>;
+  /** What the operator does when this source lacks `version`, or hands out a different key for it. */
+  missingStep(version: number): string;
+  wrongStep(version: number): string;
 }
 
 export function masterDir(dir: InstallDir): string {
   return path.join(dir.secretsDir, 'master');
 }
 
-function keyringFile(dir: InstallDir): string {
+export function keyringFile(dir: InstallDir): string {
   return path.join(masterDir(dir), 'keyring.json');
 }
 
@@ -154,6 +158,8 @@ export function fileKeySource(dir: InstallDir, random: RandomSource = randomByte
       }
       return undefined;
     },
+    missingStep: (version) => `Restore secrets/${file(version)} from a backup of the install directory.`,
+    wrongStep: (version) => `Restore secrets/${file(version)} from a backup.`,
   };
 }
 
@@ -193,6 +199,8 @@ export function envKeySource(env: NodeJS.ProcessEnv = process.env): KeyMaterialS
     async destroy(version) {
       return parse().has(version) ? `remove the "${version}:" entry from DFORGE_MASTER_KEY` : undefined;
     },
+    missingStep: (version) => `Add "${version}:<key>" to DFORGE_MASTER_KEY.`,
+    wrongStep: () => 'Check DFORGE_MASTER_KEY.',
   };
 }
 
@@ -243,6 +251,71 @@ export function passphraseKeySource(passphrases: {current?: string; next?: strin
     async destroy() {
       return undefined;
     },
+    missingStep: () => 'Set DFORGE_MASTER_PASSPHRASE to the passphrase of that version.',
+    wrongStep: () => 'Check DFORGE_MASTER_PASSPHRASE.',
+  };
+}
+
+/**
+ * Key files in a directory that something outside dforge mounts and owns: a CSI secrets-store
+ * driver, a Vault agent or External Secrets writing a Kubernetes Secret volume. Each version is
+ * `<keyDir>/v<N>.key`, a base64 32-byte key as the file provider writes it. Like the env provider,
+ * dforge cannot mint or destroy these: the key that opens everything stays in the operator's key
+ * store, and dforge says what has to be added to it or removed from it.
+ */
+export function mountedKeySource(keyDir: string): KeyMaterialSource {
+  const file = (v: number): string => path.join(keyDir, `v${v}.key`);
+  const read = async (version: number): Promise<Buffer | undefined> => {
+    // The directory is the operator's: a missing or unreadable one is a broken mount, not a
+    // missing version, and the error says so rather than "no key for version N".
+    await fs.readdir(keyDir).catch((err: NodeJS.ErrnoException) => {
+      throw new UserError(
+        err.code === 'ENOENT' ? `the mounted master key directory ${keyDir} does not exist` : `cannot read the mounted master key directory ${keyDir}: ${err.code ?? err.message}`,
+        {
+          nextSteps: [
+            `Mount the key store at ${keyDir} (keys.mountedKeyDir in dforge.yaml) so that the user dforge runs as can read it, with one v<N>.key file per master key version.`,
+          ],
+          data: {keyDir},
+        },
+      );
+    });
+    const target = file(version);
+    const handle = await fs.open(target, 'r').catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return undefined;
+      throw new UserError(`cannot read the master key ${target}: ${err.code ?? err.message}`, {
+        nextSteps: [`Make ${target} readable by the user dforge runs as, and by no one else.`],
+        data: {keyDir},
+      });
+    });
+    if (!handle) return undefined;
+    try {
+      // The operator's store writes these files, and a read-only volume takes no chmod: the mode is set where the store is.
+      await refuseLooseKeyFile(target, (await handle.stat()).mode, [keyDir], `If the key store rewrites ${keyDir}, set the mode there: 0400 files (0440 on a Kubernetes volume, for the pod's fsGroup: a secret volume's defaultMode, or the CSI provider's file permission) in a directory only dforge's user can open.`);
+      return decodeKey(await handle.readFile(), target);
+    } finally {
+      await handle.close();
+    }
+  };
+  const add = (version: number): string =>
+    `Add ${file(version)} to the key store mounted at ${keyDir}: a new key (openssl rand -base64 32) as the file's only content, readable by dforge alone (0400, or 0440 for a Kubernetes volume's fsGroup). Keep the files already there.`;
+  return {
+    kind: 'mounted',
+    material: async (v) => read(v.version),
+    async mint(version) {
+      const material = await read(version);
+      if (!material) {
+        throw new UserError(`the mounted master key directory ${keyDir} holds no key for master version ${version}`, {
+          nextSteps: [add(version), 'Then re-run.'],
+          data: {keyDir, keyVersion: version},
+        });
+      }
+      return {material};
+    },
+    async destroy(version) {
+      return (await read(version)) ? `remove ${file(version)} from the key store mounted at ${keyDir}` : undefined;
+    },
+    missingStep: add,
+    wrongStep: (version) => `Check ${file(version)}: the key store mounted at ${keyDir} hands out a different key for this version than the one it held when the install was set up.`,
   };
 }
 
@@ -253,7 +326,7 @@ export function passphraseKeySource(passphrases: {current?: string; next?: strin
  * outside (a copy, an archive, a chmod); fixing it is the operator's decision, so nothing is
  * changed here.
  */
-async function refuseLooseKeyFile(file: string, mode: number, dirs: readonly string[]): Promise<void> {
+async function refuseLooseKeyFile(file: string, mode: number, dirs: readonly string[], sourceFix?: string): Promise<void> {
   // The Kubernetes backup job reads the key from the operator's Secret, which the kubelet projects
   // read-only: 0440 for the pod's fsGroup, the key a link into the `..data` link's directory. Only
   // that exact shape, in a directory nobody else can write, may be group-readable; a copy of a
@@ -273,6 +346,7 @@ async function refuseLooseKeyFile(file: string, mode: number, dirs: readonly str
   throw new UserError(`refusing to use the master key ${file}: ${loose.map(([p, m]) => `${p} is open to group or others (mode ${octal(m)})`).join('; ')}`, {
     nextSteps: [
       `Run: ${loose.map(([, , fix]) => fix).join(' && ')}`,
+      ...(sourceFix ? [sourceFix] : []),
       'If anyone else could log in to this host meanwhile, consider the key exposed: after fixing the mode, rotate it with: dforge keys rotate --master',
     ],
     data: {file, loose: loose.map(([p, m]) => ({path: p, mode: octal(m)}))},
@@ -410,18 +484,14 @@ export class LocalMasterKeyring implements KeyEncryptionService {
           nextSteps: retired
             ? record.destroyedAt
               ? ['Restore this item from a backup taken after the last master rotation.']
-              : ['Restore this item from a backup taken after the last master rotation.', `If secrets/master/v${version}.key was lost rather than destroyed, restore it from a backup of the install directory.`]
-            : this.source.kind === 'file'
-              ? [`Restore secrets/master/v${version}.key from a backup of the install directory.`]
-              : this.source.kind === 'env'
-                ? [`Add "${version}:<key>" to DFORGE_MASTER_KEY.`]
-                : ['Set DFORGE_MASTER_PASSPHRASE to the passphrase of that version.'],
+              : ['Restore this item from a backup taken after the last master rotation.', `If the material of version ${version} was lost rather than destroyed: ${this.source.missingStep(version)}`]
+            : [this.source.missingStep(version)],
           data: {keyVersion: version},
         });
       }
       if (!keyCheckValue(loaded).equals(Buffer.from(record.keyCheck, 'hex'))) {
         throw new UserError(`wrong master key for version ${version}: the ${this.source.kind} provider holds a different key than the one this install was set up with`, {
-          nextSteps: [this.source.kind === 'passphrase' ? 'Check DFORGE_MASTER_PASSPHRASE.' : this.source.kind === 'env' ? 'Check DFORGE_MASTER_KEY.' : `Restore secrets/master/v${version}.key from a backup.`],
+          nextSteps: [this.source.wrongStep(version)],
           data: {keyVersion: version},
         });
       }
@@ -441,14 +511,28 @@ export class LocalMasterKeyring implements KeyEncryptionService {
   }
 }
 
+/** The settings a provider is built from: keys in dforge.yaml. */
+export interface MasterKeySettings {
+  readonly masterKeyProvider: MasterKeyProviderKind;
+  /** The mounted provider's directory (the config schema requires it for that provider). */
+  readonly mountedKeyDir?: string;
+}
+
 /** Builds the configured provider. Passphrases come from the environment (or a prompt in src/ui). */
-export function keySourceFor(kind: MasterKeyProviderKind, dir: InstallDir, env: NodeJS.ProcessEnv = process.env): KeyMaterialSource {
-  switch (kind) {
+export function keySourceFor(settings: MasterKeySettings, dir: InstallDir, env: NodeJS.ProcessEnv = process.env): KeyMaterialSource {
+  switch (settings.masterKeyProvider) {
     case 'file':
       return fileKeySource(dir);
     case 'env':
       return envKeySource(env);
     case 'passphrase':
       return passphraseKeySource({current: env.DFORGE_MASTER_PASSPHRASE, next: env.DFORGE_MASTER_PASSPHRASE_NEW});
+    case 'mounted':
+      if (!settings.mountedKeyDir) {
+        throw new UsageError('keys.masterKeyProvider is "mounted", but keys.mountedKeyDir is not set', {
+          nextSteps: ['Set keys.mountedKeyDir in dforge.yaml to the absolute path where the key store is mounted, e.g. /var/run/dforge-kms.'],
+        });
+      }
+      return mountedKeySource(settings.mountedKeyDir);
   }
 }

@@ -11,7 +11,7 @@ import type {DforgeConfig} from '../../src/config/schema.js';
 import {openKeyServices} from '../../src/keys/context.js';
 import {initKeys} from '../../src/keys/init.js';
 import {ensureSealedPassword} from '../../src/keys/sealed-password.js';
-import {kubernetesSecrets, MASTER_KEY_SECRET, masterKeySecretCommand, overlaySecretFile, renderKubernetes, renderKubernetesOverlay, tenantSecretName} from '../../src/render/k8s.js';
+import {kubernetesSecrets, MASTER_KEY_SECRET, masterKeySetup, overlaySecretFile, renderKubernetes, renderKubernetesOverlay, tenantSecretName} from '../../src/render/k8s.js';
 import {writeRendered} from '../../src/render/rendered-file.js';
 import {masterDir} from '../../src/secrets/master-key.js';
 import {InstallDir} from '../../src/state/install-dir.js';
@@ -185,7 +185,9 @@ describe.skipIf(kubectls.length === 0)('the master key Secret, created with the 
         const bin = path.join(root, `bin-${index}-${provider}`);
         await fs.mkdir(bin);
         if (binary !== 'kubectl') await fs.symlink(path.resolve(binary), path.join(bin, 'kubectl'));
-        const {stdout} = await run('sh', ['-c', `${masterKeySecretCommand(c, install)} --dry-run=client -o json`], {env: {PATH: `${bin}:${process.env.PATH}`, ...providerEnv}, timeout: 60_000});
+        const setup = masterKeySetup(c, install, [1]);
+        if (setup.kind !== 'secret') throw new Error(`provider ${c.keys.masterKeyProvider} has no master key Secret`);
+        const {stdout} = await run('sh', ['-c', `${setup.command} --dry-run=client -o json`], {env: {PATH: `${bin}:${process.env.PATH}`, ...providerEnv}, timeout: 60_000});
         const secret = JSON.parse(stdout) as {kind: string; metadata: {name: string; namespace: string}; data: Record<string, string>};
         expect(secret).toMatchObject({kind: 'Secret', metadata: {name: MASTER_KEY_SECRET, namespace: 'dforge-prod'}});
         // Nothing but what the job reads: the keyring, and the key as a file or as the provider's variable.
