@@ -236,6 +236,39 @@ describe.skipIf(!available)('tenant move (e2e)', () => {
     expect(row).not.toMatch(/\| - \|$/);
   }, 240_000);
 
+  it('--purge-source that can neither delete a source-region backup nor destroy its key version stops with exit 4, keeps it listed, and finishes on the rerun once the operator removes it', async () => {
+    await tenantWithRows('keeper');
+    const backup = async (args: string[]): Promise<{id: string; location: string}> => {
+      const r = await cli(['backup', '--tenant', 'keeper', ...args, '--json']);
+      expect(r.code, r.stdout).toBe(0);
+      return JSON.parse(r.stdout) as {id: string; location: string};
+    };
+    const inEu = await backup([]);
+    // An approved copy in us under the same key version: that version can't be destroyed.
+    await backup(['--destination', 'us-local', '--allow-cross-region', '--reason', 'DR copy approved by legal']);
+    expect((await cli(['tenant', 'move', 'keeper', '--to-region', 'us', '--allow-cross-region', '--reason', 'customer moved', '--json'])).code).toBe(0);
+    // The eu copy can't be deleted: its place now holds a directory.
+    const file = path.join(install.destinationDirs['eu-local']!, inEu.location);
+    await fs.rm(file);
+    await fs.mkdir(file);
+    await fs.writeFile(path.join(file, 'x'), 'x');
+
+    const r = await cli(['tenant', 'move', 'keeper', '--purge-source', '--confirm', 'keeper', '--json']);
+    expect(r.code).toBe(4);
+    const error = failure(r.stdout);
+    expect(error.message).toContain(inEu.id);
+    expect(error.message).toContain('also opens a backup outside the region');
+    const listed = (JSON.parse((await cli(['backup', 'list', '--tenant', 'keeper', '--json'])).stdout) as {backups: {id: string}[]}).backups.map((b) => b.id);
+    expect(listed).toContain(inEu.id);
+    expect((JSON.parse((await cli(['tenant', 'move', 'keeper', '--status', '--json'])).stdout) as {move: {sourcePurgedAt: string | null}}).move.sourcePurgedAt).toBeNull();
+
+    await fs.rm(file, {recursive: true});
+    const again = await cli(['tenant', 'move', 'keeper', '--purge-source', '--confirm', 'keeper', '--json']);
+    expect(again.code, again.stdout).toBe(0);
+    expect(JSON.parse(again.stdout)).toMatchObject({backupsDeleted: [inEu.id], retained: []});
+    expect((JSON.parse((await cli(['tenant', 'move', 'keeper', '--status', '--json'])).stdout) as {move: {sourcePurgedAt: string | null}}).move.sourcePurgedAt).not.toBeNull();
+  }, 240_000);
+
   it('a copy changed on the target before verification is caught (exit 6, naming the table); the registry stays on the source and --rollback brings it back', async () => {
     // Where the move makes its copy durable, counted from a full run of the same shape.
     await tenantWithRows('traced');
