@@ -8,6 +8,7 @@ import type {ControlPlane} from '../control/plane.js';
 import {byCodePoint} from '../render/rendered-file.js';
 import {APP_UID} from '../render/values.js';
 import {LockedError, UserError} from '../errors.js';
+import {writeFileAtomic} from '../state/atomic-file.js';
 import {acquireLock, type LockHandle} from '../state/lock.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {MoveJournal} from '../tenants/move-journal.js';
@@ -89,7 +90,7 @@ export async function publishTenantCatalog(plane: ControlPlane): Promise<Catalog
   return withTenantCatalogLock(dir, async () => {
     const clusters = clustersOf(plane.config);
     const entries: CatalogEntry[] = [];
-    const passwords = new Map<string, string>();
+    const activeSlugs: string[] = [];
     const misplaced: string[] = [];
     const moving = await new MoveJournal(plane.control).openSlugs();
     for (const tenant of await plane.tenants.list()) {
@@ -104,7 +105,7 @@ export async function publishTenantCatalog(plane: ControlPlane): Promise<Catalog
       if (!cluster || !address) continue;
       // A suspended tenant stays in the catalog without a password: the app cannot reach it.
       const active = tenant.status === 'active';
-      if (active) passwords.set(tenant.slug, await plane.tenants.password(tenant.slug));
+      if (active) activeSlugs.push(tenant.slug);
       const passwordFile = embedded ? path.join(tenantsRuntimeDir(dir), `${tenant.slug}.password`) : `${CATALOG_MOUNT}/${tenant.slug}.password`;
       entries.push({
         slug: tenant.slug,
@@ -122,27 +123,51 @@ export async function publishTenantCatalog(plane: ControlPlane): Promise<Catalog
     const refused = misplaced.length > 0 ? {misplaced} : {};
     if (plane.config.target === 'k8s') {
       const {publishKubernetesTenants} = await import('../k8s/overlay.js');
+      const passwords = new Map<string, string>();
+      for (const slug of activeSlugs) passwords.set(slug, await plane.tenants.password(slug));
       const r = await publishKubernetesTenants(dir, plane.config, catalogText(entries), passwords);
       return {tenants: entries.length, changed: r.changed, signalled: 0, ...(r.applied ? {} : {skipped: r.note}), ...refused};
     }
     // An app on the host runs as whoever operates the install; no process is told: it re-reads the
     // files when it next needs them (a reload, a new connection).
     const owner: Ownership = embedded ? {uid: process.geteuid?.() ?? 0, gid: process.getegid?.() ?? 0} : APP;
-    const changed = await writeTenantFiles(dir, catalogText(entries), passwords, owner);
+    const changed = await writeTenantFiles(dir, catalogText(entries), {slugs: activeSlugs, stamps: await plane.tenants.passwordStamps(), open: (slug) => plane.tenants.password(slug)}, owner);
     const signalled = changed && !embedded ? await signalApp(plane.config.compose.project) : 0;
     return {tenants: entries.length, changed, signalled, ...refused};
   });
 }
 
-/** runtime/tenants/ (0700): the catalog and one 0400 password file per active tenant, all owned by `owner`. */
-async function writeTenantFiles(dir: InstallDir, catalog: string, passwords: ReadonlyMap<string, string>, owner: Ownership): Promise<boolean> {
+/** Where the last publication recorded, per tenant, the sealed password it wrote and the file it left. */
+const publishedFile = (dir: InstallDir): string => path.join(dir.runtimeDir, 'tenants-published.json');
+
+/**
+ * runtime/tenants/ (0700): the catalog and one 0400 password file per active tenant, all owned by
+ * `owner`. A password is opened and its file written only when its sealed password or the file
+ * itself changed since the last publication (tenants-published.json records both): a create then
+ * costs the same with 1,000 tenants as with one.
+ */
+async function writeTenantFiles(
+  dir: InstallDir,
+  catalog: string,
+  passwords: {slugs: readonly string[]; stamps: ReadonlyMap<string, string>; open: (slug: string) => Promise<string>},
+  owner: Ownership,
+): Promise<boolean> {
   const target = tenantsRuntimeDir(dir);
   await ensureRuntimeDir(target, {mode: 0o700, owner});
+  const before = await readPublished(dir);
+  const after: Record<string, {sealed: string; file: string}> = {};
   let changed = false;
   const keep = new Set<string>(['catalog.json']);
-  for (const [slug, password] of passwords) {
+  for (const slug of passwords.slugs) {
+    const file = path.join(target, `${slug}.password`);
     keep.add(`${slug}.password`);
-    changed = (await writeRuntimeFile(path.join(target, `${slug}.password`), password, {mode: 0o400, owner})) || changed;
+    const sealed = passwords.stamps.get(slug) ?? '';
+    let stamp = await fileStamp(file);
+    if (!(before[slug]?.sealed === sealed && stamp !== undefined && before[slug]?.file === stamp)) {
+      changed = (await writeRuntimeFile(file, await passwords.open(slug), {mode: 0o400, owner})) || changed;
+      stamp = await fileStamp(file);
+    }
+    after[slug] = {sealed, file: stamp ?? ''};
   }
   changed = (await writeRuntimeFile(path.join(target, 'catalog.json'), catalog, {mode: 0o400, owner})) || changed;
   // A deleted or suspended tenant's password leaves the app's view too.
@@ -152,7 +177,23 @@ async function writeTenantFiles(dir: InstallDir, catalog: string, passwords: Rea
       changed = true;
     }
   }
+  await writeFileAtomic(publishedFile(dir), `${JSON.stringify(after)}\n`, {mode: 0o600});
   return changed;
+}
+
+/** A file's identity, content stamp, mode and owner: any write, chmod or chown changes it. */
+async function fileStamp(file: string): Promise<string | undefined> {
+  const st = await fs.stat(file, {bigint: true}).catch(() => undefined);
+  return st && `${st.ino}:${st.mtimeNs}:${st.size}:${st.mode}:${st.uid}:${st.gid}`;
+}
+
+async function readPublished(dir: InstallDir): Promise<Record<string, {sealed: string; file: string}>> {
+  try {
+    return JSON.parse(await fs.readFile(publishedFile(dir), 'utf8')) as Record<string, {sealed: string; file: string}>;
+  } catch {
+    // Missing or unreadable: every password is opened and compared, as on a first publication.
+    return {};
+  }
 }
 
 const LOCK_WAIT_MS = 30_000;

@@ -1,3 +1,5 @@
+import {createHash} from 'node:crypto';
+
 import type {Client} from 'pg';
 
 import {tenantPasswordContext} from '../control/keys-store.js';
@@ -30,6 +32,16 @@ export class SealedTenantPasswords {
     });
     crashPoint('tenant.create.password-sealed');
     return password;
+  }
+
+  /**
+   * A fingerprint of each tenant's sealed password (the SHA-256 of its ciphertext), in one query:
+   * it changes whenever the password or its wrapping does, so a publisher can tell which password
+   * files are current without opening every password.
+   */
+  async stamps(): Promise<Map<string, string>> {
+    const rows = await this.control.query<{slug: string; sealed_password: Buffer}>('SELECT slug, sealed_password FROM tenant_credentials');
+    return new Map(rows.rows.map((r) => [r.slug, createHash('sha256').update(r.sealed_password).digest('hex')]));
   }
 
   /** The rotation's new password: the pending one an interrupted rotation left, else a new one sealed as pending. */

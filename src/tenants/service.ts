@@ -103,6 +103,11 @@ export class TenantService {
     return this.passwords.get(validateSlug(slugInput), false);
   }
 
+  /** A fingerprint of every tenant's sealed password, changing with the password or its wrapping (see SealedTenantPasswords.stamps). */
+  async passwordStamps(): Promise<Map<string, string>> {
+    return this.passwords.stamps();
+  }
+
   /** Runs `fn` under the tenant's lock, recorded in the ops log as `action` (restore uses this). */
   async withTenantLock<T>(slugInput: string, action: string, fn: () => Promise<T>): Promise<T> {
     return this.locked(validateSlug(slugInput), action, fn);

@@ -240,4 +240,28 @@ describe.skipIf(!available)("getting to a tenant's data: tenant credentials, db 
     expect((await catalog()).tenants.map((t) => t.slug)).toEqual(['acme', 'globex']);
     expect(readdirSync(dir)).not.toContain('initech.password');
   });
+
+  it('a publication rewrites only what changed, yet a password file changed by hand or a rotated password is always put right', async () => {
+    const dir = path.join(install.dir.runtimeDir, 'tenants');
+    const acme = path.join(dir, 'acme.password');
+    const globex = path.join(dir, 'globex.password');
+    const untouched = (await fs.stat(globex, {bigint: true})).mtimeNs;
+    // Someone overwrites acme's file (same size, so only its content stamp tells).
+    await fs.chmod(acme, 0o600);
+    await fs.writeFile(acme, 'x'.repeat((await fs.readFile(acme)).length));
+    expect((await install.cli(['tenant', 'create', 'hooli'])).code).toBe(0);
+    expect(await fs.readFile(acme, 'utf8')).toBe(acmePassword);
+    expect((await fs.stat(acme)).mode & 0o777).toBe(0o400);
+    // Nothing changed for globex: its file was not rewritten.
+    expect((await fs.stat(globex, {bigint: true})).mtimeNs).toBe(untouched);
+    // A rotation changes the sealed password: the next publication writes the new one.
+    expect((await install.cli(['tenant', 'rotate-credentials', 'globex'])).code).toBe(0);
+    const plane = await install.plane();
+    try {
+      expect(await fs.readFile(globex, 'utf8')).toBe(await install.tenantPassword(plane, 'globex'));
+    } finally {
+      await plane.close();
+    }
+    expect((await install.cli(['tenant', 'delete', 'hooli', '--confirm', 'hooli'])).code).toBe(0);
+  });
 });
