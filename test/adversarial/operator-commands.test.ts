@@ -289,12 +289,12 @@ describe.skipIf(!available)('hostile tenant: operator commands never run its cod
   });
 
   it("tenant rotate-credentials acme: only acme's password changes", async () => {
-    expectClean(await operatorStep(['tenant', 'rotate-credentials', 'acme', '--json'], [/^role:tenant_acme\/rolpassword$/, /^control:credentials:acme$/, /^catalog-password:acme$/]));
+    expectClean(await operatorStep(['tenant', 'rotate-credentials', 'acme', '--json'], [/^role:tenant_acme\/rolpassword$/, /^control:credentials:acme$/, /^catalog-(password|published):acme$/]));
   });
 
   it("tenant suspend acme, then resume: only acme's access changes, and resume puts everything back", async () => {
     const beforeSuspend = previous;
-    const suspend = await operatorStep(['tenant', 'suspend', 'acme', '--json'], [/^role:tenant_acme\//, /^db:tenant_acme\//, /^control:tenants:acme$/, /^catalog(-password)?:acme$/]);
+    const suspend = await operatorStep(['tenant', 'suspend', 'acme', '--json'], [/^role:tenant_acme\//, /^db:tenant_acme\//, /^control:tenants:acme$/, /^catalog(-password|-published)?:acme$/]);
     const resume = await operatorStep(['tenant', 'resume', 'acme', '--json'], [], {against: beforeSuspend});
     expect.soft(suspend.problems).toEqual(clean(suspend.problems.command as string));
     expect.soft(resume.problems).toEqual(clean(resume.problems.command as string));
@@ -333,7 +333,7 @@ describe.skipIf(!available)('hostile tenant: operator commands never run its cod
   it('in the end nothing outside the tenants changed: roles, passwords, memberships, databases, settings, config files, install files, no marker', async () => {
     const final = await snap();
     // acme-copy was deleted without --shred, so its data key stays: its backups remain restorable.
-    const expected = [/^role:tenant_acme\/rolpassword$/, /^control:credentials:acme$/, /^catalog-password:acme$/, preRestoreCopies('acme'), ...tenantKeys('hostile'), /^control:datakeys:acme-copy:/];
+    const expected = [/^role:tenant_acme\/rolpassword$/, /^control:credentials:acme$/, /^catalog-(password|published):acme$/, preRestoreCopies('acme'), ...tenantKeys('hostile'), /^control:datakeys:acme-copy:/];
     expect.soft(diffWorld(baseline, final, expected)).toEqual([]);
     expect.soft(await fs.readdir(markerDir), 'COPY ... TO PROGRAM ran on the server').toEqual([]);
     expect.soft(await roleGraphViolations(access)).toEqual([]);

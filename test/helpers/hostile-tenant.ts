@@ -150,6 +150,7 @@ export type WorldSnapshot = Map<string, string>;
  * catalog is compared per tenant (catalog:<slug>, catalog-password:<slug>).
  */
 const CATALOG_FILE = 'runtime/tenants/catalog.json';
+const PUBLISHED_FILE = 'runtime/tenants-published.json';
 const INSTALL_WRITES = [/^data\//, /^run\//, /^backups\//, /^state\/backups\//, /^state\/ops-log-head\.json$/, /^\.locks\//];
 
 /** The cluster's own configuration and key files, compared by content. */
@@ -229,7 +230,14 @@ export async function snapshotWorld(install: EmbeddedInstall, access: ClusterAcc
     // belongs to its tenant; the rest of the file (its version, its modes) to nobody.
     const password = /^runtime\/tenants\/([a-z0-9-]+)\.password$/.exec(rel);
     if (password) snap.set(`catalog-password:${password[1]}`, hash);
-    else if (rel === CATALOG_FILE) {
+    else if (rel === PUBLISHED_FILE) {
+      // What the last publication wrote, one entry per tenant: each belongs to its tenant. Its file
+      // stamp is bookkeeping (a re-created file has a new one); the sealed password is the fact.
+      for (const [slug, entry] of Object.entries(JSON.parse(await fs.readFile(path.join(install.dir.root, rel), 'utf8')) as Record<string, {sealed: string}>)) {
+        snap.set(`catalog-published:${slug}`, entry.sealed);
+      }
+      snap.set(`file:${rel}`, hash.split(' sha:')[0]!);
+    } else if (rel === CATALOG_FILE) {
       const {tenants, ...rest} = JSON.parse(await fs.readFile(path.join(install.dir.root, rel), 'utf8')) as {tenants: Array<{slug: string}>};
       for (const entry of tenants) snap.set(`catalog:${entry.slug}`, `sha:${sha(Buffer.from(JSON.stringify(entry)))}`);
       snap.set(`file:${rel}`, `${hash.split(' sha:')[0]} rest:${sha(Buffer.from(JSON.stringify(rest)))}`);
@@ -318,7 +326,7 @@ export function tenantKeys(slug: string): RegExp[] {
     new RegExp(`^setting:\\*/${r}(__[a-z]+)?$`),
     new RegExp(`^control:(tenants|credentials):${s}$`),
     new RegExp(`^control:datakeys:${s}:`),
-    new RegExp(`^catalog(-password)?:${s}$`),
+    new RegExp(`^catalog(-password|-published)?:${s}$`),
   ];
 }
 
