@@ -216,7 +216,7 @@ async function restoreInto(plane: ControlPlane, plan: RestorePlan): Promise<Rest
         await databases.roles.dropRestoreRole(target.role).catch(() => undefined);
         throw err;
       }
-      const previous = await swap(databases, target, previousDatabaseName(target, now));
+      const previous = await swap(databases, target, await databases.previousName(now));
       crashPoint('restore.swap-committed');
       if (previous && plan.dropPrevious) {
         await databases.drop(previous);

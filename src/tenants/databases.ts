@@ -113,6 +113,19 @@ export class TenantDatabases {
   }
 
   /** Every database of this tenant: live, restore scratch, kept pre-restore copies. */
+  /**
+   * The name to keep the live database aside under: the one for `now`, or for the first second
+   * after it that is free. A rerun in the same second as a killed run that kept one aside would
+   * otherwise collide with it.
+   */
+  async previousName(now: Date): Promise<string> {
+    const taken = new Set(await this.all());
+    for (let t = now.getTime(); ; t += 1000) {
+      const name = previousDatabaseName(this.tenant, new Date(t));
+      if (!taken.has(name)) return name;
+    }
+  }
+
   async all(): Promise<string[]> {
     const rows = await this.c.query<{datname: string}>(
       `SELECT datname FROM pg_database
