@@ -1,6 +1,8 @@
 import {promises as fs} from 'node:fs';
 import path from 'node:path';
 
+import {parseDocument} from 'yaml';
+
 import {loadCertificateWithKey} from '../certs/store.js';
 import type {DforgeConfig} from '../config/schema.js';
 import {caCertFile} from '../certs/pki-paths.js';
@@ -10,7 +12,7 @@ import {openKeyServices, type KeyServices} from '../keys/context.js';
 import {jwksFile, jwtPrivateKeyName, readJwtKeys} from '../keys/jwt.js';
 import {ensureSealedPassword} from '../keys/sealed-password.js';
 import {clusterReachable, k8sOverlayDir, k8sRenderedDir, kubectl, publishedTenants, writeOverlayKustomization} from '../k8s/overlay.js';
-import {ARCHIVE_SECRETS, archiveCarriesKeyring, CATALOG_SECRET, kubernetesSecrets, masterKeySetup, overlaySecretFile, renderKubernetes, type MasterKeySetup} from '../render/k8s.js';
+import {ARCHIVE_SECRETS, archiveCarriesKeyring, CATALOG_SECRET, jobDestinationPath, kubernetesSecrets, masterKeySetup, overlaySecretFile, renderKubernetes, type MasterKeySetup} from '../render/k8s.js';
 import {byCodePoint, writeRendered} from '../render/rendered-file.js';
 import {findBundledCluster} from '../render/values.js';
 import {ensureRuntimeDir, ROOT, writeRuntimeFile} from '../runtime/runtime-files.js';
@@ -223,9 +225,33 @@ export async function installArchive(dir: InstallDir, names: readonly string[], 
   const dirs = new Set<string>();
   for (const file of files) for (let d = path.dirname(file); d !== '.'; d = path.dirname(d)) dirs.add(d);
   const entries = [rel(dir.configFile), path.dirname(ca), ca, ...[...dirs, ...files].sort(byCodePoint)];
-  const chunks: Buffer[] = [];
-  const stream = tar.c({cwd: dir.root, portable: true, mtime: new Date(0), noDirRecurse: true}, entries);
-  for await (const chunk of stream) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks);
+  // Packed from a private copy, so the jobs' dforge.yaml can name the pod's own paths.
+  const stage = await fs.mkdtemp(path.join(dir.runtimeDir, '.job-install-'));
+  try {
+    for (const entry of entries.slice(1)) {
+      const from = path.join(dir.root, entry);
+      if ((await fs.stat(from)).isDirectory()) await fs.mkdir(path.join(stage, entry), {recursive: true, mode: 0o700});
+      else await fs.copyFile(from, path.join(stage, entry));
+    }
+    await fs.writeFile(path.join(stage, entries[0]!), jobConfigText(await fs.readFile(dir.configFile, 'utf8')), {mode: 0o600});
+    const chunks: Buffer[] = [];
+    const stream = tar.c({cwd: stage, portable: true, mtime: new Date(0), noDirRecurse: true}, entries);
+    for await (const chunk of stream) chunks.push(chunk as Buffer);
+    return Buffer.concat(chunks);
+  } finally {
+    await fs.rm(stage, {recursive: true, force: true});
+  }
+}
+
+/** dforge.yaml as the jobs see it: each local destination at the path the backup job mounts it on. */
+export function jobConfigText(text: string): string {
+  const doc = parseDocument(text);
+  const regions = (doc.toJS() as {regions?: Record<string, {backup?: {destinations?: Array<{name: string; kind: string}>}}>}).regions ?? {};
+  for (const [region, r] of Object.entries(regions)) {
+    (r.backup?.destinations ?? []).forEach((d, i) => {
+      if (d.kind === 'local') doc.setIn(['regions', region, 'backup', 'destinations', i, 'path'], jobDestinationPath(region, d.name));
+    });
+  }
+  return doc.toString();
 }
 

@@ -1,5 +1,4 @@
 import {isIP} from 'node:net';
-import path from 'node:path';
 
 import {isScalar, parseAllDocuments, stringify, visit} from 'yaml';
 
@@ -37,6 +36,12 @@ const LABEL_VALUE = /^(?=.{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
 /** The jobs' install directory: where they unpack their archive Secret, and their --dir. */
 const JOB_INSTALL_DIR = '/var/lib/dforge';
 const jobInstall = new InstallDir(JOB_INSTALL_DIR);
+/**
+ * Where the backup job mounts a local destination: its part of the backups claim, at a path of the
+ * pod's own. The operator's path in dforge.yaml is a place on the operator's machine and never
+ * reaches a manifest; the dforge.yaml packed for the jobs names these paths instead (install/k8s.ts).
+ */
+export const jobDestinationPath = (region: string, name: string): string => `/backups/${region}/${name}`;
 
 /**
  * The master key (KEK) reaches the backup job from this Secret, which the operator creates and
@@ -124,8 +129,7 @@ function masterKeyAccess(config: DforgeConfig): {volume: unknown; mount: unknown
  */
 function refuseKeyDirOverlap(config: DforgeConfig, keyDir: string): void {
   const overlaps = (a: string, b: string): boolean => a === b || a.startsWith(`${b}/`) || b.startsWith(`${a}/`);
-  const local = Object.values(config.regions).flatMap((r) => (r.backup?.destinations ?? []).flatMap((d) => (d.kind === 'local' ? [path.posix.normalize(d.path).replace(/\/+$/, '')] : [])));
-  const taken = [JOB_INSTALL_DIR, '/tmp', ...local].find((other) => overlaps(keyDir, other));
+  const taken = [JOB_INSTALL_DIR, '/tmp', '/backups'].find((other) => overlaps(keyDir, other));
   if (taken !== undefined) {
     throw new UsageError(`keys.mountedKeyDir ${keyDir} overlaps ${taken}, which the backup and bootstrap jobs mount for something else`, {
       nextSteps: ['Set keys.mountedKeyDir to a directory of its own, e.g. /var/run/dforge-kms, and mount the key store there on this host too.'],
@@ -188,23 +192,11 @@ function egressByPort(targets: ReadonlyArray<{cidrs: readonly string[]; port: nu
 
 /** The backup job's mounts: the unpacked install, its master key, /tmp, and each local destination on the backups claim. */
 function backupMounts(config: DforgeConfig, masterKeyMount: unknown): unknown[] {
-  const reserved = new Set(['/', '/tmp', JOB_INSTALL_DIR]);
-  // A destination there would hide the unpacked secrets or the master key from dforge.
-  const hidesSecrets = (mountPath: string): boolean => mountPath === jobInstall.secretsDir || mountPath.startsWith(`${jobInstall.secretsDir}/`);
   const mounts: unknown[] = [{name: 'install', mountPath: JOB_INSTALL_DIR}, masterKeyMount, {name: 'tmp', mountPath: '/tmp'}];
   const destinations = Object.entries(config.regions)
-    .flatMap(([region, r]) => (r.backup?.destinations ?? []).flatMap((d) => (d.kind === 'local' ? [{region, name: d.name, path: d.path}] : [])))
+    .flatMap(([region, r]) => (r.backup?.destinations ?? []).flatMap((d) => (d.kind === 'local' ? [{region, name: d.name}] : [])))
     .sort((a, b) => byCodePoint(`${a.region}/${a.name}`, `${b.region}/${b.name}`));
-  for (const d of destinations) {
-    const mountPath = path.posix.normalize(d.path).replace(/\/+$/, '') || '/';
-    if (reserved.has(mountPath) || hidesSecrets(mountPath)) {
-      throw new UserError(`backup destination ${d.region}/${d.name} uses the path ${mountPath}, which the backup job needs for itself or shares with another destination`, {
-        nextSteps: ['Give every local backup destination its own directory, e.g. /var/backups/dforge/<region>.'],
-      });
-    }
-    reserved.add(mountPath);
-    mounts.push({name: 'backups', mountPath, subPath: `${d.region}/${d.name}`});
-  }
+  for (const d of destinations) mounts.push({name: 'backups', mountPath: jobDestinationPath(d.region, d.name), subPath: `${d.region}/${d.name}`});
   return mounts;
 }
 

@@ -162,7 +162,13 @@ export class MoveJournal {
     return row.rowCount === 1 ? toRecord(row.rows[0]!) : undefined;
   }
 
-  /** The tenants with an open move: what the app catalog marks read-only. */
+  /** The tenant's newest finished move whose source is not purged yet: what --purge-source acts on next. */
+  async nextToPurge(slug: string): Promise<MoveRecord | undefined> {
+    const row = await this.c.query<Row>(`SELECT ${COLUMNS} FROM tenant_moves WHERE slug = $1 AND state = 'done' AND source_purged_at IS NULL ORDER BY id DESC LIMIT 1`, [slug]);
+    return row.rowCount === 1 ? toRecord(row.rows[0]!) : undefined;
+  }
+
+  /** The tenants with an open move: what the app catalog marks as moving. */
   async openSlugs(): Promise<Set<string>> {
     return new Set((await this.c.query<{slug: string}>("SELECT slug FROM tenant_moves WHERE state NOT IN ('done', 'rolled-back')")).rows.map((r) => r.slug));
   }

@@ -183,21 +183,31 @@ export async function purgeSource(plane: ControlPlane, slugInput: string, confir
   if (confirm !== slug) throw new UsageError(`--purge-source drops the source database of ${slug}: --confirm must be exactly ${slug}`, {nextSteps: [`Run: ${moveCommand(slug, `--purge-source --confirm ${slug}`)}`]});
   return plane.tenants.withTenantLock(slug, 'tenant.move.purge-source', async () => {
     const journal = new MoveJournal(plane.control);
-    const last = await journal.latest(slug);
-    if (!last || last.state !== 'done') {
-      throw new UserError(`tenant ${slug} has no finished move${last ? ` (move #${last.id} is ${last.state})` : ''}: there is no source to purge; nothing was changed`, {nextSteps: [`See it with: ${moveCommand(slug, '--status')}`]});
+    const open = await journal.open(slug);
+    if (open) throw new UserError(`tenant ${slug} has an open move (#${open.id}, ${open.state}); nothing was changed`, {nextSteps: [`Finish it with: ${moveCommand(slug, '--resume')}`, `Or undo it with: ${moveCommand(slug, '--rollback')}`]});
+    // The newest finished move not purged yet: after two moves, a second run purges the first's source.
+    const last = await journal.nextToPurge(slug);
+    if (!last) {
+      const latest = await journal.latest(slug);
+      throw new UserError(latest ? `the source of every finished move of tenant ${slug} is already purged; nothing was changed` : `tenant ${slug} was never moved: there is no source to purge; nothing was changed`, {
+        nextSteps: [`See it with: ${moveCommand(slug, '--status')}`],
+      });
     }
     const tenant = await plane.tenants.get(slug);
-    // The registry must name another cluster: a purge never drops the live database.
-    if (tenant.cluster === last.fromCluster) throw new UserError(`tenant ${slug} lives on ${tenant.cluster} again; its database there is live, not a move's source`, {nextSteps: ['Nothing to purge']});
-    const dropped = await onCluster(plane, last.fromCluster, tenant, async (databases) => {
-      const names = await databases.all();
-      for (const name of names) await databases.drop(name);
-      await databases.roles.dropRestoreRole(tenant.role);
-      await databases.roles.dropRoles(tenant.role);
-      return names;
-    });
-    const backups = last.fromRegion === last.toRegion ? {deleted: [], shredded: [], versions: [], retained: []} : await purgeSourceBackups(plane, last, progress);
+    // A source the tenant lives on again (it moved back) is its live database: nothing of it is dropped.
+    const dropped =
+      tenant.cluster === last.fromCluster
+        ? []
+        : await onCluster(plane, last.fromCluster, tenant, async (databases) => {
+            const names = await databases.all();
+            for (const name of names) await databases.drop(name);
+            await databases.roles.dropRestoreRole(tenant.role);
+            await databases.roles.dropRoles(tenant.role);
+            return names;
+          });
+    // Backups stay where the tenant lives: in its region, whether it never left it or came back.
+    const leftRegion = last.fromRegion !== last.toRegion && last.fromRegion !== tenant.region;
+    const backups = leftRegion ? await purgeSourceBackups(plane, last, progress) : {deleted: [], shredded: [], versions: [], retained: []};
     // Purged only once nothing is left at the source: the residency report reads this.
     const move = backups.retained.length === 0 ? await journal.markSourcePurged(last) : last;
     const result: PurgeResult = {

@@ -269,6 +269,28 @@ describe.skipIf(!available)('tenant move (e2e)', () => {
     expect((JSON.parse((await cli(['tenant', 'move', 'keeper', '--status', '--json'])).stdout) as {move: {sourcePurgedAt: string | null}}).move.sourcePurgedAt).not.toBeNull();
   }, 240_000);
 
+  it('after two moves, --purge-source purges the newest source first and the older one on the next run; then there is nothing left to purge', async () => {
+    await tenantWithRows('nomad');
+    const before = await checksum('nomad');
+    expect((await cli(['tenant', 'move', 'nomad', '--to-cluster', 'eu-2', '--json'])).code).toBe(0);
+    expect((await cli(['tenant', 'move', 'nomad', '--to-region', 'us', '--allow-cross-region', '--reason', 'customer moved', '--json'])).code).toBe(0);
+    const purge = async (): Promise<CliResult> => cli(['tenant', 'move', 'nomad', '--purge-source', '--confirm', 'nomad', '--json']);
+    const first = await purge();
+    expect(first.code, first.stdout).toBe(0);
+    expect(JSON.parse(first.stdout)).toMatchObject({cluster: 'eu-2', dropped: [dbOf('nomad')]});
+    expect(await leftovers('nomad', 'eu-2')).toEqual([]);
+    expect((await presence('nomad'))['eu-1']).toEqual({database: true, role: false});
+    const second = await purge();
+    expect(second.code, second.stdout).toBe(0);
+    expect(JSON.parse(second.stdout)).toMatchObject({cluster: 'eu-1', dropped: [dbOf('nomad')]});
+    expect(await leftovers('nomad', 'eu-1')).toEqual([]);
+    const third = await purge();
+    expect(third.code).toBe(1);
+    expect(failure(third.stdout).message).toContain('the source of every finished move of tenant nomad is already purged');
+    expect(await live('nomad')).toEqual(['us-1']);
+    expect(await checksum('nomad')).toEqual(before);
+  }, 240_000);
+
   it('a copy changed on the target before verification is caught (exit 6, naming the table); the registry stays on the source and --rollback brings it back', async () => {
     // Where the move makes its copy durable, counted from a full run of the same shape.
     await tenantWithRows('traced');

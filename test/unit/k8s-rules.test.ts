@@ -10,8 +10,7 @@ import {objectId, parseManifests, podTemplates, type Container, type K8sObject, 
  * over every rendered object, failing with the rule's name. Neither tool is packaged for Debian or
  * npm, so their rules are re-implemented here from their documentation; where a rule is adapted,
  * the note says how. Not adopted yet: kube-score deployment-has-host-podantiaffinity (topology
- * spread instead), and the part of pod-probes that wants readiness and liveness on different
- * handlers (the app and auth images serve one /healthz).
+ * spread instead).
  */
 const config = (): DforgeConfig =>
   k8sConfig({
@@ -20,6 +19,12 @@ const config = (): DforgeConfig =>
       us: {jurisdiction: 'US', clusters: [{name: 'us-1', kind: 'external', host: '192.0.2.10', admin: {secret: 'postgres/us-1-admin'}}], backup: {destinations: [{name: 'us-local', kind: 'local', path: '/var/backups/dforge/us'}]}},
     },
   });
+
+/** What a probe checks (httpGet, tcpSocket, exec, grpc), without its timing. */
+const probeHandler = (probe: unknown): unknown => {
+  const {httpGet, tcpSocket, exec, grpc} = probe as Record<string, unknown>;
+  return {httpGet, tcpSocket, exec, grpc};
+};
 
 type Ctx = {objects: K8sObject[]; template: PodTemplate; container: Container; init: boolean};
 interface Rule {
@@ -54,7 +59,7 @@ const RULES: Rule[] = [
   }},
   {tool: 'kube-score', rule: 'container-security-context-privileged', container: ({container: c}) => (sc(c).privileged === true ? 'privileged' : undefined)},
   {tool: 'kube-score', rule: 'container-security-context-readonlyrootfilesystem', container: ({container: c}) => (sc(c).readOnlyRootFilesystem === true ? undefined : 'root filesystem writable')},
-  {tool: 'kube-score', rule: 'pod-probes', note: 'readiness and liveness both present on long-running pods', container: ({template: t, container: c, init}) => (!init && longRunning(t) && (!c.readinessProbe || !c.livenessProbe) ? 'readiness or liveness probe missing' : undefined)},
+  {tool: 'kube-score', rule: 'pod-probes', note: 'readiness and liveness both present on long-running pods, and not the same check', container: ({template: t, container: c, init}) => (!init && longRunning(t) ? (!c.readinessProbe || !c.livenessProbe ? 'readiness or liveness probe missing' : JSON.stringify(probeHandler(c.readinessProbe)) === JSON.stringify(probeHandler(c.livenessProbe)) ? 'readiness and liveness probe the same handler' : undefined) : undefined)},
   {tool: 'kube-score', rule: 'pod-networkpolicy', pod: (objects, t) => {
     const policies = policiesFor(objects, t);
     const types = new Set(policies.flatMap((p) => p.policyTypes as string[]));

@@ -101,7 +101,7 @@ describe('render: the jobs mount the operator\'s key volume, not dforge-master-k
   });
 
   it('refuses a key directory over the install, /tmp or a local backup destination', async () => {
-    for (const keyDir of ['/var/lib/dforge/secrets/master', '/tmp/kms', '/var/backups/dforge/eu/kms', '/var/backups']) {
+    for (const keyDir of ['/var/lib/dforge/secrets/master', '/tmp/kms', '/backups/eu/eu-local/kms', '/backups']) {
       const refused = await renderKubernetes(config({keys: {masterKeyProvider: 'mounted', mountedKeyDir: keyDir}}), undefined).catch((e: unknown) => e);
       expect(refused, keyDir).toBeInstanceOf(UsageError);
       expect((refused as UsageError).message, keyDir).toMatch(new RegExp(`^keys.mountedKeyDir ${keyDir} overlaps `));

@@ -9,7 +9,7 @@ import {generateCertificates} from '../../src/certs/service.js';
 import {configSchema, type DforgeConfig} from '../../src/config/schema.js';
 import {caCertFile} from '../../src/certs/pki-paths.js';
 import {UserError} from '../../src/errors.js';
-import {archiveSecrets, installArchive} from '../../src/install/k8s.js';
+import {archiveSecrets, installArchive, jobConfigText} from '../../src/install/k8s.js';
 import {AUTH_DB_PASSWORD_SECRET, AUTH_DB_SUPERUSER_SECRET} from '../../src/install/secrets.js';
 import {openKeyServices} from '../../src/keys/context.js';
 import {initKeys} from '../../src/keys/init.js';
@@ -345,9 +345,11 @@ describe('renderKubernetes', () => {
       // Where the file provider reads the keyring of the install at --dir: secrets/master/.
       {name: 'master-key', mountPath: masterDir(new InstallDir('/var/lib/dforge')), readOnly: true},
       {name: 'tmp', mountPath: '/tmp'},
-      {name: 'backups', mountPath: '/var/backups/dforge/eu', subPath: 'eu/eu-local'},
-      {name: 'backups', mountPath: '/var/backups/dforge/us', subPath: 'us/us-local'},
+      // The pod's own paths: the operator's /var/backups/dforge/... never reaches a manifest.
+      {name: 'backups', mountPath: '/backups/eu/eu-local', subPath: 'eu/eu-local'},
+      {name: 'backups', mountPath: '/backups/us/us-local', subPath: 'us/us-local'},
     ]);
+    expect(JSON.stringify(objects)).not.toContain('/var/backups/dforge');
     expect(pod.volumes).toContainEqual({name: 'install-archive', secret: {secretName: 'dforge-backup-install', defaultMode: 0o440}});
     expect(pod.volumes).toContainEqual({name: 'master-key', secret: {secretName: MASTER_KEY_SECRET, defaultMode: 0o440}});
     // The unpacked install (keys included) lives in memory, never on the node's disk.
@@ -383,21 +385,22 @@ describe('renderKubernetes', () => {
     expect(await unknownFieldProblems(objects)).toEqual([]);
   });
 
-  it('refuses local backup destinations that would share or shadow a mount', async () => {
-    const clash = config({
-      regions: {
-        eu: {clusters: [{name: 'eu-1', kind: 'bundled'}], backup: {destinations: [{name: 'a', kind: 'local', path: '/srv/backups'}, {name: 'b', kind: 'local', path: '/srv/backups/'}]}},
-      },
-    });
-    await expect(renderKubernetes(clash, undefined)).rejects.toThrow(/backup destination eu\/b uses the path \/srv\/backups/);
-    const at = (p: string): DforgeConfig => config({regions: {eu: {clusters: [{name: 'eu-1', kind: 'bundled'}], backup: {destinations: [{name: 'a', kind: 'local', path: p}]}}}});
-    await expect(renderKubernetes(at('/tmp'), undefined)).rejects.toBeInstanceOf(UserError);
-    // Over the unpacked secrets or the master key, dforge could not open them.
-    for (const p of ['/var/lib/dforge', '/var/lib/dforge/secrets', '/var/lib/dforge/secrets/master/']) {
-      await expect(renderKubernetes(at(p), undefined), p).rejects.toThrow(/needs for itself/);
+  it("mounts each local destination at a path of the pod, whatever the operator's path is, and the jobs' dforge.yaml names that path", async () => {
+    // Paths that would once have shadowed the job's own mounts are harmless now: none reaches the pod.
+    const at = (p: string): DforgeConfig => config({regions: {eu: {clusters: [{name: 'eu-1', kind: 'bundled'}], backup: {destinations: [{name: 'a', kind: 'local', path: p}, {name: 'b', kind: 'local', path: `${p}/`}]}}}});
+    for (const p of ['/tmp', '/var/lib/dforge/secrets', '/srv/backups']) {
+      const pod = (find(objectsOf(await renderKubernetes(at(p), undefined)), 'CronJob', 'dforge-backup').spec as any).jobTemplate.spec.template.spec;
+      expect(pod.containers[0].volumeMounts.filter((m: {name: string}) => m.name === 'backups'), p).toEqual([
+        {name: 'backups', mountPath: '/backups/eu/a', subPath: 'eu/a'},
+        {name: 'backups', mountPath: '/backups/eu/b', subPath: 'eu/b'},
+      ]);
     }
-    // Elsewhere in the install directory is fine: DFORGE_HOME/backups/<region> is install's default.
-    await expect(renderKubernetes(at('/var/lib/dforge/backups/eu'), undefined)).resolves.toBeDefined();
+    const text = 'version: 1\n# the operator\'s own paths\nregions:\n  eu:\n    backup:\n      destinations:\n        - name: a\n          kind: local\n          path: /srv/backups # nightly\n        - name: s3\n          kind: s3\n          endpoint: https://203.0.113.7\n';
+    const job = jobConfigText(text);
+    expect(job).toContain('path: /backups/eu/a');
+    expect(job).not.toContain('/srv/backups');
+    expect(job).toContain('endpoint: https://203.0.113.7');
+    expect(job).toContain("# the operator's own paths");
   });
 });
 
