@@ -4,9 +4,12 @@ import path from 'node:path';
 
 import {InstallDir} from '../../src/state/install-dir.js';
 
-/** A fresh install directory in a temp folder; `keys` options go into its dforge.yaml. */
-export async function tempInstall(options: {masterKeyProvider?: 'file' | 'env' | 'passphrase'} = {}): Promise<InstallDir & {cleanup(): Promise<void>}> {
-  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'dforge-install-'));
+/**
+ * A fresh install directory in a temp folder (under `base`, default the system's); `keys` options
+ * go into its dforge.yaml (`mountedKeyDir` with the mounted provider).
+ */
+export async function tempInstall(options: {masterKeyProvider?: 'file' | 'env' | 'passphrase' | 'mounted'; mountedKeyDir?: string; base?: string} = {}): Promise<InstallDir & {cleanup(): Promise<void>}> {
+  const root = await fs.mkdtemp(path.join(options.base ?? os.tmpdir(), 'dforge-install-'));
   const dir = new InstallDir(root);
   await dir.ensureLayout();
   await fs.writeFile(
@@ -22,7 +25,7 @@ regions:
         kind: embedded
 keys:
   masterKeyProvider: ${options.masterKeyProvider ?? 'file'}
-`,
+${options.mountedKeyDir ? `  mountedKeyDir: ${options.mountedKeyDir}\n` : ''}`,
   );
   return Object.assign(dir, {cleanup: () => fs.rm(root, {recursive: true, force: true})});
 }

@@ -11,8 +11,9 @@ import {exportMasterKey} from '../../src/keys/export-master.js';
 import {initKeys} from '../../src/keys/init.js';
 import {rotateMasterKey} from '../../src/keys/rotate-master.js';
 import {masterDir, readKeyringState} from '../../src/secrets/master-key.js';
-import {InstallDir} from '../../src/state/install-dir.js';
+import type {InstallDir} from '../../src/state/install-dir.js';
 import {runCli} from '../helpers/cli.js';
+import {tempInstall} from '../helpers/install-fixture.js';
 
 /**
  * The mounted master key provider: v<N>.key files in a directory that a key store outside dforge
@@ -30,24 +31,7 @@ async function mountedInstall(base = os.tmpdir()): Promise<{dir: InstallDir; key
   roots.push(root);
   const keyDir = path.join(root, 'kms');
   await fs.mkdir(keyDir, {mode: 0o700});
-  const dir = new InstallDir(path.join(root, 'install'));
-  await dir.ensureLayout();
-  await fs.writeFile(
-    dir.configFile,
-    `version: 1
-domain: dforge.example.test
-target: embedded
-primaryRegion: eu
-regions:
-  eu:
-    clusters:
-      - name: eu-1
-        kind: embedded
-keys:
-  masterKeyProvider: mounted
-  mountedKeyDir: ${keyDir}
-`,
-  );
+  const dir = await tempInstall({masterKeyProvider: 'mounted', mountedKeyDir: keyDir, base: root});
   const addKey = async (version: number, mode = 0o400): Promise<string> => {
     const key = randomBytes(32).toString('base64');
     await fs.writeFile(path.join(keyDir, `v${version}.key`), `${key}\n`, {mode});

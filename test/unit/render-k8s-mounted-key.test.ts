@@ -16,6 +16,7 @@ import {initKeys} from '../../src/keys/init.js';
 import {archiveCarriesKeyring, MASTER_KEY_SECRET, masterKeySetup, renderKubernetes} from '../../src/render/k8s.js';
 import {masterDir} from '../../src/secrets/master-key.js';
 import {InstallDir} from '../../src/state/install-dir.js';
+import {k8sConfigInput} from '../helpers/k8s-config.js';
 import {parseManifests, podTemplates, schemaProblems, unknownFieldProblems, type Container, type K8sObject} from '../helpers/k8s-objects.js';
 
 const execFile = promisify(execFileCb);
@@ -23,16 +24,7 @@ const execFile = promisify(execFileCb);
 const KEY_DIR = '/var/run/dforge-kms';
 const CSI = {csi: {driver: 'secrets-store.csi.k8s.io', readOnly: true, volumeAttributes: {secretProviderClass: 'dforge-master'}}};
 
-const base = {
-  version: 1,
-  domain: 'dforge.example.com',
-  target: 'k8s',
-  primaryRegion: 'eu',
-  release: '1.4.2',
-  regions: {eu: {clusters: [{name: 'eu-1', kind: 'bundled'}], backup: {destinations: [{name: 'eu-local', kind: 'local', path: '/var/backups/dforge/eu'}]}}},
-  keys: {masterKeyProvider: 'mounted', mountedKeyDir: KEY_DIR},
-  kubernetes: {namespace: 'dforge', masterKeyVolume: CSI},
-};
+const base = k8sConfigInput({keys: {masterKeyProvider: 'mounted', mountedKeyDir: KEY_DIR}, kubernetes: {namespace: 'dforge', masterKeyVolume: CSI}});
 const config = (patch: Record<string, unknown> = {}): DforgeConfig => configSchema.parse({...base, ...patch});
 const objectsOf = async (c: DforgeConfig): Promise<K8sObject[]> => (await renderKubernetes(c, undefined)).filter((f) => f.path !== 'kustomization.yaml').flatMap((f) => parseManifests(f.content));
 /** The workloads that open the install's secrets: they, and only they, mount the master key. */
