@@ -2,6 +2,7 @@ import type {ControlPlane} from '../control/plane.js';
 import {ControlWrappedKeys} from '../control/keys-store.js';
 import {LockedError, VerificationError} from '../errors.js';
 import {releaseRetiredMasterVersions, type ReleaseResult} from '../keys/retention.js';
+import type {BackupDestination} from './backup-destination.js';
 import {BackupCatalog, manifestLocation, type BackupRecord} from './catalog.js';
 import {regionDestinations} from './destination.js';
 import {verifyBackup} from './verify.js';
@@ -15,6 +16,18 @@ export async function removeBackup(plane: ControlPlane, record: BackupRecord): P
   await new BackupCatalog(plane.control).remove(record.id);
   await destination?.remove(manifestLocation(record.location));
   await destination?.remove(record.location);
+}
+
+/**
+ * Deletes one backup the other way round: the file and its manifest first, the catalog entry last.
+ * For a tenant move's purge, where a destination that fails midway must leave the backup listed, so
+ * the operator sees it and the rerun finds it again (removeBackup, for prune, prefers an orphan
+ * file that rebuild-catalog can adopt).
+ */
+export async function removeBackupFilesFirst(plane: ControlPlane, destination: BackupDestination, record: BackupRecord): Promise<void> {
+  await destination.remove(record.location);
+  await destination.remove(manifestLocation(record.location));
+  await new BackupCatalog(plane.control).remove(record.id);
 }
 
 /** What releasing retired master versions did, or why it could not run this time. */

@@ -23,9 +23,10 @@ import {clustersOf, endpointOf} from '../control/clusters.js';
 import type {ControlPlane} from '../control/plane.js';
 import {inTransaction} from '../control/keys-store.js';
 import {PartialError, UsageError, UserError, VerificationError} from '../errors.js';
-import {BackupCatalog, manifestLocation, type BackupRecord} from '../backup/catalog.js';
+import {BackupCatalog, type BackupRecord} from '../backup/catalog.js';
 import {regionDestinations} from '../backup/destination.js';
 import {startPgRestoreList, startPgTool} from '../backup/pg-tool-runner.js';
+import {removeBackupFilesFirst} from '../backup/removal.js';
 import {pgDumpArgs, restorableEntries} from '../backup/pg-tools.js';
 import {restoreRoleOf} from '../postgres/provisioner.js';
 import {serverVersionNum, withConnection} from '../postgres/connect.js';
@@ -246,21 +247,17 @@ const COMPLETE_THE_SHRED = ['dforge keys rotate --master', 'dforge backup --all'
 async function purgeSourceBackups(plane: ControlPlane, move: MoveRecord, progress?: (line: string) => void): Promise<{deleted: string[]; shredded: string[]; versions: number[]; retained: Array<{id: string; reason: string}>}> {
   const catalog = new BackupCatalog(plane.control);
   const all = await catalog.list({tenant: move.slug, kind: 'tenant'});
-  const declared = new Set(regionDestinations(plane, move.fromRegion).map((d) => d.name));
+  const declared = new Map(regionDestinations(plane, move.fromRegion).map((d) => [d.name, d]));
   const deleted: string[] = [];
   const kept: Array<{record: BackupRecord; why: string}> = [];
   for (const record of all.filter((r) => r.region === move.fromRegion)) {
-    if (!declared.has(record.destination)) {
+    const destination = declared.get(record.destination);
+    if (!destination) {
       kept.push({record, why: `destination ${record.destination} is no longer declared in region ${move.fromRegion}`});
       continue;
     }
     try {
-      // The file first, the catalog entry last (unlike a prune): a destination that fails midway
-      // leaves the entry, so the backup stays listed and the purge's rerun finds it again.
-      const destination = regionDestinations(plane, record.region).find((d) => d.name === record.destination)!;
-      await destination.remove(record.location);
-      await destination.remove(manifestLocation(record.location));
-      await catalog.remove(record.id);
+      await removeBackupFilesFirst(plane, destination, record);
       deleted.push(record.id);
     } catch (err) {
       kept.push({record, why: `deleting it from ${record.destination} failed: ${(err as Error).message}`});
