@@ -12,6 +12,7 @@ export interface BackupDestination {
   /** Writes a small object (a manifest) atomically. */
   putSmall(location: string, data: string): Promise<void>;
   get(location: string): Promise<Readable>;
+  /** A small object (a manifest) as text; one over SMALL_OBJECT_LIMIT is refused unread, whoever planted it. */
   readSmall(location: string): Promise<string>;
   size(location: string): Promise<number>;
   /**
@@ -36,3 +37,9 @@ export interface BackupDestination {
 export type DestinationPlacement =
   | {readonly kind: 'local'; readonly path: string; readonly device: string; readonly mountPoint: string | null}
   | {readonly kind: 's3'; readonly endpoint: string; readonly bucket: string; readonly location: string | null};
+
+/** The most readSmall reads: a manifest is well under 1 KiB; anything near this is not one. */
+export const SMALL_OBJECT_LIMIT = 64 * 1024;
+
+/** The refusal of an object too large for readSmall. */
+export const tooLargeToRead = (what: string, size: number): Error => new Error(`${what} is ${size} bytes, more than the ${SMALL_OBJECT_LIMIT} a manifest can be; not read`);

@@ -7,7 +7,7 @@ import type {DestinationConfig, DforgeConfig} from '../config/schema.js';
 import {UserError} from '../errors.js';
 import {fsyncDir, writeFileAtomic} from '../state/atomic-file.js';
 import {crashPoint} from '../state/crash-point.js';
-import type {BackupDestination, DestinationPlacement} from './backup-destination.js';
+import {SMALL_OBJECT_LIMIT, tooLargeToRead, type BackupDestination, type DestinationPlacement} from './backup-destination.js';
 import {S3Destination, type SecretReader} from './s3-destination.js';
 
 const PARTIAL = '.partial';
@@ -90,6 +90,8 @@ export class LocalDirectoryDestination implements BackupDestination {
   }
 
   async readSmall(location: string): Promise<string> {
+    const size = await this.size(location);
+    if (size > SMALL_OBJECT_LIMIT) throw tooLargeToRead(this.describe(location), size);
     return fs.readFile(this.file(location), 'utf8');
   }
 

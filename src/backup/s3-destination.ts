@@ -6,7 +6,7 @@ import type {S3Client} from '@aws-sdk/client-s3';
 
 import type {DestinationConfig} from '../config/schema.js';
 import {UserError} from '../errors.js';
-import type {BackupDestination, DestinationPlacement} from './backup-destination.js';
+import {SMALL_OBJECT_LIMIT, tooLargeToRead, type BackupDestination, type DestinationPlacement} from './backup-destination.js';
 
 export type S3DestinationConfig = Extract<DestinationConfig, {kind: 's3'}>;
 
@@ -209,6 +209,8 @@ export class S3Destination implements BackupDestination {
   }
 
   async readSmall(location: string): Promise<string> {
+    const size = await this.size(location);
+    if (size > SMALL_OBJECT_LIMIT) throw tooLargeToRead(this.describe(location), size);
     const body = await this.get(location);
     const chunks: Buffer[] = [];
     for await (const chunk of body) chunks.push(chunk as Buffer);

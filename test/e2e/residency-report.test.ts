@@ -193,6 +193,13 @@ describe.skipIf(!available)('residency report', () => {
       expect(json<ResidencyReportRun>(disguised).report.verification!.findings).toEqual([
         expect.objectContaining({kind: 'object-unreadable', location: `${planted}.manifest.json`, foundInRegion: 'eu'}),
       ]);
+      // A huge file named like a manifest is refused unread: verify never loads it into memory.
+      await fs.writeFile(`${planted}.manifest.json`, Buffer.alloc(2 * 1024 * 1024, 0x7b));
+      const huge = await install.cli(['residency', 'report', '--verify', '--json']);
+      expect(huge.code).toBe(3);
+      expect(json<ResidencyReportRun>(huge).report.verification!.findings).toEqual([
+        expect.objectContaining({kind: 'object-unreadable', location: `${planted}.manifest.json`, message: expect.stringMatching(/is 2097152 bytes, more than the 65536 a manifest can be; not read/)}),
+      ]);
       await fs.rm(`${planted}.manifest.json`);
 
       // Hidden, or named like an unfinished upload: still looked at, and still attributed by its header.
