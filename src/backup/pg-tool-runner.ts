@@ -15,6 +15,12 @@ export interface PgToolRequest {
   readonly serverMajor: number;
   /** pg_restore only: the table-of-contents entries to restore (its -L list), sent ahead of the dump on stdin. */
   readonly useList?: string;
+  /**
+   * pg_dump only, default true: a 1 MiB output buffer (see STDBUF), for dforge reading the archive
+   * itself. False when the archive goes straight on to pg_restore: there the bursts stall the
+   * restore between them, and a 1 GB move took 4.5 s longer (docs/benchmarks.md).
+   */
+  readonly bufferOutput?: boolean;
 }
 
 /**
@@ -61,7 +67,7 @@ export async function startPgTool(plane: ControlPlane, request: PgToolRequest): 
   const endpoint = await endpointOf(plane.keys.dir, plane.config, request.cluster);
   const binary = hostTool(request.tool, request.serverMajor);
   const session = await libpqSession(plane.keys.dir, endpoint, request.credentials);
-  const [file, ...args] = withList(request.tool === 'pg_dump' && STDBUF ? [STDBUF, '-o', '1M', binary, ...request.args] : [binary, ...request.args], request);
+  const [file, ...args] = withList(request.tool === 'pg_dump' && request.bufferOutput !== false && STDBUF ? [STDBUF, '-o', '1M', binary, ...request.args] : [binary, ...request.args], request);
   let tool: ToolProcess;
   try {
     tool = spawnTool(file!, args, session.env, request.tool);

@@ -17,6 +17,8 @@
  * The source must stay readable as the tenant while frozen, so the copy and the checks reach it
  * through a one-run password (see asFrozenTenant): the application's credentials stay locked out.
  */
+import type {Writable} from 'node:stream';
+
 import type {Client} from 'pg';
 
 import {clustersOf, endpointOf} from '../control/clusters.js';
@@ -25,7 +27,7 @@ import {inTransaction} from '../control/keys-store.js';
 import {PartialError, UsageError, UserError, VerificationError} from '../errors.js';
 import {BackupCatalog, type BackupRecord} from '../backup/catalog.js';
 import {regionDestinations} from '../backup/destination.js';
-import {startPgRestoreList, startPgTool} from '../backup/pg-tool-runner.js';
+import {startPgRestoreList, startPgTool, type StartedTool} from '../backup/pg-tool-runner.js';
 import {removeBackupFilesFirst} from '../backup/removal.js';
 import {pgDumpArgs, restorableEntries} from '../backup/pg-tools.js';
 import {restoreRoleOf} from '../postgres/provisioner.js';
@@ -40,18 +42,7 @@ import {MoveJournal, canRollBack, type MoveRecord} from './move-journal.js';
 import {pickCluster} from './placement.js';
 import type {Tenant} from './registry.js';
 import {validateSlug} from './slug.js';
-
-/**
- * One ordinary table's rows as the tenant reads them: their count and the sum of a 64-bit hash of
- * each row (of its columns' values, or of its text when a column type has no hash function). A
- * sum needs no sort, so a table is read once, at scan speed; it detects lost, extra and changed
- * rows of a copy (it is not meant to resist a forger: the tenant owns the data).
- */
-export interface TableChecksum {
-  readonly table: string;
-  readonly rows: number;
-  readonly checksum: string;
-}
+import {fingerprint, type Fingerprint, type TableChecksum} from './table-checksums.js';
 
 export interface MoveResult {
   readonly tenant: string;
@@ -387,12 +378,11 @@ async function copy(plane: ControlPlane, tenant: Tenant, move: MoveRecord): Prom
     await databases.shape(scratch, {connect: [restoreRoleOf(tenant.role)]});
     const fingerprinted = await asFrozenTenant(plane, tenant, move.fromCluster, async (source) => {
       const serverMajor = Math.floor(Number(await withEndpoint(plane, move.fromCluster, source, serverVersionNum)) / 10_000);
-      const useList = restorableEntries(await dumpList(plane, move.fromCluster, source, serverMajor), MODULE_SCHEMAS);
       // The source is frozen, so its fingerprint is read while the copy runs instead of after it.
       // Both settle before the frozen source's one-run password is taken back (asFrozenTenant's finally).
       const [piped, summed] = await Promise.allSettled([
-        pipeDump(plane, {from: move.fromCluster, source, to: move.toCluster, target: {user: restoreRoleOf(tenant.role), password: restorePassword, database: scratch}, role: tenant.role, serverMajor, useList}),
-        withEndpoint(plane, move.fromCluster, source, fingerprint),
+        pipeDump(plane, {from: move.fromCluster, source, to: move.toCluster, target: {user: restoreRoleOf(tenant.role), password: restorePassword, database: scratch}, role: tenant.role, serverMajor}),
+        withEndpoint(plane, move.fromCluster, source, (c) => fingerprint(c, {alongside: true})),
       ]);
       if (piped.status === 'rejected') throw piped.reason;
       if (summed.status === 'rejected') throw summed.reason;
@@ -410,54 +400,100 @@ async function copy(plane: ControlPlane, tenant: Tenant, move: MoveRecord): Prom
 }
 
 /**
- * The dump's table of contents, for restore's entry filter (restorableEntries): a pure pipe
- * cannot filter, and pg_restore reads its -L list before the dump. A custom-format archive written
- * to a pipe starts with its table of contents, so pg_restore --list reads that head and exits; the
- * pg_dump behind it is stopped there, before it has sent much data. The source is frozen, so the
- * second pg_dump, the one loaded, numbers the same catalog the same way.
+ * The copy: one pg_dump (as the tenant) into pg_restore (as the restore role), both over verified
+ * TLS. pg_restore must be given its entry filter (restorableEntries) before it reads the dump, and
+ * a pure pipe cannot filter; but a custom-format archive starts with its table of contents, so
+ * that head of the stream is first shown to `pg_restore --list`, kept, and then handed on to the
+ * filtered restore ahead of the rest. One pg_dump thus serves both, instead of a second dump
+ * started only to read the list.
  */
-async function dumpList(plane: ControlPlane, cluster: string, source: {user: string; password: string; database: string}, serverMajor: number): Promise<string> {
-  const pgDump = await startPgTool(plane, {tool: 'pg_dump', args: pgDumpArgs('tenant'), cluster, credentials: source, serverMajor});
-  const list = await startPgRestoreList(plane, serverMajor);
+async function pipeDump(
+  plane: ControlPlane,
+  o: {from: string; source: {user: string; password: string; database: string}; to: string; target: {user: string; password: string; database: string}; role: string; serverMajor: number},
+): Promise<void> {
+  // No output buffer: the archive goes straight on to pg_restore (see PgToolRequest.bufferOutput).
+  const pgDump = await startPgTool(plane, {tool: 'pg_dump', args: pgDumpArgs('tenant'), cluster: o.from, credentials: o.source, serverMajor: o.serverMajor, bufferOutput: false});
+  let pgRestore: StartedTool | undefined;
+  // Kept for the error: a pg_dump that fails at once (a refused login) shows the list tool only an
+  // empty archive, and what pg_dump said is what the operator needs to see.
+  const dumped = pgDump.done.then(
+    () => undefined,
+    (err: unknown) => {
+      pgRestore?.kill();
+      return err;
+    },
+  );
   try {
     pgDump.stdin.end();
-    // It fails with a broken pipe once pg_restore --list has what it needs: expected, not an error.
-    pgDump.done.catch(() => undefined);
-    list.stdin.on('error', () => undefined);
-    pgDump.stdout.pipe(list.stdin);
-    const chunks: Buffer[] = [];
-    list.stdout.on('data', (b: Buffer) => chunks.push(b));
-    await list.done;
-    return Buffer.concat(chunks).toString('utf8');
+    const {list, handOn} = await readTableOfContents(plane, pgDump, o.serverMajor);
+    pgRestore = await startPgTool(plane, {
+      tool: 'pg_restore',
+      args: ['--dbname', o.target.database, `--role=${o.role}`, '--no-owner', '--no-privileges', '--exit-on-error'],
+      cluster: o.to,
+      credentials: o.target,
+      serverMajor: o.serverMajor,
+      useList: restorableEntries(list, MODULE_SCHEMAS),
+    });
+    handOn(pgRestore.stdin);
+    // Either failing stops the other: a half-loaded scratch database is dropped by the rerun.
+    pgRestore.done.catch(() => pgDump.kill());
+    await Promise.all([pgDump.done, pgRestore.done]);
+  } catch (err) {
+    if (pgRestore) throw err;
+    // The head could not be read: pg_dump's own failure explains it when pg_dump has ended by now.
+    const dumpFailure = await Promise.race([dumped, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 1000))]);
+    throw dumpFailure ?? err;
   } finally {
     pgDump.kill();
-    await Promise.all([pgDump.close(), list.close()]);
+    await Promise.all([pgDump.close(), pgRestore?.close()]);
   }
 }
 
-async function pipeDump(
-  plane: ControlPlane,
-  o: {from: string; source: {user: string; password: string; database: string}; to: string; target: {user: string; password: string; database: string}; role: string; serverMajor: number; useList: string},
-): Promise<void> {
-  const pgRestore = await startPgTool(plane, {
-    tool: 'pg_restore',
-    args: ['--dbname', o.target.database, `--role=${o.role}`, '--no-owner', '--no-privileges', '--exit-on-error'],
-    cluster: o.to,
-    credentials: o.target,
-    serverMajor: o.serverMajor,
-    useList: o.useList,
-  });
-  const pgDump = await startPgTool(plane, {tool: 'pg_dump', args: pgDumpArgs('tenant'), cluster: o.from, credentials: o.source, serverMajor: o.serverMajor});
+/**
+ * The archive's table of contents, read by `pg_restore --list` from the head of pg_dump's output,
+ * and `handOn`, which sends everything read so far and then the rest to the restore. Until then
+ * every chunk is kept, with pg_dump held back while the list tool is behind and once it is done
+ * (so little more than the contents is kept). The output never goes without a reader: Node resumes
+ * a child's paused stdout when the child exits, and with no reader those bytes would be lost.
+ */
+async function readTableOfContents(plane: ControlPlane, pgDump: StartedTool, serverMajor: number): Promise<{list: string; handOn: (to: Writable) => void}> {
+  const lister = await startPgRestoreList(plane, serverMajor);
+  const kept: Buffer[] = [];
+  const listed: Buffer[] = [];
+  lister.stdout.on('data', (b: Buffer) => listed.push(b));
+  // It exits, closing its stdin, once it has the contents: writes after that are not errors.
+  lister.stdin.on('error', () => undefined);
+  let listing = true;
+  const resume = () => {
+    if (listing) pgDump.stdout.resume();
+  };
+  const keep = (chunk: Buffer) => {
+    kept.push(chunk);
+    if (listing && !lister.stdin.write(chunk)) {
+      pgDump.stdout.pause();
+      lister.stdin.once('drain', resume);
+    }
+  };
+  const endList = () => lister.stdin.end();
+  pgDump.stdout.on('data', keep);
+  pgDump.stdout.once('end', endList);
   try {
-    pgDump.stdin.end();
-    pgDump.stdout.pipe(pgRestore.stdin);
-    // Either failing stops the other: a half-loaded scratch database is dropped by the rerun.
-    pgDump.done.catch(() => pgRestore.kill());
-    pgRestore.done.catch(() => pgDump.kill());
-    await Promise.all([pgDump.done, pgRestore.done]);
+    await lister.done;
   } finally {
-    await Promise.all([pgDump.close(), pgRestore.close()]);
+    listing = false;
+    pgDump.stdout.pause();
+    pgDump.stdout.off('end', endList);
+    lister.stdin.destroy();
+    await lister.close();
   }
+  return {
+    list: Buffer.concat(listed).toString('utf8'),
+    handOn: (to) => {
+      pgDump.stdout.off('data', keep);
+      for (const chunk of kept) to.write(chunk);
+      pgDump.stdout.pipe(to);
+    },
+  };
 }
 
 /**
@@ -468,7 +504,7 @@ async function pipeDump(
  */
 async function verify(plane: ControlPlane, tenant: Tenant, move: MoveRecord, known?: Fingerprint): Promise<TableChecksum[]> {
   // Each side is one scan of every table; both at once when the copy did not already read the source.
-  const read = (cluster: string) => asFrozenTenant(plane, tenant, cluster, (credentials) => withEndpoint(plane, cluster, credentials, fingerprint));
+  const read = (cluster: string) => asFrozenTenant(plane, tenant, cluster, (credentials) => withEndpoint(plane, cluster, credentials, (c) => fingerprint(c)));
   const [source, target] = await Promise.all([known ?? read(move.fromCluster), read(move.toCluster)]);
   const a = JSON.stringify(source);
   const b = JSON.stringify(target);
@@ -481,54 +517,6 @@ async function verify(plane: ControlPlane, tenant: Tenant, move: MoveRecord, kno
   }
   return source.tables;
 }
-
-const SCHEMAS = [...MODULE_SCHEMAS, 'audit'];
-
-interface Fingerprint {
-  readonly tables: TableChecksum[];
-  readonly objects: Record<string, number>;
-}
-
-async function fingerprint(c: Client): Promise<Fingerprint> {
-  await c.query('SET search_path = pg_catalog, pg_temp');
-  const tables = await c.query<{schema: string; name: string}>(
-    `SELECT n.nspname AS schema, c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-      WHERE c.relkind = 'r' AND (n.nspname = ANY($1) OR (n.nspname = 'audit' AND c.relname = 'change_log')) ORDER BY 1, 2`,
-    [MODULE_SCHEMAS],
-  );
-  const checksums: TableChecksum[] = [];
-  for (const t of tables.rows) {
-    const q = `${escape(t.schema)}.${escape(t.name)}`;
-    checksums.push({table: `${t.schema}.${t.name}`, ...(await tableSum(c, q))});
-  }
-  const objects = await c.query<{schema: string; n: string}>(
-    'SELECT n.nspname AS schema, count(*) AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY($1) GROUP BY 1 ORDER BY 1',
-    [SCHEMAS],
-  );
-  return {tables: checksums, objects: Object.fromEntries(objects.rows.map((r) => [r.schema, Number(r.n)]))};
-}
-
-/**
- * A table's row count and hash sum. Each row is hashed through its columns' own hash functions
- * (hash_record_extended), a third cheaper than hashing its text; a table with a column type that
- * has none (json, point, ...) fails that on its first row and is hashed by row text instead. Both
- * sides of a move hold the same types, so both take the same way.
- */
-async function tableSum(c: Client, table: string): Promise<{rows: number; checksum: string}> {
-  const sum = async (hash: string): Promise<{rows: number; checksum: string}> => {
-    const r = await c.query<{n: string; sum: string}>(`SELECT count(*) AS n, coalesce(sum(${hash}), 0)::text AS sum FROM ${table} AS x`);
-    return {rows: Number(r.rows[0]!.n), checksum: r.rows[0]!.sum};
-  };
-  try {
-    return await sum('hash_record_extended(x, 0)');
-  } catch (err) {
-    // undefined_function: "could not identify an extended hash function for type ..."
-    if ((err as {code?: string}).code !== '42883') throw err;
-    return sum('hashtextextended(x::text, 0)');
-  }
-}
-
-const escape = (name: string): string => `"${name.replaceAll('"', '""')}"`;
 
 /**
  * Runs `fn` with credentials of the tenant's own role on `cluster` while the move keeps it frozen:

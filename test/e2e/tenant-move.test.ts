@@ -112,7 +112,7 @@ describe.skipIf(!available)('tenant move (e2e)', () => {
       await c.query('INSERT INTO crm.guarded SELECT generate_series(1, 20)');
     });
     const r = await cli(['tenant', 'move', 'hostile-fn', '--to-cluster', 'eu-2', '--json']);
-    expect(r.code, r.stderr).toBe(0);
+    expect(r.code, r.stderr + r.stdout).toBe(0);
     expect(await live('hostile-fn')).toEqual(['eu-2']);
     expect(await install.asTenant('hostile-fn', async (c) => (await c.query<{n: number}>('SELECT count(*)::int AS n FROM crm.guarded')).rows[0]!.n)).toBe(20);
     // The database and the login role share the name; the restore role and its scratch database are gone.

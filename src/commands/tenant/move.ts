@@ -7,7 +7,8 @@ import {UsageError} from '../../errors.js';
 import {approvalFromFlags} from '../../residency/policy.js';
 import {changingTenants} from '../../runtime/tenant-catalog.js';
 import type {MoveRecord} from '../../tenants/move-journal.js';
-import {moveStatus, moveTenant, purgeSource, resumeMove, rollbackMove, type PurgeResult, type TableChecksum} from '../../tenants/move.js';
+import {moveStatus, moveTenant, purgeSource, resumeMove, rollbackMove, type PurgeResult} from '../../tenants/move.js';
+import type {TableChecksum} from '../../tenants/table-checksums.js';
 import {confirmDestructive} from '../../ui/confirm.js';
 
 type MoveOutput =
