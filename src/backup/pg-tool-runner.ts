@@ -18,7 +18,7 @@ export interface PgToolRequest {
   /**
    * pg_dump only, default true: a 1 MiB output buffer (see STDBUF), for dforge reading the archive
    * itself. False when the archive goes straight on to pg_restore: there the bursts stall the
-   * restore between them, and a 1 GB move took 4.5 s longer (docs/benchmarks.md).
+   * restore between them, and a 1 GB copy took 4.5 s longer (docs/benchmarks.md, "Tenant move").
    */
   readonly bufferOutput?: boolean;
 }
@@ -82,7 +82,9 @@ export async function startPgTool(plane: ControlPlane, request: PgToolRequest): 
  * pg_dump writes its archive through stdio, which sizes its buffer from the pipe (4 KiB): about
  * 3,500 writes for a 20 MiB dump, each waking dforge to encrypt and hash a sliver, on the cores
  * the server and pg_dump need. coreutils' stdbuf gives it a 1 MiB buffer instead, so the same
- * bytes arrive in pipe-sized reads. Without stdbuf the dump is the same, only slower.
+ * bytes arrive in pipe-sized reads, when dforge itself reads the archive (a backup): without stdbuf
+ * that dump is the same, only slower. A pipe straight into pg_restore is the opposite case (see
+ * PgToolRequest.bufferOutput).
  */
 const STDBUF = ['/usr/bin/stdbuf', '/bin/stdbuf'].find((f) => existsSync(f));
 

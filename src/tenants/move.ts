@@ -444,7 +444,11 @@ async function pipeDump(
     const dumpFailure = await Promise.race([dumped, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 1000))]);
     throw dumpFailure ?? err;
   } finally {
+    // After a failure neither outlives the move: a pg_restore left on a cut stream would hold the
+    // scratch database the rerun drops. Both have exited when the copy succeeded.
     pgDump.kill();
+    pgRestore?.kill();
+    await Promise.allSettled([pgDump.done, pgRestore?.done]);
     await Promise.all([pgDump.close(), pgRestore?.close()]);
   }
 }

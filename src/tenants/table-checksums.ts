@@ -6,6 +6,8 @@
  * could run tenant code, a plain heap read cannot run anything the tenant did not already run as
  * itself. The caller reads as the tenant, never as the provisioner.
  */
+import {createHash} from 'node:crypto';
+
 import type {Client} from 'pg';
 
 import {MODULE_SCHEMAS} from './module-sql.js';
@@ -36,8 +38,12 @@ const SCHEMAS = [...MODULE_SCHEMAS, 'audit'];
  */
 export async function fingerprint(c: Client, o: {alongside?: boolean} = {}): Promise<Fingerprint> {
   if (o.alongside) await c.query('SET max_parallel_workers_per_gather = 0');
-  // Text forms depend on these settings, and the two clusters' defaults may differ.
-  await c.query(`SET search_path = pg_catalog, pg_temp; SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; SET bytea_output = 'hex'; SET lc_monetary = 'C'`);
+  // Text forms depend on these settings, and the two clusters' (or the role's) defaults may
+  // differ. row_security off: a FORCE'd policy would run tenant code in the scan; with it off
+  // such a scan fails instead (as pg_dump's does, so such a tenant cannot be moved anyway).
+  await c.query(
+    `SET search_path = pg_catalog, pg_temp; SET row_security = off; SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; SET bytea_output = 'hex'; SET lc_monetary = 'C'; SET quote_all_identifiers = off`,
+  );
   const tables = await c.query<{oid: number; schema: string; name: string}>(
     `SELECT c.oid, n.nspname AS schema, c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
       WHERE c.relkind = 'r' AND (n.nspname = ANY($1) OR (n.nspname = 'audit' AND c.relname = 'change_log')) ORDER BY 2, 3`,
@@ -45,7 +51,8 @@ export async function fingerprint(c: Client, o: {alongside?: boolean} = {}): Pro
   );
   const checksums: TableChecksum[] = [];
   for (const t of tables.rows) {
-    const r = await c.query<{n: string; sum: string}>(`SELECT count(*) AS n, coalesce(sum(${await rowHash(c, t.oid)}), 0)::text AS sum FROM ${quote(t.schema)}.${quote(t.name)} AS x`);
+    const from = `${quote(t.schema)}.${quote(t.name)}`;
+    const r = await c.query<{n: string; sum: string}>(`SELECT count(*) AS n, coalesce(sum(${rowHash(await columnsOf(c, t.oid))}), 0)::text AS sum FROM ${from} AS x`);
     checksums.push({table: `${t.schema}.${t.name}`, rows: Number(r.rows[0]!.n), checksum: r.rows[0]!.sum});
   }
   const objects = await c.query<{schema: string; n: string}>(
@@ -56,38 +63,83 @@ export async function fingerprint(c: Client, o: {alongside?: boolean} = {}): Pro
 }
 
 /**
- * A row's hash as a SQL expression over the alias `x`: the XOR of each column's hash, seeded by
- * its position (so equal values swapped between columns change it), with a per-position constant
- * for NULL. Each column is hashed by the extended hash function of its type's default hash
- * operator class, found in the catalog: about twice as fast as hash_record_extended on the whole
- * row, which first copies each row into a record. Only a superuser can create an operator class,
- * so these functions are PostgreSQL's or an installed extension's, never the tenant's. A type
- * without one taking exactly that type (json, point, varchar, date, timestamptz, arrays, domains,
- * tenant types) is hashed by its text, which its output function writes as the tenant, in the
- * settings fixed by fingerprint(). Both sides of a move hold the same column types, so
- * both build the same expression; a differing type differs in the sum. Values compare as their
- * type compares them (numeric 1.50 is 1.5, as with hash_record_extended); pg_restore copies them
- * exactly, so only a change no copy makes goes unseen.
+ * A column and how it is hashed (see rowHash): `hash` is the extended hash function of its type's
+ * default hash operator class when that function takes exactly this type (int, text, numeric,
+ * uuid, jsonb...); else `way` says whether its value ('value') or its elements ('elements') are
+ * hashed through their type's hash function, or its text is ('text'); `output` is its type's
+ * output function. Functions are schema-qualified.
  */
-async function rowHash(c: Client, table: number): Promise<string> {
-  const columns = await c.query<{name: string; hash: string | null}>(
+interface Column {
+  readonly name: string;
+  readonly hash: string | null;
+  readonly way: 'value' | 'elements' | 'text';
+  readonly output: string;
+}
+
+async function columnsOf(c: Client, table: number): Promise<Column[]> {
+  // A base type (a domain's base type; an array's element type) with a default hash operator
+  // class of its own. Enums, composites and ranges are left out: their hash functions hash enum
+  // values by OID (through the type cache, at any depth), and a restore assigns new OIDs.
+  const hashableBase = (t: string) => `(${t}.typtype = 'b' AND ${t}.typcategory <> 'A' AND EXISTS (SELECT FROM pg_opclass oc JOIN pg_am am ON am.oid = oc.opcmethod AND am.amname = 'hash' WHERE oc.opcdefault AND oc.opcintype = ${t}.oid))`;
+  const columns = await c.query<Column>(
     `SELECT a.attname AS name,
-            (SELECT p.amproc::regproc::text FROM pg_opclass oc
+            (SELECT quote_ident(fn.nspname) || '.' || quote_ident(f.proname) FROM pg_opclass oc
                JOIN pg_am am ON am.oid = oc.opcmethod AND am.amname = 'hash'
                JOIN pg_amproc p ON p.amprocfamily = oc.opcfamily AND p.amprocnum = 2 AND p.amproclefttype = oc.opcintype AND p.amprocrighttype = oc.opcintype
-               JOIN pg_proc f ON f.oid = p.amproc
-              WHERE oc.opcdefault AND oc.opcintype = a.atttypid AND f.proargtypes[0] = a.atttypid) AS hash
-       FROM pg_attribute a WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`,
+               JOIN pg_proc f ON f.oid = p.amproc JOIN pg_namespace fn ON fn.oid = f.pronamespace
+              WHERE oc.opcdefault AND oc.opcintype = a.atttypid AND f.proargtypes[0] = a.atttypid) AS hash,
+            CASE WHEN ${hashableBase('b')} THEN 'value' WHEN b.typcategory = 'A' AND ${hashableBase('e')} THEN 'elements' ELSE 'text' END AS way,
+            quote_ident(on_.nspname) || '.' || quote_ident(o.proname) AS output
+       FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+       JOIN pg_type b ON b.oid = coalesce(nullif(t.typbasetype, 0), t.oid)
+       LEFT JOIN pg_type e ON e.oid = b.typelem
+       JOIN pg_proc o ON o.oid = t.typoutput JOIN pg_namespace on_ ON on_.oid = o.pronamespace
+      WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum`,
     [table],
   );
-  if (columns.rows.length === 0) return '0::int8';
-  return columns.rows
-    .map(({name, hash}, i) => {
-      const value = `x.${quote(name)}`;
-      const hashed = hash === null ? `hashtextextended(${value}::text, ${i + 1})` : `${hash}(${value}, ${i + 1})`;
-      return `coalesce(${hashed}, ${-(i + 1)})`;
+  return columns.rows;
+}
+
+/**
+ * A row's hash as a SQL expression over the alias `x`: the XOR of each column's hash, seeded by
+ * the column's name (so equal values swapped between columns change it, and a copy that orders
+ * the columns otherwise does not), with a per-column constant for NULL. No cast is ever applied:
+ * a tenant may define casts from its own types, and verification must not run tenant code.
+ *
+ *  - A column whose type's hash function takes exactly that type is hashed by it, about twice as
+ *    fast as hash_record_extended on the whole row, which first copies each row into a record.
+ *    Only a superuser can create an operator class, so these functions are PostgreSQL's or an
+ *    installed extension's, never the tenant's.
+ *  - Another base type with a hash function (date, bool, timestamptz, bytea, a domain over one)
+ *    goes through hash_array_extended as a one-element array, which finds that function; an array
+ *    of one is hashed by its elements, plus its bounds.
+ *  - Anything else (json, point, xml, varchar, reg* types, enums, composites, ranges) is hashed by
+ *    the text its type's output function writes (a built-in one: only a superuser can create a
+ *    base type), in the settings fingerprint() fixed.
+ *
+ * Values compare as their type compares them (numeric 1.50 is 1.5, as with hash_record_extended);
+ * pg_restore copies them exactly, so only a change no copy makes goes unseen.
+ */
+function rowHash(columns: readonly Column[]): string {
+  if (columns.length === 0) return '0::int8';
+  return columns
+    .map((col) => {
+      const value = `x.${quote(col.name)}`;
+      const seed = `${nameSeed(col.name)}::int8`;
+      const hashed =
+        col.hash !== null
+          ? `${col.hash}(${value}, ${seed})`
+          : col.way === 'value'
+            ? `pg_catalog.hash_array_extended(ARRAY[${value}], ${seed})`
+            : col.way === 'elements'
+              ? `pg_catalog.hash_array_extended(${value}, ${seed}) # pg_catalog.hashtextextended(pg_catalog.array_dims(${value}), ${seed})`
+              : `pg_catalog.hashtextextended(pg_catalog.textin(${col.output}(${value})), ${seed})`;
+      return `coalesce(${hashed}, ${nameSeed(`null:${col.name}`)})`;
     })
     .join(' # ');
 }
+
+/** A 64-bit constant derived from `text`, the same on every machine. */
+const nameSeed = (text: string): string => createHash('sha256').update(text).digest().readBigInt64BE(0).toString();
 
 const quote = (name: string): string => `"${name.replaceAll('"', '""')}"`;

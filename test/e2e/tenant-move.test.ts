@@ -85,7 +85,7 @@ describe.skipIf(!available)('tenant move (e2e)', () => {
       await c.query("INSERT INTO crm.contacts (name, note) SELECT 'contact ' || g, jsonb_build_object('n', g) FROM generate_series(1, 300) g");
       await c.query('CREATE TABLE hr.staff (id bigint PRIMARY KEY, salary numeric(12,2))');
       await c.query('INSERT INTO hr.staff SELECT g, g * 1000.5 FROM generate_series(1, 50) g');
-      // json and point have no hash function: this table is summed by row text, the others by their columns' hashes.
+      // json and point have no hash function: their columns are hashed by their text, the others through their types' hash functions.
       await c.query("CREATE TABLE crm.shapes (id int PRIMARY KEY, doc json, at point); INSERT INTO crm.shapes SELECT g, json_build_object('g', g), point(g, -g) FROM generate_series(1, 20) g");
     });
   };
