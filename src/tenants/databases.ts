@@ -112,7 +112,6 @@ export class TenantDatabases {
     await this.c.query(`DROP DATABASE IF EXISTS ${escapeIdentifier(name)}`);
   }
 
-  /** Every database of this tenant: live, restore scratch, kept pre-restore copies. */
   /**
    * The name to keep the live database aside under: the one for `now`, or for the first second
    * after it that is free. A rerun in the same second as a killed run that kept one aside would
@@ -126,6 +125,7 @@ export class TenantDatabases {
     }
   }
 
+  /** Every database of this tenant: live, restore scratch, kept pre-restore copies. */
   async all(): Promise<string[]> {
     const rows = await this.c.query<{datname: string}>(
       `SELECT datname FROM pg_database

@@ -501,10 +501,8 @@ async function readTableOfContents(plane: ControlPlane, pgDump: StartedTool, ser
 }
 
 /**
- * Row counts and checksums of every ordinary table (relkind 'r': a view or a type's output
- * function could run tenant code, a plain heap read of row text cannot run anything the tenant
- * didn't already run as itself) of the module schemas and audit.change_log, read as the tenant on
- * both sides, never as the provisioner; plus per-schema object counts from pg_class.
+ * Compares the fingerprints (src/tenants/table-checksums.ts) of the source and the copy, each read
+ * as the tenant; a difference stops the move before cutover, naming the tables.
  */
 async function verify(plane: ControlPlane, tenant: Tenant, move: MoveRecord, known?: Fingerprint): Promise<TableChecksum[]> {
   // Each side is one scan of every table; both at once when the copy did not already read the source.

@@ -2,9 +2,10 @@
  * What a tenant move compares between the source and the copy (src/tenants/move.ts): per ordinary
  * table, its row count and the sum of a 64-bit hash of each row; per schema, its object count.
  *
- * Only ordinary tables (relkind 'r') of the module schemas and audit.change_log are read: a view
- * could run tenant code, a plain heap read cannot run anything the tenant did not already run as
- * itself. The caller reads as the tenant, never as the provisioner.
+ * Only ordinary tables (relkind 'r') of the module schemas and audit.change_log are read, and no
+ * tenant code runs while they are: a view could run it, and so could a cast the tenant defined
+ * (no value is cast, see rowHash) or a forced row-security policy (row_security is off). The
+ * caller reads as the tenant, never as the provisioner.
  */
 import {createHash} from 'node:crypto';
 

@@ -137,6 +137,31 @@ describe.skipIf(!available)('tenant move table checksums on real PostgreSQL', ()
     expect((await sumOf('sums_b')).checksum).not.toBe(a.checksum);
   });
 
+  it("never runs a tenant's forced row-security policy: the read fails, naming the policy's effect, instead of filtering rows", async () => {
+    await admin.query(`CREATE ROLE sums_tenant LOGIN PASSWORD 'sums-tenant-pw'`);
+    await admin.query('CREATE DATABASE sums_rls OWNER sums_tenant');
+    const asTenant = async <T>(fn: (c: pg.Client) => Promise<T>): Promise<T> => {
+      const c = new pg.Client(cluster.clientConfig({database: 'sums_rls', user: 'sums_tenant', password: 'sums-tenant-pw'}));
+      await c.connect();
+      try {
+        return await fn(c);
+      } finally {
+        await c.end();
+      }
+    };
+    await asTenant((c) =>
+      c.query(`CREATE SCHEMA crm; CREATE TABLE crm.secret (id int); INSERT INTO crm.secret VALUES (1), (2);
+        CREATE TABLE crm.ran (at timestamptz);
+        CREATE FUNCTION crm.spy(int) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN INSERT INTO crm.ran VALUES (now()); RETURN $1 = 1; END $$;
+        ALTER TABLE crm.secret ENABLE ROW LEVEL SECURITY; ALTER TABLE crm.secret FORCE ROW LEVEL SECURITY;
+        CREATE POLICY only_one ON crm.secret USING (crm.spy(id))`),
+    );
+    const err = await asTenant((c) => fingerprint(c)).catch((e: unknown) => e);
+    expect(String(err)).toMatch(/row-level security/);
+    const ran = await withDatabase('sums_rls', (c) => c.query('SELECT count(*)::int AS n FROM crm.ran'));
+    expect(ran.rows[0].n).toBe(0);
+  });
+
   it('tells apart a lost row, an extra row, and a duplicated row in place of another', async () => {
     await load('sums_a', ROWS);
     const base = oddTable(await sums('sums_a'));
