@@ -74,7 +74,7 @@ Residency: --as puts the new tenant in the backup's region, or --to-region R. A 
         return withOpsRecord(
           plane,
           {action: 'restore.tenant', target: `tenant:${this.flags.as ?? slug}`, details: (r) => ({backupId: r.backupId, from: slug, database: r.database, previousDatabase: r.previousDatabase})},
-          () => changingTenants(plane, () => restoreTenant(plane, {tenant: slug, from, as: this.flags.as, toRegion, approval, dropPrevious, confirm}), (text) => this.out.warn(text)),
+          () => changingTenants(plane, [slug, ...(this.flags.as === undefined ? [] : [this.flags.as])], () => restoreTenant(plane, {tenant: slug, from, as: this.flags.as, toRegion, approval, dropPrevious, confirm}), (text) => this.out.warn(text)),
         );
       },
       {pgTools: this.flags['pg-tools']},

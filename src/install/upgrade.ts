@@ -271,7 +271,7 @@ export async function restorePreUpgradeBackups(dir: InstallDir, backups: Release
           plane,
           {action: 'restore.tenant', target: `tenant:${tenant}`, details: (x) => ({backupId: x.backupId, from: tenant, database: x.database, previousDatabase: x.previousDatabase, by: 'upgrade --rollback'})},
           // The operator confirmed the rollback's restores as a whole (--confirm <domain>).
-          () => changingTenants(plane, () => restoreTenant(plane, {tenant, from: backupId, confirm: tenant, clock: options.clock})),
+          () => changingTenants(plane, [tenant], () => restoreTenant(plane, {tenant, from: backupId, confirm: tenant, clock: options.clock})),
         );
         restored.push({tenant, backupId, database: r.database, previousDatabase: r.previousDatabase});
       } catch (err) {

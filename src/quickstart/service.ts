@@ -159,7 +159,7 @@ export function quickstartSteps(dir: InstallDir, options: QuickstartOptions): Ar
       async run(ctx) {
         // Published on a re-run too: an install made before embedded installs had a catalog gets one.
         await usingControlPlane(dir, (plane) =>
-          changingTenants(plane, async () => {
+          changingTenants(plane, 'all', async () => {
             for (const slug of options.tenants) {
               const {tenant, created} = await plane.tenants.create(slug, {ifNotExists: true});
               ctx.result.tenants.push({slug: tenant.slug, region: tenant.region, cluster: tenant.cluster, database: tenant.database, status: tenant.status, created});

@@ -12,6 +12,7 @@ import {writeFileAtomic} from '../state/atomic-file.js';
 import {acquireLock, type LockHandle} from '../state/lock.js';
 import type {InstallDir} from '../state/install-dir.js';
 import {MoveJournal} from '../tenants/move-journal.js';
+import {stampsDigest} from '../tenants/sealed-passwords.js';
 import {ensureRuntimeDir, writeRuntimeFile, type Ownership} from './runtime-files.js';
 
 /**
@@ -81,32 +82,43 @@ export function appAddress(config: DforgeConfig, cluster: ClusterConfig): {host:
 export const catalogText = (entries: readonly CatalogEntry[]): string => `${JSON.stringify({version: 1, tenants: entries}, null, 2)}\n`;
 
 /**
- * Rewrites the app's view of tenants from the registry: runtime/tenants/ (plus SIGHUP to the app on
- * compose), or the tenant Secrets of the overlay plus `kubectl apply` on Kubernetes.
+ * Which tenants' password files a publication stats and checks against their sealed passwords:
+ * `'all'` (a full reconcile: install, a quickstart re-run), or the tenants a change named.
  */
-export async function publishTenantCatalog(plane: ControlPlane): Promise<CatalogPublication> {
+export type RecheckScope = 'all' | readonly string[];
+
+/**
+ * Rewrites the app's view of tenants from the registry: runtime/tenants/ (plus SIGHUP to the app on
+ * compose), or the tenant Secrets of the overlay plus `kubectl apply` on Kubernetes. The catalog is
+ * always rebuilt whole; which password files are checked is `recheck` (see writeTenantFiles).
+ */
+export async function publishTenantCatalog(plane: ControlPlane, recheck: RecheckScope = 'all'): Promise<CatalogPublication> {
   const dir = plane.keys.dir;
   const embedded = plane.config.target === 'embedded';
   return withTenantCatalogLock(dir, async () => {
-    const clusters = clustersOf(plane.config);
+    // How the app reaches each cluster, worked out once per cluster rather than once per tenant.
+    const reach = new Map<string, {region: string; address?: {host: string; port: number}; sslrootcert?: string}>();
+    for (const [name, {region, cluster}] of clustersOf(plane.config)) {
+      reach.set(name, {region, address: appAddress(plane.config, cluster), ...(embedded ? {sslrootcert: caFileOf(dir, cluster)} : {})});
+    }
     const entries: CatalogEntry[] = [];
     const activeSlugs: string[] = [];
     const misplaced: string[] = [];
     const moving = await new MoveJournal(plane.control).openSlugs();
+    const passwordDir = embedded ? tenantsRuntimeDir(dir) : CATALOG_MOUNT;
     for (const tenant of await plane.tenants.list()) {
       if (tenant.status !== 'active' && tenant.status !== 'suspended') continue;
-      const placed = clusters.get(tenant.cluster);
+      const placed = reach.get(tenant.cluster);
       if (placed && placed.region !== tenant.region) {
         misplaced.push(tenant.slug);
         continue;
       }
-      const cluster = placed?.cluster;
-      const address = cluster && appAddress(plane.config, cluster);
-      if (!cluster || !address) continue;
+      const address = placed?.address;
+      if (!address) continue;
       // A suspended tenant stays in the catalog without a password: the app cannot reach it.
       const active = tenant.status === 'active';
       if (active) activeSlugs.push(tenant.slug);
-      const passwordFile = embedded ? path.join(tenantsRuntimeDir(dir), `${tenant.slug}.password`) : `${CATALOG_MOUNT}/${tenant.slug}.password`;
+      const passwordFile = `${passwordDir}/${tenant.slug}.password`;
       entries.push({
         slug: tenant.slug,
         database: tenant.database,
@@ -114,7 +126,7 @@ export async function publishTenantCatalog(plane: ControlPlane): Promise<Catalog
         ...address,
         sslmode: 'verify-full',
         ...(active ? {passwordFile} : {}),
-        ...(embedded ? {sslrootcert: caFileOf(dir, cluster)} : {}),
+        ...(placed.sslrootcert === undefined ? {} : {sslrootcert: placed.sslrootcert}),
         status: tenant.status,
         ...(moving.has(tenant.slug) ? {moving: true as const} : {}),
       });
@@ -131,7 +143,18 @@ export async function publishTenantCatalog(plane: ControlPlane): Promise<Catalog
     // An app on the host runs as whoever operates the install; no process is told: it re-reads the
     // files when it next needs them (a reload, a new connection).
     const owner: Ownership = embedded ? {uid: process.geteuid?.() ?? 0, gid: process.getegid?.() ?? 0} : APP;
-    const changed = await writeTenantFiles(dir, catalogText(entries), {slugs: activeSlugs, stamps: await plane.tenants.passwordStamps(), open: (slug) => plane.tenants.password(slug)}, owner);
+    const changed = await writeTenantFiles(
+      dir,
+      catalogText(entries),
+      {
+        slugs: activeSlugs,
+        recheck,
+        stamps: (slugs) => plane.tenants.passwordStamps(slugs),
+        stampsDigest: (slugs) => plane.tenants.passwordStampsDigest(slugs),
+        open: (slug) => plane.tenants.password(slug),
+      },
+      owner,
+    );
     const signalled = changed && !embedded ? await signalApp(plane.config.compose.project) : 0;
     return {tenants: entries.length, changed, signalled, ...refused};
   });
@@ -143,25 +166,58 @@ const publishedFile = (dir: InstallDir): string => path.join(dir.runtimeDir, 'te
 /**
  * runtime/tenants/ (0700): the catalog and one 0400 password file per active tenant, all owned by
  * `owner`. A password is opened and its file written only when its sealed password or the file
- * itself changed since the last publication (tenants-published.json records both): a create then
- * costs the same with 1,000 tenants as with one.
+ * itself changed since the last publication (tenants-published.json records both).
+ *
+ * A full reconcile stats every file. A tenant change stats the files of the tenants it named; of
+ * every other tenant it checks that its file is there and was published (one directory read) and,
+ * with one digest for all of them, that no sealed password changed since. If one did (a rotation
+ * killed before it published, a restored dforge_control), the publication checks every file, as a
+ * full one. So a create does no per-tenant password work, and a file a killed run left missing or
+ * stale is put right by the next change of any tenant; only a file edited by hand waits for that
+ * tenant's next change or the next full reconcile.
  */
 async function writeTenantFiles(
   dir: InstallDir,
   catalog: string,
-  passwords: {slugs: readonly string[]; stamps: ReadonlyMap<string, string>; open: (slug: string) => Promise<string>},
+  passwords: {
+    slugs: readonly string[];
+    recheck: RecheckScope;
+    stamps: (slugs: readonly string[] | undefined) => Promise<ReadonlyMap<string, string>>;
+    stampsDigest: (slugs: readonly string[]) => Promise<string>;
+    open: (slug: string) => Promise<string>;
+  },
   owner: Ownership,
 ): Promise<boolean> {
   const target = tenantsRuntimeDir(dir);
   await ensureRuntimeDir(target, {mode: 0o700, owner});
+  const present = new Set(await fs.readdir(target));
   const before = await readPublished(dir);
+  const checked = new Set(passwords.slugs);
+  if (passwords.recheck !== 'all') {
+    // The tenants the change did not name, whose files are there and were published: trusted if,
+    // all together, their sealed passwords are still the ones published (one digest, one row).
+    const named = new Set(passwords.recheck);
+    const published = new Map<string, string>();
+    for (const slug of passwords.slugs) {
+      const sealed = before[slug]?.sealed;
+      if (!named.has(slug) && sealed && present.has(`${slug}.password`)) published.set(slug, sealed);
+    }
+    if (published.size > 0 && (await passwords.stampsDigest([...published.keys()])) === stampsDigest(published)) {
+      for (const slug of published.keys()) checked.delete(slug);
+    }
+  }
+  const stamps = checked.size === 0 ? new Map<string, string>() : await passwords.stamps(checked.size === passwords.slugs.length ? undefined : [...checked]);
   const after: Record<string, {sealed: string; file: string}> = {};
   let changed = false;
   const keep = new Set<string>(['catalog.json']);
   for (const slug of passwords.slugs) {
-    const file = path.join(target, `${slug}.password`);
     keep.add(`${slug}.password`);
-    const sealed = passwords.stamps.get(slug) ?? '';
+    if (!checked.has(slug)) {
+      after[slug] = before[slug]!;
+      continue;
+    }
+    const file = path.join(target, `${slug}.password`);
+    const sealed = stamps.get(slug) ?? '';
     let stamp = await fileStamp(file);
     if (!(before[slug]?.sealed === sealed && stamp !== undefined && before[slug]?.file === stamp)) {
       changed = (await writeRuntimeFile(file, await passwords.open(slug), {mode: 0o400, owner})) || changed;
@@ -171,7 +227,7 @@ async function writeTenantFiles(
   }
   changed = (await writeRuntimeFile(path.join(target, 'catalog.json'), catalog, {mode: 0o400, owner})) || changed;
   // A deleted or suspended tenant's password leaves the app's view too.
-  for (const name of await fs.readdir(target)) {
+  for (const name of present) {
     if (!keep.has(name)) {
       await fs.rm(path.join(target, name), {force: true});
       changed = true;
@@ -220,7 +276,7 @@ async function waitForLock(dir: InstallDir): Promise<LockHandle> {
     } catch (err) {
       if (!(err instanceof LockedError) || Date.now() > deadline) {
         throw new UserError(`the tenant change is done, but the app's tenant catalog could not be updated: ${(err as Error).message}`, {
-          nextSteps: ['Publish it again with: dforge install (it reconciles the catalog)'],
+          nextSteps: ["The next tenant change publishes it, whichever tenant it is for; on compose or k8s, dforge install publishes it now (it reconciles the catalog)"],
           cause: err,
         });
       }
@@ -243,10 +299,13 @@ async function signalApp(project: string): Promise<number> {
   return signalled;
 }
 
-/** Runs a tenant change, then republishes the catalog, so the app's view follows every change. */
-export async function changingTenants<T>(plane: ControlPlane, change: () => Promise<T>, warn?: (text: string) => void): Promise<T> {
+/**
+ * Runs a tenant change, then republishes the catalog, so the app's view follows every change;
+ * `recheck` names the tenants the change touched (see publishTenantCatalog).
+ */
+export async function changingTenants<T>(plane: ControlPlane, recheck: RecheckScope, change: () => Promise<T>, warn?: (text: string) => void): Promise<T> {
   const result = await change();
-  const published = await publishTenantCatalog(plane);
+  const published = await publishTenantCatalog(plane, recheck);
   if (published.misplaced && warn) {
     warn(`the app catalog leaves out ${published.misplaced.join(', ')}: dforge.yaml now declares their cluster in another region than their pin; put the cluster back under its region in dforge.yaml, or move the tenant (dforge tenant move)`);
   }

@@ -322,7 +322,7 @@ async function run(plane: ControlPlane, journal: MoveJournal, tenant: Tenant, st
     }
     // Every run before cutover (a resume too) tells the app the tenant is read-only until the move
     // ends: its connections are refused until then. Republishing an unchanged catalog changes nothing.
-    if (canRollBack(move.state)) await publishTenantCatalog(plane);
+    if (canRollBack(move.state)) await publishTenantCatalog(plane, [tenant.slug]);
     // The source's fingerprint, when this run read it during the copy; a resume reads it again.
     let source: Fingerprint | undefined;
     if (move.state === 'frozen') {

@@ -37,7 +37,7 @@ export class TenantRegistry {
   ) {}
 
   async find(slug: string): Promise<Tenant | undefined> {
-    const row = await this.control.query<TenantRow>('SELECT * FROM tenants WHERE slug = $1', [slug]);
+    const row = await this.control.query<TenantRow>(`SELECT ${TENANT_COLUMNS} FROM tenants WHERE slug = $1`, [slug]);
     return row.rowCount === 1 ? toTenant(row.rows[0]!) : undefined;
   }
 
@@ -61,7 +61,7 @@ export class TenantRegistry {
   }
 
   async list(): Promise<Tenant[]> {
-    const rows = await this.control.query<TenantRow>('SELECT * FROM tenants ORDER BY slug');
+    const rows = await this.control.query<TenantRow>(`SELECT ${TENANT_COLUMNS} FROM tenants ORDER BY slug`);
     return rows.rows.map(toTenant);
   }
 
@@ -95,7 +95,7 @@ export class TenantRegistry {
       const name = tenantDbName(slug);
       const limit = this.connectionLimit ?? DEFAULT_CONNECTION_LIMIT;
       const row = await control.query<TenantRow>(
-        "INSERT INTO tenants (slug, region, cluster, role_name, database_name, status, connection_limit) VALUES ($1, $2, $3, $4, $4, 'provisioning', $5) RETURNING *",
+        `INSERT INTO tenants (slug, region, cluster, role_name, database_name, status, connection_limit) VALUES ($1, $2, $3, $4, $4, 'provisioning', $5) RETURNING ${TENANT_COLUMNS}`,
         [slug, region, chosen.name, name, limit],
       );
       await control.query('COMMIT');
@@ -121,6 +121,15 @@ export class TenantRegistry {
   }
 }
 
+/** An instant in toISOString()'s format (UTC, to the millisecond, microseconds dropped), formatted by the server. */
+const isoTimestamp = (column: string): string => `to_char(${column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS ${column}`;
+
+/**
+ * A registry row as text: the timestamps come formatted by the server, since parsing them into
+ * Dates costs more than the rest of a row, and a catalog publication reads every row.
+ */
+const TENANT_COLUMNS = `slug, region, cluster, role_name, database_name, status, connection_limit, ${isoTimestamp('created_at')}, ${isoTimestamp('updated_at')}`;
+
 interface TenantRow {
   slug: string;
   region: string;
@@ -129,8 +138,8 @@ interface TenantRow {
   database_name: string;
   status: TenantStatus;
   connection_limit: number;
-  created_at: Date;
-  updated_at: Date;
+  created_at: string;
+  updated_at: string;
 }
 
 function toTenant(r: TenantRow): Tenant {
@@ -142,7 +151,7 @@ function toTenant(r: TenantRow): Tenant {
     database: r.database_name,
     status: r.status,
     connectionLimit: r.connection_limit,
-    createdAt: r.created_at.toISOString(),
-    updatedAt: r.updated_at.toISOString(),
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
   };
 }

@@ -35,13 +35,30 @@ export class SealedTenantPasswords {
   }
 
   /**
-   * A fingerprint of each tenant's sealed password (the SHA-256 of its ciphertext), in one query:
-   * it changes whenever the password or its wrapping does, so a publisher can tell which password
-   * files are current without opening every password.
+   * A fingerprint of each tenant's sealed password (the SHA-256 of its ciphertext, in hex, computed
+   * by the server), in one query: it changes whenever the password or its wrapping does, so a
+   * publisher can tell which password files are current without opening every password. Every
+   * tenant's, or only those of `slugs`.
    */
-  async stamps(): Promise<Map<string, string>> {
-    const rows = await this.control.query<{slug: string; sealed_password: Buffer}>('SELECT slug, sealed_password FROM tenant_credentials');
-    return new Map(rows.rows.map((r) => [r.slug, createHash('sha256').update(r.sealed_password).digest('hex')]));
+  async stamps(slugs?: readonly string[]): Promise<Map<string, string>> {
+    const rows =
+      slugs === undefined
+        ? await this.control.query<{slug: string; stamp: string}>(`SELECT slug, ${STAMP} AS stamp FROM tenant_credentials`)
+        : await this.control.query<{slug: string; stamp: string}>(`SELECT slug, ${STAMP} AS stamp FROM tenant_credentials WHERE slug = ANY($1)`, [slugs]);
+    return new Map(rows.rows.map((r) => [r.slug, r.stamp]));
+  }
+
+  /**
+   * One digest over the stamps of `slugs` (stampsDigest of what stamps() returns for them), so a
+   * publisher can confirm that none of N passwords changed with one row instead of N.
+   */
+  async stampsDigest(slugs: readonly string[]): Promise<string> {
+    const row = await this.control.query<{digest: string}>(
+      `SELECT encode(sha256(convert_to(coalesce(string_agg(slug || ':' || ${STAMP}, ',' ORDER BY slug COLLATE "C"), ''), 'UTF8')), 'hex') AS digest
+         FROM tenant_credentials WHERE slug = ANY($1)`,
+      [slugs],
+    );
+    return row.rows[0]!.digest;
   }
 
   /** The rotation's new password: the pending one an interrupted rotation left, else a new one sealed as pending. */
@@ -64,4 +81,16 @@ export class SealedTenantPasswords {
   async promote(slug: string, rotatedAt: string): Promise<void> {
     await this.control.query('UPDATE tenant_credentials SET sealed_password = pending_sealed_password, pending_sealed_password = NULL, rotated_at = $2 WHERE slug = $1', [slug, rotatedAt]);
   }
+}
+
+/** A sealed password's stamp: the SHA-256 of its ciphertext, in hex. */
+const STAMP = "encode(sha256(sealed_password), 'hex')";
+
+/**
+ * What stampsDigest() returns for these stamps: the SHA-256 of "slug:stamp" joined by ",", in
+ * byte order of the slugs (slugs are ASCII, so the server's "C" order is code-point order).
+ */
+export function stampsDigest(stamps: ReadonlyMap<string, string>): string {
+  const lines = [...stamps].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([slug, stamp]) => `${slug}:${stamp}`);
+  return createHash('sha256').update(lines.join(',')).digest('hex');
 }

@@ -103,9 +103,14 @@ export class TenantService {
     return this.passwords.get(validateSlug(slugInput), false);
   }
 
-  /** A fingerprint of every tenant's sealed password, changing with the password or its wrapping (see SealedTenantPasswords.stamps). */
-  async passwordStamps(): Promise<Map<string, string>> {
-    return this.passwords.stamps();
+  /** A fingerprint of every tenant's sealed password, or of those of `slugs`, changing with the password or its wrapping (see SealedTenantPasswords.stamps). */
+  async passwordStamps(slugs?: readonly string[]): Promise<Map<string, string>> {
+    return this.passwords.stamps(slugs);
+  }
+
+  /** One digest over the password stamps of `slugs` (see SealedTenantPasswords.stampsDigest). */
+  async passwordStampsDigest(slugs: readonly string[]): Promise<string> {
+    return this.passwords.stampsDigest(slugs);
   }
 
   /** Runs `fn` under the tenant's lock, recorded in the ops log as `action` (restore uses this). */

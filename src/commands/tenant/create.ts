@@ -28,7 +28,7 @@ If a run is interrupted, run the same command again: it finishes the tenant.`;
 
   async run(): Promise<Tenant & {placement: Placement}> {
     const {tenant, placement} = await usingControlPlane(this.installDir(), (plane) =>
-      changingTenants(plane, () => plane.tenants.create(this.args.slug, {region: this.flags.region, cluster: this.flags.cluster}), (text) => this.out.warn(text)),
+      changingTenants(plane, [this.args.slug], () => plane.tenants.create(this.args.slug, {region: this.flags.region, cluster: this.flags.cluster}), (text) => this.out.warn(text)),
     );
     this.out.progress(`tenant ${tenant.slug} is active: database ${tenant.database} on cluster ${tenant.cluster} (region ${tenant.region}): ${placement.reason}`);
     return {...tenant, placement};

@@ -33,7 +33,7 @@ Without --shred the tenant's data keys are kept, so its backups stay restorable.
         const backup = await backupTenant(plane, slug);
         this.out.progress(`final backup of ${slug}: ${backup.id}`);
       }
-      return changingTenants(plane, () => plane.tenants.delete(slug, {confirm, shred: this.flags.shred}), (text) => this.out.warn(text));
+      return changingTenants(plane, [slug], () => plane.tenants.delete(slug, {confirm, shred: this.flags.shred}), (text) => this.out.warn(text));
     });
     this.out.progress(`tenant ${slug} deleted${result.shredded === null ? '' : `; ${result.shredded} key version(s) destroyed`}`);
     return result;

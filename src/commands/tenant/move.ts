@@ -61,7 +61,7 @@ A move to another region needs --allow-cross-region --reason, written to the ops
     const action = f.resume ? 'resume' : f.rollback ? 'rollback' : 'move';
     const result = await usingControlPlane(this.installDir(), (plane) =>
       // The app catalog follows the registry: republished after every run, a rollback included.
-      changingTenants(plane, () =>
+      changingTenants(plane, [slug], () =>
         action === 'resume' ? resumeMove(plane, slug) : action === 'rollback' ? rollbackMove(plane, slug) : moveTenant(plane, {tenant: slug, toCluster: f['to-cluster'], toRegion: f['to-region'], approval}),
         (text) => this.out.warn(text),
       ),

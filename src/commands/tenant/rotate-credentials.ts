@@ -12,7 +12,7 @@ export default class TenantRotateCredentials extends BaseCommand<typeof TenantRo
   static override args = {slug: Args.string({required: true})};
 
   async run(): Promise<{slug: string; rotatedAt: string}> {
-    const result = await usingControlPlane(this.installDir(), (plane) => changingTenants(plane, () => plane.tenants.rotateCredentials(this.args.slug), (text) => this.out.warn(text)));
+    const result = await usingControlPlane(this.installDir(), (plane) => changingTenants(plane, [this.args.slug], () => plane.tenants.rotateCredentials(this.args.slug), (text) => this.out.warn(text)));
     this.out.progress(`new credentials for tenant ${result.slug} are in force`);
     return result;
   }

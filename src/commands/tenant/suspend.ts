@@ -12,7 +12,7 @@ export default class TenantSuspend extends BaseCommand<typeof TenantSuspend> {
   static override args = {slug: Args.string({required: true})};
 
   async run(): Promise<Tenant> {
-    const tenant = await usingControlPlane(this.installDir(), (plane) => changingTenants(plane, () => plane.tenants.suspend(this.args.slug), (text) => this.out.warn(text)));
+    const tenant = await usingControlPlane(this.installDir(), (plane) => changingTenants(plane, [this.args.slug], () => plane.tenants.suspend(this.args.slug), (text) => this.out.warn(text)));
     this.out.progress(`tenant ${tenant.slug} is ${tenant.status}`);
     return tenant;
   }
