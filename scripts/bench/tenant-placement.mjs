@@ -4,10 +4,13 @@
 // maxTenants capacity, so placement counts and compares free slots), then `dforge db init`.
 // N tenants are created one by one through the CLI (`dforge tenant create`, a process each, as an
 // operator or a provisioning script runs it); placement spreads them over the three clusters.
-// Reported: the median create time of the first tenth against the last tenth (placement must not
-// creep as the registry grows), and each tenth's ratio to a baseline in the same run: one
-// `createdb` process (superuser, unix socket) on the same clusters, interleaved with the creates
-// of that tenth, which is the floor of what any tenant create costs.
+// Reported:
+//  - the median create time of the first tenth against the last tenth, each with a baseline in the
+//    same run: one `createdb` process (superuser, unix socket) on the same clusters, interleaved
+//    with the creates of that tenth, which is the floor of what any tenant create costs;
+//  - then, with drift cancelled: a tenth's worth of ABBA pairs, one create on the full install and
+//    one on a second, fresh install of the same shape. Over a long run the machine itself drifts
+//    (WAL volume, checkpoints, page cache), and the tenths' comparison cannot tell that from creep.
 // Needs ~8 MB of disk per tenant (N databases, plus a tenth's worth of baseline ones).
 // Usage: npm run build && npx node scripts/bench/tenant-placement.mjs [--scale 1] [--tenants 1000] [--json out.json]
 import {spawnSync} from 'node:child_process';
@@ -17,7 +20,7 @@ import path from 'node:path';
 
 import YAML from 'yaml';
 
-import {benchOptions, dforgeAt, freePort, median, medianInterval, repoRoot as root, report, wall} from './common.mjs';
+import {abba, benchOptions, dforgeAt, freePort, median, medianInterval, pairRatio, repoRoot as root, report, wall} from './common.mjs';
 
 const options = benchOptions();
 const tenants = options.count('tenants', 1000, 30);
@@ -25,17 +28,17 @@ const tenth = Math.max(3, Math.round(tenants / 10));
 
 const scratch = mkdtempSync(path.join(os.tmpdir(), 'dforge-bench-placement-'));
 chmodSync(scratch, 0o755);
-const dir = path.join(scratch, 'install');
-const cli = dforgeAt(dir);
+const capacity = tenants + tenth + 10;
+const full = dforgeAt(path.join(scratch, 'install'));
+const fresh = dforgeAt(path.join(scratch, 'fresh'));
 
-try {
+/** A quickstart install at `dir`, grown to three clusters in its region, each with room for all N; its clusters. */
+async function threeClusterInstall(dir, cli) {
   cli('quickstart', '--port', String(await freePort()));
-  // Grow the install to three clusters in its region, each with room for all N.
   const configFile = path.join(dir, 'dforge.yaml');
   const config = YAML.parse(readFileSync(configFile, 'utf8'));
   const region = Object.keys(config.regions)[0];
   const first = config.regions[region].clusters[0];
-  const capacity = tenants + 10;
   config.regions[region].clusters = [
     {...first, maxTenants: capacity},
     {name: `${region}-2`, kind: 'embedded', port: await freePort(), maxTenants: capacity},
@@ -43,7 +46,13 @@ try {
   ];
   writeFileSync(configFile, YAML.stringify(config), {mode: 0o600});
   cli('db', 'init');
-  const clusters = config.regions[region].clusters;
+  return {region, clusters: config.regions[region].clusters};
+}
+
+try {
+  const dir = path.join(scratch, 'install');
+  const cli = full;
+  const {region, clusters} = await threeClusterInstall(dir, cli);
 
   const {InstallDir} = await import(path.join(root, 'dist/state/install-dir.js'));
   const keys = await (await import(path.join(root, 'dist/keys/context.js'))).openKeyServices(new InstallDir(dir));
@@ -79,6 +88,18 @@ try {
   const placed = JSON.parse(cli('tenant', 'list', '--json')).tenants;
   const onCluster = clusters.map((c) => `${c.name} ${placed.filter((t) => t.cluster === c.name).length}`).join(', ');
 
+  // Drift cancelled: ABBA pairs of one create on the full install and one on a fresh one.
+  await threeClusterInstall(path.join(scratch, 'fresh'), fresh);
+  const atN = [];
+  const atStart = [];
+  for (let i = 0; i < tenth; i++) {
+    const slug = `p-${String(i).padStart(4, '0')}`;
+    const [x, y] = await abba(i, async () => wall(() => full('tenant', 'create', slug)), async () => wall(() => fresh('tenant', 'create', slug)));
+    atN.push(x);
+    atStart.push(y);
+  }
+  const paired = pairRatio(atN, atStart);
+
   const firstCreate = medianInterval(perCreate.slice(0, tenth));
   const lastCreate = medianInterval(perCreate.slice(-tenth));
   const [b1, b2] = [median(baselineFirst), median(baselineLast)];
@@ -90,7 +111,7 @@ try {
     script: 'scripts/bench/tenant-placement.mjs',
     command: `npm run bench:tenant-placement -- --tenants ${tenants}`,
     software: `PostgreSQL ${status.clusters[0].version}`,
-    workload: `a quickstart install grown to three embedded clusters in region ${region} (maxTenants ${capacity} each); ${tenants} \`dforge tenant create\` runs one after another, placed by free capacity (end state, the quickstart's two tenants included: ${onCluster}); a \`createdb\` baseline interleaved with the first and the last ${tenth}.`,
+    workload: `a quickstart install grown to three embedded clusters in region ${region} (maxTenants ${capacity} each); ${tenants} \`dforge tenant create\` runs one after another, placed by free capacity (end state, the quickstart's two tenants included: ${onCluster}); a \`createdb\` baseline interleaved with the first and the last ${tenth}. Then ${tenth} ABBA pairs: one create on that install (from ${tenants + 2} tenants on) and one on a fresh install of the same shape (from 2).`,
     tables: [
       {
         columns: ['case', 'median', 'baseline median', 'ratio'],
@@ -100,13 +121,28 @@ try {
           [`last ${tenth}: \`dforge tenant create\` vs one \`createdb\` process`, ms(lastCreate.median), ms(b2), (lastCreate.median / b2).toFixed(2)],
         ],
       },
+      {
+        columns: ['case', 'median', 'baseline median', 'ratio (median of pairs)', 'interval', 'ratio of the medians'],
+        rows: [
+          [
+            `\`dforge tenant create\` at ${tenants + 2} tenants vs on a fresh install (${tenth} ABBA pairs)`,
+            ms(median(atN)),
+            ms(median(atStart)),
+            paired.ratio.toFixed(3),
+            `${paired.label} ${paired.low.toFixed(3)}-${paired.high.toFixed(3)}`,
+            paired.ratioOfMedians.toFixed(3),
+          ],
+        ],
+      },
     ],
     notes: [
       'A create is a whole CLI process: Node start-up, the control plane, the placement transaction (region lock, one count over the registry, insert), roles, database, schemas, data key, ops log, the tenant catalog. Placement itself is one count over the registry and one insert, so the creep a growing registry could cause is in the ratio of the last tenth to the first.',
-      'CREATE DATABASE follows the disk and the checkpointer, and this machine is shared, so the createdb baseline moves between tenths: compare it within a tenth. Whether creates stay flat is the first row.',
+      'CREATE DATABASE follows the disk and the checkpointer, and this machine is shared, so the createdb baseline moves between tenths: compare it within a tenth.',
+      'Whether a create stays flat as tenants grow is the paired row: both installs run side by side, so what the machine does over the long run weighs on both sides of every pair alike.',
     ],
   });
 } finally {
-  cli.stop();
+  full.stop();
+  fresh.stop();
   rmSync(scratch, {recursive: true, force: true});
 }
