@@ -29,8 +29,10 @@ const tenth = Math.max(3, Math.round(tenants / 10));
 const scratch = mkdtempSync(path.join(os.tmpdir(), 'dforge-bench-placement-'));
 chmodSync(scratch, 0o755);
 const capacity = tenants + tenth + 10;
-const full = dforgeAt(path.join(scratch, 'install'));
-const fresh = dforgeAt(path.join(scratch, 'fresh'));
+const dir = path.join(scratch, 'install');
+const freshDir = path.join(scratch, 'fresh');
+const cli = dforgeAt(dir);
+const fresh = dforgeAt(freshDir);
 
 /** A quickstart install at `dir`, grown to three clusters in its region, each with room for all N; its clusters. */
 async function threeClusterInstall(dir, cli) {
@@ -50,8 +52,6 @@ async function threeClusterInstall(dir, cli) {
 }
 
 try {
-  const dir = path.join(scratch, 'install');
-  const cli = full;
   const {region, clusters} = await threeClusterInstall(dir, cli);
 
   const {InstallDir} = await import(path.join(root, 'dist/state/install-dir.js'));
@@ -89,12 +89,12 @@ try {
   const onCluster = clusters.map((c) => `${c.name} ${placed.filter((t) => t.cluster === c.name).length}`).join(', ');
 
   // Drift cancelled: ABBA pairs of one create on the full install and one on a fresh one.
-  await threeClusterInstall(path.join(scratch, 'fresh'), fresh);
+  await threeClusterInstall(freshDir, fresh);
   const atN = [];
   const atStart = [];
   for (let i = 0; i < tenth; i++) {
     const slug = `p-${String(i).padStart(4, '0')}`;
-    const [x, y] = await abba(i, async () => wall(() => full('tenant', 'create', slug)), async () => wall(() => fresh('tenant', 'create', slug)));
+    const [x, y] = await abba(i, async () => wall(() => cli('tenant', 'create', slug)), async () => wall(() => fresh('tenant', 'create', slug)));
     atN.push(x);
     atStart.push(y);
   }
@@ -142,7 +142,7 @@ try {
     ],
   });
 } finally {
-  full.stop();
+  cli.stop();
   fresh.stop();
   rmSync(scratch, {recursive: true, force: true});
 }

@@ -9,6 +9,7 @@ import {pkiDir} from '../certs/pki-paths.js';
 import {usingControlPlane} from '../control/plane.js';
 import {UserError, VerificationError} from '../errors.js';
 import {openKeyServices, type KeyServices} from '../keys/context.js';
+import {isoUtcText} from '../postgres/sql.js';
 import {enforceRegion, type CrossRegionApproval} from '../residency/policy.js';
 import {publicKeySha256, readEd25519PublicKey} from '../pki/ed25519.js';
 import {writeFileAtomic, writeFileStreamed} from '../state/atomic-file.js';
@@ -71,7 +72,6 @@ interface SourceReader {
   batch(afterId: string): Promise<ExportedRow[]>;
 }
 
-const isoUtc = (column: string): string => `pg_catalog.to_char(pg_catalog.timezone('UTC', ${column}), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`;
 
 /**
  * The tenant's change log, read as the tenant's login role: jsonb and ids as PostgreSQL prints
@@ -84,7 +84,7 @@ function changeLogReader(c: Client, range: {since?: Date; until?: Date}): Source
     columns,
     async batch(afterId) {
       const rows = await c.query<Record<string, string | null>>(
-        `SELECT id::text AS id, ${isoUtc('at')} AS at, actor, db_role, txid::text AS txid, schema_name AS schema, table_name AS "table", operation, before::text AS before, after::text AS after
+        `SELECT id::text AS id, ${isoUtcText('at', 'us')} AS at, actor, db_role, txid::text AS txid, schema_name AS schema, table_name AS "table", operation, before::text AS before, after::text AS after
            FROM audit.change_log
           WHERE id > $1::int8 AND ($2::timestamptz IS NULL OR at >= $2) AND ($3::timestamptz IS NULL OR at < $3)
           ORDER BY change_log.id LIMIT ${BATCH}`,
@@ -102,7 +102,7 @@ function opsLogReader(c: Client, range: {since?: Date; until?: Date}): SourceRea
     columns,
     async batch(afterId) {
       const rows = await c.query<Record<string, string | null>>(
-        `SELECT seq::text AS seq, ${isoUtc('at')} AS at, actor, action, target, outcome, details::text AS details,
+        `SELECT seq::text AS seq, ${isoUtcText('at', 'us')} AS at, actor, action, target, outcome, details::text AS details,
                 pg_catalog.encode(prev_hash, 'hex') AS prev_hash, pg_catalog.encode(hash, 'hex') AS hash, key_id, chain_break::text AS chain_break
            FROM ops_log
           WHERE seq > $1::int8 AND ($2::timestamptz IS NULL OR at >= $2) AND ($3::timestamptz IS NULL OR at < $3)

@@ -182,7 +182,7 @@ async function writeTenantFiles(
   passwords: {
     slugs: readonly string[];
     recheck: RecheckScope;
-    stamps: (slugs: readonly string[] | undefined) => Promise<ReadonlyMap<string, string>>;
+    stamps: (slugs: readonly string[]) => Promise<ReadonlyMap<string, string>>;
     stampsDigest: (slugs: readonly string[]) => Promise<string>;
     open: (slug: string) => Promise<string>;
   },
@@ -206,7 +206,7 @@ async function writeTenantFiles(
       for (const slug of published.keys()) checked.delete(slug);
     }
   }
-  const stamps = checked.size === 0 ? new Map<string, string>() : await passwords.stamps(checked.size === passwords.slugs.length ? undefined : [...checked]);
+  const stamps = checked.size === 0 ? new Map<string, string>() : await passwords.stamps([...checked]);
   const after: Record<string, {sealed: string; file: string}> = {};
   let changed = false;
   const keep = new Set<string>(['catalog.json']);

@@ -441,7 +441,7 @@ async function pipeDump(
   } catch (err) {
     if (pgRestore) throw err;
     // The head could not be read: pg_dump's own failure explains it when pg_dump has ended by now.
-    const dumpFailure = await Promise.race([dumped, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 1000))]);
+    const dumpFailure = await Promise.race([dumped, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 1000).unref())]);
     throw dumpFailure ?? err;
   } finally {
     // After a failure neither outlives the move: a pg_restore left on a cut stream would hold the

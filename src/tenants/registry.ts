@@ -1,6 +1,7 @@
 import type {Client} from 'pg';
 
 import {UsageError, UserError} from '../errors.js';
+import {isoUtcText} from '../postgres/sql.js';
 import {requirePlacedInRegion} from '../residency/misplaced.js';
 import {fullError, freeOf, pickCluster, usage, type ClusterLoad, type Placement, type Regions} from './placement.js';
 import {tenantDbName} from './slug.js';
@@ -121,14 +122,11 @@ export class TenantRegistry {
   }
 }
 
-/** An instant in toISOString()'s format (UTC, to the millisecond, microseconds dropped), formatted by the server. */
-const isoTimestamp = (column: string): string => `to_char(${column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS ${column}`;
-
 /**
- * A registry row as text: the timestamps come formatted by the server, since parsing them into
- * Dates costs more than the rest of a row, and a catalog publication reads every row.
+ * A registry row, its timestamps as toISOString() would write them, formatted by the server:
+ * parsing them into Dates costs more than the rest of a row, and a catalog publication reads every row.
  */
-const TENANT_COLUMNS = `slug, region, cluster, role_name, database_name, status, connection_limit, ${isoTimestamp('created_at')}, ${isoTimestamp('updated_at')}`;
+const TENANT_COLUMNS = `slug, region, cluster, role_name, database_name, status, connection_limit, ${isoUtcText('created_at', 'ms')} AS created_at, ${isoUtcText('updated_at', 'ms')} AS updated_at`;
 
 interface TenantRow {
   slug: string;

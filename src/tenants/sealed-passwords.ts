@@ -37,14 +37,11 @@ export class SealedTenantPasswords {
   /**
    * A fingerprint of each tenant's sealed password (the SHA-256 of its ciphertext, in hex, computed
    * by the server), in one query: it changes whenever the password or its wrapping does, so a
-   * publisher can tell which password files are current without opening every password. Every
-   * tenant's, or only those of `slugs`.
+   * publisher can tell which password files are current without opening every password. Those of
+   * `slugs`.
    */
-  async stamps(slugs?: readonly string[]): Promise<Map<string, string>> {
-    const rows =
-      slugs === undefined
-        ? await this.control.query<{slug: string; stamp: string}>(`SELECT slug, ${STAMP} AS stamp FROM tenant_credentials`)
-        : await this.control.query<{slug: string; stamp: string}>(`SELECT slug, ${STAMP} AS stamp FROM tenant_credentials WHERE slug = ANY($1)`, [slugs]);
+  async stamps(slugs: readonly string[]): Promise<Map<string, string>> {
+    const rows = await this.control.query<{slug: string; stamp: string}>(`SELECT slug, ${STAMP} AS stamp FROM tenant_credentials WHERE slug = ANY($1)`, [slugs]);
     return new Map(rows.rows.map((r) => [r.slug, r.stamp]));
   }
 

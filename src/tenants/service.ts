@@ -103,8 +103,8 @@ export class TenantService {
     return this.passwords.get(validateSlug(slugInput), false);
   }
 
-  /** A fingerprint of every tenant's sealed password, or of those of `slugs`, changing with the password or its wrapping (see SealedTenantPasswords.stamps). */
-  async passwordStamps(slugs?: readonly string[]): Promise<Map<string, string>> {
+  /** A fingerprint of the sealed password of each of `slugs`, changing with the password or its wrapping (see SealedTenantPasswords.stamps). */
+  async passwordStamps(slugs: readonly string[]): Promise<Map<string, string>> {
     return this.passwords.stamps(slugs);
   }
 

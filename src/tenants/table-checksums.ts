@@ -11,6 +11,7 @@ import {createHash} from 'node:crypto';
 
 import type {Client} from 'pg';
 
+import {escapeIdentifier} from '../postgres/sql.js';
 import {MODULE_SCHEMAS} from './module-sql.js';
 
 /**
@@ -52,7 +53,7 @@ export async function fingerprint(c: Client, o: {alongside?: boolean} = {}): Pro
   );
   const checksums: TableChecksum[] = [];
   for (const t of tables.rows) {
-    const from = `${quote(t.schema)}.${quote(t.name)}`;
+    const from = `${escapeIdentifier(t.schema)}.${escapeIdentifier(t.name)}`;
     const r = await c.query<{n: string; sum: string}>(`SELECT count(*) AS n, coalesce(sum(${rowHash(await columnsOf(c, t.oid))}), 0)::text AS sum FROM ${from} AS x`);
     checksums.push({table: `${t.schema}.${t.name}`, rows: Number(r.rows[0]!.n), checksum: r.rows[0]!.sum});
   }
@@ -125,7 +126,7 @@ function rowHash(columns: readonly Column[]): string {
   if (columns.length === 0) return '0::int8';
   return columns
     .map((col) => {
-      const value = `x.${quote(col.name)}`;
+      const value = `x.${escapeIdentifier(col.name)}`;
       const seed = `${nameSeed(col.name)}::int8`;
       const hashed =
         col.hash !== null
@@ -143,4 +144,3 @@ function rowHash(columns: readonly Column[]): string {
 /** A 64-bit constant derived from `text`, the same on every machine. */
 const nameSeed = (text: string): string => createHash('sha256').update(text).digest().readBigInt64BE(0).toString();
 
-const quote = (name: string): string => `"${name.replaceAll('"', '""')}"`;
